@@ -1,0 +1,514 @@
+"""The site configuration: one TOML file, parsed once into frozen dataclasses.
+
+Every error is collected with its key path and the bad value, e.g.
+``gateway[0].sensor[2].fs_hz: must be > 0, got -5``, and raised together as one
+`ConfigError`; the CLI prints them and exits 2. The rest of the code trusts the result.
+See docs/config.md for every key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ballpass.models.bearing import BearingGeometry
+from ballpass.models.catalog import lookup as lookup_bearing
+from ballpass.topics import valid_id
+
+FAULT_CLASSES = (
+    "normal", "outer_race", "inner_race", "ball", "cage", "lubrication", "imbalance",
+    "misalignment", "unknown_anomaly", "sensor_fault", "insufficient_data",
+)
+ASSET_KINDS = ("motor", "gearbox", "pump", "agitator", "fan", "compressor", "other")
+ISO_FOUNDATIONS = ("rigid", "flexible")
+
+
+class ConfigError(ValueError):
+    """One or more configuration errors, each `path: message`."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    id: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    keepalive_s: int = 30
+
+    def password(self) -> str | None:
+        return _read_secret(self.password_file)
+
+
+@dataclass(frozen=True)
+class InfluxConfig:
+    api: str = "v1"
+    url: str = "http://127.0.0.1:8086"
+    db: str = "ballpass"
+    bucket: str = "ballpass"
+    org: str = "ballpass"
+    token_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    timeout_s: float = 10.0
+
+    def token(self) -> str | None:
+        return _read_secret(self.token_file)
+
+    def password(self) -> str | None:
+        return _read_secret(self.password_file)
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    """Hysteresis: enter alarm when `enter_k` of the last `window_n` windows are faults,
+    leave it when at most `leave_m` of the last `window_n` are."""
+
+    enter_k: int = 3
+    leave_m: int = 1
+    window_n: int = 5
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    state_dir: Path = Path("state")
+    client_id: str = "ballpass-stream"
+    username: str | None = None
+    password_file: Path | None = None
+    batch_max: int = 16
+    batch_wait_s: float = 0.2
+    alert: AlertPolicy = field(default_factory=AlertPolicy)
+
+    def password(self) -> str | None:
+        return _read_secret(self.password_file)
+
+
+@dataclass(frozen=True)
+class AssetConfig:
+    """A machine. `shaft_hz` is the nominal running speed in Hz (None: estimated)."""
+
+    id: str
+    kind: str
+    bearing: BearingGeometry
+    shaft_hz: float | None = None
+    tacho_sensor: str | None = None
+    iso_group: int = 2
+    iso_foundation: str = "rigid"
+
+
+@dataclass(frozen=True)
+class SensorConfig:
+    """One sensor on a gateway. `fs_hz` in Hz; a burst of `window_samples` every `interval_s`."""
+
+    id: str
+    driver: str
+    asset: str
+    fs_hz: float
+    window_samples: int
+    interval_s: float
+    kind: str = "acceleration"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    path: Path | None = None
+    max_mb: float = 512.0
+    max_age_h: float = 168.0
+    flush_rate_per_s: float = 50.0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    id: str
+    sensors: tuple[SensorConfig, ...]
+    username: str | None = None
+    password_file: Path | None = None
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+
+    def password(self) -> str | None:
+        return _read_secret(self.password_file)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    events: tuple[str, ...] = ("firing", "resolved")
+    timeout_s: float = 5.0
+    retries: int = 3
+
+
+@dataclass(frozen=True)
+class Config:
+    site: SiteConfig
+    broker: BrokerConfig
+    influx: InfluxConfig
+    stream: StreamConfig
+    assets: tuple[AssetConfig, ...]
+    gateways: tuple[GatewayConfig, ...]
+    webhooks: tuple[WebhookConfig, ...]
+    source: Path | None = None
+
+    def asset(self, asset_id: str) -> AssetConfig:
+        for a in self.assets:
+            if a.id == asset_id:
+                return a
+        raise KeyError(asset_id)
+
+    def gateway(self, gateway_id: str) -> GatewayConfig:
+        for g in self.gateways:
+            if g.id == gateway_id:
+                return g
+        known = ", ".join(g.id for g in self.gateways)
+        raise ConfigError([f"gateway: no gateway {gateway_id!r} in the config (known: {known})"])
+
+    def sensor_index(self) -> dict[str, tuple[GatewayConfig, SensorConfig]]:
+        """Every sensor by id, with its gateway."""
+        return {s.id: (g, s) for g in self.gateways for s in g.sensors}
+
+
+def _read_secret(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    return path.read_text(encoding="utf-8").strip()
+
+
+# --- parsing -------------------------------------------------------------------------
+
+
+class _Reader:
+    """Reads one TOML table, recording errors against the table's key path."""
+
+    def __init__(self, table: Any, path: str, errors: list[str], base: Path) -> None:
+        self.path = path
+        self.errors = errors
+        self.base = base
+        self.used: set[str] = set()
+        if not isinstance(table, dict):
+            self.fail("", f"must be a table, got {table!r}")
+            table = {}
+        self.table: dict[str, Any] = table
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def fail(self, name: str, message: str) -> None:
+        where = self.key(name) if name else self.path
+        self.errors.append(f"{where}: {message}")
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None,
+            required: bool = False, check: Callable[[Any], str | None] | None = None) -> Any:
+        self.used.add(name)
+        if name not in self.table:
+            if required:
+                self.fail(name, "is required")
+            return default
+        value = self.table[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # TOML ints are acceptable where a float is asked for; bools are not numbers here.
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and bool not in kinds:
+            self.fail(name, f"must be {_kind_name(kinds)}, got {value!r}")
+            return default
+        if not isinstance(value, kinds):
+            self.fail(name, f"must be {_kind_name(kinds)}, got {value!r}")
+            return default
+        if check is not None:
+            problem = check(value)
+            if problem:
+                self.fail(name, f"{problem}, got {value!r}")
+                return default
+        return value
+
+    def path_value(self, name: str) -> Path | None:
+        value = self.get(name, str)
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base / p
+
+    def tables(self, name: str) -> list[_Reader]:
+        self.used.add(name)
+        value = self.table.get(name, [])
+        if isinstance(value, dict):
+            value = [value]
+        if not isinstance(value, list):
+            self.fail(name, f"must be an array of tables, got {value!r}")
+            return []
+        return [_Reader(v, f"{self.key(name)}[{i}]", self.errors, self.base)
+                for i, v in enumerate(value)]
+
+    def sub(self, name: str) -> _Reader:
+        self.used.add(name)
+        return _Reader(self.table.get(name, {}), self.key(name), self.errors, self.base)
+
+    def finish(self) -> None:
+        """Report keys nobody asked for, with the closest known key as a hint."""
+        for name in self.table:
+            if name not in self.used:
+                close = difflib.get_close_matches(name, sorted(self.used), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                self.fail(name, f"unknown key{hint}")
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "an array", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _positive(v: float) -> str | None:
+    return None if math.isfinite(v) and v > 0 else "must be > 0"
+
+
+def _non_negative(v: float) -> str | None:
+    return None if math.isfinite(v) and v >= 0 else "must be >= 0"
+
+
+def _an_id(v: str) -> str | None:
+    return None if valid_id(v) else "must match [a-z0-9][a-z0-9_-]{0,63}"
+
+
+def _one_of(*choices: str) -> Callable[[str], str | None]:
+    def check(v: str) -> str | None:
+        if v in choices:
+            return None
+        close = difflib.get_close_matches(v, choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"must be one of {', '.join(choices)}{hint}"
+    return check
+
+
+def _port(v: int) -> str | None:
+    return None if 0 < v < 65536 else "must be a TCP port 1-65535"
+
+
+def _parse_bearing(r: _Reader) -> BearingGeometry | None:
+    name = r.get("bearing", str)
+    geometry = r.sub("geometry") if "geometry" in r.table else None
+    if name is not None and geometry is not None:
+        r.fail("bearing", "give either a catalog name or a geometry table, not both")
+        return None
+    if name is not None:
+        try:
+            return lookup_bearing(name)
+        except KeyError as e:
+            r.fail("bearing", str(e.args[0]))
+            return None
+    if geometry is None:
+        r.fail("bearing", "is required (a catalog name such as \"SKF 6205\" or a geometry table)")
+        return None
+    n = geometry.get("n_elements", int, required=True, check=lambda v: None if v >= 3
+                     else "must be >= 3")
+    d = geometry.get("element_diameter", float, required=True, check=_positive)
+    pd = geometry.get("pitch_diameter", float, required=True, check=_positive)
+    angle = geometry.get("contact_angle_deg", float, 0.0,
+                         check=lambda v: None if 0 <= v < 90 else "must be in [0, 90)")
+    geometry.finish()
+    if None in (n, d, pd, angle):
+        return None
+    try:
+        return BearingGeometry(n, d, pd, angle, name=r.key("geometry"))
+    except ValueError as e:
+        geometry.fail("", str(e))
+        return None
+
+
+def _parse_asset(r: _Reader) -> AssetConfig | None:
+    asset_id = r.get("id", str, required=True, check=_an_id)
+    kind = r.get("kind", str, "other", check=_one_of(*ASSET_KINDS))
+    shaft_hz = r.get("shaft_hz", float, check=_positive)
+    tacho = r.get("tacho_sensor", str, check=_an_id)
+    group = r.get("iso_group", int, 2, check=lambda v: None if v in (1, 2) else "must be 1 or 2")
+    foundation = r.get("iso_foundation", str, "rigid", check=_one_of(*ISO_FOUNDATIONS))
+    bearing = _parse_bearing(r)
+    r.finish()
+    if asset_id is None or bearing is None:
+        return None
+    return AssetConfig(asset_id, kind, bearing, shaft_hz, tacho, group, foundation)
+
+
+def _parse_sensor(r: _Reader, assets: set[str]) -> SensorConfig | None:
+    sensor_id = r.get("id", str, required=True, check=_an_id)
+    driver = r.get("driver", str, required=True)
+    asset = r.get("asset", str, required=True)
+    if asset is not None and asset not in assets:
+        close = difflib.get_close_matches(asset, sorted(assets), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        r.fail("asset", f"no [[asset]] with this id{hint}, got {asset!r}")
+        asset = None
+    fs_hz = r.get("fs_hz", float, required=True, check=_positive)
+    n = r.get("window_samples", int, required=True,
+              check=lambda v: None if 16 <= v <= 1 << 22 else "must be in 16..4194304")
+    interval = r.get("interval_s", float, required=True, check=_positive)
+    kind = r.get("kind", str, "acceleration", check=_one_of("acceleration", "temperature"))
+    options = r.get("options", dict, {})
+    r.finish()
+    if None in (sensor_id, driver, asset, fs_hz, n, interval):
+        return None
+    if fs_hz is not None and n is not None and interval is not None and n / fs_hz > interval:
+        r.fail("interval_s", f"must be >= window_samples / fs_hz = {n / fs_hz:g} s, "
+               f"got {interval!r}")
+        return None
+    return SensorConfig(sensor_id, driver, asset, fs_hz, n, interval, kind, dict(options))
+
+
+def _parse_gateway(r: _Reader, assets: set[str]) -> GatewayConfig | None:
+    gateway_id = r.get("id", str, required=True, check=_an_id)
+    username = r.get("username", str)
+    password_file = r.path_value("password_file")
+    o = r.sub("outbox")
+    outbox = OutboxConfig(
+        path=o.path_value("path"),
+        max_mb=o.get("max_mb", float, 512.0, check=_positive),
+        max_age_h=o.get("max_age_h", float, 168.0, check=_positive),
+        flush_rate_per_s=o.get("flush_rate_per_s", float, 50.0, check=_positive),
+    )
+    o.finish()
+    sensors = [_parse_sensor(s, assets) for s in r.tables("sensor")]
+    if not sensors and "sensor" not in r.table:
+        r.fail("sensor", "at least one [[gateway.sensor]] is required")
+    r.finish()
+    if gateway_id is None or None in sensors:
+        return None
+    return GatewayConfig(gateway_id, tuple(s for s in sensors if s), username,
+                         password_file, outbox)
+
+
+def parse(data: dict[str, Any], base: Path = Path(".")) -> Config:
+    """Validate a parsed TOML document; relative paths resolve against `base`."""
+    errors: list[str] = []
+    root = _Reader(data, "", errors, base)
+
+    s = root.sub("site")
+    site = SiteConfig(s.get("id", str, required=True, check=_an_id) or "",
+                      s.get("name", str, ""))
+    s.finish()
+
+    b = root.sub("broker")
+    broker = BrokerConfig(
+        host=b.get("host", str, "127.0.0.1"),
+        port=b.get("port", int, 1883, check=_port),
+        tls=b.get("tls", bool, False),
+        ca_file=b.path_value("ca_file"),
+        cert_file=b.path_value("cert_file"),
+        key_file=b.path_value("key_file"),
+        username=b.get("username", str),
+        password_file=b.path_value("password_file"),
+        keepalive_s=b.get("keepalive_s", int, 30, check=lambda v: None if v >= 5
+                          else "must be >= 5"),
+    )
+    b.finish()
+
+    i = root.sub("influx")
+    influx = InfluxConfig(
+        api=i.get("api", str, "v1", check=_one_of("v1", "v2")),
+        url=i.get("url", str, "http://127.0.0.1:8086",
+                  check=lambda v: None if v.startswith(("http://", "https://"))
+                  else "must start with http:// or https://"),
+        db=i.get("db", str, "ballpass"),
+        bucket=i.get("bucket", str, "ballpass"),
+        org=i.get("org", str, "ballpass"),
+        token_file=i.path_value("token_file"),
+        username=i.get("username", str),
+        password_file=i.path_value("password_file"),
+        timeout_s=i.get("timeout_s", float, 10.0, check=_positive),
+    )
+    i.finish()
+
+    st = root.sub("stream")
+    a = st.sub("alert")
+    policy = AlertPolicy(
+        enter_k=a.get("enter_k", int, 3, check=lambda v: None if v >= 1 else "must be >= 1"),
+        leave_m=a.get("leave_m", int, 1, check=lambda v: None if v >= 0 else "must be >= 0"),
+        window_n=a.get("window_n", int, 5, check=lambda v: None if v >= 1 else "must be >= 1"),
+    )
+    a.finish()
+    if policy.enter_k > policy.window_n or policy.leave_m >= policy.enter_k:
+        a.fail("", "need leave_m < enter_k <= window_n, got "
+               f"leave_m={policy.leave_m} enter_k={policy.enter_k} window_n={policy.window_n}")
+    stream = StreamConfig(
+        state_dir=st.path_value("state_dir") or base / "state",
+        client_id=st.get("client_id", str, "ballpass-stream"),
+        username=st.get("username", str),
+        password_file=st.path_value("password_file"),
+        batch_max=st.get("batch_max", int, 16, check=lambda v: None if v >= 1
+                         else "must be >= 1"),
+        batch_wait_s=st.get("batch_wait_s", float, 0.2, check=_non_negative),
+        alert=policy,
+    )
+    st.finish()
+
+    assets = [_parse_asset(r) for r in root.tables("asset")]
+    asset_ids = [x.id for x in assets if x]
+    _no_duplicates(root, "asset", asset_ids)
+    gateways = [_parse_gateway(r, set(asset_ids)) for r in root.tables("gateway")]
+    _no_duplicates(root, "gateway", [g.id for g in gateways if g])
+    _no_duplicates(root, "gateway.sensor",
+                   [s.id for g in gateways if g for s in g.sensors])
+    for ai, asset in enumerate(assets):
+        if asset and asset.tacho_sensor and asset.tacho_sensor not in {
+                s.id for g in gateways if g for s in g.sensors}:
+            errors.append(f"asset[{ai}].tacho_sensor: no sensor with this id, "
+                          f"got {asset.tacho_sensor!r}")
+
+    webhooks = []
+    for r in root.tables("webhook"):
+        url = r.get("url", str, required=True,
+                    check=lambda v: None if v.startswith(("http://", "https://"))
+                    else "must start with http:// or https://")
+        events = r.get("events", list, ["firing", "resolved"])
+        if events is not None:
+            for e in events:
+                if e not in ("firing", "resolved"):
+                    r.fail("events", f"each must be 'firing' or 'resolved', got {e!r}")
+        hook = WebhookConfig(url or "", tuple(events or ()),
+                             r.get("timeout_s", float, 5.0, check=_positive),
+                             r.get("retries", int, 3, check=lambda v: None if v >= 0
+                                   else "must be >= 0"))
+        r.finish()
+        webhooks.append(hook)
+
+    root.finish()
+    if errors:
+        raise ConfigError(errors)
+    return Config(site, broker, influx, stream, tuple(a for a in assets if a),
+                  tuple(g for g in gateways if g), tuple(webhooks))
+
+
+def _no_duplicates(root: _Reader, what: str, ids: list[str]) -> None:
+    seen: set[str] = set()
+    for x in ids:
+        if x in seen:
+            root.errors.append(f"{what}: duplicate id {x!r}")
+        seen.add(x)
+
+
+def load(path: str | Path) -> Config:
+    """Load and validate a site file. Raises ConfigError (with every problem) or OSError."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: not valid TOML: {e}"]) from e
+    config = parse(data, base=path.resolve().parent)
+    return Config(**{**config.__dict__, "source": path.resolve()})
