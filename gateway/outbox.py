@@ -1,0 +1,295 @@
+"""The gateway's durable outbox: every captured window waits here until the broker acks it.
+
+One SQLite file in WAL mode. A window is written (and fsync'd) before `put` returns and
+is deleted only by `ack`, which the publisher calls on PUBACK. The file is bounded by size
+and age: when a bound is hit the OLDEST rows are dropped, counted in `dropped` and logged
+(`event=outbox_full ...`), never silently.
+
+Durability: ``synchronous=FULL``. In WAL mode NORMAL survives a crash of the process
+(kill -9) but may lose the last commits on power loss, because the WAL is only fsync'd at
+checkpoints. Gateways sit on Raspberry Pi-class boards beside machines, where power cuts
+are the common failure, so every commit fsyncs the WAL. At a few windows per second per
+gateway that costs one fsync per window, well within an SD card's budget.
+
+Sequence numbers are per sensor, +1 per window, and stored in the same file, so they are
+never reused across restarts. A sensor's first seq is seeded from the wall clock in
+microseconds (unless `seq_seed` is given): if the file is lost (card swapped, file
+deleted), the new seqs still start above every seq issued before, so a consumer's
+(sensor, seq) de-duplication does not mistake new windows for old ones. Seeds stay below
+2**53, so they are exact in JSON too.
+
+Counters (`captured`, `published`, `dropped`, `replayed`) live in the file and are
+updated in the same transaction as the rows they count, so they survive restarts and
+agree with the rows; `queued` is the current row count.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+COUNTERS = ("captured", "queued", "published", "dropped", "replayed")
+_STORED = ("captured", "published", "dropped", "replayed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: ids never reused, order kept
+    sensor TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seqs (
+    sensor TEXT PRIMARY KEY,
+    next INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One queued message. `created_ns`: wall-clock time of `put`, ns since the epoch."""
+
+    id: int
+    sensor: str
+    seq: int
+    topic: str
+    payload: bytes
+    created_ns: int
+    size: int
+
+
+class Outbox:
+    """A bounded, durable FIFO of MQTT messages, safe to share between threads.
+
+    `max_bytes`: bound on the summed payload size in bytes; `max_age_s`: rows older than
+    this many seconds are dropped. `peek` hands out the oldest rows not already handed
+    out ("in flight"); `ack` deletes rows; `release` hands rows back without deleting.
+    The in-flight set is in memory only: after a restart every row is offered again.
+    """
+
+    def __init__(self, path: Path, max_bytes: int, max_age_s: float, *,
+                 seq_seed: int | None = None, synchronous: str = "FULL") -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes: must be > 0, got {max_bytes}")
+        if max_age_s <= 0:
+            raise ValueError(f"max_age_s: must be > 0, got {max_age_s}")
+        if synchronous not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError(f"synchronous: must be FULL, NORMAL or EXTRA, got {synchronous}")
+        self.path = Path(path)
+        self.max_bytes = int(max_bytes)
+        self.max_age_s = float(max_age_s)
+        self._seq_seed = seq_seed
+        self._lock = threading.Lock()
+        self._inflight: set[int] = set()
+        # One connection for every thread, serialised by self._lock.
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.executescript(_SCHEMA)
+        with self._tx():
+            for name in _STORED:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,))
+        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
+        self._rows, self._bytes = int(row[0]), int(row[1])
+        self._closed = False
+
+    # --- transactions ------------------------------------------------------------------
+
+    def _tx(self) -> _Tx:
+        return _Tx(self._db)
+
+    def _bump(self, name: str, n: int) -> None:
+        if n:
+            self._db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (n, name))
+
+    # --- API ---------------------------------------------------------------------------
+
+    def next_seq(self, sensor: str) -> int:
+        """Reserve and return the next seq of `sensor` (committed before it returns)."""
+        with self._lock, self._tx():
+            row = self._db.execute("SELECT next FROM seqs WHERE sensor = ?", (sensor,)).fetchone()
+            seq = int(row[0]) if row else self._initial_seq()
+            self._db.execute(
+                "INSERT INTO seqs(sensor, next) VALUES (?, ?) "
+                "ON CONFLICT(sensor) DO UPDATE SET next = excluded.next", (sensor, seq + 1))
+            return seq
+
+    def _initial_seq(self) -> int:
+        if self._seq_seed is not None:
+            return self._seq_seed
+        return time.time_ns() // 1000  # µs since the epoch: above any earlier file's seqs
+
+    def put(self, sensor: str, seq: int, topic: str, payload: bytes,
+            created_ns: int | None = None) -> None:
+        """Store one message durably; drop the oldest rows first if a bound is hit.
+
+        `created_ns` defaults to now (wall clock, ns since the epoch).
+        """
+        payload = bytes(payload)
+        size = len(payload)
+        now = time.time_ns() if created_ns is None else int(created_ns)
+        with self._lock, self._tx():
+            by_age = self._drop_older_than(now - int(self.max_age_s * 1e9))
+            by_size = self._drop_for_room(size)
+            self._db.execute(
+                "INSERT INTO messages(sensor, seq, topic, payload, created_ns, size) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (sensor, int(seq), topic, payload, now, size))
+            self._rows += 1
+            self._bytes += size
+            self._bump("captured", 1)
+            self._bump("dropped", by_age + by_size)
+        for reason, n in (("age", by_age), ("size", by_size)):
+            if n:
+                log.warning("event=outbox_full reason=%s sensor=%s dropped=%d queued=%d "
+                            "queued_bytes=%d max_bytes=%d max_age_s=%g", reason, sensor, n,
+                            self._rows, self._bytes, self.max_bytes, self.max_age_s)
+
+    def expire(self) -> int:
+        """Drop rows older than `max_age_s` now (also done on every `put`); returns count."""
+        with self._lock, self._tx():
+            n = self._drop_older_than(time.time_ns() - int(self.max_age_s * 1e9))
+            self._bump("dropped", n)
+        if n:
+            log.warning("event=outbox_full reason=age dropped=%d queued=%d max_age_s=%g",
+                        n, self._rows, self.max_age_s)
+        return n
+
+    def _drop_older_than(self, cutoff_ns: int) -> int:
+        rows = self._db.execute(
+            "SELECT id, size FROM messages WHERE created_ns < ?", (cutoff_ns,)).fetchall()
+        return self._delete_rows(rows)
+
+    def _drop_for_room(self, size: int) -> int:
+        if self._bytes + size <= self.max_bytes:
+            return 0
+        need = self._bytes + size - self.max_bytes
+        victims: list[tuple[int, int]] = []
+        freed = 0
+        for rid, rsize in self._db.execute("SELECT id, size FROM messages ORDER BY id"):
+            if freed >= need:
+                break
+            victims.append((rid, rsize))
+            freed += rsize
+        return self._delete_rows(victims)
+
+    def _delete_rows(self, rows: list[tuple[int, int]]) -> int:
+        if not rows:
+            return 0
+        self._db.executemany("DELETE FROM messages WHERE id = ?", [(r[0],) for r in rows])
+        self._rows -= len(rows)
+        self._bytes -= sum(r[1] for r in rows)
+        self._inflight.difference_update(r[0] for r in rows)
+        return len(rows)
+
+    def peek(self, limit: int) -> list[Entry]:
+        """Up to `limit` oldest rows not in flight, oldest first; they become in flight."""
+        if limit <= 0:
+            return []
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, sensor, seq, topic, payload, created_ns, size FROM messages "
+                "ORDER BY id LIMIT ?", (limit + len(self._inflight),)).fetchall()
+            out = [Entry(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6])
+                   for r in rows if r[0] not in self._inflight][:limit]
+            self._inflight.update(e.id for e in out)
+            return out
+
+    def release(self, ids: Iterable[int] | None = None) -> None:
+        """Hand in-flight rows back (all when `ids` is None) so `peek` offers them again."""
+        with self._lock:
+            if ids is None:
+                self._inflight.clear()
+            else:
+                self._inflight.difference_update(ids)
+
+    def ack(self, ids: Iterable[int], *, replayed: Iterable[int] = ()) -> int:
+        """Delete acknowledged rows; returns how many existed (a row may have been dropped
+        meanwhile). Rows whose ids are also in `replayed` count as replayed as well."""
+        ids = list(ids)
+        replayed_set = set(replayed)
+        if not ids:
+            return 0
+        with self._lock, self._tx():
+            done = 0
+            done_replayed = 0
+            for rid in ids:
+                row = self._db.execute(
+                    "DELETE FROM messages WHERE id = ? RETURNING size", (rid,)).fetchone()
+                if row is not None:
+                    done += 1
+                    self._rows -= 1
+                    self._bytes -= int(row[0])
+                    done_replayed += rid in replayed_set
+            self._inflight.difference_update(ids)
+            self._bump("published", done)
+            self._bump("replayed", done_replayed)
+            return done
+
+    def counters(self) -> dict[str, int]:
+        """captured, queued, published, dropped, replayed (persisted across restarts)."""
+        with self._lock:
+            stored = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+            out = {name: int(stored.get(name, 0)) for name in _STORED}
+            out["queued"] = self._rows
+            return {name: out[name] for name in COUNTERS}
+
+    @property
+    def queued(self) -> int:
+        """Rows in the outbox now."""
+        return self._rows
+
+    @property
+    def queued_bytes(self) -> int:
+        """Summed payload size in bytes of the rows now."""
+        return self._bytes
+
+    @property
+    def in_flight(self) -> int:
+        """Rows handed out by `peek` and not yet acked or released."""
+        with self._lock:
+            return len(self._inflight)
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close the file. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error (the connection is in autocommit)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
