@@ -1,0 +1,394 @@
+"""The stream service: MQTT in, features and diagnoses out to InfluxDB, MQTT and webhooks.
+
+Thin async orchestration around `Pipeline` (the maths) and the sinks:
+
+    aiomqtt (manual ack) ─> decode + check ─> de-dup ─> batch ─> Pipeline (thread)
+        ─> InfluxDB write (retried) ─> PUBACK ─> diagnosis/alert publish + webhooks
+
+A window is acknowledged to the broker only after its points are written (or, when the
+database rejects them outright, appended to the dead-letter spool), so a crash at any
+point means redelivery, never loss. Counters and per-sensor state go to a status file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import ssl
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from ballpass import topics, wire
+from ballpass.config import Config
+from ballpass.log import kv
+from ballpass.stream.dedup import Deduplicator
+from ballpass.stream.pipeline import BatchOutput, Incoming, Pipeline, diagnosis_message
+from ballpass.stream.sinks.influx import InfluxWriteError, InfluxWriter
+from ballpass.stream.sinks.lineprotocol import Point, encode
+from ballpass.stream.sinks.webhook import WebhookSender
+
+log = logging.getLogger(__name__)
+
+STATUS_SUBSCRIPTION = f"{topics.PREFIX}/+/+/status"
+GATEWAY_COUNTERS = ("captured", "queued", "published", "dropped", "replayed")
+
+
+@dataclass
+class StreamCounters:
+    received: int = 0  # window messages taken from the broker, duplicates included
+    ingested: int = 0  # distinct windows accepted for processing
+    written: int = 0  # windows whose points InfluxDB accepted
+    spooled: int = 0  # windows whose points the database refused (kept in the spool)
+    duplicates: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # by reason
+    write_retries: int = 0
+    alerts_fired: int = 0
+    alerts_resolved: int = 0
+
+
+@dataclass
+class _Pending:
+    """A window being processed and the broker messages (copies) that carry it."""
+
+    messages: list[aiomqtt.Message]
+
+
+class StreamService:
+    """Runs until `stop` is set; `counters` and `status()` describe progress."""
+
+    def __init__(self, config: Config, writer: InfluxWriter, *,
+                 status_file: Path | None = None, status_interval_s: float = 1.0) -> None:
+        self.config = config
+        self.writer = writer
+        self.status_file = status_file
+        self.status_interval_s = status_interval_s
+        self.pipeline = Pipeline(config)
+        self.dedup = Deduplicator()
+        self.webhooks = WebhookSender(config.webhooks)
+        self.counters = StreamCounters()
+        self.connected = False
+        self.sensors: dict[str, dict[str, Any]] = {}
+        self.gateways: dict[str, dict[str, Any]] = {}
+        self._pending: dict[tuple[str, int], _Pending] = {}
+        self._generation = 0
+        self._started = time.time()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        webhook_task = asyncio.create_task(self.webhooks.run(), name="webhooks")
+        status_task = asyncio.create_task(self._status_loop(stop), name="status")
+        try:
+            await self._ensure_database(stop)
+            await self._mqtt_loop(stop)
+        finally:
+            await self.webhooks.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(webhook_task, timeout=30)
+            status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await status_task
+            self._write_status()
+            log.info(kv("stream_stopped", **{k: v for k, v in asdict(self.counters).items()
+                                             if not isinstance(v, dict)}))
+
+    async def _ensure_database(self, stop: asyncio.Event) -> None:
+        ensure = getattr(self.writer, "ensure_database", None)
+        if ensure is None:
+            return
+        attempt = 0
+        while not stop.is_set():
+            attempt += 1
+            try:
+                await asyncio.to_thread(ensure)
+                return
+            except (InfluxWriteError, OSError) as e:
+                delay = _backoff(attempt)
+                log.warning(kv("influx_unreachable", url=getattr(self.writer, "url", ""),
+                               attempt=attempt, reason=e, retry_in_s=round(delay, 1)))
+                await _sleep_or_stop(stop, delay)
+
+    def _client(self) -> aiomqtt.Client:
+        b = self.config.broker
+        s = self.config.stream
+        tls = None
+        if b.tls:
+            tls = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
+            if b.cert_file:
+                tls.load_cert_chain(str(b.cert_file), str(b.key_file) if b.key_file else None)
+        client = aiomqtt.Client(
+            b.host, b.port, identifier=s.client_id, clean_session=False,
+            username=s.username or b.username, password=s.password() or b.password(),
+            keepalive=b.keepalive_s, tls_context=tls,
+            max_queued_incoming_messages=10 * s.batch_max,
+        )
+        # aiomqtt has no manual-ack switch; paho's must be on before the first message
+        # arrives, or a window would be acknowledged before it is written.
+        client._client.manual_ack_set(True)
+        return client
+
+    async def _mqtt_loop(self, stop: asyncio.Event) -> None:
+        attempt = 0
+        b = self.config.broker
+        while not stop.is_set():
+            try:
+                async with self._client() as client:
+                    attempt = 0
+                    self._generation += 1
+                    await client.subscribe(topics.WINDOW_SUBSCRIPTION, qos=1)
+                    await client.subscribe(STATUS_SUBSCRIPTION, qos=1)
+                    self.connected = True
+                    log.info(kv("broker_connected", host=b.host, port=b.port,
+                                generation=self._generation))
+                    await self._consume(client, stop)
+            except aiomqtt.MqttError as e:
+                attempt += 1
+                delay = _backoff(attempt)
+                event = "broker_disconnected" if self.connected else "broker_unreachable"
+                log.warning(kv(event, host=b.host, port=b.port, attempt=attempt, reason=e,
+                               retry_in_s=round(delay, 1)))
+                await _sleep_or_stop(stop, delay)
+            finally:
+                self.connected = False
+
+    async def _consume(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+
+        async def reader() -> None:
+            async for message in client.messages:
+                await queue.put(message)
+
+        reader_task = asyncio.create_task(reader(), name="mqtt-reader")
+        stop_task = asyncio.create_task(stop.wait(), name="stop")
+        generation = self._generation
+        try:
+            while True:
+                get = asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait({get, reader_task, stop_task},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    if reader_task in done:
+                        reader_task.result()  # re-raises the MqttError of a lost connection
+                    return
+                batch = [get.result()]
+                deadline = time.monotonic() + self.config.stream.batch_wait_s
+                while len(batch) < self.config.stream.batch_max:
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        break
+                    try:
+                        batch.append(await asyncio.wait_for(queue.get(), timeout))
+                    except asyncio.TimeoutError:
+                        break
+                await self._handle(client, generation, batch, stop)
+        finally:
+            reader_task.cancel()
+            stop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await reader_task
+
+    # --- one batch -------------------------------------------------------------------
+
+    def _ack(self, client: aiomqtt.Client, generation: int, message: aiomqtt.Message) -> None:
+        # A message id is only meaningful on the connection it arrived on; after a
+        # reconnect the broker redelivers and the copy is acknowledged instead.
+        if generation == self._generation and message.qos > 0:
+            client._client.ack(message.mid, message.qos)
+
+    async def _handle(self, client: aiomqtt.Client, generation: int,
+                      batch: list[aiomqtt.Message], stop: asyncio.Event) -> None:
+        accepted: list[Incoming] = []
+        extra_points: list[Point] = []
+        for message in batch:
+            topic = str(message.topic)
+            parts = topic.split("/")
+            if len(parts) == 5 and parts[4] == "status":
+                point = self._gateway_status(parts[2], parts[3], message.payload)
+                if point is not None:
+                    extra_points.append(point)
+                self._ack(client, generation, message)
+                continue
+            item = self._admit(topic, message)
+            if item is None:
+                self._ack(client, generation, message)
+            elif item is not _PENDING:
+                accepted.append(item)
+        if not accepted and not extra_points:
+            return
+        output = await asyncio.to_thread(self.pipeline.process, accepted) if accepted else (
+            BatchOutput([], [], []))
+        written = await self._write(output.points + extra_points, stop, len(accepted))
+        if not written:
+            return  # stopping: nothing acknowledged, the broker keeps the windows
+        for item in accepted:
+            key = (item.sensor, item.window.seq)
+            for message in self._pending.pop(key).messages:
+                self._ack(client, generation, message)
+            self.dedup.mark(*key)
+        await self._publish(client, output)
+
+    def _admit(self, topic: str, message: aiomqtt.Message) -> Incoming | object | None:
+        """Decode and check one window message; None = rejected or duplicate (ack it)."""
+        self.counters.received += 1
+        where = topics.parse_sensor_topic(topic)
+        if where is None or where.leaf != "window":
+            return self._reject("topic", topic, "not bp/v1/{site}/{gateway}/{sensor}/window")
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray):
+            return self._reject("payload", topic, "payload is not bytes")
+        try:
+            window = wire.decode(bytes(payload))
+        except wire.WireError as e:
+            return self._reject(e.reason, topic, e.detail)
+        if not self.pipeline.knows(where.sensor):
+            return self._reject("unknown_sensor", topic,
+                                f"sensor {where.sensor!r} is not in the site config")
+        key = (where.sensor, window.seq)
+        if self.dedup.seen(*key):
+            self.counters.duplicates += 1
+            log.info(kv("duplicate_window", sensor=where.sensor, seq=window.seq))
+            return None
+        if key in self._pending:
+            self.counters.duplicates += 1
+            self._pending[key].messages.append(message)
+            return _PENDING
+        self._pending[key] = _Pending([message])
+        self.counters.ingested += 1
+        return Incoming(where.site, where.gateway, where.sensor, window)
+
+    def _reject(self, reason: str, topic: str, detail: str) -> None:
+        self.counters.rejected[reason] += 1
+        log.warning(kv("window_rejected", reason=reason, topic=topic, detail=detail))
+        return None
+
+    def _gateway_status(self, site: str, gateway: str, payload: Any) -> Point | None:
+        try:
+            status = json.loads(payload)
+            counters = status.get("counters") or {}
+            self.gateways[gateway] = status
+            fields = {k: int(counters[k]) for k in GATEWAY_COUNTERS if k in counters}
+        except (ValueError, TypeError, AttributeError) as e:
+            self._reject("status", f"{site}/{gateway}/status", f"bad status JSON: {e}")
+            return None
+        if not fields:
+            return None  # a last will carries no counters
+        return Point("gateway", {"site": site, "gateway": gateway}, fields, time.time_ns())
+
+    async def _write(self, points: list[Point], stop: asyncio.Event, windows: int) -> bool:
+        """Write with retries; True once written or spooled, False if stopped first."""
+        attempt = 0
+        while True:
+            try:
+                await asyncio.to_thread(self.writer.write, points)
+                self.counters.written += windows
+                return True
+            except InfluxWriteError as e:
+                if not e.retryable:
+                    self._spool(points, str(e))
+                    self.counters.spooled += windows
+                    return True
+                attempt += 1
+                self.counters.write_retries += 1
+                delay = _backoff(attempt)
+                log.warning(kv("influx_write_failed", attempt=attempt, reason=e,
+                               retry_in_s=round(delay, 1), windows=windows))
+                if await _sleep_or_stop(stop, delay):
+                    return False
+
+    def _spool(self, points: list[Point], reason: str) -> None:
+        """Keep points the database refused, so an operator can inspect and replay them."""
+        spool = self.config.stream.state_dir / "spool.lp"
+        spool.parent.mkdir(parents=True, exist_ok=True)
+        with spool.open("a", encoding="utf-8") as f:
+            f.write(encode(points) + "\n")
+        log.error(kv("influx_write_refused", reason=reason, points=len(points),
+                     spool=str(spool)))
+
+    async def _publish(self, client: aiomqtt.Client, output: BatchOutput) -> None:
+        latest: dict[str, dict[str, Any]] = {}
+        for r in output.results:
+            if r.diagnosis is None:
+                continue
+            message = diagnosis_message(r)
+            latest[r.incoming.sensor] = message
+            self.sensors[r.incoming.sensor] = {
+                "gateway": r.incoming.gateway, "asset": r.asset,
+                "diagnosis": message["diagnosis"], "confidence": message["confidence"],
+                "state": message["state"], "iso_zone": message["iso_zone"],
+                "velocity_rms_mm_s": message["velocity_rms_mm_s"], "seq": message["seq"],
+                "alerted": self.pipeline.alerts.sensors[r.incoming.sensor].alerted,
+                "windows": self.sensors.get(r.incoming.sensor, {}).get("windows", 0) + 1,
+            }
+        try:
+            for sensor, message in latest.items():
+                await client.publish(
+                    topics.diagnosis(message["site"], message["gateway"], sensor),
+                    json.dumps(message), qos=1, retain=True)
+            for alert in output.alerts:
+                await client.publish(topics.alerts(alert["site"]), json.dumps(alert), qos=1)
+        except aiomqtt.MqttError as e:
+            # Diagnoses are re-published with the next window; alerts still go by webhook.
+            log.warning(kv("publish_failed", reason=e))
+        for alert in output.alerts:
+            if alert["status"] == "firing":
+                self.counters.alerts_fired += 1
+            else:
+                self.counters.alerts_resolved += 1
+            log.info(kv("alert", status=alert["status"], sensor=alert["sensor"],
+                        diagnosis=alert["diagnosis"], alert_id=alert["alert_id"]))
+            self.webhooks.submit(alert)
+
+    # --- status ----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "t": time.time(), "started_at": self._started, "mqtt_connected": self.connected,
+            "counters": {
+                "received": c.received, "ingested": c.ingested, "written": c.written,
+                "spooled": c.spooled, "duplicates": c.duplicates,
+                "rejected": dict(c.rejected), "write_retries": c.write_retries,
+                "alerts_fired": c.alerts_fired, "alerts_resolved": c.alerts_resolved,
+                "webhooks_delivered": self.webhooks.counters.delivered,
+                "webhooks_failed": self.webhooks.counters.failed,
+            },
+            "sensors": self.sensors,
+            "gateways": self.gateways,
+        }
+
+    def _write_status(self) -> None:
+        if self.status_file is None:
+            return
+        tmp = self.status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status(), indent=1, default=str), encoding="utf-8")
+        os.replace(tmp, self.status_file)
+
+    async def _status_loop(self, stop: asyncio.Event) -> None:
+        while True:
+            self._write_status()
+            await asyncio.sleep(self.status_interval_s)
+
+
+_PENDING = object()
+
+
+def _backoff(attempt: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
+    """Capped exponential backoff with full jitter (s)."""
+    return random.uniform(0.5, 1.0) * min(cap_s, base_s * 2 ** min(attempt - 1, 10))
+
+
+async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> bool:
+    """Sleep `delay` s; True if `stop` was set meanwhile."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay)
+    return stop.is_set()
