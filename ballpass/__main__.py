@@ -1,0 +1,3 @@
+from ballpass.cli import main
+
+raise SystemExit(main())

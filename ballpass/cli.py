@@ -1,0 +1,204 @@
+"""The `ballpass` command line. Subcommand modules are imported lazily, so
+`ballpass gateway` starts without loading numba, scipy or river."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ballpass import __version__
+
+EXIT_CONFIG = 2
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, required=True, metavar="SITE.toml",
+                   help="site configuration file (see docs/config.md)")
+
+
+def _load_config(path: Path):  # -> Config
+    from ballpass.config import load
+    return load(path)
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM, so services shut down cleanly."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from ballpass.gateway.service import run
+    config = _load_config(args.config)
+    gateway = config.gateway(args.gateway)
+    return run(config, gateway.id, _stop_on_signals(), outbox_path=args.outbox)
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ballpass.stream.service import StreamService
+    from ballpass.stream.sinks.influx import create_writer
+
+    config = _load_config(args.config)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        writer = create_writer(config.influx)
+        try:
+            await StreamService(config, writer, status_file=args.status_file).run(stop)
+        finally:
+            writer.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_simulate_fleet(args: argparse.Namespace) -> int:
+    from ballpass.gateway.service import run
+    config = _load_config(args.config)
+    ids = args.gateways.split(",") if args.gateways else [g.id for g in config.gateways]
+    for gateway_id in ids:
+        config.gateway(gateway_id)  # unknown ids fail here, before anything starts
+    stop = _stop_on_signals()
+    threads = [threading.Thread(target=run, args=(config, g, stop), name=f"gateway-{g}")
+               for g in ids]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        for t in threads:
+            t.join(timeout=0.5)
+    return 0
+
+
+def cmd_simulate_record(args: argparse.Namespace) -> int:
+    from ballpass.simulators.record import write_record
+    try:
+        write_record(out=args.out, fault=args.fault, bearing=args.bearing,
+                     shaft_hz=args.shaft_hz, fs_hz=args.fs, seconds=args.seconds,
+                     seed=args.seed, severity=args.severity)
+    except (ValueError, KeyError) as e:  # unknown bearing, fault above Nyquist, ...
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ballpass.demo import run_demo
+    return run_demo(duration_s=args.duration, summary_json=args.summary_json,
+                    live=not args.no_live, workdir=args.workdir)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load_config(args.config)
+    sensors = sum(len(g.sensors) for g in config.gateways)
+    print(f"ok: site {config.site.id}: {len(config.assets)} assets, "
+          f"{len(config.gateways)} gateways, {sensors} sensors, {len(config.webhooks)} webhooks")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ballpass",
+        description="Predictive maintenance for plant machines: edge gateways capture "
+        "vibration, the stream service diagnoses bearing and machine faults, InfluxDB "
+        "stores it, webhooks call people.")
+    parser.add_argument("--version", action="version", version=f"ballpass {__version__}")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the whole plant on this machine",
+                       description="Start a private mosquitto and InfluxDB on free loopback "
+                       "ports, the stream service, simulated gateways with healthy and faulty "
+                       "bearings, and a local webhook receiver; show a live view. Ctrl-C (or "
+                       "--duration) stops every process it started.")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop by itself after S seconds (default: run until Ctrl-C)")
+    p.add_argument("--summary-json", type=Path, metavar="FILE",
+                   help="write counters and per-sensor truth/diagnosis/alerted to FILE")
+    p.add_argument("--no-live", action="store_true",
+                   help="log progress lines instead of redrawing a live table")
+    p.add_argument("--workdir", type=Path, help="keep configs, data and logs here "
+                   "(default: a temporary dir, removed at exit)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("gateway", help="run one edge gateway",
+                       description="Capture windows from the gateway's sensors on schedule, "
+                       "keep them in the SQLite outbox and publish them to the broker at QoS 1. "
+                       "SIGTERM/Ctrl-C drains the outbox briefly and stops cleanly.")
+    _config_arg(p)
+    p.add_argument("--gateway", "-g", required=True, help="gateway id in the site config")
+    p.add_argument("--outbox", type=Path, help="outbox file (overrides gateway.outbox.path)")
+    p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("stream", help="run the stream service",
+                       description="Subscribe to every window of the site, compute features, "
+                       "diagnose, write to InfluxDB, publish diagnoses and alerts, call webhooks.")
+    _config_arg(p)
+    p.add_argument("--status-file", type=Path, metavar="FILE",
+                   help="keep a JSON file with counters and per-sensor state up to date")
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("simulate", help="simulated machines: a fleet or one recording",
+                       description="Simulated sensors for trying ballpass without hardware.")
+    ssub = p.add_subparsers(dest="simulate_command", required=True, metavar="WHAT")
+    q = ssub.add_parser("fleet", help="run the config's gateways with their (simulated) sensors",
+                        description="Run the gateways of the site config in one process, "
+                        "through the real gateway code (outbox, MQTT publisher).")
+    _config_arg(q)
+    q.add_argument("--gateways", help="comma-separated gateway ids (default: all)")
+    q.set_defaults(func=cmd_simulate_fleet)
+    q = ssub.add_parser("record", help="write one simulated recording (.npz)",
+                        description="Write one recording: array `signal` (acceleration, g) "
+                        "and its metadata, for users who want test data.")
+    q.add_argument("--fault", default="normal", help="normal, outer_race, inner_race, ball, "
+                   "cage, imbalance, misalignment, lubrication")
+    q.add_argument("--bearing", default="SKF 6205", help="catalog bearing name")
+    q.add_argument("--shaft-hz", type=float, default=29.95, help="shaft speed, Hz")
+    q.add_argument("--fs", type=float, default=12000.0, help="sample rate, Hz")
+    q.add_argument("--seconds", type=float, default=10.0, help="length, s")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--severity", type=float, default=1.0, help=">= 0; 1 = developed fault")
+    q.add_argument("--out", type=Path, required=True, metavar="FILE.npz")
+    q.set_defaults(func=cmd_simulate_record)
+
+    p = sub.add_parser("check-config", help="validate a site config and exit (2 on errors)",
+                       description="Load and validate a site config; print every error with "
+                       "its key path. Exit 0 when valid, 2 when not.")
+    p.add_argument("config", type=Path, metavar="SITE.toml")
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ballpass import log
+    from ballpass.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    log.setup(args.log_level)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConfigError as e:
+        print("config error:", file=sys.stderr)
+        for line in e.errors:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
