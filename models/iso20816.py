@@ -1,0 +1,74 @@
+"""ISO 20816-3 evaluation zones from broadband velocity r.m.s.
+
+ISO 20816-3:2022 "Mechanical vibration — Measurement and evaluation of machine
+vibration — Part 3: Industrial machinery with a power rating above 15 kW and operating
+speeds between 120 r/min and 30 000 r/min", Annex A, Table A.1 (group 1: large machines,
+300 kW – 50 MW, or shaft height H ≥ 315 mm) and Table A.2 (group 2: medium machines,
+15 kW – 300 kW, or 160 mm ≤ H < 315 mm). The boundaries are unchanged from
+ISO 10816-3:2009 Tables A.1/A.2. Measured on bearing housings, velocity r.m.s. over
+10 – 1000 Hz for machines above 600 r/min (2 – 1000 Hz from 120 to 600 r/min).
+
+Zone boundaries, velocity r.m.s. in mm/s:
+
+| group | foundation | A/B | B/C | C/D |
+|---|---|---|---|---|
+| 1 | rigid | 2.3 | 4.5 | 7.1 |
+| 1 | flexible | 3.5 | 7.1 | 11.0 |
+| 2 | rigid | 1.4 | 2.8 | 4.5 |
+| 2 | flexible | 2.3 | 4.5 | 7.1 |
+
+Zones: A newly commissioned; B acceptable for unrestricted long-term operation;
+C unsatisfactory for long-term continuous operation; D severe enough to cause damage.
+"""
+
+from __future__ import annotations
+
+import math
+
+ZONE_BOUNDARIES_MM_S: dict[tuple[int, str], tuple[float, float, float]] = {
+    (1, "rigid"): (2.3, 4.5, 7.1),
+    (1, "flexible"): (3.5, 7.1, 11.0),
+    (2, "rigid"): (1.4, 2.8, 4.5),
+    (2, "flexible"): (2.3, 4.5, 7.1),
+}
+"""(A/B, B/C, C/D) velocity r.m.s. boundaries in mm/s, keyed by (machine group, foundation)."""
+
+ZONE_MEANING: dict[str, str] = {
+    "A": "newly commissioned",
+    "B": "acceptable for unrestricted long-term operation",
+    "C": "unsatisfactory for long-term continuous operation",
+    "D": "severe enough to cause damage",
+}
+
+
+def boundaries(group: int, foundation: str) -> tuple[float, float, float]:
+    """(A/B, B/C, C/D) boundaries in mm/s for machine `group` (1 or 2) and `foundation`.
+
+    `foundation` is "rigid" or "flexible" (case-insensitive). Raises ValueError otherwise.
+    """
+    key = (group, foundation.lower() if isinstance(foundation, str) else foundation)
+    if key not in ZONE_BOUNDARIES_MM_S:
+        raise ValueError(
+            f"iso 20816-3: unknown group/foundation {group!r}/{foundation!r}; "
+            "group must be 1 or 2, foundation 'rigid' or 'flexible'"
+        )
+    return ZONE_BOUNDARIES_MM_S[key]
+
+
+def zone(velocity_rms_mm_s: float, group: int = 2, foundation: str = "rigid") -> str:
+    """ISO 20816-3 zone "A".."D" of a velocity r.m.s. in mm/s.
+
+    A value on a boundary belongs to the upper zone (the boundary is where the upper
+    zone starts). Raises ValueError for a negative or non-finite velocity.
+    """
+    v = float(velocity_rms_mm_s)
+    if not math.isfinite(v) or v < 0.0:
+        raise ValueError(f"velocity_rms_mm_s: must be finite and >= 0, got {velocity_rms_mm_s}")
+    ab, bc, cd = boundaries(group, foundation)
+    if v < ab:
+        return "A"
+    if v < bc:
+        return "B"
+    if v < cd:
+        return "C"
+    return "D"

@@ -1,0 +1,239 @@
+"""Physics-based diagnosis of one window from its features.
+
+Rules, in order (the first that fires wins):
+
+1. sensor_fault: non-finite samples, a flat line, an impossible peak, or clipping.
+2. insufficient_data: the window is too short to resolve shaft sidebands
+   (fs/N > 1/4 of the shaft rate) or spans fewer than 10 revolutions.
+3. Bearing defects, from the envelope spectrum (Randall & Antoni 2011, sec. 2):
+   outer_race: BPFO fundamental present plus another harmonic (or a strong fundamental);
+   inner_race: BPFI present with ±1× shaft sidebands (the defect turns with the shaft
+   through the load zone), or several BPFI harmonics;
+   ball: 2×BSF present with ±FTF sidebands (the ball turns with the cage), or harmonics;
+   cage: FTF and its 2nd harmonic, both clearly above the floor.
+   Candidates are ranked by strongest line plus 2 dB per extra supporting line.
+4. ISO 20816 zone C or D with the 1× shaft line carrying most of the velocity: imbalance;
+   with a strong 2× line: misalignment.
+5. lubrication: high broadband high-frequency level that is not impulsive.
+6. unknown_anomaly: impulsive (kurtosis) without a kinematic line, or zone D unexplained.
+7. normal.
+
+Thresholds live in `ballpass.stream.thresholds`; none was fitted to a data set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from ballpass.models import iso20816
+from ballpass.stream import thresholds as th
+from ballpass.stream.features import LINES, SIDEBANDS, FeatureBatch
+
+DIAGNOSES: tuple[str, ...] = (
+    "normal",
+    "outer_race",
+    "inner_race",
+    "ball",
+    "cage",
+    "lubrication",
+    "imbalance",
+    "misalignment",
+    "unknown_anomaly",
+    "sensor_fault",
+    "insufficient_data",
+)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One spectral line supporting a diagnosis: name, harmonic, frequency (Hz), SNR (dB)."""
+
+    line: str
+    harmonic: int
+    freq_hz: float
+    snr_db: float
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Diagnosis of one window. `confidence` in [0, 1]; `iso_zone` "A".."D" or "" if unknown."""
+
+    diagnosis: str
+    confidence: float
+    evidence: tuple[Evidence, ...]
+    reason: str
+    iso_zone: str
+
+
+def _conf(excess_db: float) -> float:
+    """Confidence from evidence `excess_db` above its threshold: 0.5 at 0 dB, 1 at full."""
+    return float(min(1.0, max(0.0, 0.5 + 0.5 * excess_db / th.CONFIDENCE_FULL_DB)))
+
+
+def _line_evidence(batch: FeatureBatch, i: int, li: int) -> list[Evidence]:
+    return [
+        Evidence(
+            LINES[li],
+            h + 1,
+            float(batch.line_freq_hz[i, li, h]),
+            float(batch.line_snr_db[i, li, h]),
+        )
+        for h in range(batch.line_snr_db.shape[2])
+    ]
+
+
+def _sideband_evidence(batch: FeatureBatch, i: int, sbs: tuple[int, int]) -> list[Evidence]:
+    return [
+        Evidence(
+            SIDEBANDS[s],
+            h + 1,
+            float(batch.sideband_freq_hz[i, s, h]),
+            float(batch.sideband_snr_db[i, s, h]),
+        )
+        for s in sbs
+        for h in range(batch.sideband_snr_db.shape[2])
+    ]
+
+
+def _bearing_candidates(batch: FeatureBatch, i: int) -> list[tuple[float, str, list[Evidence]]]:
+    """(score dB, diagnosis, supporting evidence) for each defect whose pattern is present."""
+    thr = th.LINE_SNR_DB
+    out: list[tuple[float, str, list[Evidence]]] = []
+    for li, name, sbs, line_thr in (
+        (0, "outer_race", (), thr),
+        (1, "inner_race", (0, 1), thr),
+        (2, "ball", (2, 3), thr),
+        (3, "cage", (), th.CAGE_LINE_SNR_DB),
+    ):
+        lines = _line_evidence(batch, i, li)
+        present = [e for e in lines if e.snr_db >= line_thr]
+        fundamental = lines[0]
+        if fundamental.snr_db < line_thr:
+            continue
+        sidebands = [e for e in _sideband_evidence(batch, i, sbs) if e.snr_db >= thr]
+        if name == "cage":
+            ok = len(present) >= 2
+        else:
+            ok = len(present) >= 2 or bool(sidebands) or fundamental.snr_db >= th.STRONG_LINE_SNR_DB
+        if not ok:
+            continue
+        support = present + sidebands
+        score = max(e.snr_db for e in present) + 2.0 * (len(support) - 1)
+        out.append((score, name, support))
+    out.sort(key=lambda c: c[0], reverse=True)
+    return out
+
+
+def diagnose(
+    batch: FeatureBatch, i: int, iso_group: int = 2, iso_foundation: str = "rigid"
+) -> Diagnosis:
+    """Diagnose window `i` of `batch` for a machine in ISO 20816-3 `iso_group` (1 or 2)
+    on a `iso_foundation` ("rigid" or "flexible") foundation.
+
+    Raises IndexError for a bad `i` and ValueError for an unknown group/foundation.
+    """
+    n = len(batch)
+    if not -n <= i < n:
+        raise IndexError(f"window index {i} out of range for a batch of {n}")
+    iso20816.boundaries(iso_group, iso_foundation)
+    row = batch.row(i)
+    vel = row["velocity_rms_mm_s"]
+    zone = iso20816.zone(vel, iso_group, iso_foundation) if math.isfinite(vel) else ""
+
+    # 1. Sensor health first: nothing else means anything on a broken signal.
+    if batch.finite[i] < 1.0 or not all(math.isfinite(v) for v in row.values()):
+        return Diagnosis("sensor_fault", 1.0, (), "window holds non-finite samples", "")
+    if row["rms_g"] < th.SENSOR_MIN_STD_G:
+        return Diagnosis("sensor_fault", 1.0, (), f"flat line: rms {row['rms_g']:.3g} g", zone)
+    if row["peak_g"] > th.SENSOR_MAX_PEAK_G:
+        return Diagnosis("sensor_fault", 1.0, (), f"implausible peak {row['peak_g']:.3g} g", zone)
+    clip = float(batch.clip_fraction[i])
+    if clip > th.SENSOR_CLIP_FRACTION:
+        return Diagnosis(
+            "sensor_fault", 0.9, (), f"clipped: {clip:.1%} of samples at the extremes", zone
+        )
+
+    # 2. Resolution: sidebands at ±1× shaft must be separable, lines must be resolved.
+    shaft = float(batch.shaft_hz[i])
+    res = float(batch.resolution_hz[i])
+    revs = float(batch.n_revolutions[i])
+    if revs < th.MIN_REVOLUTIONS or res > th.MAX_RESOLUTION_SHAFT_FRACTION * shaft:
+        return Diagnosis(
+            "insufficient_data",
+            1.0,
+            (),
+            f"window spans {revs:.1f} revolutions at resolution {res:.3g} Hz for shaft "
+            f"{shaft:.3g} Hz: need >= {th.MIN_REVOLUTIONS:g} revolutions and <= "
+            f"{th.MAX_RESOLUTION_SHAFT_FRACTION:g}x shaft",
+            zone,
+        )
+
+    # 3. Bearing defects.
+    cands = _bearing_candidates(batch, i)
+    if cands:
+        score, name, support = cands[0]
+        best = max(e.snr_db for e in support)
+        conf = _conf(best - th.LINE_SNR_DB + 2.0 * (len(support) - 1))
+        if len(cands) > 1:
+            # A rival pattern close in score lowers the confidence.
+            conf *= float(min(1.0, 0.5 + (score - cands[1][0]) / th.CONFIDENCE_FULL_DB))
+        support = sorted(support, key=lambda e: e.snr_db, reverse=True)
+        lines = ", ".join(
+            f"{e.line} h{e.harmonic} {e.freq_hz:.1f} Hz {e.snr_db:.1f} dB" for e in support[:4]
+        )
+        return Diagnosis(name, conf, tuple(support), f"envelope lines: {lines}", zone)
+
+    # 4. Shaft-rate faults only matter when the velocity level is unsatisfactory.
+    x1, x2 = row["x1_g"], row["x2_g"]
+    if zone in ("C", "D") and vel > 0.0:
+        x1_vel = x1 * th.G_TO_M_S2 * 1000.0 / (2.0 * math.pi * shaft) / math.sqrt(2.0)
+        share = min(1.0, (x1_vel / vel) ** 2)
+        ev = (Evidence("1x", 1, shaft, 0.0), Evidence("2x", 2, 2.0 * shaft, 0.0))
+        if x2 >= th.MISALIGNMENT_X2_RATIO * x1 and x2 > 0.0:
+            return Diagnosis(
+                "misalignment",
+                _conf(10.0 * (x2 / x1 - th.MISALIGNMENT_X2_RATIO)),
+                ev,
+                f"zone {zone} ({vel:.2f} mm/s) with 2x/1x = {x2 / max(x1, 1e-12):.2f}",
+                zone,
+            )
+        if share >= th.IMBALANCE_X1_SHARE:
+            return Diagnosis(
+                "imbalance",
+                _conf(20.0 * (share - th.IMBALANCE_X1_SHARE)),
+                ev[:1],
+                f"zone {zone} ({vel:.2f} mm/s), 1x holds {share:.0%} of the velocity",
+                zone,
+            )
+
+    # 5. Lubrication: broadband, non-impulsive high-frequency rise.
+    if row["hf_floor"] >= th.LUBRICATION_HF_G and row["kurtosis"] < th.LUBRICATION_MAX_KURTOSIS:
+        ratio_db = 20.0 * math.log10(row["hf_floor"] / th.LUBRICATION_HF_G)
+        return Diagnosis(
+            "lubrication",
+            _conf(ratio_db),
+            (),
+            f"high-frequency floor {row['hf_floor']:.3g} g, kurtosis {row['kurtosis']:.2f}",
+            zone,
+        )
+
+    # 6. Something is wrong that no kinematic line explains.
+    if row["kurtosis"] >= th.KURTOSIS_ANOMALY:
+        return Diagnosis(
+            "unknown_anomaly",
+            _conf(2.0 * (row["kurtosis"] - th.KURTOSIS_ANOMALY)),
+            (),
+            f"impulsive signal (kurtosis {row['kurtosis']:.2f}) without a bearing line",
+            zone,
+        )
+    if zone == "D":
+        return Diagnosis(
+            "unknown_anomaly", 0.5, (), f"velocity {vel:.2f} mm/s in zone D, cause unknown", zone
+        )
+
+    # 7. Normal: confident the further the strongest line sits below the threshold.
+    worst = float(np.max(batch.line_snr_db[i, :, 0]))
+    conf = float(min(1.0, max(0.5, 0.5 + 0.5 * (th.LINE_SNR_DB - worst) / th.LINE_SNR_DB)))
+    return Diagnosis("normal", conf, (), f"no defect pattern; strongest line {worst:.1f} dB", zone)

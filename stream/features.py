@@ -1,0 +1,208 @@
+"""Batched vibration features for the stream: one call per batch of same-shape windows.
+
+`extract` runs the Numba kernels of `ballpass.stream.dsp` over a (B, N) batch of
+acceleration windows (g) and returns a `FeatureBatch` of per-window arrays. Rows that are
+not finite are computed as zeros and flagged (`finite` = 0) so one bad window does not
+poison its batch; the diagnosis reports them as sensor faults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+from ballpass.models.bearing import DefectOrders
+from ballpass.stream import thresholds as th
+from ballpass.stream.dsp._check import check_fs, check_windows
+from ballpass.stream.dsp.envelope import _envelope_spectrum, _sk_bands, candidate_bands
+from ballpass.stream.dsp.lines import _line_search
+from ballpass.stream.dsp.spectrum import (
+    _amplitude_spectrum,
+    _band_rms,
+    _rfft_rows,
+    _velocity_rms,
+)
+from ballpass.stream.dsp.stats import _moments
+
+LINES: tuple[str, ...] = ("BPFO", "BPFI", "2xBSF", "FTF")
+"""Envelope lines searched, in the order of the second axis of the line arrays."""
+
+SIDEBANDS: tuple[str, ...] = ("BPFI-1x", "BPFI+1x", "2xBSF-FTF", "2xBSF+FTF")
+"""Sidebands searched, in the order of the second axis of the sideband arrays."""
+
+ROW_FIELDS: tuple[str, ...] = (
+    "rms_g",
+    "peak_g",
+    "crest",
+    "kurtosis",
+    "skewness",
+    "velocity_rms_mm_s",
+    "bpfo_snr_db",
+    "bpfi_snr_db",
+    "bsf_snr_db",
+    "ftf_snr_db",
+    "hf_floor",
+    "x1_g",
+    "x2_g",
+)
+"""The InfluxDB `vibration` fields a window contributes (ARCHITECTURE.md section 6)."""
+
+
+@dataclass(frozen=True)
+class FeatureBatch:
+    """Features of B windows. Every array's first axis is the window index.
+
+    Scalars per window, shape (B,):
+      rms_g, peak_g (|x − mean| max), crest, kurtosis (Pearson, gaussian 3), skewness;
+      velocity_rms_mm_s (ISO 20816 band 10-1000 Hz); bpfo/bpfi/bsf/ftf_snr_db (strongest
+      of harmonics 1-3 of BPFO, BPFI, 2×BSF, FTF in the envelope spectrum, dB over the local
+      floor); hf_floor (r.m.s. in g of the band 0.25-0.45 fs); x1_g, x2_g (amplitude in g
+      at 1× and 2× shaft, raw Hann spectrum).
+    Context per window, shape (B,): shaft_hz, resolution_hz (fs/N), n_revolutions,
+      clip_fraction, finite (1.0 or 0.0), env_lo_hz, env_hi_hz, env_sk (the envelope band
+      and its spectral kurtosis).
+    Evidence, shape (B, 4, 3) (lines in `LINES` order × harmonics 1-3):
+      line_freq_hz, line_amp_g (envelope amplitude, g), line_snr_db.
+    Sidebands, shape (B, 4, 3) (`SIDEBANDS` order × harmonics 1-3 of the carrier):
+      sideband_freq_hz, sideband_snr_db.
+    """
+
+    rms_g: np.ndarray
+    peak_g: np.ndarray
+    crest: np.ndarray
+    kurtosis: np.ndarray
+    skewness: np.ndarray
+    velocity_rms_mm_s: np.ndarray
+    bpfo_snr_db: np.ndarray
+    bpfi_snr_db: np.ndarray
+    bsf_snr_db: np.ndarray
+    ftf_snr_db: np.ndarray
+    hf_floor: np.ndarray
+    x1_g: np.ndarray
+    x2_g: np.ndarray
+    line_freq_hz: np.ndarray
+    line_amp_g: np.ndarray
+    line_snr_db: np.ndarray
+    sideband_freq_hz: np.ndarray
+    sideband_snr_db: np.ndarray
+    shaft_hz: np.ndarray
+    resolution_hz: np.ndarray
+    n_revolutions: np.ndarray
+    clip_fraction: np.ndarray
+    finite: np.ndarray
+    env_lo_hz: np.ndarray
+    env_hi_hz: np.ndarray
+    env_sk: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.rms_g.shape[0])
+
+    def row(self, i: int) -> dict[str, float]:
+        """The InfluxDB `vibration` fields of window `i` (all but seq and anomaly_score)."""
+        return {name: float(getattr(self, name)[i]) for name in ROW_FIELDS}
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        """Every array by field name (for tests and debugging)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def extract(
+    windows: np.ndarray, fs_hz: float, shaft_hz: np.ndarray, orders: DefectOrders
+) -> FeatureBatch:
+    """Compute the features of a batch of acceleration windows.
+
+    windows: (B, N) float64 acceleration in g, all at `fs_hz` (Hz) with the same N ≥ 16.
+    shaft_hz: (B,) shaft rate of each window in Hz, finite and > 0.
+    orders: defect orders of the bearing (BPFO, BPFI, BSF, FTF per shaft revolution).
+    Raises ValueError on a bad shape, dtype, rate or speed.
+    """
+    x = check_windows(windows, min_samples=16)
+    fs = check_fs(fs_hz)
+    b, n = x.shape
+    shaft = np.ascontiguousarray(shaft_hz, dtype=np.float64)
+    if shaft.shape != (b,):
+        raise ValueError(f"shaft_hz: expected shape ({b},), got {shaft.shape}")
+    if not np.all(np.isfinite(shaft) & (shaft > 0.0)):
+        raise ValueError(f"shaft_hz: must be finite and > 0, got {shaft}")
+    line_orders = np.array([orders.bpfo, orders.bpfi, 2.0 * orders.bsf, orders.ftf])
+    if not np.all(np.isfinite(line_orders) & (line_orders > 0.0)):
+        raise ValueError(f"orders: must be finite and > 0, got {orders}")
+
+    finite = np.all(np.isfinite(x), axis=1)
+    if not finite.all():
+        x = np.where(finite[:, None], x, 0.0)
+
+    stats = _moments(x)
+    raw = _rfft_rows(x)
+    velocity = _velocity_rms(raw, n, fs, th.VELOCITY_BAND_LO_HZ, th.VELOCITY_BAND_HI_HZ)
+    hf = _band_rms(raw, n, fs, th.HF_BAND_LO_FRACTION * fs, th.HF_BAND_HI_FRACTION * fs)
+    df = fs / n
+    harm = np.arange(1, th.N_HARMONICS + 1, dtype=np.float64)
+
+    # 1× and 2× shaft in the raw (Hann) spectrum.
+    amp = _amplitude_spectrum(x)
+    shaft_targets = (shaft[:, None] * np.array([1.0, 2.0]))[:, None, :]
+    _, x12, _ = _line_search(amp, df, shaft_targets, th.SPEED_TOLERANCE, th.NOISE_FLOOR_BINS)
+
+    # Envelope band: highest SK among candidates wide enough for the lines we read.
+    lo_bins, hi_bins = candidate_bands(fs, n, th.ENV_LEVELS)
+    top_line = (th.N_HARMONICS * line_orders.max() + 1.0) * shaft
+    need_bw = th.ENV_BANDWIDTH_FACTOR * top_line
+    band_ok = (lo_bins[None, :] * df >= th.ENV_BAND_MIN_LO_HZ) & (
+        (hi_bins - lo_bins)[None, :] * df >= need_bw[:, None]
+    )
+    if lo_bins.size:
+        sk = _sk_bands(raw, lo_bins, hi_bins)
+        masked = np.where(band_ok, sk, -np.inf)
+        pick = np.argmax(masked, axis=1)
+        lo_sel = lo_bins[pick]
+        hi_sel = hi_bins[pick]
+        env_sk = sk[np.arange(b), pick]
+    else:
+        lo_sel = np.zeros(b, dtype=np.int64)
+        hi_sel = np.zeros(b, dtype=np.int64)
+        env_sk = np.zeros(b)
+    # No admissible candidate (low fs or very fast shaft): fall back to the upper half band.
+    none_ok = ~band_ok.any(axis=1) if lo_bins.size else np.ones(b, dtype=bool)
+    lo_sel = np.where(none_ok, max(1, n // 4), lo_sel).astype(np.int64)
+    hi_sel = np.where(none_ok, n // 2, hi_sel).astype(np.int64)
+    env_sk = np.where(none_ok, 0.0, env_sk)
+    env_spec = _envelope_spectrum(raw, n, lo_sel, hi_sel)
+
+    targets = shaft[:, None, None] * line_orders[None, :, None] * harm[None, None, :]
+    lf, la, ls = _line_search(env_spec, df, targets, th.SPEED_TOLERANCE, th.NOISE_FLOOR_BINS)
+    carriers = np.stack([targets[:, 1], targets[:, 1], targets[:, 2], targets[:, 2]], axis=1)
+    ftf_hz = shaft * orders.ftf
+    offsets = np.stack([-shaft, shaft, -ftf_hz, ftf_hz], axis=1)[:, :, None]
+    sb_targets = np.maximum(carriers + offsets, 0.0)
+    sf, _, ss = _line_search(env_spec, df, sb_targets, th.SPEED_TOLERANCE, th.NOISE_FLOOR_BINS)
+
+    best = ls.max(axis=2)
+    return FeatureBatch(
+        rms_g=stats[:, 0].copy(),
+        peak_g=stats[:, 1].copy(),
+        crest=stats[:, 2].copy(),
+        kurtosis=stats[:, 3].copy(),
+        skewness=stats[:, 4].copy(),
+        velocity_rms_mm_s=velocity,
+        bpfo_snr_db=best[:, 0].copy(),
+        bpfi_snr_db=best[:, 1].copy(),
+        bsf_snr_db=best[:, 2].copy(),
+        ftf_snr_db=best[:, 3].copy(),
+        hf_floor=hf,
+        x1_g=x12[:, 0, 0].copy(),
+        x2_g=x12[:, 0, 1].copy(),
+        line_freq_hz=lf,
+        line_amp_g=la,
+        line_snr_db=ls,
+        sideband_freq_hz=sf,
+        sideband_snr_db=ss,
+        shaft_hz=shaft.copy(),
+        resolution_hz=np.full(b, df),
+        n_revolutions=shaft * n / fs,
+        clip_fraction=stats[:, 5].copy(),
+        finite=finite.astype(np.float64),
+        env_lo_hz=lo_sel * df,
+        env_hi_hz=hi_sel * df,
+        env_sk=env_sk,
+    )

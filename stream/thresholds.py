@@ -1,0 +1,94 @@
+"""Every tolerance, band and decision threshold of the DSP features and the diagnosis.
+
+One module, so a reviewer sees every number that shapes a decision in one place, and
+tests can refer to the same constants. Each value says where it comes from. Nothing here
+was fitted to the CWRU recordings; those are only used to measure the result.
+"""
+
+from __future__ import annotations
+
+# --- Units -------------------------------------------------------------------------
+G_TO_M_S2: float = 9.80665
+"""Standard gravity (m/s² per g), ISO 80000-3."""
+
+# --- ISO 20816 velocity band ---------------------------------------------------------
+VELOCITY_BAND_LO_HZ: float = 10.0
+VELOCITY_BAND_HI_HZ: float = 1000.0
+"""ISO 20816-3 broadband velocity r.m.s. range for machines above 600 r/min (Hz)."""
+
+# --- Kinematic line search -----------------------------------------------------------
+SPEED_TOLERANCE: float = 0.02
+"""Relative search half-width around each defect line: rolling elements slip 1-2 %
+(Randall & Antoni 2011, sec. 2.1), and the speed reading itself has some error."""
+
+N_HARMONICS: int = 3
+"""Harmonics 1..3 of each defect line are searched."""
+
+NOISE_FLOOR_BINS: int = 25
+"""Bins taken on each side of a search zone for the local noise floor (median)."""
+
+# --- Envelope band selection ----------------------------------------------------------
+ENV_LEVELS: tuple[int, ...] = (1, 2, 3)
+"""Dyadic kurtogram levels tried: level l has bandwidth fs / 2**(l+1), bands overlapping by half."""
+
+ENV_BAND_MIN_LO_HZ: float = 500.0
+"""Lowest band edge for the envelope: below it shaft harmonics and structural modes dominate
+and carry no impact-excited resonance."""
+
+ENV_BANDWIDTH_FACTOR: float = 2.0
+"""A band must be at least this many times wider than the highest envelope line searched
+(3rd BPFI harmonic plus a shaft sideband), or the demodulated lines are cut off."""
+
+# --- Sensor health ---------------------------------------------------------------------
+SENSOR_MIN_STD_G: float = 1e-6
+"""A window whose standard deviation is below this (g) is a flat line: the sensor is dead
+or disconnected (an industrial 100 mV/g sensor has a noise floor near 1e-5 g)."""
+
+SENSOR_MAX_PEAK_G: float = 500.0
+"""A peak above this (g) is beyond any industrial accelerometer's range on a machine."""
+
+SENSOR_CLIP_FRACTION: float = 0.01
+"""If more than this share of samples sit at the window's extreme value, the signal is clipped."""
+
+# --- Frequency resolution --------------------------------------------------------------
+MIN_REVOLUTIONS: float = 10.0
+"""A window must span at least this many shaft revolutions."""
+
+MAX_RESOLUTION_SHAFT_FRACTION: float = 0.25
+"""Bin spacing fs/N must be at most this fraction of the shaft rate, so that ±1× shaft
+sidebands sit at least 4 bins from their carrier."""
+
+# --- Diagnosis ---------------------------------------------------------------------------
+LINE_SNR_DB: float = 10.0
+"""A line is present when it stands this far above the median of its neighbours. For a
+noise-only Rayleigh spectrum the chance one bin exceeds the median by 10 dB is about 1e-3."""
+
+STRONG_LINE_SNR_DB: float = 16.0
+"""A line this far above its floor counts as evidence on its own (p about 1e-12 for noise)."""
+
+CAGE_LINE_SNR_DB: float = 16.0
+"""Cage lines are low-frequency and sit among shaft-related content; ask for more."""
+
+CONFIDENCE_FULL_DB: float = 20.0
+"""Evidence this many dB above the line threshold gives confidence 1."""
+
+KURTOSIS_ANOMALY: float = 5.0
+"""Kurtosis above this (gaussian = 3, std of the estimate about sqrt(24/N) = 0.05 at N=8192)
+marks an impulsive signal even when no kinematic line explains it."""
+
+LUBRICATION_HF_G: float = 0.5
+"""High-frequency band r.m.s. (g) above which a non-impulsive broadband rise points to poor
+lubrication (metal-to-metal friction) when no defect line is present."""
+
+LUBRICATION_MAX_KURTOSIS: float = 4.0
+"""Lubrication noise is broadband but not impulsive."""
+
+HF_BAND_LO_FRACTION: float = 0.25
+HF_BAND_HI_FRACTION: float = 0.45
+"""hf_floor band as fractions of fs: above the structural modes, below the anti-alias roll-off."""
+
+IMBALANCE_X1_SHARE: float = 0.5
+"""Imbalance: the 1× shaft velocity holds at least this share of the band velocity energy."""
+
+MISALIGNMENT_X2_RATIO: float = 0.5
+"""Misalignment: the 2× shaft line reaches at least this fraction of the 1× line."""
