@@ -1,0 +1,319 @@
+"""`ballpass demo`: the whole plant on one machine.
+
+Starts a private mosquitto (password + ACL, derived from mosquitto.conf) and influxd on
+free loopback ports, the stream service and one process per simulated gateway, plus a
+local webhook receiver; shows a live table; on Ctrl-C or after `--duration` stops the
+gateways (they drain their outboxes), waits for the stream to write what was published,
+stops everything it started by PID and writes the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from ballpass.log import kv
+from ballpass.services import Influxd, Mosquitto, Service
+
+log = logging.getLogger(__name__)
+
+DB = "ballpass"
+FS_HZ = 25600.0
+WINDOW_SAMPLES = 16384
+INTERVAL_S = 2.0
+
+
+@dataclass(frozen=True)
+class DemoSensor:
+    id: str
+    truth: str  # simulated condition; "normal" for a healthy bearing
+    severity: float = 1.0
+
+
+@dataclass(frozen=True)
+class DemoMachine:
+    gateway: str
+    asset: str
+    kind: str
+    bearing: str
+    shaft_hz: float
+    sensors: tuple[DemoSensor, ...]
+
+
+PLANT = (
+    DemoMachine("gw-r01", "r01-agitator", "motor", "SKF 6205", 24.75, (
+        DemoSensor("r01-de", "outer_race"), DemoSensor("r01-nde", "normal"))),
+    DemoMachine("gw-r02", "r02-pump", "pump", "SKF 6203", 49.2, (
+        DemoSensor("r02-de", "inner_race"), DemoSensor("r02-nde", "normal"))),
+    DemoMachine("gw-r03", "r03-gearbox", "gearbox", "SKF 6206", 16.4, (
+        DemoSensor("r03-in", "ball"), DemoSensor("r03-out", "normal"))),
+)
+
+
+def site_toml(broker: Mosquitto, influx: Influxd, workdir: Path, webhook_url: str,
+              passwords: dict[str, Path]) -> str:
+    """The demo's site config (a real one: the services load it like any other)."""
+    lines = [
+        '[site]', 'id = "demo"', 'name = "ballpass demo plant"', '',
+        '[broker]', f'host = "{broker.host}"', f'port = {broker.port}', '',
+        '[influx]', 'api = "v1"', f'url = "{influx.url}"', f'db = "{DB}"', '',
+        '[stream]', f'state_dir = "{workdir / "stream-state"}"', 'username = "stream"',
+        f'password_file = "{passwords["stream"]}"', '',
+    ]
+    for m in PLANT:
+        lines += ['[[asset]]', f'id = "{m.asset}"', f'kind = "{m.kind}"',
+                  f'bearing = "{m.bearing}"', f'shaft_hz = {m.shaft_hz}', '']
+    for m in PLANT:
+        lines += ['[[gateway]]', f'id = "{m.gateway}"',
+                  f'password_file = "{passwords[m.gateway]}"',
+                  f'outbox.path = "{workdir / (m.gateway + "-outbox.sqlite")}"', '']
+        for s in m.sensors:
+            lines += ['[[gateway.sensor]]', f'id = "{s.id}"', 'driver = "simulated"',
+                      f'asset = "{m.asset}"', f'fs_hz = {FS_HZ}',
+                      f'window_samples = {WINDOW_SAMPLES}', f'interval_s = {INTERVAL_S}',
+                      f'options = {{ fault = "{s.truth}", severity = {s.severity} }}', '']
+    lines += ['[[webhook]]', f'url = "{webhook_url}"', 'timeout_s = 5', 'retries = 3', '']
+    return "\n".join(lines)
+
+
+class WebhookReceiver:
+    """A local HTTP server that records every POSTed alert (the on-call person's stand-in)."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    receiver.received.append(json.loads(self.rfile.read(length)))
+                    self.send_response(204)
+                except ValueError:
+                    self.send_response(400)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass  # the demo logs deliveries itself
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
+                                       name="webhook-receiver")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Child:
+    """A ballpass subprocess in its own session (terminal Ctrl-C reaches only the demo)."""
+
+    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ballpass", *args], stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s: float) -> int:
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning(kv("demo_kill", process=self.name, reason="no exit after SIGTERM"))
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self._log.close()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _count(influx: Influxd, measurement: str, field: str) -> int:
+    result = influx.query(f'SELECT count("{field}") FROM "{measurement}"', db=DB)
+    series = result.get("results", [{}])[0].get("series")  # type: ignore[index,union-attr]
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def _render(status: dict[str, Any], started: float, webhooks: int, live: bool) -> str:
+    c = status.get("counters", {})
+    truth = {s.id: s.truth for m in PLANT for s in m.sensors}
+    rows = [f"ballpass demo  {time.time() - started:5.0f} s   windows ingested "
+            f"{c.get('ingested', 0)}  written {c.get('written', 0)}  alerts "
+            f"{c.get('alerts_fired', 0)}  webhooks received {webhooks}",
+            f"{'sensor':10} {'truth':12} {'diagnosis':16} {'conf':>5} {'state':6} "
+            f"{'ISO':3} {'v mm/s':>7} {'windows':>7} alerted"]
+    sensors = status.get("sensors", {})
+    for sensor_id, t in truth.items():
+        s = sensors.get(sensor_id, {})
+        v = s.get("velocity_rms_mm_s")
+        rows.append(f"{sensor_id:10} {t:12} {s.get('diagnosis', '-'):16} "
+                    f"{s.get('confidence', 0):5.2f} {s.get('state', '-'):6} "
+                    f"{s.get('iso_zone') or '-':3} {v if v is not None else float('nan'):7.2f} "
+                    f"{s.get('windows', 0):7d} {'YES' if s.get('alerted') else ''}")
+    text = "\n".join(rows)
+    return ("\x1b[H\x1b[2J" + text + "\n") if live else text
+
+
+def run_demo(duration_s: float | None = None, summary_json: Path | None = None,
+             live: bool = True, workdir: Path | None = None) -> int:
+    """Run the demo plant; returns the exit code. See the module docstring."""
+    keep = workdir is not None
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ballpass-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    live = live and sys.stdout.isatty()
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    started = time.time()
+    services: list[Service] = []
+    children: list[Child] = []
+    receiver = WebhookReceiver()
+    try:
+        users = {"stream": secrets.token_urlsafe(12)} | {
+            m.gateway: secrets.token_urlsafe(12) for m in PLANT}
+        passwords = {}
+        for user, pw in users.items():
+            passwords[user] = work / f"{user}.password"
+            passwords[user].write_text(pw + "\n", encoding="utf-8")
+            passwords[user].chmod(0o600)
+        broker = Mosquitto(work / "mosquitto", users=users)
+        influx = Influxd(work / "influxd")
+        for service in (broker, influx):
+            service.start()
+            services.append(service)
+        influx.create_database(DB)
+        receiver.start()
+        config_path = work / "site.toml"
+        config_path.write_text(site_toml(broker, influx, work, receiver.url, passwords),
+                               encoding="utf-8")
+        log.info(kv("demo_started", workdir=work, mqtt=f"{broker.host}:{broker.port}",
+                    influx=influx.url, webhook=receiver.url))
+
+        status_path = work / "stream-status.json"
+        children.append(Child("stream", ["stream", "--config", str(config_path),
+                                         "--status-file", str(status_path)],
+                              work / "stream.log"))
+        # Gateways start once the stream holds its persistent session, so nothing
+        # published is missed; the first run compiles the Numba kernels meanwhile.
+        while not stop.is_set() and not _read_json(status_path).get("mqtt_connected"):
+            if children[0].proc.poll() is not None:
+                raise RuntimeError(f"stream exited early; see {children[0].log_path}")
+            stop.wait(0.2)
+        for m in PLANT:
+            children.append(Child(m.gateway, ["gateway", "--config", str(config_path),
+                                              "--gateway", m.gateway],
+                                  work / f"{m.gateway}.log"))
+
+        last_line = 0.0
+        while not stop.is_set():
+            if duration_s is not None and time.time() - started >= duration_s:
+                break
+            for child in children:
+                if child.proc.poll() is not None:
+                    raise RuntimeError(f"{child.name} exited with {child.proc.returncode}; "
+                                       f"see {child.log_path}")
+            status = _read_json(status_path)
+            if live:
+                sys.stdout.write(_render(status, started, len(receiver.received), True))
+                sys.stdout.flush()
+            elif time.time() - last_line >= 10:
+                print(_render(status, started, len(receiver.received), False), flush=True)
+                last_line = time.time()
+            stop.wait(1.0)
+
+        log.info(kv("demo_stopping", reason="signal" if stop.is_set() else "duration"))
+        return _finish(children, status_path, influx, receiver, started, summary_json)
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            if child.proc.poll() is None:
+                child.wait(20)
+        receiver.stop()
+        for service in reversed(services):
+            service.stop()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _finish(children: list[Child], status_path: Path, influx: Influxd,
+            receiver: WebhookReceiver, started: float, summary_json: Path | None) -> int:
+    stream, gateways = children[0], children[1:]
+    for g in gateways:
+        g.terminate()
+    codes = {g.name: g.wait(30) for g in gateways}
+    # The gateways' final retained status carries their final counters.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = _read_json(status_path)
+        published = sum(int(g.get("counters", {}).get("published", 0))
+                        for g in status.get("gateways", {}).values())
+        c = status.get("counters", {})
+        done = c.get("written", 0) + c.get("spooled", 0)
+        if done >= published and c.get("ingested", 0) >= published:
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)  # let the last webhook deliveries land
+    stream.terminate()
+    codes["stream"] = stream.wait(60)
+    status = _read_json(status_path)
+    counters = status.get("counters", {})
+    gateway_counters = [g.get("counters", {}) for g in status.get("gateways", {}).values()]
+    captured = sum(int(g.get("captured", 0)) for g in gateway_counters)
+    published = sum(int(g.get("published", 0)) for g in gateway_counters)
+    written = _count(influx, "vibration", "seq") + _count(influx, "temperature", "celsius")
+    sensors = status.get("sensors", {})
+    summary = {
+        "duration_s": round(time.time() - started, 1),
+        "windows_captured": captured,
+        "windows_published": published,
+        "windows_ingested": int(counters.get("ingested", 0)),
+        "windows_written": written,
+        "windows_lost": max(0, captured - written),
+        "windows_dropped_at_gateway": sum(int(g.get("dropped", 0)) for g in gateway_counters),
+        "windows_rejected": counters.get("rejected", {}),
+        "duplicates": int(counters.get("duplicates", 0)),
+        "alerts_fired": int(counters.get("alerts_fired", 0)),
+        "webhooks_delivered": int(counters.get("webhooks_delivered", 0)),
+        "webhooks_received": len(receiver.received),
+        "exit_codes": codes,
+        "sensors": [
+            {"id": s.id, "truth": s.truth,
+             "diagnosis": sensors.get(s.id, {}).get("diagnosis"),
+             "alerted": bool(sensors.get(s.id, {}).get("alerted"))}
+            for m in PLANT for s in m.sensors
+        ],
+    }
+    print(_render(status, started, len(receiver.received), False), flush=True)
+    print(json.dumps({k: v for k, v in summary.items() if k != "sensors"}), flush=True)
+    if summary_json is not None:
+        Path(summary_json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    log.info(kv("demo_stopped", captured=captured, written=written,
+                lost=summary["windows_lost"], webhooks=summary["webhooks_delivered"]))
+    return 0 if all(code == 0 for code in codes.values()) else 1
