@@ -1,0 +1,329 @@
+"""Physics-based vibration of a machine with rolling-element bearings (numpy only).
+
+The model follows Randall & Antoni, "Rolling element bearing diagnostics — A tutorial",
+MSSP 25 (2011), §2: a localised bearing defect produces a train of impacts at its
+defect frequency (BPFO, BPFI, 2×BSF for a ball, FTF for the cage) whose spacing varies
+randomly by about 1 % (slip), each impact ringing the structure's resonances (here two
+decaying sinusoids, 3.0 and 4.6 kHz, damping ratio 0.02 and 0.05). A defect that turns
+with the shaft (inner race) or with the cage (ball) passes through the load zone once per
+turn, which modulates the impact amplitudes at the shaft rate or at FTF; an outer-race
+defect sits in the load zone and is not modulated. A standard envelope analysis (band-pass
+around the resonances, Hilbert envelope, spectrum) therefore shows the defect line and its
+harmonics, with ±fr sidebands for the inner race and ±FTF for a ball.
+
+Every machine adds shaft-rate lines (1× residual imbalance, a little 2× and 3×),
+broadband structural vibration and white measurement noise. Imbalance raises 1×,
+misalignment 2× (and 1×, 3×); poor lubrication raises a broadband floor above ~5 kHz.
+Amplitudes at severity 1.0 are in `ballpass.simulators.conditions`.
+
+Everything noise-like and the impact response is built in the frequency domain and
+turned into a signal by one inverse FFT (the impact train is convolved circularly with
+the resonance response, which is stationary-equivalent for a window much longer than the
+≈3 ms ring-down); shaft lines are added in the time domain. One second at 25.6 kHz costs
+about a millisecond.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ballpass.models.bearing import DefectOrders
+from ballpass.simulators.conditions import (
+    CONDITION_NAMES,
+    CONDITIONS,
+    DEFAULT_NOISE_G,
+    HEALTHY_MACHINE_RMS_G,
+    HEALTHY_RESONANCE_SHARE,
+    HEALTHY_SHAFT_MM_S,
+    HEALTHY_TEMP_C,
+    TEMP_NOISE_C,
+    TEMP_WANDER_C,
+    Condition,
+    line_order,
+)
+
+__all__ = [
+    "CONDITION_NAMES",
+    "defect_hz",
+    "hf_band_hz",
+    "resonances_hz",
+    "synthesize",
+    "temperature",
+    "validate",
+]
+
+STANDARD_GRAVITY = 9.80665  # m/s² per g
+
+#: Structural resonances excited by each impact: (nominal Hz, damping ratio, relative gain).
+RESONANCES = ((3000.0, 0.02, 1.0), (4600.0, 0.05, 0.5))
+#: A resonance never sits above this fraction of fs (it moves down for low sample rates).
+RESONANCE_MAX_FRACTION = (0.25, 0.38)
+#: Random slip: relative standard deviation of the interval between impacts.
+SLIP = 0.01
+#: Random impact-to-impact amplitude variation (relative standard deviation).
+IMPACT_SPREAD = 0.1
+#: Load zone: amplitude = floor + (1 − floor)·max(cos θ, 0)^1.5 (Stribeck, ε = 0.5).
+LOAD_ZONE_FLOOR = 0.5
+#: A ball strikes the inner and outer race alternately; the inner-race strike is weaker.
+BALL_SECOND_STRIKE = 0.8
+#: Lubrication floor band: from min(5 kHz, 0.35·fs) to min(20 kHz, 0.45·fs).
+HF_BAND = (5000.0, 0.35, 20000.0, 0.45)
+#: Healthy structural vibration band (Hz): rises above the first, rolls off above the second.
+MACHINE_BAND = (150.0, 2500.0)
+#: Fixed phases (rad) of the 2× and 3× shaft lines relative to the 1× line.
+_HARMONIC_PHASE = (0.0, 0.7, 1.9)
+
+
+def resonances_hz(fs_hz: float) -> tuple[float, ...]:
+    """Frequencies (Hz) of the structural resonances used at sample rate `fs_hz`."""
+    return tuple(
+        min(f, frac * fs_hz) for (f, _, _), frac in zip(RESONANCES, RESONANCE_MAX_FRACTION,
+                                                       strict=True)
+    )
+
+
+def hf_band_hz(fs_hz: float) -> tuple[float, float]:
+    """The band (Hz) of the high-frequency floor a lubrication problem raises."""
+    lo, lo_frac, hi, hi_frac = HF_BAND
+    return min(lo, lo_frac * fs_hz), min(hi, hi_frac * fs_hz)
+
+
+def defect_hz(condition: str, orders: DefectOrders, shaft_hz: float) -> tuple[str, float]:
+    """The characteristic line of `condition` as (name, Hz): BPFO, BPFI, 2×BSF, FTF,
+    2× shaft for misalignment, else 1× shaft."""
+    name, order = line_order(_condition(condition), orders)
+    return name, order * shaft_hz
+
+
+def validate(condition: str, orders: DefectOrders, shaft_hz: float, fs_hz: float,
+             severity: float = 1.0, noise_g: float = DEFAULT_NOISE_G) -> None:
+    """Raise ValueError naming the bad item when `synthesize` would refuse these inputs."""
+    _condition(condition)
+    if not (isinstance(fs_hz, int | float) and math.isfinite(fs_hz) and fs_hz > 0):
+        raise ValueError(f"fs_hz: must be a finite number > 0, got {fs_hz!r}")
+    if not (isinstance(shaft_hz, int | float) and math.isfinite(shaft_hz) and shaft_hz > 0):
+        raise ValueError(f"shaft_hz: must be a finite number > 0, got {shaft_hz!r}")
+    if not (isinstance(severity, int | float) and math.isfinite(severity) and severity >= 0):
+        raise ValueError(f"severity: must be a finite number >= 0, got {severity!r}")
+    if not (isinstance(noise_g, int | float) and math.isfinite(noise_g) and noise_g >= 0):
+        raise ValueError(f"noise_g: must be a finite number >= 0, got {noise_g!r}")
+    line, hz = defect_hz(condition, orders, shaft_hz)
+    if hz >= fs_hz / 2:
+        raise ValueError(
+            f"{line}: {condition} line at {hz:.6g} Hz (shaft_hz={shaft_hz:g}) is not below "
+            f"the Nyquist frequency {fs_hz / 2:g} Hz (fs_hz={fs_hz:g})"
+        )
+
+
+def synthesize(
+    condition: str,
+    orders: DefectOrders,
+    shaft_hz: float,
+    fs_hz: float,
+    n_samples: int,
+    *,
+    severity: float = 1.0,
+    rng: np.random.Generator,
+    t0_s: float = 0.0,
+    noise_g: float = DEFAULT_NOISE_G,
+) -> np.ndarray:
+    """One window of acceleration (g) of a machine in `condition`.
+
+    `orders`: the bearing's defect orders; `shaft_hz`: shaft speed (Hz); `fs_hz`: sample
+    rate (Hz); `severity` ≥ 0 scales the fault (1.0: a developed fault, 0.0: healthy);
+    `rng` drives every random part (deterministic for a seed); `t0_s` (s) sets the phase
+    of the shaft lines, as a keyphasor would; `noise_g`: white sensor noise (g RMS).
+    Returns float64, shape (n_samples,). Each call is an independent window: the impact
+    train starts at a random phase.
+    """
+    validate(condition, orders, shaft_hz, fs_hz, severity, noise_g)
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer) \
+            or n_samples < 1:
+        raise ValueError(f"n_samples: must be an integer >= 1, got {n_samples!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng: must be a numpy.random.Generator, got {type(rng).__name__}")
+    if not math.isfinite(t0_s):
+        raise ValueError(f"t0_s: must be finite, got {t0_s!r}")
+    cond = CONDITIONS[condition]
+    n = int(n_samples)
+    fs = float(fs_hz)
+    sp = _spectra(n, fs)
+
+    # Gaussian parts (structure, sensor noise, lubrication floor) are independent, so
+    # their power shapes add; one complex draw and one inverse FFT make all of them.
+    power = HEALTHY_MACHINE_RMS_G**2 * sp.machine + noise_g**2 * sp.white
+    if cond.hf_rms_g and severity:
+        power = power + (severity * cond.hf_rms_g) ** 2 * sp.hf
+    m = sp.freq.size
+    spectrum = (rng.standard_normal(m) + 1j * rng.standard_normal(m)) * np.sqrt(
+        power * (n * n / 4.0)
+    )
+    if cond.line is not None and severity > 0 and n > 1:
+        spectrum += sp.response * np.fft.rfft(
+            _impact_train(cond, orders, shaft_hz, fs, n, severity, rng, sp.impulse_energy)
+        )
+    x = np.fft.irfft(spectrum, n)
+
+    # Shaft-rate lines, phase-locked to t0 like a keyphasor reference.
+    phase0 = 2.0 * math.pi * math.fmod(shaft_hz * t0_s, 1.0)
+    for h, (base, added) in enumerate(zip(HEALTHY_SHAFT_MM_S, cond.shaft_mm_s, strict=True),
+                                      start=1):
+        f = h * shaft_hz
+        v = base + severity * added
+        if v <= 0 or f >= fs / 2:
+            continue
+        amp = math.sqrt(2.0) * v * 1e-3 * 2.0 * math.pi * f / STANDARD_GRAVITY
+        x += amp * np.cos((2.0 * math.pi * f / fs) * sp.index + (h * phase0
+                                                                + _HARMONIC_PHASE[h - 1]))
+    return x
+
+
+def temperature(condition: str, n_samples: int, *, severity: float = 1.0,
+                rng: np.random.Generator) -> np.ndarray:
+    """A burst of `n_samples` bearing-housing temperatures (°C), float64.
+
+    Healthy about 40 °C with a slow wander between bursts; a fault adds its
+    `temp_rise_c` × severity (friction heat), lubrication most.
+    """
+    cond = _condition(condition)
+    if not (isinstance(severity, int | float) and math.isfinite(severity) and severity >= 0):
+        raise ValueError(f"severity: must be a finite number >= 0, got {severity!r}")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer) \
+            or n_samples < 1:
+        raise ValueError(f"n_samples: must be an integer >= 1, got {n_samples!r}")
+    level = HEALTHY_TEMP_C + severity * cond.temp_rise_c + TEMP_WANDER_C * rng.standard_normal()
+    return level + TEMP_NOISE_C * rng.standard_normal(int(n_samples))
+
+
+# --- internals -----------------------------------------------------------------------
+
+
+def _condition(name: str) -> Condition:
+    try:
+        return CONDITIONS[name]
+    except (KeyError, TypeError):
+        close = difflib.get_close_matches(str(name), CONDITION_NAMES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"condition: unknown {name!r}{hint} (known: {', '.join(CONDITION_NAMES)})"
+        ) from None
+
+
+@dataclass(frozen=True)
+class _Spectra:
+    """Per-(n, fs) arrays, computed once: everything a window needs but the random draws.
+
+    Power shapes are per rfft bin, normalised to sum 1 over the bins (DC and Nyquist
+    excluded), so `rms² · shape` gives a process of that RMS (see `synthesize`).
+    """
+
+    freq: np.ndarray
+    index: np.ndarray
+    machine: np.ndarray
+    white: np.ndarray
+    hf: np.ndarray
+    response: np.ndarray  # DFT of the (periodised) impulse response of the structure
+    impulse_energy: float  # Σ h² of that response (g² per unit impulse²)
+
+
+def _normalise(shape: np.ndarray) -> np.ndarray:
+    shape = shape.copy()
+    shape[0] = 0.0
+    total = shape.sum()
+    return shape / total if total > 0 else shape
+
+
+@functools.lru_cache(maxsize=16)
+def _spectra(n: int, fs: float) -> _Spectra:
+    freq = np.fft.rfftfreq(n, 1.0 / fs)
+    zinv = np.exp(-2j * np.pi * np.arange(freq.size) / n)
+    response = np.zeros(freq.size, dtype=np.complex128)
+    for (_, zeta, gain), f_res in zip(RESONANCES, resonances_hz(fs), strict=True):
+        # Z-transform of r^k·sin(θk) (k ≥ 0) on the unit circle = DFT of the decaying
+        # sinusoid wrapped onto n samples: the exact circular-convolution kernel.
+        w = 2.0 * math.pi * f_res
+        r = math.exp(-zeta * w / fs)
+        theta = w * math.sqrt(1.0 - zeta * zeta) / fs
+        wrap = 1.0 / (1.0 - r**n)
+        response += gain * wrap * r * math.sin(theta) * zinv / (
+            1.0 - 2.0 * r * math.cos(theta) * zinv + r * r * zinv * zinv
+        )
+    power = np.abs(response) ** 2
+    # Parseval over the full (two-sided) spectrum.
+    impulse_energy = float((2.0 * power.sum() - power[0] - (power[-1] if n % 2 == 0 else 0.0))
+                           / n)
+
+    interior = np.ones(freq.size)
+    interior[0] = 0.0
+    if n % 2 == 0:
+        interior[-1] = 0.0  # the Nyquist bin of an even n is real: leave it empty
+    f_lo, f_hi = MACHINE_BAND
+    with np.errstate(divide="ignore", invalid="ignore"):
+        band = (freq / f_lo) ** 2 / (1.0 + (freq / f_lo) ** 2) / (1.0 + (freq / f_hi) ** 4)
+        h_lo, h_hi = hf_band_hz(fs)
+        hf = (freq / h_lo) ** 8 / (1.0 + (freq / h_lo) ** 8) / (1.0 + (freq / h_hi) ** 8)
+    band = _normalise(band * interior)
+    structure = _normalise(power * interior)
+    machine = (1.0 - HEALTHY_RESONANCE_SHARE) * band + HEALTHY_RESONANCE_SHARE * structure
+    out = _Spectra(
+        freq=freq,
+        index=np.arange(n, dtype=np.float64),
+        machine=machine,
+        white=_normalise(interior),
+        hf=_normalise(hf * interior),
+        response=response,
+        impulse_energy=impulse_energy,
+    )
+    for a in (out.freq, out.index, out.machine, out.white, out.hf, out.response):
+        a.flags.writeable = False
+    return out
+
+
+def _load_zone(theta: np.ndarray) -> np.ndarray:
+    """Relative impact amplitude of a defect at angle θ (rad) from the load-zone centre."""
+    return LOAD_ZONE_FLOOR + (1.0 - LOAD_ZONE_FLOOR) * np.maximum(np.cos(theta), 0.0) ** 1.5
+
+
+# Mean square of the load-zone factor over a turn (normalises the modulated RMS).
+_LOAD_ZONE_MS = float(np.mean(_load_zone(np.linspace(0.0, 2.0 * np.pi, 4096,
+                                                     endpoint=False)) ** 2))
+
+
+def _impact_train(cond: Condition, orders: DefectOrders, shaft_hz: float, fs: float, n: int,
+                  severity: float, rng: np.random.Generator, impulse_energy: float
+                  ) -> np.ndarray:
+    """Impacts of one window as unit-sample impulses (length n), scaled so that their
+    response has RMS severity × `cond.impact_rms_g` in expectation."""
+    _, order = line_order(cond, orders)
+    rate = order * shaft_hz  # impacts per second
+    duration = n / fs
+    period = 1.0 / rate
+    # Random phase of the first impact; intervals jittered by slip (a random walk in time,
+    # as in Randall & Antoni: the defect lines smear more at higher harmonics).
+    count = int(duration * rate * (1.0 + 6.0 * SLIP)) + 8
+    intervals = period * (1.0 + SLIP * rng.standard_normal(count))
+    times = rng.uniform(0.0, period) + np.concatenate(([0.0], np.cumsum(intervals[:-1])))
+    times = times[times < duration]
+    amps = 1.0 + IMPACT_SPREAD * rng.standard_normal(times.size)
+    mean_square = 1.0 + IMPACT_SPREAD**2
+    if cond.line == "2bsf":
+        # The ball's defect strikes outer and inner race in turn (its spin is 2×BSF).
+        start = int(rng.integers(2))
+        amps[start::2] *= BALL_SECOND_STRIKE
+        mean_square *= (1.0 + BALL_SECOND_STRIKE**2) / 2.0
+    if cond.modulation != "none":
+        carrier = shaft_hz if cond.modulation == "shaft" else orders.ftf * shaft_hz
+        phase = rng.uniform(0.0, 2.0 * math.pi)
+        amps *= _load_zone(2.0 * math.pi * carrier * times + phase)
+        mean_square *= _LOAD_ZONE_MS
+    # Expected power per sample of the response: (rate/fs)·E[a²]·Σh².
+    scale = severity * cond.impact_rms_g / math.sqrt(
+        rate / fs * mean_square * impulse_energy
+    )
+    index = np.minimum((times * fs).astype(np.int64), n - 1)
+    return np.bincount(index, weights=amps * scale, minlength=n)
