@@ -458,8 +458,11 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> Config:
     )
     st.finish()
 
-    assets = [_parse_asset(r) for r in root.tables("asset")]
-    asset_ids = [x.id for x in assets if x]
+    asset_readers = root.tables("asset")
+    assets = [_parse_asset(r) for r in asset_readers]
+    # Ids of assets that failed for another reason still count, so one bad bearing does
+    # not also report every sensor on that asset.
+    asset_ids = [r.table["id"] for r in asset_readers if isinstance(r.table.get("id"), str)]
     _no_duplicates(root, "asset", asset_ids)
     gateways = [_parse_gateway(r, set(asset_ids)) for r in root.tables("gateway")]
     _no_duplicates(root, "gateway", [g.id for g in gateways if g])
