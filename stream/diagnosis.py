@@ -11,7 +11,7 @@ Rules, in order (the first that fires wins):
    through the load zone), or several BPFI harmonics;
    ball: 2×BSF present with ±FTF sidebands (the ball turns with the cage), or harmonics;
    cage: FTF and its 2nd harmonic, both clearly above the floor.
-   Candidates are ranked by strongest line plus 2 dB per extra supporting line.
+   Candidates are ranked by the SNR of their fundamental plus 1 dB per supporting line.
 4. ISO 20816 zone C or D with the 1× shaft line carrying most of the velocity: imbalance;
    with a strong 2× line: misalignment.
 5. lubrication: high broadband high-frequency level that is not impulsive.
@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from ballpass.models import iso20816
 from ballpass.stream import thresholds as th
 from ballpass.stream.features import LINES, SIDEBANDS, FeatureBatch
@@ -120,7 +121,8 @@ def _bearing_candidates(batch: FeatureBatch, i: int) -> list[tuple[float, str, l
         if not ok:
             continue
         support = present + sidebands
-        score = max(e.snr_db for e in present) + 2.0 * (len(support) - 1)
+        # The fundamental is the most specific line; harmonics and sidebands add support.
+        score = fundamental.snr_db + th.SUPPORT_BONUS_DB * (len(support) - 1)
         out.append((score, name, support))
     out.sort(key=lambda c: c[0], reverse=True)
     return out
@@ -175,7 +177,7 @@ def diagnose(
     if cands:
         score, name, support = cands[0]
         best = max(e.snr_db for e in support)
-        conf = _conf(best - th.LINE_SNR_DB + 2.0 * (len(support) - 1))
+        conf = _conf(best - th.LINE_SNR_DB + th.SUPPORT_BONUS_DB * (len(support) - 1))
         if len(cands) > 1:
             # A rival pattern close in score lowers the confidence.
             conf *= float(min(1.0, 0.5 + (score - cands[1][0]) / th.CONFIDENCE_FULL_DB))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
+
 from ballpass.models.bearing import DefectOrders
 from ballpass.stream import thresholds as th
 from ballpass.stream.dsp._check import check_fs, check_windows

@@ -69,6 +69,9 @@ STRONG_LINE_SNR_DB: float = 16.0
 CAGE_LINE_SNR_DB: float = 16.0
 """Cage lines are low-frequency and sit among shaft-related content; ask for more."""
 
+SUPPORT_BONUS_DB: float = 1.0
+"""Ranking bonus per harmonic or sideband supporting a defect's fundamental (dB)."""
+
 CONFIDENCE_FULL_DB: float = 20.0
 """Evidence this many dB above the line threshold gives confidence 1."""
 

@@ -18,9 +18,13 @@ import math
 
 import numpy as np
 import rocket_fft  # noqa: F401  (registers np.fft support inside @njit)
+from numba import njit
+
 from ballpass.stream.dsp._check import check_fs, check_windows
 from ballpass.stream.dsp.spectrum import _amplitude_spectrum, _rfft_rows
-from numba import njit
+
+_EMPTY_BAND = 1e-20
+"""Band energy below this fraction of the row's energy counts as empty (round-off)."""
 
 
 @njit(cache=True)
@@ -29,12 +33,15 @@ def _sk_bands(spec: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray) -> np.
 
     `spec` is the (B, M) one-sided DFT; band k holds bins lo_bins[k] .. hi_bins[k]-1.
     SK = E|c|⁴ / (E|c|²)² − 2: 0 for gaussian noise, −1 for a pure tone, large for
-    impacts. A band without energy gets 0.
+    impacts. A band without energy (relative to the whole row) gets 0.
     """
     b = spec.shape[0]
     kk = lo_bins.shape[0]
     out = np.zeros((b, kk))
     for i in range(b):
+        total = 0.0
+        for k in range(spec.shape[1]):
+            total += spec[i, k].real ** 2 + spec[i, k].imag ** 2
         for k in range(kk):
             seg = spec[i, lo_bins[k] : hi_bins[k]].copy()
             c = np.fft.ifft(seg)
@@ -45,7 +52,8 @@ def _sk_bands(spec: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray) -> np.
                 m2 += p
                 m4 += p * p
             m = c.shape[0]
-            if m2 > 0.0:
+            # A band holding only FFT round-off (relative energy < 1e-20) has no defined SK.
+            if m2 > _EMPTY_BAND * total:
                 m2 /= m
                 m4 /= m
                 out[i, k] = m4 / (m2 * m2) - 2.0

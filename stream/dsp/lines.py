@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from ballpass.stream.dsp._check import check_fs
 from numba import njit
+
+from ballpass.stream.dsp._check import check_fs
 
 _TINY = 1e-15
 """Added to line and floor (g) so an all-zero spectrum reads 0 dB instead of NaN."""
@@ -24,7 +25,9 @@ def _line_search(
     """Find lines near `targets` (B, L, H) Hz in `spec` (B, M) with bin spacing `df` Hz.
 
     Returns frequency (Hz), amplitude (units of spec) and SNR (dB) of each, shape (B, L, H).
-    Search zone: bins floor(f(1−tol)/df) .. ceil(f(1+tol)/df), within 1 .. M−2. The line is
+    Search zone: bins ceil(f(1−tol)/df) .. floor(f(1+tol)/df) (inward, so a neighbouring
+    line just outside the tolerance is not picked up; at least the bin nearest f), within
+    1 .. M−2. The line is
     the largest bin in the zone that is ≥ both neighbours; if the zone holds no local
     maximum (only the flank of a stronger line outside), the bin nearest the target is
     read instead. A target whose zone lies beyond the spectrum reads 0 and 0 dB.
@@ -39,8 +42,13 @@ def _line_search(
             for h in range(nh):
                 f = targets[i, li, h]
                 freq[i, li, h] = f
-                k_lo = max(1, math.floor(f * (1.0 - tol) / df))
-                k_hi = min(m - 2, math.ceil(f * (1.0 + tol) / df))
+                k_lo = math.ceil(f * (1.0 - tol) / df)
+                k_hi = math.floor(f * (1.0 + tol) / df)
+                if k_lo > k_hi:
+                    k_lo = round(f / df)
+                    k_hi = k_lo
+                k_lo = max(1, k_lo)
+                k_hi = min(m - 2, k_hi)
                 if k_lo > k_hi:
                     continue
                 best = -1

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import rocket_fft  # noqa: F401  (registers np.fft support inside @njit)
+from numba import njit
+
 from ballpass.stream.dsp._check import check_fs, check_windows
 from ballpass.stream.thresholds import G_TO_M_S2
-from numba import njit
 
 
 @njit(cache=True)

@@ -8,8 +8,9 @@ an accelerometer's vibration statistics are about the AC part.
 from __future__ import annotations
 
 import numpy as np
-from ballpass.stream.dsp._check import check_windows
 from numba import njit
+
+from ballpass.stream.dsp._check import check_windows
 
 STAT_NAMES: tuple[str, ...] = ("rms_g", "peak_g", "crest", "kurtosis", "skewness", "clip_fraction")
 

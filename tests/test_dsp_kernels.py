@@ -1,0 +1,262 @@
+"""Every DSP kernel against its slow reference (tests/reference_dsp.py), plus properties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import reference_dsp as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from ballpass.stream.dsp import envelope as env
+from ballpass.stream.dsp import lines, spectrum, stats
+from ballpass.stream.dsp.envelope import candidate_bands
+
+SETTINGS = settings(max_examples=25, deadline=None)
+FS = 1000.0
+
+
+@st.composite
+def batches(draw, min_n: int = 16, max_n: int = 257) -> np.ndarray:
+    """(B, N) float64 batches, B in 1..5, N odd or even, values in ±10 g.
+
+    Values are quantised to 0.01 g like ADC counts, so hypothesis explores constant rows,
+    spikes and steps rather than 1e-300 magnitudes no sensor produces.
+    """
+    b = draw(st.integers(1, 5))
+    n = draw(st.integers(min_n, max_n))
+    elems = st.integers(-1000, 1000).map(lambda v: v / 100.0)
+    return draw(arrays(np.float64, (b, n), elements=elems))
+
+
+def noisy(b: int, n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((b, n))
+
+
+# --- stats -----------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(batches())
+def test_moments_match_reference(x: np.ndarray) -> None:
+    got = stats.moments(x)
+    want = ref.moments(x)
+    # Rows whose spread is near float64 round-off give meaningless higher moments.
+    spread = np.ptp(x, axis=1) > 1e-6 * np.maximum(1.0, np.abs(x).max(axis=1))
+    np.testing.assert_allclose(got[:, :2], want[:, :2], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got[spread, 2:5], want[spread, 2:5], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(got[:, 5], want[:, 5], atol=0)
+
+
+def test_moments_constant_row_and_gaussian() -> None:
+    x = np.vstack([np.full(100, 3.0), noisy(1, 200_000, 1)[0, :100]])
+    got = stats.moments(x)
+    assert got[0].tolist() == [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    g = stats.moments(noisy(1, 200_000, 2))[0]
+    assert g[3] == pytest.approx(3.0, abs=0.05)  # Pearson kurtosis of a gaussian
+    assert g[4] == pytest.approx(0.0, abs=0.02)
+
+
+def test_moments_of_a_sine() -> None:
+    t = np.arange(1000) / FS
+    got = stats.moments(2.0 * np.sin(2 * np.pi * 50 * t)[None, :])[0]
+    assert got[0] == pytest.approx(2.0 / math.sqrt(2), rel=1e-9)
+    assert got[2] == pytest.approx(math.sqrt(2), rel=1e-6)
+    assert got[3] == pytest.approx(1.5, rel=1e-6)  # kurtosis of a sine
+
+
+# --- spectra ----------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(batches())
+def test_amplitude_spectrum_matches_reference(x: np.ndarray) -> None:
+    np.testing.assert_allclose(
+        spectrum.amplitude_spectrum(x), ref.amplitude_spectrum(x), rtol=1e-9, atol=1e-9
+    )
+
+
+@SETTINGS
+@given(batches(), st.floats(0.0, 250.0), st.floats(0.0, 500.0))
+def test_band_rms_matches_reference(x: np.ndarray, lo: float, width: float) -> None:
+    hi = lo + width
+    np.testing.assert_allclose(
+        spectrum.band_rms(x, FS, lo, hi), ref.band_rms(x, FS, lo, hi), rtol=1e-8, atol=1e-9
+    )
+
+
+@SETTINGS
+@given(batches(), st.floats(1.0, 100.0), st.floats(0.0, 500.0))
+def test_velocity_rms_matches_reference(x: np.ndarray, lo: float, width: float) -> None:
+    # Below Nyquist: integrating the (real) Nyquist bin makes it imaginary, which irfft drops.
+    hi = min(lo + width, 0.49 * FS)
+    np.testing.assert_allclose(
+        spectrum.velocity_rms(x, FS, lo, hi), ref.velocity_rms(x, FS, lo, hi), rtol=1e-8, atol=1e-9
+    )
+
+
+@SETTINGS
+@given(batches())
+def test_parseval_full_band_rms_is_std(x: np.ndarray) -> None:
+    np.testing.assert_allclose(
+        spectrum.band_rms(x, FS, 0.0, FS), x.std(axis=1), rtol=1e-9, atol=1e-9
+    )
+
+
+@SETTINGS
+@given(batches(), st.floats(-5.0, 5.0), st.integers(0, 300))
+def test_linearity_and_shift_invariance(x: np.ndarray, a: float, shift: int) -> None:
+    np.testing.assert_allclose(
+        spectrum.amplitude_spectrum(a * x),
+        abs(a) * spectrum.amplitude_spectrum(x),
+        rtol=1e-9,
+        atol=1e-9,
+    )
+    v = spectrum.velocity_rms(x, FS, 10.0, 400.0)
+    np.testing.assert_allclose(
+        spectrum.velocity_rms(a * x, FS, 10.0, 400.0), abs(a) * v, rtol=1e-9, atol=1e-9
+    )
+    # A circular shift changes only phases, so every band level stays the same.
+    rolled = np.roll(x, shift, axis=1)
+    np.testing.assert_allclose(
+        spectrum.velocity_rms(rolled, FS, 10.0, 400.0), v, rtol=1e-8, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        spectrum.band_rms(rolled, FS, 100.0, 300.0),
+        spectrum.band_rms(x, FS, 100.0, 300.0),
+        rtol=1e-8,
+        atol=1e-9,
+    )
+
+
+def test_sine_reads_its_amplitude_and_velocity() -> None:
+    fs, n, f, a = 25600.0, 16384, 50.0, 0.3  # 50 Hz sits on bin 32
+    x = a * np.sin(2 * np.pi * f * np.arange(n) / fs)[None, :]
+    s = spectrum.amplitude_spectrum(x)[0]
+    assert s[32] == pytest.approx(a, rel=1e-9)
+    v = spectrum.velocity_rms(x, fs, 10.0, 1000.0)[0]
+    assert v == pytest.approx(a * 9.80665e3 / (2 * np.pi * f) / math.sqrt(2), rel=1e-9)
+    # Outside the ISO band a line contributes nothing.
+    assert spectrum.velocity_rms(x, fs, 100.0, 1000.0)[0] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_wrappers_reject_bad_input() -> None:
+    with pytest.raises(ValueError, match="float64"):
+        spectrum.amplitude_spectrum(np.zeros((2, 32), dtype=np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        stats.moments(np.zeros(32))
+    with pytest.raises(TypeError):
+        stats.moments([[1.0, 2.0]])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fs_hz"):
+        spectrum.velocity_rms(np.zeros((1, 32)), -1.0)
+    with pytest.raises(ValueError, match="fs_hz"):
+        spectrum.band_rms(np.zeros((1, 32)), float("nan"), 0.0, 1.0)
+
+
+# --- envelope -----------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(batches(min_n=64, max_n=301))
+def test_spectral_kurtosis_matches_reference(x: np.ndarray) -> None:
+    lo, hi = candidate_bands(FS, x.shape[1], (1, 2))
+    np.testing.assert_allclose(
+        env.spectral_kurtosis(x, lo, hi), ref.spectral_kurtosis(x, lo, hi), rtol=1e-7, atol=1e-7
+    )
+
+
+@SETTINGS
+@given(batches(min_n=32, max_n=301), st.data())
+def test_envelope_matches_hilbert(x: np.ndarray, data: st.DataObject) -> None:
+    b, n = x.shape
+    lo = np.array([data.draw(st.integers(1, n // 2 - 1)) for _ in range(b)])
+    hi = np.array([data.draw(st.integers(int(k) + 1, n // 2)) for k in lo])
+    np.testing.assert_allclose(
+        env.envelope(x, lo, hi), ref.envelope(x, lo, hi), rtol=1e-8, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        env.envelope_spectrum(x, lo, hi),
+        ref.amplitude_spectrum(ref.envelope(x, lo, hi)),
+        rtol=1e-7,
+        atol=1e-9,
+    )
+
+
+def test_spectral_kurtosis_gaussian_tone_and_impacts() -> None:
+    fs, n = 12000.0, 16384
+    lo, hi = np.array([1000]), np.array([3000])
+    t = np.arange(n) / fs
+    tone = np.sin(2 * np.pi * 2000.0 * t)
+    impacts = np.zeros(n)
+    impacts[::800] = 1.0
+    impacts = np.convolve(impacts, np.exp(-np.arange(200) / 20.0) * np.sin(np.arange(200)))[:n]
+    sk = env.spectral_kurtosis(np.vstack([noisy(1, n, 3)[0], tone, impacts]), lo, hi)[:, 0]
+    assert abs(sk[0]) < 0.15  # gaussian: 0
+    assert sk[1] == pytest.approx(-1.0, abs=0.05)  # pure tone: -1
+    assert sk[2] > 5.0  # impulsive
+
+
+def test_envelope_of_am_signal() -> None:
+    fs, n = 12000.0, 12000
+    t = np.arange(n) / fs
+    x = (1.0 + 0.5 * np.cos(2 * np.pi * 100 * t)) * np.cos(2 * np.pi * 3000 * t)
+    lo, hi = np.array([2500]), np.array([3500])  # 1 Hz bins
+    e = env.envelope(x[None, :], lo, hi)[0]
+    np.testing.assert_allclose(e, 1.0 + 0.5 * np.cos(2 * np.pi * 100 * t), atol=1e-9)
+    es = env.envelope_spectrum(x[None, :], lo, hi)[0]
+    assert es[100] == pytest.approx(0.5, rel=1e-6)
+
+
+def test_candidate_bands_are_inside_the_spectrum() -> None:
+    for n in (63, 64, 1000, 16384):
+        lo, hi = candidate_bands(12000.0, n, (1, 2, 3))
+        assert lo.size == hi.size
+        assert np.all(lo >= 1) and np.all(hi <= n // 2) and np.all(hi - lo >= 4)
+
+
+# --- line search ----------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    st.integers(1, 4),
+    st.integers(8, 400),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.floats(0.0, 0.1),
+    st.integers(1, 30),
+    st.integers(0, 2**32 - 1),
+)
+def test_line_search_matches_reference(b, m, nl, nh, tol, nb, seed) -> None:
+    rng = np.random.default_rng(seed)
+    spec = np.abs(rng.standard_normal((b, m)))
+    df = 0.7
+    targets = rng.uniform(0.0, m * df * 1.1, size=(b, nl, nh))
+    got = lines.line_search(spec, df, targets, tol, nb)
+    want = ref.line_search(spec, df, targets, tol, nb)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_line_search_finds_a_line_and_its_snr() -> None:
+    spec = np.full((1, 200), 0.01)
+    spec[0, 100] = 1.0
+    f, a, s = lines.line_search(spec, 1.0, np.array([[[101.5]]]), 0.02, 10)
+    assert (f[0, 0, 0], a[0, 0, 0]) == (100.0, 1.0)
+    assert s[0, 0, 0] == pytest.approx(40.0)
+    # A stronger line just outside the tolerance is not taken for the target's line.
+    f, a, s = lines.line_search(spec, 1.0, np.array([[[104.0]]]), 0.02, 10)
+    assert a[0, 0, 0] == pytest.approx(0.01) and s[0, 0, 0] == pytest.approx(0.0)
+
+
+def test_line_search_rejects_bad_input() -> None:
+    spec = np.ones((2, 50))
+    with pytest.raises(ValueError, match="targets_hz"):
+        lines.line_search(spec, 1.0, np.ones((1, 1, 1)), 0.02, 5)
+    with pytest.raises(ValueError, match="targets_hz"):
+        lines.line_search(spec, 1.0, np.full((2, 1, 1), np.nan), 0.02, 5)
+    with pytest.raises(ValueError, match="tol"):
+        lines.line_search(spec, 1.0, np.ones((2, 1, 1)), 1.5, 5)
