@@ -1,0 +1,280 @@
+"""InfluxDB writers: one interface, two protocols (ARCHITECTURE.md section 6).
+
+- `V1Writer`: `POST {url}/write?db=…&precision=ns` with the stdlib (InfluxDB 1.x, the
+  1.x-compatible endpoint of 2.x/3.x, VictoriaMetrics).
+- `V2Writer`: `/api/v2/write` through influxdb-client's WriteApi in SYNCHRONOUS mode (its
+  batching mode logs failed writes and drops them, which ballpass must never do).
+
+Both raise `InfluxWriteError` for every failure, with `.retryable` telling the caller
+whether to keep the points and try again (connection errors, 429, 5xx) or to give up on
+them and count them (bad points, missing database, wrong endpoint, auth).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ballpass.stream.sinks.lineprotocol import Point, encode
+
+if TYPE_CHECKING:
+    from ballpass.config import InfluxConfig
+
+log = logging.getLogger(__name__)
+
+
+class InfluxWriteError(Exception):
+    """A write failed. `status`: HTTP status (None: no HTTP answer); `retryable`: the same
+    points may succeed later (connection error, timeout, 429, 5xx)."""
+
+    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+
+
+class InfluxQueryError(Exception):
+    """An InfluxQL query failed (HTTP error, statement error or no answer)."""
+
+
+class InfluxWriter(Protocol):
+    """Writes points; raises InfluxWriteError on any failure, never drops silently."""
+
+    def write(self, points: Sequence[Point]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _error_text(body: bytes) -> tuple[str, bool]:
+    """The server's error message and whether it came as JSON (an InfluxDB answer)."""
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:300], False
+    if isinstance(data, dict):
+        for key in ("error", "message"):
+            if isinstance(data.get(key), str):
+                return data[key][:300], True
+    return text[:300], True
+
+
+def classify_http_error(status: int, body: bytes, *, url: str, target: str,
+                        api: str) -> InfluxWriteError:
+    """Turn an HTTP error answer into an InfluxWriteError naming its cause.
+
+    `target` names what was written to (`db 'x'` or `bucket 'x'`), `api` is "v1"/"v2".
+    A missing database is a 404 with JSON `{"error": "database not found: …"}`; a server
+    without the endpoint answers a plain-text `404 page not found`.
+    """
+    text, is_json = _error_text(body)
+    retryable = status == 429 or status >= 500
+    if status == 404:
+        lowered = text.lower()
+        if is_json and ("database not found" in lowered
+                        or ("bucket" in lowered and "not found" in lowered)):
+            cause = f"database not found: {target} on {url} ({text})"
+        else:
+            other = "v2" if api == "v1" else "v1"
+            cause = (f"endpoint not found (HTTP 404 {text!r}): {url} has no {api} write "
+                     f"endpoint; wrong URL, or the server speaks the {other} API "
+                     f"(influx.api = \"{other}\")")
+    elif status in (401, 403):
+        cause = f"not authorized (HTTP {status}) writing to {target} on {url}: {text}"
+    elif status == 413:
+        cause = f"request too large (HTTP 413) for {url}: write fewer points per call"
+    elif status == 400:
+        cause = f"points rejected (HTTP 400) by {url} for {target}: {text}"
+    elif retryable:
+        cause = f"server busy or failing (HTTP {status}) at {url}: {text}"
+    else:
+        cause = f"write refused (HTTP {status}) by {url} for {target}: {text}"
+    return InfluxWriteError(cause, retryable=retryable, status=status)
+
+
+def _encode_or_raise(points: Sequence[Point]) -> bytes:
+    try:
+        return encode(points).encode("utf-8")
+    except ValueError as e:
+        raise InfluxWriteError(f"invalid point: {e}", retryable=False) from e
+
+
+class V1Writer:
+    """`POST {url}/write?db=…&precision=ns`; 204 (any 2xx) is success.
+
+    `username`/`password`: HTTP basic auth (InfluxDB 1.x with auth-enabled). No retries
+    here: the caller keeps the points when `InfluxWriteError.retryable` is true.
+    """
+
+    def __init__(self, url: str, db: str, username: str | None = None,
+                 password: str | None = None, timeout_s: float = 10.0,
+                 retention_policy: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.db = db
+        self.timeout_s = timeout_s
+        params = {"db": db, "precision": "ns"}
+        if retention_policy:
+            params["rp"] = retention_policy
+        self._write_url = f"{self.url}/write?{urllib.parse.urlencode(params)}"
+        self._headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if username is not None:
+            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+
+    def __repr__(self) -> str:
+        return f"V1Writer(url={self.url!r}, db={self.db!r})"
+
+    def write(self, points: Sequence[Point]) -> None:
+        """Write all `points` in one request, or raise InfluxWriteError."""
+        if not points:
+            return
+        body = _encode_or_raise(points)
+        self._post(self._write_url, body, f"db {self.db!r}")
+
+    def ensure_database(self) -> None:
+        """CREATE DATABASE (no-op when it exists); InfluxWriteError on failure."""
+        q = f'CREATE DATABASE "{self.db}"'.encode()
+        data = urllib.parse.urlencode({"q": q.decode()}).encode()
+        answer = self._post(f"{self.url}/query", data, f"db {self.db!r}",
+                            content_type="application/x-www-form-urlencoded")
+        try:
+            results = json.loads(answer).get("results", [])
+        except ValueError as e:
+            raise InfluxWriteError(f"create database {self.db!r}: not JSON from {self.url}",
+                                   retryable=False) from e
+        for r in results:
+            if isinstance(r, dict) and "error" in r:
+                raise InfluxWriteError(f"create database {self.db!r}: {r['error']}",
+                                       retryable=False)
+
+    def close(self) -> None:
+        """Nothing to release (one connection per request)."""
+
+    def _post(self, url: str, body: bytes, target: str,
+              content_type: str | None = None) -> bytes:
+        headers = dict(self._headers)
+        if content_type:
+            headers["Content-Type"] = content_type
+        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                return bytes(resp.read())
+        except urllib.error.HTTPError as e:
+            raise classify_http_error(e.code, e.read(), url=self.url, target=target,
+                                      api="v1") from e
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, TimeoutError):
+                reason = f"timed out after {self.timeout_s:g} s"
+            raise InfluxWriteError(f"cannot reach {self.url}: {reason}",
+                                   retryable=True) from e
+
+
+class V2Writer:
+    """`/api/v2/write` via influxdb-client (WriteApi, SYNCHRONOUS), precision ns.
+
+    `token`: the API token (None: no Authorization header, e.g. VictoriaMetrics).
+    influxdb-client is imported here, so a v1 deployment never loads it.
+    """
+
+    def __init__(self, url: str, bucket: str, org: str, token: str | None = None,
+                 timeout_s: float = 10.0) -> None:
+        from influxdb_client import InfluxDBClient, WritePrecision
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
+        self.url = url.rstrip("/")
+        self.bucket = bucket
+        self.org = org
+        # retries=False: the caller decides about retries from InfluxWriteError.retryable.
+        self._client = InfluxDBClient(url=self.url, token=token, org=org,
+                                      timeout=int(timeout_s * 1000), retries=False)
+        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+        self._precision = WritePrecision.NS
+
+    def __repr__(self) -> str:
+        return f"V2Writer(url={self.url!r}, bucket={self.bucket!r}, org={self.org!r})"
+
+    def write(self, points: Sequence[Point]) -> None:
+        """Write all `points` in one request, or raise InfluxWriteError."""
+        if not points:
+            return
+        body = _encode_or_raise(points).decode("utf-8")
+        from influxdb_client.rest import ApiException
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        try:
+            self._write_api.write(bucket=self.bucket, org=self.org, record=body,
+                                  write_precision=self._precision)
+        except ApiException as e:
+            status = int(e.status) if e.status else 0
+            raw: Any = e.body or e.reason or b""
+            payload = raw.encode() if isinstance(raw, str) else bytes(raw)
+            if status:
+                raise classify_http_error(status, payload, url=self.url,
+                                          target=f"bucket {self.bucket!r}", api="v2") from e
+            raise InfluxWriteError(f"write to {self.url} failed: {e}", retryable=True) from e
+        except (Urllib3Error, OSError) as e:
+            raise InfluxWriteError(f"cannot reach {self.url}: {e}", retryable=True) from e
+
+    def close(self) -> None:
+        self._write_api.close()
+        self._client.close()
+
+
+def create_writer(cfg: InfluxConfig) -> InfluxWriter:
+    """The writer for `[influx]`: api "v1" -> V1Writer(url, db), "v2" -> V2Writer(url,
+    bucket, org, token from token_file)."""
+    if cfg.api == "v1":
+        return V1Writer(cfg.url, cfg.db, cfg.username, cfg.password(), cfg.timeout_s)
+    if cfg.api == "v2":
+        return V2Writer(cfg.url, cfg.bucket, cfg.org, cfg.token(), cfg.timeout_s)
+    raise ValueError(f"influx.api: must be v1 or v2, got {cfg.api!r}")
+
+
+def query_v1(url: str, db: str, q: str, *, username: str | None = None,
+             password: str | None = None, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """Run InfluxQL `q` on `db` (InfluxDB 1.x `/query`, epoch=ns) and flatten the answer.
+
+    Returns one dict per row of every series of the first statement: the columns
+    (`time` as int ns), the series' tags (GROUP BY) merged in, and `_measurement`, the
+    series name (the measurement for SELECT, e.g. "databases" for SHOW DATABASES). An
+    empty result is `[]`. InfluxQueryError on HTTP or statement errors.
+    """
+    base = url.rstrip("/")
+    data = urllib.parse.urlencode({"db": db, "q": q, "epoch": "ns"}).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if username is not None:
+        token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    req = urllib.request.Request(f"{base}/query", data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            answer = json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        text, _ = _error_text(e.read())
+        raise InfluxQueryError(f"query {q!r} on {base} db {db!r}: HTTP {e.code} {text}") from e
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        raise InfluxQueryError(f"query {q!r}: cannot reach {base}: {e}") from e
+    except ValueError as e:
+        raise InfluxQueryError(f"query {q!r}: answer from {base} is not JSON") from e
+    results = answer.get("results") or [{}]
+    first = results[0]
+    if "error" in first:
+        raise InfluxQueryError(f"query {q!r} on db {db!r}: {first['error']}")
+    rows: list[dict[str, Any]] = []
+    for series in first.get("series", []):
+        tags = series.get("tags") or {}
+        columns = series.get("columns", [])
+        for values in series.get("values", []):
+            row: dict[str, Any] = {"_measurement": series.get("name")}
+            row.update(tags)
+            row.update(zip(columns, values, strict=True))
+            rows.append(row)
+    return rows

@@ -1,0 +1,184 @@
+"""V1Writer and V2Writer against real influxd 1.6.7 and victoria-metrics: data is read
+back, and every failure is an InfluxWriteError with the right cause and retryability."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ballpass.config import InfluxConfig
+from ballpass.services import Influxd, VictoriaMetrics, free_port
+from ballpass.stream.sinks.influx import (
+    InfluxQueryError,
+    InfluxWriteError,
+    V1Writer,
+    V2Writer,
+    create_writer,
+    query_v1,
+)
+from ballpass.stream.sinks.lineprotocol import Point
+
+
+def _vibration(n: int, t0_ns: int, sensor: str = "de") -> list[Point]:
+    return [Point("vibration", {"site": "plant-a", "gateway": "gw1", "sensor": sensor,
+                                "asset": "pump3"},
+                  {"seq": i, "rms_g": 0.1 * (i + 1), "crest": 3.5},
+                  t0_ns + i * 1_000_000_000) for i in range(n)]
+
+
+def _vm_export(vm: VictoriaMetrics, match: str) -> list[dict[str, Any]]:
+    """Series from /api/v1/export: one JSON object per line."""
+    vm.force_flush()
+    q = urllib.parse.urlencode({"match[]": match})
+    with urllib.request.urlopen(f"{vm.url}/api/v1/export?{q}", timeout=5) as resp:
+        return [json.loads(line) for line in resp.read().decode().splitlines() if line]
+
+
+# --- V1 on influxd ---------------------------------------------------------------------
+
+
+def test_v1_writes_points_read_back(influx_db: tuple[str, str]) -> None:
+    url, db = influx_db
+    t0 = time.time_ns() - 60 * 10**9
+    points = [*_vibration(3, t0),
+              Point("diagnosis", {"site": "plant-a", "sensor": "de"},
+                    {"diagnosis": "outer_race", "confidence": 0.9, "state": "alarm"}, t0)]
+    writer = V1Writer(url, db)
+    writer.write(points)
+    writer.close()
+    rows = query_v1(url, db, "SELECT * FROM vibration GROUP BY * ORDER BY time")
+    assert [(r["time"], r["seq"], r["rms_g"]) for r in rows] == [
+        (t0, 0, 0.1), (t0 + 10**9, 1, 0.2), (t0 + 2 * 10**9, 2, 0.1 * 3)]
+    assert all(r["sensor"] == "de" and r["asset"] == "pump3" and r["_measurement"] ==
+               "vibration" for r in rows)
+    (d,) = query_v1(url, db, "SELECT diagnosis, confidence, state FROM diagnosis")
+    assert (d["diagnosis"], d["confidence"], d["state"], d["time"]) == (
+        "outer_race", 0.9, "alarm", t0)
+
+
+def test_query_v1_empty_and_errors(influx_db: tuple[str, str]) -> None:
+    url, db = influx_db
+    assert query_v1(url, db, "SELECT * FROM nothing_here") == []
+    with pytest.raises(InfluxQueryError, match="error parsing query"):
+        query_v1(url, db, "SELEKT 1")
+
+
+def test_v1_missing_database_not_retryable(influxd: Influxd) -> None:
+    writer = V1Writer(influxd.url, "no_such_db")
+    with pytest.raises(InfluxWriteError, match="database not found") as info:
+        writer.write(_vibration(1, time.time_ns()))
+    assert info.value.status == 404 and not info.value.retryable
+    assert "no_such_db" in str(info.value)
+
+
+def test_v1_ensure_database_then_write(influxd: Influxd) -> None:
+    writer = V1Writer(influxd.url, f"ensured_{time.time_ns()}")
+    writer.ensure_database()
+    writer.ensure_database()  # idempotent
+    writer.write(_vibration(2, time.time_ns()))
+    assert len(query_v1(influxd.url, writer.db, "SELECT seq FROM vibration")) == 2
+
+
+def test_v1_closed_port_is_retryable() -> None:
+    writer = V1Writer(f"http://127.0.0.1:{free_port()}", "ballpass", timeout_s=2)
+    with pytest.raises(InfluxWriteError, match="cannot reach") as info:
+        writer.write(_vibration(1, time.time_ns()))
+    assert info.value.retryable and info.value.status is None
+
+
+def test_v1_field_type_conflict_is_rejected(influx_db: tuple[str, str]) -> None:
+    url, db = influx_db
+    writer = V1Writer(url, db)
+    t = time.time_ns()
+    writer.write([Point("m", {}, {"x": 1.5}, t)])
+    with pytest.raises(InfluxWriteError, match=r"points rejected.*conflict") as info:
+        writer.write([Point("m", {}, {"x": "text"}, t + 1)])
+    assert info.value.status == 400 and not info.value.retryable
+
+
+def test_v1_invalid_point_raises_before_sending(influx_db: tuple[str, str]) -> None:
+    url, db = influx_db
+    with pytest.raises(InfluxWriteError, match=r"invalid point.*no finite field") as info:
+        V1Writer(url, db).write([Point("m", {}, {"x": float("nan")}, time.time_ns())])
+    assert not info.value.retryable
+
+
+def test_v1_wrong_endpoint_is_told_apart(influxd: Influxd) -> None:
+    """A plain-text 404 (no such endpoint) is not reported as a missing database."""
+    writer = V1Writer(influxd.url + "/nope", "x")
+    with pytest.raises(InfluxWriteError, match="endpoint not found") as info:
+        writer.write(_vibration(1, time.time_ns()))
+    assert info.value.status == 404 and "database not found" not in str(info.value)
+
+
+def test_empty_write_sends_nothing() -> None:
+    # Nothing listens on this port: an empty write must not even connect.
+    V1Writer(f"http://127.0.0.1:{free_port()}", "x").write([])
+
+
+def test_create_writer_from_config(influx_db: tuple[str, str], tmp_path: Path) -> None:
+    url, db = influx_db
+    writer = create_writer(InfluxConfig(api="v1", url=url, db=db))
+    assert isinstance(writer, V1Writer)
+    writer.write(_vibration(1, time.time_ns()))
+    writer.close()
+    assert len(query_v1(url, db, "SELECT * FROM vibration")) == 1
+    token = tmp_path / "token"
+    token.write_text("secret-token\n")
+    v2 = create_writer(InfluxConfig(api="v2", url=url, bucket="b", org="o", token_file=token))
+    assert isinstance(v2, V2Writer)
+    v2.close()
+    with pytest.raises(ValueError, match=r"influx\.api"):
+        create_writer(InfluxConfig(api="v3"))
+
+
+# --- victoria-metrics ------------------------------------------------------------------
+
+
+def test_v1_writer_to_victoria_metrics(victoria_metrics: VictoriaMetrics) -> None:
+    t0 = (time.time_ns() // 10**6 - 5_000) * 10**6  # VM keeps ms
+    V1Writer(victoria_metrics.url, "ballpass").write(_vibration(3, t0, sensor="v1"))
+    (series,) = _vm_export(victoria_metrics, 'vibration_rms_g{sensor="v1"}')
+    assert series["metric"]["gateway"] == "gw1" and series["metric"]["db"] == "ballpass"
+    assert series["values"] == pytest.approx([0.1, 0.2, 0.3])
+    assert series["timestamps"] == [t0 // 10**6 + i * 1000 for i in range(3)]
+
+
+def test_v2_writer_to_victoria_metrics(victoria_metrics: VictoriaMetrics) -> None:
+    t0 = (time.time_ns() // 10**6 - 5_000) * 10**6
+    writer = V2Writer(victoria_metrics.url, bucket="ballpass", org="plant")
+    try:
+        writer.write(_vibration(2, t0, sensor="v2"))
+    finally:
+        writer.close()
+    (series,) = _vm_export(victoria_metrics, 'vibration_seq{sensor="v2"}')
+    assert series["values"] == [0, 1]
+    assert series["timestamps"] == [t0 // 10**6, t0 // 10**6 + 1000]
+
+
+def test_v2_writer_against_influxd_1x_raises(influxd: Influxd) -> None:
+    """influxd 1.6.7 has no /api/v2/write: the writer raises instead of dropping."""
+    writer = V2Writer(influxd.url, bucket="ballpass", org="plant")
+    try:
+        with pytest.raises(InfluxWriteError, match="endpoint not found") as info:
+            writer.write(_vibration(1, time.time_ns()))
+    finally:
+        writer.close()
+    assert info.value.status == 404 and not info.value.retryable
+    assert 'influx.api = "v1"' in str(info.value)
+
+
+def test_v2_closed_port_is_retryable() -> None:
+    writer = V2Writer(f"http://127.0.0.1:{free_port()}", bucket="b", org="o", timeout_s=2)
+    try:
+        with pytest.raises(InfluxWriteError, match="cannot reach") as info:
+            writer.write(_vibration(1, time.time_ns()))
+    finally:
+        writer.close()
+    assert info.value.retryable and info.value.status is None
