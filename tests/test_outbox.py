@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import hypothesis.strategies as st
-from ballpass.gateway.outbox import COUNTERS, Outbox
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from ballpass.gateway.outbox import COUNTERS, Outbox
 
 SENSORS = ("s1", "s2", "s3")
 MAX_BYTES = 600

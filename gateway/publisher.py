@@ -1,0 +1,355 @@
+"""MQTT publisher: moves windows from the outbox to the broker, at least once, in order.
+
+paho-mqtt 2.x (`CallbackAPIVersion.VERSION2`), MQTT 5 so an ACL-denied publish comes back
+as a PUBACK reason code instead of being dropped silently (SERVICES.md). The client id is
+stable (``bp-gw-{site}-{gateway}``) and the session persistent (clean_start=False with a
+Session Expiry Interval).
+
+One private thread owns the paho client and drives it with ``client.loop()``; every paho
+callback therefore runs on that thread, and so do publish, flush and reconnect. That
+thread also does its own connect loop, with capped exponential backoff and jitter, for
+the first connection and after every drop: one ``event=broker_unreachable`` line per
+failed attempt, never a traceback. (paho's own `reconnect_delay_set` applies only to
+`loop_forever`, which this thread does not use.)
+
+Delivery. Entries are taken oldest first from the outbox (`Outbox.peek`), at most
+`max_inflight` at a time and at most `flush_rate_per_s` per second, published at QoS 1,
+and acked in the outbox ONLY when their PUBACK arrives (`on_publish`). When the connection
+drops, the unacknowledged ones stay in flight in paho's session, and paho re-sends them
+(DUP) right after the next CONNACK, before anything newer; they are still in the outbox,
+so a crash meanwhile re-sends them from there after the restart. A window captured while
+the broker was unreachable, or older than `historical_after_s` when it is published,
+goes out with the historical flag (`wire.mark_historical`) and counts as `replayed`.
+
+Status. A retained birth status (state online) is published on every CONNACK, then every
+`status_interval_s`; the last will is a retained ``{"state": "offline", ...}``. `stop`
+drains the outbox for up to `drain_timeout_s`, publishes a final retained status with
+state offline and the final counters, waits for its PUBACK, then disconnects cleanly (a
+clean DISCONNECT suppresses the will).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from ballpass import topics, wire
+from ballpass.config import BrokerConfig
+from ballpass.gateway.outbox import Entry, Outbox
+from ballpass.gateway.status import OFFLINE, ONLINE, Status
+
+log = logging.getLogger(__name__)
+
+_WINDOW_SUFFIX = "/window"
+
+
+def client_id(site: str, gateway: str) -> str:
+    """The stable MQTT client id of a gateway."""
+    return f"bp-gw-{site}-{gateway}"
+
+
+@dataclass(frozen=True)
+class PublisherSettings:
+    """Tuning. Times in seconds, rates in messages per second."""
+
+    max_inflight: int = 20
+    flush_rate_per_s: float = 50.0
+    historical_after_s: float = 10.0
+    status_interval_s: float = 5.0
+    session_expiry_s: int = 3600
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    connect_timeout_s: float = 5.0
+
+
+class Publisher:
+    """Publishes an outbox to a broker from one background thread.
+
+    `username`/`password`: MQTT credentials (a gateway's username is its gateway id).
+    `status`: builds the status JSON (its counters come from the outbox).
+    """
+
+    def __init__(self, broker: BrokerConfig, site: str, gateway: str, outbox: Outbox,
+                 status: Status, *, username: str | None = None,
+                 password: str | None = None,
+                 settings: PublisherSettings | None = None) -> None:
+        self.broker = broker
+        self.site = site
+        self.gateway = gateway
+        self.outbox = outbox
+        self.status = status
+        self.settings = settings or PublisherSettings()
+        self.status_topic = topics.status(site, gateway)
+
+        self._stop = threading.Event()
+        self._drain_until: float | None = None
+        self._thread: threading.Thread | None = None
+        self._connected = threading.Event()  # CONNACK success, not yet disconnected
+        self._socket_open = False
+        self._mids: dict[int, tuple[int, bool]] = {}  # mid -> (outbox id, historical)
+        self._acked: list[tuple[int, bool]] = []
+        self._rejected: list[int] = []
+        self._status_mids: set[int] = set()
+        self._last_status = 0.0
+        self._pause_until = 0.0
+        self._tokens = float(self.settings.max_inflight)
+        self._tokens_t = time.monotonic()
+        self._attempt = 0
+        self._outage_start_ns: int | None = None
+        self._outages: deque[tuple[int, int]] = deque(maxlen=64)
+        self.stats = {"connects": 0, "disconnects": 0, "rejected": 0}
+
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id(site, gateway),
+                        protocol=mqtt.MQTTv5)
+        c.username_pw_set(username, password)
+        if broker.tls:
+            c.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None,
+                      certfile=str(broker.cert_file) if broker.cert_file else None,
+                      keyfile=str(broker.key_file) if broker.key_file else None,
+                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        c.will_set(self.status_topic, status.will_payload(), qos=1, retain=True)
+        # paho queues beyond its own in-flight limit; ours is the bound, keep paho's above it.
+        c.max_inflight_messages_set(self.settings.max_inflight + 4)
+        c.connect_timeout = self.settings.connect_timeout_s
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        self._client = c
+
+    # --- public ------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True between a successful CONNACK and the next disconnect."""
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def start(self) -> None:
+        """Start the network thread (returns at once; connecting happens in the thread)."""
+        if self._thread is not None:
+            raise RuntimeError("publisher already started")
+        self._thread = threading.Thread(target=self._run, name=f"publisher-{self.gateway}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, drain_timeout_s: float = 5.0) -> None:
+        """Flush for up to `drain_timeout_s`, publish the final offline status, disconnect.
+
+        Blocks until the network thread has finished.
+        """
+        if self._thread is None:
+            return
+        self._drain_until = time.monotonic() + max(0.0, drain_timeout_s)
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+
+    # --- paho callbacks (network thread) -------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
+                    reason: ReasonCode, properties: Properties | None) -> None:
+        if reason.is_failure:
+            log.error("event=broker_refused host=%s port=%d reason=%r", self.broker.host,
+                      self.broker.port, str(reason))
+            return
+        self._connected.set()
+        self.stats["connects"] += 1
+        self._attempt = 0
+        if self._outage_start_ns is not None:
+            self._outages.append((self._outage_start_ns, time.time_ns()))
+            self._outage_start_ns = None
+        log.info("event=broker_connected host=%s port=%d client_id=%s session_present=%s",
+                 self.broker.host, self.broker.port, client_id(self.site, self.gateway),
+                 flags.session_present)
+        self._publish_status(ONLINE)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object,
+                       flags: mqtt.DisconnectFlags, reason: ReasonCode,
+                       properties: Properties | None) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        self._socket_open = False
+        if was_connected:
+            self.stats["disconnects"] += 1
+            if self._outage_start_ns is None:
+                self._outage_start_ns = time.time_ns()
+            log.warning("event=broker_disconnected host=%s port=%d reason=%r in_flight=%d",
+                        self.broker.host, self.broker.port, str(reason), len(self._mids))
+
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int,
+                    reason: ReasonCode, properties: Properties | None) -> None:
+        self._status_mids.discard(mid)
+        item = self._mids.pop(mid, None)
+        if item is None:
+            return
+        if reason.is_failure:
+            # Not authorised, quota, ...: keep the entry in the outbox and retry later.
+            self.stats["rejected"] += 1
+            self._rejected.append(item[0])
+            log.error("event=publish_rejected gateway=%s outbox_id=%d reason=%r",
+                      self.gateway, item[0], str(reason))
+            return
+        self._acked.append(item)
+
+    # --- network thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                if self._stop.is_set() and self._drain_done():
+                    break
+                if not self._socket_open:
+                    if self._stop.is_set():
+                        break  # stopping and no connection: nothing more can leave
+                    self._connect_once()
+                    continue
+                rc = self._client.loop(timeout=0.02)
+                if rc != mqtt.MQTT_ERR_SUCCESS:
+                    self._lost(rc)
+                    continue
+                self._settle()
+                if self._connected.is_set():
+                    self._flush()
+                    now = time.monotonic()
+                    if now - self._last_status >= self.settings.status_interval_s:
+                        self._publish_status(ONLINE)
+            self._shutdown()
+        except Exception:
+            log.exception("event=publisher_crashed gateway=%s", self.gateway)
+            raise
+
+    def _connect_once(self) -> None:
+        b = self.broker
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.settings.session_expiry_s
+        try:
+            self._client.connect(b.host, b.port, keepalive=b.keepalive_s, clean_start=False,
+                                 properties=props)
+            self._socket_open = True
+            return
+        except (OSError, ssl.SSLError, ValueError) as e:
+            error = f"{type(e).__name__}: {e}"
+        self._attempt += 1
+        if self._outage_start_ns is None:
+            # Unreachable from the start (or again): what is queued now is historical. Never
+            # connected yet: that includes whatever a previous run left in the outbox.
+            self._outage_start_ns = 0 if self.stats["connects"] == 0 else time.time_ns()
+        s = self.settings
+        cap = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (self._attempt - 1))
+        delay = cap * random.uniform(0.5, 1.0)  # jitter: gateways of a site do not stampede
+        log.warning("event=broker_unreachable host=%s port=%d attempt=%d retry_in_s=%.2f "
+                    "error=%r", b.host, b.port, self._attempt, delay, error)
+        self._stop.wait(delay)
+
+    def _lost(self, rc: mqtt.MQTTErrorCode) -> None:
+        """loop() failed: the socket is gone (paho called on_disconnect if it was up)."""
+        if self._connected.is_set():
+            self._on_disconnect(self._client, None, mqtt.DisconnectFlags(False),
+                                ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"), None)
+        self._socket_open = False
+        self._connected.clear()
+        if not self._stop.is_set():
+            if self._outage_start_ns is None:
+                self._outage_start_ns = 0 if self.stats["connects"] == 0 else time.time_ns()
+            self._attempt += 1
+            s = self.settings
+            cap = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (self._attempt - 1))
+            delay = cap * random.uniform(0.5, 1.0)
+            log.warning("event=broker_connection_lost host=%s port=%d rc=%s attempt=%d "
+                        "retry_in_s=%.2f", self.broker.host, self.broker.port,
+                        mqtt.error_string(rc), self._attempt, delay)
+            self._stop.wait(delay)
+
+    def _settle(self) -> None:
+        """Apply PUBACKs to the outbox (one transaction per loop turn)."""
+        if self._acked:
+            acked, self._acked = self._acked, []
+            self.outbox.ack([i for i, _ in acked], replayed=[i for i, h in acked if h])
+        if self._rejected:
+            rejected, self._rejected = self._rejected, []
+            self.outbox.release(rejected)
+            # Re-sending a rejected window at once would be rejected again: back off.
+            self._pause_until = time.monotonic() + self.settings.backoff_max_s / 6
+
+    def _flush(self) -> None:
+        now = time.monotonic()
+        if now < self._pause_until:
+            return
+        s = self.settings
+        self._tokens = min(float(s.max_inflight),
+                           self._tokens + (now - self._tokens_t) * s.flush_rate_per_s)
+        self._tokens_t = now
+        room = min(s.max_inflight - len(self._mids), int(self._tokens))
+        if room <= 0:
+            return
+        entries = self.outbox.peek(room)
+        for n, e in enumerate(entries):
+            historical = self._historical(e)
+            payload = e.payload
+            if historical and e.topic.endswith(_WINDOW_SUFFIX):
+                payload = wire.mark_historical(payload)
+            info = self._client.publish(e.topic, payload, qos=1)
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                # paho refused to queue it: hand this one and the rest back to the outbox.
+                self.outbox.release([x.id for x in entries[n:]])
+                break
+            # NO_CONN: paho keeps the message in its session and sends it after CONNACK.
+            self._mids[info.mid] = (e.id, historical)
+            self._tokens -= 1
+
+    def _historical(self, e: Entry) -> bool:
+        if time.time_ns() - e.created_ns > self.settings.historical_after_s * 1e9:
+            return True
+        return any(start <= e.created_ns < end for start, end in self._outages)
+
+    def _publish_status(self, state: str) -> int | None:
+        self._last_status = time.monotonic()
+        info = self._client.publish(self.status_topic, self.status.payload(state), qos=1,
+                                    retain=True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return None
+        self._status_mids.add(info.mid)
+        return info.mid
+
+    def _drain_done(self) -> bool:
+        """While stopping: done when nothing is queued or in flight, or time is up."""
+        assert self._drain_until is not None
+        if time.monotonic() >= self._drain_until:
+            return True
+        return not self._mids and self.outbox.queued == 0
+
+    def _shutdown(self) -> None:
+        """Final offline status (waits for its PUBACK), clean DISCONNECT, socket closed."""
+        self._settle()
+        if self._connected.is_set():
+            mid = self._publish_status(OFFLINE)
+            deadline = time.monotonic() + 2.0
+            while (mid is not None and mid in self._status_mids
+                   and time.monotonic() < deadline and self._socket_open):
+                if self._client.loop(timeout=0.02) != mqtt.MQTT_ERR_SUCCESS:
+                    break
+                self._settle()
+            self._client.disconnect()
+            for _ in range(5):  # let the DISCONNECT leave before the socket closes
+                if self._client.loop(timeout=0.01) != mqtt.MQTT_ERR_SUCCESS:
+                    break
+            self._settle()
+        left = self.outbox.queued
+        log.info("event=publisher_stopped gateway=%s queued=%d in_flight=%d", self.gateway,
+                 left, len(self._mids))
+        self._connected.clear()
+        self._socket_open = False
+        self._mids.clear()
+        self.outbox.release()
