@@ -4,7 +4,7 @@ Rules, in order (the first that fires wins):
 
 1. sensor_fault: non-finite samples, a flat line, an impossible peak, or clipping.
 2. insufficient_data: the window is too short to resolve shaft sidebands
-   (fs/N > 1/4 of the shaft rate) or spans fewer than 10 revolutions.
+   (fs/N > 1/4 of the shaft rate) or spans fewer than 5 revolutions.
 3. Bearing defects, from the envelope spectrum (Randall & Antoni 2011, sec. 2):
    outer_race: BPFO fundamental present plus another harmonic (or a strong fundamental);
    inner_race: BPFI present with ±1× shaft sidebands (the defect turns with the shaft

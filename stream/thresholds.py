@@ -51,8 +51,9 @@ SENSOR_CLIP_FRACTION: float = 0.01
 """If more than this share of samples sit at the window's extreme value, the signal is clipped."""
 
 # --- Frequency resolution --------------------------------------------------------------
-MIN_REVOLUTIONS: float = 10.0
-"""A window must span at least this many shaft revolutions."""
+MIN_REVOLUTIONS: float = 5.0
+"""A window must span at least this many shaft revolutions, so that it holds at least two
+cage (FTF, about 0.4 order) cycles."""
 
 MAX_RESOLUTION_SHAFT_FRACTION: float = 0.25
 """Bin spacing fs/N must be at most this fraction of the shaft rate, so that ±1× shaft

@@ -1,0 +1,155 @@
+"""Diagnosis on synthetic signals made here: healthy, outer race, inner race, ball, and
+the guard rails (sensor faults, short windows, shaft-rate faults)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from synthetic_bearing import FS, SHAFT, N, healthy, impacts
+
+from ballpass.models.catalog import lookup
+from ballpass.stream import thresholds as th
+from ballpass.stream.diagnosis import DIAGNOSES, Diagnosis, diagnose
+from ballpass.stream.features import extract
+
+ORDERS = lookup("SKF 6205").orders()
+
+
+def run(x: np.ndarray, fs: float = FS, shaft: float = SHAFT, **kw) -> list[Diagnosis]:
+    x = np.atleast_2d(x)
+    batch = extract(x, fs, np.full(x.shape[0], shaft), ORDERS)
+    return [diagnose(batch, i, **kw) for i in range(x.shape[0])]
+
+
+def check(d: Diagnosis) -> None:
+    assert d.diagnosis in DIAGNOSES
+    assert 0.0 <= d.confidence <= 1.0
+    assert d.reason
+
+
+def test_healthy_machines_are_normal() -> None:
+    # False alarms are costly: every window of many healthy machines must be normal,
+    # at several speeds and noise levels.
+    rng = np.random.default_rng(20816)
+    rows, shafts = [], []
+    for shaft in (10.0, 25.0, 29.95, 50.0):
+        for noise in (0.01, 0.05, 0.3):
+            for _ in range(3):
+                rows.append(healthy(rng, shaft=shaft, noise_g=noise))
+                shafts.append(shaft)
+    x = np.array(rows)
+    batch = extract(x, FS, np.array(shafts), ORDERS)
+    got = [diagnose(batch, i) for i in range(len(rows))]
+    for d in got:
+        check(d)
+    assert [d.diagnosis for d in got] == ["normal"] * len(rows), [d.reason for d in got]
+    assert all(d.iso_zone in ("A", "B") for d in got)
+
+
+def test_outer_race_impacts_are_outer_race() -> None:
+    rng = np.random.default_rng(1)
+    bpfo = ORDERS.bpfo * SHAFT
+    x = np.array([healthy(rng) + impacts(rng, bpfo, 0.5) for _ in range(3)])
+    for d in run(x):
+        check(d)
+        assert d.diagnosis == "outer_race", d.reason
+        assert d.confidence > 0.5
+        assert any(e.line == "BPFO" and e.harmonic == 1 for e in d.evidence)
+        bp = next(e for e in d.evidence if e.line == "BPFO" and e.harmonic == 1)
+        assert bp.freq_hz == pytest.approx(bpfo, rel=th.SPEED_TOLERANCE)
+        assert bp.snr_db >= th.LINE_SNR_DB
+
+
+def test_inner_race_with_shaft_modulation_is_inner_race() -> None:
+    rng = np.random.default_rng(2)
+    bpfi = ORDERS.bpfi * SHAFT
+    x = np.array(
+        [healthy(rng) + impacts(rng, bpfi, 0.5, modulation=(SHAFT, 0.9)) for _ in range(3)]
+    )
+    for d in run(x):
+        check(d)
+        assert d.diagnosis == "inner_race", d.reason
+        lines = {e.line for e in d.evidence}
+        assert "BPFI" in lines and lines & {"BPFI-1x", "BPFI+1x"}
+
+
+def test_ball_with_cage_modulation_is_ball() -> None:
+    rng = np.random.default_rng(3)
+    bsf2 = 2 * ORDERS.bsf * SHAFT
+    x = np.array(
+        [
+            healthy(rng) + impacts(rng, bsf2, 0.5, modulation=(ORDERS.ftf * SHAFT, 0.9))
+            for _ in range(3)
+        ]
+    )
+    for d in run(x):
+        check(d)
+        assert d.diagnosis == "ball", d.reason
+
+
+def test_faults_are_found_at_another_rate_and_speed() -> None:
+    # CWRU-like acquisition: 12 kHz, 8192 samples, 1797 r/min, resonance near 3 kHz.
+    rng = np.random.default_rng(4)
+    fs, n, shaft = 12000.0, 8192, 1797 / 60
+    bpfo = ORDERS.bpfo * shaft
+    x = healthy(rng, n, fs, shaft) + impacts(rng, bpfo, 0.4, n, fs, resonance_hz=3000.0)
+    (d,) = run(x, fs, shaft)
+    assert d.diagnosis == "outer_race", d.reason
+
+
+def test_sensor_faults() -> None:
+    rng = np.random.default_rng(5)
+    flat = np.full(N, 0.7)
+    nan = healthy(rng)
+    nan[100] = np.nan
+    clipped = np.clip(healthy(rng, noise_g=1.0), -1.5, 1.5)
+    absurd = healthy(rng)
+    absurd[10] = 5000.0
+    got = run(np.array([flat, nan, clipped, absurd, healthy(rng)]))
+    for d in got:
+        check(d)
+    assert [d.diagnosis for d in got] == ["sensor_fault"] * 4 + ["normal"]
+    assert "flat" in got[0].reason and "non-finite" in got[1].reason
+    assert "clipped" in got[2].reason and "peak" in got[3].reason
+
+
+def test_too_short_window_is_insufficient_data() -> None:
+    rng = np.random.default_rng(6)
+    # 1024 samples at 25.6 kHz: 25 Hz bins for a 25 Hz shaft, one revolution.
+    (d,) = run(healthy(rng, n=1024))
+    check(d)
+    assert d.diagnosis == "insufficient_data"
+    assert "revolutions" in d.reason
+
+
+def test_imbalance_and_misalignment_need_a_high_zone() -> None:
+    rng = np.random.default_rng(7)
+    t = np.arange(N) / FS
+    one_x = 0.4 * np.sin(2 * np.pi * SHAFT * t)  # about 17.6 mm/s at 25 Hz: zone D
+    two_x = 0.4 * np.sin(2 * np.pi * 2 * SHAFT * t + 0.3)
+    noise = 0.02 * rng.standard_normal(N)
+    got = run(np.array([one_x + noise, 0.5 * one_x + two_x + noise, 0.02 * one_x + noise]))
+    assert [d.diagnosis for d in got] == ["imbalance", "misalignment", "normal"]
+    assert got[0].iso_zone == "D" and got[2].iso_zone == "A"
+    # The same 1× level on a large machine on a flexible foundation is still high.
+    (big,) = run(one_x + noise, iso_group=1, iso_foundation="flexible")
+    assert big.iso_zone == "D"
+
+
+def test_lubrication_is_broadband_high_frequency_without_impacts() -> None:
+    rng = np.random.default_rng(8)
+    hf = np.fft.irfft(np.fft.rfft(rng.standard_normal(N)) * (np.fft.rfftfreq(N, 1 / FS) > 7000))
+    x = healthy(rng) + 2.0 * hf / hf.std()
+    (d,) = run(x)
+    assert d.diagnosis == "lubrication", d.reason
+
+
+def test_diagnose_rejects_bad_arguments() -> None:
+    rng = np.random.default_rng(9)
+    batch = extract(np.atleast_2d(healthy(rng)), FS, np.array([SHAFT]), ORDERS)
+    with pytest.raises(IndexError):
+        diagnose(batch, 3)
+    with pytest.raises(ValueError, match="group"):
+        diagnose(batch, 0, iso_group=3)
+    with pytest.raises(ValueError, match="foundation"):
+        diagnose(batch, 0, iso_foundation="jelly")
