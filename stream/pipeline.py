@@ -67,6 +67,16 @@ class Pipeline:
         }
         self.alerts = AlertTracker(config.stream.alert)
 
+    def warm_up(self) -> None:
+        """Load (or compile, on a first run) the Numba kernels before windows arrive."""
+        rng = np.random.default_rng(0)
+        for sensor, asset in self.sensors.values():
+            if sensor.kind == "acceleration":
+                windows = rng.standard_normal((1, sensor.window_samples))
+                extract(windows, sensor.fs_hz, np.array([asset.shaft_hz or 25.0]),
+                        asset.bearing.orders())
+                return
+
     def knows(self, sensor: str) -> bool:
         return sensor in self.sensors
 

@@ -88,6 +88,9 @@ class StreamService:
         webhook_task = asyncio.create_task(self.webhooks.run(), name="webhooks")
         status_task = asyncio.create_task(self._status_loop(stop), name="status")
         try:
+            started = time.monotonic()
+            await asyncio.to_thread(self.pipeline.warm_up)
+            log.info(kv("kernels_ready", seconds=round(time.monotonic() - started, 2)))
             await self._ensure_database(stop)
             await self._mqtt_loop(stop)
         finally:
