@@ -18,10 +18,10 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
-import getpass
 import hashlib
 import logging
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -386,7 +386,8 @@ class Mosquitto(Service):
 
     def _prepare(self) -> list[str]:
         (self.workdir / "data").mkdir(exist_ok=True)
-        run_as = getpass.getuser() if os.geteuid() == 0 else None
+        # The effective user's name, not $USER/$LOGNAME (getpass), which sudo may keep.
+        run_as = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
         text = derive_mosquitto_config(
             self.template_path.read_text(encoding="utf-8"), port=self.port,
             workdir=self.workdir, anonymous=self.anonymous, run_as=run_as)

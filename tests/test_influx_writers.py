@@ -182,3 +182,36 @@ def test_v2_closed_port_is_retryable() -> None:
     finally:
         writer.close()
     assert info.value.retryable and info.value.status is None
+
+
+def test_v1_timeout_is_retryable() -> None:
+    """A server that accepts the connection but never answers: timed out, retryable."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)  # never accept(): the kernel completes the handshake anyway
+        port = listener.getsockname()[1]
+        writer = V1Writer(f"http://127.0.0.1:{port}", "x", timeout_s=0.3)
+        with pytest.raises(InfluxWriteError, match=r"timed out after 0\.3 s") as info:
+            writer.write(_vibration(1, time.time_ns()))
+    assert info.value.retryable and info.value.status is None
+
+
+@pytest.mark.parametrize("status, body, retryable, cause", [
+    (429, b'{"error":"too many requests"}', True, "server busy"),
+    (500, b'{"error":"engine: cache-max-memory-size exceeded"}', True, "server busy"),
+    (503, b"", True, "server busy"),
+    (401, b'{"error":"authorization failed"}', False, "not authorized"),
+    (413, b"", False, "request too large"),
+    (404, b'{"error":"database not found: \\"x\\""}', False, "database not found"),
+    (404, b"404 page not found\n", False, "endpoint not found"),
+    (404, b'{"code":"not found","message":"bucket \\"b\\" not found"}', False,
+     "database not found"),
+])
+def test_http_errors_classified(status: int, body: bytes, retryable: bool, cause: str) -> None:
+    from ballpass.stream.sinks.influx import classify_http_error
+
+    err = classify_http_error(status, body, url="http://h:1", target="db 'x'", api="v1")
+    assert (err.status, err.retryable) == (status, retryable)
+    assert cause in str(err)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -211,6 +212,27 @@ def test_mosquitto_acl_scopes_gateways(mosquitto_auth: Mosquitto) -> None:
     finally:
         stream.close()
         gw1.close()
+
+
+def test_mosquitto_acl_shared_subscription_for_stream(mosquitto_auth: Mosquitto) -> None:
+    """Stream workers share windows through `$share/ballpass/...` under the ACL."""
+    pw = mosquitto_auth.users
+    worker = V5Client(mosquitto_auth, "stream-w1", "stream", pw["stream"])
+    gw2 = V5Client(mosquitto_auth, "gw2", "gw2", pw["gw2"])
+    try:
+        assert worker.wait_connack() == 0 and gw2.wait_connack() == 0
+        assert worker.subscribe("$share/ballpass/bp/v1/+/+/+/window")[0].value == 1
+        assert gw2.publish("bp/v1/site1/gw2/s9/window", b"w") == 0
+        assert worker.messages.get(timeout=5).topic == "bp/v1/site1/gw2/s9/window"
+        # A gateway subscribing to everything gets nothing of the others' data.
+        assert gw2.subscribe("bp/v1/#")[0].value == 1
+        assert worker.publish("bp/v1/site1/gw1/s1/diagnosis", b"d") == 0
+        assert worker.publish("bp/v1/site1/gw2/config", b"c").getName() == "Not authorized"
+        time.sleep(0.2)
+        assert gw2.messages.empty()
+    finally:
+        worker.close()
+        gw2.close()
 
 
 def test_mosquitto_acl_config_topic(mosquitto_auth: Mosquitto) -> None:
