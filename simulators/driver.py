@@ -21,6 +21,7 @@ Sample config block (one `[[gateway.sensor]]`)::
     shaft_hz = 29.95          # default: the asset's shaft_hz
     report_shaft_hz = true    # put the speed into each capture, as a tachometer would
     speed_jitter = 0.002      # relative burst-to-burst speed variation (1 σ)
+    range_g = 50.0            # optional full scale (g): samples clip there, flagged
 
 `read()` returns at once: the gateway's capture schedule does the pacing.
 """
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 OPTIONS = (
     "fault", "severity", "seed", "noise_g", "shaft_hz", "report_shaft_hz", "speed_jitter",
+    "range_g",
 )
 #: Largest accepted speed_jitter (relative); more is not a steady machine.
 MAX_SPEED_JITTER = 0.2
@@ -109,6 +111,12 @@ class SimulatedDriver:
                 f"options.speed_jitter: must be in [0, {MAX_SPEED_JITTER}], got {jitter!r}"
             )
 
+        range_g: float | None = None
+        if "range_g" in options:
+            range_g = _number(options, "range_g", 0.0)
+            if range_g <= 0:
+                raise ValueError(f"options.range_g: must be > 0, got {range_g!r}")
+
         shaft_hz: float | None
         if "shaft_hz" in options:
             shaft_hz = _number(options, "shaft_hz", 0.0)
@@ -139,6 +147,7 @@ class SimulatedDriver:
         self.shaft_hz = shaft_hz
         self.report_shaft_hz = report
         self.speed_jitter = jitter
+        self.range_g = range_g
         self._rng = np.random.default_rng(seed)
         self._open = False
         self._t_origin_ns: int | None = None
@@ -180,10 +189,17 @@ class SimulatedDriver:
             # The shaft lines' phase follows wall time, like a keyphasor would.
             t0_s=(t0_ns - self._t_origin_ns) * 1e-9,
         )
+        clipped = False
+        if self.range_g is not None:
+            # An accelerometer saturates at its full scale; the gateway flags the window.
+            clipped = bool(np.any(np.abs(samples) >= self.range_g))
+            if clipped:
+                np.clip(samples, -self.range_g, self.range_g, out=samples)
         return Capture(
             samples=samples.reshape(1, -1),
             t0_ns=t0_ns,
             shaft_hz=speed if self.report_shaft_hz else math.nan,
+            clipped=clipped,
         )
 
     def close(self) -> None:

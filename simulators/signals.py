@@ -238,7 +238,8 @@ def _normalise(shape: np.ndarray) -> np.ndarray:
     return shape / total if total > 0 else shape
 
 
-@functools.lru_cache(maxsize=16)
+# A gateway uses a handful of (window, rate) pairs; a 25600-sample entry is ~1 MB.
+@functools.lru_cache(maxsize=8)
 def _spectra(n: int, fs: float) -> _Spectra:
     freq = np.fft.rfftfreq(n, 1.0 / fs)
     zinv = np.exp(-2j * np.pi * np.arange(freq.size) / n)

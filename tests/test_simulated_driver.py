@@ -123,6 +123,18 @@ def test_shaft_speed_options() -> None:
     assert abs(speeds.mean() - 30.0) < 0.1 and 0.2 < speeds.std() < 0.4
 
 
+def test_range_option_clips_and_flags() -> None:
+    free = burst(SimulatedDriver(sensor(fault="outer_race", severity=3.0, seed=2), asset()))
+    assert not free.clipped
+    full_scale = 0.5 * float(np.abs(free.samples).max())
+    cap = burst(SimulatedDriver(sensor(fault="outer_race", severity=3.0, seed=2,
+                                       range_g=full_scale), asset()))
+    assert cap.clipped
+    assert float(np.abs(cap.samples).max()) == pytest.approx(full_scale)
+    roomy = burst(SimulatedDriver(sensor(range_g=50.0), asset()))
+    assert not roomy.clipped
+
+
 def test_temperature_sensor() -> None:
     healthy = burst(SimulatedDriver(sensor(kind="temperature"), asset(None)), 16)
     assert healthy.samples.shape == (1, 16) and healthy.samples.dtype == np.float64
@@ -146,6 +158,7 @@ def test_temperature_sensor() -> None:
     ({"report_shaft_hz": "yes"}, "options.report_shaft_hz"),
     ({"speed_jitter": -0.01}, "options.speed_jitter"),
     ({"speed_jitter": 1.0}, "options.speed_jitter"),
+    ({"range_g": 0}, "options.range_g"),
 ])
 def test_bad_options_name_the_key(options: dict[str, Any], named: str) -> None:
     with pytest.raises(ValueError, match=re.escape(named)):
