@@ -28,6 +28,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,13 +105,13 @@ def validate(condition: str, orders: DefectOrders, shaft_hz: float, fs_hz: float
              severity: float = 1.0, noise_g: float = DEFAULT_NOISE_G) -> None:
     """Raise ValueError naming the bad item when `synthesize` would refuse these inputs."""
     _condition(condition)
-    if not (isinstance(fs_hz, int | float) and math.isfinite(fs_hz) and fs_hz > 0):
+    if not (_real(fs_hz) and fs_hz > 0):
         raise ValueError(f"fs_hz: must be a finite number > 0, got {fs_hz!r}")
-    if not (isinstance(shaft_hz, int | float) and math.isfinite(shaft_hz) and shaft_hz > 0):
+    if not (_real(shaft_hz) and shaft_hz > 0):
         raise ValueError(f"shaft_hz: must be a finite number > 0, got {shaft_hz!r}")
-    if not (isinstance(severity, int | float) and math.isfinite(severity) and severity >= 0):
+    if not (_real(severity) and severity >= 0):
         raise ValueError(f"severity: must be a finite number >= 0, got {severity!r}")
-    if not (isinstance(noise_g, int | float) and math.isfinite(noise_g) and noise_g >= 0):
+    if not (_real(noise_g) and noise_g >= 0):
         raise ValueError(f"noise_g: must be a finite number >= 0, got {noise_g!r}")
     line, hz = defect_hz(condition, orders, shaft_hz)
     if hz >= fs_hz / 2:
@@ -191,7 +192,7 @@ def temperature(condition: str, n_samples: int, *, severity: float = 1.0,
     `temp_rise_c` × severity (friction heat), lubrication most.
     """
     cond = _condition(condition)
-    if not (isinstance(severity, int | float) and math.isfinite(severity) and severity >= 0):
+    if not (_real(severity) and severity >= 0):
         raise ValueError(f"severity: must be a finite number >= 0, got {severity!r}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer) \
             or n_samples < 1:
@@ -201,6 +202,12 @@ def temperature(condition: str, n_samples: int, *, severity: float = 1.0,
 
 
 # --- internals -----------------------------------------------------------------------
+
+
+def _real(value: object) -> bool:
+    """A finite real number (numpy scalars included, bools not)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _condition(name: str) -> Condition:
