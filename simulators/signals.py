@@ -20,7 +20,7 @@ Everything noise-like and the impact response is built in the frequency domain a
 turned into a signal by one inverse FFT (the impact train is convolved circularly with
 the resonance response, which is stationary-equivalent for a window much longer than the
 ≈3 ms ring-down); shaft lines are added in the time domain. One second at 25.6 kHz costs
-about a millisecond.
+about 1.5 ms of CPU (0.15 % of a core per sensor-second).
 """
 
 from __future__ import annotations
