@@ -1,0 +1,164 @@
+"""The gateway runtime end to end: simulated sensors → outbox → real mosquitto."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from test_publisher import Subscriber, status_of  # tests/ is on sys.path (rootdir mode)
+
+from ballpass import topics, wire
+from ballpass.config import AssetConfig, Config, SensorConfig, parse
+from ballpass.gateway.drivers import Capture, SensorFault
+from ballpass.gateway.drivers import load as load_driver
+from ballpass.gateway.service import run
+
+SITE = "plant1"
+
+
+def site_config(host: str, port: int, gateway: str, outbox: Path) -> Config:
+    sensor = dict(driver="simulated", asset="pump1", fs_hz=25600, window_samples=4096,
+                  interval_s=0.5)
+    data: dict[str, Any] = {
+        "site": {"id": SITE},
+        "broker": {"host": host, "port": port, "keepalive_s": 5},
+        "asset": [{"id": "pump1", "kind": "pump", "shaft_hz": 29.95, "bearing": "SKF 6205"}],
+        "gateway": [{"id": gateway, "outbox": {"path": str(outbox)},
+                     "sensor": [dict(sensor, id="s1"),
+                                dict(sensor, id="s2", options={"fault": "outer_race"})]}],
+    }
+    return parse(data)
+
+
+def run_for(config: Config, gateway: str, seconds: float, **kwargs: Any) -> int:
+    stop = threading.Event()
+    ready = threading.Event()
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(
+        run(config, gateway, stop, status_interval_s=0.5, ready=ready, **kwargs)))
+    t.start()
+    assert ready.wait(5)
+    time.sleep(seconds)
+    stop.set()
+    t.join(15)
+    assert not t.is_alive()
+    return result[0]
+
+
+def windows_by_sensor(msgs: list, gateway: str) -> dict[str, list[wire.Window]]:
+    out: dict[str, list[wire.Window]] = {}
+    for m in msgs:
+        parsed = topics.parse_sensor_topic(m.topic)
+        if parsed and parsed.leaf == "window" and parsed.gateway == gateway:
+            out.setdefault(parsed.sensor, []).append(wire.decode(m.payload))
+    return out
+
+
+def test_gateway_publishes_simulated_windows_and_continues_seqs(mosquitto, tmp_path: Path
+                                                                ) -> None:
+    gw = "gw-sim"
+    outbox = tmp_path / "box" / "o.sqlite"
+    config = site_config(mosquitto.host, mosquitto.port, gw, outbox)
+    sub = Subscriber(mosquitto.host, mosquitto.port, f"bp/v1/{SITE}/{gw}/#", gw)
+    assert run_for(config, gw, 3.0) == 0
+    msgs = sub.wait_for(lambda m: status_of(m) and status_of(m)[-1]["state"] == "offline")
+    first_run = windows_by_sensor(msgs, gw)
+    assert set(first_run) == {"s1", "s2"}
+    total = 0
+    for windows in first_run.values():
+        seqs = [w.seq for w in windows]
+        assert 5 <= len(seqs) <= 8, seqs  # 3 s at 0.5 s: 6 or 7
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # consecutive, in order
+        for w in windows:
+            assert w.samples.shape == (1, 4096) and w.fs_hz == 25600.0
+            assert w.kind == wire.Kind.ACCELERATION and not w.historical
+            assert abs(w.shaft_hz - 29.95) < 1.0
+        total += len(seqs)
+    # capture slots are 0.5 s apart on the monotonic clock, so t0 is too (± scheduling)
+    t0 = [w.t0_ns for w in first_run["s1"]]
+    gaps = [(b - a) / 1e9 for a, b in itertools.pairwise(t0)]
+    assert all(0.4 < g < 0.6 for g in gaps), gaps
+    statuses = status_of(msgs)
+    assert statuses[0]["state"] == "online"
+    final = statuses[-1]
+    assert final["counters"] == {"captured": total, "queued": 0, "published": total,
+                                 "dropped": 0, "replayed": 0}
+    assert final["sensors"] == {"s1": {"state": "ok", "reason": ""},
+                                "s2": {"state": "ok", "reason": ""}}
+    assert final["gateway"] == gw and final["site"] == SITE and final["version"]
+
+    # Restart on the same outbox: seqs continue, counters carry on.
+    n_before = len(msgs)
+    assert run_for(config, gw, 1.2) == 0
+    msgs = sub.wait_for(lambda m: status_of(m[n_before:])
+                        and status_of(m[n_before:])[-1]["state"] == "offline")
+    second = windows_by_sensor(msgs[n_before:], gw)
+    for sensor in ("s1", "s2"):
+        assert second[sensor][0].seq == first_run[sensor][-1].seq + 1
+    assert status_of(msgs)[-1]["counters"]["published"] == total + sum(
+        len(w) for w in second.values())
+    sub.close()
+
+
+class _Unplugged:
+    """A driver whose device is missing: open() works, read() faults."""
+
+    def __init__(self, sensor: SensorConfig, asset: AssetConfig) -> None:
+        self.closed = 0
+
+    def open(self) -> None:
+        pass
+
+    def read(self, n_samples: int) -> Capture:
+        raise SensorFault("no data from accelerometer (cable unplugged?)")
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_faulty_sensor_reported_while_the_other_publishes(mosquitto, tmp_path: Path,
+                                                          caplog) -> None:
+    caplog.set_level(logging.INFO)
+    gw = "gw-fault"
+    config = site_config(mosquitto.host, mosquitto.port, gw, tmp_path / "o.sqlite")
+    simulated = load_driver("simulated")
+
+    def factory(sensor: SensorConfig, asset: AssetConfig):
+        return _Unplugged(sensor, asset) if sensor.id == "s2" else simulated(sensor, asset)
+
+    sub = Subscriber(mosquitto.host, mosquitto.port, f"bp/v1/{SITE}/{gw}/#", gw)
+    assert run_for(config, gw, 2.5, driver_factory=factory) == 0
+    msgs = sub.wait_for(lambda m: status_of(m) and status_of(m)[-1]["state"] == "offline")
+    windows = windows_by_sensor(msgs, gw)
+    assert set(windows) == {"s1"} and len(windows["s1"]) >= 4
+    online = [s for s in status_of(msgs) if s["state"] == "online"]
+    assert any(s["sensors"]["s2"]["state"] == "fault" for s in online)
+    final = status_of(msgs)[-1]
+    assert final["sensors"]["s1"] == {"state": "ok", "reason": ""}
+    assert final["sensors"]["s2"] == {
+        "state": "fault", "reason": "no data from accelerometer (cable unplugged?)"}
+    faults = [r.getMessage() for r in caplog.records if "event=sensor_fault" in r.getMessage()]
+    assert faults and faults[0].startswith("event=sensor_fault sensor=s2 reason=")
+    assert len(faults) <= 4  # backoff 0.5, 1, 2 s: no hot retry loop
+    sub.close()
+
+
+def test_gateway_imports_stay_light() -> None:
+    code = (
+        "import sys, json\n"
+        "import ballpass.gateway.service\n"
+        "from ballpass.gateway.drivers import load\n"
+        "load('simulated')\n"
+        "heavy = ['numba', 'scipy', 'river', 'influxdb_client', 'llvmlite', 'aiomqtt']\n"
+        "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert json.loads(out.stdout) == []
