@@ -12,8 +12,8 @@ Rules, in order (the first that fires wins):
    ball: 2×BSF present with ±FTF sidebands (the ball turns with the cage), or harmonics;
    cage: FTF and its 2nd harmonic, both clearly above the floor.
    Candidates are ranked by the SNR of their fundamental plus 1 dB per supporting line.
-4. ISO 20816 zone C or D with the 1× shaft line carrying most of the velocity: imbalance;
-   with a strong 2× line: misalignment.
+4. ISO 20816 zone C or D with the 1× shaft line (a real line over its floor) carrying most
+   of the velocity: imbalance; with a 2× line at least half of 1×: misalignment.
 5. lubrication: high broadband high-frequency level that is not impulsive.
 6. unknown_anomaly: impulsive (kurtosis) without a kinematic line, or zone D unexplained.
 7. normal.
@@ -192,8 +192,13 @@ def diagnose(
     if zone in ("C", "D") and vel > 0.0:
         x1_vel = x1 * th.G_TO_M_S2 * 1000.0 / (2.0 * math.pi * shaft) / math.sqrt(2.0)
         share = min(1.0, (x1_vel / vel) ** 2)
-        ev = (Evidence("1x", 1, shaft, 0.0), Evidence("2x", 2, 2.0 * shaft, 0.0))
-        if x2 >= th.MISALIGNMENT_X2_RATIO * x1 and x2 > 0.0:
+        x1_snr = float(batch.x1_snr_db[i])
+        x2_snr = float(batch.x2_snr_db[i])
+        ev = (Evidence("1x", 1, shaft, x1_snr), Evidence("2x", 2, 2.0 * shaft, x2_snr))
+        # Only real lines count: in broadband noise 1× and 2× read the noise level.
+        x1_line = x1_snr >= th.LINE_SNR_DB
+        x2_line = x2_snr >= th.LINE_SNR_DB
+        if x2_line and x2 >= th.MISALIGNMENT_X2_RATIO * x1:
             return Diagnosis(
                 "misalignment",
                 _conf(10.0 * (x2 / x1 - th.MISALIGNMENT_X2_RATIO)),
@@ -201,7 +206,7 @@ def diagnose(
                 f"zone {zone} ({vel:.2f} mm/s) with 2x/1x = {x2 / max(x1, 1e-12):.2f}",
                 zone,
             )
-        if share >= th.IMBALANCE_X1_SHARE:
+        if x1_line and share >= th.IMBALANCE_X1_SHARE:
             return Diagnosis(
                 "imbalance",
                 _conf(20.0 * (share - th.IMBALANCE_X1_SHARE)),

@@ -58,7 +58,8 @@ class FeatureBatch:
       velocity_rms_mm_s (ISO 20816 band 10-1000 Hz); bpfo/bpfi/bsf/ftf_snr_db (strongest
       of harmonics 1-3 of BPFO, BPFI, 2×BSF, FTF in the envelope spectrum, dB over the local
       floor); hf_floor (r.m.s. in g of the band 0.25-0.45 fs); x1_g, x2_g (amplitude in g
-      at 1× and 2× shaft, raw Hann spectrum).
+      at 1× and 2× shaft, raw Hann spectrum); x1_snr_db, x2_snr_db (those lines over
+      their local floor, dB).
     Context per window, shape (B,): shaft_hz, resolution_hz (fs/N), n_revolutions,
       clip_fraction, finite (1.0 or 0.0), env_lo_hz, env_hi_hz, env_sk (the envelope band
       and its spectral kurtosis).
@@ -81,6 +82,8 @@ class FeatureBatch:
     hf_floor: np.ndarray
     x1_g: np.ndarray
     x2_g: np.ndarray
+    x1_snr_db: np.ndarray
+    x2_snr_db: np.ndarray
     line_freq_hz: np.ndarray
     line_amp_g: np.ndarray
     line_snr_db: np.ndarray
@@ -143,7 +146,7 @@ def extract(
     # 1× and 2× shaft in the raw (Hann) spectrum.
     amp = _amplitude_spectrum(x)
     shaft_targets = (shaft[:, None] * np.array([1.0, 2.0]))[:, None, :]
-    _, x12, _ = _line_search(amp, df, shaft_targets, th.SPEED_TOLERANCE, th.NOISE_FLOOR_BINS)
+    _, x12, x12_snr = _line_search(amp, df, shaft_targets, th.SPEED_TOLERANCE, th.NOISE_FLOOR_BINS)
 
     # Envelope band: highest SK among candidates wide enough for the lines we read.
     lo_bins, hi_bins = candidate_bands(fs, n, th.ENV_LEVELS)
@@ -193,6 +196,8 @@ def extract(
         hf_floor=hf,
         x1_g=x12[:, 0, 0].copy(),
         x2_g=x12[:, 0, 1].copy(),
+        x1_snr_db=x12_snr[:, 0, 0].copy(),
+        x2_snr_db=x12_snr[:, 0, 1].copy(),
         line_freq_hz=lf,
         line_amp_g=la,
         line_snr_db=ls,

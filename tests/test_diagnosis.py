@@ -193,6 +193,14 @@ def test_imbalance_and_misalignment_need_a_high_zone() -> None:
     assert big.iso_zone == "D"
 
 
+def test_loud_broadband_noise_is_not_a_shaft_fault() -> None:
+    # 1 g of white noise puts the velocity in zone D, but no 1× or 2× line stands out.
+    rng = np.random.default_rng(10)
+    got = run(rng.standard_normal((4, N)))
+    assert all(d.iso_zone in ("C", "D") for d in got)
+    assert not {d.diagnosis for d in got} & {"imbalance", "misalignment"}, [d.reason for d in got]
+
+
 def test_lubrication_is_broadband_high_frequency_without_impacts() -> None:
     rng = np.random.default_rng(8)
     hf = np.fft.irfft(np.fft.rfft(rng.standard_normal(N)) * (np.fft.rfftfreq(N, 1 / FS) > 7000))
