@@ -1,0 +1,71 @@
+"""`ballpass demo` as a user runs it: by duration with a summary, and stopped by Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_demo_by_duration_writes_an_honest_summary(tmp_path: Path) -> None:
+    summary_path = tmp_path / "s.json"
+    workdir = tmp_path / "work"
+    r = subprocess.run([sys.executable, "-m", "ballpass", "demo", "--duration", "40",
+                        "--summary-json", str(summary_path), "--workdir", str(workdir)],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(summary_path.read_text())
+    assert s["windows_captured"] > 0
+    assert s["windows_lost"] == 0
+    assert s["windows_written"] == s["windows_captured"] == s["windows_published"]
+    assert s["webhooks_delivered"] >= 1
+    faulty = [x for x in s["sensors"] if x["truth"] != "normal"]
+    healthy = [x for x in s["sensors"] if x["truth"] == "normal"]
+    assert faulty and healthy
+    assert all(x["alerted"] for x in faulty), faulty
+    assert not any(x["alerted"] for x in healthy), healthy
+    assert _processes_mentioning(str(workdir)) == []
+
+
+def test_ctrl_c_stops_every_process_cleanly(tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    demo = subprocess.Popen([sys.executable, "-m", "ballpass", "demo", "--no-live",
+                             "--workdir", str(workdir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        # Wait until the gateways run (their logs exist), then press Ctrl-C.
+        while time.monotonic() < deadline and not list(workdir.glob("gw-*.log")):
+            time.sleep(0.3)
+        time.sleep(3)
+        assert len(_processes_mentioning(str(workdir))) >= 6  # broker, db, stream, gateways
+        demo.send_signal(signal.SIGINT)
+        out, _ = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 0, out[-3000:]
+    assert "event=demo_stopped" in out
+    assert _processes_mentioning(str(workdir)) == []
