@@ -3,6 +3,8 @@ the guard rails (sensor faults, short windows, shaft-rate faults)."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -218,3 +220,13 @@ def test_diagnose_rejects_bad_arguments() -> None:
         diagnose(batch, 0, iso_group=3)
     with pytest.raises(ValueError, match="foundation"):
         diagnose(batch, 0, iso_foundation="jelly")
+
+
+def test_false_alarm_rate_on_gaussian_noise() -> None:
+    # 400 windows of white noise: measured rate is about 3e-4 per window, so more than
+    # 2 non-normal windows here would mean the line rules lost their statistical margin.
+    rng = np.random.default_rng(11)
+    x = 0.05 * rng.standard_normal((400, 8192))
+    batch = extract(x, 12000.0, np.full(400, 1797 / 60), ORDERS)
+    got = [diagnose(batch, i).diagnosis for i in range(400)]
+    assert sum(d != "normal" for d in got) <= 2, Counter(got)
