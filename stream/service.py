@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+
+from ballpass import topics, wire
+from ballpass.config import Config
+from ballpass.log import kv
 from ballpass.stream.dedup import Deduplicator
 from ballpass.stream.pipeline import BatchOutput, Incoming, Pipeline, diagnosis_message
 from ballpass.stream.sinks.influx import InfluxWriteError, InfluxWriter
 from ballpass.stream.sinks.lineprotocol import Point, encode
 from ballpass.stream.sinks.webhook import WebhookSender
-
-from ballpass import topics, wire
-from ballpass.config import Config
-from ballpass.log import kv
 
 log = logging.getLogger(__name__)
 
