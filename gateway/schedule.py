@@ -74,6 +74,10 @@ class SensorCapture:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     # --- thread --------------------------------------------------------------------------
 
     def _run(self) -> None:

@@ -78,7 +78,11 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
         t0 = time.monotonic()
         capture_stop.set()
         for c in captures:
-            c.join()
+            # A driver stuck in read() must not hold the shutdown hostage (threads are
+            # daemons); its late put, if any, fails harmlessly once the outbox is closed.
+            c.join(timeout=max(5.0, 2 * c.sensor.interval_s))
+            if c.alive:
+                log.warning("event=capture_stuck sensor=%s", c.sensor.id)
         publisher.stop(drain_timeout_s=drain_timeout_s)
         counters = box.counters()
         log.info("event=gateway_stopped site=%s gateway=%s stop_s=%.2f %s", site, gateway.id,
