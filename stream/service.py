@@ -81,6 +81,7 @@ class StreamService:
         self._pending: dict[tuple[str, int], _Pending] = {}
         self._generation = 0
         self._started = time.time()
+        self._kernels: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -88,9 +89,9 @@ class StreamService:
         webhook_task = asyncio.create_task(self.webhooks.run(), name="webhooks")
         status_task = asyncio.create_task(self._status_loop(stop), name="status")
         try:
-            started = time.monotonic()
-            await asyncio.to_thread(self.pipeline.warm_up)
-            log.info(kv("kernels_ready", seconds=round(time.monotonic() - started, 2)))
+            # Kernels load (or compile, on a first run) while the database and broker
+            # connections come up; the first batch waits for them.
+            self._kernels = asyncio.create_task(self._warm_up(), name="warm-up")
             await self._ensure_database(stop)
             await self._mqtt_loop(stop)
         finally:
@@ -103,6 +104,11 @@ class StreamService:
             self._write_status()
             log.info(kv("stream_stopped", **{k: v for k, v in asdict(self.counters).items()
                                              if not isinstance(v, dict)}))
+
+    async def _warm_up(self) -> None:
+        started = time.monotonic()
+        await asyncio.to_thread(self.pipeline.warm_up)
+        log.info(kv("kernels_ready", seconds=round(time.monotonic() - started, 2)))
 
     async def _ensure_database(self, stop: asyncio.Event) -> None:
         ensure = getattr(self.writer, "ensure_database", None)
@@ -228,6 +234,8 @@ class StreamService:
                 accepted.append(item)
         if not accepted and not extra_points:
             return
+        if self._kernels is not None:
+            await self._kernels
         output = await asyncio.to_thread(self.pipeline.process, accepted) if accepted else (
             BatchOutput([], [], []))
         written = await self._write(output.points + extra_points, stop, len(accepted))
