@@ -181,12 +181,17 @@ class Publisher:
         was_connected = self._connected.is_set()
         self._connected.clear()
         self._socket_open = False
-        if was_connected:
-            self.stats["disconnects"] += 1
-            if self._outage_start_ns is None:
-                self._outage_start_ns = time.time_ns()
-            log.warning("event=broker_disconnected host=%s port=%d reason=%r in_flight=%d",
-                        self.broker.host, self.broker.port, str(reason), len(self._mids))
+        if not was_connected:
+            return
+        self.stats["disconnects"] += 1
+        if self._stop.is_set() and not reason.is_failure:
+            log.info("event=broker_session_closed host=%s port=%d in_flight=%d",
+                     self.broker.host, self.broker.port, len(self._mids))
+            return
+        if self._outage_start_ns is None:
+            self._outage_start_ns = time.time_ns()
+        log.warning("event=broker_disconnected host=%s port=%d reason=%r in_flight=%d",
+                    self.broker.host, self.broker.port, str(reason), len(self._mids))
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int,
                     reason: ReasonCode, properties: Properties | None) -> None:

@@ -383,3 +383,49 @@ def test_tls_broker(tmp_path: Path) -> None:
         box.close()
     finally:
         broker.stop()
+
+
+def test_in_flight_windows_are_resent_after_the_broker_dies(tmp_path: Path, caplog) -> None:
+    """Broker frozen (SIGSTOP) so PUBACKs never come, then killed and restarted: the
+    unacknowledged windows are sent again after the reconnect and then acked."""
+    caplog.set_level(logging.INFO, logger="ballpass.gateway.publisher")
+    gw = "gw-inflight"
+    broker = Mosquitto(tmp_path / "mq", port=free_port(), anonymous=True)
+    broker.start()
+    box = Outbox(tmp_path / "o.sqlite", 10**8, 3600)
+    # the first reconnect waits 0.5-1 s, long enough for the new subscriber to be there
+    pub, _ = make_publisher(broker.host, broker.port, gw, box, backoff_initial_s=1.0,
+                            backoff_max_s=2.0, max_inflight=20, flush_rate_per_s=1000)
+    pub.start()
+    sub: Subscriber | None = None
+    try:
+        assert pub.wait_connected(5)
+        assert broker.pid is not None
+        os.kill(broker.pid, signal.SIGSTOP)
+        for _ in range(30):
+            seq = box.next_seq("s1")
+            box.put("s1", seq, topics.window(SITE, gw, "s1"), make_window(seq))
+        deadline = time.monotonic() + 5
+        while box.in_flight < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert box.in_flight == 20 and box.counters()["published"] == 0
+        os.kill(broker.pid, signal.SIGKILL)
+        broker.stop()
+        broker.start()
+        sub = Subscriber(broker.host, broker.port, topics.window(SITE, gw, "+"), gw)
+        msgs = sub.wait_for(lambda m: len({wire.decode(x.payload).seq for x in m}) >= 30)
+        deadline = time.monotonic() + 5
+        while box.counters()["published"] < 30 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        pub.stop(drain_timeout_s=1)
+        if sub is not None:
+            sub.close()
+        broker.stop()
+    seqs = list(dict.fromkeys(wire.decode(m.payload).seq for m in msgs))
+    assert seqs == sorted(seqs) and len(seqs) == 30  # in order, nothing lost
+    assert box.counters() == {"captured": 30, "queued": 0, "published": 30, "dropped": 0,
+                              "replayed": 0}
+    assert any("event=broker_disconnected" in r.getMessage() and "in_flight=20" in
+               r.getMessage() for r in caplog.records)
+    box.close()
