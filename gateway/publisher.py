@@ -17,9 +17,12 @@ Delivery. Entries are taken oldest first from the outbox (`Outbox.peek`), at mos
 and acked in the outbox ONLY when their PUBACK arrives (`on_publish`). When the connection
 drops, the unacknowledged ones stay in flight in paho's session, and paho re-sends them
 (DUP) right after the next CONNACK, before anything newer; they are still in the outbox,
-so a crash meanwhile re-sends them from there after the restart. A window captured while
-the broker was unreachable, or older than `historical_after_s` when it is published,
+so a crash meanwhile re-sends them from there after the restart. A window queued while
+the broker was unreachable (including whatever waited in the outbox before the first
+connection of this process), or older than `historical_after_s` when it is published,
 goes out with the historical flag (`wire.mark_historical`) and counts as `replayed`.
+A PUBACK with a failure reason (MQTT 5: "Not authorized", quota) is logged as
+``event=publish_rejected``; the window stays in the outbox and is retried after a pause.
 
 Status. A retained birth status (state online) is published on every CONNACK, then every
 `status_interval_s`; the last will is a retained ``{"state": "offline", ...}``. `stop`

@@ -18,7 +18,7 @@ from ballpass import topics, wire
 from ballpass.config import AssetConfig, Config, SensorConfig, parse
 from ballpass.gateway.drivers import Capture, SensorFault
 from ballpass.gateway.drivers import load as load_driver
-from ballpass.gateway.service import run
+from ballpass.gateway.service import outbox_path_for, run
 
 SITE = "plant1"
 
@@ -162,3 +162,14 @@ def test_gateway_imports_stay_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_outbox_path_choice(tmp_path: Path) -> None:
+    config = site_config("127.0.0.1", 1883, "gw-a", tmp_path / "x.sqlite")
+    assert outbox_path_for(config, "gw-a") == tmp_path / "x.sqlite"
+    assert outbox_path_for(config, "gw-a", tmp_path / "y.sqlite") == tmp_path / "y.sqlite"
+    bare = parse({"site": {"id": SITE}, "asset": [{"id": "pump1", "bearing": "SKF 6205"}],
+                  "gateway": [{"id": "gw-b", "sensor": [{
+                      "id": "s1", "driver": "simulated", "asset": "pump1", "fs_hz": 1000,
+                      "window_samples": 100, "interval_s": 1}]}]})
+    assert outbox_path_for(bare, "gw-b") == Path("outbox-gw-b.sqlite")

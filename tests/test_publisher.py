@@ -262,27 +262,31 @@ def test_acl_denied_publish_stays_in_outbox(mosquitto_auth, tmp_path: Path, capl
 
 def test_last_will_is_offline_after_kill_9(mosquitto, tmp_path: Path) -> None:
     gw = "gw-killed"
+    # The whole gateway (service.run with the simulated driver), as `ballpass gateway` runs it.
     code = textwrap.dedent(f"""
-        import sys, threading, time
-        from pathlib import Path
-        from ballpass.config import BrokerConfig
-        from ballpass.gateway.outbox import Outbox
-        from ballpass.gateway.publisher import Publisher, PublisherSettings
-        from ballpass.gateway.status import Status
-        box = Outbox(Path({str(tmp_path / "o.sqlite")!r}), 10**8, 3600)
-        status = Status({SITE!r}, {gw!r}, ["s1"], box.counters)
-        pub = Publisher(BrokerConfig(port={mosquitto.port}), {SITE!r}, {gw!r}, box, status,
-                        username={gw!r}, settings=PublisherSettings(status_interval_s=0.2))
-        pub.start()
-        pub.wait_connected(5)
-        print("connected", flush=True)
-        time.sleep(60)
+        import threading
+        from ballpass.config import parse
+        from ballpass.gateway.service import run
+        config = parse({{
+            "site": {{"id": {SITE!r}}},
+            "broker": {{"port": {mosquitto.port}}},
+            "asset": [{{"id": "pump1", "kind": "pump", "shaft_hz": 25.0,
+                       "bearing": "SKF 6205"}}],
+            "gateway": [{{"id": {gw!r}, "sensor": [{{
+                "id": "s1", "driver": "simulated", "asset": "pump1", "fs_hz": 25600,
+                "window_samples": 4096, "interval_s": 0.5}}]}}],
+        }})
+        ready = threading.Event()
+        threading.Thread(target=lambda: (ready.wait(5), print("ready", flush=True))).start()
+        run(config, {gw!r}, threading.Event(), ready=ready, status_interval_s=0.2,
+            outbox_path={str(tmp_path / "o.sqlite")!r})
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout is not None and proc.stdout.readline() == "connected\n"
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         sub = Subscriber(mosquitto.host, mosquitto.port, topics.status(SITE, gw), gw)
-        sub.wait_for(lambda m: any(s["state"] == "online" for s in status_of(m)))
+        sub.wait_for(lambda m: any(s["state"] == "online" and s["counters"]["published"] > 0
+                                   for s in status_of(m)))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(5)
         msgs = sub.wait_for(lambda m: status_of(m)[-1]["state"] == "offline", timeout=5)
