@@ -8,11 +8,12 @@ STAMP       := $(VENV)/.installed-stamp
 DEB_PACKAGES := mosquitto mosquitto-clients influxdb victoria-metrics
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint deps install clean help
+.PHONY: run test bench lint deps install clean help
 
 help:
 	@echo "make run    the demo plant (Ctrl-C stops it)"
 	@echo "make test   the whole test suite (real mosquitto and influxd)"
+	@echo "make bench  speed figures with their baselines (bench.json, see BENCHMARKS.md)"
 	@echo "make lint   ruff"
 
 run: install deps
@@ -21,6 +22,10 @@ run: install deps
 test: install deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+bench: install deps
+	$(PY) -m ballpass bench --json bench.json
+	@cat bench.json
 
 lint: install
 	$(PY) -m ruff check .

@@ -103,6 +103,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     live=not args.no_live, workdir=args.workdir)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ballpass import bench
+    only = tuple(args.only.split(",")) if args.only else ()
+    bench.write(bench.run(quick=args.quick, only=only), args.json)
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     sensors = sum(len(g.sensors) for g in config.gateways)
@@ -176,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--severity", type=float, default=1.0, help=">= 0; 1 = developed fault")
     q.add_argument("--out", type=Path, required=True, metavar="FILE.npz")
     q.set_defaults(func=cmd_simulate_record)
+
+    p = sub.add_parser("bench", help="measure speed figures against their baselines",
+                       description="Measure every speed figure of ballpass together with its "
+                       "baseline, in the same run, and print them (or write --json) as one flat "
+                       "JSON object. See BENCHMARKS.md.")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the figures to OUT")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    p.add_argument("--only", help="comma-separated parts: stream, simulators, gateway")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("check-config", help="validate a site config and exit (2 on errors)",
                        description="Load and validate a site config; print every error with "
