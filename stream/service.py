@@ -236,9 +236,8 @@ class StreamService:
             return
         if self._kernels is not None:
             await self._kernels
-        output = await asyncio.to_thread(self.pipeline.process, accepted) if accepted else (
-            BatchOutput([], [], []))
-        written = await self._write(output.points + extra_points, stop, len(accepted))
+        output = await asyncio.to_thread(self._process, accepted)
+        written = await self._write(output.points + extra_points, stop, len(output.results))
         if not written:
             return  # stopping: nothing acknowledged, the broker keeps the windows
         for item in accepted:
@@ -247,6 +246,34 @@ class StreamService:
                 self._ack(client, generation, message)
             self.dedup.mark(*key)
         await self._publish(client, output)
+
+    def _process(self, batch: list[Incoming]) -> BatchOutput:
+        """`Pipeline.process`, isolating a window that makes it fail.
+
+        A bug or an input the kernels cannot take must not stop the stream, nor come
+        back forever by redelivery: the batch is retried window by window, and a window
+        that still fails is counted as rejected (`processing_error`), logged and
+        acknowledged with the rest.
+        """
+        if not batch:
+            return BatchOutput([], [], [])
+        try:
+            return self.pipeline.process(batch)
+        except Exception:
+            log.exception(kv("batch_failed", windows=len(batch)))
+        merged = BatchOutput([], [], [])
+        for item in batch:
+            try:
+                one = self.pipeline.process([item])
+            except Exception as e:
+                self._reject("processing_error", topics.window(item.site, item.gateway,
+                                                               item.sensor),
+                             f"seq {item.window.seq}: {e!r}")
+                continue
+            merged.results.extend(one.results)
+            merged.points.extend(one.points)
+            merged.alerts.extend(one.alerts)
+        return merged
 
     def _admit(self, topic: str, message: aiomqtt.Message) -> Incoming | object | None:
         """Decode and check one window message; None = rejected or duplicate (ack it)."""
