@@ -96,6 +96,9 @@ class StreamConfig:
     batch_max: int = 16
     batch_wait_s: float = 0.2
     alert: AlertPolicy = field(default_factory=AlertPolicy)
+    http: str | None = None  # evidence page "HOST:PORT" (docs/evidence-page.md); None = off
+    http_token_file: Path | None = None
+    public_url: str | None = None  # base URL of the evidence page in alert messages
 
     def password(self) -> str | None:
         return _read_secret(self.password_file)
@@ -148,12 +151,30 @@ class GatewayConfig:
         return _read_secret(self.password_file)
 
 
+WEBHOOK_FORMATS = ("json", "slack", "teams", "pagerduty", "alertmanager")
+
+
 @dataclass(frozen=True)
 class WebhookConfig:
+    """One alert route (docs/alerting.md). Times in s; `rate_limit_per_min` messages/min."""
+
     url: str
     events: tuple[str, ...] = ("firing", "resolved")
     timeout_s: float = 5.0
     retries: int = 3
+    format: str = "json"
+    name: str = ""
+    secret_file: Path | None = None  # json: HMAC-SHA256 key
+    routing_key_file: Path | None = None  # pagerduty: Events API v2 integration key
+    group_wait_s: float = 30.0  # slack, teams, alertmanager: alerts of one asset in one message
+    rate_limit_per_min: float = 20.0
+    backoff_max_s: float = 60.0
+
+    def secret(self) -> str | None:
+        return _read_secret(self.secret_file)
+
+    def routing_key(self) -> str | None:
+        return _read_secret(self.routing_key_file)
 
 
 @dataclass(frozen=True)
@@ -296,6 +317,15 @@ def _one_of(*choices: str) -> Callable[[str], str | None]:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"must be one of {', '.join(choices)}{hint}"
     return check
+
+
+def _http_url(v: str) -> str | None:
+    return None if v.startswith(("http://", "https://")) else "must start with http:// or https://"
+
+
+def _host_port(v: str) -> str | None:
+    host, _, port = v.rpartition(":")
+    return None if host and port.isdigit() and int(port) < 65536 else "must be HOST:PORT"
 
 
 def _port(v: int) -> str | None:
@@ -455,6 +485,9 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> Config:
                          else "must be >= 1"),
         batch_wait_s=st.get("batch_wait_s", float, 0.2, check=_non_negative),
         alert=policy,
+        http=st.get("http", str, check=_host_port),
+        http_token_file=st.path_value("http_token_file"),
+        public_url=st.get("public_url", str, check=_http_url),
     )
     st.finish()
 
@@ -484,10 +517,23 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> Config:
             for e in events:
                 if e not in ("firing", "resolved"):
                     r.fail("events", f"each must be 'firing' or 'resolved', got {e!r}")
+        fmt = r.get("format", str, "json", check=_one_of(*WEBHOOK_FORMATS))
         hook = WebhookConfig(url or "", tuple(events or ()),
                              r.get("timeout_s", float, 5.0, check=_positive),
                              r.get("retries", int, 3, check=lambda v: None if v >= 0
-                                   else "must be >= 0"))
+                                   else "must be >= 0"),
+                             format=fmt or "json",
+                             name=r.get("name", str, ""),
+                             secret_file=r.path_value("secret_file"),
+                             routing_key_file=r.path_value("routing_key_file"),
+                             group_wait_s=r.get("group_wait_s", float, 30.0,
+                                                check=_non_negative),
+                             rate_limit_per_min=r.get("rate_limit_per_min", float, 20.0,
+                                                      check=_positive),
+                             backoff_max_s=r.get("backoff_max_s", float, 60.0,
+                                                 check=_positive))
+        if fmt == "pagerduty" and hook.routing_key_file is None:
+            r.fail("routing_key_file", "is required for format = \"pagerduty\"")
         r.finish()
         webhooks.append(hook)
 
