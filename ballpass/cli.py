@@ -110,6 +110,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ballpass.stream.evaluate import main as evaluate
+    return evaluate(args.spec, args.json)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     sensors = sum(len(g.sensors) for g in config.gateways)
@@ -192,6 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     p.add_argument("--only", help="comma-separated parts: stream, simulators, gateway")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("evaluate", help="diagnose labelled recordings and score the result",
+                       description="Cut each recording of SPEC into windows, diagnose every "
+                       "window, vote per record, and print a per-record table and a confusion "
+                       "matrix. Exit 2 on a bad spec (every error with its key path). See "
+                       "EVALUATION.md and evaluation/cwru.toml.")
+    p.add_argument("spec", type=Path, metavar="SPEC.toml", help="[[recording]] tables: path, "
+                   "key or column, fs_hz, shaft_hz, label, bearing or [recording.geometry]")
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write the results to OUT")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("check-config", help="validate a site config and exit (2 on errors)",
                        description="Load and validate a site config; print every error with "

@@ -1,0 +1,270 @@
+"""Labelled recordings for `ballpass evaluate`: the spec file and the signal readers.
+
+A spec is a TOML file with one `[[recording]]` table per recording (see EVALUATION.md):
+
+    [[recording]]
+    path = "data/105.mat"      # relative to the spec file
+    key = "X105_DE_time"       # .npz array name, or dotted field path in a MATLAB v5 .mat
+    # column = 1               # instead of key: 0-based column of a whitespace text file
+    fs_hz = 12000
+    shaft_hz = 29.95
+    label = "inner_race"
+    bearing = "SKF 6205"       # or a [recording.geometry] table
+    window = 8192              # samples per window (optional)
+    max_windows = 8            # optional cap
+    resample_hz = 12000        # optional: resample before cutting windows
+    group = "0.028in"          # optional: records reported apart
+
+`load_spec` validates everything it can without reading the signals (the files exist,
+top-level keys and columns exist) and raises one `ConfigError` listing every problem with
+its key path, like the site config. `read_signal` reads one recording as float64 g.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+import zipfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ballpass.config import (
+    FAULT_CLASSES,
+    ISO_FOUNDATIONS,
+    ConfigError,
+    _one_of,
+    _parse_bearing,
+    _positive,
+    _Reader,
+)
+from ballpass.models.bearing import BearingGeometry
+
+DEFAULT_WINDOW = 8192
+"""Samples per window when a recording does not say (0.68 s at 12 kHz: 20 revolutions at
+1800 r/min, fine enough for ±1× sidebands)."""
+
+DEFAULT_GROUP = "default"
+"""Group of records that give none."""
+
+_MAX_RESAMPLE_TERMS = 1000
+"""Largest up/down factor of the polyphase resampler (rates are rounded to this ratio)."""
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One labelled recording of a spec. `name` is its key path (`recording[3]`) for errors."""
+
+    name: str
+    path: Path
+    key: str | None
+    column: int | None
+    fs_hz: float
+    shaft_hz: float
+    label: str
+    bearing: BearingGeometry
+    window: int = DEFAULT_WINDOW
+    max_windows: int | None = None
+    resample_hz: float | None = None
+    group: str = DEFAULT_GROUP
+    iso_group: int = 2
+    iso_foundation: str = "rigid"
+
+    @property
+    def rate_hz(self) -> float:
+        """The sample rate the windows are cut at (after any resampling), Hz."""
+        return self.resample_hz if self.resample_hz is not None else self.fs_hz
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return "npz"
+    if suffix == ".mat":
+        return "mat"
+    return "text"
+
+
+def _probe(r: _Reader, path: Path, key: str | None, column: int | None) -> None:
+    """Check that the file exists and holds the key or column, without reading the signal."""
+    if not path.is_file():
+        r.fail("path", f"no such file {str(path)!r}")
+        return
+    kind = _kind(path)
+    if kind in ("npz", "mat") and key is None:
+        r.fail("key", f"is required for a .{kind} file (the array name)")
+        return
+    if kind == "text" and column is None:
+        r.fail("column", "is required for a text file (0-based column number)")
+        return
+    if kind == "text" and key is not None:
+        r.fail("key", "is for .npz and .mat files; a text file takes `column`")
+        return
+    if kind in ("npz", "mat") and column is not None:
+        r.fail("column", f"is for text files; a .{kind} file takes `key`")
+        return
+    try:
+        if kind == "npz":
+            with np.load(path, allow_pickle=False) as z:
+                names = list(z.files)
+            if key not in names:
+                r.fail("key", f"no array {key!r} in {path.name} (it has: {', '.join(names)})")
+        elif kind == "mat":
+            names = _mat_variables(path)
+            top = key.split(".")[0] if key else ""
+            if top not in names:
+                r.fail("key", f"no variable {top!r} in {path.name} (it has: {', '.join(names)})")
+        else:
+            n_cols = _text_columns(path)
+            if column is not None and column >= n_cols:
+                r.fail("column", f"{path.name} has {n_cols} column(s) (0-based), got {column}")
+    except (OSError, ValueError, zipfile.BadZipFile, NotImplementedError) as e:
+        r.fail("path", f"cannot read {path.name}: {e}")
+
+
+def _mat_variables(path: Path) -> list[str]:
+    import scipy.io
+
+    try:
+        return [name for name, _shape, _cls in scipy.io.whosmat(path)]
+    except NotImplementedError as e:  # scipy raises this for v7.3 (HDF5) files
+        raise NotImplementedError(
+            "MATLAB v7.3 (HDF5) files are not supported; save with -v7 or convert to .npz"
+        ) from e
+
+
+def _text_columns(path: Path) -> int:
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            fields = line.split("#", 1)[0].split()
+            if fields:
+                return len(fields)
+    raise ValueError("no data lines")
+
+
+def _parse_recording(r: _Reader) -> Recording | None:
+    path = r.path_value("path")
+    if "path" not in r.table:
+        r.fail("path", "is required")
+    key = r.get("key", str, check=lambda v: None if v.strip() else "must not be empty")
+    column = r.get("column", int, check=lambda v: None if v >= 0 else "must be >= 0")
+    if key is not None and column is not None:
+        r.fail("key", "give either `key` or `column`, not both")
+    fs_hz = r.get("fs_hz", float, required=True, check=_positive)
+    shaft_hz = r.get("shaft_hz", float, required=True, check=_positive)
+    label = r.get("label", str, required=True, check=_one_of(*FAULT_CLASSES))
+    bearing = _parse_bearing(r)
+    window = r.get("window", int, DEFAULT_WINDOW,
+                   check=lambda v: None if v >= 16 else "must be >= 16")
+    max_windows = r.get("max_windows", int, check=lambda v: None if v >= 1 else "must be >= 1")
+    resample_hz = r.get("resample_hz", float, check=_positive)
+    group = r.get("group", str, DEFAULT_GROUP,
+                  check=lambda v: None if v.strip() else "must not be empty")
+    iso_group = r.get("iso_group", int, 2,
+                      check=lambda v: None if v in (1, 2) else "must be 1 or 2")
+    iso_foundation = r.get("iso_foundation", str, "rigid", check=_one_of(*ISO_FOUNDATIONS))
+    r.finish()
+    if path is not None:
+        _probe(r, path, key, column)
+    if fs_hz is not None and resample_hz is not None:
+        ratio = Fraction(resample_hz / fs_hz).limit_denominator(_MAX_RESAMPLE_TERMS)
+        if ratio.numerator == 0 or not math.isclose(float(ratio) * fs_hz, resample_hz,
+                                                    rel_tol=1e-6):
+            r.fail("resample_hz", f"{resample_hz} / {fs_hz} is not a ratio of integers "
+                   f"<= {_MAX_RESAMPLE_TERMS}")
+    if None in (path, fs_hz, shaft_hz, label, bearing, window, group) or (
+        key is None and column is None
+    ):
+        return None
+    return Recording(name=r.path, path=path, key=key, column=column, fs_hz=fs_hz,
+                     shaft_hz=shaft_hz, label=label, bearing=bearing, window=window,
+                     max_windows=max_windows, resample_hz=resample_hz, group=group,
+                     iso_group=iso_group, iso_foundation=iso_foundation)
+
+
+def parse_spec(data: dict[str, Any], base: Path = Path(".")) -> list[Recording]:
+    """The recordings of a parsed spec table; raises ConfigError with every problem."""
+    errors: list[str] = []
+    root = _Reader(data, "", errors, base)
+    tables = root.tables("recording")
+    root.finish()
+    if not tables and not errors:
+        errors.append("recording: the spec lists no [[recording]] table")
+    recordings = [_parse_recording(t) for t in tables]
+    if errors:
+        raise ConfigError(errors)
+    return [rec for rec in recordings if rec is not None]
+
+
+def load_spec(path: str | Path) -> list[Recording]:
+    """Load and validate an evaluation spec. Paths inside are relative to the spec file.
+
+    Raises ConfigError (every problem, with its key path) or FileNotFoundError.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: not valid TOML: {e}"]) from e
+    return parse_spec(data, base=path.resolve().parent)
+
+
+def _mat_field(path: Path, dotted: str, where: str) -> Any:
+    import scipy.io
+
+    # simplify_cells turns MATLAB structs into dicts and squeezes unit dimensions, so a
+    # dotted path is a chain of dict lookups.
+    data = scipy.io.loadmat(path, simplify_cells=True)
+    value: Any = data
+    walked: list[str] = []
+    for part in dotted.split("."):
+        if not isinstance(value, dict):
+            raise ConfigError([f"{where}.key: {'.'.join(walked)} in {path.name} is not a "
+                               f"struct, cannot read field {part!r}"])
+        if part not in value:
+            names = ", ".join(k for k in value if not k.startswith("__"))
+            at = ".".join(walked) or "the file"
+            raise ConfigError([f"{where}.key: no field {part!r} in {at} of {path.name} "
+                               f"(it has: {names})"])
+        value = value[part]
+        walked.append(part)
+    return value
+
+
+def read_signal(rec: Recording) -> np.ndarray:
+    """The recording's samples as a 1-D float64 array at `rec.rate_hz` (resampled if asked).
+
+    Raises ConfigError naming the recording when the key or column does not hold a 1-D
+    numeric signal.
+    """
+    kind = _kind(rec.path)
+    if kind == "npz":
+        with np.load(rec.path, allow_pickle=False) as z:
+            raw: Any = z[rec.key]
+    elif kind == "mat":
+        assert rec.key is not None
+        raw = _mat_field(rec.path, rec.key, rec.name)
+    else:
+        assert rec.column is not None
+        try:
+            raw = np.loadtxt(rec.path, usecols=(rec.column,), ndmin=1, comments="#")
+        except ValueError as e:
+            raise ConfigError([f"{rec.name}.column: cannot read column {rec.column} of "
+                               f"{rec.path.name}: {e}"]) from e
+    what = f"{rec.name}.{'column' if kind == 'text' else 'key'}"
+    try:
+        x = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ConfigError([f"{what}: not a numeric array in {rec.path.name}: {e}"]) from e
+    x = np.squeeze(x)
+    if x.ndim != 1:
+        raise ConfigError([f"{what}: need a 1-D signal in {rec.path.name}, got shape {x.shape}"])
+    if rec.resample_hz is not None and rec.resample_hz != rec.fs_hz:
+        import scipy.signal
+
+        ratio = Fraction(rec.resample_hz / rec.fs_hz).limit_denominator(_MAX_RESAMPLE_TERMS)
+        x = scipy.signal.resample_poly(x, ratio.numerator, ratio.denominator)
+    return np.ascontiguousarray(x, dtype=np.float64)
