@@ -98,3 +98,24 @@ def line_order(condition: Condition, orders: DefectOrders) -> tuple[str, float]:
     if condition.name == "misalignment":
         return "2× shaft", 2.0
     return "1× shaft", 1.0
+
+#: Mechanical looseness at severity 1.0: velocity (mm/s RMS) of each shaft harmonic
+#: 2×..10× is LOOSENESS_MM_S / sqrt(h), 1× gains LOOSENESS_1X_MM_S, and the half orders
+#: 0.5×, 1.5×, … (a loose part that rattles every other turn) carry LOOSENESS_HALF of it.
+LOOSENESS_MM_S = 2.0
+LOOSENESS_1X_MM_S = 1.5
+LOOSENESS_HARMONICS = 10
+LOOSENESS_HALF = 0.3
+#: Gear mesh (when a gearbox's tooth count is set): acceleration (g RMS) of the mesh
+#: frequency (teeth × shaft) and its 2nd and 3rd harmonics; each carries sidebands at
+#: ±1, ±2, ±3 × shaft, relative to its own amplitude: healthy GEAR_SIDEBAND, plus
+#: GEAR_SIDEBAND_WEAR per unit of wear (eccentric or worn gear), decaying by GEAR_SIDEBAND_DECAY
+#: per order of sideband.
+GEAR_MESH_G = (0.08, 0.04, 0.02)
+GEAR_SIDEBAND = 0.05
+GEAR_SIDEBAND_WEAR = 0.35
+GEAR_SIDEBAND_DECAY = 0.6
+#: Thermal time constant (s) of a bearing housing: it takes about 3 τ to settle.
+THERMAL_TAU_S = 1800.0
+#: Housing temperature rise (°C) at full load (the rest of 40 °C is ambient + friction).
+LOAD_TEMP_RISE_C = 8.0

@@ -38,10 +38,18 @@ from ballpass.simulators.conditions import (
     CONDITION_NAMES,
     CONDITIONS,
     DEFAULT_NOISE_G,
+    GEAR_MESH_G,
+    GEAR_SIDEBAND,
+    GEAR_SIDEBAND_DECAY,
+    GEAR_SIDEBAND_WEAR,
     HEALTHY_MACHINE_RMS_G,
     HEALTHY_RESONANCE_SHARE,
     HEALTHY_SHAFT_MM_S,
     HEALTHY_TEMP_C,
+    LOOSENESS_1X_MM_S,
+    LOOSENESS_HALF,
+    LOOSENESS_HARMONICS,
+    LOOSENESS_MM_S,
     TEMP_NOISE_C,
     TEMP_WANDER_C,
     Condition,
@@ -132,6 +140,11 @@ def synthesize(
     rng: np.random.Generator,
     t0_s: float = 0.0,
     noise_g: float = DEFAULT_NOISE_G,
+    load: float = 1.0,
+    looseness: float = 0.0,
+    gear_teeth: int = 0,
+    gear_wear: float = 0.0,
+    hf_extra: float = 0.0,
 ) -> np.ndarray:
     """One window of acceleration (g) of a machine in `condition`.
 
@@ -139,10 +152,17 @@ def synthesize(
     rate (Hz); `severity` ≥ 0 scales the fault (1.0: a developed fault, 0.0: healthy);
     `rng` drives every random part (deterministic for a seed); `t0_s` (s) sets the phase
     of the shaft lines, as a keyphasor would; `noise_g`: white sensor noise (g RMS).
+    Machine-level extras, independent of `condition`: `load` (0..1.5, 1 nominal) scales
+    the bearing impacts (a lightly loaded bearing strikes softer); `looseness` ≥ 0 adds
+    shaft harmonics up to 10× and half orders (1.0: clear looseness); `gear_teeth` > 0
+    adds the gear mesh of a pinion with that many teeth on this shaft, with ±1..3× shaft
+    sidebands that grow with `gear_wear` ≥ 0; `hf_extra` ≥ 0 adds a lubrication-type
+    high-frequency floor (as a lubrication severity: late bearing damage).
     Returns float64, shape (n_samples,). Each call is an independent window: the impact
     train starts at a random phase.
     """
     validate(condition, orders, shaft_hz, fs_hz, severity, noise_g)
+    _check_extras(load, looseness, gear_teeth, gear_wear, hf_extra)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer) \
             or n_samples < 1:
         raise ValueError(f"n_samples: must be an integer >= 1, got {n_samples!r}")
@@ -158,17 +178,22 @@ def synthesize(
     # Gaussian parts (structure, sensor noise, lubrication floor) are independent, so
     # their power shapes add; one complex draw and one inverse FFT make all of them.
     power = HEALTHY_MACHINE_RMS_G**2 * sp.machine + noise_g**2 * sp.white
-    if cond.hf_rms_g and severity:
-        power = power + (severity * cond.hf_rms_g) ** 2 * sp.hf
+    hf_g = severity * cond.hf_rms_g + hf_extra * CONDITIONS["lubrication"].hf_rms_g
+    if hf_g:
+        power = power + hf_g**2 * sp.hf
     m = sp.freq.size
     spectrum = (rng.standard_normal(m) + 1j * rng.standard_normal(m)) * np.sqrt(
         power * (n * n / 4.0)
     )
     if cond.line is not None and severity > 0 and n > 1:
         spectrum += sp.response * np.fft.rfft(
-            _impact_train(cond, orders, shaft_hz, fs, n, severity, rng, sp.impulse_energy)
+            _impact_train(cond, orders, shaft_hz, fs, n, severity * _load_gain(load), rng,
+                          sp.impulse_energy)
         )
     x = np.fft.irfft(spectrum, n)
+    if looseness > 0 or gear_teeth > 0:
+        x += _periodic_lines(shaft_hz, fs, sp.index, t0_s, looseness, int(gear_teeth),
+                             gear_wear)
 
     # Shaft-rate lines, phase-locked to t0 like a keyphasor reference.
     phase0 = 2.0 * math.pi * math.fmod(shaft_hz * t0_s, 1.0)
@@ -182,6 +207,76 @@ def synthesize(
         x += amp * np.cos((2.0 * math.pi * f / fs) * sp.index + (h * phase0
                                                                 + _HARMONIC_PHASE[h - 1]))
     return x
+
+
+def _check_extras(load: float, looseness: float, gear_teeth: int, gear_wear: float,
+                  hf_extra: float) -> None:
+    if not (_real(load) and 0 <= load <= 1.5):
+        raise ValueError(f"load: must be a number in [0, 1.5], got {load!r}")
+    for name, value in (("looseness", looseness), ("gear_wear", gear_wear),
+                        ("hf_extra", hf_extra)):
+        if not (_real(value) and value >= 0):
+            raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
+    if isinstance(gear_teeth, bool) or not isinstance(gear_teeth, int | np.integer) \
+            or not (gear_teeth == 0 or 5 <= gear_teeth <= 500):
+        raise ValueError(f"gear_teeth: must be 0 (no gear) or an integer in 5..500, "
+                         f"got {gear_teeth!r}")
+
+
+def _load_gain(load: float) -> float:
+    """Impact amplitude relative to full load (an unloaded bearing still rattles)."""
+    return 0.4 + 0.6 * min(load, 1.5)
+
+
+#: Points per two shaft turns of the table the periodic lines are read from.
+_TABLE = 16384
+
+
+def _periodic_lines(shaft_hz: float, fs: float, index: np.ndarray, t0_s: float,
+                    looseness: float, gear_teeth: int, gear_wear: float) -> np.ndarray:
+    """Looseness harmonics and gear mesh lines (g), phase-locked to the shaft.
+
+    Every line is a multiple of half the shaft rate, so the sum is periodic over two
+    turns: it is built once per call as a table by one inverse FFT (cost independent of
+    the number of lines) and read with linear interpolation. Lines at or above Nyquist
+    are left out.
+    """
+    spec = np.zeros(_TABLE // 2 + 1, dtype=np.complex128)
+
+    def add(order: float, rms_g: float, phase: float) -> None:
+        k = round(2 * order)  # cycles per table (two turns)
+        if rms_g <= 0 or order * shaft_hz >= fs / 2 or not 0 < k < _TABLE // 2:
+            return
+        spec[k] += math.sqrt(2.0) * rms_g * (_TABLE / 2.0) * complex(math.cos(phase),
+                                                                   math.sin(phase))
+
+    if looseness > 0:
+        for h in range(1, LOOSENESS_HARMONICS + 1):
+            v = LOOSENESS_1X_MM_S if h == 1 else LOOSENESS_MM_S / math.sqrt(h)
+            add(h, looseness * _mm_s_to_g(v, h * shaft_hz), 0.9 * h)
+            half = h - 0.5
+            add(half, looseness * LOOSENESS_HALF * _mm_s_to_g(LOOSENESS_MM_S / math.sqrt(
+                max(half, 1.0)), half * shaft_hz), 1.3 * h)
+    if gear_teeth > 0:
+        side = GEAR_SIDEBAND + GEAR_SIDEBAND_WEAR * gear_wear
+        for m, mesh_g in enumerate(GEAR_MESH_G, start=1):
+            centre = m * gear_teeth
+            add(centre, mesh_g * (1.0 + 0.5 * gear_wear), 0.4 * m)
+            for j in (1, 2, 3):
+                amp = mesh_g * side * GEAR_SIDEBAND_DECAY ** (j - 1)
+                add(centre - j, amp, 0.4 * m - 1.1 * j)
+                add(centre + j, amp, 0.4 * m + 1.1 * j)
+    table = np.fft.irfft(spec, _TABLE)
+    table = np.append(table, table[0])  # closes the period for interpolation
+    # Position in the two-turn period (in table points), continued from t0 like a keyphasor.
+    start = math.fmod(shaft_hz * t0_s, 2.0) / 2.0 * _TABLE
+    pos = np.fmod(start + index * (shaft_hz / fs / 2.0 * _TABLE), float(_TABLE))
+    return np.interp(pos, np.arange(_TABLE + 1, dtype=np.float64), table)
+
+
+def _mm_s_to_g(v_mm_s: float, f_hz: float) -> float:
+    """RMS acceleration (g) of a sinusoid of RMS velocity `v_mm_s` (mm/s) at `f_hz`."""
+    return v_mm_s * 1e-3 * 2.0 * math.pi * f_hz / STANDARD_GRAVITY
 
 
 def temperature(condition: str, n_samples: int, *, severity: float = 1.0,
