@@ -88,6 +88,26 @@ class AlertPolicy:
 
 
 @dataclass(frozen=True)
+class OnlinePolicy:
+    """Online models of an asset's sensors (docs/online-models.md). The learning phase
+    lasts until both `learn_hours` of operation and `learn_windows` windows have passed;
+    the anomaly score is then `unknown_anomaly` when >= `anomaly_threshold` in
+    `anomaly_k` of the last `anomaly_n` windows. Trend: medians per `trend_bucket_s` s,
+    slope over the last `trend_points` of them, none before `trend_min_points`."""
+
+    learn_hours: float = 24.0
+    learn_windows: int = 2000
+    speed_band_pct: float = 10.0
+    band_min_windows: int = 30
+    anomaly_threshold: float = 0.999
+    anomaly_k: int = 3
+    anomaly_n: int = 5
+    trend_bucket_s: float = 3600.0
+    trend_points: int = 24
+    trend_min_points: int = 6
+
+
+@dataclass(frozen=True)
 class StreamConfig:
     state_dir: Path = Path("state")
     client_id: str = "ballpass-stream"
@@ -96,6 +116,7 @@ class StreamConfig:
     batch_max: int = 16
     batch_wait_s: float = 0.2
     alert: AlertPolicy = field(default_factory=AlertPolicy)
+    online_save_s: float = 300.0  # period of the online models' state files (s)
     http: str | None = None  # evidence page "HOST:PORT" (docs/evidence-page.md); None = off
     http_token_file: Path | None = None
     public_url: str | None = None  # base URL of the evidence page in alert messages
@@ -115,6 +136,8 @@ class AssetConfig:
     tacho_sensor: str | None = None
     iso_group: int = 2
     iso_foundation: str = "rigid"
+    online: OnlinePolicy = field(default_factory=OnlinePolicy)
+    alert: AlertPolicy | None = None  # None: the stream's [stream.alert]
 
 
 @dataclass(frozen=True)
@@ -371,10 +394,56 @@ def _parse_asset(r: _Reader) -> AssetConfig | None:
     group = r.get("iso_group", int, 2, check=lambda v: None if v in (1, 2) else "must be 1 or 2")
     foundation = r.get("iso_foundation", str, "rigid", check=_one_of(*ISO_FOUNDATIONS))
     bearing = _parse_bearing(r)
+    online = _parse_online(r.sub("online")) if "online" in r.table else OnlinePolicy()
+    alert = _parse_alert_policy(r.sub("alert")) if "alert" in r.table else None
     r.finish()
     if asset_id is None or bearing is None:
         return None
-    return AssetConfig(asset_id, kind, bearing, shaft_hz, tacho, group, foundation)
+    return AssetConfig(asset_id, kind, bearing, shaft_hz, tacho, group, foundation,
+                       online, alert)
+
+
+def _at_least(n: int) -> Callable[[int], str | None]:
+    return lambda v: None if v >= n else f"must be >= {n}"
+
+
+def _parse_online(o: _Reader) -> OnlinePolicy:
+    d = OnlinePolicy()
+    p = OnlinePolicy(
+        learn_hours=o.get("learn_hours", float, d.learn_hours, check=_non_negative),
+        learn_windows=o.get("learn_windows", int, d.learn_windows, check=_at_least(50)),
+        speed_band_pct=o.get("speed_band_pct", float, d.speed_band_pct, check=_positive),
+        band_min_windows=o.get("band_min_windows", int, d.band_min_windows,
+                               check=_at_least(10)),
+        anomaly_threshold=o.get("anomaly_threshold", float, d.anomaly_threshold,
+                                check=lambda v: None if 0.5 <= v < 1 else "must be in [0.5, 1)"),
+        anomaly_k=o.get("anomaly_k", int, d.anomaly_k, check=_at_least(1)),
+        anomaly_n=o.get("anomaly_n", int, d.anomaly_n, check=_at_least(1)),
+        trend_bucket_s=o.get("trend_bucket_s", float, d.trend_bucket_s, check=_positive),
+        trend_points=o.get("trend_points", int, d.trend_points, check=_at_least(3)),
+        trend_min_points=o.get("trend_min_points", int, d.trend_min_points,
+                               check=_at_least(3)),
+    )
+    o.finish()
+    if p.anomaly_k > p.anomaly_n:
+        o.fail("anomaly_k", f"must be <= anomaly_n = {p.anomaly_n}, got {p.anomaly_k}")
+    if p.trend_min_points > p.trend_points:
+        o.fail("trend_min_points", f"must be <= trend_points = {p.trend_points}, "
+               f"got {p.trend_min_points}")
+    return p
+
+
+def _parse_alert_policy(a: _Reader) -> AlertPolicy:
+    policy = AlertPolicy(
+        enter_k=a.get("enter_k", int, 3, check=_at_least(1)),
+        leave_m=a.get("leave_m", int, 1, check=_at_least(0)),
+        window_n=a.get("window_n", int, 5, check=_at_least(1)),
+    )
+    a.finish()
+    if policy.enter_k > policy.window_n or policy.leave_m >= policy.enter_k:
+        a.fail("", "need leave_m < enter_k <= window_n, got "
+               f"leave_m={policy.leave_m} enter_k={policy.enter_k} window_n={policy.window_n}")
+    return policy
 
 
 def _parse_sensor(r: _Reader, assets: set[str]) -> SensorConfig | None:
@@ -485,6 +554,7 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> Config:
                          else "must be >= 1"),
         batch_wait_s=st.get("batch_wait_s", float, 0.2, check=_non_negative),
         alert=policy,
+        online_save_s=st.get("online_save_s", float, 300.0, check=_positive),
         http=st.get("http", str, check=_host_port),
         http_token_file=st.path_value("http_token_file"),
         public_url=st.get("public_url", str, check=_http_url),
