@@ -106,7 +106,10 @@ class SensorCapture:
                 continue
             consecutive_faults = 0
             slot += 1
-            behind = math.floor((time.monotonic() - t_start) / interval) - slot + 1
+            # Slots whose whole interval has already passed are missed. A read that ends
+            # just after the next slot's start (a blocking device read of a full window in
+            # continuous capture) is on time, not an overrun.
+            behind = math.floor((time.monotonic() - t_start) / interval) - slot
             if behind > 0:
                 log.warning("event=capture_overrun sensor=%s skipped=%d interval_s=%g",
                             self.sensor.id, behind, interval)

@@ -53,3 +53,43 @@ class Driver(Protocol):
 
 class DriverFactory(Protocol):
     def __call__(self, sensor: SensorConfig, asset: AssetConfig) -> Driver: ...
+
+
+def check_options(options: dict, known: tuple[str, ...]) -> None:
+    """ValueError naming the first option not in `known`, with the closest known name."""
+    import difflib
+
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"options.{key}: unknown option{hint} "
+                             f"(known: {', '.join(known)})")
+
+
+def option(options: dict, key: str, kind: type | tuple[type, ...], default: object) -> object:
+    """`options[key]` (or `default`), ValueError naming the key when its type is wrong.
+
+    Ints are accepted where a float is asked for; bools never count as numbers.
+    """
+    value = options.get(key, default)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if value is not None and (not isinstance(value, kinds)
+                              or (isinstance(value, bool) and bool not in kinds)):
+        names = "/".join(k.__name__ for k in kinds)
+        raise ValueError(f"options.{key}: must be {names}, got {value!r}")
+    return value
+
+
+def root_path(options: dict, path: str) -> str:
+    """`path` (absolute, e.g. ``/sys/bus/iio``) below the `root` option (default ``/``).
+
+    Tests point `root` at a fake device tree built in a temporary dir.
+    """
+    import os
+
+    root = option(options, "root", str, "/")
+    assert isinstance(root, str)
+    return os.path.join(root, path.lstrip("/"))

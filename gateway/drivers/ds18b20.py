@@ -1,0 +1,148 @@
+"""1-Wire DS18B20 thermometers through the kernel's w1-therm driver.
+
+Registered as the `ds18b20` entry point of `ballpass.drivers`. Reads
+``/sys/bus/w1/devices/28-*/w1_slave``, which holds two lines::
+
+    72 01 4b 46 7f ff 0e 10 57 : crc=57 YES
+    72 01 4b 46 7f ff 0e 10 57 t=23125
+
+The first must end in ``YES`` (the kernel's CRC check) and its nine scratchpad bytes are
+checked again here (Dallas/Maxim CRC-8); the second gives ``t=`` in milli-°C. A missing
+device, a CRC ``NO``, garbage, or a value outside the DS18B20's -55..125 °C range raise
+`SensorFault` (reported on the status topic, retried).
+
+Each read of `w1_slave` starts a conversion that takes up to 750 ms at 12 bits, so a
+window of `window_samples` readings takes at least that many conversions: use a low
+`fs_hz` (e.g. 1 Hz) and a small window. Readings are paced at `fs_hz` by the clock.
+
+Sample config block (one ``[[gateway.sensor]]``): `SAMPLE_CONFIG`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import time
+
+import numpy as np
+
+from ballpass.config import AssetConfig, SensorConfig
+from ballpass.gateway.drivers.base import Capture, SensorFault, check_options, option, root_path
+
+OPTIONS = ("device", "root")
+MIN_C, MAX_C = -55.0, 125.0
+"""The DS18B20's measuring range, °C."""
+
+SAMPLE_CONFIG = """
+[site]
+id = "plant1"
+[[asset]]
+id = "agitator3"
+kind = "agitator"
+bearing = "SKF 6205"
+[[gateway]]
+id = "gw-reactor3"
+[[gateway.sensor]]
+id = "agitator3-de-temp"
+driver = "ds18b20"
+kind = "temperature"
+asset = "agitator3"
+fs_hz = 1             # one conversion per second (each takes up to 750 ms)
+window_samples = 16
+interval_s = 60
+[gateway.sensor.options]
+device = "28-0316a2793aff"   # the 1-Wire id; default: the only 28-* device present
+"""
+
+_LINE1 = re.compile(r"^((?:[0-9a-f]{2} ){9}): crc=([0-9a-f]{2}) (YES|NO)$")
+_LINE2 = re.compile(r"^(?:[0-9a-f]{2} ){9}t=(-?\d+)$")
+
+
+def crc8(data: bytes) -> int:
+    """Dallas/Maxim 1-Wire CRC-8 (polynomial x⁸+x⁵+x⁴+1, reflected 0x8C)."""
+    crc = 0
+    for byte in data:
+        for _ in range(8):
+            mix = (crc ^ byte) & 1
+            crc >>= 1
+            if mix:
+                crc ^= 0x8C
+            byte >>= 1
+    return crc
+
+
+def parse_w1_slave(text: str, where: str = "w1_slave") -> float:
+    """The temperature in °C from a `w1_slave` file's text; SensorFault when invalid."""
+    lines = text.strip().splitlines()
+    if len(lines) != 2:
+        raise SensorFault(f"{where}: expected 2 lines, got {len(lines)}: {text[:60]!r}")
+    m1 = _LINE1.match(lines[0].strip())
+    m2 = _LINE2.match(lines[1].strip())
+    if m1 is None or m2 is None:
+        raise SensorFault(f"{where}: unreadable: {text[:80]!r}")
+    if m1.group(3) != "YES":
+        raise SensorFault(f"{where}: CRC check failed (crc={m1.group(2)} NO; bad wiring or "
+                          "a missing pull-up?)")
+    scratchpad = bytes.fromhex(m1.group(1))
+    if crc8(scratchpad) != 0:
+        raise SensorFault(f"{where}: scratchpad CRC mismatch ({m1.group(1).strip()})")
+    celsius = int(m2.group(1)) / 1000.0
+    if not MIN_C <= celsius <= MAX_C:
+        raise SensorFault(f"{where}: {celsius:g} °C is outside the DS18B20 range")
+    return celsius
+
+
+class Ds18b20Driver:
+    """A `Driver` for one DS18B20; samples (1, n) in °C."""
+
+    def __init__(self, sensor: SensorConfig, asset: AssetConfig) -> None:
+        options = dict(sensor.options)
+        check_options(options, OPTIONS)
+        if sensor.kind != "temperature":
+            raise ValueError(f"kind: the ds18b20 driver measures temperature, "
+                             f"got {sensor.kind!r}")
+        self.sensor = sensor
+        self.device = option(options, "device", str, None)
+        self.w1_root = root_path(options, "/sys/bus/w1/devices")
+        self.path: str | None = None
+
+    def open(self) -> None:
+        if self.device:
+            path = os.path.join(self.w1_root, str(self.device), "w1_slave")
+            if not os.path.exists(path):
+                raise SensorFault(f"no 1-Wire device {self.device!r} under {self.w1_root} "
+                                  "(unplugged, or w1-gpio/w1-therm not loaded?)")
+        else:
+            found = sorted(glob.glob(os.path.join(glob.escape(self.w1_root), "28-*",
+                                                  "w1_slave")))
+            if len(found) != 1:
+                raise SensorFault(f"options.device not set and {len(found)} DS18B20 devices "
+                                  f"under {self.w1_root}; name one")
+            path = found[0]
+        self.path = path
+
+    def read(self, n_samples: int) -> Capture:
+        if self.path is None:
+            raise SensorFault("ds18b20 driver is not open")
+        out = np.empty((1, n_samples))
+        period = 1.0 / self.sensor.fs_hz
+        t0 = time.time_ns()
+        start = time.monotonic()
+        for i in range(n_samples):
+            delay = start + i * period - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                with open(self.path, encoding="ascii", errors="replace") as f:
+                    text = f.read()
+            except OSError as e:
+                raise SensorFault(f"cannot read {self.path}: {e.strerror or e}") from None
+            out[0, i] = parse_w1_slave(text, self.path)
+        return Capture(samples=out, t0_ns=t0)
+
+    def close(self) -> None:
+        self.path = None
+
+    def __repr__(self) -> str:
+        return f"Ds18b20Driver(sensor={self.sensor.id!r}, device={self.device!r})"

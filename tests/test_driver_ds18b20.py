@@ -1,0 +1,132 @@
+"""The DS18B20 1-Wire driver against a fake /sys/bus/w1 tree built in tmp_path."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from ballpass import wire
+from ballpass.config import SensorConfig, parse
+from ballpass.gateway.drivers import SensorFault
+from ballpass.gateway.drivers import load as load_driver
+from ballpass.gateway.drivers.ds18b20 import SAMPLE_CONFIG, Ds18b20Driver, crc8, parse_w1_slave
+from ballpass.gateway.outbox import Outbox
+from ballpass.gateway.schedule import SensorCapture
+from ballpass.gateway.status import Status
+
+ASSET = parse(tomllib.loads(SAMPLE_CONFIG)).assets[0]
+
+
+def w1_text(celsius: float, *, crc_ok: bool = True) -> str:
+    """What w1-therm writes: the scratchpad (raw in 1/16 °C, CRC last), twice."""
+    raw = round(celsius * 16) & 0xFFFF
+    pad = bytes([raw & 0xFF, raw >> 8, 0x4B, 0x46, 0x7F, 0xFF, 0x0C, 0x10])
+    pad += bytes([crc8(pad)])
+    hexes = " ".join(f"{b:02x}" for b in pad) + " "
+    verdict = "YES" if crc_ok else "NO"
+    return f"{hexes}: crc={pad[-1]:02x} {verdict}\n{hexes}t={round(celsius * 1000)}\n"
+
+
+def fake_w1(root: Path, device: str = "28-0316a2793aff", celsius: float = 23.125) -> Path:
+    d = root / "sys/bus/w1/devices" / device
+    d.mkdir(parents=True)
+    (d / "w1_slave").write_text(w1_text(celsius))
+    return d
+
+
+def sensor(root: Path, **options: object) -> SensorConfig:
+    return SensorConfig("t1", "ds18b20", "agitator3", 100.0, 16, 1.0, kind="temperature",
+                        options={"root": str(root), **options})
+
+
+def test_sample_config_loads() -> None:
+    config = parse(tomllib.loads(SAMPLE_CONFIG))
+    s = config.gateways[0].sensors[0]
+    assert load_driver(s.driver) is Ds18b20Driver
+    Ds18b20Driver(s, config.asset(s.asset))
+
+
+def test_reads_celsius_from_the_only_device(tmp_path: Path) -> None:
+    fake_w1(tmp_path, celsius=-10.5)
+    d = Ds18b20Driver(sensor(tmp_path), ASSET)
+    d.open()
+    t0 = time.monotonic()
+    c = d.read(16)
+    elapsed = time.monotonic() - t0
+    d.close()
+    assert c.samples.shape == (1, 16) and (c.samples == -10.5).all()
+    assert 0.13 < elapsed < 1.0  # 16 readings paced at 100 Hz
+
+
+def test_crc_no_garbage_and_range_are_faults(tmp_path: Path) -> None:
+    dev = fake_w1(tmp_path)
+    d = Ds18b20Driver(sensor(tmp_path, device="28-0316a2793aff"), ASSET)
+    d.open()
+    (dev / "w1_slave").write_text(w1_text(25.0, crc_ok=False))
+    with pytest.raises(SensorFault, match="CRC check failed"):
+        d.read(16)
+    (dev / "w1_slave").write_text("\x00\xff garbage\n")
+    with pytest.raises(SensorFault, match=r"expected 2 lines|unreadable"):
+        d.read(16)
+    text = w1_text(25.0)
+    (dev / "w1_slave").write_text(text.replace(text[:2], "00", 2))  # corrupt byte, kernel YES
+    with pytest.raises(SensorFault, match="scratchpad CRC mismatch"):
+        d.read(16)
+    (dev / "w1_slave").write_text(w1_text(25.0).replace("t=25000", "t=150000"))
+    with pytest.raises(SensorFault, match="outside the DS18B20 range"):
+        d.read(16)
+    assert parse_w1_slave(w1_text(85.0)) == 85.0
+
+
+def test_missing_device_and_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(SensorFault, match="no 1-Wire device '28-00000000'"):
+        Ds18b20Driver(sensor(tmp_path, device="28-00000000"), ASSET).open()
+    fake_w1(tmp_path, "28-aaaa")
+    fake_w1(tmp_path, "28-bbbb")
+    with pytest.raises(SensorFault, match="2 DS18B20 devices"):
+        Ds18b20Driver(sensor(tmp_path), ASSET).open()
+    accel = SensorConfig("t1", "ds18b20", "agitator3", 1.0, 16, 20.0)
+    with pytest.raises(ValueError, match="measures temperature"):
+        Ds18b20Driver(accel, ASSET)
+
+
+def test_unplugged_thermometer_is_a_fault_then_recovers(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    dev = fake_w1(root)
+    s = SensorConfig("t1", "ds18b20", "agitator3", 1000.0, 16, 0.05, kind="temperature",
+                     options={"root": str(root), "device": dev.name})
+    box = Outbox(tmp_path / "o.sqlite", 10**8, 3600)
+    status = Status("plant1", "gw1", ["t1"], box.counters)
+    stop = threading.Event()
+    cap = SensorCapture(s, ASSET, "plant1", "gw1", box, status, stop,
+                        backoff_initial_s=0.05, backoff_max_s=0.2)
+    cap.start()
+    try:
+        _wait(lambda: box.counters()["captured"] >= 2)
+        shutil.move(str(dev), tmp_path / "away")
+        _wait(lambda: status.sensors()["t1"]["state"] == "fault")
+        assert dev.name in status.message()["sensors"]["t1"]["reason"]
+        n = box.counters()["captured"]
+        shutil.move(str(tmp_path / "away"), dev)
+        _wait(lambda: box.counters()["captured"] >= n + 2)
+        assert status.sensors()["t1"]["state"] == "ok"
+    finally:
+        stop.set()
+        cap.join(5)
+    w = wire.decode(box.peek(1)[0].payload)
+    assert w.kind == wire.Kind.TEMPERATURE and w.samples[0, 0] == 23.125
+    box.close()
+
+
+def _wait(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError("timed out")

@@ -1,0 +1,205 @@
+"""The IIO accelerometer driver against fake sysfs/dev trees built in tmp_path."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ballpass import wire
+from ballpass.config import SensorConfig, parse
+from ballpass.gateway.drivers import SensorFault
+from ballpass.gateway.drivers import load as load_driver
+from ballpass.gateway.drivers.iio import (
+    SAMPLE_CONFIG,
+    STANDARD_GRAVITY,
+    IioDriver,
+    decode_scan,
+    parse_scan_type,
+)
+from ballpass.gateway.outbox import Outbox
+from ballpass.gateway.schedule import SensorCapture
+from ballpass.gateway.status import Status
+
+ASSET = parse(tomllib.loads(SAMPLE_CONFIG)).assets[0]
+
+
+def fake_iio(root: Path, *, name: str = "adxl355", n: int = 0, fs: float = 3200.0,
+             scale: float = 0.0000382, counts: np.ndarray | None = None,
+             scan_type: str = "le:s20/32>>0", index: int = 0) -> Path:
+    """An `iio:device0` tree like the adxl355 driver's, plus `/dev/iio:device0`.
+
+    `counts`: (3, n) ints written to the device file as scan records (x, y, z at
+    indices 0, 1, 2 and a timestamp at 3, disabled by the driver).
+    """
+    dev = root / "sys/bus/iio/devices" / f"iio:device{index}"
+    (dev / "scan_elements").mkdir(parents=True)
+    (dev / "buffer").mkdir()
+    (dev / "name").write_text(name + "\n")
+    (dev / "sampling_frequency").write_text(f"{fs:g}\n")
+    (dev / "in_accel_scale").write_text(f"{scale:.9f}\n")
+    for i, axis in enumerate("xyz"):
+        (dev / f"in_accel_{axis}_raw").write_text(f"{(i + 1) * 1000}\n")
+        (dev / "scan_elements" / f"in_accel_{axis}_en").write_text("0\n")
+        (dev / "scan_elements" / f"in_accel_{axis}_index").write_text(f"{i}\n")
+        (dev / "scan_elements" / f"in_accel_{axis}_type").write_text(scan_type + "\n")
+    (dev / "scan_elements" / "in_timestamp_en").write_text("1\n")
+    (dev / "scan_elements" / "in_timestamp_index").write_text("3\n")
+    (dev / "scan_elements" / "in_timestamp_type").write_text("le:s64/64>>0\n")
+    (dev / "buffer" / "enable").write_text("0\n")
+    (dev / "buffer" / "length").write_text("0\n")
+    (root / "dev").mkdir(exist_ok=True)
+    if counts is None:
+        counts = np.zeros((3, n), dtype=np.int64)
+    storage = np.dtype("<i4") if "/32" in scan_type else np.dtype("<i2")
+    (root / "dev" / f"iio:device{index}").write_bytes(
+        np.ascontiguousarray(counts.T.astype(storage)).tobytes())
+    return dev
+
+
+def sensor(root: Path, **options: object) -> SensorConfig:
+    return SensorConfig("acc1", "iio", "agitator3", 3200.0, 64, 1.0,
+                        options={"device": "adxl355", "root": str(root), **options})
+
+
+def test_sample_config_loads_and_names_the_driver() -> None:
+    config = parse(tomllib.loads(SAMPLE_CONFIG))
+    s = config.gateways[0].sensors[0]
+    assert s.driver == "iio" and load_driver("iio") is IioDriver
+    IioDriver(s, config.asset(s.asset))  # options are valid; no I/O in the constructor
+
+
+def test_scan_types_and_sign_extension() -> None:
+    assert parse_scan_type("le:s16/16>>0") == ("<", True, 16, 16, 0)
+    assert parse_scan_type("be:s12/16>>4") == (">", True, 12, 16, 4)
+    with pytest.raises(SensorFault):
+        parse_scan_type("garbage")
+    # ADXL345 style: big endian 12 bits in 16 with a shift of 4, value -3 and 5.
+    raw = np.array([(-3 << 4) & 0xFFFF, 5 << 4], dtype=">u2").tobytes()
+    out = decode_scan(raw, [{"index": 0, "type": parse_scan_type("be:s12/16>>4")}])
+    assert out.tolist() == [[-3, 5]]
+
+
+def test_buffered_capture_in_g_with_timestamp_disabled(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    counts = rng.integers(-(1 << 19), 1 << 19, size=(3, 128))
+    dev = fake_iio(tmp_path, counts=counts)
+    d = IioDriver(sensor(tmp_path), ASSET)
+    d.open()
+    try:
+        scan = dev / "scan_elements"
+        assert [(scan / f"in_accel_{a}_en").read_text() for a in "xyz"] == ["1", "1", "1"]
+        assert (scan / "in_timestamp_en").read_text() == "0"
+        assert (dev / "buffer/length").read_text() == "128"  # 2 × window by default
+        t_before = time.time_ns()
+        c1 = d.read(64)
+        c2 = d.read(64)
+        with pytest.raises(SensorFault, match="end of data"):
+            d.read(64)  # the fake device has no more records
+    finally:
+        d.close()
+    assert (dev / "buffer/enable").read_text() == "0"
+    expected = counts * 0.0000382 / STANDARD_GRAVITY
+    np.testing.assert_allclose(np.hstack([c1.samples, c2.samples]), expected, rtol=1e-6)
+    assert c1.samples.shape == (3, 64)
+    assert abs(c1.t0_ns - t_before) < 1e9
+
+
+def test_one_axis_and_16_bit_records(tmp_path: Path) -> None:
+    counts = np.arange(3 * 32).reshape(3, 32) - 40
+    fake_iio(tmp_path, counts=counts, scan_type="le:s16/16>>0")
+    d = IioDriver(sensor(tmp_path, axes=["z"]), ASSET)
+    # Only z enabled: but the fake file holds x, y, z records; z alone is 2 bytes a record,
+    # so read what the kernel would have written for one channel.
+    (tmp_path / "dev/iio:device0").write_bytes(counts[2].astype("<i2").tobytes())
+    d.open()
+    c = d.read(32)
+    d.close()
+    np.testing.assert_allclose(c.samples[0], counts[2] * 0.0000382 / STANDARD_GRAVITY,
+                               rtol=1e-6)
+
+
+def test_sysfs_mode_polls_raw_values(tmp_path: Path) -> None:
+    fake_iio(tmp_path, scale=0.0098)
+    d = IioDriver(sensor(tmp_path, mode="sysfs", axes=["x", "y"]), ASSET)
+    d.open()
+    c = d.read(16)
+    d.close()
+    np.testing.assert_allclose(c.samples[:, 0], [1000 * 0.0098 / STANDARD_GRAVITY,
+                                                 2000 * 0.0098 / STANDARD_GRAVITY])
+    assert c.samples.shape == (2, 16)
+
+
+def test_frequency_is_set_or_refused(tmp_path: Path) -> None:
+    dev = fake_iio(tmp_path, fs=1000.0)
+    d = IioDriver(sensor(tmp_path), ASSET)
+    d.open()
+    d.close()
+    assert float((dev / "sampling_frequency").read_text()) == 3200.0
+    (dev / "sampling_frequency").write_text("1000\n")
+    d = IioDriver(sensor(tmp_path, set_frequency=False), ASSET)
+    with pytest.raises(SensorFault, match="sampling_frequency is 1000 Hz"):
+        d.open()
+
+
+def test_missing_device_and_bad_options(tmp_path: Path) -> None:
+    fake_iio(tmp_path)
+    with pytest.raises(SensorFault, match="no IIO device 'iis3dwb'"):
+        IioDriver(sensor(tmp_path, device="iis3dwb"), ASSET).open()
+    with pytest.raises(ValueError, match="did you mean 'axes'"):
+        IioDriver(sensor(tmp_path, axis=["x"]), ASSET)
+    with pytest.raises(ValueError, match=r"options\.axes"):
+        IioDriver(sensor(tmp_path, axes=["w"]), ASSET)
+    (tmp_path / "sys/bus/iio/devices/iio:device0/in_accel_scale").write_text("zz\n")
+    with pytest.raises(SensorFault, match="not a number"):
+        IioDriver(sensor(tmp_path), ASSET).open()
+
+
+def test_unplugged_device_is_a_fault_then_recovers(tmp_path: Path) -> None:
+    """The capture schedule with this driver: the device dir vanishes mid-run (unplugged),
+    the sensor goes to fault with a reason, capture keeps retrying, and resumes once the
+    device is back."""
+    root = tmp_path / "root"
+    fake_iio(root, n=0)
+    s = SensorConfig("acc1", "iio", "agitator3", 3200.0, 64, 0.05,
+                     options={"device": "adxl355", "root": str(root), "mode": "sysfs",
+                              "axes": ["x"]})
+    box = Outbox(tmp_path / "o.sqlite", 10**8, 3600)
+    status = Status("plant1", "gw1", ["acc1"], box.counters)
+    stop = threading.Event()
+    cap = SensorCapture(s, ASSET, "plant1", "gw1", box, status, stop,
+                        backoff_initial_s=0.05, backoff_max_s=0.2)
+    cap.start()
+    try:
+        _wait(lambda: box.counters()["captured"] >= 2)
+        saved = tmp_path / "saved"
+        shutil.move(str(root / "sys/bus/iio/devices/iio:device0"), saved)
+        _wait(lambda: status.sensors()["acc1"]["state"] == "fault")
+        reason = status.message()["sensors"]["acc1"]["reason"]
+        assert "adxl355" in reason or "iio:device0" in reason, reason
+        n_fault = box.counters()["captured"]
+        time.sleep(0.3)
+        assert cap.alive and box.counters()["captured"] == n_fault
+        shutil.move(str(saved), root / "sys/bus/iio/devices/iio:device0")
+        _wait(lambda: box.counters()["captured"] >= n_fault + 2)
+        assert status.sensors()["acc1"] == {"state": "ok", "reason": ""}
+    finally:
+        stop.set()
+        cap.join(5)
+    w = wire.decode(box.peek(1)[0].payload)
+    assert w.samples.shape == (1, 64) and w.kind == wire.Kind.ACCELERATION
+    box.close()
+
+
+def _wait(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError("timed out")
