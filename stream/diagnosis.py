@@ -132,7 +132,50 @@ def _bearing_candidates(batch: FeatureBatch, i: int) -> list[tuple[float, str, l
         # The fundamental is the most specific line; harmonics and sidebands add support.
         score = fundamental.snr_db + th.SUPPORT_BONUS_DB * (len(support) - 1)
         out.append((score, name, support))
-    out.sort(key=lambda c: c[0], reverse=True)
+    # Exclusive attribution: a family's fundamental that sits on a present line of another
+    # family, or on its ±1× shaft sideband (the shaft modulates every impact train), is a
+    # consequence of that family, not evidence of its own (e.g. BPFO+1× ≈ 2×BSF − 2 % on a
+    # 6205). When two fundamentals explain each other (one is the other's shaft sideband),
+    # the weaker is the sideband: amplitude modulation of depth m < 1 puts each sideband at
+    # m/2 of its carrier.
+    fund = {name: float(batch.line_freq_hz[i, li, 0]) for li, name in enumerate(_FAMILY)}
+    fund_snr = {name: float(batch.line_snr_db[i, li, 0]) for li, name in enumerate(_FAMILY)}
+    explained = {name: _explained_by(batch, i, li) for li, name in enumerate(_FAMILY)}
+    slack = float(batch.resolution_hz[i]) + th.SPEED_TOLERANCE * float(batch.shaft_hz[i])
+
+    def _on(f: float, by: str) -> bool:
+        return any(abs(f - g) <= slack for g in explained[by])
+
+    names = [c[1] for c in out]
+    kept = []
+    for c in out:
+        x = c[1]
+        others = [
+            y
+            for y in names
+            if y != x
+            and _on(fund[x], y)
+            and (not _on(fund[y], x) or fund_snr[y] > fund_snr[x])
+        ]
+        if not others:
+            kept.append(c)
+    kept.sort(key=lambda c: c[0], reverse=True)
+    return kept
+
+
+_FAMILY: tuple[str, ...] = ("outer_race", "inner_race", "ball", "cage")
+"""Diagnosis of each line family, in `LINES` order."""
+
+
+def _explained_by(batch: FeatureBatch, i: int, li: int) -> list[float]:
+    """Frequencies (Hz) that the present harmonics of line family `li` account for:
+    each present harmonic and its ±1× shaft sidebands."""
+    shaft = float(batch.shaft_hz[i])
+    out: list[float] = []
+    for h in range(batch.line_snr_db.shape[2]):
+        if batch.line_snr_db[i, li, h] >= th.LINE_SNR_DB:
+            f = float(batch.line_freq_hz[i, li, h])
+            out += [f - shaft, f, f + shaft]
     return out
 
 

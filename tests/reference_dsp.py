@@ -106,9 +106,8 @@ def line_search(
     for idx in np.ndindex(*targets.shape):
         i = idx[0]
         f = targets[idx]
-        k_lo, k_hi = math.ceil(f * (1 - tol) / df), math.floor(f * (1 + tol) / df)
-        if k_lo > k_hi:
-            k_lo = k_hi = round(f / df)
+        k_lo = math.floor(f * (1 - tol) / df + 0.5)
+        k_hi = math.floor(f * (1 + tol) / df + 0.5)
         k_lo, k_hi = max(1, k_lo), min(m - 2, k_hi)
         if k_lo > k_hi:
             continue

@@ -25,8 +25,8 @@ def _line_search(
     """Find lines near `targets` (B, L, H) Hz in `spec` (B, M) with bin spacing `df` Hz.
 
     Returns frequency (Hz), amplitude (units of spec) and SNR (dB) of each, shape (B, L, H).
-    Search zone: bins ceil(f(1−tol)/df) .. floor(f(1+tol)/df) (inward, so a neighbouring
-    line just outside the tolerance is not picked up; at least the bin nearest f), within
+    Search zone: the bins nearest f(1−tol) .. f(1+tol) (a line inside the tolerance
+    peaks in the bin nearest its frequency, half a bin out at worst), within
     1 .. M−2. The line is
     the largest bin in the zone that is ≥ both neighbours; if the zone holds no local
     maximum (only the flank of a stronger line outside), the bin nearest the target is
@@ -42,11 +42,10 @@ def _line_search(
             for h in range(nh):
                 f = targets[i, li, h]
                 freq[i, li, h] = f
-                k_lo = math.ceil(f * (1.0 - tol) / df)
-                k_hi = math.floor(f * (1.0 + tol) / df)
-                if k_lo > k_hi:
-                    k_lo = round(f / df)
-                    k_hi = k_lo
+                # Nearest bins to the zone edges: a line just inside the tolerance
+                # peaks in the bin nearest its frequency, which may lie half a bin out.
+                k_lo = math.floor(f * (1.0 - tol) / df + 0.5)
+                k_hi = math.floor(f * (1.0 + tol) / df + 0.5)
                 k_lo = max(1, k_lo)
                 k_hi = min(m - 2, k_hi)
                 if k_lo > k_hi:
