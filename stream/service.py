@@ -35,10 +35,13 @@ from ballpass.stream.pipeline import BatchOutput, Incoming, Pipeline, diagnosis_
 from ballpass.stream.sinks.influx import InfluxWriteError, InfluxWriter
 from ballpass.stream.sinks.lineprotocol import Point, encode
 from ballpass.stream.sinks.webhook import WebhookSender
+from ballpass.stream.web.server import EvidenceServer
+from ballpass.stream.web.state import EvidenceState
 
 log = logging.getLogger(__name__)
 
 STATUS_SUBSCRIPTION = f"{topics.PREFIX}/+/+/status"
+COMMAND_SUBSCRIPTION = f"{topics.PREFIX}/+/command"  # operator actions (docs/topics.md)
 GATEWAY_COUNTERS = ("captured", "queued", "published", "dropped", "replayed")
 
 
@@ -66,14 +69,24 @@ class StreamService:
     """Runs until `stop` is set; `counters` and `status()` describe progress."""
 
     def __init__(self, config: Config, writer: InfluxWriter, *,
-                 status_file: Path | None = None, status_interval_s: float = 1.0) -> None:
+                 status_file: Path | None = None, status_interval_s: float = 1.0,
+                 http: str | None = None) -> None:
         self.config = config
         self.writer = writer
         self.status_file = status_file
         self.status_interval_s = status_interval_s
-        self.pipeline = Pipeline(config)
+        self.pipeline = Pipeline(config, state_dir=config.stream.state_dir)
+        self._online_saved = time.monotonic()
         self.dedup = Deduplicator()
-        self.webhooks = WebhookSender(config.webhooks)
+        self.webhooks = WebhookSender(config.webhooks, state_dir=config.stream.state_dir,
+                                      public_url=config.stream.public_url)
+        # The evidence page (stream/web): `http` ("HOST:PORT") overrides [stream] http.
+        self.http = http or config.stream.http
+        self.evidence: EvidenceState | None = None
+        self.web: EvidenceServer | None = None
+        if self.http:
+            self.evidence = EvidenceState(config)
+            self.evidence.gateways = self.gateways
         self.counters = StreamCounters()
         self.connected = False
         self.sensors: dict[str, dict[str, Any]] = {}
@@ -89,18 +102,23 @@ class StreamService:
         webhook_task = asyncio.create_task(self.webhooks.run(), name="webhooks")
         status_task = asyncio.create_task(self._status_loop(stop), name="status")
         try:
+            await self._start_web()
             # Kernels load (or compile, on a first run) while the database and broker
             # connections come up; the first batch waits for them.
             self._kernels = asyncio.create_task(self._warm_up(), name="warm-up")
             await self._ensure_database(stop)
             await self._mqtt_loop(stop)
         finally:
+            if self.web is not None:
+                await self.web.close()
             await self.webhooks.close()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(webhook_task, timeout=30)
             status_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await status_task
+            # Online models persist at shutdown too (the periodic save runs after batches).
+            await asyncio.to_thread(self._save_online)
             self._write_status()
             log.info(kv("stream_stopped", **{k: v for k, v in asdict(self.counters).items()
                                              if not isinstance(v, dict)}))
@@ -155,6 +173,7 @@ class StreamService:
                     self._generation += 1
                     await client.subscribe(topics.WINDOW_SUBSCRIPTION, qos=1)
                     await client.subscribe(STATUS_SUBSCRIPTION, qos=1)
+                    await client.subscribe(COMMAND_SUBSCRIPTION, qos=1)
                     self.connected = True
                     log.info(kv("broker_connected", host=b.host, port=b.port,
                                 generation=self._generation))
@@ -218,9 +237,13 @@ class StreamService:
                       batch: list[aiomqtt.Message], stop: asyncio.Event) -> None:
         accepted: list[Incoming] = []
         extra_points: list[Point] = []
+        commands: list[aiomqtt.Message] = []
         for message in batch:
             topic = str(message.topic)
             parts = topic.split("/")
+            if len(parts) == 4 and parts[3] == "command":
+                commands.append(message)  # acknowledged once its action is written
+                continue
             if len(parts) == 5 and parts[4] == "status":
                 point = self._gateway_status(parts[2], parts[3], message.payload)
                 if point is not None:
@@ -232,11 +255,15 @@ class StreamService:
                 self._ack(client, generation, message)
             elif item is not _PENDING:
                 accepted.append(item)
-        if not accepted and not extra_points:
+        if not accepted and not extra_points and not commands:
             return
         if self._kernels is not None:
             await self._kernels
         output = await asyncio.to_thread(self._process, accepted)
+        if commands:
+            done = await asyncio.to_thread(self._commands, commands)
+            output = BatchOutput(output.results, output.points + done.points,
+                                 output.alerts + done.alerts)
         written = await self._write(output.points + extra_points, stop, len(output.results))
         if not written:
             return  # stopping: nothing acknowledged, the broker keeps the windows
@@ -245,7 +272,34 @@ class StreamService:
             for message in self._pending.pop(key).messages:
                 self._ack(client, generation, message)
             self.dedup.mark(*key)
+        for message in commands:
+            self._ack(client, generation, message)
         await self._publish(client, output)
+        if time.monotonic() - self._online_saved >= self.config.stream.online_save_s:
+            await asyncio.to_thread(self._save_online)
+
+    def _commands(self, messages: list[aiomqtt.Message]) -> BatchOutput:
+        """Apply operator commands (JSON) in arrival order; bad ones are counted and logged."""
+        out = BatchOutput([], [], [])
+        for message in messages:
+            try:
+                command = json.loads(message.payload)  # type: ignore[arg-type]
+            except (ValueError, TypeError) as e:
+                self._reject("command", str(message.topic), f"bad command JSON: {e}")
+                continue
+            done = self.pipeline.apply_command(command)
+            out.points.extend(done.points)
+            out.alerts.extend(done.alerts)
+        return out
+
+    def _save_online(self) -> None:
+        """Write the online models' state files (never raises: a failure is logged)."""
+        self._online_saved = time.monotonic()
+        try:
+            n = self.pipeline.online.save_all()
+            log.info(kv("online_state_saved", sensors=n))
+        except Exception:
+            log.exception(kv("online_state_save_failed"))
 
     def _process(self, batch: list[Incoming]) -> BatchOutput:
         """`Pipeline.process`, isolating a window that makes it fail.
@@ -365,6 +419,9 @@ class StreamService:
                 "state": message["state"], "iso_zone": message["iso_zone"],
                 "velocity_rms_mm_s": message["velocity_rms_mm_s"], "seq": message["seq"],
                 "alerted": self.pipeline.alerts.sensors[r.incoming.sensor].alerted,
+                "online": self.pipeline.online.status(r.incoming.sensor),
+                "acknowledged_by": self.pipeline.alerts.sensors[r.incoming.sensor]
+                .acknowledged_by or None,
                 "windows": self.sensors.get(r.incoming.sensor, {}).get("windows", 0) + 1,
             }
         try:
@@ -385,6 +442,51 @@ class StreamService:
             log.info(kv("alert", status=alert["status"], sensor=alert["sensor"],
                         diagnosis=alert["diagnosis"], alert_id=alert["alert_id"]))
             self.webhooks.submit(alert)
+        if self.evidence is not None:
+            self.evidence.observe(output)
+
+    # --- evidence page and operator actions ------------------------------------------
+
+    async def _start_web(self) -> None:
+        if self.evidence is None or not self.http:
+            return
+        host, _, port = self.http.rpartition(":")
+        s = self.config.stream
+        token = s.http_token_file.read_text(encoding="utf-8").strip() \
+            if s.http_token_file else None
+        self.web = EvidenceServer(self.evidence, host.strip("[]"), int(port), token=token,
+                                  ack=self.operator_action)
+        await self.web.start()
+        if self.webhooks.public_url is None:
+            self.webhooks.public_url = self.web.url
+
+    async def operator_action(self, sensor: str, by: str, note: str = "",
+                              action: str = "acknowledge") -> dict[str, Any]:
+        """Record an operator action on a sensor (the evidence page's acknowledge button).
+
+        Logged, kept for the page and written to InfluxDB (`events`, kind "operator").
+        The alert state machine takes it when it knows the action (`acknowledge(sensor)`).
+        """
+        tracker = self.pipeline.alerts
+        s = tracker.sensors.get(sensor)
+        record = {"t": time.time(), "sensor": sensor, "action": action, "by": by,
+                  "note": note, "alert_id": s.alert_id if s else ""}
+        handler = getattr(tracker, action, None)
+        if callable(handler):
+            handler(sensor)
+        log.info(kv("operator_action", **record))
+        if self.evidence is not None:
+            self.evidence.record_action(record)
+        _gateway, sc = self.config.sensor_index()[sensor]
+        point = Point("events", {"site": self.config.site.id, "sensor": sensor,
+                                 "asset": sc.asset, "kind": "operator"},
+                      {"event": action, "by": by, "note": note,
+                       "alert_id": record["alert_id"]}, time.time_ns())
+        try:
+            await asyncio.to_thread(self.writer.write, [point])
+        except (InfluxWriteError, OSError) as e:
+            log.warning(kv("operator_action_not_written", sensor=sensor, reason=e))
+        return record
 
     # --- status ----------------------------------------------------------------------
 
@@ -399,7 +501,9 @@ class StreamService:
                 "alerts_fired": c.alerts_fired, "alerts_resolved": c.alerts_resolved,
                 "webhooks_delivered": self.webhooks.counters.delivered,
                 "webhooks_failed": self.webhooks.counters.failed,
+                "webhooks_pending": self.webhooks.counters.pending,
             },
+            "http_url": self.web.url if self.web is not None else None,
             "sensors": self.sensors,
             "gateways": self.gateways,
         }

@@ -1,90 +1,408 @@
-"""Webhook delivery: POST the alert JSON to every configured URL, at least once.
+"""Alert routing: every `[[webhook]]` route gets every alert at least once.
 
-Deliveries run in a background task so a slow receiver never stalls the pipeline. Each
-URL gets `retries` more attempts with exponential backoff; a delivery that still fails
-is counted in `failed` and logged with the reason. Receivers de-duplicate by
-`alert_id` + `status`.
+    submit(alert) ─> spool file per route (state_dir/webhook-spool/<route>/) ─> group by
+    (asset, status) for `group_wait_s` ─> rate limit ─> POST with retries ─> 2xx: unlink
+
+- At least once: an alert is written to the route's spool directory before anything is
+  sent and removed only after the receiver answered 2xx, so a receiver outage or a stream
+  restart loses nothing (the spool is re-read at start). The only duplicate possible is a
+  crash between the 2xx and the unlink; receivers de-duplicate by `alert_id` + `status`.
+- Retries: connection errors, timeouts, 408, 429 and 5xx are retried without end, with
+  capped exponential backoff and full jitter (`backoff_max_s`); after `retries` failed
+  attempts the route logs `webhook_failing` once per message. Other 4xx mean the receiver
+  refuses that body: the message moves to `<route>/rejected/` and counts as `failed`.
+- Grouping: slack, teams and alertmanager routes put the alerts of one asset and status
+  that arrive within `group_wait_s` into one message (ten sensors of one reactor → one
+  message). json and pagerduty stay one alert per message (their receivers key on the
+  alert id). A token bucket enforces `rate_limit_per_min` per route.
+- Each route runs in its own task with its own thread for HTTP, so a hanging receiver
+  delays only its own route, never the pipeline or other routes.
+
+`WebhookSender` keeps the counters (`delivered`, `failed`) the service status reports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import logging
+import os
+import random
+import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ballpass import __version__
 from ballpass.config import WebhookConfig
 from ballpass.log import kv
+from ballpass.stream.sinks import formats
+from ballpass.stream.sinks.formats import Request
 
 log = logging.getLogger(__name__)
+
+GROUPED_FORMATS = frozenset({"slack", "teams", "alertmanager"})
+ALERTMANAGER_REFRESH_S = 60.0  # firing alerts are re-posted this often...
+ALERTMANAGER_HOLD_S = 5 * ALERTMANAGER_REFRESH_S  # ...and expire this long after the last post
 
 
 @dataclass
 class WebhookCounters:
-    delivered: int = 0
-    failed: int = 0
-    attempts: int = 0
+    delivered: int = 0  # alert deliveries (alert × route) answered 2xx
+    failed: int = 0  # alert deliveries refused by the receiver (non-retryable 4xx)
+    attempts: int = 0  # HTTP requests made
+    messages: int = 0  # messages answered 2xx (a grouped message carries several alerts)
+    pending: int = 0  # alert deliveries waiting in the spools
 
 
-def post_json(url: str, body: dict[str, Any], timeout_s: float) -> int:
-    """POST `body` as JSON; return the HTTP status. Raises OSError on a network error."""
-    data = json.dumps(body, separators=(",", ":")).encode()
-    request = urllib.request.Request(url, data=data, method="POST", headers={
-        "Content-Type": "application/json", "User-Agent": f"ballpass/{__version__}",
-    })
+def post(request: Request, timeout_s: float) -> int:
+    """POST one request; the HTTP status. Raises OSError on a network error or timeout."""
+    http = urllib.request.Request(request.url, data=request.body, method="POST", headers={
+        **request.headers, "User-Agent": formats.USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with urllib.request.urlopen(http, timeout=timeout_s) as response:
+            response.read()
             return int(response.status)
     except urllib.error.HTTPError as e:
         return int(e.code)
 
 
-class WebhookSender:
-    """Queue of alert deliveries, drained by `run()` until `close()`."""
+def post_json(url: str, body: dict[str, Any], timeout_s: float) -> int:
+    """POST `body` as JSON; the HTTP status (kept for callers of the first version)."""
+    return post(Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"}),
+                timeout_s)
 
-    def __init__(self, hooks: tuple[WebhookConfig, ...], backoff_s: float = 1.0) -> None:
-        self.hooks = hooks
-        self.backoff_s = backoff_s
-        self.counters = WebhookCounters()
-        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+def _retryable(status: int) -> bool:
+    return status >= 500 or status in (408, 425, 429)
+
+
+def _backoff(attempt: int, base_s: float, cap_s: float) -> float:
+    """Capped exponential backoff with full jitter (s)."""
+    return random.uniform(0.5, 1.0) * min(cap_s, base_s * 2 ** min(attempt - 1, 16))
+
+
+def route_id(index: int, hook: WebhookConfig) -> str:
+    """Stable spool directory name of a route: its position, format and URL hash."""
+    digest = hashlib.sha1(f"{hook.format}|{hook.url}".encode()).hexdigest()[:8]
+    return f"{index}-{hook.format}-{digest}"
+
+
+@dataclass
+class _Entry:
+    """One alert waiting for one route; `path` is its spool file (None without a spool)."""
+
+    alert: dict[str, Any]
+    path: Path | None
+
+
+@dataclass
+class _Group:
+    deadline: float
+    entries: list[_Entry] = field(default_factory=list)
+
+
+class Route:
+    """One `[[webhook]]` entry: its spool, groups, rate limit and delivery loop."""
+
+    def __init__(self, index: int, hook: WebhookConfig, spool_root: Path | None,
+                 sender: WebhookSender) -> None:
+        self.hook = hook
+        self.id = route_id(index, hook)
+        self.name = hook.name or self.id
+        self.sender = sender
+        self.dir = spool_root / self.id if spool_root is not None else None
+        self.groups: dict[tuple[str, str], _Group] = {}
+        self.wake = asyncio.Event()
+        self.closing = False
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"webhook-{index}")
+        self.tokens = self.burst = max(1.0, hook.rate_limit_per_min / 4)
+        self.refilled = time.monotonic()
+        self._seq = 0
+        # Alertmanager: labels of firing alerts (their identity), re-posted until resolved.
+        self.active: dict[str, dict[str, Any]] = {}
+        self.secret = hook.secret() if hook.secret_file else None
+        self.routing_key = hook.routing_key() if hook.routing_key_file else None
+
+    # --- spool -----------------------------------------------------------------------
+
+    def load_spool(self) -> int:
+        """Queue what a previous run left undelivered; the number of alerts found."""
+        if self.dir is None:
+            return 0
+        self.dir.mkdir(parents=True, exist_ok=True)
+        active = self.dir / "active.json"
+        with contextlib.suppress(OSError, ValueError):
+            self.active = json.loads(active.read_text(encoding="utf-8"))
+        found = 0
+        for path in sorted(self.dir.glob("*.alert.json")):
+            try:
+                alert = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                log.error(kv("webhook_spool_unreadable", route=self.name, file=path, reason=e))
+                path.rename(path.with_suffix(".bad"))
+                continue
+            self._queue(_Entry(alert, path), time.monotonic())
+            found += 1
+        if found:
+            log.info(kv("webhook_spool_loaded", route=self.name, alerts=found))
+        return found
+
+    def _spool(self, alert: dict[str, Any]) -> Path | None:
+        if self.dir is None:
+            return None
+        self._seq += 1
+        name = f"{time.time_ns():020d}-{self._seq:06d}-{alert['alert_id']}-{alert['status']}"
+        path = self.dir / f"{name}.alert.json"
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump(alert, f, separators=(",", ":"), default=str)
+            f.flush()
+            os.fsync(f.fileno())  # an alert acknowledged by the spool survives a crash
+        os.replace(tmp, path)
+        return path
+
+    def _save_active(self) -> None:
+        if self.dir is None:
+            return
+        tmp = self.dir / "active.tmp"
+        tmp.write_text(json.dumps(self.active), encoding="utf-8")
+        os.replace(tmp, self.dir / "active.json")
+
+    # --- queueing ----------------------------------------------------------------------
 
     def submit(self, alert: dict[str, Any]) -> None:
-        self._queue.put_nowait(alert)
+        try:
+            path = self._spool(alert)
+        except OSError as e:
+            # Still delivered from memory; only a restart before delivery would lose it.
+            log.error(kv("webhook_spool_failed", route=self.name, reason=e))
+            path = None
+        self._queue(_Entry(alert, path), time.monotonic() + (
+            self.hook.group_wait_s if self.hook.format in GROUPED_FORMATS else 0.0))
 
-    async def close(self) -> None:
-        """Deliver what is queued, then stop `run()`."""
-        await self._queue.put(None)
+    def _queue(self, entry: _Entry, deadline: float) -> None:
+        a = entry.alert
+        if self.hook.format in GROUPED_FORMATS:
+            key = (str(a.get("asset")), str(a.get("status")))
+        else:
+            key = (f"{a.get('alert_id')}/{a.get('status')}/{id(entry)}", "")
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = _Group(deadline)
+        group.entries.append(entry)
+        self.sender.counters.pending += 1
+        self.wake.set()
+
+    # --- delivery ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        while (alert := await self._queue.get()) is not None:
-            await asyncio.gather(*(self._deliver(h, alert) for h in self.hooks
-                                   if alert.get("status") in h.events))
+        last_refresh = time.monotonic()
+        while True:
+            now = time.monotonic()
+            due = [k for k, g in self.groups.items() if self.closing or g.deadline <= now]
+            if due:
+                key = min(due, key=lambda k: self.groups[k].deadline)
+                group = self.groups.pop(key)
+                delivered = await self._deliver_group(group.entries)
+                if not delivered:
+                    return  # closing: the rest stays in the spool for the next start
+                continue
+            if self.closing:
+                return
+            if self.active and now - last_refresh >= ALERTMANAGER_REFRESH_S:
+                last_refresh = now
+                await self._refresh_alertmanager()
+            nxt = min((g.deadline for g in self.groups.values()), default=now + 1.0)
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), max(0.01, min(nxt - now, 1.0)))
 
-    async def _deliver(self, hook: WebhookConfig, alert: dict[str, Any]) -> None:
-        reason = ""
-        for attempt in range(hook.retries + 1):
-            self.counters.attempts += 1
+    def _requests(self, entries: list[_Entry]) -> list[tuple[Request, list[_Entry]]]:
+        """The HTTP requests for one group (one, except for per-alert formats)."""
+        alerts = [e.alert for e in entries]
+        public = self.sender.public_url
+        h = self.hook
+        if h.format == "json":
+            return [(formats.render_json(e.alert, h.url, self.secret), [e]) for e in entries]
+        if h.format == "pagerduty":
+            return [(formats.render_pagerduty(e.alert, h.url, self.routing_key or "", public),
+                     [e]) for e in entries]
+        if h.format == "slack":
+            return [(formats.render_slack(alerts, h.url, public), entries)]
+        if h.format == "teams":
+            return [(formats.render_teams(alerts, h.url, public), entries)]
+        body = [self._am_alert(a) for a in alerts]
+        return [(Request(formats.alertmanager_url(h.url), json.dumps(body).encode(),
+                         {"Content-Type": "application/json"}), entries)]
+
+    def _am_alert(self, alert: dict[str, Any]) -> dict[str, Any]:
+        alert_id = str(alert["alert_id"])
+        labels = self.active.get(alert_id, {}).get("labels")
+        if labels is None and alert.get("status") == "resolved":
+            # The firing labels were lost: rebuild them as the firing alert had them.
+            labels = formats.alertmanager_alert({**alert, "status": "firing"},
+                                                None, time.time(), 0)["labels"]
+        return formats.alertmanager_alert(alert, self.sender.public_url, time.time(),
+                                          ALERTMANAGER_HOLD_S, labels)
+
+    async def _deliver_group(self, entries: list[_Entry]) -> bool:
+        """Deliver every request of a group; False if closing interrupted it."""
+        for request, members in self._requests(entries):
+            await self._take_token()
+            ok = await self._deliver(request, members)
+            if ok is None:
+                return False  # closing: the files stay spooled for the next start
+            self.sender.counters.pending -= len(members)
+            if ok:
+                self.sender.counters.delivered += len(members)
+                self.sender.counters.messages += 1
+                if self.hook.format == "alertmanager":
+                    self._track_active([e.alert for e in members], request)
+            else:
+                self.sender.counters.failed += len(members)
+            for e in members:
+                self._settle(e, ok)
+        return True
+
+    def _settle(self, entry: _Entry, delivered: bool) -> None:
+        if entry.path is None:
+            return
+        try:
+            if delivered:
+                entry.path.unlink(missing_ok=True)
+            else:
+                rejected = entry.path.parent / "rejected"
+                rejected.mkdir(exist_ok=True)
+                entry.path.rename(rejected / entry.path.name)
+        except OSError as e:
+            log.error(kv("webhook_spool_failed", route=self.name, file=entry.path, reason=e))
+
+    def _track_active(self, alerts: list[dict[str, Any]], request: Request) -> None:
+        posted = json.loads(request.body)
+        for alert, am in zip(alerts, posted, strict=True):
+            if alert.get("status") == "firing":
+                self.active[str(alert["alert_id"])] = {"labels": am["labels"], "alert": alert}
+            else:
+                self.active.pop(str(alert["alert_id"]), None)
+        self._save_active()
+
+    async def _refresh_alertmanager(self) -> None:
+        """Re-post firing alerts so Alertmanager keeps them active (best effort)."""
+        body = [formats.alertmanager_alert(v["alert"], self.sender.public_url, time.time(),
+                                           ALERTMANAGER_HOLD_S, v["labels"])
+                for v in self.active.values()]
+        request = Request(formats.alertmanager_url(self.hook.url), json.dumps(body).encode(),
+                          {"Content-Type": "application/json"})
+        with contextlib.suppress(OSError):
+            await self._post(request)
+
+    async def _take_token(self) -> None:
+        rate_per_s = self.hook.rate_limit_per_min / 60.0
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.refilled) * rate_per_s)
+            self.refilled = now
+            if self.tokens >= 1.0 or self.closing:
+                self.tokens = max(0.0, self.tokens - 1.0)
+                return
+            await asyncio.sleep((1.0 - self.tokens) / rate_per_s)
+
+    async def _post(self, request: Request) -> int:
+        self.sender.counters.attempts += 1
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, post, request, self.hook.timeout_s)
+
+    async def _deliver(self, request: Request, members: list[_Entry]) -> bool | None:
+        """True delivered, False refused (4xx), None interrupted by closing."""
+        ids = ",".join(f"{e.alert.get('alert_id')}/{e.alert.get('status')}" for e in members)
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                status = await asyncio.to_thread(post_json, hook.url, alert, hook.timeout_s)
-                if 200 <= status < 300:
-                    self.counters.delivered += 1
-                    log.info(kv("webhook_delivered", url=hook.url, alert_id=alert["alert_id"],
-                                status=alert["status"], http=status))
-                    return
+                status = await self._post(request)
                 reason = f"http {status}"
-                if 400 <= status < 500 and status not in (408, 429):
-                    break  # the receiver refuses this body: retrying will not help
-            except OSError as e:
+                if 200 <= status < 300:
+                    log.info(kv("webhook_delivered", route=self.name, format=self.hook.format,
+                                alerts=ids, http=status, attempt=attempt))
+                    return True
+                if not _retryable(status):
+                    log.error(kv("webhook_refused", route=self.name, alerts=ids, http=status))
+                    return False
+            except OSError as e:  # refused, unresolvable, timeout (socket.timeout is OSError)
                 reason = str(getattr(e, "reason", e))
-            if attempt < hook.retries:
-                delay = self.backoff_s * 2**attempt
-                log.warning(kv("webhook_retry", url=hook.url, alert_id=alert["alert_id"],
-                               attempt=attempt + 1, reason=reason, retry_in_s=delay))
-                await asyncio.sleep(delay)
-        self.counters.failed += 1
-        log.error(kv("webhook_failed", url=hook.url, alert_id=alert["alert_id"],
-                     status=alert["status"], reason=reason))
+            if self.closing:
+                log.warning(kv("webhook_deferred", route=self.name, alerts=ids, reason=reason))
+                return None
+            delay = _backoff(attempt, self.sender.backoff_s, self.hook.backoff_max_s)
+            event = "webhook_failing" if attempt == self.hook.retries + 1 else "webhook_retry"
+            (log.error if event == "webhook_failing" else log.warning)(kv(
+                event, route=self.name, alerts=ids, attempt=attempt, reason=reason,
+                retry_in_s=round(delay, 2)))
+            # Sleep, but wake up early to defer when the service closes.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed(), delay)
+
+    async def _closed(self) -> None:
+        while not self.closing:
+            await asyncio.sleep(0.1)
+
+
+class WebhookSender:
+    """Every route of the site config; `submit` from the event loop, `run()` until `close()`.
+
+    `state_dir` holds the spools (None: memory only, for tests of formats). `public_url`
+    is the evidence page's base URL for links (may be set after construction).
+    """
+
+    def __init__(self, hooks: tuple[WebhookConfig, ...], backoff_s: float = 1.0, *,
+                 state_dir: Path | None = None, public_url: str | None = None) -> None:
+        self.hooks = hooks
+        self.backoff_s = backoff_s
+        self.public_url = public_url
+        self.counters = WebhookCounters()
+        self.spool_root = state_dir / "webhook-spool" if state_dir is not None else None
+        self.routes: list[Route] = []
+        self._early: list[dict[str, Any]] = []
+        self._closing = False
+        self._started = False
+
+    def submit(self, alert: dict[str, Any]) -> None:
+        """Hand an alert to every route whose `events` include its status."""
+        if not self._started:
+            self._early.append(alert)  # before run(): queued once the routes exist
+            return
+        for route in self.routes:
+            if alert.get("status") in route.hook.events:
+                route.submit(alert)
+
+    async def close(self) -> None:
+        """Stop `run()`: each route tries its due messages once more; the rest stays spooled."""
+        self._closing = True
+        for route in self.routes:
+            route.closing = True
+            route.wake.set()
+
+    async def run(self) -> None:
+        self.routes = [Route(i, h, self.spool_root, self) for i, h in enumerate(self.hooks)]
+        self._started = True
+        for route in self.routes:
+            try:
+                route.load_spool()
+            except OSError as e:
+                log.error(kv("webhook_spool_failed", route=route.name, reason=e))
+        early, self._early = self._early, []
+        for alert in early:
+            self.submit(alert)
+        if self._closing:
+            for route in self.routes:
+                route.closing = True
+        try:
+            await asyncio.gather(*(r.run() for r in self.routes))
+        finally:
+            for route in self.routes:
+                route.pool.shutdown(wait=False, cancel_futures=True)

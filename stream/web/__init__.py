@@ -1,0 +1,1 @@
+"""The evidence page served by the stream (docs/evidence-page.md)."""
