@@ -59,7 +59,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         writer = create_writer(config.influx)
         try:
-            await StreamService(config, writer, status_file=args.status_file).run(stop)
+            await StreamService(config, writer, status_file=args.status_file,
+                                http=args.http).run(stop)
         finally:
             writer.close()
 
@@ -164,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--status-file", type=Path, metavar="FILE",
                    help="keep a JSON file with counters and per-sensor state up to date")
+    p.add_argument("--http", metavar="HOST:PORT", help="serve the evidence page here "
+                   "(overrides [stream] http; port 0 picks a free one; see "
+                   "docs/evidence-page.md)")
     p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("simulate", help="simulated machines: a fleet or one recording",
