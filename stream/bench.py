@@ -1,0 +1,202 @@
+"""Speed figures of the diagnosis engine for `ballpass bench` (see BENCHMARKS.md).
+
+Three implementations run in the same process on the same realistic batch (simulated
+normal, outer-race, inner-race and ball windows of an SKF 6205 at 25 Hz, 25.6 kHz):
+
+* the pipeline: `features.extract` on the batch, then `diagnosis.diagnose` per window;
+* the baseline: `bench_baseline.extract_baseline` (per window, numpy/scipy), then the
+  same `diagnose`;
+* the FFT bound: only the FFTs the pipeline must do for that batch, with the same FFT
+  library (rocket-fft inside numba) and with numpy's pocketfft; the faster of the two is
+  the bound. Counted from `stream/features.py` and `stream/dsp/`: per window, the rfft of
+  the window (`_rfft_rows`), the rfft of its Hann-windowed copy (`_amplitude_spectrum`),
+  one inverse FFT per kurtogram candidate band over that band's bins (`_sk_bands`), the
+  inverse FFT of the selected band (`_envelope`, length N) and the rfft of the envelope
+  (`_envelope_spectrum`). Everything else (moments, line searches, the diagnosis) is
+  work beyond the bound.
+
+Each figure is the best of several repetitions (the run least disturbed by other
+processes), as windows per second. `jit_warm_start_s` runs a fresh interpreter with the
+numba cache already filled and measures from its start to the first `extract` result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import rocket_fft  # noqa: F401  (registers np.fft support inside @njit)
+from numba import njit
+
+from ballpass.log import kv
+
+log = logging.getLogger(__name__)
+
+FS_HZ = 25600.0
+SHAFT_HZ = 25.0
+BEARING = "SKF 6205"
+FAULTS = ("normal", "outer_race", "inner_race", "ball")
+SIZES = (8192, 65536)
+BATCH = 64
+BASELINE_BATCH = {8192: 16, 65536: 4}
+"""The baseline works window by window, so its rate does not depend on the batch; fewer
+windows keep the bench short (it takes ~20 ms per window of 8192 here)."""
+
+
+def signals(n: int, b: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(b, n) windows (g) cycling through `FAULTS`, and their shaft rates (Hz)."""
+    from ballpass.models.catalog import lookup
+    from ballpass.simulators.signals import synthesize
+
+    orders = lookup(BEARING).orders()
+    rng = np.random.default_rng(seed)
+    x = np.stack([synthesize(FAULTS[i % len(FAULTS)], orders, SHAFT_HZ, FS_HZ, n, rng=rng)
+                  for i in range(b)])
+    return x, np.full(b, SHAFT_HZ)
+
+
+def best_time(fn: Callable[[], object], repeats: int, min_total_s: float = 0.0) -> float:
+    """Least wall time (s) of `repeats` calls (and at least `min_total_s` of calls)."""
+    fn()  # warm: compiled kernels loaded, caches filled
+    best = float("inf")
+    started = time.perf_counter()
+    k = 0
+    while k < repeats or time.perf_counter() - started < min_total_s:
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+        k += 1
+    return best
+
+
+@njit(cache=True)
+def _fft_work_numba(x: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray,
+                    lo_sel: np.ndarray, hi_sel: np.ndarray) -> float:
+    """The pipeline's FFTs on batch `x`, nothing else (see the module docstring)."""
+    b, n = x.shape
+    raw = np.fft.rfft(x, axis=-1)  # _rfft_rows
+    hann = np.fft.rfft(x, axis=-1)  # _amplitude_spectrum (the window product is not FFT)
+    acc = hann[0, 1].real
+    env = np.empty((b, n))
+    for i in range(b):
+        for k in range(lo_bins.shape[0]):  # _sk_bands: one inverse FFT per candidate
+            c = np.fft.ifft(raw[i, lo_bins[k] : hi_bins[k]].copy())
+            acc += c[0].real
+        y = np.zeros(n, dtype=np.complex128)  # _envelope: the selected band, length N
+        y[lo_sel[i] : hi_sel[i]] = raw[i, lo_sel[i] : hi_sel[i]]
+        a = np.fft.ifft(y)
+        for j in range(n):
+            env[i, j] = a[j].real
+    spec = np.fft.rfft(env, axis=-1)  # _envelope_spectrum
+    return acc + spec[0, 1].real
+
+
+def _fft_work_numpy(x: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray,
+                    lo_sel: np.ndarray, hi_sel: np.ndarray) -> float:
+    """The same FFTs with numpy (pocketfft), batched over rows where numpy allows."""
+    b, n = x.shape
+    raw = np.fft.rfft(x, axis=-1)
+    hann = np.fft.rfft(x, axis=-1)
+    acc = float(hann[0, 1].real)
+    for lo, hi in zip(lo_bins, hi_bins, strict=True):
+        acc += float(np.fft.ifft(raw[:, lo:hi], axis=-1)[0, 0].real)
+    y = np.zeros((b, n), dtype=np.complex128)
+    for i in range(b):
+        y[i, lo_sel[i] : hi_sel[i]] = raw[i, lo_sel[i] : hi_sel[i]]
+    env = np.fft.ifft(y, axis=-1).real
+    return acc + float(np.fft.rfft(env, axis=-1)[0, 1].real)
+
+
+def _size_figures(n: int, quick: bool) -> dict[str, float]:
+    from ballpass.models.catalog import lookup
+    from ballpass.stream import thresholds as th
+    from ballpass.stream.bench_baseline import extract_baseline
+    from ballpass.stream.diagnosis import diagnose
+    from ballpass.stream.dsp.envelope import candidate_bands
+    from ballpass.stream.features import extract
+
+    orders = lookup(BEARING).orders()
+    n_win = 16 if quick else BATCH  # a smoke run only checks that every figure comes out
+    x, shaft = signals(n, n_win)
+    repeats = 2 if quick else 7
+
+    def pipeline() -> list[str]:
+        batch = extract(x, FS_HZ, shaft, orders)
+        return [diagnose(batch, i).diagnosis for i in range(len(batch))]
+
+    nb = BASELINE_BATCH[n] if not quick else 4
+    xb, shaft_b = x[:nb], shaft[:nb]
+
+    def baseline() -> list[str]:
+        batch = extract_baseline(xb, FS_HZ, shaft_b, orders)
+        return [diagnose(batch, i).diagnosis for i in range(len(batch))]
+
+    feats = extract(x, FS_HZ, shaft, orders)
+    df = FS_HZ / n
+    lo_bins, hi_bins = candidate_bands(FS_HZ, n, th.ENV_LEVELS)
+    lo_sel = np.round(feats.env_lo_hz / df).astype(np.int64)
+    hi_sel = np.round(feats.env_hi_hz / df).astype(np.int64)
+    t_pipe = best_time(pipeline, repeats, 0.0 if quick else 2.0)
+    t_base = best_time(baseline, 1 if quick else 3)
+    t_fft_nb = best_time(lambda: _fft_work_numba(x, lo_bins, hi_bins, lo_sel, hi_sel),
+                         repeats, 0.0 if quick else 2.0)
+    t_fft_np = best_time(lambda: _fft_work_numpy(x, lo_bins, hi_bins, lo_sel, hi_sel),
+                         repeats, 0.0 if quick else 2.0)
+    agree = np.mean([a == b for a, b in zip(pipeline()[:nb], baseline(), strict=True)])
+    sfx = "" if n == 8192 else f"_{n}"
+    pipe_rate = n_win / t_pipe
+    bound_rate = n_win / min(t_fft_nb, t_fft_np)
+    out = {
+        f"dsp_pipeline_windows_per_s{sfx}": pipe_rate,
+        f"dsp_baseline_windows_per_s{sfx}": nb / t_base,
+        f"dsp_fft_bound_windows_per_s{sfx}": bound_rate,
+        f"dsp_fft_bound_rocket_windows_per_s{sfx}": n_win / t_fft_nb,
+        f"dsp_fft_bound_numpy_windows_per_s{sfx}": n_win / t_fft_np,
+        f"dsp_speedup_vs_baseline{sfx}": pipe_rate / (nb / t_base),
+        f"dsp_fraction_of_fft_bound{sfx}": pipe_rate / bound_rate,
+        f"dsp_baseline_same_diagnosis{sfx}": float(agree),
+    }
+    log.info(kv("bench_dsp", n=n, **{k: round(v, 3) for k, v in out.items()}))
+    return out
+
+
+_WARM_CHILD = """
+import time, sys
+import numpy as np
+from ballpass.models.catalog import lookup
+from ballpass.stream.features import extract
+x = np.random.default_rng(0).normal(size=(2, 8192))
+extract(x, 25600.0, np.full(2, 25.0), lookup("SKF 6205").orders())
+print(repr(time.time()))
+"""
+
+
+def warm_start(runs: int = 3) -> tuple[float, int]:
+    """Seconds from a fresh interpreter's start to its first `extract` result with a warm
+    numba cache (best of `runs`), and how many kernels that run compiled (should be 0)."""
+    env = {**os.environ, "NUMBA_DEBUG_CACHE": "1"}
+    cmd = [sys.executable, "-c", _WARM_CHILD]
+    subprocess.run(cmd, check=True, capture_output=True, env=env)  # fill the cache
+    best, saved = float("inf"), 0
+    for _ in range(runs):
+        t0 = time.time()
+        r = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+        best = min(best, float(r.stdout.strip().splitlines()[-1]) - t0)
+        saved = max(saved, sum("data saved to" in line for line in r.stdout.splitlines()))
+    return best, saved
+
+
+def figures(quick: bool = False) -> dict[str, float]:
+    """Every figure of the diagnosis engine (see the module docstring)."""
+    out: dict[str, float] = {}
+    for n in SIZES:
+        out.update(_size_figures(n, quick))
+    warm, compiled = warm_start(1 if quick else 3)
+    out["jit_warm_start_s"] = warm
+    out["jit_warm_start_kernels_compiled"] = float(compiled)
+    return out

@@ -1,0 +1,35 @@
+"""`ballpass bench --quick --only stream` runs and writes every diagnosis-engine figure
+(a smoke test: speed is measured by `make bench`, never asserted here)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+KEYS = [f"{name}{sfx}" for sfx in ("", "_65536") for name in (
+    "dsp_pipeline_windows_per_s", "dsp_baseline_windows_per_s", "dsp_fft_bound_windows_per_s",
+    "dsp_speedup_vs_baseline", "dsp_fraction_of_fft_bound")] + ["jit_warm_start_s"]
+
+
+@pytest.mark.slow
+def test_bench_stream_quick_writes_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "ballpass", "bench", "--quick", "--only", "stream",
+                        "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    missing = [k for k in KEYS if k not in data]
+    assert not missing, missing
+    for k in KEYS:
+        assert isinstance(data[k], float) and math.isfinite(data[k]) and data[k] > 0, (k, data[k])
+    # --only keeps the other parts out; the baseline computes the same features, so it
+    # reaches the same diagnoses on these clean simulated windows.
+    others = [k for k in data if not k.startswith(("dsp_", "jit_", "machine_"))]
+    assert not others, others
+    assert data["dsp_baseline_same_diagnosis"] >= 0.75
+    assert data["jit_warm_start_kernels_compiled"] == 0.0
