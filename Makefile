@@ -5,7 +5,8 @@
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed-stamp
-DEB_PACKAGES := mosquitto mosquitto-clients influxdb victoria-metrics
+DEB_PACKAGES := mosquitto mosquitto-clients influxdb victoria-metrics \
+                prometheus-alertmanager chromium chromium-driver
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test bench lint deps install clean help
