@@ -160,12 +160,24 @@ def _count(influx: Influxd, measurement: str, field: str) -> int:
     return int(series[0]["values"][0][1]) if series else 0
 
 
+def _evidence_port(preferred: int = 8787) -> int:
+    """The evidence page's port: 8787 when free (a stable URL), else 0 (any free one)."""
+    import socket
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            return 0
+    return preferred
+
+
 def _render(status: dict[str, Any], started: float, webhooks: int, live: bool) -> str:
     c = status.get("counters", {})
     truth = {s.id: s.truth for m in PLANT for s in m.sensors}
     rows = [f"ballpass demo  {time.time() - started:5.0f} s   windows ingested "
             f"{c.get('ingested', 0)}  written {c.get('written', 0)}  alerts "
             f"{c.get('alerts_fired', 0)}  webhooks received {webhooks}",
+            f"evidence page: {status.get('http_url') or '-'}",
             f"{'sensor':10} {'truth':12} {'diagnosis':16} {'conf':>5} {'state':6} "
             f"{'ISO':3} {'v mm/s':>7} {'windows':>7} alerted"]
     sensors = status.get("sensors", {})
@@ -217,7 +229,8 @@ def run_demo(duration_s: float | None = None, summary_json: Path | None = None,
 
         status_path = work / "stream-status.json"
         children.append(Child("stream", ["stream", "--config", str(config_path),
-                                         "--status-file", str(status_path)],
+                                         "--status-file", str(status_path),
+                                         "--http", f"127.0.0.1:{_evidence_port()}"],
                               work / "stream.log"))
         # Gateways start once the stream holds its persistent session, so nothing
         # published is missed; the first run compiles the Numba kernels meanwhile.
@@ -225,6 +238,7 @@ def run_demo(duration_s: float | None = None, summary_json: Path | None = None,
             if children[0].proc.poll() is not None:
                 raise RuntimeError(f"stream exited early; see {children[0].log_path}")
             stop.wait(0.2)
+        print(f"evidence page: {_read_json(status_path).get('http_url')}", flush=True)
         for m in PLANT:
             children.append(Child(m.gateway, ["gateway", "--config", str(config_path),
                                               "--gateway", m.gateway],
