@@ -13,14 +13,16 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ballpass.config import AssetConfig, Config, SensorConfig
-from ballpass.stream.alerts import AlertTracker, Transition
+from ballpass.stream.alerts import AlertTracker, Transition, severity
 from ballpass.stream.diagnosis import Diagnosis, diagnose
 from ballpass.stream.features import extract
+from ballpass.stream.online import OnlineModels
 from ballpass.stream.sinks.lineprotocol import Point
 from ballpass.wire import Kind, Window
 
@@ -44,6 +46,8 @@ class Result:
     diagnosis: Diagnosis | None = None
     features: dict[str, float] = field(default_factory=dict)
     state: str = "normal"  # alert state after this window
+    line_amp_g: float = math.nan  # strongest defect-line envelope amplitude (g)
+    online: dict[str, Any] = field(default_factory=dict)  # online layer (diagnosis JSON)
 
 
 @dataclass
@@ -60,12 +64,16 @@ def _tags(item: Incoming, asset: str) -> dict[str, str]:
 class Pipeline:
     """Feature extraction and diagnosis for the sensors of one site config."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, state_dir: Path | None = None) -> None:
+        """`state_dir`: where the online models keep their state files (None: nowhere)."""
         self.config = config
         self.sensors: dict[str, tuple[SensorConfig, AssetConfig]] = {
             s.id: (s, config.asset(s.asset)) for g in config.gateways for s in g.sensors
         }
-        self.alerts = AlertTracker(config.stream.alert)
+        self.alerts = AlertTracker(config.stream.alert, {
+            sid: a.alert for sid, (_, a) in self.sensors.items() if a.alert is not None})
+        self.online = OnlineModels(config, self.alerts, state_dir)
+        self._last: dict[str, Result] = {}  # each sensor's latest diagnosed window
 
     def warm_up(self) -> None:
         """Load (or compile, on a first run) the Numba kernels before windows arrive."""
@@ -91,6 +99,7 @@ class Pipeline:
             w = item.window
             if w.kind == Kind.TEMPERATURE:
                 celsius = float(np.mean(w.samples))
+                self.online.temperature(asset.id, celsius)
                 results.append(Result(item, asset.id))
                 points.append(Point("temperature", _tags(item, asset.id),
                                     {"celsius": celsius}, w.t0_ns))
@@ -119,7 +128,8 @@ class Pipeline:
                 for i, (item, _) in enumerate(group):
                     asset = self.sensors[item.sensor][1]
                     diag = diagnose(feats, i, asset.iso_group, asset.iso_foundation)
-                    results.append(Result(item, asset.id, diag, feats.row(i)))
+                    results.append(Result(item, asset.id, diag, feats.row(i),
+                                          line_amp_g=float(np.max(feats.line_amp_g[i]))))
 
         alerts: list[dict[str, Any]] = []
         # Alert state advances in seq order per sensor, whatever order the groups ran in.
@@ -128,8 +138,16 @@ class Pipeline:
             if r.diagnosis is None:
                 continue
             item = r.incoming
-            t = self.alerts.update(item.sensor, r.diagnosis.diagnosis, item.window.t0_ns)
+            days_d = None
+            if r.features:
+                # Online layer: score, trend, changes; an anomaly physics cannot name
+                # becomes `unknown_anomaly`.
+                days_d = self._online(r, points)
+            t = self.alerts.update(item.sensor, r.diagnosis.diagnosis, item.window.t0_ns,
+                                   severity(r.diagnosis.diagnosis, r.diagnosis.iso_zone,
+                                            days_d))
             r.state = self.alerts.state(item.sensor)
+            self._last[item.sensor] = r
             tags = _tags(item, r.asset)
             if t is not None:
                 alert = alert_message(t, diagnosis_message(r))
@@ -146,8 +164,57 @@ class Pipeline:
             points.append(Point("diagnosis", tags, {
                 "diagnosis": r.diagnosis.diagnosis, "confidence": float(r.diagnosis.confidence),
                 "state": r.state, "iso_zone": r.diagnosis.iso_zone or "",
+                **_online_fields(r.online),
             }, item.window.t0_ns))
         return BatchOutput(results, points, alerts)
+
+    def _online(self, r: Result, points: list[Point]) -> float | None:
+        """Run the online layer on result `r` (in place); its days to zone D, if known."""
+        assert r.diagnosis is not None
+        item, w = r.incoming, r.incoming.window
+        shaft = w.shaft_hz if math.isfinite(w.shaft_hz) and w.shaft_hz > 0 else (
+            self.sensors[item.sensor][1].shaft_hz or math.nan)
+        o, extra = self.online.observe(item.site, item.gateway, item.sensor, w.t0_ns, w.seq,
+                                       shaft, r.features, r.line_amp_g, r.diagnosis.diagnosis)
+        points += extra
+        if o.score is not None:
+            r.features["anomaly_score"] = o.score
+        if o.anomaly and r.diagnosis.diagnosis == "normal":
+            r.diagnosis = Diagnosis(
+                "unknown_anomaly", o.score or 0.0, (),
+                f"anomaly score {o.score:.4f} >= threshold in most recent windows, "
+                "no known fault pattern", r.diagnosis.iso_zone)
+        status = self.online.status(item.sensor)
+        r.online = {
+            "state": o.state, "progress": status.get("progress"),
+            "anomaly_score": None if o.score is None else round(o.score, 5),
+            "skipped": o.skipped or None,
+            "velocity_trend_mm_s_per_day": _finite_or_none(o.velocity_trend_mm_s_per_day),
+            "line_trend_g_per_day": _finite_or_none(o.line_trend_g_per_day),
+            "days_to_zone_c": o.days_to_zone_c.as_dict() if o.days_to_zone_c else None,
+            "days_to_zone_d": o.days_to_zone_d.as_dict() if o.days_to_zone_d else None,
+        }
+        return o.days_to_zone_d.days if o.days_to_zone_d else None
+
+    def apply_command(self, command: Any, t_ns: int | None = None) -> BatchOutput:
+        """Apply an operator command (rebaseline, ack, false_alarm): `actions` points and
+        the alerts its transitions resolve."""
+        points, transitions = self.online.apply(command, t_ns)
+        alerts: list[dict[str, Any]] = []
+        for t in transitions:
+            last = self._last.get(t.sensor)
+            if last is None or last.diagnosis is None:
+                continue
+            last.state = self.alerts.state(t.sensor)
+            alert = alert_message(t, diagnosis_message(last))
+            alerts.append(alert)
+            points.append(Point("alerts", {
+                "site": last.incoming.site, "sensor": t.sensor, "asset": last.asset,
+                "status": t.status}, {"alert_id": t.alert_id, "diagnosis": alert["diagnosis"],
+                                      "confidence": alert["confidence"],
+                                      "summary": alert["summary"]},
+                points[0].time_ns if points else time.time_ns()))
+        return BatchOutput([], points, alerts)
 
 
 def diagnosis_message(result: Result) -> dict[str, Any]:
@@ -165,6 +232,14 @@ def diagnosis_message(result: Result) -> dict[str, Any]:
              "snr_db": round(e.snr_db, 2)} for e in diag.evidence
         ],
         "reason": diag.reason,
+        "severity": severity(diag.diagnosis, diag.iso_zone,
+                             (result.online.get("days_to_zone_d") or {}).get("days"))
+        if diag.diagnosis not in ("normal", "insufficient_data") else None,
+        "anomaly_score": result.online.get("anomaly_score"),
+        "days_to_zone_c": result.online.get("days_to_zone_c"),
+        "days_to_zone_d": result.online.get("days_to_zone_d"),
+        "online": {k: v for k, v in result.online.items()
+                   if k not in ("anomaly_score", "days_to_zone_c", "days_to_zone_d")} or None,
     }
 
 
@@ -183,6 +258,21 @@ def alert_message(transition: Transition, last: dict[str, Any]) -> dict[str, Any
         "since": transition.since_ns / 1e9, "summary": summary,
         "sent_at": time.time(),
     }
+
+
+def _online_fields(online: dict[str, Any]) -> dict[str, Any]:
+    """InfluxDB `diagnosis` fields of the online layer (absent when unknown)."""
+    out: dict[str, Any] = {}
+    if online.get("state"):
+        out["baseline"] = online["state"]
+    for zone in ("c", "d"):
+        p = online.get(f"days_to_zone_{zone}")
+        if p:
+            out[f"days_to_zone_{zone}"] = float(p["days"])
+            out[f"days_to_zone_{zone}_lo"] = float(p["lo"])
+            if p["hi"] is not None:
+                out[f"days_to_zone_{zone}_hi"] = float(p["hi"])
+    return out
 
 
 def _finite_or_none(x: float | None) -> float | None:

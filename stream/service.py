@@ -506,6 +506,7 @@ class StreamService:
             "http_url": self.web.url if self.web is not None else None,
             "sensors": self.sensors,
             "gateways": self.gateways,
+            "online": dict(self.pipeline.online.counters),
         }
 
     def _write_status(self) -> None:

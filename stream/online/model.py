@@ -1,0 +1,409 @@
+"""One sensor's online model: its own normal, its anomaly score, changes and trend.
+
+`SensorModel.update(obs)` takes one window's features (an `Observation`) and returns an
+`OnlineResult`. Everything is plain Python and numpy, pickles (persistence) and costs
+well under 200 µs per window (figure `online_update_us`).
+
+Baseline: per operating band (shaft speed in bands `speed_band_pct` wide), running mean
+and variance of a feature vector (log levels, kurtosis, crest, defect-line SNRs,
+temperature). Learned during the learning phase (the later of `learn_hours` of operation
+and `learn_windows` windows), then frozen: a slow degradation must not become the new
+normal. A band first met after learning learns its own `band_min_windows` windows and is
+not scored meanwhile (counted as `unseen_band`).
+
+Score: the largest one-sided z-score over the features (faults raise levels, lines and
+temperature), mapped to [0, 1] through the empirical distribution of the same statistic on
+the sensor's own learning windows (each scored before it was learned), with an
+exponential tail fitted above the 90th percentile. So `score >= 0.999` is a window that
+the sensor's healthy history exceeds with probability 1e-3: a known false-alarm rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from river import drift
+
+from ballpass.config import OnlinePolicy
+
+FEATURES: tuple[str, ...] = (
+    "log_rms_g", "log_velocity", "kurtosis", "crest", "bpfo_snr_db", "bpfi_snr_db",
+    "bsf_snr_db", "ftf_snr_db", "log_hf_floor", "log_x1_g", "log_x2_g", "temp_c",
+)
+"""Baseline features, in vector order. log_* are natural logs of the `vibration` field."""
+
+# Floors on each feature's standard deviation, so a very steady feature does not turn a
+# measurement-resolution step into a large z (natural-log units, dB, -, °C).
+_STD_FLOOR = np.array([0.02, 0.02, 0.05, 0.05, 0.5, 0.5, 0.5, 0.5, 0.02, 0.05, 0.05, 0.2])
+# Change detection (Page-Hinkley on the feature's z-score) on these features.
+CHANGE_FEATURES: tuple[str, ...] = (
+    "log_velocity", "bpfo_snr_db", "bpfi_snr_db", "bsf_snr_db", "ftf_snr_db", "temp_c")
+_CHANGE_IDX = tuple(FEATURES.index(f) for f in CHANGE_FEATURES)
+_CLIP_Z = 6.0  # learning updates are clipped to ±6 σ so one outlier does not skew a band
+_CAL_MAX = 4000  # calibration statistics kept per sensor
+_DAY_S = 86400.0
+
+STATE_VERSION = 1
+"""Version of the pickled `SensorModel`; a file of another version is moved aside."""
+
+
+@dataclass
+class Observation:
+    """One window as the online layer sees it. Times in ns since the epoch."""
+
+    t_ns: int
+    seq: int
+    shaft_hz: float
+    features: dict[str, float]  # the `vibration` fields of the window
+    line_amp_g: float = math.nan  # strongest defect-line envelope amplitude (g)
+    temp_c: float = math.nan  # latest temperature of the asset (°C), NaN if none
+    physics: str = "normal"  # the physics diagnosis of the window
+
+
+@dataclass
+class Interval:
+    """A projected time (days) with its interval; `hi` None = unbounded."""
+
+    days: float
+    lo: float
+    hi: float | None
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {"days": round(self.days, 3), "lo": round(self.lo, 3),
+                "hi": None if self.hi is None else round(self.hi, 3)}
+
+
+@dataclass
+class OnlineResult:
+    """What the online layer adds to one window."""
+
+    state: str  # "learning" | "ready"
+    score: float | None  # anomaly score in [0, 1], None while not scorable
+    anomaly: bool  # score high in k of the last n windows
+    days_to_zone_c: Interval | None = None
+    days_to_zone_d: Interval | None = None
+    velocity_trend_mm_s_per_day: float | None = None
+    line_trend_g_per_day: float | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    skipped: str = ""  # why the window was not scored ("" when it was)
+
+
+class _Band:
+    """Running mean and variance of the feature vector in one operating band (Welford)."""
+
+    __slots__ = ("m2", "mean", "n")
+
+    def __init__(self, d: int) -> None:
+        self.n = np.zeros(d)
+        self.mean = np.zeros(d)
+        self.m2 = np.zeros(d)
+
+    def std(self) -> np.ndarray:
+        var = np.where(self.n > 1, self.m2 / np.maximum(self.n - 1, 1), 0.0)
+        return np.maximum(np.sqrt(var), _STD_FLOOR)
+
+    def z(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std()
+
+    def learn(self, x: np.ndarray) -> None:
+        ok = np.isfinite(x)
+        if self.n.max() > 20:
+            # Robustness: a learning window far outside the band moves it only as far
+            # as ±_CLIP_Z σ would.
+            s = self.std()
+            x = np.clip(x, self.mean - _CLIP_Z * s, self.mean + _CLIP_Z * s)
+        n = self.n + ok
+        delta = np.where(ok, x - self.mean, 0.0)
+        mean = self.mean + np.where(ok, delta / np.maximum(n, 1), 0.0)
+        self.m2 = self.m2 + np.where(ok, delta * (x - mean), 0.0)
+        self.mean, self.n = mean, n
+
+    def count(self) -> int:
+        return int(self.n[0])
+
+
+class _Trend:
+    """Robust trend of one level: hourly medians, Theil-Sen slope over the last points."""
+
+    def __init__(self, bucket_s: float, points: int) -> None:
+        self.bucket_s = bucket_s
+        self.bucket: int | None = None
+        self.values: list[float] = []
+        self.t: deque[float] = deque(maxlen=points)
+        self.y: deque[float] = deque(maxlen=points)
+        self.fit: tuple[float, float, float, float] | None = None  # slope lo, mid, hi, level
+
+    def add(self, t_s: float, y: float) -> None:
+        b = int(t_s // self.bucket_s)
+        if self.bucket is not None and b != self.bucket and self.values:
+            self.t.append((self.bucket + 0.5) * self.bucket_s)
+            self.y.append(float(np.median(self.values)))
+            self.values = []
+            self.fit = None
+        self.bucket = b
+        if math.isfinite(y):
+            self.values.append(y)
+
+    def slope(self, min_points: int) -> tuple[float, float, float, float] | None:
+        """(slope 10th pct, median, 90th pct per s, level at the last point), or None."""
+        if len(self.t) < min_points:
+            return None
+        if self.fit is None:
+            t = np.fromiter(self.t, float)
+            y = np.fromiter(self.y, float)
+            i, j = np.triu_indices(t.size, 1)
+            slopes = (y[j] - y[i]) / (t[j] - t[i])
+            lo, mid, hi = np.percentile(slopes, [10.0, 50.0, 90.0])
+            level = float(np.median(y - mid * t) + mid * t[-1])
+            self.fit = (float(lo), float(mid), float(hi), level)
+        return self.fit
+
+    def clear(self) -> None:
+        self.bucket, self.values, self.fit = None, [], None
+        self.t.clear()
+        self.y.clear()
+
+
+def project(fit: tuple[float, float, float, float] | None, boundary: float) -> Interval | None:
+    """Days until a rising level reaches `boundary`; None without a rising trend."""
+    if fit is None:
+        return None
+    lo, mid, hi, level = fit
+    if level >= boundary:
+        return Interval(0.0, 0.0, 0.0)
+    if mid <= 0.0:
+        return None
+    gap = boundary - level
+    days = gap / mid / _DAY_S
+    return Interval(days, gap / hi / _DAY_S, gap / lo / _DAY_S if lo > 0 else None)
+
+
+class SensorModel:
+    """The online model of one sensor (see the module docstring)."""
+
+    version = STATE_VERSION
+
+    def __init__(self, policy: OnlinePolicy, zone_c_mm_s: float, zone_d_mm_s: float) -> None:
+        self.policy = policy
+        self.zone_c = zone_c_mm_s
+        self.zone_d = zone_d_mm_s
+        self.reset()
+        self.counters: dict[str, int] = {
+            "windows": 0, "nan_features": 0, "seq_restart": 0, "clock_backwards": 0,
+            "unseen_band": 0, "no_speed": 0, "rebaselines": 0, "false_alarms_learned": 0,
+        }
+
+    def reset(self) -> None:
+        """Forget the baseline (maintenance done): learn again from the next window."""
+        d = len(FEATURES)
+        self.bands: dict[int, _Band] = {}
+        self.learned = 0
+        self.first_t_ns: int | None = None
+        self.ready = False
+        self.cal: list[float] = []
+        self.cal_sorted = np.zeros(0)
+        self.tail = (math.inf, 1.0)  # (q90, mean excess above it)
+        self.high: deque[bool] = deque(maxlen=self.policy.anomaly_n)
+        self.detectors = [drift.PageHinkley(min_instances=30, delta=0.25, threshold=25.0,
+                                            mode="both") for _ in _CHANGE_IDX]
+        self.vel_trend = _Trend(self.policy.trend_bucket_s, self.policy.trend_points)
+        self.line_trend = _Trend(self.policy.trend_bucket_s, self.policy.trend_points)
+        self.last_t_ns: int | None = None
+        self.last_seq: int | None = None
+        self.recent: deque[tuple[int, np.ndarray]] = deque(maxlen=self.policy.anomaly_n)
+        self._d = d
+
+    # --- features --------------------------------------------------------------------
+
+    def _band(self, shaft_hz: float) -> int:
+        return math.floor(math.log(shaft_hz) / math.log1p(self.policy.speed_band_pct / 100))
+
+    @staticmethod
+    def vector(obs: Observation) -> np.ndarray:
+        f = obs.features
+
+        def lg(name: str) -> float:
+            v = f.get(name, math.nan)
+            return math.log(v) if v > 0 else math.nan
+
+        return np.array([
+            lg("rms_g"), lg("velocity_rms_mm_s"), f.get("kurtosis", math.nan),
+            f.get("crest", math.nan), f.get("bpfo_snr_db", math.nan),
+            f.get("bpfi_snr_db", math.nan), f.get("bsf_snr_db", math.nan),
+            f.get("ftf_snr_db", math.nan), lg("hf_floor"), lg("x1_g"), lg("x2_g"), obs.temp_c,
+        ])
+
+    def _scoring_band(self, band: int) -> _Band | None:
+        """The band itself when it has learned enough, else a ready neighbour."""
+        need = self.policy.band_min_windows
+        for b in (band, band - 1, band + 1):
+            s = self.bands.get(b)
+            if s is not None and s.count() >= need:
+                return s
+        return None
+
+    # --- calibration -----------------------------------------------------------------
+
+    def _calibrate(self) -> None:
+        c = np.sort(np.asarray(self.cal, dtype=float))
+        self.cal_sorted = c
+        if c.size < 20:
+            self.tail = (math.inf, 1.0)
+            return
+        q90 = float(c[int(0.9 * (c.size - 1))])
+        excess = c[c > q90] - q90
+        self.tail = (q90, max(float(excess.mean()) if excess.size else 0.0, 0.05))
+
+    def score_of(self, stat: float) -> float:
+        """Calibrated score in [0, 1] of a statistic: 1 − P(healthy stat > it)."""
+        c = self.cal_sorted
+        if c.size == 0:
+            return 0.0
+        q90, beta = self.tail
+        if stat <= q90:
+            return float(np.searchsorted(c, stat, side="right")) / (c.size + 1)
+        return 1.0 - 0.1 * math.exp(-(stat - q90) / beta)
+
+    def threshold_stat(self) -> float:
+        """The statistic at the anomaly threshold (for tests and docs)."""
+        q90, beta = self.tail
+        return q90 + beta * math.log(0.1 / (1.0 - self.policy.anomaly_threshold))
+
+    # --- one window ------------------------------------------------------------------
+
+    def update(self, obs: Observation) -> OnlineResult:
+        p = self.policy
+        self.counters["windows"] += 1
+        events: list[dict[str, Any]] = []
+        # Sequence and clock: count and log oddities, never let them reach the maths.
+        clock_ok = True
+        if self.last_seq is not None and obs.seq < self.last_seq:
+            self.counters["seq_restart"] += 1
+            events.append({"event": "seq_restart", "detail": f"{self.last_seq}->{obs.seq}"})
+        self.last_seq = obs.seq
+        if self.last_t_ns is not None and obs.t_ns < self.last_t_ns:
+            self.counters["clock_backwards"] += 1
+            clock_ok = False
+            events.append({"event": "clock_backwards",
+                           "detail": f"{(self.last_t_ns - obs.t_ns) / 1e9:.3f}s"})
+        else:
+            self.last_t_ns = obs.t_ns
+        if self.first_t_ns is None:
+            self.first_t_ns = obs.t_ns
+
+        x = self.vector(obs)
+        state = "ready" if self.ready else "learning"
+        if not (math.isfinite(obs.shaft_hz) and obs.shaft_hz > 0):
+            self.counters["no_speed"] += 1
+            self.high.append(False)
+            return OnlineResult(state, None, False, events=events, skipped="no_speed")
+        # Temperature may be absent (no sensor); every other feature must be finite.
+        if not np.isfinite(x[:-1]).all():
+            self.counters["nan_features"] += 1
+            self.high.append(False)
+            events.append({"event": "nan_features", "detail": "non-finite features"})
+            return OnlineResult(state, None, False, events=events, skipped="nan_features")
+
+        band_id = self._band(obs.shaft_hz)
+        scorer = self._scoring_band(band_id)
+        stat = math.nan
+        z = None
+        if scorer is not None:
+            z = scorer.z(x)
+            zz = np.where(np.isfinite(z), z, 0.0)
+            stat = float(zz.max())
+
+        result = OnlineResult(state, None, False, events=events)
+        band = self.bands.get(band_id)
+        if not self.ready:
+            if (math.isfinite(stat) and scorer is not None
+                    and scorer.count() >= 2 * p.band_min_windows):
+                # Out-of-sample statistic of a healthy window: calibration material.
+                self.cal.append(stat)
+            if band is None:
+                band = self.bands[band_id] = _Band(self._d)
+            band.learn(x)
+            self.learned += 1
+            hours = (obs.t_ns - self.first_t_ns) / 3.6e12
+            if self.learned >= p.learn_windows and hours >= p.learn_hours and len(self.cal) >= 20:
+                self.ready = True
+                self.cal = self.cal[-_CAL_MAX:]
+                self._calibrate()
+                events.append({"event": "baseline_ready",
+                               "detail": f"windows={self.learned} bands={len(self.bands)}"})
+        else:
+            if band is None or band.count() < p.band_min_windows:
+                if band is None:
+                    band = self.bands[band_id] = _Band(self._d)
+                    self.counters["unseen_band"] += 1
+                    events.append({"event": "unseen_band",
+                                   "detail": f"shaft_hz={obs.shaft_hz:.3f}"})
+                if obs.physics == "normal" and scorer is None:
+                    band.learn(x)
+            if scorer is not None:
+                result.score = self.score_of(stat)
+        if scorer is None:
+            result.skipped = "band_learning"
+        high = result.score is not None and result.score >= p.anomaly_threshold
+        self.high.append(high)
+        result.anomaly = high and sum(self.high) >= p.anomaly_k
+        self.recent.append((band_id, x))
+
+        # Change detection on the z-scores of key features (baseline ready only).
+        if self.ready and z is not None:
+            for det, i in zip(self.detectors, _CHANGE_IDX, strict=True):
+                if not math.isfinite(z[i]):
+                    continue
+                det.update(float(min(max(z[i], -_CLIP_Z), _CLIP_Z)))
+                if det.drift_detected:
+                    events.append({"event": "change", "feature": FEATURES[i],
+                                   "detail": f"z={z[i]:.2f}", "value": float(z[i])})
+
+        # Trends (wall time of the window; a clock that went back is not a trend).
+        if clock_ok:
+            t_s = obs.t_ns / 1e9
+            self.vel_trend.add(t_s, obs.features.get("velocity_rms_mm_s", math.nan))
+            self.line_trend.add(t_s, obs.line_amp_g)
+        fit = self.vel_trend.slope(p.trend_min_points)
+        if fit is not None:
+            result.velocity_trend_mm_s_per_day = fit[1] * _DAY_S
+            result.days_to_zone_c = project(fit, self.zone_c)
+            result.days_to_zone_d = project(fit, self.zone_d)
+        lfit = self.line_trend.slope(p.trend_min_points)
+        if lfit is not None:
+            result.line_trend_g_per_day = lfit[1] * _DAY_S
+        return result
+
+    # --- operator actions ------------------------------------------------------------
+
+    def rebaseline(self) -> None:
+        self.reset()
+        self.counters["rebaselines"] += 1
+
+    def learn_recent_as_normal(self) -> int:
+        """False alarm: learn the recent windows into their bands and the calibration."""
+        n = 0
+        for band_id, x in self.recent:
+            scorer = self._scoring_band(band_id)
+            if scorer is not None and self.ready:
+                z = scorer.z(x)
+                self.cal.append(float(np.where(np.isfinite(z), z, 0.0).max()))
+            self.bands.setdefault(band_id, _Band(self._d)).learn(x)
+            n += 1
+        if self.ready:
+            self.cal = self.cal[-_CAL_MAX:]
+            self._calibrate()
+        self.high.clear()
+        self.counters["false_alarms_learned"] += 1
+        return n
+
+    def status(self) -> dict[str, Any]:
+        p = self.policy
+        progress = 1.0 if self.ready else min(1.0, self.learned / max(p.learn_windows, 1))
+        return {"state": "ready" if self.ready else "learning",
+                "learned_windows": self.learned, "progress": round(progress, 3),
+                "bands": len(self.bands), **self.counters}
