@@ -9,6 +9,7 @@ service de-duplicates, so a window redelivered by the broker does not count twic
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import defaultdict
@@ -19,8 +20,10 @@ from typing import Any
 import numpy as np
 
 from ballpass.config import AssetConfig, Config, SensorConfig
+from ballpass.models.speed import choose_shaft_hz, estimate_shaft_hz
 from ballpass.stream.alerts import AlertTracker, Transition, severity
 from ballpass.stream.diagnosis import Diagnosis, diagnose
+from ballpass.stream.dsp.spectrum import amplitude_spectrum
 from ballpass.stream.features import extract
 from ballpass.stream.online import OnlineModels
 from ballpass.stream.sinks.lineprotocol import Point
@@ -74,6 +77,27 @@ class Pipeline:
             sid: a.alert for sid, (_, a) in self.sensors.items() if a.alert is not None})
         self.online = OnlineModels(config, self.alerts, state_dir)
         self._last: dict[str, Result] = {}  # each sensor's latest diagnosed window
+        # Latest tachometer reading per asset: (shaft_hz, t_s) (models/speed.py precedence).
+        self.tacho: dict[str, tuple[float, float]] = {}
+        self._tacho_assets: dict[str, str] = {
+            a.tacho_sensor: a.id for a in config.assets if a.tacho_sensor
+        }
+
+    def update_tacho(self, sensor: str, payload: bytes | str) -> str | None:
+        """Record a tachometer message `{"t_ns", "shaft_hz"}` of `sensor`; returns the asset
+        it updated, or None (unknown sensor). Raises ValueError on a malformed payload."""
+        asset = self._tacho_assets.get(sensor)
+        if asset is None:
+            return None
+        try:
+            msg = json.loads(payload)
+            hz, t_ns = float(msg["shaft_hz"]), float(msg["t_ns"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"tacho {sensor}: expected JSON {{t_ns, shaft_hz}}: {e}") from e
+        if not (math.isfinite(hz) and hz > 0 and math.isfinite(t_ns)):
+            raise ValueError(f"tacho {sensor}: shaft_hz must be > 0 and t_ns finite")
+        self.tacho[asset] = (hz, t_ns / 1e9)
+        return asset
 
     def warm_up(self) -> None:
         """Load (or compile, on a first run) the Numba kernels before windows arrive."""
@@ -107,13 +131,20 @@ class Pipeline:
             if w.kind != Kind.ACCELERATION:
                 results.append(Result(item, asset.id))
                 continue
-            shaft = w.shaft_hz if math.isfinite(w.shaft_hz) and w.shaft_hz > 0 else (
-                asset.shaft_hz or math.nan)
+            # Speed precedence: window, tachometer, config, estimate (docs/diagnosis.md).
+            shaft, _source = choose_shaft_hz(w.shaft_hz, self.tacho.get(asset.id),
+                                             asset.shaft_hz, w.t0_ns / 1e9)
             if not math.isfinite(shaft):
-                diag = Diagnosis("insufficient_data", 0.0, (), "shaft speed unknown: set "
-                                 "asset.shaft_hz or send it with the window", "")
-                results.append(Result(item, asset.id, diag))
-                continue
+                est = estimate_shaft_hz(
+                    amplitude_spectrum(np.ascontiguousarray(w.samples[:1], dtype=np.float64)),
+                    w.fs_hz / w.n_samples)
+                if not est.reliable:
+                    diag = Diagnosis("insufficient_data", 0.0, (), "shaft speed unknown (set "
+                                     "asset.shaft_hz, a tacho_sensor or send it with the "
+                                     f"window): {est.reason}", "")
+                    results.append(Result(item, asset.id, diag))
+                    continue
+                shaft = est.shaft_hz
             groups[(w.fs_hz, w.n_samples)].append((item, shaft))
 
         for (fs_hz, _n), members in groups.items():

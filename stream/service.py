@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 STATUS_SUBSCRIPTION = f"{topics.PREFIX}/+/+/status"
 COMMAND_SUBSCRIPTION = f"{topics.PREFIX}/+/command"  # operator actions (docs/topics.md)
+TACHO_SUBSCRIPTION = f"{topics.PREFIX}/+/+/+/tacho"  # shaft speed {"t_ns", "shaft_hz"}
 GATEWAY_COUNTERS = ("captured", "queued", "published", "dropped", "replayed")
 
 
@@ -174,6 +175,7 @@ class StreamService:
                     await client.subscribe(topics.WINDOW_SUBSCRIPTION, qos=1)
                     await client.subscribe(STATUS_SUBSCRIPTION, qos=1)
                     await client.subscribe(COMMAND_SUBSCRIPTION, qos=1)
+                    await client.subscribe(TACHO_SUBSCRIPTION, qos=1)
                     self.connected = True
                     log.info(kv("broker_connected", host=b.host, port=b.port,
                                 generation=self._generation))
@@ -243,6 +245,13 @@ class StreamService:
             parts = topic.split("/")
             if len(parts) == 4 and parts[3] == "command":
                 commands.append(message)  # acknowledged once its action is written
+                continue
+            if len(parts) == 6 and parts[5] == "tacho":
+                try:
+                    self.pipeline.update_tacho(parts[4], message.payload)
+                except ValueError as e:
+                    self._reject("tacho", topic, str(e))
+                self._ack(client, generation, message)
                 continue
             if len(parts) == 5 and parts[4] == "status":
                 point = self._gateway_status(parts[2], parts[3], message.payload)
