@@ -87,7 +87,6 @@ class StreamService:
         self.web: EvidenceServer | None = None
         if self.http:
             self.evidence = EvidenceState(config)
-            self.evidence.gateways = self.gateways
         self.counters = StreamCounters()
         self.connected = False
         self.sensors: dict[str, dict[str, Any]] = {}
@@ -459,6 +458,7 @@ class StreamService:
     async def _start_web(self) -> None:
         if self.evidence is None or not self.http:
             return
+        self.evidence.gateways = self.gateways  # shown live, by reference
         host, _, port = self.http.rpartition(":")
         s = self.config.stream
         token = s.http_token_file.read_text(encoding="utf-8").strip() \
