@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import threading
@@ -69,12 +70,35 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate_fleet(args: argparse.Namespace) -> int:
+    import time
+
     from ballpass.gateway.service import run
+    from ballpass.simulators import fleet
     config = _load_config(args.config)
     ids = args.gateways.split(",") if args.gateways else [g.id for g in config.gateways]
     for gateway_id in ids:
         config.gateway(gateway_id)  # unknown ids fail here, before anything starts
+    # Scenario and simulated sensors are checked before anything starts (exit 2 naming
+    # the item: unknown asset, fault line above Nyquist, negative severity).
+    t_start_ns = time.time_ns()
+    if args.scenario is not None:
+        scenario = fleet.load_scenario(args.scenario)
+        if args.seed is not None:
+            scenario = dataclasses.replace(scenario, seed=args.seed)
+        scale = args.time_scale if args.time_scale is not None else scenario.time_scale
+        config, faults = fleet.apply(config, scenario, t_start_ns, scale)
+        if args.truth is not None:
+            paths = fleet.write_truth(
+                args.truth, fleet.truth(config, scenario, faults, t_start_ns, scale),
+                fleet.truth_rows(faults, scenario.horizon_h))
+            print(f"ground truth: {paths[0]} {paths[1]}")
+    else:
+        fleet.check_sensors(config)
     stop = _stop_on_signals()
+    if args.duration is not None:
+        timer = threading.Timer(args.duration, stop.set)
+        timer.daemon = True
+        timer.start()
     threads = [threading.Thread(target=run, args=(config, g, stop), name=f"gateway-{g}")
                for g in ids]
     for t in threads:
@@ -82,6 +106,21 @@ def cmd_simulate_fleet(args: argparse.Namespace) -> int:
     while any(t.is_alive() for t in threads):
         for t in threads:
             t.join(timeout=0.5)
+    return 0
+
+
+def cmd_simulate_site(args: argparse.Namespace) -> int:
+    from ballpass.simulators.fleet import site_toml
+    try:
+        text = site_toml(args.reactors, seed=args.seed, reactors_per_gateway=args.per_gateway,
+                         interval_s=args.interval, broker_port=args.broker_port,
+                         influx_url=args.influx_url)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -178,7 +217,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "through the real gateway code (outbox, MQTT publisher).")
     _config_arg(q)
     q.add_argument("--gateways", help="comma-separated gateway ids (default: all)")
+    q.add_argument("--scenario", metavar="FILE", help="scenario TOML, or the name of one "
+                   "in simulators/scenarios/ (week, quick, healthy); see docs/simulator.md")
+    q.add_argument("--time-scale", type=float, metavar="X",
+                   help="simulated seconds per wall second (default: the scenario's)")
+    q.add_argument("--seed", type=int, help="override the scenario's seed")
+    q.add_argument("--truth", type=Path, metavar="FILE.json",
+                   help="write the ground-truth timeline (JSON, and CSV beside it)")
+    q.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     q.set_defaults(func=cmd_simulate_fleet)
+    q = ssub.add_parser("site", help="write a site config of simulated reactors",
+                        description="Write a site TOML of N reactors (agitator motor, "
+                        "gearbox, pump; bearings from the catalog) with simulated sensors "
+                        "and gateways, for `ballpass simulate fleet`.")
+    q.add_argument("--reactors", type=int, default=50)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--per-gateway", type=int, default=5, help="reactors per gateway")
+    q.add_argument("--interval", type=float, default=10.0, help="seconds between bursts")
+    q.add_argument("--broker-port", type=int, default=1883)
+    q.add_argument("--influx-url", default="http://127.0.0.1:8086")
+    q.add_argument("--out", type=Path, required=True, metavar="SITE.toml")
+    q.set_defaults(func=cmd_simulate_site)
     q = ssub.add_parser("record", help="write one simulated recording (.npz)",
                         description="Write one recording: array `signal` (acceleration, g) "
                         "and its metadata, for users who want test data.")
