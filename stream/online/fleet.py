@@ -1,0 +1,275 @@
+"""`ballpass evaluate-fleet`: the online layer and the physics on simulated run-to-failure
+trajectories, offline (no MQTT, no database).
+
+Each seed gives one machine per class: outer race, inner race, ball, lubrication and
+imbalance degradations (`ballpass.simulators.degradation.random_trajectory`, onset moved
+past a warm-up so that the baseline learns a healthy machine), and one healthy machine.
+Every machine runs a reactor's batch cycle (speed 0.6/1.0/0.8 of nominal, load
+0.4/1.0/0.6, `random_profile`), so speed and load change all the time. Windows are
+synthesized every `cadence_s` of simulated time and driven through the real `Pipeline`
+(features, physics, online layer, alert state machine) with simulated timestamps, so
+weeks of operation run in minutes.
+
+Figures (docs/online-models.md): stage at the first alarm, lead time from the first
+alarm to failure, false alarms per 100 sensor-days (every firing while a machine is
+healthy), and the error of `days_to_zone_d` at the first alarm against the true
+remaining time (the first hour whose median velocity reaches ISO zone D, else failure).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import numpy as np
+
+from ballpass.config import Config, parse
+from ballpass.models import iso20816
+from ballpass.models.catalog import lookup as lookup_bearing
+from ballpass.simulators import degradation as deg
+from ballpass.simulators.signals import synthesize, temperature
+from ballpass.stream.pipeline import Incoming, Pipeline
+from ballpass.wire import Kind, Window
+
+CLASSES = ("outer_race", "inner_race", "ball", "lubrication", "imbalance", "healthy")
+BEARING = "SKF 6205"
+SHAFT_HZ = 25.0
+FS_HZ = 12000.0
+N_SAMPLES = 4096
+EPOCH_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z: simulated time starts here
+DAY_S = 86400.0
+_SYNTH_LOAD = "load" in inspect.signature(synthesize).parameters
+
+
+@dataclass
+class FleetSpec:
+    """What to simulate. Times in days, cadence in s."""
+
+    seeds: int = 20
+    warmup_days: float = 5.0
+    horizon_days: float = 30.0
+    cadence_s: float = 3600.0
+    learn_hours: float = 24.0
+    learn_windows: int = 100
+    band_min_windows: int = 15
+    first_seed: int = 0
+
+
+@dataclass
+class Machine:
+    sensor: str
+    cls: str
+    trajectory: deg.Trajectory | None
+    profile: deg.OperatingProfile
+    rng: np.random.Generator
+    end_s: float
+    seq: int = 0
+    first_alarm_s: float | None = None
+    first_alarm_stage: str = "none"
+    days_to_zone_d_at_alarm: float | None = None
+    false_alarms: int = 0
+    healthy_s: float = 0.0
+    zone_d_s: float | None = None  # first hour whose median velocity is in zone D
+    hour: int = -1
+    hour_vel: list[float] = field(default_factory=list)
+
+    def stage(self, t_s: float) -> tuple[str, float]:
+        if self.trajectory is None:
+            return "healthy", 0.0
+        p = self.trajectory.at(t_s)
+        return p.stage, p.severity
+
+
+def _machines(spec: FleetSpec) -> list[Machine]:
+    warm = spec.warmup_days * DAY_S
+    horizon = spec.horizon_days * DAY_S
+    out = []
+    for seed in range(spec.first_seed, spec.first_seed + spec.seeds):
+        for cls in CLASSES:
+            sid = f"{cls.replace('_', '')}-{seed:03d}"
+            profile = deg.random_profile(deg.seed_for(seed, cls, "profile"))
+            rng = np.random.default_rng(deg.seed_for(seed, cls, "signal"))
+            if cls == "healthy":
+                out.append(Machine(sid, cls, None, profile, rng, warm + horizon))
+                continue
+            t = deg.random_trajectory(deg.seed_for(seed, cls), horizon, condition=cls)
+            # The warm-up comes first: the baseline learns a healthy machine.
+            t = deg.Trajectory(t.condition, warm + t.onset_s, t.incipient_s, t.developed_s,
+                               t.severe_s, t.max_severity)
+            out.append(Machine(sid, cls, t, profile, rng, t.failure_s))
+    return out
+
+
+def _config(machines: list[Machine], spec: FleetSpec) -> Config:
+    online = {"learn_hours": spec.learn_hours, "learn_windows": spec.learn_windows,
+              "band_min_windows": spec.band_min_windows}
+    assets = [{"id": m.sensor, "kind": "agitator", "bearing": BEARING, "shaft_hz": SHAFT_HZ,
+               "online": online} for m in machines]
+    sensors = []
+    for m in machines:
+        sensors.append({"id": m.sensor, "driver": "simulated", "asset": m.sensor,
+                        "fs_hz": FS_HZ, "window_samples": N_SAMPLES,
+                        "interval_s": spec.cadence_s})
+        sensors.append({"id": f"{m.sensor}-t", "driver": "simulated", "asset": m.sensor,
+                        "fs_hz": 1.0, "window_samples": 16, "interval_s": spec.cadence_s,
+                        "kind": "temperature"})
+    return parse({"site": {"id": "fleet"}, "asset": assets,
+                  "gateway": [{"id": "fleet", "sensor": sensors}]})
+
+
+def run(spec: FleetSpec, progress: TextIO | None = sys.stderr) -> dict[str, Any]:
+    """Simulate the fleet and return the figures (see `ballpass evaluate-fleet --json`)."""
+    started = time.monotonic()
+    machines = _machines(spec)
+    config = _config(machines, spec)
+    pipeline = Pipeline(config)
+    orders = lookup_bearing(BEARING).orders()
+    _, _, zone_d = iso20816.boundaries(2, "rigid")
+    end = max(m.end_s for m in machines)
+    steps = math.ceil(end / spec.cadence_s)
+    windows = 0
+    for step in range(steps):
+        t = step * spec.cadence_s
+        batch: list[Incoming] = []
+        live: dict[str, tuple[Machine, str]] = {}
+        for m in machines:
+            if t >= m.end_s:
+                continue
+            stage, sev = m.stage(t)
+            if stage == "healthy":
+                m.healthy_s += spec.cadence_s
+            _, speed, load = m.profile.at(t)
+            shaft = SHAFT_HZ * speed * (1.0 + 0.003 * m.rng.standard_normal())
+            cond = m.cls if m.trajectory is not None else "normal"
+            extra: dict[str, Any] = {}
+            if _SYNTH_LOAD:
+                extra = {"load": load, "hf_extra": deg.wear_floor(cond, sev)}
+            x = synthesize(cond, orders, shaft, FS_HZ, N_SAMPLES, severity=sev, rng=m.rng,
+                           t0_s=t, **extra)
+            t_ns = EPOCH_NS + int(t * 1e9)
+            m.seq += 1
+            batch.append(Incoming("fleet", "fleet", m.sensor, Window(
+                m.seq, t_ns, FS_HZ, x[None, :], Kind.ACCELERATION, shaft)))
+            celsius = temperature(cond, 16, severity=sev, rng=m.rng)
+            batch.append(Incoming("fleet", "fleet", f"{m.sensor}-t", Window(
+                m.seq, t_ns, 1.0, celsius[None, :], Kind.TEMPERATURE)))
+            live[m.sensor] = (m, stage)
+        if not batch:
+            break
+        out = pipeline.process(batch)
+        windows += len(live)
+        firing = {a["sensor"]: a for a in out.alerts if a["status"] == "firing"}
+        for r in out.results:
+            if r.incoming.sensor not in live or r.diagnosis is None:
+                continue
+            m, stage = live[r.incoming.sensor]
+            _zone_d_truth(m, t, r.features.get("velocity_rms_mm_s", math.nan), zone_d)
+            if r.incoming.sensor not in firing:
+                continue
+            if stage == "healthy":
+                m.false_alarms += 1
+            elif m.first_alarm_s is None:
+                m.first_alarm_s = t
+                m.first_alarm_stage = stage
+                p = r.online.get("days_to_zone_d")
+                m.days_to_zone_d_at_alarm = p["days"] if p else None
+        if progress is not None and (step % 20 == 0 or step == steps - 1):
+            _bar(progress, step + 1, steps, t / DAY_S, windows, time.monotonic() - started)
+    if progress is not None:
+        progress.write("\n")
+    return _figures(machines, spec, windows, time.monotonic() - started)
+
+
+def _zone_d_truth(m: Machine, t: float, vel: float, zone_d: float) -> None:
+    hour = int(t // 3600)
+    if hour != m.hour:
+        if m.hour_vel and m.zone_d_s is None and m.trajectory is not None \
+                and float(np.median(m.hour_vel)) >= zone_d:
+            m.zone_d_s = m.hour * 3600.0
+        m.hour, m.hour_vel = hour, []
+    if math.isfinite(vel):
+        m.hour_vel.append(vel)
+
+
+def _bar(out: TextIO, done: int, total: int, day: float, windows: int, elapsed: float) -> None:
+    width = 30
+    filled = int(width * done / total)
+    out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {100 * done / total:5.1f}% "
+              f"day {day:6.1f}  windows {windows:7d}  {elapsed:6.0f} s")
+    out.flush()
+
+
+def _summary(ms: list[Machine]) -> dict[str, Any]:
+    sensor_days = sum(m.healthy_s for m in ms) / DAY_S
+    false_alarms = sum(m.false_alarms for m in ms)
+    faulty = [m for m in ms if m.trajectory is not None]
+    stages: dict[str, int] = defaultdict(int)
+    leads, errors = [], []
+    missing_estimates = 0
+    for m in faulty:
+        stages[m.first_alarm_stage] += 1
+        if m.first_alarm_s is None:
+            continue
+        assert m.trajectory is not None
+        leads.append((m.trajectory.failure_s - m.first_alarm_s) / DAY_S)
+        truth_s = (m.zone_d_s if m.zone_d_s is not None else m.trajectory.failure_s)
+        true_days = (truth_s - m.first_alarm_s) / DAY_S
+        if m.days_to_zone_d_at_alarm is None:
+            missing_estimates += 1
+        elif true_days > 0:
+            errors.append(abs(m.days_to_zone_d_at_alarm - true_days) / true_days)
+    n = len(faulty)
+    after = sum(1 for m in faulty if m.first_alarm_stage in ("severe", "none"))
+    return {
+        "machines": len(ms),
+        "healthy_sensor_days": round(sensor_days, 2),
+        "false_alarms": false_alarms,
+        "false_alarms_per_100_sensor_days": round(100.0 * false_alarms / sensor_days, 3)
+        if sensor_days else None,
+        "trajectories": n,
+        "alarmed_after_developed": after,
+        "fraction_alarmed_in_incipient": round(stages["incipient"] / n, 3) if n else None,
+        "first_alarm_stage": dict(stages),
+        "lead_time_days_median": round(float(np.median(leads)), 2) if leads else None,
+        "days_to_zone_d_median_abs_rel_error": round(float(np.median(errors)), 3)
+        if errors else None,
+        "days_to_zone_d_estimates": len(errors),
+        "days_to_zone_d_missing_at_alarm": missing_estimates,
+    }
+
+
+def _figures(machines: list[Machine], spec: FleetSpec, windows: int,
+             seconds: float) -> dict[str, Any]:
+    out = _summary(machines)
+    out["classes"] = {c: _summary([m for m in machines if m.cls == c]) for c in CLASSES}
+    for c in CLASSES:
+        for k in ("machines", "classes"):
+            out["classes"][c].pop(k, None)
+    out["spec"] = {**spec.__dict__, "bearing": BEARING, "shaft_hz": SHAFT_HZ, "fs_hz": FS_HZ,
+                   "window_samples": N_SAMPLES}
+    out["windows"] = windows
+    out["seconds"] = round(seconds, 1)
+    return out
+
+
+def table(figures: dict[str, Any]) -> str:
+    """The figures as a Markdown table (EVALUATION.md)."""
+    rows = ["| class | trajectories | first alarm: incipient / developed / severe / none | "
+            "lead time (median, days) | false alarms /100 sensor-days | "
+            "days_to_zone_d error (median) |", "|---|---|---|---|---|---|"]
+    for name, f in [*figures["classes"].items(), ("all", figures)]:
+        s = f["first_alarm_stage"]
+        stages = " / ".join(str(s.get(k, 0)) for k in ("incipient", "developed", "severe",
+                                                         "none"))
+        lead = f["lead_time_days_median"]
+        err = f["days_to_zone_d_median_abs_rel_error"]
+        err_text = "-" if err is None else f"{err:.0%} (n={f['days_to_zone_d_estimates']})"
+        rows.append(f"| {name} | {f['trajectories']} | {stages if f['trajectories'] else '-'} "
+                    f"| {'-' if lead is None else lead} "
+                    f"| {f['false_alarms_per_100_sensor_days']} | {err_text} |")
+    return "\n".join(rows)
