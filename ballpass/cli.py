@@ -155,6 +155,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return evaluate(args.spec, args.json)
 
 
+def cmd_evaluate_fleet(args: argparse.Namespace) -> int:
+    import json
+
+    from ballpass.stream.online.fleet import FleetSpec, run, table
+    spec = FleetSpec(seeds=args.seeds, horizon_days=args.horizon_days,
+                     cadence_s=args.cadence_s)
+    figures = run(spec, progress=None if args.quiet else sys.stderr)
+    print(table(figures))
+    print(json.dumps({k: v for k, v in figures.items() if k not in ("classes", "spec")}))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def cmd_sensor(args: argparse.Namespace) -> int:
+    from ballpass import operator
+    config = _load_config(args.config)
+    if args.sensor not in config.sensor_index():
+        print(f"error: sensor {args.sensor!r} is not in the site config", file=sys.stderr)
+        return EXIT_CONFIG
+    payload = operator.command(operator.ACTIONS[args.action], args.sensor, args.by, args.note)
+    try:
+        operator.publish(config, payload)
+    except (OSError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"sent {payload['action']} for {args.sensor} to {operator.command_topic(config.site.id)}")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     sensors = sum(len(g.sensors) for g in config.gateways)
@@ -270,6 +300,35 @@ def build_parser() -> argparse.ArgumentParser:
                    "key or column, fs_hz, shaft_hz, label, bearing or [recording.geometry]")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the results to OUT")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("evaluate-fleet", help="online models and physics on simulated "
+                       "run-to-failure trajectories",
+                       description="Simulate a fleet offline (no MQTT, no database): per seed "
+                       "one outer race, inner race, ball, lubrication and imbalance degradation "
+                       "and one healthy machine, all with changing speed and load; drive the "
+                       "stream pipeline with simulated time and report the stage at first alarm, "
+                       "lead time, false alarms per 100 sensor-days and the days_to_zone_d error "
+                       "(docs/online-models.md).")
+    p.add_argument("--seeds", type=int, default=20, help="machines per class (default 20)")
+    p.add_argument("--horizon-days", type=float, default=30.0,
+                   help="simulated life after the warm-up, days (default 30)")
+    p.add_argument("--cadence-s", type=float, default=3600.0,
+                   help="simulated seconds between windows (default 3600)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the figures to OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate_fleet)
+
+    p = sub.add_parser("sensor", help="operator actions on a sensor (sent to the stream)",
+                       description="Publish an operator action to bp/v1/{site}/command; the "
+                       "stream applies it and logs it to InfluxDB (measurement actions). "
+                       "rebaseline: maintenance done, learn the normal again; ack: acknowledge "
+                       "the current alarm; false-alarm: the recent windows are normal.")
+    p.add_argument("action", choices=["rebaseline", "ack", "false-alarm"])
+    p.add_argument("sensor", metavar="ID", help="sensor id")
+    _config_arg(p)
+    p.add_argument("--by", help="who acts (default: the login name)")
+    p.add_argument("--note", default="", help="free text kept with the action")
+    p.set_defaults(func=cmd_sensor)
 
     p = sub.add_parser("check-config", help="validate a site config and exit (2 on errors)",
                        description="Load and validate a site config; print every error with "
