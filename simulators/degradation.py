@@ -148,16 +148,16 @@ def random_trajectory(seed: int, horizon_s: float, *, condition: str | None = No
 
     Onset between 10 % and 50 % of the horizon; the rest of the life is split between
     the stages in random proportions around 40/40/20 %, with ±20 % spread on its length,
-    so some machines fail just before the horizon and some just after. `condition` fixes
+    so machines fail between 80 % and 120 % of the horizon. `condition` fixes
     the fault; otherwise it is drawn from `conditions`.
     """
     if not (math.isfinite(horizon_s) and horizon_s > 0):
         raise ValueError(f"horizon_s: must be a finite number > 0, got {horizon_s!r}")
     rng = np.random.default_rng([seed, 0x7A1])
     cond = condition if condition is not None else str(rng.choice(conditions))
-    onset = horizon_s * rng.uniform(0.1, 0.5)
-    life = (horizon_s - onset) * rng.uniform(0.8, 1.2)
-    shares = rng.dirichlet([8.0, 8.0, 4.0])
+    onset = float(horizon_s * rng.uniform(0.1, 0.5))
+    life = float((horizon_s - onset) * rng.uniform(0.8, 1.2))
+    shares = [float(s) for s in rng.dirichlet([8.0, 8.0, 4.0])]
     return Trajectory(cond, onset, life * shares[0], life * shares[1], life * shares[2],
                       max_severity=float(rng.uniform(2.0, 3.0)))
 
