@@ -22,7 +22,8 @@ from ballpass.log import kv
 
 log = logging.getLogger(__name__)
 
-PARTS = ("ballpass.stream.bench", "ballpass.simulators.bench", "ballpass.gateway.bench")
+PARTS = ("ballpass.stream.bench", "ballpass.simulators.bench", "ballpass.gateway.bench",
+         "ballpass.stream.online.bench")
 
 
 def machine() -> dict[str, Any]:
