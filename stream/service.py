@@ -107,6 +107,7 @@ class StreamService:
             # connections come up; the first batch waits for them.
             self._kernels = asyncio.create_task(self._warm_up(), name="warm-up")
             await self._ensure_database(stop)
+            await self._write_iso_boundaries()
             await self._mqtt_loop(stop)
         finally:
             if self.web is not None:
@@ -452,6 +453,21 @@ class StreamService:
             self.webhooks.submit(alert)
         if self.evidence is not None:
             self.evidence.observe(output)
+
+    async def _write_iso_boundaries(self) -> None:
+        """One `iso20816` point per asset: its zone boundaries, for dashboards' thresholds."""
+        from ballpass.models.iso20816 import boundaries
+        now = time.time_ns()
+        points = []
+        for a in self.config.assets:
+            ab, bc, cd = boundaries(a.iso_group, a.iso_foundation)
+            points.append(Point("iso20816", {"site": self.config.site.id, "asset": a.id},
+                                {"group": a.iso_group, "foundation": a.iso_foundation,
+                                 "ab_mm_s": ab, "bc_mm_s": bc, "cd_mm_s": cd}, now))
+        try:
+            await asyncio.to_thread(self.writer.write, points)
+        except (InfluxWriteError, OSError) as e:
+            log.warning(kv("iso_boundaries_not_written", reason=e))
 
     # --- evidence page and operator actions ------------------------------------------
 
