@@ -20,16 +20,24 @@ deleted), the new seqs still start above every seq issued before, so a consumer'
 
 Counters (`captured`, `published`, `dropped`, `replayed`) live in the file and are
 updated in the same transaction as the rows they count, so they survive restarts and
-agree with the rows; `queued` is the current row count.
+agree with the rows; `queued` is the current row count. A window that could not be
+stored at all (disk full: SQLite's "database or disk is full") is counted with
+`note_lost` in memory and included in `dropped` for the life of the process (the file
+cannot record it: it is full).
+
+Clock jumps: rows carry the wall-clock time of `put` for the age bound. When the wall
+clock jumps (NTP setting a board without an RTC), `rebase_created` shifts the queued
+rows' times by the jump, so a forward jump does not make the whole outbox look expired.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,12 +114,23 @@ class Outbox:
                     "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,))
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
         self._rows, self._bytes = int(row[0]), int(row[1])
+        self._lost = 0
         self._closed = False
 
     # --- transactions ------------------------------------------------------------------
 
     def _tx(self) -> _Tx:
         return _Tx(self._db)
+
+    @contextlib.contextmanager
+    def _undo_on_error(self) -> Iterator[None]:
+        """Restore the in-memory row/byte counts when the transaction fails (rolled back)."""
+        saved = (self._rows, self._bytes, set(self._inflight))
+        try:
+            yield
+        except BaseException:
+            self._rows, self._bytes, self._inflight = saved
+            raise
 
     def _bump(self, name: str, n: int) -> None:
         if n:
@@ -143,7 +162,7 @@ class Outbox:
         payload = bytes(payload)
         size = len(payload)
         now = time.time_ns() if created_ns is None else int(created_ns)
-        with self._lock, self._tx():
+        with self._lock, self._undo_on_error(), self._tx():
             by_age = self._drop_older_than(now - int(self.max_age_s * 1e9))
             by_size = self._drop_for_room(size)
             self._db.execute(
@@ -161,7 +180,7 @@ class Outbox:
 
     def expire(self) -> int:
         """Drop rows older than `max_age_s` now (also done on every `put`); returns count."""
-        with self._lock, self._tx():
+        with self._lock, self._undo_on_error(), self._tx():
             n = self._drop_older_than(time.time_ns() - int(self.max_age_s * 1e9))
             self._bump("dropped", n)
         if n:
@@ -224,7 +243,7 @@ class Outbox:
         replayed_set = set(replayed)
         if not ids:
             return 0
-        with self._lock, self._tx():
+        with self._lock, self._undo_on_error(), self._tx():
             done = 0
             done_replayed = 0
             for rid in ids:
@@ -240,11 +259,29 @@ class Outbox:
             self._bump("replayed", done_replayed)
             return done
 
+    def note_lost(self, sensor: str, reason: str) -> int:
+        """Count one window that could not be stored (in `dropped`); returns the total."""
+        with self._lock:
+            self._lost += 1
+            return self._lost
+
+    def rebase_created(self, delta_ns: int) -> int:
+        """Shift every queued row's `created_ns` by `delta_ns` (a wall-clock jump).
+
+        Returns the number of rows shifted.
+        """
+        with self._lock, self._tx():
+            cur = self._db.execute("UPDATE messages SET created_ns = created_ns + ?",
+                                   (int(delta_ns),))
+            return int(cur.rowcount)
+
     def counters(self) -> dict[str, int]:
-        """captured, queued, published, dropped, replayed (persisted across restarts)."""
+        """captured, queued, published, dropped, replayed (persisted across restarts;
+        `dropped` also counts windows lost to a full disk in this process)."""
         with self._lock:
             stored = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
             out = {name: int(stored.get(name, 0)) for name in _STORED}
+            out["dropped"] += self._lost
             out["queued"] = self._rows
             return {name: out[name] for name in COUNTERS}
 
@@ -292,4 +329,17 @@ class _Tx:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        if exc_type is not None:
+            # SQLite rolls back by itself on some errors (SQLITE_FULL): then a ROLLBACK
+            # would fail and hide the real error.
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error:
+            # A failed COMMIT (disk full) may leave the transaction open: end it, so the
+            # next BEGIN works, and report the failure to the caller.
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise

@@ -28,17 +28,27 @@ Status. A retained birth status (state online) is published on every CONNACK, th
 `status_interval_s`; the last will is a retained ``{"state": "offline", ...}``. `stop`
 drains the outbox for up to `drain_timeout_s`, publishes a final retained status with
 state offline and the final counters, waits for its PUBACK, then disconnects cleanly (a
-clean DISCONNECT suppresses the will).
+clean DISCONNECT suppresses the will). `request_status` publishes one at the next turn.
+
+Remote config. On every CONNACK the publisher subscribes (QoS 1) to its retained config
+topic ``bp/v1/{site}/{gateway}/config``; each message is handed to `on_config` (bytes),
+on the network thread. `set_flush_rate` changes the flush rate while running.
+
+Outbox errors (a full disk makes even a DELETE fail) are logged as
+``event=outbox_ack_failed`` and retried after a pause; they never stop the thread.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
+import sqlite3
 import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -85,7 +95,8 @@ class Publisher:
     def __init__(self, broker: BrokerConfig, site: str, gateway: str, outbox: Outbox,
                  status: Status, *, username: str | None = None,
                  password: str | None = None,
-                 settings: PublisherSettings | None = None) -> None:
+                 settings: PublisherSettings | None = None,
+                 on_config: Callable[[bytes], None] | None = None) -> None:
         self.broker = broker
         self.site = site
         self.gateway = gateway
@@ -93,6 +104,9 @@ class Publisher:
         self.status = status
         self.settings = settings or PublisherSettings()
         self.status_topic = topics.status(site, gateway)
+        self.config_topic = topics.config(site, gateway)
+        self.on_config = on_config
+        self._status_requested = False
 
         self._stop = threading.Event()
         self._drain_until: float | None = None
@@ -127,6 +141,7 @@ class Publisher:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
+        c.on_message = self._on_message
         self._client = c
 
     # --- public ------------------------------------------------------------------------
@@ -138,6 +153,16 @@ class Publisher:
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
+
+    def set_flush_rate(self, per_s: float) -> None:
+        """Change the flush rate (messages per second) while running."""
+        if not per_s > 0:
+            raise ValueError(f"flush_rate_per_s: must be > 0, got {per_s!r}")
+        self.settings = dataclasses.replace(self.settings, flush_rate_per_s=float(per_s))
+
+    def request_status(self) -> None:
+        """Publish a status message at the next turn of the network thread."""
+        self._status_requested = True
 
     def start(self) -> None:
         """Start the network thread (returns at once; connecting happens in the thread)."""
@@ -177,6 +202,18 @@ class Publisher:
                  self.broker.host, self.broker.port, client_id(self.site, self.gateway),
                  flags.session_present)
         self._publish_status(ONLINE)
+        if self.on_config is not None:
+            client.subscribe(self.config_topic, qos=1)
+
+    def _on_message(self, client: mqtt.Client, userdata: object,
+                    msg: mqtt.MQTTMessage) -> None:
+        if msg.topic != self.config_topic or self.on_config is None:
+            return
+        try:
+            self.on_config(bytes(msg.payload))
+        except Exception:  # a bug in config handling must not kill the network thread
+            log.exception("event=config_handler_failed gateway=%s", self.gateway)
+        self._status_requested = True
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object,
                        flags: mqtt.DisconnectFlags, reason: ReasonCode,
@@ -231,7 +268,9 @@ class Publisher:
                 if self._connected.is_set():
                     self._flush()
                     now = time.monotonic()
-                    if now - self._last_status >= self.settings.status_interval_s:
+                    if self._status_requested or \
+                            now - self._last_status >= self.settings.status_interval_s:
+                        self._status_requested = False
                         self._publish_status(ONLINE)
             self._shutdown()
         except Exception:
@@ -282,9 +321,18 @@ class Publisher:
 
     def _settle(self) -> None:
         """Apply PUBACKs to the outbox (one transaction per loop turn)."""
-        if self._acked:
+        if self._acked and time.monotonic() >= self._pause_until:
             acked, self._acked = self._acked, []
-            self.outbox.ack([i for i, _ in acked], replayed=[i for i, h in acked if h])
+            try:
+                self.outbox.ack([i for i, _ in acked], replayed=[i for i, h in acked if h])
+            except sqlite3.Error as e:
+                # Disk full: even a DELETE needs room in the WAL. Keep the acks and retry;
+                # the windows stay in flight, so they are not sent twice meanwhile.
+                self._acked = acked + self._acked
+                self._pause_until = time.monotonic() + 1.0
+                self.status.problem("outbox", f"cannot update the outbox: {e}")
+                log.error("event=outbox_ack_failed gateway=%s pending=%d error=%r",
+                          self.gateway, len(self._acked), str(e))
         if self._rejected:
             rejected, self._rejected = self._rejected, []
             self.outbox.release(rejected)

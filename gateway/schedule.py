@@ -8,12 +8,22 @@ A driver fault (`SensorFault` or any other exception from open/read, or samples 
 not finite) marks the sensor ``fault`` with a reason on the status topic, logs
 ``event=sensor_fault``, closes the driver and re-opens it with capped exponential
 backoff; the other sensors' threads are not affected.
+
+A window that cannot be stored (the outbox's disk is full, or another SQLite error) is
+NOT a sensor fault: it is counted as dropped (`Outbox.note_lost`), logged as
+``event=outbox_write_failed`` and shown as the gateway problem ``outbox`` on the status
+topic, and capture goes on (the problem clears at the next stored window).
+
+`reconfigure` swaps the sensor's settings (interval, window, enabled) while running: the
+thread closes its driver, opens a new one with the new settings and restarts its grid.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -62,8 +72,49 @@ class SensorCapture:
         self.kind = _KINDS[sensor.kind]
         self.captured = 0
         self.faults = 0
+        self.enabled = True
         self._driver: Driver | None = None
         self._thread: threading.Thread | None = None
+        self._pending: tuple[SensorConfig, bool] | None = None
+        self._pending_lock = threading.Lock()
+
+    def reconfigure(self, sensor: SensorConfig, enabled: bool = True) -> None:
+        """Apply new settings for this sensor (same id) from the capture thread, soon."""
+        if sensor.id != self.sensor.id:
+            raise ValueError(f"reconfigure: sensor id {sensor.id!r} != {self.sensor.id!r}")
+        with self._pending_lock:
+            self._pending = (sensor, enabled)
+
+    def _apply_pending(self) -> bool:
+        """Swap in pending settings; True when something was applied."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return False
+        sensor, enabled = pending
+        changed = {f.name: getattr(sensor, f.name) for f in dataclasses.fields(sensor)
+                   if getattr(sensor, f.name) != getattr(self.sensor, f.name)}
+        self._close()
+        self.sensor, self.enabled = sensor, enabled
+        if enabled:
+            self.status.sensor_ok(sensor.id)
+        else:
+            self.status.sensor_disabled(sensor.id)
+        log.info("event=sensor_reconfigured sensor=%s enabled=%s %s", sensor.id, enabled,
+                 " ".join(f"{k}={v!r}" for k, v in changed.items()))
+        return True
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait up to `seconds`; True when stopped. Wakes early for new settings."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return self.stop_event.is_set()
+            if self.stop_event.wait(min(left, 0.1)):
+                return True
+            if self._pending is not None:
+                return False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"capture-{self.sensor.id}",
@@ -86,6 +137,12 @@ class SensorCapture:
         slot = 0
         consecutive_faults = 0
         while not self.stop_event.is_set():
+            if self._apply_pending():
+                interval = self.sensor.interval_s
+                consecutive_faults = 0
+            if not self.enabled:
+                self._sleep(3600.0)
+                continue
             if self._driver is None:
                 try:
                     self._open()
@@ -96,8 +153,10 @@ class SensorCapture:
                 # Re-opened: restart the grid now rather than rushing through missed slots.
                 t_start, slot = time.monotonic(), 0
             due = t_start + slot * interval
-            if self.stop_event.wait(max(0.0, due - time.monotonic())):
+            if self._sleep(max(0.0, due - time.monotonic())):
                 break
+            if self._pending is not None:
+                continue
             try:
                 self._capture_one()
             except Exception as e:
@@ -141,12 +200,26 @@ class SensorCapture:
             raise SensorFault(f"driver returned samples of shape {samples.shape}")
         if not np.all(np.isfinite(samples)):
             raise SensorFault("driver returned non-finite samples")
-        seq = self.outbox.next_seq(self.sensor.id)
-        window = wire.Window(
-            seq=seq, t0_ns=int(capture.t0_ns), fs_hz=float(self.sensor.fs_hz),
-            samples=samples, kind=self.kind, shaft_hz=float(capture.shaft_hz),
-            clipped=bool(capture.clipped))
-        self.outbox.put(self.sensor.id, seq, self.topic, wire.encode(window))
+        try:
+            seq = self.outbox.next_seq(self.sensor.id)
+            window = wire.Window(
+                seq=seq, t0_ns=int(capture.t0_ns), fs_hz=float(self.sensor.fs_hz),
+                samples=samples, kind=self.kind, shaft_hz=float(capture.shaft_hz),
+                clipped=bool(capture.clipped))
+            self.outbox.put(self.sensor.id, seq, self.topic, wire.encode(window))
+        except sqlite3.Error as e:
+            # The device is fine; the store is not (disk full, I/O error). Count, report,
+            # carry on: the next window may fit once the publisher has freed room.
+            lost = self.outbox.note_lost(self.sensor.id, str(e))
+            self.status.problem("outbox", f"cannot store windows: {e} ({lost} lost so far; "
+                                f"free disk space at {self.outbox.path.parent})")
+            log.error("event=outbox_write_failed sensor=%s error=%r lost_total=%d",
+                      self.sensor.id, str(e), lost)
+            self.status.sensor_ok(self.sensor.id)
+            return
+        if "outbox" in self.status.problems():
+            self.status.problem("outbox", None)
+            log.info("event=outbox_write_recovered sensor=%s seq=%d", self.sensor.id, seq)
         self.captured += 1
         if self.status.sensors().get(self.sensor.id, {}).get("state") != "ok":
             log.info("event=sensor_recovered sensor=%s seq=%d", self.sensor.id, seq)
@@ -162,4 +235,4 @@ class SensorCapture:
         log.warning("event=sensor_fault sensor=%s reason=%r attempt=%d retry_in_s=%.2f",
                     self.sensor.id, reason, consecutive, delay)
         self._close()
-        self.stop_event.wait(delay)
+        self._sleep(delay)

@@ -6,22 +6,59 @@ nothing here touches signals or global state.
 
 This module and everything it imports must stay light: never numba, scipy, river or
 influxdb-client (a test checks `sys.modules` in a fresh interpreter).
+
+While running, `run` also applies remote configs from the retained config topic
+(`ballpass.gateway.remote`; the result is on the status topic as ``config``) and watches
+the wall clock against the monotonic one (`ClockWatch`): a jump of more than
+`CLOCK_JUMP_S` is logged as ``event=clock_jump``, shown as the status problem ``clock``
+for `CLOCK_PROBLEM_S`, and the outbox's queued rows are re-based so their age stays right.
+Capture and publishing go on: the schedule runs on the monotonic clock.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ballpass.config import Config
 from ballpass.gateway.outbox import Outbox
 from ballpass.gateway.publisher import Publisher, PublisherSettings
+from ballpass.gateway.remote import ConfigRejected, parse_remote
 from ballpass.gateway.schedule import DriverFactory, SensorCapture, default_driver_factory
 from ballpass.gateway.status import Status
 
 log = logging.getLogger(__name__)
+
+CLOCK_JUMP_S = 2.0
+"""A wall-clock step larger than this (s) against the monotonic clock is a jump."""
+CLOCK_PROBLEM_S = 600.0
+"""How long (s) a clock jump stays on the status topic as a problem."""
+
+
+class ClockWatch:
+    """Compares wall-clock and monotonic progress between `check` calls.
+
+    `check` returns the jump in ns (wall minus monotonic progress) when it exceeds
+    `threshold_s`, else None. The clocks are injectable for tests.
+    """
+
+    def __init__(self, threshold_s: float = CLOCK_JUMP_S, *,
+                 wall_ns: Callable[[], int] = time.time_ns,
+                 mono_ns: Callable[[], int] = time.monotonic_ns) -> None:
+        self.threshold_ns = int(threshold_s * 1e9)
+        self.wall_ns = wall_ns
+        self.mono_ns = mono_ns
+        self._wall, self._mono = wall_ns(), mono_ns()
+
+    def check(self) -> int | None:
+        wall, mono = self.wall_ns(), self.mono_ns()
+        jump = (wall - self._wall) - (mono - self._mono)
+        self._wall, self._mono = wall, mono
+        return jump if abs(jump) > self.threshold_ns else None
 
 
 def outbox_path_for(config: Config, gateway_id: str, override: Path | None = None) -> Path:
@@ -35,14 +72,15 @@ def outbox_path_for(config: Config, gateway_id: str, override: Path | None = Non
 def run(config: Config, gateway_id: str, stop: threading.Event, *,
         outbox_path: Path | None = None, status_interval_s: float = 5.0,
         drain_timeout_s: float = 5.0, driver_factory: DriverFactory | None = None,
-        ready: threading.Event | None = None) -> int:
+        ready: threading.Event | None = None, clock: ClockWatch | None = None) -> int:
     """Run one gateway until `stop` is set; returns the exit code (0).
 
     On stop: capture stops, the outbox is flushed for up to `drain_timeout_s` seconds,
     a final retained status (state offline, final counters) is published, the MQTT
     session is closed cleanly and the outbox file is closed. Windows not flushed stay in
     the outbox for the next start. `driver_factory` replaces the registry lookup
-    (tests); `ready` is set once capture and the publisher have started.
+    (tests); `ready` is set once capture and the publisher have started; `clock` replaces
+    the wall-clock watch (tests).
     """
     gateway = config.gateway(gateway_id)
     site = config.site.id
@@ -58,14 +96,43 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
         settings = PublisherSettings(flush_rate_per_s=gateway.outbox.flush_rate_per_s,
                                      historical_after_s=max(2.0 * slowest, 1.0),
                                      status_interval_s=status_interval_s)
-        publisher = Publisher(config.broker, site, gateway.id, box, status,
-                              username=gateway.username or gateway.id,
-                              password=gateway.password(), settings=settings)
         capture_stop = threading.Event()
         captures = [
             SensorCapture(s, config.asset(s.asset), site, gateway.id, box, status,
                           capture_stop, driver_factory=driver_factory or default_driver_factory)
             for s in gateway.sensors]
+        applied: list[bytes | None] = [None]
+
+        def on_config(payload: bytes) -> None:
+            if payload == applied[0]:
+                return  # the retained message again, after a reconnect
+            try:
+                remote = parse_remote(payload, gateway)
+            except ConfigRejected as e:
+                status.config_result("rejected", str(e))
+                log.warning("event=config_rejected gateway=%s reason=%r", gateway.id, str(e))
+                return
+            applied[0] = payload
+            for c in captures:
+                new, enabled = remote.sensors[c.sensor.id]
+                if new != c.sensor or enabled != c.enabled:
+                    c.reconfigure(new, enabled)
+                    # Shown at once; the capture thread applies it at its next turn.
+                    if enabled:
+                        status.sensor_ok(c.sensor.id)
+                    else:
+                        status.sensor_disabled(c.sensor.id)
+            if remote.flush_rate_per_s != publisher.settings.flush_rate_per_s:
+                publisher.set_flush_rate(remote.flush_rate_per_s)
+            status.config_result("applied")
+            log.info("event=config_applied gateway=%s flush_rate_per_s=%g disabled=%s",
+                     gateway.id, remote.flush_rate_per_s,
+                     ",".join(k for k, (_, on) in remote.sensors.items() if not on) or "-")
+
+        publisher = Publisher(config.broker, site, gateway.id, box, status,
+                              username=gateway.username or gateway.id,
+                              password=gateway.password(), settings=settings,
+                              on_config=on_config)
         log.info("event=gateway_starting site=%s gateway=%s sensors=%d outbox=%s queued=%d "
                  "broker=%s:%d", site, gateway.id, len(captures), path, box.queued,
                  config.broker.host, config.broker.port)
@@ -74,7 +141,27 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
             c.start()
         if ready is not None:
             ready.set()
-        stop.wait()
+        watch = clock or ClockWatch()
+        jumped_at: float | None = None
+        while not stop.wait(0.5):
+            jump = watch.check()
+            if jump is not None:
+                jumped_at = time.monotonic()
+                try:
+                    shifted = box.rebase_created(jump)
+                except sqlite3.Error as e:  # disk full: the age bound may drop early
+                    shifted = -1
+                    log.error("event=outbox_rebase_failed gateway=%s error=%r", gateway.id,
+                              str(e))
+                status.problem("clock", f"wall clock jumped {jump / 1e9:+.1f} s at "
+                               f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}; "
+                               "window times around it may be off")
+                log.warning("event=clock_jump gateway=%s jump_s=%+.3f rebased_rows=%d",
+                            gateway.id, jump / 1e9, shifted)
+                publisher.request_status()
+            elif jumped_at is not None and time.monotonic() - jumped_at > CLOCK_PROBLEM_S:
+                jumped_at = None
+                status.problem("clock", None)
         t0 = time.monotonic()
         capture_stop.set()
         for c in captures:

@@ -2,7 +2,14 @@
 
 ``{"state": "online"|"offline", "gateway", "site", "version", "started_at", "t",
 "counters": {"captured", "queued", "published", "dropped", "replayed"},
-"sensors": {id: {"state": "ok"|"fault", "reason"}}}``
+"sensors": {id: {"state": "ok"|"fault"|"disabled", "reason"}},
+"config": {"state": "none"|"applied"|"rejected", "reason", "t"},
+"problems": {name: reason}}``
+
+`config` reports the last remote configuration received on the config topic (see
+docs/gateway.md); `problems` holds gateway-level trouble that is not one sensor's fault,
+e.g. ``"outbox": "disk full: ..."`` or ``"clock": "wall clock jumped ..."``; empty when
+all is well.
 
 Times (`started_at`, `t`) are UTC ISO 8601 strings with milliseconds and a ``Z``
 (``2026-11-28T21:17:20.123Z``). The last will is the short form ``{"state": "offline",
@@ -24,6 +31,7 @@ ONLINE = "online"
 OFFLINE = "offline"
 SENSOR_OK = "ok"
 SENSOR_FAULT = "fault"
+SENSOR_DISABLED = "disabled"
 
 
 def iso_utc(t: float) -> str:
@@ -48,6 +56,8 @@ class Status:
         # A sensor is "ok" until its driver says otherwise.
         self._sensors: dict[str, dict[str, str]] = {
             s: {"state": SENSOR_OK, "reason": ""} for s in sensors}
+        self._config: dict[str, str] = {"state": "none", "reason": "", "t": ""}
+        self._problems: dict[str, str] = {}
 
     def sensor_ok(self, sensor: str) -> None:
         with self._lock:
@@ -56,6 +66,27 @@ class Status:
     def sensor_fault(self, sensor: str, reason: str) -> None:
         with self._lock:
             self._sensors[sensor] = {"state": SENSOR_FAULT, "reason": reason}
+
+    def sensor_disabled(self, sensor: str) -> None:
+        with self._lock:
+            self._sensors[sensor] = {"state": SENSOR_DISABLED, "reason": "disabled by config"}
+
+    def config_result(self, state: str, reason: str = "") -> None:
+        """Record the outcome of a remote config: "applied" or "rejected" with a reason."""
+        with self._lock:
+            self._config = {"state": state, "reason": reason, "t": iso_utc(time.time())}
+
+    def problem(self, name: str, reason: str | None) -> None:
+        """Set (or clear, with None) a gateway-level problem shown on the status topic."""
+        with self._lock:
+            if reason is None:
+                self._problems.pop(name, None)
+            else:
+                self._problems[name] = reason
+
+    def problems(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._problems)
 
     def sensors(self) -> dict[str, dict[str, str]]:
         with self._lock:
@@ -72,7 +103,13 @@ class Status:
             "t": iso_utc(time.time()),
             "counters": self._counters(),
             "sensors": self.sensors(),
+            "config": self.config(),
+            "problems": self.problems(),
         }
+
+    def config(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._config)
 
     def payload(self, state: str = ONLINE) -> bytes:
         """The full status as UTF-8 JSON bytes."""

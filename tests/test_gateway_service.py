@@ -155,7 +155,7 @@ def test_gateway_imports_stay_light() -> None:
         "import sys, json\n"
         "import ballpass.gateway.service\n"
         "from ballpass.gateway.drivers import load\n"
-        "load('simulated')\n"
+        "for name in ('simulated', 'iio', 'ds18b20', 'replay'): load(name)\n"
         "heavy = ['numba', 'scipy', 'river', 'influxdb_client', 'llvmlite', 'aiomqtt']\n"
         "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n"
     )

@@ -1,0 +1,215 @@
+"""Bad input for a running gateway: remote configs (good and bad), a full disk, a clock
+that jumps. Each gives a clear status message and log line; capture goes on."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from test_gateway_service import SITE, site_config, windows_by_sensor
+from test_publisher import Subscriber, status_of
+
+from ballpass import topics
+from ballpass.config import SensorConfig
+from ballpass.gateway.drivers import load as load_driver
+from ballpass.gateway.outbox import Outbox
+from ballpass.gateway.remote import ConfigRejected, parse_remote
+from ballpass.gateway.schedule import SensorCapture
+from ballpass.gateway.service import ClockWatch, run
+from ballpass.gateway.status import Status
+
+
+def _publish_retained(host: str, port: int, topic: str, payload: bytes) -> None:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ops-{time.monotonic_ns()}")
+    c.connect(host, port)
+    c.loop_start()
+    c.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    c.loop_stop()
+    c.disconnect()
+
+
+def _wait(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_remote_config_validation_collects_every_error(tmp_path: Path) -> None:
+    gw = site_config("127.0.0.1", 1883, "gw-rc", tmp_path / "o.sqlite").gateway("gw-rc")
+    ok = parse_remote(b'{"flush_rate_per_s": 5, "sensors": {"s2": {"enabled": false, '
+                      b'"interval_s": 2, "window_samples": 8192}}}', gw)
+    assert ok.flush_rate_per_s == 5.0
+    s2, enabled = ok.sensors["s2"]
+    assert not enabled and s2.interval_s == 2.0 and s2.window_samples == 8192
+    assert ok.sensors["s1"] == (gw.sensors[0], True)
+    assert parse_remote(b"", gw).sensors["s2"] == (gw.sensors[1], True)
+    with pytest.raises(ConfigRejected) as e:
+        parse_remote(b'{"flush_rate": 5, "sensors": {"s3": {}, "s1": {"interval_s": 0.01, '
+                     b'"enabled": "yes", "window": 1}}}', gw)
+    text = str(e.value)
+    for part in ("flush_rate: unknown key; did you mean 'flush_rate_per_s'?",
+                 "sensors.s3: no such sensor", "sensors.s1.enabled: must be true or false",
+                 "sensors.s1.window: unknown key",
+                 "sensors.s1.interval_s: must be >= window_samples / fs_hz"):
+        assert part in text, text
+    for bad in (b"{", b"[1]", b'{"flush_rate_per_s": -1}', b'{"sensors": {"s1": 3}}'):
+        with pytest.raises(ConfigRejected):
+            parse_remote(bad, gw)
+
+
+@pytest.mark.slow
+def test_remote_config_applied_and_rejected_without_restart(mosquitto, tmp_path: Path,
+                                                            caplog) -> None:
+    caplog.set_level(logging.INFO)
+    gw = "gw-remote"
+    config = site_config(mosquitto.host, mosquitto.port, gw, tmp_path / "o.sqlite")
+    cfg_topic = topics.config(SITE, gw)
+    sub = Subscriber(mosquitto.host, mosquitto.port, f"bp/v1/{SITE}/{gw}/#", gw)
+    stop, ready = threading.Event(), threading.Event()
+    t = threading.Thread(target=run, args=(config, gw, stop),
+                         kwargs=dict(status_interval_s=0.5, ready=ready))
+    t.start()
+    try:
+        assert ready.wait(5)
+        _wait(lambda: len(windows_by_sensor(sub.snapshot(), gw).get("s2", [])) >= 2)
+        # 1. disable s2, s1 twice as often
+        _publish_retained(mosquitto.host, mosquitto.port, cfg_topic, json.dumps(
+            {"sensors": {"s2": {"enabled": False}, "s1": {"interval_s": 0.25}}}).encode())
+        _wait(lambda: any(s["config"]["state"] == "applied" for s in status_of(sub.snapshot())),
+              what="config applied on the status topic")
+        applied = next(s for s in status_of(sub.snapshot()) if s["config"]["state"] == "applied")
+        assert applied["sensors"]["s2"] == {"state": "disabled", "reason": "disabled by config"}
+        n_before = len(sub.snapshot())
+        time.sleep(2.0)
+        later = windows_by_sensor(sub.snapshot()[n_before:], gw)
+        assert "s2" not in later, "a disabled sensor still captures"
+        assert 6 <= len(later["s1"]) <= 10, len(later["s1"])  # 2 s at 0.25 s
+        # 2. a bad config is rejected with its reasons; the gateway keeps the last good one
+        _publish_retained(mosquitto.host, mosquitto.port, cfg_topic,
+                          b'{"sensors": {"s9": {"enabled": true}}}')
+        _wait(lambda: status_of(sub.snapshot())[-1]["config"]["state"] == "rejected",
+              what="config rejected on the status topic")
+        rejected = status_of(sub.snapshot())[-1]
+        assert "sensors.s9: no such sensor on gateway gw-remote" in rejected["config"]["reason"]
+        assert rejected["sensors"]["s2"]["state"] == "disabled"
+        assert any("event=config_rejected" in r.getMessage() for r in caplog.records)
+        # 3. back to the site file: s2 captures again
+        n_before = len(sub.snapshot())
+        _publish_retained(mosquitto.host, mosquitto.port, cfg_topic, b"{}")
+        _wait(lambda: "s2" in windows_by_sensor(sub.snapshot()[n_before:], gw),
+              what="s2 enabled again")
+    finally:
+        stop.set()
+        t.join(15)
+        _publish_retained(mosquitto.host, mosquitto.port, cfg_topic, b"")
+        sub.close()
+    assert not t.is_alive()
+
+
+def test_full_disk_is_reported_and_capture_recovers(tmp_path: Path, caplog) -> None:
+    """SQLite's own "database or disk is full" (page limit on the outbox file), not a mock:
+    windows are counted as dropped, the status shows the outbox problem, sensors stay ok,
+    and capture resumes once there is room."""
+    caplog.set_level(logging.INFO)
+    box = Outbox(tmp_path / "o.sqlite", 10**9, 3600)
+    status = Status(SITE, "gw1", ["s1", "s2"], box.counters)
+    stop = threading.Event()
+    simulated = load_driver("simulated")
+    caps = []
+    for sid in ("s1", "s2"):
+        s = SensorConfig(sid, "simulated", "pump1", 25600.0, 4096, 0.1)
+        asset = site_config("h", 1, "g", tmp_path / "x").asset("pump1")
+        caps.append(SensorCapture(s, asset, SITE, "gw1", box, status, stop,
+                                  driver_factory=lambda sc, a: simulated(sc, a)))
+    for c in caps:
+        c.start()
+    try:
+        _wait(lambda: box.counters()["captured"] >= 4)
+        with box._lock:  # the file may not grow beyond what it has now
+            pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+            box._db.execute(f"PRAGMA max_page_count = {pages}")
+        _wait(lambda: "outbox" in status.problems(), what="the outbox problem")
+        assert "database or disk is full" in status.message()["problems"]["outbox"]
+        _wait(lambda: box.counters()["dropped"] >= 3)
+        assert all(c.alive for c in caps)
+        assert all(v["state"] == "ok" for v in status.sensors().values())
+        lines = [r.getMessage() for r in caplog.records
+                 if "event=outbox_write_failed" in r.getMessage()]
+        assert lines and "database or disk is full" in lines[0]
+        captured = box.counters()["captured"]
+        with box._lock:
+            box._db.execute("PRAGMA max_page_count = 1073741823")
+        _wait(lambda: box.counters()["captured"] >= captured + 2, what="capture resumes")
+        _wait(lambda: "outbox" not in status.problems())
+    finally:
+        stop.set()
+        for c in caps:
+            c.join(5)
+    # every window is accounted for: stored or counted as dropped, seqs never reused
+    entries = box.peek(10_000)
+    for sid in ("s1", "s2"):
+        seqs = [e.seq for e in entries if e.sensor == sid]
+        assert seqs == sorted(set(seqs))
+    box.close()
+
+
+def test_clock_watch_and_outbox_rebase(tmp_path: Path) -> None:
+    wall = [10**18]
+    mono = [5 * 10**9]
+    watch = ClockWatch(2.0, wall_ns=lambda: wall[0], mono_ns=lambda: mono[0])
+    wall[0] += 10**9
+    mono[0] += 10**9
+    assert watch.check() is None  # both moved 1 s
+    wall[0] += 86_400 * 10**9     # NTP sets the clock a day forward
+    assert watch.check() == 86_400 * 10**9
+    # queued rows keep their age across the jump: nothing expires wrongly
+    box = Outbox(tmp_path / "o.sqlite", 10**8, max_age_s=3600)
+    now = time.time_ns()
+    for i in range(3):
+        box.put("s1", i, "t", b"x", created_ns=now)
+    assert box.rebase_created(86_400 * 10**9) == 3
+    box.put("s1", 3, "t", b"x", created_ns=now + 86_400 * 10**9)
+    assert box.counters()["dropped"] == 0 and box.queued == 4
+    box.close()
+
+
+def test_clock_jump_on_status_topic_capture_goes_on(mosquitto, tmp_path: Path,
+                                                   caplog) -> None:
+    caplog.set_level(logging.INFO)
+    gw = "gw-clock"
+    config = site_config(mosquitto.host, mosquitto.port, gw, tmp_path / "o.sqlite")
+    offset = [0]
+    watch = ClockWatch(wall_ns=lambda: time.time_ns() + offset[0])
+    sub = Subscriber(mosquitto.host, mosquitto.port, f"bp/v1/{SITE}/{gw}/#", gw)
+    stop, ready = threading.Event(), threading.Event()
+    t = threading.Thread(target=run, args=(config, gw, stop),
+                         kwargs=dict(status_interval_s=0.5, ready=ready, clock=watch))
+    t.start()
+    try:
+        assert ready.wait(5)
+        time.sleep(1.0)
+        offset[0] = -3600 * 10**9  # the wall clock steps back an hour
+        _wait(lambda: any("clock" in s.get("problems", {}) for s in status_of(sub.snapshot())),
+              what="the clock problem on the status topic")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        t.join(15)
+    msgs = sub.snapshot()
+    problem = next(s["problems"]["clock"] for s in status_of(msgs)
+                   if "clock" in s.get("problems", {}))
+    assert problem.startswith("wall clock jumped -3600.0 s")
+    assert any(r.getMessage().startswith("event=clock_jump gateway=gw-clock jump_s=-3600")
+               for r in caplog.records)
+    for windows in windows_by_sensor(msgs, gw).values():
+        seqs = [w.seq for w in windows]
+        assert len(seqs) >= 4 and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    sub.close()
