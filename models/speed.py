@@ -38,6 +38,11 @@ for a noise-only spectrum, as the defect lines in `stream.thresholds.LINE_SNR_DB
 FLOOR_BINS: int = 51
 """Median-filter width (bins) of the local floor."""
 
+FUNDAMENTAL_DB: float = 16.0
+"""The 1× line itself must stand this far over its floor (p ~ 1e-12 for a noise bin): a
+chance 10 dB bin at f/2 would otherwise turn the real series (its even harmonics) into a
+subharmonic estimate. Residual imbalance makes 1× the strongest shaft line on most machines."""
+
 MIN_PRESENT: int = 3
 """The fundamental plus at least two more of harmonics 2..5 must be present: two lines at
 10 dB by chance are common among ~1000 candidate rates, three are not (p ~ 1e-8 each)."""
@@ -128,7 +133,8 @@ def estimate_shaft_hz(
             count += 1
             if snr[k] >= LINE_DB:
                 n_present[j] += 1
-                fund_ok[j] |= h == 1
+            if h == 1:
+                fund_ok[j] = snr[k] >= FUNDAMENTAL_DB
         score[j] = total / max(count, 1)
     valid = fund_ok & (n_present >= MIN_PRESENT)
     if not valid.any():

@@ -223,6 +223,31 @@ def diagnose(
             zone,
         )
 
+    # 2b. The bearing's lines must be readable: the cage line (the lowest, FTF ≈ 0.4×)
+    # needs MIN_FTF_BINS bins, and a demodulation band wide enough for the highest line
+    # must fit below Nyquist.
+    if batch.line_target_hz is not None:
+        ftf = float(batch.line_target_hz[i, 3])
+        if res * th.MIN_FTF_BINS > ftf:
+            return Diagnosis(
+                "insufficient_data",
+                1.0,
+                (),
+                f"window too short for the cage line: FTF {ftf:.3g} Hz at resolution "
+                f"{res:.3g} Hz, need >= {th.MIN_FTF_BINS:g} bins",
+                zone,
+            )
+    if batch.env_band_ok is not None and batch.env_band_ok[i] < 1.0:
+        return Diagnosis(
+            "insufficient_data",
+            1.0,
+            (),
+            f"sample rate too low for the bearing lines: no demodulation band above "
+            f"{th.ENV_BAND_MIN_LO_HZ:g} Hz is {th.ENV_BANDWIDTH_FACTOR:g}x wider than the "
+            "highest envelope line",
+            zone,
+        )
+
     # 3. Bearing defects.
     cands = _bearing_candidates(batch, i)
     if cands:

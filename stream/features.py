@@ -62,7 +62,9 @@ class FeatureBatch:
       their local floor, dB).
     Context per window, shape (B,): shaft_hz, resolution_hz (fs/N), n_revolutions,
       clip_fraction, finite (1.0 or 0.0), env_lo_hz, env_hi_hz, env_sk (the envelope band
-      and its spectral kurtosis).
+      and its spectral kurtosis); env_band_ok (1.0 when a band wide enough for the lines
+      above ENV_BAND_MIN_LO_HZ exists, 0.0 when the sample rate is too low for them).
+    Targets, shape (B, 4): line_target_hz, the kinematic fundamentals in `LINES` order (Hz).
     Evidence, shape (B, 4, 3) (lines in `LINES` order × harmonics 1-3):
       line_freq_hz, line_amp_g (envelope amplitude, g), line_snr_db.
     Sidebands, shape (B, 4, 3) (`SIDEBANDS` order × harmonics 1-3 of the carrier):
@@ -97,6 +99,8 @@ class FeatureBatch:
     env_lo_hz: np.ndarray
     env_hi_hz: np.ndarray
     env_sk: np.ndarray
+    line_target_hz: np.ndarray | None = None
+    env_band_ok: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.rms_g.shape[0])
@@ -211,4 +215,6 @@ def extract(
         env_lo_hz=lo_sel * df,
         env_hi_hz=hi_sel * df,
         env_sk=env_sk,
+        line_target_hz=targets[:, :, 0].copy(),
+        env_band_ok=(~none_ok).astype(np.float64),
     )

@@ -59,6 +59,10 @@ MAX_RESOLUTION_SHAFT_FRACTION: float = 0.25
 """Bin spacing fs/N must be at most this fraction of the shaft rate, so that ±1× shaft
 sidebands sit at least 4 bins from their carrier."""
 
+MIN_FTF_BINS: float = 2.0
+"""The cage line (FTF, the lowest kinematic line) must lie at least this many bins above DC,
+or it cannot be told from the window's mean and leakage."""
+
 # --- Diagnosis ---------------------------------------------------------------------------
 LINE_SNR_DB: float = 10.0
 """A line is present when it stands this far above the median of its neighbours. For a

@@ -89,6 +89,30 @@ def test_outer_race_at_3_and_12_mostly(results) -> None:
     assert len(right) >= 6, table(results, names)
 
 
+def test_outer_race_12_of_14(results) -> None:
+    # Issue 3 target: at least 12 of the 14 outer-race records (197/198 show no BPFO line).
+    names = [n for n, (r, _, _) in results.items()
+             if r["label"] == "outer_race" and r["fault_size_in"] != "0.028"]
+    right = [n for n in names if results[n][1] == "outer_race"]
+    assert len(names) == 14
+    assert len(right) >= 12, table(results, names)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 3 target not reached: 0 of 6 6205 ball records "
+                   "(their envelope spectra show no 2xBSF series with FTF sidebands)")
+def test_ball_3_of_6(results) -> None:
+    names = ["118", "119", "185", "186", "222", "223"]
+    right = [n for n in names if results[n][1] == "ball"]
+    assert len(right) >= 3, table(results, names)
+
+
+def test_0028_records_reported_apart(results) -> None:
+    # Another bearing (not 6205 kinematics): measured and shown, never a sensor fault.
+    names = ["3001", "3002", "3005", "3006"]
+    print("0.028 in records:", table(results, names))
+    assert all(results[n][1] not in ("sensor_fault", "insufficient_data") for n in names)
+
+
 def test_no_record_is_a_sensor_fault_or_short(results) -> None:
     bad = [n for n, (_, got, _) in results.items() if got in ("sensor_fault", "insufficient_data")]
     assert not bad, table(results, bad)

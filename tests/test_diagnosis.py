@@ -230,3 +230,43 @@ def test_false_alarm_rate_on_gaussian_noise() -> None:
     batch = extract(x, 12000.0, np.full(400, 1797 / 60), ORDERS)
     got = [diagnose(batch, i).diagnosis for i in range(400)]
     assert sum(d != "normal" for d in got) <= 2, Counter(got)
+
+
+def test_bad_input_is_never_a_bearing_fault() -> None:
+    from ballpass.models.bearing import DefectOrders
+
+    # Each bad input gives sensor_fault or insufficient_data with a reason, never an exception.
+    rng = np.random.default_rng(12)
+    inf = healthy(rng)
+    inf[5] = np.inf
+    clipped = np.clip(healthy(rng, noise_g=0.5) + impacts(rng, ORDERS.bpfo * SHAFT, 2.0), -0.6, 0.6)
+    got = run(np.array([inf, np.zeros(N), clipped]))
+    assert [d.diagnosis for d in got] == ["sensor_fault"] * 3, [d.reason for d in got]
+    # Too short for the lowest lines: 4096 samples at 25.6 kHz is 6.25 Hz per bin, and a
+    # 25 Hz shaft has its FTF at 10 Hz (1.6 bins).
+    (short,) = run(healthy(rng, n=4096) + impacts(rng, ORDERS.bpfo * SHAFT, 0.5, n=4096))
+    assert short.diagnosis == "insufficient_data", short.reason
+    # A bearing with a very slow cage (FTF 0.1 order) at the same window: the cage rule.
+    slow_cage = DefectOrders(ORDERS.bpfo, ORDERS.bpfi, ORDERS.bsf, 0.1)
+    x = np.atleast_2d(healthy(rng, n=16384))
+    batch = extract(x, FS, np.array([SHAFT]), slow_cage)
+    d = diagnose(batch, 0)
+    assert d.diagnosis == "insufficient_data" and "cage" in d.reason, d.reason
+    # Sample rate too low for the lines: 2 kHz leaves no demodulation band above 500 Hz
+    # twice as wide as the third BPFI harmonic of a 25 Hz shaft.
+    fs = 2000.0
+    x = healthy(rng, n=4096, fs=fs) + impacts(rng, ORDERS.bpfo * SHAFT, 0.5, n=4096, fs=fs,
+                                                resonance_hz=700.0)
+    (slow,) = run(x, fs=fs)
+    assert slow.diagnosis == "insufficient_data" and "sample rate" in slow.reason, slow.reason
+
+
+def test_nonsensical_geometry_is_refused() -> None:
+    from ballpass.models.bearing import BearingGeometry, DefectOrders
+
+    with pytest.raises(ValueError, match="pitch_diameter"):
+        BearingGeometry(9, 10.0, 5.0)
+    with pytest.raises(ValueError, match="n_elements"):
+        BearingGeometry(1, 1.0, 5.0)
+    with pytest.raises(ValueError, match="orders"):
+        extract(np.ones((1, N)), FS, np.array([SHAFT]), DefectOrders(-1.0, 5.0, 2.0, 0.4))
