@@ -316,11 +316,13 @@ _USERNAME_RE = re.compile(r"[^:\s#]{1,64}")
 
 
 def derive_mosquitto_config(template: str, *, port: int, workdir: Path, anonymous: bool,
-                            run_as: str | None) -> str:
+                            run_as: str | None, tls: Mapping[str, object] | None = None,
+                            tls_port: int | None = None) -> str:
     """The template with listener, persistence dir, logging and auth files rewritten.
 
     Drops the template's managed directives (see `_MANAGED`) and its TLS listener lines
-    (commented in the template), then appends the launcher's own block.
+    (commented in the template), then appends the launcher's own block. `tls` (keys
+    cafile, certfile, keyfile, require_certificate) adds a TLS listener on `tls_port`.
     """
     kept = []
     for line in template.splitlines():
@@ -349,6 +351,15 @@ def derive_mosquitto_config(template: str, *, port: int, workdir: Path, anonymou
         block += ["allow_anonymous false",
                   f"password_file {workdir / 'passwd'}",
                   f"acl_file {workdir / 'acl'}"]
+    if tls is not None and tls_port is not None:
+        # With per_listener_settings false, auth and ACL above apply here too; the
+        # certificate lines belong to the listener declared just before them.
+        block += [f"listener {tls_port} 127.0.0.1",
+                  f"cafile {tls['cafile']}",
+                  f"certfile {tls['certfile']}",
+                  f"keyfile {tls['keyfile']}",
+                  "tls_version tlsv1.2",
+                  f"require_certificate {'true' if tls.get('require_certificate') else 'false'}"]
     return "\n".join(kept + block) + "\n"
 
 
@@ -371,8 +382,15 @@ class Mosquitto(Service):
                  stream_users: Iterable[str] = ("stream",),
                  operator_users: Iterable[str] = (),
                  template: str | os.PathLike[str] | None = None,
-                 executable: str | None = None) -> None:
+                 executable: str | None = None,
+                 tls: Mapping[str, object] | None = None,
+                 tls_port: int | None = None) -> None:
+        """`tls`: add a TLS listener (keys cafile, certfile, keyfile: paths; optional
+        require_certificate: bool, clients must then present a certificate signed by
+        cafile) on `tls_port` (None: a free port, kept across restarts of this object)."""
         super().__init__(workdir, port, executable=executable)
+        self.tls = dict(tls) if tls is not None else None
+        self.tls_port = tls_port
         self.users: dict[str, str] = dict(users or {})
         self.anonymous = anonymous
         self.stream_users = tuple(stream_users)
@@ -390,9 +408,12 @@ class Mosquitto(Service):
         (self.workdir / "data").mkdir(exist_ok=True)
         # The effective user's name, not $USER/$LOGNAME (getpass), which sudo may keep.
         run_as = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
+        if self.tls is not None and self.tls_port is None:
+            self.tls_port = free_port()
         text = derive_mosquitto_config(
             self.template_path.read_text(encoding="utf-8"), port=self.port,
-            workdir=self.workdir, anonymous=self.anonymous, run_as=run_as)
+            workdir=self.workdir, anonymous=self.anonymous, run_as=run_as, tls=self.tls,
+            tls_port=self.tls_port)
         if not self.anonymous:
             pw = "".join(f"{u}:{mosquitto_password_hash(p)}\n" for u, p in self.users.items())
             _write_private(self.workdir / "passwd", pw)
