@@ -487,30 +487,25 @@ class StreamService:
 
     async def operator_action(self, sensor: str, by: str, note: str = "",
                               action: str = "acknowledge") -> dict[str, Any]:
-        """Record an operator action on a sensor (the evidence page's acknowledge button).
+        """An operator action from the evidence page (its acknowledge button).
 
-        Logged, kept for the page and written to InfluxDB (`events`, kind "operator").
-        The alert state machine takes it when it knows the action (`acknowledge(sensor)`).
+        Goes through the same path as the command topic (`Pipeline.apply_command`): the
+        alert state machine takes it and an `actions` point records who and when.
         """
-        tracker = self.pipeline.alerts
-        s = tracker.sensors.get(sensor)
-        record = {"t": time.time(), "sensor": sensor, "action": action, "by": by,
-                  "note": note, "alert_id": s.alert_id if s else ""}
-        handler = getattr(tracker, action, None)
-        if callable(handler):
-            handler(sensor)
-        log.info(kv("operator_action", **record))
+        command = {"action": action, "sensor": sensor, "by": by, "note": note,
+                   "t": time.time()}
+        done = self.pipeline.apply_command(command)
+        record = {**command, "result": done.points[0].fields.get("result", "")
+                  if done.points else "rejected"}
         if self.evidence is not None:
             self.evidence.record_action(record)
-        _gateway, sc = self.config.sensor_index()[sensor]
-        point = Point("events", {"site": self.config.site.id, "sensor": sensor,
-                                 "asset": sc.asset, "kind": "operator"},
-                      {"event": action, "by": by, "note": note,
-                       "alert_id": record["alert_id"]}, time.time_ns())
         try:
-            await asyncio.to_thread(self.writer.write, [point])
+            if done.points:
+                await asyncio.to_thread(self.writer.write, done.points)
         except (InfluxWriteError, OSError) as e:
             log.warning(kv("operator_action_not_written", sensor=sensor, reason=e))
+        for alert in done.alerts:
+            self.webhooks.submit(alert)
         return record
 
     # --- status ----------------------------------------------------------------------
