@@ -2,7 +2,8 @@
 
 A window is abnormal when its diagnosis names a fault. The sensor enters `alarm` when
 at least `enter_k` of its last `window_n` windows are abnormal and leaves it when at
-most `leave_m` are, so one noisy window neither raises nor clears an alarm. `watch`
+most `leave_m` are for 2 × `window_n` windows in a row, so one noisy window neither raises
+nor clears an alarm, and a fault seen in about half the windows does not flap. `watch`
 means some recent windows were abnormal but not enough to alarm; it returns to `normal`
 only when none of the last `window_n` is. The policy can differ per sensor (per asset,
 `[asset.alert]`). Each alarm carries a severity ("low", "medium", "high") from the ISO
@@ -48,6 +49,7 @@ class SensorAlertState:
     alerted: bool = False  # ever fired since the service started
     severity: str = ""  # of the current alarm (highest seen while it lasts)
     acknowledged_by: str = ""  # operator who acknowledged the current alarm
+    calm: int = 0  # consecutive windows in alarm with at most leave_m faults
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class AlertTracker:
                 s.alerted = True
                 s.severity = severity
                 s.acknowledged_by = ""
+                s.calm = 0
                 return Transition(sensor, "firing", s.alert_id, _most_common(faults), t_ns,
                                   severity)
             s.state = "watch" if faults else "normal"
@@ -103,7 +106,8 @@ class AlertTracker:
         if severity and (not s.severity or SEVERITIES.index(severity) >
                          SEVERITIES.index(s.severity)):
             s.severity = severity
-        if len(faults) <= policy.leave_m:
+        s.calm = s.calm + 1 if len(faults) <= policy.leave_m else 0
+        if s.calm >= 2 * policy.window_n:
             s.state = "watch" if faults else "normal"
             return Transition(sensor, "resolved", s.alert_id, _most_common(faults) or diagnosis,
                               s.since_ns, s.severity)

@@ -353,8 +353,9 @@ class SensorModel:
         result.anomaly = high and sum(self.high) >= p.anomaly_k
         self.recent.append((band_id, x))
 
-        # Change detection on the z-scores of key features (baseline ready only).
-        if self.ready and z is not None:
+        # Change detection on the z-scores of key features, from the first window a band
+        # can score (learning included, so a change right after learning is still one).
+        if z is not None:
             for det, i in zip(self.detectors, _CHANGE_IDX, strict=True):
                 if not math.isfinite(z[i]):
                     continue

@@ -1,0 +1,64 @@
+"""The alert state machine: hysteresis, per-asset policy, severity, operator actions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ballpass.config import AlertPolicy
+from ballpass.stream.alerts import AlertTracker, severity
+
+
+def test_k_of_n_to_enter_m_of_n_to_leave() -> None:
+    a = AlertTracker(AlertPolicy(3, 1, 5))
+    seq = ["outer_race", "normal", "outer_race", "outer_race"]
+    out = [a.update("s", d, i) for i, d in enumerate(seq)]
+    assert [t.status if t else None for t in out] == [None, None, None, "firing"]
+    assert a.state("s") == "alarm"
+    # Leaving needs at most 1 fault in 5 for 10 windows in a row.
+    out = [a.update("s", "normal", 10 + i) for i in range(13)]
+    assert [t.status if t else None for t in out].index("resolved") == 12
+    assert a.state("s") == "normal"
+
+
+def test_no_flapping_on_a_noisy_signal() -> None:
+    rng = np.random.default_rng(0)
+    a = AlertTracker(AlertPolicy(3, 1, 5))
+    # A fault seen in 55 % of windows: once in alarm it stays there.
+    transitions = [a.update("s", "ball" if rng.random() < 0.55 else "normal", i)
+                   for i in range(2000)]
+    fired = [t for t in transitions if t is not None]
+    assert fired and fired[0].status == "firing"
+    assert len(fired) <= 15, len(fired)
+
+
+def test_policy_per_asset() -> None:
+    a = AlertTracker(AlertPolicy(3, 1, 5), {"strict": AlertPolicy(5, 2, 8)})
+    for i in range(4):
+        a.update("strict", "imbalance", i)
+        a.update("loose", "imbalance", i)
+    assert a.state("loose") == "alarm" and a.state("strict") == "watch"
+    assert a.update("strict", "imbalance", 5) is not None
+
+
+def test_severity_from_zone_class_and_trend() -> None:
+    assert severity("unknown_anomaly", "A") == "low"
+    assert severity("imbalance", "B") == "medium"
+    assert severity("outer_race", "C") == "high"
+    assert severity("lubrication", "C") == "medium"
+    assert severity("unknown_anomaly", "B", days_to_zone_d=3.0) == "high"
+    assert severity("anything", "D") == "high"
+
+
+def test_ack_and_clear() -> None:
+    a = AlertTracker(AlertPolicy(3, 1, 5))
+    assert not a.acknowledge("s", "bob")
+    for i in range(3):
+        t = a.update("s", "inner_race", i, severity="medium")
+    assert t is not None and t.severity == "medium"
+    a.update("s", "inner_race", 4, severity="high")
+    assert a.acknowledge("s", "bob") and a.sensors["s"].acknowledged_by == "bob"
+    r = a.clear("s")
+    assert r is not None and r.status == "resolved" and r.severity == "high"
+    assert a.state("s") == "normal"
+    # The same evidence must be seen again (k of n) before it fires again.
+    assert a.update("s", "inner_race", 5) is None
