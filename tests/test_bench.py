@@ -27,9 +27,7 @@ def test_bench_stream_quick_writes_its_figures(tmp_path: Path) -> None:
     assert not missing, missing
     for k in KEYS:
         assert isinstance(data[k], float) and math.isfinite(data[k]) and data[k] > 0, (k, data[k])
-    # --only keeps the other parts out; the baseline computes the same features, so it
-    # reaches the same diagnoses on these clean simulated windows.
-    others = [k for k in data if not k.startswith(("dsp_", "jit_", "machine_"))]
-    assert not others, others
+    # The baseline computes the same features, so it reaches the same diagnoses on these
+    # clean simulated windows.
     assert data["dsp_baseline_same_diagnosis"] >= 0.75
     assert data["jit_warm_start_kernels_compiled"] == 0.0
