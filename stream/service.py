@@ -486,7 +486,7 @@ class StreamService:
             self.webhooks.public_url = self.web.url
 
     async def operator_action(self, sensor: str, by: str, note: str = "",
-                              action: str = "acknowledge") -> dict[str, Any]:
+                              action: str = "ack") -> dict[str, Any]:
         """An operator action from the evidence page (its acknowledge button).
 
         Goes through the same path as the command topic (`Pipeline.apply_command`): the
