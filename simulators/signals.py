@@ -3,13 +3,16 @@
 The model follows Randall & Antoni, "Rolling element bearing diagnostics — A tutorial",
 MSSP 25 (2011), §2: a localised bearing defect produces a train of impacts at its
 defect frequency (BPFO, BPFI, 2×BSF for a ball, FTF for the cage) whose spacing varies
-randomly by about 1 % (slip), each impact ringing the structure's resonances (here two
+randomly by about 1.5 % (slip) and whose strength varies by about 35 % from one impact to
+the next, each impact ringing the structure's resonances (here two
 decaying sinusoids, 3.0 and 4.6 kHz, damping ratio 0.02 and 0.05). A defect that turns
 with the shaft (inner race) or with the cage (ball) passes through the load zone once per
 turn, which modulates the impact amplitudes at the shaft rate or at FTF; an outer-race
 defect sits in the load zone and is not modulated. A standard envelope analysis (band-pass
 around the resonances, Hilbert envelope, spectrum) therefore shows the defect line and its
-harmonics, with ±fr sidebands for the inner race and ±FTF for a ball.
+harmonics, with ±fr sidebands for the inner race and ±FTF for a ball. A ball's defect is in
+the contact path only during some cage turns (its spin axis wanders), so ball faults are
+intermittent, as on the CWRU rig.
 
 Every machine adds shaft-rate lines (1× residual imbalance, a little 2× and 3×),
 broadband structural vibration and white measurement noise. Imbalance raises 1×,
@@ -73,13 +76,17 @@ RESONANCES = ((3000.0, 0.02, 1.0), (4600.0, 0.05, 0.5))
 #: A resonance never sits above this fraction of fs (it moves down for low sample rates).
 RESONANCE_MAX_FRACTION = (0.25, 0.38)
 #: Random slip: relative standard deviation of the interval between impacts.
-SLIP = 0.01
+SLIP = 0.015
 #: Random impact-to-impact amplitude variation (relative standard deviation).
-IMPACT_SPREAD = 0.1
+IMPACT_SPREAD = 0.35
 #: Load zone: amplitude = floor + (1 − floor)·max(cos θ, 0)^1.5 (Stribeck, ε = 0.5).
 LOAD_ZONE_FLOOR = 0.5
 #: A ball strikes the inner and outer race alternately; the inner-race strike is weaker.
 BALL_SECOND_STRIKE = 0.8
+#: Share of cage turns during which a ball's defect is in the contact path.
+BALL_CONTACT = 0.5
+#: Relative strength of its strikes during the other turns (glancing contact).
+BALL_OFF_PATH = 0.3
 #: Lubrication floor band: from min(5 kHz, 0.35·fs) to min(20 kHz, 0.45·fs).
 HF_BAND = (5000.0, 0.35, 20000.0, 0.45)
 #: Healthy structural vibration band (Hz): rises above the first, rolls off above the second.
@@ -412,13 +419,22 @@ def _impact_train(cond: Condition, orders: DefectOrders, shaft_hz: float, fs: fl
     intervals = period * (1.0 + SLIP * rng.standard_normal(count))
     times = rng.uniform(0.0, period) + np.concatenate(([0.0], np.cumsum(intervals[:-1])))
     times = times[times < duration]
-    amps = 1.0 + IMPACT_SPREAD * rng.standard_normal(times.size)
+    # Impacts vary a lot from one to the next (a roller enters the defect at a slightly
+    # different speed and angle each time); never negative.
+    amps = np.abs(1.0 + IMPACT_SPREAD * rng.standard_normal(times.size))
     mean_square = 1.0 + IMPACT_SPREAD**2
     if cond.line == "2bsf":
         # The ball's defect strikes outer and inner race in turn (its spin is 2×BSF).
         start = int(rng.integers(2))
         amps[start::2] *= BALL_SECOND_STRIKE
         mean_square *= (1.0 + BALL_SECOND_STRIKE**2) / 2.0
+        # The ball's spin axis wanders, so its defect is in the contact path only during
+        # some cage turns (Smith & Randall 2015: why CWRU ball faults are hard to see).
+        turn = np.floor(times * (orders.ftf * shaft_hz) + rng.uniform())
+        turns = turn.astype(np.int64) - int(turn.min()) if turn.size else turn.astype(np.int64)
+        contact = rng.uniform(size=int(turns.max()) + 1 if turns.size else 0) < BALL_CONTACT
+        amps *= np.where(contact, 1.0, BALL_OFF_PATH)[turns]
+        mean_square *= BALL_CONTACT + (1.0 - BALL_CONTACT) * BALL_OFF_PATH**2
     if cond.modulation != "none":
         carrier = shaft_hz if cond.modulation == "shaft" else orders.ftf * shaft_hz
         phase = rng.uniform(0.0, 2.0 * math.pi)
