@@ -12,6 +12,7 @@ careless. It is not used by the stream.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -109,10 +110,11 @@ def features_one(x: np.ndarray, fs: float, shaft: float, orders: DefectOrders
     # Kurtogram: SK of the envelope in each admissible band; the envelope of the best one.
     line_orders = np.array([orders.bpfo, orders.bpfi, 2 * orders.bsf, orders.ftf])
     need_bw = th.ENV_BANDWIDTH_FACTOR * (th.N_HARMONICS * line_orders.max() + 1) * shaft
-    best_sk, band = -np.inf, (fs / 4, fs / 2)
+    best_sk, band, band_ok = -np.inf, (fs / 4, fs / 2), False
     for lo, hi in _bands(fs):
         if lo < th.ENV_BAND_MIN_LO_HZ or hi - lo < need_bw:
             continue
+        band_ok = True
         env = _envelope(x, fs, lo, hi)
         p = env * env
         sk = float(np.mean(p * p) / np.mean(p) ** 2 - 2) if p.mean() > 0 else 0.0
@@ -148,6 +150,7 @@ def features_one(x: np.ndarray, fs: float, shaft: float, orders: DefectOrders
         "n_revolutions": shaft * n / fs, "clip_fraction": clip,
         "finite": float(np.all(np.isfinite(x))), "env_lo_hz": band[0], "env_hi_hz": band[1],
         "env_sk": best_sk if math.isfinite(best_sk) else 0.0,
+        "line_target_hz": line_orders * shaft, "env_band_ok": float(band_ok),
     }
 
 
@@ -156,4 +159,7 @@ def extract_baseline(windows: np.ndarray, fs_hz: float, shaft_hz: np.ndarray,
     """`features_one` on each row of `windows` (B, N), stacked into a FeatureBatch."""
     rows = [features_one(windows[i], float(fs_hz), float(shaft_hz[i]), orders)
             for i in range(windows.shape[0])]
+    missing = [f.name for f in dataclasses.fields(FeatureBatch) if f.name not in rows[0]]
+    if missing:  # the pipeline grew a feature: the baseline must do the same work
+        raise NotImplementedError(f"bench_baseline does not compute {', '.join(missing)}")
     return FeatureBatch(**{k: np.array([r[k] for r in rows]) for k in rows[0]})
