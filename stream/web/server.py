@@ -194,7 +194,7 @@ class EvidenceServer:
                 form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
                 note = (form.get("note") or [""])[0][:200]
                 if self.ack is None:
-                    action = {"t": time.time(), "sensor": sensor, "action": "acknowledge",
+                    action = {"t": time.time(), "sensor": sensor, "action": "ack",
                               "by": "web", "note": note}
                     self.state.record_action(action)
                 else:

@@ -1,0 +1,112 @@
+"""The evidence page in real headless Chromium (Debian's chromium + chromedriver, driven by
+Selenium; no browser or driver download) against a running stream on a simulated fleet."""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fleet_run import TOKEN, FleetRun, shared_fleet  # tests/ is on sys.path
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+__all__ = ["shared_fleet"]  # the fixture, imported so pytest finds it here
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not download anything
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-dev-shm-usage", "--window-size=1100,1600",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_overview_lists_every_sensor_live(shared_fleet: FleetRun,
+                                          browser: webdriver.Chrome) -> None:
+    browser.get(f"{shared_fleet.http_url}/?token={TOKEN}")
+    links = {a.text for a in browser.find_elements(By.CSS_SELECTOR, "#fleet a.sensor-link")}
+    assert links == {"faulty", "healthy", "housing"}
+    # Server-sent events update the table: the live line shows an update time.
+    WebDriverWait(browser, 15).until(
+        lambda d: d.find_element(By.ID, "live-status").text.startswith("updated"))
+    state = browser.find_element(By.CSS_SELECTOR, "#row-faulty td[data-k=state]").text
+    assert state == "alarm"
+    assert browser.find_element(By.CSS_SELECTOR, "#row-faulty td[data-k=diagnosis]").text \
+        == "outer_race"
+    assert browser.find_element(By.CSS_SELECTOR, "#gw-gw1 td[data-k=state]").text == "online"
+
+
+def test_faulty_sensor_page_highlights_its_defect_line(shared_fleet: FleetRun,
+                                                       browser: webdriver.Chrome) -> None:
+    browser.get(f"{shared_fleet.http_url}/sensor/faulty?token={TOKEN}")
+    assert browser.find_element(By.ID, "diagnosis").text == "outer_race"
+    evidence = browser.find_elements(By.CSS_SELECTOR, "svg#envelope line.evidence")
+    assert evidence, "no evidence line drawn on the envelope spectrum"
+    assert {e.get_attribute("data-line") for e in evidence} == {"BPFO"}
+    # The kinematic lines of the bearing are drawn too, and the evidence is visible.
+    defects = {e.get_attribute("data-line") for e in browser.find_elements(
+        By.CSS_SELECTOR, "svg#envelope line.defect")}
+    assert {"BPFO", "BPFI", "2xBSF", "FTF"} <= defects
+    assert browser.find_element(By.CSS_SELECTOR, "svg#envelope line.evidence").is_displayed()
+    assert browser.find_elements(By.CSS_SELECTOR, "svg#trend-velocity line.threshold")
+    assert "ack" in browser.find_element(By.ID, "actions").text
+    assert "firing" in browser.find_element(By.ID, "alerts").text
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "evidence-faulty.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+    browser.get(f"{shared_fleet.http_url}/?token={TOKEN}")
+    browser.save_screenshot(str(ARTIFACTS / "evidence-overview.png"))
+
+    # The healthy bearing's page shows no evidence line.
+    browser.get(f"{shared_fleet.http_url}/sensor/healthy")  # the cookie carries the token
+    assert browser.find_element(By.ID, "diagnosis").text == "normal"
+    assert not browser.find_elements(By.CSS_SELECTOR, "svg#envelope line.evidence")
+
+
+def test_bad_requests_answer_cleanly_and_the_stream_keeps_running(
+        shared_fleet: FleetRun) -> None:
+    status, body = shared_fleet.get("/sensor/nope")
+    assert status == 404 and "no sensor" in body and "Traceback" not in body
+    assert shared_fleet.get("/", token="wrong")[0] == 401
+    assert shared_fleet.get("/", token=None)[0] == 401
+    assert shared_fleet.get("/events", token="wrong")[0] == 401
+    assert shared_fleet.get("/no/such/page")[0] == 404
+    # A broken request line gets a 400, not a crash.
+    host, port = shared_fleet.http_url.removeprefix("http://").split(":")
+    import socket
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"garbage\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 400")
+    windows = shared_fleet.status()["sensors"]["healthy"]["windows"]
+    status, body = shared_fleet.get("/api/fleet")
+    assert status == 200 and '"faulty"' in body
+    from fleet_run import wait
+    wait(lambda: shared_fleet.status()["sensors"]["healthy"]["windows"] > windows, 10,
+         "the stream to keep processing")
+    assert shared_fleet.stream.poll() is None
+    req = urllib.request.Request(shared_fleet.http_url + "/static/app.js",
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert b"EventSource" in r.read()
