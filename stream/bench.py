@@ -142,7 +142,7 @@ def _size_figures(n: int, quick: bool) -> dict[str, float]:
     lo_sel = np.round(feats.env_lo_hz / df).astype(np.int64)
     hi_sel = np.round(feats.env_hi_hz / df).astype(np.int64)
     t_pipe = best_time(pipeline, repeats, 0.0 if quick else 2.0)
-    t_base = best_time(baseline, 1 if quick else 3)
+    t_base = best_time(baseline, 1 if quick else 5, 0.0 if quick else 2.0)
     t_fft_nb = best_time(lambda: _fft_work_numba(x, lo_bins, hi_bins, lo_sel, hi_sel),
                          repeats, 0.0 if quick else 2.0)
     t_fft_np = best_time(lambda: _fft_work_numpy(x, lo_bins, hi_bins, lo_sel, hi_sel),
