@@ -157,8 +157,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_evaluate_fleet(args: argparse.Namespace) -> int:
     import json
+    import logging
 
     from ballpass.stream.online.fleet import FleetSpec, run, table
+    if args.log_level != "DEBUG":
+        # Thousands of simulated machines' events would drown the progress bar.
+        logging.getLogger("ballpass.stream").setLevel(logging.WARNING)
     spec = FleetSpec(seeds=args.seeds, horizon_days=args.horizon_days,
                      cadence_s=args.cadence_s)
     figures = run(spec, progress=None if args.quiet else sys.stderr)
