@@ -26,19 +26,23 @@ Sample config block (one `[[gateway.sensor]]`)::
     looseness = 0.5           # >= 0: shaft harmonics to 10x and half orders
     gear_teeth = 23           # a gearbox: pinion teeth on this shaft (mesh + sidebands)
     gear_wear = 0.0           # >= 0: sidebands grow with wear
-    # Degradation in simulated time (instead of fault/severity):
-    trajectory = { condition = "outer_race", onset_h = 24, incipient_h = 48,
-                   developed_h = 48, severe_h = 24, max_severity = 2.5 }
-                              # or trajectory = "random" (drawn from seed, horizon_h)
-    horizon_h = 168           # for trajectory = "random": failure around this time
+    # Simulated time and operating profile:
     time_scale = 2016         # simulated seconds per wall second (a week in 5 minutes)
-    t_start_ns = 0            # wall time (ns) of simulated time 0; default: first read
+    # t_start_ns = ...        # wall time (ns) of simulated time 0; default: first read
     profile = "batch"         # "steady" or "batch": a reactor's speed/load cycle
     cycle_h = 4               # batch cycle length (default: 3-6 h from the seed)
     tau_s = 1800              # thermal time constant of the housing (temperature kind)
-    # Sensor faults: always on, or scheduled in simulated time:
-    sensor_fault = "spikes"   # saturation, flatline, spikes, dropouts, disconnect
-    # sensor_fault = [{ kind = "disconnect", start_h = 30, end_h = 32 }]
+    # Sensor faults: a kind always on, or a list scheduled in simulated hours:
+    sensor_fault = [{ kind = "disconnect", start_h = 30, end_h = 32 }]
+    # Degradation in simulated time, instead of fault/severity (or trajectory = "random",
+    # drawn from the seed, failing around horizon_h = 168):
+    # [gateway.sensor.options.trajectory]
+    # condition = "outer_race"
+    # onset_h = 24
+    # incipient_h = 48
+    # developed_h = 48
+    # severe_h = 24
+    # max_severity = 2.5
 
 `read()` returns at once: the gateway's capture schedule does the pacing.
 Simulated time is `(t0_ns - t_start_ns) * time_scale`; the stage, severity, speed, load

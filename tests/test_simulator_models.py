@@ -227,3 +227,30 @@ def test_random_trajectory_option_is_deterministic_for_a_seed() -> None:
 def test_bad_driver_options_name_the_key(options: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named.replace("[", r"\[").replace("(", r"\(")):
         SimulatedDriver(sensor(**options), asset())
+
+
+def test_the_sample_config_block_in_the_driver_docs_builds_a_driver() -> None:
+    import tomllib
+
+    from ballpass.config import parse
+
+    doc = driver_mod.__doc__ or ""
+    block = doc.split("::\n", 1)[1].split("\n\n", 1)[0]
+    sample = "\n".join(line[4:] for line in block.splitlines())
+    asset_block = ('[[asset]]\nid = "pump3"\nkind = "gearbox"\nbearing = "SKF 6205"\n'
+                   'shaft_hz = 29.95\n[[gateway]]\nid = "gw1"\n')
+    config = parse(tomllib.loads('[site]\nid = "s"\n' + asset_block + sample))
+    (gateway,) = config.gateways
+    (s,) = gateway.sensors
+    drv = SimulatedDriver(s, config.asset("pump3"))
+    assert drv.fault == "outer_race" and drv.gear_teeth == 23 and drv.time_scale == 2016
+    # The commented trajectory table, uncommented, replaces fault/severity.
+    traj = "\n".join(line.replace("# ", "", 1) for line in sample.splitlines()
+                     if line.startswith(("# [gateway", "# condition", "# onset_h",
+                                         "# incipient_h", "# developed_h", "# severe_h",
+                                         "# max_severity")))
+    plain = "\n".join(line for line in sample.splitlines()
+                      if not line.startswith(("fault", "severity")))
+    config = parse(tomllib.loads('[site]\nid = "s"\n' + asset_block + plain + "\n" + traj))
+    drv = SimulatedDriver(config.gateways[0].sensors[0], config.asset("pump3"))
+    assert drv.trajectory is not None and drv.trajectory.onset_s == 24 * H
