@@ -2,11 +2,13 @@
 
 The file holds `signal` (acceleration in g, float64) and its metadata as scalar arrays
 (`fs_hz`, `shaft_hz`, `fault`, `bearing`, `severity`, `seed`), so any tool can read it
-with `numpy.load`.
+with `numpy.load`. The same metadata, with the bearing's geometry and defect frequencies,
+is written beside it as JSON (`FILE.json` for `FILE.npz`) for tools that do not read npz.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -46,4 +48,16 @@ def write_record(out: Path, fault: str, bearing: str, shaft_hz: float, fs_hz: fl
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, signal=signal, fs_hz=fs_hz, shaft_hz=shaft_hz,
                         fault=fault, bearing=geometry.name, severity=severity, seed=seed)
+    freqs = geometry.defect_frequencies(shaft_hz)
+    meta = {"signal": {"file": out.name, "array": "signal", "unit": "g",
+                       "n_samples": int(signal.size)},
+            "fs_hz": fs_hz, "shaft_hz": shaft_hz, "seconds": seconds, "fault": fault,
+            "severity": severity, "seed": seed, "bearing": geometry.name,
+            "geometry": {"n_elements": geometry.n_elements,
+                         "element_diameter": geometry.element_diameter,
+                         "pitch_diameter": geometry.pitch_diameter,
+                         "contact_angle_deg": geometry.contact_angle_deg},
+            "defect_hz": {"bpfo": freqs.bpfo, "bpfi": freqs.bpfi, "bsf": freqs.bsf,
+                          "ftf": freqs.ftf}}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out

@@ -15,6 +15,7 @@ impact spread, slip and ball contact share (see EVALUATION.md, "Simulator fideli
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +76,12 @@ def test_simulated_record_falls_inside_the_real_range(tmp_path, real_ranges, lab
         out = write_record(tmp_path / f"{label}-{rpm}-{severity}.npz", fault=label,
                            bearing="SKF 6205", shaft_hz=rpm / 60.0, fs_hz=FS, seconds=8.0,
                            seed=rpm, severity=severity)
+        meta = json.loads(out.with_suffix(".json").read_text())  # the metadata beside it
+        assert meta["fault"] == label and meta["defect_hz"]["bpfo"] == pytest.approx(
+            3.585 * rpm / 60.0, rel=1e-3)
         with np.load(out) as rec:
             assert float(rec["fs_hz"]) == FS and str(rec["bearing"]) == "SKF 6205"
+            assert rec["signal"].size == meta["signal"]["n_samples"] == 8 * FS
             sim = np.median(features(rec["signal"], rpm / 60.0, label), axis=0)
         outside = [f"{name} {v:.2f} not in [{a:.2f}, {b:.2f}]"
                    for name, v, a, b in zip(FEATURES, sim, lo, hi, strict=True)
