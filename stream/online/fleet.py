@@ -71,6 +71,8 @@ class Machine:
     seq: int = 0
     first_alarm_s: float | None = None
     first_alarm_stage: str = "none"
+    first_alarm_diagnosis: str = ""
+    estimates: list[tuple[float, float]] = field(default_factory=list)  # (t_s, days_to_d)
     days_to_zone_d_at_alarm: float | None = None
     false_alarms: int = 0
     healthy_s: float = 0.0
@@ -169,6 +171,9 @@ def run(spec: FleetSpec, progress: TextIO | None = sys.stderr) -> dict[str, Any]
                 continue
             m, stage = live[r.incoming.sensor]
             _zone_d_truth(m, t, r.features.get("velocity_rms_mm_s", math.nan), zone_d)
+            p = r.online.get("days_to_zone_d")
+            if m.first_alarm_s is not None and p:
+                m.estimates.append((t, p["days"]))
             if r.incoming.sensor not in firing:
                 continue
             if stage == "healthy":
@@ -176,7 +181,7 @@ def run(spec: FleetSpec, progress: TextIO | None = sys.stderr) -> dict[str, Any]
             elif m.first_alarm_s is None:
                 m.first_alarm_s = t
                 m.first_alarm_stage = stage
-                p = r.online.get("days_to_zone_d")
+                m.first_alarm_diagnosis = firing[r.incoming.sensor]["diagnosis"]
                 m.days_to_zone_d_at_alarm = p["days"] if p else None
         if progress is not None and (step % 20 == 0 or step == steps - 1):
             _bar(progress, step + 1, steps, t / DAY_S, windows, time.monotonic() - started)
@@ -209,16 +214,24 @@ def _summary(ms: list[Machine]) -> dict[str, Any]:
     false_alarms = sum(m.false_alarms for m in ms)
     faulty = [m for m in ms if m.trajectory is not None]
     stages: dict[str, int] = defaultdict(int)
-    leads, errors = [], []
+    leads, errors, later = [], [], []
     missing_estimates = 0
+    by: dict[str, int] = defaultdict(int)
     for m in faulty:
         stages[m.first_alarm_stage] += 1
+        if m.first_alarm_diagnosis:
+            by[m.first_alarm_diagnosis] += 1
         if m.first_alarm_s is None:
             continue
         assert m.trajectory is not None
         leads.append((m.trajectory.failure_s - m.first_alarm_s) / DAY_S)
         truth_s = (m.zone_d_s if m.zone_d_s is not None else m.trajectory.failure_s)
         true_days = (truth_s - m.first_alarm_s) / DAY_S
+        # Every estimate after the first alarm, while the truth is still ahead.
+        rel = [abs(d - (truth_s - t) / DAY_S) / ((truth_s - t) / DAY_S)
+               for t, d in m.estimates if truth_s - t > 0]
+        if rel:
+            later.append(float(np.median(rel)))
         if m.days_to_zone_d_at_alarm is None:
             missing_estimates += 1
         elif true_days > 0:
@@ -240,6 +253,9 @@ def _summary(ms: list[Machine]) -> dict[str, Any]:
         if errors else None,
         "days_to_zone_d_estimates": len(errors),
         "days_to_zone_d_missing_at_alarm": missing_estimates,
+        "days_to_zone_d_median_abs_rel_error_after_alarm": round(float(np.median(later)), 3)
+        if later else None,
+        "first_alarm_diagnosis": dict(by),
     }
 
 
