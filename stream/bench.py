@@ -10,7 +10,8 @@ normal, outer-race, inner-race and ball windows of an SKF 6205 at 25 Hz, 25.6 kH
   library (rocket-fft inside numba) and with numpy's pocketfft; the faster of the two is
   the bound. Counted from `stream/features.py` and `stream/dsp/`: per window, the rfft of
   the window (`_rfft_rows`), the rfft of its Hann-windowed copy (`_amplitude_spectrum`),
-  one inverse FFT per kurtogram candidate band over that band's bins (`_sk_bands`), the
+  one inverse FFT over the bins of each kurtogram band the pipeline computes (`_sk_bands`:
+  the bands wide enough for the lines and above `ENV_BAND_MIN_LO_HZ`), the
   inverse FFT of the selected band (`_envelope`, length N) and the rfft of the envelope
   (`_envelope_spectrum`). Everything else (moments, line searches, the diagnosis) is
   work beyond the bound.
@@ -75,7 +76,7 @@ def best_time(fn: Callable[[], object], repeats: int, min_total_s: float = 0.0) 
 
 
 @njit(cache=True)
-def _fft_work_numba(x: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray,
+def _fft_work_numba(x: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray, use: np.ndarray,
                     lo_sel: np.ndarray, hi_sel: np.ndarray) -> float:
     """The pipeline's FFTs on batch `x`, nothing else (see the module docstring)."""
     b, n = x.shape
@@ -85,6 +86,8 @@ def _fft_work_numba(x: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray,
     env = np.empty((b, n))
     for i in range(b):
         for k in range(lo_bins.shape[0]):  # _sk_bands: one inverse FFT per candidate
+            if not use[i, k]:
+                continue
             c = np.fft.ifft(raw[i, lo_bins[k] : hi_bins[k]].copy())
             acc += c[0].real
         y = np.zeros(n, dtype=np.complex128)  # _envelope: the selected band, length N
@@ -96,15 +99,17 @@ def _fft_work_numba(x: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray,
     return acc + spec[0, 1].real
 
 
-def _fft_work_numpy(x: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray,
+def _fft_work_numpy(x: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray, use: np.ndarray,
                     lo_sel: np.ndarray, hi_sel: np.ndarray) -> float:
     """The same FFTs with numpy (pocketfft), batched over rows where numpy allows."""
     b, n = x.shape
     raw = np.fft.rfft(x, axis=-1)
     hann = np.fft.rfft(x, axis=-1)
     acc = float(hann[0, 1].real)
-    for lo, hi in zip(lo_bins, hi_bins, strict=True):
-        acc += float(np.fft.ifft(raw[:, lo:hi], axis=-1)[0, 0].real)
+    for k, (lo, hi) in enumerate(zip(lo_bins, hi_bins, strict=True)):
+        rows = use[:, k]
+        if rows.any():
+            acc += float(np.fft.ifft(raw[rows, lo:hi], axis=-1)[0, 0].real)
     y = np.zeros((b, n), dtype=np.complex128)
     for i in range(b):
         y[i, lo_sel[i] : hi_sel[i]] = raw[i, lo_sel[i] : hi_sel[i]]
@@ -114,10 +119,8 @@ def _fft_work_numpy(x: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray,
 
 def _size_figures(n: int, quick: bool) -> dict[str, float]:
     from ballpass.models.catalog import lookup
-    from ballpass.stream import thresholds as th
-    from ballpass.stream.bench_baseline import extract_baseline
+    from ballpass.stream.bench_baseline import admissible, extract_baseline, pipeline_bands
     from ballpass.stream.diagnosis import diagnose
-    from ballpass.stream.dsp.envelope import candidate_bands
     from ballpass.stream.features import extract
 
     orders = lookup(BEARING).orders()
@@ -138,14 +141,15 @@ def _size_figures(n: int, quick: bool) -> dict[str, float]:
 
     feats = extract(x, FS_HZ, shaft, orders)
     df = FS_HZ / n
-    lo_bins, hi_bins = candidate_bands(FS_HZ, n, th.ENV_LEVELS)
+    lo_bins, hi_bins = pipeline_bands(FS_HZ, n)
+    use = np.stack([admissible(lo_bins, hi_bins, df, s, orders) for s in shaft])
     lo_sel = np.round(feats.env_lo_hz / df).astype(np.int64)
     hi_sel = np.round(feats.env_hi_hz / df).astype(np.int64)
     t_pipe = best_time(pipeline, repeats, 0.0 if quick else 2.0)
     t_base = best_time(baseline, 1 if quick else 5, 0.0 if quick else 2.0)
-    t_fft_nb = best_time(lambda: _fft_work_numba(x, lo_bins, hi_bins, lo_sel, hi_sel),
+    t_fft_nb = best_time(lambda: _fft_work_numba(x, lo_bins, hi_bins, use, lo_sel, hi_sel),
                          repeats, 0.0 if quick else 2.0)
-    t_fft_np = best_time(lambda: _fft_work_numpy(x, lo_bins, hi_bins, lo_sel, hi_sel),
+    t_fft_np = best_time(lambda: _fft_work_numpy(x, lo_bins, hi_bins, use, lo_sel, hi_sel),
                          repeats, 0.0 if quick else 2.0)
     agree = np.mean([a == b for a, b in zip(pipeline()[:nb], baseline(), strict=True)])
     sfx = "" if n == 8192 else f"_{n}"

@@ -81,13 +81,27 @@ def _bandpass(fs: float, lo: float, hi: float) -> np.ndarray:
     return scipy.signal.butter(_FILTER_ORDER, [lo, hi], btype="bandpass", fs=fs, output="sos")
 
 
-def _bands(fs: float) -> list[tuple[float, float]]:
-    """The dyadic half-overlapping kurtogram grid (Hz), levels `th.ENV_LEVELS`."""
-    out = []
-    for lev in th.ENV_LEVELS:
-        bw = fs / 2 ** (lev + 1)
-        out += [(m * bw / 2, m * bw / 2 + bw) for m in range(2 ** (lev + 1) - 1)]
-    return out
+def pipeline_bands(fs: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The kurtogram's candidate bands of the pipeline as DFT bin ranges [lo, hi).
+
+    The baseline scans the same bands as the pipeline (equal work); only the way each
+    band's envelope is computed differs (a filter here, a bin range there).
+    """
+    from ballpass.stream.dsp import envelope
+
+    if hasattr(envelope, "kurtogram_bands"):  # the fast kurtogram (1/3-binary tree)
+        lo, hi, _ = envelope.kurtogram_bands(fs, n)
+        return lo, hi
+    return envelope.candidate_bands(fs, n, th.ENV_LEVELS)  # type: ignore[attr-defined]
+
+
+def admissible(lo_bins: np.ndarray, hi_bins: np.ndarray, df: float, shaft: float,
+               orders: DefectOrders) -> np.ndarray:
+    """The bands the pipeline may pick: above ENV_BAND_MIN_LO_HZ and wide enough for the
+    highest line searched (the rule of `features.extract`)."""
+    top = max(orders.bpfo, orders.bpfi, 2 * orders.bsf, orders.ftf)
+    need_bw = th.ENV_BANDWIDTH_FACTOR * (th.N_HARMONICS * top + 1) * shaft
+    return (lo_bins * df >= th.ENV_BAND_MIN_LO_HZ) & ((hi_bins - lo_bins) * df >= need_bw)
 
 
 def _envelope(x: np.ndarray, fs: float, lo: float, hi: float) -> np.ndarray:
@@ -109,12 +123,11 @@ def features_one(x: np.ndarray, fs: float, shaft: float, orders: DefectOrders
 
     # Kurtogram: SK of the envelope in each admissible band; the envelope of the best one.
     line_orders = np.array([orders.bpfo, orders.bpfi, 2 * orders.bsf, orders.ftf])
-    need_bw = th.ENV_BANDWIDTH_FACTOR * (th.N_HARMONICS * line_orders.max() + 1) * shaft
-    best_sk, band, band_ok = -np.inf, (fs / 4, fs / 2), False
-    for lo, hi in _bands(fs):
-        if lo < th.ENV_BAND_MIN_LO_HZ or hi - lo < need_bw:
-            continue
-        band_ok = True
+    lo_bins, hi_bins = pipeline_bands(fs, n)
+    ok = admissible(lo_bins, hi_bins, df, shaft, orders)
+    band_ok = bool(ok.any())
+    best_sk, band = -np.inf, (n // 4 * df, n // 2 * df)
+    for lo, hi in zip(lo_bins[ok] * df, hi_bins[ok] * df, strict=True):
         env = _envelope(x, fs, lo, hi)
         p = env * env
         sk = float(np.mean(p * p) / np.mean(p) ** 2 - 2) if p.mean() > 0 else 0.0
