@@ -189,6 +189,26 @@ def cmd_sensor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_broker_add_gateway(args: argparse.Namespace) -> int:
+    from ballpass.broker_admin import add_gateway, read_or_create_password
+    try:
+        password, generated = read_or_create_password(args.password_file)
+        result = add_gateway(args.gateway, password, args.passwd, args.acl,
+                             use_mosquitto_passwd=not args.no_mosquitto_passwd)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{'replaced' if result.replaced else 'added'} {result.gateway} in {args.passwd} "
+          f"({result.method})")
+    if generated:
+        print(f"new password written to {args.password_file} (copy it to the gateway; "
+              "[[gateway]] password_file)")
+    print(f"acl {args.acl}: " + (f"added {len(result.acl_added)} pattern lines"
+                                 if result.acl_added else "gateway pattern lines present"))
+    print("reload the broker to apply: systemctl reload mosquitto (or SIGHUP)")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     sensors = sum(len(g.sensors) for g in config.gateways)
@@ -333,6 +353,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", help="who acts (default: the login name)")
     p.add_argument("--note", default="", help="free text kept with the action")
     p.set_defaults(func=cmd_sensor)
+
+    p = sub.add_parser("broker", help="broker administration (gateway credentials)",
+                       description="Manage the mosquitto password file and ACL.")
+    bsub = p.add_subparsers(dest="broker_command", required=True, metavar="WHAT")
+    q = bsub.add_parser("add-gateway", help="add or replace a gateway's broker login",
+                        description="Add the gateway to the password file (mosquitto_passwd "
+                        "-b when installed, else the same PBKDF2 format) and make sure the ACL "
+                        "holds the gateway pattern lines (each gateway writes only below its "
+                        "own prefix). The password comes from --password-file, or is "
+                        "generated and written there.")
+    q.add_argument("gateway", metavar="ID", help="gateway id (= its MQTT username)")
+    q.add_argument("--passwd", type=Path, required=True, metavar="FILE",
+                   help="mosquitto password file (created if missing)")
+    q.add_argument("--acl", type=Path, required=True, metavar="FILE",
+                   help="mosquitto ACL file (created if missing)")
+    q.add_argument("--password-file", type=Path, required=True, metavar="FILE",
+                   help="the gateway's password (generated into FILE if it does not exist)")
+    q.add_argument("--no-mosquitto-passwd", action="store_true",
+                   help="write the hash without calling mosquitto_passwd")
+    q.set_defaults(func=cmd_broker_add_gateway)
 
     p = sub.add_parser("check-config", help="validate a site config and exit (2 on errors)",
                        description="Load and validate a site config; print every error with "
