@@ -85,8 +85,10 @@ def windows_of(x: np.ndarray, window: int, max_windows: int | None) -> np.ndarra
     return x[: n * window].reshape(n, window)
 
 
-def evaluate_record(rec: Recording) -> RecordResult:
-    """Read, cut, diagnose and vote one recording."""
+def evaluate_record(rec: Recording,
+                    on_chunk: Callable[[int, int], None] | None = None) -> RecordResult:
+    """Read, cut, diagnose and vote one recording; `on_chunk(windows_done, windows)` after
+    each batch (progress on long recordings)."""
     from ballpass.stream.diagnosis import diagnose
     from ballpass.stream.features import extract
 
@@ -106,6 +108,8 @@ def evaluate_record(rec: Recording) -> RecordResult:
             d = diagnose(batch, i, rec.iso_group, rec.iso_foundation)
             per_window.append((d.diagnosis, d.confidence))
             reasons.append((d.diagnosis, d.confidence, d.reason))
+        if on_chunk is not None:
+            on_chunk(len(per_window), wins.shape[0])
     winner, confidence, votes, conf = vote(per_window)
     # The reason of the surest window that voted for the winner: the evidence an engineer
     # would look at first.
@@ -154,11 +158,12 @@ class Progress:
         self.tty = out.isatty()
         self.started = time.monotonic()
 
-    def update(self, done: int, label: str) -> None:
-        filled = round(self.width * done / self.total)
+    def update(self, done: float, label: str) -> None:
+        """Redraw at `done` (records; fractional inside a long recording)."""
+        filled = round(self.width * min(done, self.total) / self.total)
         bar = "#" * filled + "." * (self.width - filled)
         elapsed = time.monotonic() - self.started
-        text = f"[{bar}] {done}/{self.total} {elapsed:5.1f} s  {label}"
+        text = f"[{bar}] {int(done)}/{self.total} {elapsed:5.1f} s  {label}"
         if self.tty:
             self.out.write("\r" + text[:120].ljust(120))
             if done >= self.total:
@@ -222,11 +227,16 @@ def report(summary_: dict[str, Any], results: Sequence[RecordResult],
 
 
 def run(recordings: Sequence[Recording],
-        on_record: Callable[[int, RecordResult], None] | None = None) -> list[RecordResult]:
-    """Evaluate every recording in order; `on_record(done, result)` after each."""
+        on_record: Callable[[int, RecordResult], None] | None = None,
+        on_chunk: Callable[[int, Recording, int, int], None] | None = None
+        ) -> list[RecordResult]:
+    """Evaluate every recording in order; `on_record(done, result)` after each,
+    `on_chunk(done, recording, windows_done, windows)` after each batch of windows."""
     results = []
     for k, rec in enumerate(recordings):
-        results.append(evaluate_record(rec))
+        chunk = None if on_chunk is None else (
+            lambda w, total, k=k, rec=rec: on_chunk(k, rec, w, total))
+        results.append(evaluate_record(rec, chunk))
         if on_record is not None:
             on_record(k + 1, results[-1])
     return results
@@ -241,8 +251,13 @@ def main(spec: Path, json_out: Path | None, out: TextIO = sys.stdout,
     recordings = load_spec(spec)
     progress = Progress(len(recordings), err)
     progress.update(0, "loading kernels")
+
+    def chunk(done: int, rec: Recording, w: int, total: int) -> None:
+        if total > BATCH:  # a long recording: show its windows too
+            progress.update(done + w / total, f"{rec.path.name} {w}/{total} windows")
+
     results = run(recordings, lambda done, r: progress.update(
-        done, f"{r.rec.path.name} -> {r.predicted}"))
+        done, f"{r.rec.path.name} -> {r.predicted}"), chunk)
     data = summary(results)
     out.write(report(data, results, spec.resolve().parent))
     if json_out is not None:
