@@ -269,7 +269,10 @@ class Service:
 # Directives the launcher owns; every other line of the template is kept as is.
 _MANAGED = {"listener", "port", "bind_address", "bind_interface", "allow_anonymous",
             "password_file", "acl_file", "persistence_location", "log_dest", "user",
-            "pid_file", "per_listener_settings", "persistence_file"}
+            "pid_file", "per_listener_settings", "persistence_file",
+            # TLS: the template's listener 8883 is dropped; `Mosquitto(tls=...)` adds its own.
+            "cafile", "capath", "certfile", "keyfile", "tls_version", "require_certificate",
+            "use_identity_as_username", "crlfile"}
 
 
 def acl_text(stream_users: Iterable[str] = ("stream",),
