@@ -1,0 +1,40 @@
+"""deploy/: the example gateway config loads and its drivers accept their options; the
+systemd unit restarts on failure, runs unprivileged in the device groups, and keeps the
+hardening that would break sysfs access out."""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+from ballpass.config import load
+from ballpass.gateway.drivers import load as load_driver
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def test_example_gateway_config_loads_and_drivers_accept_it() -> None:
+    config = load(DEPLOY / "gateway.example.toml")
+    gw = config.gateway("gw-reactor3")
+    assert config.broker.tls and config.broker.port == 8883
+    assert gw.password_file == Path("/etc/ballpass/gw-reactor3.password")
+    assert {s.driver for s in gw.sensors} == {"iio", "ds18b20"}
+    for s in gw.sensors:
+        driver = load_driver(s.driver)(s, config.asset(s.asset))  # validates options, no I/O
+        assert repr(driver)
+
+
+def test_systemd_unit() -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(DEPLOY / "ballpass-gateway@.service")
+    service = unit["Service"]
+    assert service["Restart"] == "on-failure"
+    assert service["User"] == "ballpass"
+    assert set(service["SupplementaryGroups"].split()) >= {"i2c", "spi", "gpio", "iio"}
+    assert service["ExecStart"].split()[1:4] == ["gateway", "-c", "/etc/ballpass/site.toml"]
+    assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
+    # these would make /sys read-only or hide /dev/iio:device*: must stay off
+    assert "ProtectKernelTunables" not in service and "PrivateDevices" not in service
+    rules = (DEPLOY / "99-ballpass-iio.rules").read_text()
+    assert 'SUBSYSTEM=="iio"' in rules and 'GROUP="iio"' in rules
