@@ -15,7 +15,7 @@ import numpy as np
 from ballpass.models.bearing import DefectOrders
 from ballpass.stream import thresholds as th
 from ballpass.stream.dsp._check import check_fs, check_windows
-from ballpass.stream.dsp.envelope import _envelope_spectrum, _sk_bands, candidate_bands
+from ballpass.stream.dsp.envelope import _envelope_spectrum, _sk_bands, kurtogram_bands
 from ballpass.stream.dsp.lines import _line_search
 from ballpass.stream.dsp.spectrum import (
     _amplitude_spectrum,
@@ -152,15 +152,16 @@ def extract(
     shaft_targets = (shaft[:, None] * np.array([1.0, 2.0]))[:, None, :]
     _, x12, x12_snr = _line_search(amp, df, shaft_targets, th.SPEED_TOLERANCE, th.NOISE_FLOOR_BINS)
 
-    # Envelope band: highest SK among candidates wide enough for the lines we read.
-    lo_bins, hi_bins = candidate_bands(fs, n, th.ENV_LEVELS)
+    # Envelope band: the fast kurtogram's band of highest SK among those wide enough for
+    # the lines we read and above the structural range (only those are computed).
+    lo_bins, hi_bins, _ = kurtogram_bands(fs, n)
     top_line = (th.N_HARMONICS * line_orders.max() + 1.0) * shaft
     need_bw = th.ENV_BANDWIDTH_FACTOR * top_line
     band_ok = (lo_bins[None, :] * df >= th.ENV_BAND_MIN_LO_HZ) & (
         (hi_bins - lo_bins)[None, :] * df >= need_bw[:, None]
     )
     if lo_bins.size:
-        sk = _sk_bands(raw, lo_bins, hi_bins)
+        sk = _sk_bands(raw, lo_bins, hi_bins, band_ok)
         masked = np.where(band_ok, sk, -np.inf)
         pick = np.argmax(masked, axis=1)
         lo_sel = lo_bins[pick]

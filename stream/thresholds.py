@@ -28,16 +28,16 @@ NOISE_FLOOR_BINS: int = 25
 """Bins taken on each side of a search zone for the local noise floor (median)."""
 
 # --- Envelope band selection ----------------------------------------------------------
-ENV_LEVELS: tuple[int, ...] = (1, 2, 3)
-"""Dyadic kurtogram levels tried: level l has bandwidth fs / 2**(l+1), bands overlapping by half."""
-
 ENV_BAND_MIN_LO_HZ: float = 500.0
 """Lowest band edge for the envelope: below it shaft harmonics and structural modes dominate
 and carry no impact-excited resonance."""
 
-ENV_BANDWIDTH_FACTOR: float = 2.0
+ENV_BANDWIDTH_FACTOR: float = 2.5
 """A band must be at least this many times wider than the highest envelope line searched
-(3rd BPFI harmonic plus a shaft sideband), or the demodulated lines are cut off."""
+(3rd harmonic of the highest defect order plus a shaft sideband, 3×BPFI + 1× on a ball
+bearing). Demodulating a band of width W keeps envelope lines up to W/2 on each side
+of a centred resonance (the line at f needs the carrier ± f inside the band), so 2× is
+the least; the extra 0.5 leaves room for a resonance that sits off the band's centre."""
 
 # --- Sensor health ---------------------------------------------------------------------
 SENSOR_MIN_STD_G: float = 1e-6

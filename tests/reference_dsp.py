@@ -8,6 +8,7 @@ scipy.signal.hilbert), so that the kernels are checked against something indepen
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import scipy.signal
@@ -71,16 +72,72 @@ def velocity_rms(x: np.ndarray, fs: float, lo: float, hi: float) -> np.ndarray:
 
 
 def spectral_kurtosis(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """SK = E|c|⁴/(E|c|²)² − 2 of the complex envelope of each band [lo, hi) of bins."""
+    """SK = E|c|⁴/(E|c|²)² − 2 of the complex envelope of each band [lo, hi) of bins.
+
+    The complex envelope at the band's own rate (m = hi − lo samples) is written out as
+    its definition, a sum of complex exponentials (a DFT matrix product, no FFT), for
+    bands up to 1024 bins; wider bands (the matrix would take > 16 MB) use numpy's ifft.
+    """
     out = np.zeros((x.shape[0], lo.size))
     for i, r in enumerate(x):
         spec = np.fft.rfft(r)
         for k in range(lo.size):
-            c = np.fft.ifft(spec[lo[k] : hi[k]])
+            m = int(hi[k] - lo[k])
+            j = np.arange(m)
+            if m <= 1024:
+                basis = np.exp(2j * np.pi * np.outer(j, j) / m) / m
+                c = basis @ spec[lo[k] : hi[k]]
+            else:
+                c = np.fft.ifft(spec[lo[k] : hi[k]])
             p = np.abs(c) ** 2
             if p.sum() > 1e-20 * np.sum(np.abs(spec) ** 2):
                 out[i, k] = np.mean(p**2) / p.mean() ** 2 - 2.0
     return out
+
+
+def kurtogram_bands(fs: float, n: int, max_level: int) -> list[tuple[float, int, int]]:
+    """(level, lo bin, hi bin) of Antoni's 1/3-binary tree, from band edges in Hz.
+
+    Level k: 2**k bands of fs/2**(k+1) Hz; level k + 0.6: 3·2**(k−1) bands of
+    fs/(3·2**k) Hz (MSSP 21 (2007), fig. 4); edges to the nearest bin, DC and Nyquist
+    outside every band, bands under 4 bins dropped.
+    """
+    df = Fraction(fs) / n  # exact: an edge half-way between two bins rounds up
+    out = []
+    specs = [(0.0, 1)] + [
+        (lev, nb)
+        for k in range(1, max_level + 1)
+        for lev, nb in ((k, 2**k), (k + 0.6, 3 * 2 ** (k - 1)))
+    ]
+    for lev, nb in specs:
+        bw = Fraction(fs) / 2 / nb
+        for m in range(nb):
+            lo = max(1, math.floor(m * bw / df + 0.5))
+            hi = min(n // 2, math.floor((m + 1) * bw / df + 0.5))
+            if hi - lo >= 4:
+                out.append((float(lev), lo, hi))
+    return out
+
+
+def select_band(
+    x: np.ndarray, fs: float, min_lo_hz: float, min_width_hz: np.ndarray, max_level: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: (lo_hz, hi_hz, SK) of the tree band of highest SK among bands whose lower
+    edge is >= min_lo_hz and width >= min_width_hz[i]; NaNs when none qualifies."""
+    n = x.shape[1]
+    df = fs / n
+    bands = kurtogram_bands(fs, n, max_level)
+    lo = np.array([b[1] for b in bands])
+    hi = np.array([b[2] for b in bands])
+    out = np.full((3, x.shape[0]), np.nan)
+    for i in range(x.shape[0]):
+        ok = (lo * df >= min_lo_hz) & ((hi - lo) * df >= min_width_hz[i])
+        if ok.any():
+            sk = np.full(lo.size, -np.inf)
+            sk[ok] = spectral_kurtosis(x[i : i + 1], lo[ok], hi[ok])[0]
+            k = int(np.argmax(sk))
+            out[:, i] = lo[k] * df, hi[k] * df, sk[k]
+    return out[0], out[1], out[2]
 
 
 def envelope(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

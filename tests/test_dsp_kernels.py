@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 from ballpass.stream.dsp import envelope as env
 from ballpass.stream.dsp import lines, spectrum, stats
-from ballpass.stream.dsp.envelope import candidate_bands
+from ballpass.stream.dsp.envelope import kurtogram_bands, kurtogram_levels
 
 SETTINGS = settings(max_examples=25, deadline=None)
 FS = 1000.0
@@ -162,7 +162,7 @@ def test_wrappers_reject_bad_input() -> None:
 @SETTINGS
 @given(batches(min_n=64, max_n=301))
 def test_spectral_kurtosis_matches_reference(x: np.ndarray) -> None:
-    lo, hi = candidate_bands(FS, x.shape[1], (1, 2))
+    lo, hi, _ = kurtogram_bands(FS, x.shape[1], (0.0, 1.0, 1.6, 2.0))
     np.testing.assert_allclose(
         env.spectral_kurtosis(x, lo, hi), ref.spectral_kurtosis(x, lo, hi), rtol=1e-7, atol=1e-7
     )
@@ -212,9 +212,77 @@ def test_envelope_of_am_signal() -> None:
 
 def test_candidate_bands_are_inside_the_spectrum() -> None:
     for n in (63, 64, 1000, 16384):
-        lo, hi = candidate_bands(12000.0, n, (1, 2, 3))
+        lo, hi, _ = kurtogram_bands(12000.0, n)
         assert lo.size == hi.size
         assert np.all(lo >= 1) and np.all(hi <= n // 2) and np.all(hi - lo >= 4)
+
+
+@SETTINGS
+@given(st.integers(8, 70_000), st.floats(100.0, 100_000.0))
+def test_kurtogram_tree_matches_reference(n: int, fs: float) -> None:
+    levels = kurtogram_levels(n)
+    top = int(levels[-1])
+    assert levels == (0.0, *[v for k in range(1, top + 1) for v in (float(k), k + 0.6)])
+    assert top == max(1, int(math.log2(n)) - 7)  # 6 levels (+ 6.6) for N = 8192
+    lo, hi, lev = kurtogram_bands(fs, n)
+    want = ref.kurtogram_bands(fs, n, top)
+    assert list(zip(lev.tolist(), lo.tolist(), hi.tolist(), strict=True)) == want
+    # Within a level the bands tile the spectrum in order, without overlap, and each is
+    # within one bin of its nominal width (two at the ends, which give up DC and Nyquist).
+    for v in set(lev.tolist()):
+        sel = lev == v
+        k = int(v)
+        n_bands = 2**k if v == k else 3 * 2 ** (k - 1)
+        assert np.all(lo[sel][1:] >= hi[sel][:-1])
+        np.testing.assert_allclose(hi[sel] - lo[sel], n / 2 / n_bands, atol=2.01)
+
+
+@SETTINGS
+@given(batches(min_n=64, max_n=301), st.floats(0.1, 20.0), st.data())
+def test_spectral_kurtosis_is_scale_invariant_and_masked(
+    x: np.ndarray, a: float, data: st.DataObject
+) -> None:
+    from ballpass.stream.dsp.envelope import _sk_bands
+    from ballpass.stream.dsp.spectrum import _rfft_rows
+
+    lo, hi, _ = kurtogram_bands(FS, x.shape[1])
+    sk = env.spectral_kurtosis(x, lo, hi)
+    np.testing.assert_allclose(env.spectral_kurtosis(a * x, lo, hi), sk, rtol=1e-6, atol=1e-6)
+    # SK of a complex envelope is >= -1 (Cauchy-Schwarz: E|c|^4 >= (E|c|^2)^2).
+    assert np.all(sk >= -1.0 - 1e-9)
+    use = np.array(
+        data.draw(arrays(np.bool_, (x.shape[0], lo.size), elements=st.booleans())), dtype=bool
+    )
+    got = _sk_bands(_rfft_rows(x), lo, hi, use)
+    np.testing.assert_array_equal(got[use], sk[use])
+    assert np.all(got[~use] == 0.0)
+
+
+def test_extract_picks_the_reference_kurtogram_band() -> None:
+    # Impacts ringing at 3 kHz (12 kHz, CWRU-like) and at 9 kHz (51.2 kHz), in noise: the
+    # pipeline's band is the slow reference's argmax over the same admissible bands.
+    from ballpass.models.catalog import lookup
+    from ballpass.stream import thresholds as th
+    from ballpass.stream.features import extract
+
+    orders = lookup("SKF 6205").orders()
+    rng = np.random.default_rng(7)
+    for fs, n, f0, shaft in ((12000.0, 8192, 3000.0, 29.95), (51200.0, 16384, 9000.0, 12.0)):
+        t = np.arange(n) / fs
+        x = 0.2 * rng.standard_normal((3, n))
+        for row in x:
+            for t0 in np.arange(rng.uniform(0, 0.01), n / fs, 1 / (orders.bpfo * shaft)):
+                d = t[t >= t0] - t0
+                row[t >= t0] += np.exp(-d / 0.0005) * np.sin(2 * np.pi * f0 * d)
+        b = extract(x, fs, np.full(3, shaft), orders)
+        need = np.full(3, th.ENV_BANDWIDTH_FACTOR * (3 * orders.bpfi + 1) * shaft)
+        lo_hz, hi_hz, sk = ref.select_band(
+            x, fs, th.ENV_BAND_MIN_LO_HZ, need, int(kurtogram_levels(n)[-1])
+        )
+        np.testing.assert_allclose(b.env_lo_hz, lo_hz)
+        np.testing.assert_allclose(b.env_hi_hz, hi_hz)
+        np.testing.assert_allclose(b.env_sk, sk, rtol=1e-7)
+        assert np.all((b.env_lo_hz <= f0) & (f0 <= b.env_hi_hz)) and np.all(sk > 1.0)
 
 
 # --- line search ----------------------------------------------------------------------------

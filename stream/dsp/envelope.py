@@ -5,16 +5,20 @@ A local bearing defect makes a train of impacts, each ringing a structural reson
 signal) brings the impact rate (BPFO, BPFI, ...) down to low frequency, where the
 envelope spectrum shows it as lines (Randall & Antoni, MSSP 25 (2011), sec. 3).
 
-The band is the candidate with the highest spectral kurtosis (SK) of its complex
-envelope, from a dyadic grid of half-overlapping bands (a coarse kurtogram, Antoni,
-MSSP 21 (2007)). For a band holding a bin range of the DFT, the complex envelope
-sampled at the band's own rate is the inverse DFT of just those bins (the shift to
-baseband does not change |c|), which makes each candidate cheap.
+The band is the one with the highest spectral kurtosis (SK) of its complex envelope in
+the fast kurtogram (Antoni, "Fast computation of the kurtogram for the detection of
+transient faults", MSSP 21 (2007)): a 1/3-binary tree of band-pass filters over
+[0, fs/2]; level k (k = 0, 1, 2, ...) splits it into 2**k bands of width fs/2**(k+1),
+level k + 0.6 (k >= 1, log2(3) - 1 ≈ 0.585) into 3·2**(k-1) bands of width fs/(3·2**k).
+Antoni builds the tree from quasi-analytic FIR filters with decimation; here each filter
+is ideal in the frequency domain: for a band holding a bin range of the DFT, the complex
+envelope sampled at the band's own rate is the inverse DFT of just those bins (the shift
+to baseband does not change |c|). A band of m bins costs one inverse FFT of m points,
+so each level of the tree costs about one FFT of N/2 points, like Antoni's decimated
+tree. Only bands the caller can use (wide enough, above a floor) are computed.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import rocket_fft  # noqa: F401  (registers np.fft support inside @njit)
@@ -28,10 +32,13 @@ _EMPTY_BAND = 1e-20
 
 
 @njit(cache=True)
-def _sk_bands(spec: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray) -> np.ndarray:
+def _sk_bands(
+    spec: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray, use: np.ndarray
+) -> np.ndarray:
     """Spectral kurtosis of the complex envelope of each band, (B, K).
 
-    `spec` is the (B, M) one-sided DFT; band k holds bins lo_bins[k] .. hi_bins[k]-1.
+    `spec` is the (B, M) one-sided DFT; band k holds bins lo_bins[k] .. hi_bins[k]-1;
+    `use` (B, K) bool says which bands to compute (the others read 0).
     SK = E|c|⁴ / (E|c|²)² − 2: 0 for gaussian noise, −1 for a pure tone, large for
     impacts. A band without energy (relative to the whole row) gets 0.
     """
@@ -43,6 +50,8 @@ def _sk_bands(spec: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray) -> np.
         for k in range(spec.shape[1]):
             total += spec[i, k].real ** 2 + spec[i, k].imag ** 2
         for k in range(kk):
+            if not use[i, k]:
+                continue
             seg = spec[i, lo_bins[k] : hi_bins[k]].copy()
             c = np.fft.ifft(seg)
             m2 = 0.0
@@ -88,33 +97,61 @@ def _envelope_spectrum(
     return _amplitude_spectrum(_envelope(spec, n, lo_bin, hi_bin))
 
 
-def candidate_bands(fs_hz: float, n: int, levels: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Dyadic half-overlapping candidate bands as DFT bin ranges [lo, hi) (two int64 arrays).
+def kurtogram_levels(n: int) -> tuple[float, ...]:
+    """Levels of the fast kurtogram for windows of `n` samples: 0, 1, 1.6, ..., L, L.6.
 
-    Level l has bandwidth fs/2**(l+1); centres step by half a bandwidth. Bins 0 (DC)
-    and N//2 (Nyquist) are never inside a band.
+    L = floor(log2 n) − 7 (at least 1; Antoni 2007, sec. 4, keeps the narrowest band's
+    complex envelope long enough for a stable kurtosis): 6 for N = 8192, the narrowest
+    band then holding N/(6·2**L) ≈ 21 bins.
     """
-    fs = check_fs(fs_hz)
-    df = fs / n
+    top = max(1, (max(n, 2)).bit_length() - 1 - 7)
+    out: list[float] = [0.0]
+    for k in range(1, top + 1):
+        out += [float(k), k + 0.6]
+    return tuple(out)
+
+
+def kurtogram_bands(
+    fs_hz: float, n: int, levels: tuple[float, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fast kurtogram's bands as DFT bin ranges [lo, hi) and their level.
+
+    Returns (lo, hi, level): int64, int64, float64 arrays. Level k has 2**k bands, level
+    k + 0.6 has 3·2**(k−1) (see the module docstring); the bands of a level tile
+    [0, fs/2] without overlap, edges rounded to the nearest bin. Bin 0 (DC) and N//2
+    (Nyquist) are never inside a band; a band of fewer than 4 bins is dropped.
+    `levels` defaults to `kurtogram_levels(n)`.
+    """
+    check_fs(fs_hz)
+    if n < 8:
+        raise ValueError(f"n: need at least 8 samples, got {n}")
     los: list[int] = []
     his: list[int] = []
-    for lev in levels:
-        bw = fs / 2 ** (lev + 1)
-        n_bands = 2 ** (lev + 1) - 1
+    levs: list[float] = []
+    for lev in kurtogram_levels(n) if levels is None else levels:
+        k = int(lev)
+        n_bands = 2**k if lev == k else 3 * 2 ** (k - 1)
         for m in range(n_bands):
-            lo = max(1, math.ceil(m * bw / 2 / df))
-            hi = min(n // 2, math.floor((m * bw / 2 + bw) / df))
+            # Edge m·N/(2·n_bands) to the nearest bin, in integers (exact, halves round up).
+            lo = max(1, (m * n + n_bands) // (2 * n_bands))
+            hi = min(n // 2, ((m + 1) * n + n_bands) // (2 * n_bands))
             if hi - lo >= 4:
                 los.append(lo)
                 his.append(hi)
-    return np.asarray(los, dtype=np.int64), np.asarray(his, dtype=np.int64)
+                levs.append(float(lev))
+    return (
+        np.asarray(los, dtype=np.int64),
+        np.asarray(his, dtype=np.int64),
+        np.asarray(levs, dtype=np.float64),
+    )
 
 
 def spectral_kurtosis(x: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray) -> np.ndarray:
     """SK of the complex envelope of each row (g) in each band of bins [lo, hi), shape (B, K)."""
     x = check_windows(x)
     lo, hi = _check_bins(lo_bins, hi_bins, x.shape[1], None)
-    return _sk_bands(_rfft_rows(x), lo, hi)
+    use = np.ones((x.shape[0], lo.shape[0]), dtype=np.bool_)
+    return _sk_bands(_rfft_rows(x), lo, hi, use)
 
 
 def envelope(x: np.ndarray, lo_bin: np.ndarray, hi_bin: np.ndarray) -> np.ndarray:
