@@ -116,7 +116,10 @@ class EvidenceState:
             return "offline"
         if view.latest is None:
             return "normal"
-        return str(view.latest.get("state") or "normal")
+        state = str(view.latest.get("state") or "normal")
+        online = view.latest.get("online") or {}
+        # The online model's learning phase shows while physics has nothing to say.
+        return "learning" if state == "normal" and online.get("state") == "learning" else state
 
     def fleet(self) -> dict[str, Any]:
         """The overview: one row per sensor and the gateways (JSON for the SSE feed)."""
@@ -131,7 +134,7 @@ class EvidenceState:
                                    else "temperature"),
                 "confidence": d.get("confidence"), "iso_zone": d.get("iso_zone"),
                 "velocity_rms_mm_s": d.get("velocity_rms_mm_s"), "celsius": v.celsius,
-                "days_to_zone_d": d.get("days_to_zone_d"),
+                "days_to_zone_d": _days(d.get("days_to_zone_d")),
                 "windows": v.windows, "age_s": round(now - v.last_seen, 1) if v.windows
                 else None,
             })
@@ -163,6 +166,13 @@ class EvidenceState:
             return view.spectra
         view.spectra = compute_spectra(w, view.shaft_hz, view.asset)
         return view.spectra
+
+
+def _days(value: Any) -> float | None:
+    """days_to_zone_d of the diagnosis JSON: a number or {"days", "lo", "hi"}."""
+    if isinstance(value, dict):
+        value = value.get("days")
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _decimate(freq: np.ndarray, amp: np.ndarray, fmax: float) -> tuple[np.ndarray, np.ndarray]:
