@@ -100,83 +100,108 @@ def _sideband_evidence(batch: FeatureBatch, i: int, sbs: tuple[int, int]) -> lis
     ]
 
 
-def _bearing_candidates(batch: FeatureBatch, i: int) -> list[tuple[float, str, list[Evidence]]]:
-    """(score dB, diagnosis, supporting evidence) for each defect whose pattern is present."""
+@dataclass(frozen=True)
+class _Candidate:
+    """A defect family whose pattern is present in one window's envelope spectrum."""
+
+    score: float  # ranking: fundamental SNR (dB) + SUPPORT_BONUS_DB per supporting line
+    name: str
+    support: list[Evidence]  # present lines, the fundamental first
+    harmonics: list[Evidence]  # present harmonics of the family's own line (for ±1× shaft)
+
+
+_FAMILIES: tuple[tuple[str, int, tuple[int, ...], tuple[int, ...]], ...] = (
+    # (diagnosis, line index in LINES, sideband indices in SIDEBANDS, odd-BSF harmonics)
+    ("outer_race", 0, (), ()),
+    ("inner_race", 1, (0, 1), ()),
+    ("ball", 2, (2, 3), (0, 2)),
+    ("cage", 3, (), ()),
+)
+"""Each defect's line family. A ball adds the odd multiples of BSF (1× and 3×: its strikes
+on the two races differ, see `features.LINES`); BSF's 2nd harmonic is 2×BSF itself."""
+
+_BSF = 4
+"""Index of the BSF line in `features.LINES`."""
+
+
+def _bearing_candidates(batch: FeatureBatch, i: int) -> tuple[list[_Candidate], list[str]]:
+    """The defect families present in window `i` after exclusive attribution, best first,
+    and the families left undecided (two patterns that only share lines), if any."""
     thr = th.LINE_SNR_DB
-    out: list[tuple[float, str, list[Evidence]]] = []
-    for li, name, sbs, line_thr in (
-        (0, "outer_race", (), thr),
-        (1, "inner_race", (0, 1), thr),
-        (2, "ball", (2, 3), thr),
-        (3, "cage", (), th.CAGE_LINE_SNR_DB),
-    ):
+    cands: list[_Candidate] = []
+    for name, li, sbs, odd in _FAMILIES:
         lines = _line_evidence(batch, i, li)
-        present = [e for e in lines if e.snr_db >= line_thr]
         fundamental = lines[0]
-        if fundamental.snr_db < line_thr:
+        if fundamental.snr_db < (th.CAGE_LINE_SNR_DB if name == "cage" else thr):
             continue
+        present = [e for e in lines if e.snr_db >= thr]
         sidebands = [e for e in _sideband_evidence(batch, i, sbs) if e.snr_db >= thr]
+        bsf = _line_evidence(batch, i, _BSF)
+        odd_lines = [bsf[h] for h in odd if bsf[h].snr_db >= thr]
         if name == "cage":
-            ok = len(present) >= 2
+            ok = sum(e.snr_db >= th.CAGE_LINE_SNR_DB for e in present) >= 2
         else:
-            # Fundamental plus MIN_SUPPORT_LINES more (harmonics or sidebands), or a strong
-            # fundamental. On white noise one line passes in ~1 % of searches; with this rule
-            # about 3 windows in 10 000 show any defect (measured, 9000 noise windows).
+            # Fundamental plus MIN_SUPPORT_LINES more (harmonics, sidebands, odd BSF lines),
+            # or a strong fundamental. On white noise one line passes in ~1 % of searches.
             ok = (
-                len(present) - 1 + len(sidebands) >= th.MIN_SUPPORT_LINES
+                len(present) - 1 + len(sidebands) + len(odd_lines) >= th.MIN_SUPPORT_LINES
                 or fundamental.snr_db >= th.STRONG_LINE_SNR_DB
             )
         if not ok:
             continue
-        support = present + sidebands
+        support = present + sidebands + odd_lines
         # The fundamental is the most specific line; harmonics and sidebands add support.
         score = fundamental.snr_db + th.SUPPORT_BONUS_DB * (len(support) - 1)
-        out.append((score, name, support))
-    # Exclusive attribution: a family's fundamental that sits on a present line of another
-    # family, or on its ±1× shaft sideband (the shaft modulates every impact train), is a
-    # consequence of that family, not evidence of its own (e.g. BPFO+1× ≈ 2×BSF − 2 % on a
-    # 6205). When two fundamentals explain each other (one is the other's shaft sideband),
-    # the weaker is the sideband: amplitude modulation of depth m < 1 puts each sideband at
-    # m/2 of its carrier.
-    fund = {name: float(batch.line_freq_hz[i, li, 0]) for li, name in enumerate(_FAMILY)}
-    fund_snr = {name: float(batch.line_snr_db[i, li, 0]) for li, name in enumerate(_FAMILY)}
-    explained = {name: _explained_by(batch, i, li) for li, name in enumerate(_FAMILY)}
-    slack = float(batch.resolution_hz[i]) + th.SPEED_TOLERANCE * float(batch.shaft_hz[i])
-
-    def _on(f: float, by: str) -> bool:
-        return any(abs(f - g) <= slack for g in explained[by])
-
-    names = [c[1] for c in out]
-    kept = []
-    for c in out:
-        x = c[1]
-        others = [
-            y
-            for y in names
-            if y != x
-            and _on(fund[x], y)
-            and (not _on(fund[y], x) or fund_snr[y] > fund_snr[x])
-        ]
-        if not others:
-            kept.append(c)
-    kept.sort(key=lambda c: c[0], reverse=True)
-    return kept
-
-
-_FAMILY: tuple[str, ...] = ("outer_race", "inner_race", "ball", "cage")
-"""Diagnosis of each line family, in `LINES` order."""
-
-
-def _explained_by(batch: FeatureBatch, i: int, li: int) -> list[float]:
-    """Frequencies (Hz) that the present harmonics of line family `li` account for:
-    each present harmonic and its ±1× shaft sidebands."""
+        cands.append(_Candidate(score, name, support, present))
+    if len(cands) < 2:
+        return cands, []
+    # Exclusive attribution: one spectral peak is evidence for one family only; "on"
+    # means within one bin plus the speed tolerance of the shaft rate.
+    # (a) The same peak read by two families (F's fundamental on a present line of G, or
+    #     the reverse: on a 6206, BPFI and 2×BSF are 2 % apart, inside the slip
+    #     tolerance): the family with more evidence in the lines the other does not also
+    #     read (sum of their SNRs, dB: ±1× sidebands for the inner race, ±FTF sidebands
+    #     and odd BSF lines for a ball) keeps it; with no such line on either side the
+    #     window cannot tell them apart and both are left undecided.
+    # (b) F's fundamental on a ±1× shaft sideband of one of G's present harmonics (the
+    #     shaft modulates every impact train; on a 6205, BPFO+1× sits 2.7 % below
+    #     2×BSF): F is G's consequence, unless G's fundamental is in turn F's sideband
+    #     and weaker (amplitude modulation of depth m < 1 puts each sideband at m/2 of
+    #     its carrier, so of two lines one shaft rate apart the weaker is the sideband).
     shaft = float(batch.shaft_hz[i])
-    out: list[float] = []
-    for h in range(batch.line_snr_db.shape[2]):
-        if batch.line_snr_db[i, li, h] >= th.LINE_SNR_DB:
-            f = float(batch.line_freq_hz[i, li, h])
-            out += [f - shaft, f, f + shaft]
-    return out
+    slack = float(batch.resolution_hz[i]) + th.SPEED_TOLERANCE * shaft
+    direct = {c.name: [e.freq_hz for e in c.support] for c in cands}
+    side = {c.name: [e.freq_hz + d for e in c.harmonics for d in (-shaft, shaft)] for c in cands}
+
+    def on(f: float, freqs: list[float]) -> bool:
+        return any(abs(f - g) <= slack for g in freqs)
+
+    dropped: set[str] = set()
+    undecided: set[str] = set()
+    for a_i, a in enumerate(cands):
+        for b in cands[a_i + 1 :]:
+            fa, fb = a.support[0], b.support[0]
+            if on(fa.freq_hz, direct[b.name]) or on(fb.freq_hz, direct[a.name]):
+                sum_a = sum(e.snr_db for e in a.support if not on(e.freq_hz, direct[b.name]))
+                sum_b = sum(e.snr_db for e in b.support if not on(e.freq_hz, direct[a.name]))
+                if sum_a != sum_b:
+                    dropped.add(b.name if sum_a > sum_b else a.name)
+                else:
+                    undecided.update((a.name, b.name))
+                continue
+            a_side = on(fa.freq_hz, side[b.name])
+            b_side = on(fb.freq_hz, side[a.name])
+            if a_side and (not b_side or fb.snr_db > fa.snr_db):
+                dropped.add(a.name)
+            elif b_side and (not a_side or fa.snr_db > fb.snr_db):
+                dropped.add(b.name)
+    kept = [c for c in cands if c.name not in dropped and c.name not in undecided]
+    kept.sort(key=lambda c: c.score, reverse=True)
+    # An undecided pair outranking every kept family leaves the window undecided.
+    top_undecided = max((c.score for c in cands if c.name in undecided - dropped), default=None)
+    if top_undecided is not None and (not kept or top_undecided > kept[0].score):
+        return [], sorted(undecided - dropped)
+    return kept, []
 
 
 def diagnose(
@@ -249,14 +274,30 @@ def diagnose(
         )
 
     # 3. Bearing defects.
-    cands = _bearing_candidates(batch, i)
+    cands, undecided = _bearing_candidates(batch, i)
+    if undecided:
+        ev = tuple(
+            e
+            for name, li, _, _ in _FAMILIES
+            if name in undecided
+            for e in _line_evidence(batch, i, li)
+            if e.snr_db >= th.LINE_SNR_DB
+        )
+        return Diagnosis(
+            "unknown_anomaly",
+            0.5,
+            ev,
+            f"bearing lines present but {' and '.join(undecided)} cannot be told apart: "
+            "their lines coincide on this bearing and no line of one is missing from the other",
+            zone,
+        )
     if cands:
-        score, name, support = cands[0]
+        score, name, support = cands[0].score, cands[0].name, cands[0].support
         best = max(e.snr_db for e in support)
         conf = _conf(best - th.LINE_SNR_DB + th.SUPPORT_BONUS_DB * (len(support) - 1))
         if len(cands) > 1:
             # A rival pattern close in score lowers the confidence.
-            conf *= float(min(1.0, 0.5 + (score - cands[1][0]) / th.CONFIDENCE_FULL_DB))
+            conf *= float(min(1.0, 0.5 + (score - cands[1].score) / th.CONFIDENCE_FULL_DB))
         support = sorted(support, key=lambda e: e.snr_db, reverse=True)
         lines = ", ".join(
             f"{e.line} h{e.harmonic} {e.freq_hz:.1f} Hz {e.snr_db:.1f} dB" for e in support[:4]
