@@ -157,7 +157,12 @@ class StreamService:
             b.host, b.port, identifier=s.client_id, clean_session=False,
             username=s.username or b.username, password=s.password() or b.password(),
             keepalive=b.keepalive_s, tls_context=tls,
-            max_queued_incoming_messages=10 * s.batch_max,
+            # Unbounded: aiomqtt DISCARDS a message when its queue is full, and with manual
+            # acks nothing re-sends it until the next reconnect. The broker's
+            # max_inflight_messages is the bound, except that mosquitto 2.0.11 exceeds it
+            # when a resumed session's backlog is flushed (158 unacked seen after a broker
+            # restart: tests/test_broker_outage.py lost windows with a bound of 160).
+            max_queued_incoming_messages=0,
         )
         # aiomqtt has no manual-ack switch; paho's must be on before the first message
         # arrives, or a window would be acknowledged before it is written.
