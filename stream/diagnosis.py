@@ -123,6 +123,14 @@ on the two races differ, see `features.LINES`); BSF's 2nd harmonic is 2×BSF its
 _BSF = 4
 """Index of the BSF line in `features.LINES`."""
 
+_SHAFT = 5
+"""Index of the 1x (shaft-rate) envelope line in `features.LINES`."""
+
+_MODULATION = {"inner_race": _SHAFT, "ball": 3}
+"""The envelope line of the rate at which each rotating defect passes the load zone: the
+shaft for the inner race, the cage (FTF, index 3) for a ball (Randall & Antoni 2011,
+sec. 2.2). Used only to tell two coinciding patterns apart, not to detect a defect."""
+
 
 def _bearing_candidates(batch: FeatureBatch, i: int) -> tuple[list[_Candidate], list[str]]:
     """The defect families present in window `i` after exclusive attribution, best first,
@@ -153,37 +161,76 @@ def _bearing_candidates(batch: FeatureBatch, i: int) -> tuple[list[_Candidate], 
         # The fundamental is the most specific line; harmonics and sidebands add support.
         score = fundamental.snr_db + th.SUPPORT_BONUS_DB * (len(support) - 1)
         cands.append(_Candidate(score, name, support, present))
+    shaft = float(batch.shaft_hz[i])
+    slack = float(batch.resolution_hz[i]) + th.SPEED_TOLERANCE * shaft
+    # Shaft modulation: 1× and 2× lines in the envelope mean the shaft modulates the band
+    # (looseness, a worn gear mesh with its ±n× sidebands, a rub), so the envelope holds
+    # every shaft harmonic. A defect whose fundamental sits on one (on a 6203, BPFO is
+    # 3.05×, 1.8 % from 3×) must then be carried by MIN_SUPPORT_LINES lines off the
+    # shaft harmonics; otherwise the peak is the shaft's.
+    shaft_lines = _line_evidence(batch, i, _SHAFT)
+    if shaft_lines[0].snr_db >= thr and shaft_lines[1].snr_db >= thr:
+
+        def on_shaft(f: float) -> bool:
+            n_x = round(f / shaft)
+            return n_x >= 1 and abs(f - n_x * shaft) <= slack
+
+        cands = [
+            c
+            for c in cands
+            if not on_shaft(c.support[0].freq_hz)
+            or sum(not on_shaft(e.freq_hz) for e in c.support) >= th.MIN_SUPPORT_LINES
+        ]
     if len(cands) < 2:
         return cands, []
-    # Exclusive attribution: one spectral peak is evidence for one family only; "on"
-    # means within one bin plus the speed tolerance of the shaft rate.
-    # (a) The same peak read by two families (F's fundamental on a present line of G, or
-    #     the reverse: on a 6206, BPFI and 2×BSF are 2 % apart, inside the slip
-    #     tolerance): the family with more evidence in the lines the other does not also
-    #     read (sum of their SNRs, dB: ±1× sidebands for the inner race, ±FTF sidebands
-    #     and odd BSF lines for a ball) keeps it; with no such line on either side the
-    #     window cannot tell them apart and both are left undecided.
+    # Exclusive attribution: one spectral peak is evidence for one family only.
+    # (a) Two families whose kinematic lines coincide: F's fundamental within the search
+    #     zone of a line G looks for, or the reverse (on a 6206, BPFI and 2×BSF are 2 %
+    #     apart, inside the slip tolerance, and so are their harmonics). Both read the
+    #     same peaks there, so only the lines whose zone overlaps none of the other's can
+    #     tell them apart (±1× sidebands for the inner race; ±FTF sidebands and odd BSF
+    #     lines for a ball): the family with more evidence in them (sum of the SNRs of its
+    #     present ones, dB) keeps the peaks, the other is dropped; with none on either
+    #     side both are left undecided. Zones overlap when two kinematic frequencies are
+    #     closer than the sum of their ±SPEED_TOLERANCE plus one bin.
     # (b) F's fundamental on a ±1× shaft sideband of one of G's present harmonics (the
     #     shaft modulates every impact train; on a 6205, BPFO+1× sits 2.7 % below
     #     2×BSF): F is G's consequence, unless G's fundamental is in turn F's sideband
     #     and weaker (amplitude modulation of depth m < 1 puts each sideband at m/2 of
     #     its carrier, so of two lines one shaft rate apart the weaker is the sideband).
-    shaft = float(batch.shaft_hz[i])
-    slack = float(batch.resolution_hz[i]) + th.SPEED_TOLERANCE * shaft
-    direct = {c.name: [e.freq_hz for e in c.support] for c in cands}
+    res = float(batch.resolution_hz[i])
+    targets = _family_targets(batch, i)
     side = {c.name: [e.freq_hz + d for e in c.harmonics for d in (-shaft, shaft)] for c in cands}
 
     def on(f: float, freqs: list[float]) -> bool:
         return any(abs(f - g) <= slack for g in freqs)
+
+    def coincide(f: float, other: str) -> bool:
+        return any(
+            abs(f - g) <= th.SPEED_TOLERANCE * (f + g) + res for g in targets[other].values()
+        )
+
+    def exclusive_db(c: _Candidate, other: str) -> float:
+        own = sum(
+            e.snr_db
+            for e in c.support
+            if not coincide(targets[c.name][(e.line, e.harmonic)], other)
+        )
+        # The modulation itself: an inner-race defect passes the load zone once per shaft
+        # turn, a ball once per cage turn, so the envelope also shows 1× or FTF.
+        li = _MODULATION.get(c.name)
+        mod = float(batch.line_snr_db[i, li, 0]) if li is not None else 0.0
+        return own + (mod if mod >= thr else 0.0)
 
     dropped: set[str] = set()
     undecided: set[str] = set()
     for a_i, a in enumerate(cands):
         for b in cands[a_i + 1 :]:
             fa, fb = a.support[0], b.support[0]
-            if on(fa.freq_hz, direct[b.name]) or on(fb.freq_hz, direct[a.name]):
-                sum_a = sum(e.snr_db for e in a.support if not on(e.freq_hz, direct[b.name]))
-                sum_b = sum(e.snr_db for e in b.support if not on(e.freq_hz, direct[a.name]))
+            ta = targets[a.name][(fa.line, fa.harmonic)]
+            tb = targets[b.name][(fb.line, fb.harmonic)]
+            if coincide(ta, b.name) or coincide(tb, a.name):
+                sum_a, sum_b = exclusive_db(a, b.name), exclusive_db(b, a.name)
                 if sum_a != sum_b:
                     dropped.add(b.name if sum_a > sum_b else a.name)
                 else:
@@ -202,6 +249,28 @@ def _bearing_candidates(batch: FeatureBatch, i: int) -> tuple[list[_Candidate], 
     if top_undecided is not None and (not kept or top_undecided > kept[0].score):
         return [], sorted(undecided - dropped)
     return kept, []
+
+
+def _family_targets(batch: FeatureBatch, i: int) -> dict[str, dict[tuple[str, int], float]]:
+    """Kinematic frequency (Hz) of every line each defect family searches, by (line name,
+    harmonic), from the window's fundamentals (`line_target_hz`) and shaft rate."""
+    fund = batch.line_target_hz
+    if fund is None:  # a batch without targets: the found frequencies stand in
+        fund = batch.line_freq_hz[:, :, 0]
+    shaft = float(batch.shaft_hz[i])
+    f = [float(v) for v in fund[i]]
+    n_h = batch.line_snr_db.shape[2]
+    out: dict[str, dict[tuple[str, int], float]] = {}
+    offsets = {0: -shaft, 1: shaft, 2: -f[3], 3: f[3]}
+    for name, li, sbs, odd in _FAMILIES:
+        t = {(LINES[li], h + 1): (h + 1) * f[li] for h in range(n_h)}
+        for sb in sbs:
+            for h in range(n_h):
+                t[(SIDEBANDS[sb], h + 1)] = (h + 1) * f[li] + offsets[sb]
+        for h in odd:
+            t[(LINES[_BSF], h + 1)] = (h + 1) * f[_BSF]
+        out[name] = t
+    return out
 
 
 def diagnose(
@@ -358,6 +427,6 @@ def diagnose(
         )
 
     # 7. Normal: confident the further the strongest line sits below the threshold.
-    worst = float(np.max(batch.line_snr_db[i, :, 0]))
+    worst = float(np.max(batch.line_snr_db[i, :_SHAFT, 0]))  # bearing lines only
     conf = float(min(1.0, max(0.5, 0.5 + 0.5 * (th.LINE_SNR_DB - worst) / th.LINE_SNR_DB)))
     return Diagnosis("normal", conf, (), f"no defect pattern; strongest line {worst:.1f} dB", zone)

@@ -25,12 +25,14 @@ from ballpass.stream.dsp.spectrum import (
 )
 from ballpass.stream.dsp.stats import _moments
 
-LINES: tuple[str, ...] = ("BPFO", "BPFI", "2xBSF", "FTF", "BSF")
+LINES: tuple[str, ...] = ("BPFO", "BPFI", "2xBSF", "FTF", "BSF", "1x")
 """Envelope lines searched, in the order of the second axis of the line arrays. BSF (a
 ball's spin rate) is searched besides 2×BSF: a ball defect strikes the outer and the inner
 race alternately, and the inner-race strike is weaker (it reaches the sensor through more
 interfaces), so the train repeats at BSF and shows odd multiples of BSF (Randall & Antoni
-2011, sec. 2.2). Its 2nd harmonic is the 2×BSF line itself."""
+2011, sec. 2.2). Its 2nd harmonic is the 2×BSF line itself. 1x (shaft rate) harmonics in
+the envelope mean the shaft modulates the band (looseness, gear wear, rub); a defect line
+on a shaft harmonic is then not evidence of its own."""
 
 SIDEBANDS: tuple[str, ...] = ("BPFI-1x", "BPFI+1x", "2xBSF-FTF", "2xBSF+FTF")
 """Sidebands searched, in the order of the second axis of the sideband arrays."""
@@ -68,8 +70,8 @@ class FeatureBatch:
       clip_fraction, finite (1.0 or 0.0), env_lo_hz, env_hi_hz, env_sk (the envelope band
       and its spectral kurtosis); env_band_ok (1.0 when a band wide enough for the lines
       above ENV_BAND_MIN_LO_HZ exists, 0.0 when the sample rate is too low for them).
-    Targets, shape (B, 5): line_target_hz, the kinematic fundamentals in `LINES` order (Hz).
-    Evidence, shape (B, 5, 3) (lines in `LINES` order × harmonics 1-3):
+    Targets, shape (B, 6): line_target_hz, the kinematic fundamentals in `LINES` order (Hz).
+    Evidence, shape (B, 6, 3) (lines in `LINES` order × harmonics 1-3):
       line_freq_hz, line_amp_g (envelope amplitude, g), line_snr_db.
     Sidebands, shape (B, 4, 3) (`SIDEBANDS` order × harmonics 1-3 of the carrier):
       sideband_freq_hz, sideband_snr_db.
@@ -136,7 +138,9 @@ def extract(
         raise ValueError(f"shaft_hz: expected shape ({b},), got {shaft.shape}")
     if not np.all(np.isfinite(shaft) & (shaft > 0.0)):
         raise ValueError(f"shaft_hz: must be finite and > 0, got {shaft}")
-    line_orders = np.array([orders.bpfo, orders.bpfi, 2.0 * orders.bsf, orders.ftf, orders.bsf])
+    line_orders = np.array(
+        [orders.bpfo, orders.bpfi, 2.0 * orders.bsf, orders.ftf, orders.bsf, 1.0]
+    )
     if not np.all(np.isfinite(line_orders) & (line_orders > 0.0)):
         raise ValueError(f"orders: must be finite and > 0, got {orders}")
 
