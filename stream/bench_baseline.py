@@ -122,7 +122,7 @@ def features_one(x: np.ndarray, fs: float, shaft: float, orders: DefectOrders
     x12 = [_line(amp, df, h * shaft, th.SPEED_TOLERANCE, th.NOISE_FLOOR_BINS) for h in (1, 2)]
 
     # Kurtogram: SK of the envelope in each admissible band; the envelope of the best one.
-    line_orders = np.array([orders.bpfo, orders.bpfi, 2 * orders.bsf, orders.ftf, orders.bsf])
+    line_orders = np.array([orders.bpfo, orders.bpfi, 2 * orders.bsf, orders.ftf, orders.bsf, 1.0])
     lo_bins, hi_bins = pipeline_bands(fs, n)
     ok = admissible(lo_bins, hi_bins, df, shaft, orders)
     band_ok = bool(ok.any())
@@ -137,7 +137,7 @@ def features_one(x: np.ndarray, fs: float, shaft: float, orders: DefectOrders
 
     lines = np.array([[_line(env_spec, df, o * h * shaft, th.SPEED_TOLERANCE,
                              th.NOISE_FLOOR_BINS) for h in range(1, th.N_HARMONICS + 1)]
-                      for o in line_orders])  # (5, 3, 3): freq, amp, snr
+                      for o in line_orders])  # (6, 3, 3): freq, amp, snr
     ftf = orders.ftf * shaft
     carriers = [line_orders[1], line_orders[1], line_orders[2], line_orders[2]]
     offsets = [-shaft, shaft, -ftf, ftf]
