@@ -7,6 +7,7 @@ scipy.signal.hilbert), so that the kernels are checked against something indepen
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 
@@ -74,7 +75,8 @@ def velocity_rms(x: np.ndarray, fs: float, lo: float, hi: float) -> np.ndarray:
 def spectral_kurtosis(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """SK = E|c|⁴/(E|c|²)² − 2 of the complex envelope of each band [lo, hi) of bins.
 
-    The complex envelope at the band's own rate (m = hi − lo samples) is written out as
+    The complex envelope of the band's m = hi − lo bins, read at m' points (m' the
+    smallest 2·3·5-smooth length >= m, as the kernel does for speed), is written out as
     its definition, a sum of complex exponentials (a DFT matrix product, no FFT), for
     bands up to 1024 bins; wider bands (the matrix would take > 16 MB) use numpy's ifft.
     """
@@ -83,16 +85,28 @@ def spectral_kurtosis(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarr
         spec = np.fft.rfft(r)
         for k in range(lo.size):
             m = int(hi[k] - lo[k])
-            j = np.arange(m)
+            mp = smooth_length(m)
             if m <= 1024:
-                basis = np.exp(2j * np.pi * np.outer(j, j) / m) / m
+                basis = np.exp(2j * np.pi * np.outer(np.arange(mp), np.arange(m)) / mp) / mp
                 c = basis @ spec[lo[k] : hi[k]]
             else:
-                c = np.fft.ifft(spec[lo[k] : hi[k]])
+                c = np.fft.ifft(spec[lo[k] : hi[k]], mp)
             p = np.abs(c) ** 2
             if p.sum() > 1e-20 * np.sum(np.abs(spec) ** 2):
                 out[i, k] = np.mean(p**2) / p.mean() ** 2 - 2.0
     return out
+
+
+@functools.cache
+def smooth_length(m: int) -> int:
+    """Smallest n >= m of the form 2**a · 3**b · 5**c (by enumeration)."""
+    return min(
+        2**a * 3**b * 5**c
+        for a in range(40)
+        for b in range(26)
+        for c in range(18)
+        if 2**a * 3**b * 5**c >= m
+    )
 
 
 def kurtogram_bands(fs: float, n: int, max_level: int) -> list[tuple[float, int, int]]:

@@ -25,10 +25,24 @@ import rocket_fft  # noqa: F401  (registers np.fft support inside @njit)
 from numba import njit
 
 from ballpass.stream.dsp._check import check_fs, check_windows
-from ballpass.stream.dsp.spectrum import _amplitude_spectrum, _rfft_rows
+from ballpass.stream.dsp.spectrum import _amplitude_row, _hann, _rfft_rows
 
 _EMPTY_BAND = 1e-20
 """Band energy below this fraction of the row's energy counts as empty (round-off)."""
+
+
+@njit(cache=True)
+def _fast_len(m: int) -> int:
+    """Smallest length >= m whose only prime factors are 2, 3 and 5 (a fast FFT size)."""
+    n = m
+    while True:
+        r = n
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return n
+        n += 1
 
 
 @njit(cache=True)
@@ -41,6 +55,10 @@ def _sk_bands(
     `use` (B, K) bool says which bands to compute (the others read 0).
     SK = E|c|⁴ / (E|c|²)² − 2: 0 for gaussian noise, −1 for a pure tone, large for
     impacts. A band without energy (relative to the whole row) gets 0.
+    The band's m bins are zero-padded to the next 2·3·5-smooth length m' (the 1/3 levels
+    give m = N/(3·2**k), e.g. 683, a prime that costs pocketfft a Bluestein transform,
+    3-4x slower): the envelope is then read at m' points (m' < 1.07·m for m > 100) of the
+    same band-limited curve, which leaves SK an estimate of the same quantity.
     """
     b = spec.shape[0]
     kk = lo_bins.shape[0]
@@ -52,7 +70,9 @@ def _sk_bands(
         for k in range(kk):
             if not use[i, k]:
                 continue
-            seg = spec[i, lo_bins[k] : hi_bins[k]].copy()
+            m = hi_bins[k] - lo_bins[k]
+            seg = np.zeros(_fast_len(m), dtype=np.complex128)
+            seg[:m] = spec[i, lo_bins[k] : hi_bins[k]]
             c = np.fft.ifft(seg)
             m2 = 0.0
             m4 = 0.0
@@ -93,8 +113,26 @@ def _envelope(spec: np.ndarray, n: int, lo_bin: np.ndarray, hi_bin: np.ndarray) 
 def _envelope_spectrum(
     spec: np.ndarray, n: int, lo_bin: np.ndarray, hi_bin: np.ndarray
 ) -> np.ndarray:
-    """Hann amplitude spectrum (B, n//2+1) of the envelope of each row's band (g)."""
-    return _amplitude_spectrum(_envelope(spec, n, lo_bin, hi_bin))
+    """Hann amplitude spectrum (B, n//2+1) of the envelope of each row's band (g).
+
+    Same as `_amplitude_spectrum(_envelope(...))`, fused row by row so the temporaries
+    stay in cache.
+    """
+    b = spec.shape[0]
+    w = _hann(n)
+    scale = 2.0 / w.sum()
+    out = np.empty((b, n // 2 + 1))
+    y = np.zeros(n, dtype=np.complex128)
+    env = np.empty(n)
+    for i in range(b):
+        y[:] = 0.0
+        for k in range(lo_bin[i], hi_bin[i]):
+            y[k] = 2.0 * spec[i, k]
+        a = np.fft.ifft(y)
+        for j in range(n):
+            env[j] = np.sqrt(a[j].real ** 2 + a[j].imag ** 2)
+        _amplitude_row(env, w, scale, out[i])
+    return out
 
 
 def kurtogram_levels(n: int) -> tuple[float, ...]:
