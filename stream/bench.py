@@ -10,7 +10,8 @@ normal, outer-race, inner-race and ball windows of an SKF 6205 at 25 Hz, 25.6 kH
   library (rocket-fft inside numba) and with numpy's pocketfft; the faster of the two is
   the bound. Counted from `stream/features.py` and `stream/dsp/`: per window, the rfft of
   the window (`_rfft_rows`), the rfft of its Hann-windowed copy (`_amplitude_spectrum`),
-  one inverse FFT over the bins of each kurtogram band the pipeline computes (`_sk_bands`:
+  one inverse FFT over the bins of each kurtogram band the pipeline computes, zero-padded
+  to the next 2·3·5-smooth length like the pipeline (`_sk_bands`:
   the bands wide enough for the lines and above `ENV_BAND_MIN_LO_HZ`), the
   inverse FFT of the selected band (`_envelope`, length N) and the rfft of the envelope
   (`_envelope_spectrum`). Everything else (moments, line searches, the diagnosis) is
@@ -35,6 +36,7 @@ import rocket_fft  # noqa: F401  (registers np.fft support inside @njit)
 from numba import njit
 
 from ballpass.log import kv
+from ballpass.stream.dsp.envelope import _fast_len
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,10 @@ def _fft_work_numba(x: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray, use
         for k in range(lo_bins.shape[0]):  # _sk_bands: one inverse FFT per candidate
             if not use[i, k]:
                 continue
-            c = np.fft.ifft(raw[i, lo_bins[k] : hi_bins[k]].copy())
+            m = hi_bins[k] - lo_bins[k]  # zero-padded to a 2·3·5-smooth length, as there
+            seg = np.zeros(_fast_len(m), dtype=np.complex128)
+            seg[:m] = raw[i, lo_bins[k] : hi_bins[k]]
+            c = np.fft.ifft(seg)
             acc += c[0].real
         y = np.zeros(n, dtype=np.complex128)  # _envelope: the selected band, length N
         y[lo_sel[i] : hi_sel[i]] = raw[i, lo_sel[i] : hi_sel[i]]
@@ -109,7 +114,8 @@ def _fft_work_numpy(x: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray, use
     for k, (lo, hi) in enumerate(zip(lo_bins, hi_bins, strict=True)):
         rows = use[:, k]
         if rows.any():
-            acc += float(np.fft.ifft(raw[rows, lo:hi], axis=-1)[0, 0].real)
+            c = np.fft.ifft(raw[rows, lo:hi], n=_fast_len(hi - lo), axis=-1)
+            acc += float(c[0, 0].real)
     y = np.zeros((b, n), dtype=np.complex128)
     for i in range(b):
         y[i, lo_sel[i] : hi_sel[i]] = raw[i, lo_sel[i] : hi_sel[i]]
