@@ -15,7 +15,7 @@ from test_gateway_service import SITE, site_config, windows_by_sensor
 from test_publisher import Subscriber, status_of
 
 from ballpass import topics
-from ballpass.config import SensorConfig
+from ballpass.config import SensorConfig, parse
 from ballpass.gateway.drivers import load as load_driver
 from ballpass.gateway.outbox import Outbox
 from ballpass.gateway.remote import ConfigRejected, parse_remote
@@ -212,4 +212,42 @@ def test_clock_jump_on_status_topic_capture_goes_on(mosquitto, tmp_path: Path,
     for windows in windows_by_sensor(msgs, gw).values():
         seqs = [w.seq for w in windows]
         assert len(seqs) >= 4 and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    sub.close()
+
+
+def test_config_naming_a_missing_device(mosquitto, tmp_path: Path, caplog) -> None:
+    """Through the real driver registry: an IIO sensor whose device is not there is a
+    sensor fault with a clear reason on the status topic and in the log; the simulated
+    sensor beside it publishes on."""
+    caplog.set_level(logging.INFO)
+    gw = "gw-missing"
+    sensor = dict(asset="pump1", fs_hz=25600, window_samples=4096, interval_s=0.5)
+    config = parse({
+        "site": {"id": SITE},
+        "broker": {"host": mosquitto.host, "port": mosquitto.port, "keepalive_s": 5},
+        "asset": [{"id": "pump1", "kind": "pump", "shaft_hz": 29.95, "bearing": "SKF 6205"}],
+        "gateway": [{"id": gw, "outbox": {"path": str(tmp_path / "o.sqlite")}, "sensor": [
+            dict(sensor, id="sim", driver="simulated"),
+            dict(sensor, id="acc", driver="iio",
+                 options={"device": "adxl355", "root": str(tmp_path / "empty")})]}]})
+    sub = Subscriber(mosquitto.host, mosquitto.port, f"bp/v1/{SITE}/{gw}/#", gw)
+    stop, ready = threading.Event(), threading.Event()
+    t = threading.Thread(target=run, args=(config, gw, stop),
+                         kwargs=dict(status_interval_s=0.5, ready=ready))
+    t.start()
+    try:
+        assert ready.wait(5)
+        _wait(lambda: any(s["sensors"]["acc"]["state"] == "fault"
+                          for s in status_of(sub.snapshot())), what="the fault on status")
+        _wait(lambda: len(windows_by_sensor(sub.snapshot(), gw).get("sim", [])) >= 3)
+    finally:
+        stop.set()
+        t.join(15)
+    reason = next(s["sensors"]["acc"]["reason"] for s in status_of(sub.snapshot())
+                  if s["sensors"]["acc"]["state"] == "fault")
+    assert reason.startswith("no IIO device 'adxl355' under ") and "kernel driver" in reason
+    assert "acc" not in windows_by_sensor(sub.snapshot(), gw)
+    assert any(r.getMessage().startswith("event=sensor_fault sensor=acc reason=\"no IIO")
+               or r.getMessage().startswith("event=sensor_fault sensor=acc reason='no IIO")
+               for r in caplog.records)
     sub.close()
