@@ -258,6 +258,14 @@ def test_spectral_kurtosis_is_scale_invariant_and_masked(
     assert np.all(got[~use] == 0.0)
 
 
+@SETTINGS
+@given(st.integers(1, 200_000))
+def test_fast_len_is_the_smallest_smooth_length(m: int) -> None:
+    from ballpass.stream.dsp.envelope import _fast_len
+
+    assert _fast_len(m) == ref.smooth_length(m)
+
+
 def test_extract_picks_the_reference_kurtogram_band() -> None:
     # Impacts ringing at 3 kHz (12 kHz, CWRU-like) and at 9 kHz (51.2 kHz), in noise: the
     # pipeline's band is the slow reference's argmax over the same admissible bands.
