@@ -78,16 +78,18 @@ def test_kill_9_mid_flush_loses_nothing(mosquitto, tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if outbox.exists():
+            try:
                 c, _ = _outbox_state(outbox)
-                if c.get("published", 0) >= 20 and c["queued"] >= 20:
-                    break
+            except sqlite3.OperationalError:
+                c = {}  # the gateway has not created the file or its tables yet
+            if c.get("published", 0) >= 20 and c["queued"] >= 20:
+                break
             time.sleep(0.1)
         os.kill(gw.pid, signal.SIGKILL)
-        gw.wait(10)
     finally:
         if gw.poll() is None:
             gw.kill()
+        gw.wait(10)
     at_kill, _ = _outbox_state(outbox)
     assert at_kill["published"] >= 20 and at_kill["queued"] >= 20, at_kill  # mid-flush
     assert at_kill["captured"] == at_kill["published"] + at_kill["queued"]
@@ -106,6 +108,7 @@ def test_kill_9_mid_flush_loses_nothing(mosquitto, tmp_path: Path) -> None:
     finally:
         if gw.poll() is None:
             gw.kill()
+            gw.wait(10)
     final, next_seq = _outbox_state(outbox)
     assert final["queued"] == 0 and final["dropped"] == 0
     assert final["captured"] == final["published"]
