@@ -57,7 +57,7 @@ PLANT = (
         DemoSensor("r01-de", "outer_race"), DemoSensor("r01-nde", "normal"))),
     DemoMachine("gw-r02", "r02-pump", "pump", "SKF 6203", 49.2, (
         DemoSensor("r02-de", "inner_race"), DemoSensor("r02-nde", "normal"))),
-    DemoMachine("gw-r03", "r03-gearbox", "gearbox", "SKF 6206", 16.4, (
+    DemoMachine("gw-r03", "r03-gearbox", "gearbox", "SKF 6208", 16.4, (
         DemoSensor("r03-in", "ball"), DemoSensor("r03-out", "normal"))),
 )
 

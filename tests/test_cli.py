@@ -22,7 +22,9 @@ def ballpass(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["gateway"], ["stream"], ["simulate"],
                                      ["simulate", "fleet"], ["simulate", "record"],
-                                     ["check-config"]])
+                                     ["check-config"], ["evaluate"], ["bench"],
+                                     ["evaluate-fleet"], ["sensor"], ["broker"],
+                                     ["broker", "add-gateway"], ["simulate", "site"]])
 def test_every_command_explains_itself(command: list[str]) -> None:
     r = ballpass(*command, "--help")
     assert r.returncode == 0
