@@ -119,3 +119,11 @@ GEAR_SIDEBAND_DECAY = 0.6
 THERMAL_TAU_S = 1800.0
 #: Housing temperature rise (°C) at full load (the rest of 40 °C is ambient + friction).
 LOAD_TEMP_RISE_C = 8.0
+#: Late bearing damage (developed and severe stages, `degradation.wear_velocity`): the
+#: low-frequency vibration a spalled, worn bearing adds, as velocity (mm/s RMS in the ISO
+#: 10-1000 Hz band). WEAR_1X_SHARE of its power is a 1× line (clearance lets the shaft
+#: orbit grow), in quadrature with the residual 1× so powers add; the rest is a random
+#: "haystack" between WEAR_BAND_ORDERS × shaft (spall entry steps, rolling over debris,
+#: rattling in the grown clearance), flat in velocity with 4th-order skirts.
+WEAR_1X_SHARE = 0.2
+WEAR_BAND_ORDERS = (2.0, 12.0)

@@ -15,7 +15,12 @@ failure and stays there at `max_severity`. Severity (1.0 = a developed fault, se
 
 Late in a bearing's life the lubricant degrades and the surface damage spreads, which
 raises the broadband high-frequency floor; `wear_floor(severity)` is that extra floor, as
-a lubrication severity, used by the simulated driver.
+a lubrication severity, used by the simulated driver. From the developed stage on, the
+spall and the wear it causes also raise the low-frequency vibration (velocity in the ISO
+20816 band): `wear_velocity(condition, severity)` (mm/s), so a run-to-failure bearing
+or lubrication trajectory reaches ISO zone C and then D before it fails
+(docs/simulator.md, "Late bearing damage"). `zone_crossings_s` gives the true times at
+which the simulated velocity crosses the zone boundaries, measured on simulated windows.
 
 An `OperatingProfile` gives the speed and load factors of a machine over time: steady, or
 the batch cycle of a reactor (charge, react, discharge), deterministic for a seed.
@@ -27,6 +32,7 @@ its inputs: the same seed gives the same trajectory on every machine.
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from dataclasses import asdict, dataclass
@@ -44,7 +50,10 @@ __all__ = [
     "Trajectory",
     "random_profile",
     "random_trajectory",
+    "velocity_curve",
     "wear_floor",
+    "wear_velocity",
+    "zone_crossings_s",
 ]
 
 #: Stages in the order a machine passes through them.
@@ -58,6 +67,11 @@ FAULT_CONDITIONS = tuple(c for c in CONDITION_NAMES if c != "normal")
 _BEARING = ("outer_race", "inner_race", "ball", "cage")
 #: Lubrication severity added per unit severity above 1.0 (severe bearing damage).
 WEAR_FLOOR_PER_SEVERITY = 0.6
+#: Low-frequency velocity (mm/s RMS, 10-1000 Hz) a worn bearing adds per unit severity
+#: above DEVELOPED_START (bearing faults and lubrication; see `wear_velocity`).
+WEAR_VELOCITY_MM_S = 4.0
+#: Conditions whose late stage wears the bearing (clearance, spall spreading).
+_WEARING = (*_BEARING, "lubrication")
 
 
 class Point(NamedTuple):
@@ -125,6 +139,24 @@ class Trajectory:
         # Exponential growth from 1 to max_severity: damage feeds on itself.
         return Point("severe", self.max_severity ** u)
 
+    def time_of(self, severity: float) -> float | None:
+        """First time (s) the severity reaches `severity`; None if it never does."""
+        starts = self.stage_starts_s
+        if severity <= 0.0:
+            return 0.0
+        if severity <= INCIPIENT_START:
+            return self.onset_s
+        if severity <= DEVELOPED_START:
+            u = (severity - INCIPIENT_START) / (DEVELOPED_START - INCIPIENT_START)
+            return self.onset_s + u * self.incipient_s
+        if severity <= 1.0:
+            u = (severity - DEVELOPED_START) / (1.0 - DEVELOPED_START)
+            return starts["developed"] + u * self.developed_s
+        if severity <= self.max_severity:
+            return starts["severe"] + math.log(severity) / math.log(self.max_severity) \
+                * self.severe_s
+        return None
+
     def severity(self, t_s: np.ndarray) -> np.ndarray:
         """Severity at every time of `t_s` (s), vectorised."""
         return np.array([self.at(float(t)).severity for t in np.ravel(t_s)]).reshape(
@@ -140,6 +172,86 @@ def wear_floor(condition: str, severity: float) -> float:
     if condition not in _BEARING or severity <= 1.0:
         return 0.0
     return WEAR_FLOOR_PER_SEVERITY * (severity - 1.0)
+
+
+def wear_velocity(condition: str, severity: float) -> float:
+    """Low-frequency velocity (mm/s RMS, ISO band) of a worn bearing: 0 before the developed
+    stage, then WEAR_VELOCITY_MM_S per unit severity above DEVELOPED_START (bearing faults
+    and lubrication; 0 for shaft faults, which raise velocity by their own lines).
+
+    Why: a spall large enough for the rolling elements to drop into it (developed stage)
+    gives a step at each entry whose energy is at low frequency, and the material it
+    sheds wears the races and opens the clearance, so 1× and a random low-frequency
+    "haystack" grow with the damage (docs/simulator.md).
+    """
+    if condition not in _WEARING or severity <= DEVELOPED_START:
+        return 0.0
+    return WEAR_VELOCITY_MM_S * (severity - DEVELOPED_START)
+
+
+@functools.lru_cache(maxsize=64)
+def _curve(condition: str, orders: tuple[float, float, float, float], shaft_hz: float,
+           fs_hz: float, n_samples: int, severities: tuple[float, ...], load: float,
+           windows: int, seed: int, extras: tuple[tuple[str, float], ...]
+           ) -> tuple[float, ...]:
+    from ballpass.models.bearing import DefectOrders
+    from ballpass.simulators.signals import synthesize, velocity_rms_mm_s
+
+    o = DefectOrders(*orders)
+    out = []
+    for sev in severities:
+        # The same random draws at every severity: a smooth, monotone curve.
+        rng = np.random.default_rng([seed, 0x5E1])
+        v = [velocity_rms_mm_s(synthesize(
+            condition, o, shaft_hz, fs_hz, n_samples, severity=sev, rng=rng, load=load,
+            hf_extra=wear_floor(condition, sev), wear_mm_s=wear_velocity(condition, sev),
+            **dict(extras)), fs_hz) for _ in range(windows)]
+        out.append(float(np.median(v)))
+    return tuple(out)
+
+
+def velocity_curve(condition: str, orders: Any, shaft_hz: float, fs_hz: float,
+                   n_samples: int, severities: np.ndarray, *, load: float = 1.0,
+                   windows: int = 8, seed: int = 0,
+                   extras: dict[str, Any] | None = None) -> np.ndarray:
+    """Median velocity RMS (mm/s, 10-1000 Hz, as ISO 20816 and the stream measure it) of
+    `windows` simulated windows of `condition` at each severity, with the wear the
+    simulated driver adds (`wear_floor`, `wear_velocity`) and the machine's `extras`
+    (`synthesize` keywords: looseness, gear_teeth, gear_wear, noise_g). Deterministic
+    for `seed`."""
+    key = tuple(float(getattr(orders, k)) for k in ("bpfo", "bpfi", "bsf", "ftf"))
+    return np.array(_curve(condition, key, float(shaft_hz), float(fs_hz), int(n_samples),
+                           tuple(float(s) for s in severities), float(load), int(windows),
+                           int(seed), tuple(sorted((extras or {}).items()))))
+
+
+def zone_crossings_s(trajectory: Trajectory, orders: Any, shaft_hz: float, fs_hz: float,
+                     n_samples: int, boundaries_mm_s: dict[str, float], *,
+                     load: float = 1.0, step: float = 0.1,
+                     extras: dict[str, Any] | None = None) -> dict[str, float | None]:
+    """The true times (simulated s) at which the simulated machine's velocity RMS
+    (10-1000 Hz) first reaches each boundary (e.g. {"C": 2.8, "D": 4.5} mm/s), at the
+    asset's nominal speed `shaft_hz` and `load` (machine `extras` as in `velocity_curve`):
+    the velocity is measured on simulated
+    windows (`velocity_curve`) on a severity grid of `step`, the crossing severity
+    interpolated and turned into a time on the trajectory. None: not before failure."""
+    top = trajectory.max_severity
+    grid = np.arange(0.0, math.ceil(top / step) * step + step / 2, step)
+    vel = velocity_curve(trajectory.condition, orders, shaft_hz, fs_hz, n_samples, grid,
+                         load=load, extras=extras)
+    vel = np.maximum.accumulate(vel)  # the first crossing: measurement noise never undoes it
+    out: dict[str, float | None] = {}
+    for name, b in boundaries_mm_s.items():
+        k = int(np.argmax(vel >= b)) if np.any(vel >= b) else -1
+        if k < 0:
+            out[name] = None
+            continue
+        if k == 0:
+            out[name] = 0.0
+            continue
+        sev = grid[k - 1] + (b - vel[k - 1]) / (vel[k] - vel[k - 1]) * (grid[k] - grid[k - 1])
+        out[name] = trajectory.time_of(float(sev)) if sev <= top else None
+    return out
 
 
 def random_trajectory(seed: int, horizon_s: float, *, condition: str | None = None,

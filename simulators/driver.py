@@ -75,6 +75,7 @@ from ballpass.simulators.degradation import (
     random_profile,
     random_trajectory,
     wear_floor,
+    wear_velocity,
 )
 from ballpass.simulators.signals import synthesize, validate
 from ballpass.simulators.thermal import Housing, target_c
@@ -402,6 +403,7 @@ class SimulatedDriver:
             t0_s=(t0_ns - self._t_origin_ns) * 1e-9,
             load=load, looseness=self.looseness, gear_teeth=self.gear_teeth,
             gear_wear=self.gear_wear, hf_extra=wear_floor(self.fault, severity),
+            wear_mm_s=wear_velocity(self.fault, severity),
         )
         clipped = False
         if fault_kind is not None:

@@ -33,12 +33,14 @@ from typing import Any
 import numpy as np
 
 from ballpass.config import Config, ConfigError, SensorConfig
+from ballpass.models import iso20816
 from ballpass.models.catalog import lookup
 from ballpass.simulators.degradation import (
     FAULT_CONDITIONS,
     Trajectory,
     random_trajectory,
     seed_for,
+    zone_crossings_s,
 )
 from ballpass.simulators.sensor_faults import SENSOR_FAULTS
 
@@ -436,6 +438,11 @@ def truth(config: Config, scenario: Scenario, faults: list[FaultSpec], t_start_n
             d = f.trajectory.to_dict()
             item["trajectory"] = d
             item["stage_starts_ns"] = {k: wall_ns(v) for k, v in d["stage_starts_s"].items()}
+            cross = zone_crossings(config, f)
+            if cross is not None:
+                item["iso_zone_crossings_s"] = cross
+                item["iso_zone_crossings_ns"] = {
+                    k: None if v is None else wall_ns(v) for k, v in cross.items()}
         items.append(item)
     faulty = {f.asset for f in faults}
     return {
@@ -447,6 +454,30 @@ def truth(config: Config, scenario: Scenario, faults: list[FaultSpec], t_start_n
                           for sf in scenario.sensor_faults],
         "healthy_assets": [a.id for a in config.assets if a.id not in faulty],
     }
+
+
+def zone_crossings(config: Config, fault: FaultSpec) -> dict[str, float | None] | None:
+    """When the faulty asset's simulated velocity RMS (10-1000 Hz) first reaches the ISO
+    20816 zone C and zone D boundaries of its group and foundation (simulated s; None: not
+    before failure), measured on simulated windows of its first vibration sensor at the
+    asset's nominal speed and full load (`degradation.zone_crossings_s`). None for a
+    constant fault or an asset without a simulated vibration sensor or known speed."""
+    from ballpass.simulators.driver import SimulatedDriver
+
+    asset = config.asset(fault.asset)
+    sensors = [s for s in sensors_of(config, fault.asset)
+               if s.driver == "simulated" and s.kind != "temperature"]
+    if fault.trajectory is None or not sensors:
+        return None
+    s = sensors[0]
+    drv = SimulatedDriver(s, asset)  # its machine extras, as the run will synthesize them
+    if not drv.shaft_hz:
+        return None
+    _, c, d = iso20816.boundaries(asset.iso_group, asset.iso_foundation)
+    extras = {"looseness": drv.looseness, "gear_teeth": drv.gear_teeth,
+              "gear_wear": drv.gear_wear, "noise_g": drv.noise_g}
+    return zone_crossings_s(fault.trajectory, asset.bearing.orders(), drv.shaft_hz,
+                            s.fs_hz, s.window_samples, {"C": c, "D": d}, extras=extras)
 
 
 def truth_rows(faults: list[FaultSpec], horizon_h: float, step_h: float = 1.0

@@ -55,6 +55,8 @@ from ballpass.simulators.conditions import (
     LOOSENESS_MM_S,
     TEMP_NOISE_C,
     TEMP_WANDER_C,
+    WEAR_1X_SHARE,
+    WEAR_BAND_ORDERS,
     Condition,
     line_order,
 )
@@ -67,6 +69,7 @@ __all__ = [
     "synthesize",
     "temperature",
     "validate",
+    "velocity_rms_mm_s",
 ]
 
 STANDARD_GRAVITY = 9.80665  # m/s² per g
@@ -152,6 +155,7 @@ def synthesize(
     gear_teeth: int = 0,
     gear_wear: float = 0.0,
     hf_extra: float = 0.0,
+    wear_mm_s: float = 0.0,
 ) -> np.ndarray:
     """One window of acceleration (g) of a machine in `condition`.
 
@@ -164,12 +168,16 @@ def synthesize(
     shaft harmonics up to 10× and half orders (1.0: clear looseness); `gear_teeth` > 0
     adds the gear mesh of a pinion with that many teeth on this shaft, with ±1..3× shaft
     sidebands that grow with `gear_wear` ≥ 0; `hf_extra` ≥ 0 adds a lubrication-type
-    high-frequency floor (as a lubrication severity: late bearing damage).
+    high-frequency floor (as a lubrication severity: late bearing damage); `wear_mm_s` ≥ 0
+    adds the low-frequency vibration of a worn bearing (mm/s RMS in 10-1000 Hz: a 1× line
+    and a random haystack between 2× and 12× shaft, `conditions.WEAR_*`).
     Returns float64, shape (n_samples,). Each call is an independent window: the impact
     train starts at a random phase.
     """
     validate(condition, orders, shaft_hz, fs_hz, severity, noise_g)
     _check_extras(load, looseness, gear_teeth, gear_wear, hf_extra)
+    if not (_real(wear_mm_s) and wear_mm_s >= 0):
+        raise ValueError(f"wear_mm_s: must be a finite number >= 0, got {wear_mm_s!r}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer) \
             or n_samples < 1:
         raise ValueError(f"n_samples: must be an integer >= 1, got {n_samples!r}")
@@ -188,6 +196,8 @@ def synthesize(
     hf_g = severity * cond.hf_rms_g + hf_extra * CONDITIONS["lubrication"].hf_rms_g
     if hf_g:
         power = power + hf_g**2 * sp.hf
+    if wear_mm_s > 0:
+        power = power + (1.0 - WEAR_1X_SHARE) * wear_mm_s**2 * _wear_shape(sp, shaft_hz)
     m = sp.freq.size
     spectrum = (rng.standard_normal(m) + 1j * rng.standard_normal(m)) * np.sqrt(
         power * (n * n / 4.0)
@@ -213,7 +223,38 @@ def synthesize(
         amp = math.sqrt(2.0) * v * 1e-3 * 2.0 * math.pi * f / STANDARD_GRAVITY
         x += amp * np.cos((2.0 * math.pi * f / fs) * sp.index + (h * phase0
                                                                 + _HARMONIC_PHASE[h - 1]))
+    if wear_mm_s > 0 and shaft_hz < fs / 2:
+        # Clearance-driven 1×, a quarter turn from the residual 1× (their powers add).
+        amp = _mm_s_to_g(math.sqrt(2.0 * WEAR_1X_SHARE) * wear_mm_s, shaft_hz)
+        x += amp * np.cos((2.0 * math.pi * shaft_hz / fs) * sp.index
+                          + (phase0 + _HARMONIC_PHASE[0] + 0.5 * math.pi))
     return x
+
+
+def _wear_shape(sp: _Spectra, shaft_hz: float) -> np.ndarray:
+    """Acceleration power (g² per bin, per (mm/s)² of velocity) of the wear haystack:
+    flat in velocity between WEAR_BAND_ORDERS × shaft, 4th-order skirts."""
+    f = sp.freq
+    lo, hi = WEAR_BAND_ORDERS[0] * shaft_hz, WEAR_BAND_ORDERS[1] * shaft_hz
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        vel = (f / lo) ** 8 / (1.0 + (f / lo) ** 8) / (1.0 + (f / hi) ** 8)
+    vel = _normalise(np.nan_to_num(vel) * (sp.white > 0))
+    return vel * (1e-3 * 2.0 * math.pi * f / STANDARD_GRAVITY) ** 2
+
+
+def velocity_rms_mm_s(x: np.ndarray, fs_hz: float, lo_hz: float = 10.0,
+                      hi_hz: float = 1000.0) -> float:
+    """Velocity RMS (mm/s) of acceleration `x` (g) between `lo_hz` and `hi_hz`, integrated
+    in the frequency domain as the stream does (ISO 20816: 10-1000 Hz)."""
+    n = x.size
+    spec = np.fft.rfft(x)
+    f = np.fft.rfftfreq(n, 1.0 / fs_hz)
+    w = np.where((f >= lo_hz) & (f <= hi_hz) & (f > 0), 2.0 / (n * n), 0.0)
+    if n % 2 == 0:
+        w[-1] *= 0.5
+    with np.errstate(divide="ignore"):
+        w = np.where(w > 0, w / (2.0 * math.pi * np.maximum(f, 1e-12)) ** 2, 0.0)
+    return float(math.sqrt(float(np.sum(w * np.abs(spec) ** 2))) * STANDARD_GRAVITY * 1000.0)
 
 
 def _check_extras(load: float, looseness: float, gear_teeth: int, gear_wear: float,

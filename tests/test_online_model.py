@@ -118,8 +118,12 @@ def test_trend_projects_days_to_zones_and_is_null_without_history() -> None:
     last = results[-1]
     assert last.days_to_zone_d is not None and last.days_to_zone_c is not None
     now_vel = 1.0 + (6 * 24 * 2 - 1) * 600.0 / 86400.0
-    assert last.days_to_zone_d.days == pytest.approx(4.5 - now_vel, rel=0.2)
-    assert last.days_to_zone_d.lo <= last.days_to_zone_d.days
+    # The zone trend is exponential in the fault's part of the velocity (stream/online/
+    # trend.py): a rise that is only linear is projected earlier than its straight line,
+    # never later, and not absurdly early.
+    assert 0.3 * (4.5 - now_vel) < last.days_to_zone_d.days <= 4.5 - now_vel
+    d = last.days_to_zone_d
+    assert d.hi is not None and d.lo <= d.days <= d.hi
     assert last.velocity_trend_mm_s_per_day == pytest.approx(1.0, rel=0.15)
 
 

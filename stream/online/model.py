@@ -29,6 +29,8 @@ import numpy as np
 from river import drift
 
 from ballpass.config import OnlinePolicy
+from ballpass.stream.online import trend
+from ballpass.stream.online.trend import Interval, VelocityTrend
 
 FEATURES: tuple[str, ...] = (
     "log_rms_g", "log_velocity", "kurtosis", "crest", "bpfo_snr_db", "bpfi_snr_db",
@@ -46,6 +48,8 @@ _CHANGE_IDX = tuple(FEATURES.index(f) for f in CHANGE_FEATURES)
 _CLIP_Z = 6.0  # learning updates are clipped to ±6 σ so one outlier does not skew a band
 _CAL_MAX = 4000  # calibration statistics kept per sensor
 _DAY_S = 86400.0
+# Buckets (hours by default) the zone trend keeps since the change: a week.
+_ZONE_TREND_POINTS = 168
 
 STATE_VERSION = 1
 """Version of the pickled `SensorModel`; a file of another version is moved aside."""
@@ -62,19 +66,6 @@ class Observation:
     line_amp_g: float = math.nan  # strongest defect-line envelope amplitude (g)
     temp_c: float = math.nan  # latest temperature of the asset (°C), NaN if none
     physics: str = "normal"  # the physics diagnosis of the window
-
-
-@dataclass
-class Interval:
-    """A projected time (days) with its interval; `hi` None = unbounded."""
-
-    days: float
-    lo: float
-    hi: float | None
-
-    def as_dict(self) -> dict[str, float | None]:
-        return {"days": round(self.days, 3), "lo": round(self.lo, 3),
-                "hi": None if self.hi is None else round(self.hi, 3)}
 
 
 @dataclass
@@ -169,7 +160,8 @@ class _Trend:
 
 
 def project(fit: tuple[float, float, float, float] | None, boundary: float) -> Interval | None:
-    """Days until a rising level reaches `boundary`; None without a rising trend."""
+    """Days until a linearly rising level reaches `boundary`; None without a rising trend.
+    (The model's time to a zone comes from `trend.VelocityTrend`.)"""
     if fit is None:
         return None
     lo, mid, hi, level = fit
@@ -211,11 +203,23 @@ class SensorModel:
         self.detectors = [drift.PageHinkley(min_instances=30, delta=0.25, threshold=25.0,
                                             mode="both") for _ in _CHANGE_IDX]
         self.vel_trend = _Trend(self.policy.trend_bucket_s, self.policy.trend_points)
+        self.vel_zone = self._zone_trend()
         self.line_trend = _Trend(self.policy.trend_bucket_s, self.policy.trend_points)
         self.last_t_ns: int | None = None
         self.last_seq: int | None = None
         self.recent: deque[tuple[int, np.ndarray]] = deque(maxlen=self.policy.anomaly_n)
         self._d = d
+
+    def _zone_trend(self) -> VelocityTrend:
+        p = self.policy
+        return VelocityTrend(p.trend_bucket_s, p.trend_points,
+                             p.trend_min_points)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A state saved before the zone trend existed keeps its baseline and starts it.
+        self.__dict__.update(state)
+        if "vel_zone" not in state:
+            self.vel_zone = self._zone_trend()
 
     # --- features --------------------------------------------------------------------
 
@@ -365,15 +369,24 @@ class SensorModel:
                                    "detail": f"z={z[i]:.2f}", "value": float(z[i])})
 
         # Trends (wall time of the window; a clock that went back is not a trend).
+        t_s = obs.t_ns / 1e9
         if clock_ok:
-            t_s = obs.t_ns / 1e9
-            self.vel_trend.add(t_s, obs.features.get("velocity_rms_mm_s", math.nan))
+            vel = obs.features.get("velocity_rms_mm_s", math.nan)
+            self.vel_trend.add(t_s, vel)
             self.line_trend.add(t_s, obs.line_amp_g)
+            # The zone trend starts at the first upward change of log velocity.
+            for e in events:
+                if e.get("event") == "change" and e.get("feature") == "log_velocity":
+                    self.vel_zone.mark_change(t_s, rising=e["value"] > 0)
+            base = math.exp(scorer.mean[1]) if scorer is not None else math.nan
+            self.vel_zone.add(t_s, vel, base)
         fit = self.vel_trend.slope(p.trend_min_points)
         if fit is not None:
             result.velocity_trend_mm_s_per_day = fit[1] * _DAY_S
-            result.days_to_zone_c = project(fit, self.zone_c)
-            result.days_to_zone_d = project(fit, self.zone_d)
+        zfit = self.vel_zone.current()
+        if zfit is not None:
+            result.days_to_zone_c = trend.project(zfit, self.zone_c, t_s)
+            result.days_to_zone_d = trend.project(zfit, self.zone_d, t_s)
         lfit = self.line_trend.slope(p.trend_min_points)
         if lfit is not None:
             result.line_trend_g_per_day = lfit[1] * _DAY_S
