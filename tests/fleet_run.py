@@ -9,10 +9,7 @@ module using it is done; every process is stopped by PID.
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from plant import read_status, spawn_ballpass, wait_until
 
 from ballpass.demo import WebhookReceiver
 from ballpass.services import Influxd, Mosquitto
@@ -43,10 +41,7 @@ class FleetRun:
     http_url: str = ""
 
     def status(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.status_file.read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_status(self.status_file)
 
     def rows(self, q: str) -> list[dict[str, Any]]:
         result = self.influxd.query(q, db=self.db)["results"][0]  # type: ignore[index]
@@ -129,19 +124,6 @@ url = "{webhook}"
 """
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "ballpass", *args], stdout=out,
-                                stderr=subprocess.STDOUT)
-
-
-def wait(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _start(tmp: Path, influxd: Influxd) -> FleetRun:
@@ -157,30 +139,30 @@ def _start(tmp: Path, influxd: Influxd) -> FleetRun:
     site = tmp / "site.toml"
     site.write_text(site_toml(broker, influxd.url, db, tmp, receiver.url), encoding="utf-8")
     status_file = tmp / "stream-status.json"
-    stream = _spawn(["stream", "-c", str(site), "--status-file", str(status_file),
+    stream = spawn_ballpass(["stream", "-c", str(site), "--status-file", str(status_file),
                      "--http", "127.0.0.1:0"], tmp / "stream.log")
     run = FleetRun(broker, influxd, db, tmp, site, status_file, receiver, stream)
     try:
-        wait(lambda: run.status().get("mqtt_connected"), 120, "the stream to subscribe")
+        wait_until(lambda: run.status().get("mqtt_connected"), 120, "the stream to subscribe")
         run.http_url = run.status()["http_url"]
-        run.gateway = _spawn(["gateway", "-c", str(site), "-g", "gw1"], tmp / "gateway.log")
+        run.gateway = spawn_ballpass(["gateway", "-c", str(site), "-g", "gw1"], tmp / "gateway.log")
 
         def ready() -> bool:
             s = run.status().get("sensors", {})
             return bool(s.get("faulty", {}).get("alerted")) and \
                 s.get("healthy", {}).get("windows", 0) >= 10
-        wait(ready, 90, "an alarm on the faulty sensor")
-        wait(lambda: run.receiver.received, 20, "the alert webhook")
+        wait_until(ready, 90, "an alarm on the faulty sensor")
+        wait_until(lambda: run.receiver.received, 20, "the alert webhook")
         # An operator acknowledges, so the Alerts dashboard has an action to show.
         req = urllib.request.Request(run.http_url + "/sensor/faulty/ack", method="POST",
                                      data=b"note=checked+on+site",
                                      headers={"Authorization": f"Bearer {TOKEN}"})
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 200  # after the 303 to the sensor page
-        wait(lambda: run.rows("SELECT count(\"by\") FROM \"actions\""), 10,
+        wait_until(lambda: run.rows("SELECT count(\"by\") FROM \"actions\""), 10,
              "the operator action in InfluxDB")
         # After the learning phase (50 windows here) the online models score each window.
-        wait(lambda: run.rows("SELECT count(\"anomaly_score\") FROM \"vibration\""), 60,
+        wait_until(lambda: run.rows("SELECT count(\"anomaly_score\") FROM \"vibration\""), 60,
              "anomaly scores")
     except BaseException:
         _stop(run)

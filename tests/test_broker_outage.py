@@ -8,15 +8,12 @@ dir, so its persistence file keeps the stream's session), and influxd.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import AUTH_USERS
+from plant import read_status, spawn_ballpass, wait_until
 
 from ballpass.services import Influxd, Mosquitto
 
@@ -68,30 +65,11 @@ outbox = {{ path = "{tmp / 'outbox.sqlite'}", flush_rate_per_s = 100 }}
     return path
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "ballpass", *args], stdout=out,
-                                stderr=subprocess.STDOUT)
 
-
-def _status(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _wait(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _written(status_file: Path) -> int:
-    return int(_status(status_file).get("counters", {}).get("written", 0))
+    return int(read_status(status_file).get("counters", {}).get("written", 0))
 
 
 def test_broker_outage_of_60_s_loses_and_duplicates_nothing(
@@ -103,13 +81,15 @@ def test_broker_outage_of_60_s_loses_and_duplicates_nothing(
     port = broker.port
     site = _site(port, url, db, tmp_path)
     status_file = tmp_path / "stream-status.json"
-    stream = _spawn(["stream", "-c", str(site), "--status-file", str(status_file)],
+    stream = spawn_ballpass(["stream", "-c", str(site), "--status-file", str(status_file)],
                     tmp_path / "stream.log")
     gateway = None
     try:
-        _wait(lambda: _status(status_file).get("mqtt_connected"), 120, "the stream")
-        gateway = _spawn(["gateway", "-c", str(site), "-g", "gw1"], tmp_path / "gateway.log")
-        _wait(lambda: _written(status_file) >= 2 * len(SENSORS), 60, "windows before the outage")
+        wait_until(lambda: read_status(status_file).get("mqtt_connected"), 120, "the stream")
+        gateway = spawn_ballpass(["gateway", "-c", str(site), "-g", "gw1"],
+                                 tmp_path / "gateway.log")
+        wait_until(lambda: _written(status_file) >= 2 * len(SENSORS), 60,
+                   "windows before the outage")
 
         broker.stop()
         t_down = time.monotonic()
@@ -119,17 +99,17 @@ def test_broker_outage_of_60_s_loses_and_duplicates_nothing(
         broker.start()
         down_s = time.monotonic() - t_down
         # A few seconds of live windows after the backlog, then a clean stop (drain).
-        _wait(lambda: _written(status_file) >= written_during + len(SENSORS) * down_s * 0.8,
+        wait_until(lambda: _written(status_file) >= written_during + len(SENSORS) * down_s * 0.8,
               60, "the backlog to arrive")
         time.sleep(3)
         gateway.terminate()
         assert gateway.wait(30) == 0
 
         def drained() -> bool:
-            gw = _status(status_file).get("gateways", {}).get("gw1", {})
+            gw = read_status(status_file).get("gateways", {}).get("gw1", {})
             return gw.get("state") == "offline" and \
                 _written(status_file) == gw.get("counters", {}).get("published", -1)
-        _wait(drained, 60, "the stream to write every published window")
+        wait_until(drained, 60, "the stream to write every published window")
     finally:
         for proc in (gateway, stream):
             if proc is not None and proc.poll() is None:
@@ -137,7 +117,7 @@ def test_broker_outage_of_60_s_loses_and_duplicates_nothing(
         assert stream.wait(30) == 0
         broker.stop()
 
-    status = _status(status_file)
+    status = read_status(status_file)
     gw = status["gateways"]["gw1"]["counters"]
     assert gw["captured"] == gw["published"] == status["counters"]["written"], (gw, status)
     assert gw["dropped"] == 0 and gw["queued"] == 0

@@ -8,15 +8,13 @@ raises none; every captured window is written exactly once.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from plant import read_status, spawn_ballpass, wait_until
 
 from ballpass.demo import WebhookReceiver
 from ballpass.services import Influxd, Mosquitto
@@ -73,26 +71,7 @@ url = "{webhook}"
     return path
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "ballpass", *args], stdout=out,
-                                stderr=subprocess.STDOUT)
 
-
-def _status(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _wait(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _rows(influxd: Influxd, db: str, q: str) -> list[dict[str, Any]]:
@@ -119,32 +98,37 @@ def test_faulty_bearing_alerts_healthy_does_not(
     url, db = influx_db
     site = _site(mosquitto_auth, url, db, tmp_path, webhook.url)
     status_file = tmp_path / "stream-status.json"
-    stream = _spawn(["stream", "-c", str(site), "--status-file", str(status_file)],
+    stream = spawn_ballpass(["stream", "-c", str(site), "--status-file", str(status_file)],
                     tmp_path / "stream.log")
     gateway = None
     try:
-        _wait(lambda: _status(status_file).get("mqtt_connected"), 120, "the stream to subscribe")
-        gateway = _spawn(["gateway", "-c", str(site), "-g", "gw1"], tmp_path / "gateway.log")
-        _wait(lambda: _status(status_file).get("sensors", {}).get("faulty", {}).get("alerted")
-              and _status(status_file)["sensors"]["healthy"].get("windows", 0) >= 12,
-              90, "an alarm on the faulty sensor")
+        wait_until(lambda: read_status(status_file).get("mqtt_connected"), 120,
+                   "the stream to subscribe")
+        gateway = spawn_ballpass(["gateway", "-c", str(site), "-g", "gw1"],
+                                 tmp_path / "gateway.log")
+
+        def alarmed() -> bool:
+            sensors = read_status(status_file).get("sensors", {})
+            return bool(sensors.get("faulty", {}).get("alerted")) and \
+                sensors.get("healthy", {}).get("windows", 0) >= 12
+        wait_until(alarmed, 90, "an alarm on the faulty sensor")
         gateway.terminate()
         assert gateway.wait(30) == 0
 
         def drained() -> bool:
-            s = _status(status_file)
+            s = read_status(status_file)
             published = s.get("gateways", {}).get("gw1", {}).get("counters", {}).get(
                 "published", -1)
             return s.get("gateways", {}).get("gw1", {}).get("state") == "offline" and \
                 s["counters"]["written"] == published
-        _wait(drained, 30, "the stream to write every published window")
-        _wait(lambda: webhook.received, 15, "the webhook")
+        wait_until(drained, 30, "the stream to write every published window")
+        wait_until(lambda: webhook.received, 15, "the webhook")
     finally:
         for proc in (gateway, stream):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
         assert stream.wait(30) == 0
-    status = _status(status_file)
+    status = read_status(status_file)
     gw = status["gateways"]["gw1"]["counters"]
 
     # Every captured window is in InfluxDB exactly once, in consecutive seqs per sensor.
@@ -178,7 +162,7 @@ def test_faulty_bearing_alerts_healthy_does_not(
     client.subscribe("bp/v1/e2e/gw1/+/diagnosis", qos=1)
     client.loop_start()
     try:
-        _wait(lambda: len(retained) == 2, 10, "retained diagnoses")
+        wait_until(lambda: len(retained) == 2, 10, "retained diagnoses")
     finally:
         client.loop_stop()
         client.disconnect()

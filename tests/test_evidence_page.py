@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from fleet_run import TOKEN, FleetRun, shared_fleet  # tests/ is on sys.path
+from plant import wait_until
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -112,9 +113,8 @@ def test_bad_requests_answer_cleanly_and_the_stream_keeps_running(
     windows = shared_fleet.status()["sensors"]["healthy"]["windows"]
     status, body = shared_fleet.get("/api/fleet")
     assert status == 200 and '"faulty"' in body
-    from fleet_run import wait
-    wait(lambda: shared_fleet.status()["sensors"]["healthy"]["windows"] > windows, 10,
-         "the stream to keep processing")
+    wait_until(lambda: shared_fleet.status()["sensors"]["healthy"]["windows"] > windows, 10,
+               "the stream to keep processing")
     assert shared_fleet.stream.poll() is None
     req = urllib.request.Request(shared_fleet.http_url + "/static/app.js",
                                  headers={"Authorization": f"Bearer {TOKEN}"})
