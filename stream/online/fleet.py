@@ -324,7 +324,9 @@ def table(figures: dict[str, Any]) -> str:
     """The figures as a Markdown table (EVALUATION.md)."""
     rows = ["| class | trajectories | first alarm: incipient / developed / severe / none | "
             "lead time (median, days) | false alarms /100 sensor-days | "
-            "days_to_zone_d error (median) |", "|---|---|---|---|---|---|"]
+            "days_to_zone_d error at first alarm (median) | "
+            "days_to_zone_d error in watch/alarm (median; windows with an estimate) |",
+            "|---|---|---|---|---|---|---|"]
     for name, f in [*figures["classes"].items(), ("all", figures)]:
         s = f["first_alarm_stage"]
         stages = " / ".join(str(s.get(k, 0)) for k in ("incipient", "developed", "severe",
@@ -332,7 +334,12 @@ def table(figures: dict[str, Any]) -> str:
         lead = f["lead_time_days_median"]
         err = f["days_to_zone_d_median_abs_rel_error"]
         err_text = "-" if err is None else f"{err:.0%} (n={f['days_to_zone_d_estimates']})"
+        if err is None and f["days_to_zone_d_missing_at_alarm"]:
+            err_text = f"null ({f['days_to_zone_d_missing_at_alarm']} of {f['trajectories']})"
+        watch = f["days_to_zone_d_pooled_median_abs_rel_error_after_alarm"]
+        watch_text = "-" if watch is None else (
+            f"{watch:.0%} ({f['days_to_zone_d_coverage_after_alarm']:.0%})")
         rows.append(f"| {name} | {f['trajectories']} | {stages if f['trajectories'] else '-'} "
                     f"| {'-' if lead is None else lead} "
-                    f"| {f['false_alarms_per_100_sensor_days']} | {err_text} |")
+                    f"| {f['false_alarms_per_100_sensor_days']} | {err_text} | {watch_text} |")
     return "\n".join(rows)
