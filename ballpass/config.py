@@ -238,7 +238,7 @@ def _read_secret(path: Path | None) -> str | None:
 # --- parsing -------------------------------------------------------------------------
 
 
-class _Reader:
+class TableReader:
     """Reads one TOML table, recording errors against the table's key path."""
 
     def __init__(self, table: Any, path: str, errors: list[str], base: Path) -> None:
@@ -290,7 +290,7 @@ class _Reader:
         p = Path(value).expanduser()
         return p if p.is_absolute() else self.base / p
 
-    def tables(self, name: str) -> list[_Reader]:
+    def tables(self, name: str) -> list[TableReader]:
         self.used.add(name)
         value = self.table.get(name, [])
         if isinstance(value, dict):
@@ -298,12 +298,12 @@ class _Reader:
         if not isinstance(value, list):
             self.fail(name, f"must be an array of tables, got {value!r}")
             return []
-        return [_Reader(v, f"{self.key(name)}[{i}]", self.errors, self.base)
+        return [TableReader(v, f"{self.key(name)}[{i}]", self.errors, self.base)
                 for i, v in enumerate(value)]
 
-    def sub(self, name: str) -> _Reader:
+    def sub(self, name: str) -> TableReader:
         self.used.add(name)
-        return _Reader(self.table.get(name, {}), self.key(name), self.errors, self.base)
+        return TableReader(self.table.get(name, {}), self.key(name), self.errors, self.base)
 
     def finish(self) -> None:
         """Report keys nobody asked for, with the closest known key as a hint."""
@@ -320,7 +320,7 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _positive(v: float) -> str | None:
+def positive(v: float) -> str | None:
     return None if math.isfinite(v) and v > 0 else "must be > 0"
 
 
@@ -332,7 +332,7 @@ def _an_id(v: str) -> str | None:
     return None if valid_id(v) else "must match [a-z0-9][a-z0-9_-]{0,63}"
 
 
-def _one_of(*choices: str) -> Callable[[str], str | None]:
+def one_of(*choices: str) -> Callable[[str], str | None]:
     def check(v: str) -> str | None:
         if v in choices:
             return None
@@ -355,7 +355,7 @@ def _port(v: int) -> str | None:
     return None if 0 < v < 65536 else "must be a TCP port 1-65535"
 
 
-def _parse_bearing(r: _Reader) -> BearingGeometry | None:
+def parse_bearing(r: TableReader) -> BearingGeometry | None:
     name = r.get("bearing", str)
     geometry = r.sub("geometry") if "geometry" in r.table else None
     if name is not None and geometry is not None:
@@ -372,8 +372,8 @@ def _parse_bearing(r: _Reader) -> BearingGeometry | None:
         return None
     n = geometry.get("n_elements", int, required=True, check=lambda v: None if v >= 3
                      else "must be >= 3")
-    d = geometry.get("element_diameter", float, required=True, check=_positive)
-    pd = geometry.get("pitch_diameter", float, required=True, check=_positive)
+    d = geometry.get("element_diameter", float, required=True, check=positive)
+    pd = geometry.get("pitch_diameter", float, required=True, check=positive)
     angle = geometry.get("contact_angle_deg", float, 0.0,
                          check=lambda v: None if 0 <= v < 90 else "must be in [0, 90)")
     geometry.finish()
@@ -386,14 +386,14 @@ def _parse_bearing(r: _Reader) -> BearingGeometry | None:
         return None
 
 
-def _parse_asset(r: _Reader) -> AssetConfig | None:
+def _parse_asset(r: TableReader) -> AssetConfig | None:
     asset_id = r.get("id", str, required=True, check=_an_id)
-    kind = r.get("kind", str, "other", check=_one_of(*ASSET_KINDS))
-    shaft_hz = r.get("shaft_hz", float, check=_positive)
+    kind = r.get("kind", str, "other", check=one_of(*ASSET_KINDS))
+    shaft_hz = r.get("shaft_hz", float, check=positive)
     tacho = r.get("tacho_sensor", str, check=_an_id)
     group = r.get("iso_group", int, 2, check=lambda v: None if v in (1, 2) else "must be 1 or 2")
-    foundation = r.get("iso_foundation", str, "rigid", check=_one_of(*ISO_FOUNDATIONS))
-    bearing = _parse_bearing(r)
+    foundation = r.get("iso_foundation", str, "rigid", check=one_of(*ISO_FOUNDATIONS))
+    bearing = parse_bearing(r)
     online = _parse_online(r.sub("online")) if "online" in r.table else OnlinePolicy()
     alert = _parse_alert_policy(r.sub("alert")) if "alert" in r.table else None
     r.finish()
@@ -407,19 +407,19 @@ def _at_least(n: int) -> Callable[[int], str | None]:
     return lambda v: None if v >= n else f"must be >= {n}"
 
 
-def _parse_online(o: _Reader) -> OnlinePolicy:
+def _parse_online(o: TableReader) -> OnlinePolicy:
     d = OnlinePolicy()
     p = OnlinePolicy(
         learn_hours=o.get("learn_hours", float, d.learn_hours, check=_non_negative),
         learn_windows=o.get("learn_windows", int, d.learn_windows, check=_at_least(50)),
-        speed_band_pct=o.get("speed_band_pct", float, d.speed_band_pct, check=_positive),
+        speed_band_pct=o.get("speed_band_pct", float, d.speed_band_pct, check=positive),
         band_min_windows=o.get("band_min_windows", int, d.band_min_windows,
                                check=_at_least(10)),
         anomaly_threshold=o.get("anomaly_threshold", float, d.anomaly_threshold,
                                 check=lambda v: None if 0.5 <= v < 1 else "must be in [0.5, 1)"),
         anomaly_k=o.get("anomaly_k", int, d.anomaly_k, check=_at_least(1)),
         anomaly_n=o.get("anomaly_n", int, d.anomaly_n, check=_at_least(1)),
-        trend_bucket_s=o.get("trend_bucket_s", float, d.trend_bucket_s, check=_positive),
+        trend_bucket_s=o.get("trend_bucket_s", float, d.trend_bucket_s, check=positive),
         trend_points=o.get("trend_points", int, d.trend_points, check=_at_least(3)),
         trend_min_points=o.get("trend_min_points", int, d.trend_min_points,
                                check=_at_least(3)),
@@ -433,7 +433,7 @@ def _parse_online(o: _Reader) -> OnlinePolicy:
     return p
 
 
-def _parse_alert_policy(a: _Reader) -> AlertPolicy:
+def _parse_alert_policy(a: TableReader) -> AlertPolicy:
     policy = AlertPolicy(
         enter_k=a.get("enter_k", int, 3, check=_at_least(1)),
         leave_m=a.get("leave_m", int, 1, check=_at_least(0)),
@@ -446,7 +446,7 @@ def _parse_alert_policy(a: _Reader) -> AlertPolicy:
     return policy
 
 
-def _parse_sensor(r: _Reader, assets: set[str]) -> SensorConfig | None:
+def _parse_sensor(r: TableReader, assets: set[str]) -> SensorConfig | None:
     sensor_id = r.get("id", str, required=True, check=_an_id)
     driver = r.get("driver", str, required=True)
     asset = r.get("asset", str, required=True)
@@ -455,11 +455,11 @@ def _parse_sensor(r: _Reader, assets: set[str]) -> SensorConfig | None:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         r.fail("asset", f"no [[asset]] with this id{hint}, got {asset!r}")
         asset = None
-    fs_hz = r.get("fs_hz", float, required=True, check=_positive)
+    fs_hz = r.get("fs_hz", float, required=True, check=positive)
     n = r.get("window_samples", int, required=True,
               check=lambda v: None if 16 <= v <= 1 << 22 else "must be in 16..4194304")
-    interval = r.get("interval_s", float, required=True, check=_positive)
-    kind = r.get("kind", str, "acceleration", check=_one_of("acceleration", "temperature"))
+    interval = r.get("interval_s", float, required=True, check=positive)
+    kind = r.get("kind", str, "acceleration", check=one_of("acceleration", "temperature"))
     options = r.get("options", dict, {})
     r.finish()
     if None in (sensor_id, driver, asset, fs_hz, n, interval):
@@ -471,16 +471,16 @@ def _parse_sensor(r: _Reader, assets: set[str]) -> SensorConfig | None:
     return SensorConfig(sensor_id, driver, asset, fs_hz, n, interval, kind, dict(options))
 
 
-def _parse_gateway(r: _Reader, assets: set[str]) -> GatewayConfig | None:
+def _parse_gateway(r: TableReader, assets: set[str]) -> GatewayConfig | None:
     gateway_id = r.get("id", str, required=True, check=_an_id)
     username = r.get("username", str)
     password_file = r.path_value("password_file")
     o = r.sub("outbox")
     outbox = OutboxConfig(
         path=o.path_value("path"),
-        max_mb=o.get("max_mb", float, 512.0, check=_positive),
-        max_age_h=o.get("max_age_h", float, 168.0, check=_positive),
-        flush_rate_per_s=o.get("flush_rate_per_s", float, 50.0, check=_positive),
+        max_mb=o.get("max_mb", float, 512.0, check=positive),
+        max_age_h=o.get("max_age_h", float, 168.0, check=positive),
+        flush_rate_per_s=o.get("flush_rate_per_s", float, 50.0, check=positive),
     )
     o.finish()
     sensors = [_parse_sensor(s, assets) for s in r.tables("sensor")]
@@ -496,7 +496,7 @@ def _parse_gateway(r: _Reader, assets: set[str]) -> GatewayConfig | None:
 def parse(data: dict[str, Any], base: Path = Path(".")) -> Config:
     """Validate a parsed TOML document; relative paths resolve against `base`."""
     errors: list[str] = []
-    root = _Reader(data, "", errors, base)
+    root = TableReader(data, "", errors, base)
 
     s = root.sub("site")
     site = SiteConfig(s.get("id", str, required=True, check=_an_id) or "",
@@ -520,7 +520,7 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> Config:
 
     i = root.sub("influx")
     influx = InfluxConfig(
-        api=i.get("api", str, "v1", check=_one_of("v1", "v2")),
+        api=i.get("api", str, "v1", check=one_of("v1", "v2")),
         url=i.get("url", str, "http://127.0.0.1:8086",
                   check=lambda v: None if v.startswith(("http://", "https://"))
                   else "must start with http:// or https://"),
@@ -530,7 +530,7 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> Config:
         token_file=i.path_value("token_file"),
         username=i.get("username", str),
         password_file=i.path_value("password_file"),
-        timeout_s=i.get("timeout_s", float, 10.0, check=_positive),
+        timeout_s=i.get("timeout_s", float, 10.0, check=positive),
     )
     i.finish()
 
@@ -554,7 +554,7 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> Config:
                          else "must be >= 1"),
         batch_wait_s=st.get("batch_wait_s", float, 0.2, check=_non_negative),
         alert=policy,
-        online_save_s=st.get("online_save_s", float, 300.0, check=_positive),
+        online_save_s=st.get("online_save_s", float, 300.0, check=positive),
         http=st.get("http", str, check=_host_port),
         http_token_file=st.path_value("http_token_file"),
         public_url=st.get("public_url", str, check=_http_url),
@@ -587,9 +587,9 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> Config:
             for e in events:
                 if e not in ("firing", "resolved"):
                     r.fail("events", f"each must be 'firing' or 'resolved', got {e!r}")
-        fmt = r.get("format", str, "json", check=_one_of(*WEBHOOK_FORMATS))
+        fmt = r.get("format", str, "json", check=one_of(*WEBHOOK_FORMATS))
         hook = WebhookConfig(url or "", tuple(events or ()),
-                             r.get("timeout_s", float, 5.0, check=_positive),
+                             r.get("timeout_s", float, 5.0, check=positive),
                              r.get("retries", int, 3, check=lambda v: None if v >= 0
                                    else "must be >= 0"),
                              format=fmt or "json",
@@ -599,9 +599,9 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> Config:
                              group_wait_s=r.get("group_wait_s", float, 30.0,
                                                 check=_non_negative),
                              rate_limit_per_min=r.get("rate_limit_per_min", float, 20.0,
-                                                      check=_positive),
+                                                      check=positive),
                              backoff_max_s=r.get("backoff_max_s", float, 60.0,
-                                                 check=_positive))
+                                                 check=positive))
         if fmt == "pagerduty" and hook.routing_key_file is None:
             r.fail("routing_key_file", "is required for format = \"pagerduty\"")
         r.finish()
@@ -614,7 +614,7 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> Config:
                   tuple(g for g in gateways if g), tuple(webhooks))
 
 
-def _no_duplicates(root: _Reader, what: str, ids: list[str]) -> None:
+def _no_duplicates(root: TableReader, what: str, ids: list[str]) -> None:
     seen: set[str] = set()
     for x in ids:
         if x in seen:

@@ -36,10 +36,10 @@ from ballpass.config import (
     FAULT_CLASSES,
     ISO_FOUNDATIONS,
     ConfigError,
-    _one_of,
-    _parse_bearing,
-    _positive,
-    _Reader,
+    TableReader,
+    one_of,
+    parse_bearing,
+    positive,
 )
 from ballpass.models.bearing import BearingGeometry
 
@@ -88,7 +88,7 @@ def _kind(path: Path) -> str:
     return "text"
 
 
-def _probe(r: _Reader, path: Path, key: str | None, column: int | None) -> None:
+def _probe(r: TableReader, path: Path, key: str | None, column: int | None) -> None:
     """Check that the file exists and holds the key or column, without reading the signal."""
     if not path.is_file():
         r.fail("path", f"no such file {str(path)!r}")
@@ -145,7 +145,7 @@ def _text_columns(path: Path) -> int:
     raise ValueError("no data lines")
 
 
-def _parse_recording(r: _Reader) -> Recording | None:
+def _parse_recording(r: TableReader) -> Recording | None:
     path = r.path_value("path")
     if "path" not in r.table:
         r.fail("path", "is required")
@@ -153,19 +153,19 @@ def _parse_recording(r: _Reader) -> Recording | None:
     column = r.get("column", int, check=lambda v: None if v >= 0 else "must be >= 0")
     if key is not None and column is not None:
         r.fail("key", "give either `key` or `column`, not both")
-    fs_hz = r.get("fs_hz", float, required=True, check=_positive)
-    shaft_hz = r.get("shaft_hz", float, required=True, check=_positive)
-    label = r.get("label", str, required=True, check=_one_of(*FAULT_CLASSES))
-    bearing = _parse_bearing(r)
+    fs_hz = r.get("fs_hz", float, required=True, check=positive)
+    shaft_hz = r.get("shaft_hz", float, required=True, check=positive)
+    label = r.get("label", str, required=True, check=one_of(*FAULT_CLASSES))
+    bearing = parse_bearing(r)
     window = r.get("window", int, DEFAULT_WINDOW,
                    check=lambda v: None if v >= 16 else "must be >= 16")
     max_windows = r.get("max_windows", int, check=lambda v: None if v >= 1 else "must be >= 1")
-    resample_hz = r.get("resample_hz", float, check=_positive)
+    resample_hz = r.get("resample_hz", float, check=positive)
     group = r.get("group", str, DEFAULT_GROUP,
                   check=lambda v: None if v.strip() else "must not be empty")
     iso_group = r.get("iso_group", int, 2,
                       check=lambda v: None if v in (1, 2) else "must be 1 or 2")
-    iso_foundation = r.get("iso_foundation", str, "rigid", check=_one_of(*ISO_FOUNDATIONS))
+    iso_foundation = r.get("iso_foundation", str, "rigid", check=one_of(*ISO_FOUNDATIONS))
     r.finish()
     if path is not None:
         _probe(r, path, key, column)
@@ -188,7 +188,7 @@ def _parse_recording(r: _Reader) -> Recording | None:
 def parse_spec(data: dict[str, Any], base: Path = Path(".")) -> list[Recording]:
     """The recordings of a parsed spec table; raises ConfigError with every problem."""
     errors: list[str] = []
-    root = _Reader(data, "", errors, base)
+    root = TableReader(data, "", errors, base)
     tables = root.tables("recording")
     root.finish()
     if not tables and not errors:

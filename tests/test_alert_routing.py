@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 from ballpass.config import WebhookConfig, parse
+from ballpass.services import free_port
 from ballpass.stream.sinks.formats import ACTIONS
 from ballpass.stream.sinks.webhook import WebhookSender
 
@@ -178,16 +178,10 @@ def test_every_format_carries_what_where_how_bad_how_sure_since_action_and_link(
     assert not list((tmp_path / "state" / "webhook-spool").rglob("*.alert.json"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def outage(tmp_path: Path, outage_s: float, backoff_max_s: float) -> None:
     """Receiver down for `outage_s`, the stream restarted meanwhile: every alert arrives
     afterwards, exactly once."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/hook"
     hooks = (hook(url, "json", backoff_max_s=backoff_max_s),)
     state = tmp_path / "state"
