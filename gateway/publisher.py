@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import sqlite3
 import ssl
 import threading
@@ -56,7 +55,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ballpass import topics, wire
+from ballpass import backoff, topics, wire
 from ballpass.config import BrokerConfig
 from ballpass.gateway.outbox import Entry, Outbox
 from ballpass.gateway.status import OFFLINE, ONLINE, Status
@@ -294,8 +293,7 @@ class Publisher:
             # connected yet: that includes whatever a previous run left in the outbox.
             self._outage_start_ns = 0 if self.stats["connects"] == 0 else time.time_ns()
         s = self.settings
-        cap = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (self._attempt - 1))
-        delay = cap * random.uniform(0.5, 1.0)  # jitter: gateways of a site do not stampede
+        delay = backoff.jittered_s(self._attempt, s.backoff_initial_s, s.backoff_max_s)
         log.warning("event=broker_unreachable host=%s port=%d attempt=%d retry_in_s=%.2f "
                     "error=%r", b.host, b.port, self._attempt, delay, error)
         self._stop.wait(delay)
@@ -312,8 +310,7 @@ class Publisher:
                 self._outage_start_ns = 0 if self.stats["connects"] == 0 else time.time_ns()
             self._attempt += 1
             s = self.settings
-            cap = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (self._attempt - 1))
-            delay = cap * random.uniform(0.5, 1.0)
+            delay = backoff.jittered_s(self._attempt, s.backoff_initial_s, s.backoff_max_s)
             log.warning("event=broker_connection_lost host=%s port=%d rc=%s attempt=%d "
                         "retry_in_s=%.2f", self.broker.host, self.broker.port,
                         mqtt.error_string(rc), self._attempt, delay)

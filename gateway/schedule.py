@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ballpass import topics, wire
+from ballpass import backoff, topics, wire
 from ballpass.config import AssetConfig, SensorConfig
 from ballpass.gateway.drivers import Driver, SensorFault
 from ballpass.gateway.drivers import load as load_driver
@@ -231,7 +231,7 @@ class SensorCapture:
         if not isinstance(error, SensorFault):
             reason = f"{type(error).__name__}: {reason}"
         self.status.sensor_fault(self.sensor.id, reason)
-        delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (consecutive - 1))
+        delay = backoff.delay_s(consecutive, self.backoff_initial_s, self.backoff_max_s)
         log.warning("event=sensor_fault sensor=%s reason=%r attempt=%d retry_in_s=%.2f",
                     self.sensor.id, reason, consecutive, delay)
         self._close()

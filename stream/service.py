@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import ssl
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ from typing import Any
 
 import aiomqtt
 
-from ballpass import topics, wire
+from ballpass import backoff, topics, wire
 from ballpass.config import Config
 from ballpass.log import kv
 from ballpass.stream.dedup import Deduplicator
@@ -44,6 +43,8 @@ STATUS_SUBSCRIPTION = f"{topics.PREFIX}/+/+/status"
 COMMAND_SUBSCRIPTION = f"{topics.PREFIX}/+/command"  # operator actions (docs/topics.md)
 TACHO_SUBSCRIPTION = f"{topics.PREFIX}/+/+/+/tacho"  # shaft speed {"t_ns", "shaft_hz"}
 GATEWAY_COUNTERS = ("captured", "queued", "published", "dropped", "replayed")
+# Broker reconnects and InfluxDB retries (s); the windows wait in the broker meanwhile.
+RETRY_INITIAL_S, RETRY_MAX_S = 0.5, 30.0
 
 
 @dataclass
@@ -140,7 +141,7 @@ class StreamService:
                 await asyncio.to_thread(ensure)
                 return
             except (InfluxWriteError, OSError) as e:
-                delay = _backoff(attempt)
+                delay = backoff.jittered_s(attempt, RETRY_INITIAL_S, RETRY_MAX_S)
                 log.warning(kv("influx_unreachable", url=getattr(self.writer, "url", ""),
                                attempt=attempt, reason=e, retry_in_s=round(delay, 1)))
                 await _sleep_or_stop(stop, delay)
@@ -187,7 +188,7 @@ class StreamService:
                     await self._consume(client, stop)
             except aiomqtt.MqttError as e:
                 attempt += 1
-                delay = _backoff(attempt)
+                delay = backoff.jittered_s(attempt, RETRY_INITIAL_S, RETRY_MAX_S)
                 event = "broker_disconnected" if self.connected else "broker_unreachable"
                 log.warning(kv(event, host=b.host, port=b.port, attempt=attempt, reason=e,
                                retry_in_s=round(delay, 1)))
@@ -405,7 +406,7 @@ class StreamService:
                     return True
                 attempt += 1
                 self.counters.write_retries += 1
-                delay = _backoff(attempt)
+                delay = backoff.jittered_s(attempt, RETRY_INITIAL_S, RETRY_MAX_S)
                 log.warning(kv("influx_write_failed", attempt=attempt, reason=e,
                                retry_in_s=round(delay, 1), windows=windows))
                 if await _sleep_or_stop(stop, delay):
@@ -548,11 +549,6 @@ class StreamService:
 
 
 _PENDING = object()
-
-
-def _backoff(attempt: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
-    """Capped exponential backoff with full jitter (s)."""
-    return random.uniform(0.5, 1.0) * min(cap_s, base_s * 2 ** min(attempt - 1, 10))
 
 
 async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> bool:

@@ -8,7 +8,7 @@
   restart loses nothing (the spool is re-read at start). The only duplicate possible is a
   crash between the 2xx and the unlink; receivers de-duplicate by `alert_id` + `status`.
 - Retries: connection errors, timeouts, 408, 429 and 5xx are retried without end, with
-  capped exponential backoff and full jitter (`backoff_max_s`); after `retries` failed
+  capped exponential backoff and jitter (`backoff_max_s`); after `retries` failed
   attempts the route logs `webhook_failing` once per message. Other 4xx mean the receiver
   refuses that body: the message moves to `<route>/rejected/` and counts as `failed`.
 - Grouping: slack, teams and alertmanager routes put the alerts of one asset and status
@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ballpass import backoff
 from ballpass.config import WebhookConfig
 from ballpass.log import kv
 from ballpass.stream.sinks import formats
@@ -79,11 +79,6 @@ def post_json(url: str, body: dict[str, Any], timeout_s: float) -> int:
 
 def _retryable(status: int) -> bool:
     return status >= 500 or status in (408, 425, 429)
-
-
-def _backoff(attempt: int, base_s: float, cap_s: float) -> float:
-    """Capped exponential backoff with full jitter (s)."""
-    return random.uniform(0.5, 1.0) * min(cap_s, base_s * 2 ** min(attempt - 1, 16))
 
 
 def route_id(index: int, hook: WebhookConfig) -> str:
@@ -338,7 +333,8 @@ class Route:
             if self.closing:
                 log.warning(kv("webhook_deferred", route=self.name, alerts=ids, reason=reason))
                 return None
-            delay = _backoff(attempt, self.sender.backoff_s, self.hook.backoff_max_s)
+            delay = backoff.jittered_s(attempt, self.sender.backoff_s,
+                                       self.hook.backoff_max_s)
             event = "webhook_failing" if attempt == self.hook.retries + 1 else "webhook_retry"
             (log.error if event == "webhook_failing" else log.warning)(kv(
                 event, route=self.name, alerts=ids, attempt=attempt, reason=reason,
