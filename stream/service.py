@@ -21,6 +21,7 @@ import ssl
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from ballpass import backoff, topics, wire
 from ballpass.config import Config
 from ballpass.log import kv
 from ballpass.stream.dedup import Deduplicator
-from ballpass.stream.pipeline import BatchOutput, Incoming, Pipeline, diagnosis_message
+from ballpass.stream.pipeline import BatchOutput, Incoming, Pipeline, Result, diagnosis_message
 from ballpass.stream.sinks.influx import InfluxWriteError, InfluxWriter
 from ballpass.stream.sinks.lineprotocol import Point, encode
 from ballpass.stream.sinks.webhook import WebhookSender
@@ -60,11 +61,11 @@ class StreamCounters:
     alerts_resolved: int = 0
 
 
-@dataclass
-class _Pending:
-    """A window being processed and the broker messages (copies) that carry it."""
+class _Skip(Enum):
+    """Why `_admit` hands a window message on for no processing."""
 
-    messages: list[aiomqtt.Message]
+    ACK = "ack"  # rejected, or a duplicate of a written window: acknowledge it now
+    HOLD = "hold"  # a copy of a window being processed: acknowledged once that is written
 
 
 class StreamService:
@@ -92,7 +93,8 @@ class StreamService:
         self.connected = False
         self.sensors: dict[str, dict[str, Any]] = {}
         self.gateways: dict[str, dict[str, Any]] = {}
-        self._pending: dict[tuple[str, int], _Pending] = {}
+        # (sensor, seq) of each window being processed -> the broker messages carrying it
+        self._pending: dict[tuple[str, int], list[aiomqtt.Message]] = {}
         self._generation = 0
         self._started = time.time()
         self._kernels: asyncio.Task[None] | None = None
@@ -266,10 +268,10 @@ class StreamService:
                 self._ack(client, generation, message)
                 continue
             item = self._admit(topic, message)
-            if item is None:
-                self._ack(client, generation, message)
-            elif item is not _PENDING:
+            if isinstance(item, Incoming):
                 accepted.append(item)
+            elif item is _Skip.ACK:
+                self._ack(client, generation, message)
         if not accepted and not extra_points and not commands:
             return
         if self._kernels is not None:
@@ -284,7 +286,7 @@ class StreamService:
             return  # stopping: nothing acknowledged, the broker keeps the windows
         for item in accepted:
             key = (item.sensor, item.window.seq)
-            for message in self._pending.pop(key).messages:
+            for message in self._pending.pop(key):
                 self._ack(client, generation, message)
             self.dedup.mark(*key)
         for message in commands:
@@ -344,39 +346,42 @@ class StreamService:
             merged.alerts.extend(one.alerts)
         return merged
 
-    def _admit(self, topic: str, message: aiomqtt.Message) -> Incoming | object | None:
-        """Decode and check one window message; None = rejected or duplicate (ack it)."""
+    def _admit(self, topic: str, message: aiomqtt.Message) -> Incoming | _Skip:
+        """Decode and check one window message: the window to process, or why not."""
         self.counters.received += 1
         where = topics.parse_sensor_topic(topic)
         if where is None or where.leaf != "window":
-            return self._reject("topic", topic, "not bp/v1/{site}/{gateway}/{sensor}/window")
+            self._reject("topic", topic, "not bp/v1/{site}/{gateway}/{sensor}/window")
+            return _Skip.ACK
         payload = message.payload
         if not isinstance(payload, bytes | bytearray):
-            return self._reject("payload", topic, "payload is not bytes")
+            self._reject("payload", topic, "payload is not bytes")
+            return _Skip.ACK
         try:
             window = wire.decode(bytes(payload))
         except wire.WireError as e:
-            return self._reject(e.reason, topic, e.detail)
+            self._reject(e.reason, topic, e.detail)
+            return _Skip.ACK
         if not self.pipeline.knows(where.sensor):
-            return self._reject("unknown_sensor", topic,
-                                f"sensor {where.sensor!r} is not in the site config")
+            self._reject("unknown_sensor", topic,
+                         f"sensor {where.sensor!r} is not in the site config")
+            return _Skip.ACK
         key = (where.sensor, window.seq)
         if self.dedup.seen(*key):
             self.counters.duplicates += 1
             log.info(kv("duplicate_window", sensor=where.sensor, seq=window.seq))
-            return None
+            return _Skip.ACK
         if key in self._pending:
             self.counters.duplicates += 1
-            self._pending[key].messages.append(message)
-            return _PENDING
-        self._pending[key] = _Pending([message])
+            self._pending[key].append(message)
+            return _Skip.HOLD
+        self._pending[key] = [message]
         self.counters.ingested += 1
         return Incoming(where.site, where.gateway, where.sensor, window)
 
     def _reject(self, reason: str, topic: str, detail: str) -> None:
         self.counters.rejected[reason] += 1
         log.warning(kv("window_rejected", reason=reason, topic=topic, detail=detail))
-        return None
 
     def _gateway_status(self, site: str, gateway: str, payload: Any) -> Point | None:
         try:
@@ -422,22 +427,27 @@ class StreamService:
                      spool=str(spool)))
 
     async def _publish(self, client: aiomqtt.Client, output: BatchOutput) -> None:
-        latest: dict[str, dict[str, Any]] = {}
+        # Only each sensor's last diagnosis of the batch is published (retained) and
+        # shown in the status, so only that one is built.
+        last: dict[str, Result] = {}
+        diagnosed: Counter[str] = Counter()
         for r in output.results:
-            if r.diagnosis is None:
-                continue
-            message = diagnosis_message(r)
-            latest[r.incoming.sensor] = message
-            self.sensors[r.incoming.sensor] = {
+            if r.diagnosis is not None:
+                last[r.incoming.sensor] = r
+                diagnosed[r.incoming.sensor] += 1
+        latest: dict[str, dict[str, Any]] = {}
+        for sensor, r in last.items():
+            message = latest[sensor] = diagnosis_message(r)
+            alert_state = self.pipeline.alerts.sensors[sensor]
+            self.sensors[sensor] = {
                 "gateway": r.incoming.gateway, "asset": r.asset,
                 "diagnosis": message["diagnosis"], "confidence": message["confidence"],
                 "state": message["state"], "iso_zone": message["iso_zone"],
                 "velocity_rms_mm_s": message["velocity_rms_mm_s"], "seq": message["seq"],
-                "alerted": self.pipeline.alerts.sensors[r.incoming.sensor].alerted,
-                "online": self.pipeline.online.status(r.incoming.sensor),
-                "acknowledged_by": self.pipeline.alerts.sensors[r.incoming.sensor]
-                .acknowledged_by or None,
-                "windows": self.sensors.get(r.incoming.sensor, {}).get("windows", 0) + 1,
+                "alerted": alert_state.alerted,
+                "online": self.pipeline.online.status(sensor),
+                "acknowledged_by": alert_state.acknowledged_by or None,
+                "windows": self.sensors.get(sensor, {}).get("windows", 0) + diagnosed[sensor],
             }
         try:
             for sensor, message in latest.items():
@@ -546,9 +556,6 @@ class StreamService:
         while True:
             self._write_status()
             await asyncio.sleep(self.status_interval_s)
-
-
-_PENDING = object()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> bool:
