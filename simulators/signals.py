@@ -10,9 +10,11 @@ with the shaft (inner race) or with the cage (ball) passes through the load zone
 turn, which modulates the impact amplitudes at the shaft rate or at FTF; an outer-race
 defect sits in the load zone and is not modulated. A standard envelope analysis (band-pass
 around the resonances, Hilbert envelope, spectrum) therefore shows the defect line and its
-harmonics, with ±fr sidebands for the inner race and ±FTF for a ball. A ball's defect is in
-the contact path only during some cage turns (its spin axis wanders), so ball faults are
-intermittent, as on the CWRU rig.
+harmonics, with ±fr sidebands for the inner race and ±FTF for a ball. A ball is not held
+to one spin axis: its axis takes a random step each time it crosses the unloaded zone, so
+the defect wanders on and off the contact track and strikes with the contact pressure it
+meets there, on some cage turns only: ball faults are weak and intermittent, as on the
+CWRU rig (Smith & Randall, MSSP 64-65 (2015)).
 
 Every machine adds shaft-rate lines (1× residual imbalance, a little 2× and 3×),
 broadband structural vibration and white measurement noise. Imbalance raises 1×,
@@ -86,10 +88,19 @@ IMPACT_SPREAD = 0.35
 LOAD_ZONE_FLOOR = 0.5
 #: A ball strikes the inner and outer race alternately; the inner-race strike is weaker.
 BALL_SECOND_STRIKE = 0.8
-#: Share of cage turns during which a ball's defect is in the contact path.
-BALL_CONTACT = 0.5
-#: Relative strength of its strikes during the other turns (glancing contact).
-BALL_OFF_PATH = 0.3
+#: A ball's defect strikes only when it passes through the contact: its lateral offset
+#: from the contact track (the great circle the spin axis defines), over the ball radius,
+#: must be below this half-width: Hertz semi-major axis (≈ 0.75 mm for the most loaded
+#: ball of a 6205 at ~0.5 kN radial load, Harris) plus the defect's radius (0.1-0.35 mm),
+#: over the ball radius (3.97 mm). a/R stays near this for loads proportional to the
+#: bearing's rating (a ∝ (Q·R)^(1/3), C ∝ D^1.8), so one fraction serves every size.
+BALL_TRACK_HALF_WIDTH = 0.25
+#: RMS angle (rad) by which a ball's spin axis turns each time the ball crosses the
+#: unloaded zone (once per cage turn), where the races hold it least; in the load zone the
+#: two race contacts pin it. A random walk on the sphere: the defect drifts on and off
+#: the track over a few cage turns (the ball spins ~6 times per cage turn, so the walk is
+#: slow against the spin). Not measured: chosen from the fidelity check (EVALUATION.md).
+BALL_AXIS_STEP = 1.0
 #: Lubrication floor band: from min(5 kHz, 0.35·fs) to min(20 kHz, 0.45·fs).
 HF_BAND = (5000.0, 0.35, 20000.0, 0.45)
 #: Healthy structural vibration band (Hz): rises above the first, rolls off above the second.
@@ -445,6 +456,40 @@ _LOAD_ZONE_MS = float(np.mean(_load_zone(np.linspace(0.0, 2.0 * np.pi, 4096,
                                                      endpoint=False)) ** 2))
 
 
+# Mean square of the track factor: in the random walk's stationary (uniform) distribution
+# the defect's height z above the track plane is uniform on [-1, 1] (Archimedes), so
+# E[1 − (z/w)²; |z| < w] = 2w/3.
+_BALL_TRACK_MS = 2.0 * BALL_TRACK_HALF_WIDTH / 3.0
+
+
+def _ball_track(turns: int, rng: np.random.Generator) -> np.ndarray:
+    """Strike amplitude factor of a ball's defect for `turns` consecutive cage turns.
+
+    The defect is a point d on the ball; the race contacts run along the great circle
+    normal to the spin axis. The axis takes a random step of RMS angle BALL_AXIS_STEP per
+    turn (a random walk on the sphere, started from its uniform stationary state), so the
+    defect's height z = d·axis wanders; it strikes with the Hertz pressure it meets,
+    sqrt(1 − (z/w)²) for |z| < w = BALL_TRACK_HALF_WIDTH, else not at all.
+    """
+    if turns <= 0:
+        return np.zeros(0)
+    # Walk d relative to a fixed axis (the same thing): tangential steps of RMS angle
+    # BALL_AXIS_STEP (two components of σ = step/√2), projected back onto the sphere.
+    steps = rng.standard_normal((turns, 3)) * (BALL_AXIS_STEP / math.sqrt(2.0))
+    z0 = rng.uniform(-1.0, 1.0)
+    phi = rng.uniform(0.0, 2.0 * math.pi)
+    rho = math.sqrt(1.0 - z0 * z0)
+    x, y, z = rho * math.cos(phi), rho * math.sin(phi), z0
+    height = np.empty(turns)
+    for k, (dx, dy, dz) in enumerate(steps.tolist()):
+        height[k] = z
+        x, y, z = x + dx, y + dy, z + dz
+        norm = math.sqrt(x * x + y * y + z * z)
+        x, y, z = x / norm, y / norm, z / norm
+    u = height / BALL_TRACK_HALF_WIDTH
+    return np.sqrt(np.maximum(1.0 - u * u, 0.0))
+
+
 def _impact_train(cond: Condition, orders: DefectOrders, shaft_hz: float, fs: float, n: int,
                   severity: float, rng: np.random.Generator, impulse_energy: float
                   ) -> np.ndarray:
@@ -465,18 +510,22 @@ def _impact_train(cond: Condition, orders: DefectOrders, shaft_hz: float, fs: fl
     amps = np.abs(1.0 + IMPACT_SPREAD * rng.standard_normal(times.size))
     mean_square = 1.0 + IMPACT_SPREAD**2
     if cond.line == "2bsf":
-        # The ball's defect strikes outer and inner race in turn (its spin is 2×BSF).
+        # The ball's defect strikes outer and inner race in turn (its spin is 2×BSF); both
+        # contacts lie on the same track (zero contact angle), so they share its offset.
         start = int(rng.integers(2))
         amps[start::2] *= BALL_SECOND_STRIKE
         mean_square *= (1.0 + BALL_SECOND_STRIKE**2) / 2.0
-        # The ball's spin axis wanders, so its defect is in the contact path only during
-        # some cage turns (Smith & Randall 2015: why CWRU ball faults are hard to see).
-        turn = np.floor(times * (orders.ftf * shaft_hz) + rng.uniform())
-        turns = turn.astype(np.int64) - int(turn.min()) if turn.size else turn.astype(np.int64)
-        contact = rng.uniform(size=int(turns.max()) + 1 if turns.size else 0) < BALL_CONTACT
-        amps *= np.where(contact, 1.0, BALL_OFF_PATH)[turns]
-        mean_square *= BALL_CONTACT + (1.0 - BALL_CONTACT) * BALL_OFF_PATH**2
-    if cond.modulation != "none":
+        # The ball's position in the cage turn (turns; integer = load-zone centre). Its
+        # spin axis is free only in the unloaded zone, so it changes once per turn there:
+        # a turn runs from one unloaded-zone centre to the next.
+        cage = orders.ftf * shaft_hz * times + rng.uniform()
+        turn = np.floor(cage + 0.5).astype(np.int64)
+        first = int(turn[0]) if turn.size else 0
+        track = _ball_track(int(turn[-1]) - first + 1 if turn.size else 0, rng)
+        # The same load zone as any rotating defect (`_load_zone`).
+        amps *= track[turn - first] * _load_zone(2.0 * math.pi * cage)
+        mean_square *= _BALL_TRACK_MS * _LOAD_ZONE_MS
+    elif cond.modulation != "none":
         carrier = shaft_hz if cond.modulation == "shaft" else orders.ftf * shaft_hz
         phase = rng.uniform(0.0, 2.0 * math.pi)
         amps *= _load_zone(2.0 * math.pi * carrier * times + phase)

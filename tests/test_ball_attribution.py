@@ -41,9 +41,13 @@ def diagnoses(bearing: str, condition: str, reps: int = 2, seed: int = 0, **extr
 @pytest.mark.parametrize("bearing", ["SKF 6205", "SKF 6203"])
 def test_ball_is_ball_where_its_lines_stand_apart(bearing: str) -> None:
     # On these bearings 2xBSF is at least 10 % from BPFO, BPFI and their ±1x sidebands.
+    # A simulated ball's defect leaves the contact track for whole cage turns (its spin
+    # axis wanders, as on the CWRU rig), so some windows hold too few strikes to name it:
+    # measured 44-94 % "ball" over seeds 1-8 (was >= 90 % with a ball always in contact),
+    # the rest "normal" or "unknown_anomaly", never a race fault.
     got = diagnoses(bearing, "ball", seed=1)
-    assert got["ball"] >= 0.9 * got.total(), got
-    assert not got.keys() & {"outer_race", "inner_race"}, got
+    assert got["ball"] >= 0.4 * got.total(), got
+    assert set(got) <= {"ball", "normal", "unknown_anomaly"}, got
 
 
 def test_coinciding_inner_race_and_ball_are_not_swapped() -> None:
@@ -52,14 +56,16 @@ def test_coinciding_inner_race_and_ball_are_not_swapped() -> None:
     # lacks (±1x sidebands and the 1x line vs ±FTF sidebands, odd BSF lines and the FTF
     # line) may decide; without them the window is an unknown anomaly, never the other
     # defect. Measured on these 27 + 27 windows: inner 16 right, 11 undecided; ball 14
-    # right, 13 undecided; no swap (the fundamental-only rule swapped 35 of 270).
+    # right, 13 undecided; no swap (the fundamental-only rule swapped 35 of 270). Since
+    # the simulated ball's contact is intermittent (spin-axis walk), ball 7 right, 15
+    # undecided, 5 normal (5-9 of 27 over seeds 3-10), still no swap.
     inner = diagnoses("SKF 6206", "inner_race", reps=3, seed=2)
     ball = diagnoses("SKF 6206", "ball", reps=3, seed=3)
     assert inner["ball"] <= 1 and ball["inner_race"] <= 1, (inner, ball)
     assert inner["inner_race"] >= 0.5 * inner.total(), inner
-    assert ball["ball"] >= 0.4 * ball.total(), ball
+    assert ball["ball"] >= 0.15 * ball.total(), ball
     assert set(inner) <= {"inner_race", "ball", "unknown_anomaly"}, inner
-    assert set(ball) <= {"inner_race", "ball", "unknown_anomaly"}, ball
+    assert set(ball) <= {"inner_race", "ball", "unknown_anomaly", "normal"}, ball
 
 
 def test_undecided_pattern_says_why() -> None:

@@ -122,8 +122,10 @@ def test_outer_race_fault_is_strong_and_impulsive(fs: float) -> None:
         assert 4.5 < kurtosis(x) < 15.0
 
 
+# A ball's defect is on the contact track only part of the time (its spin axis wanders),
+# so a severity-1 ball adds ~0.075 g on average and one second may hold few strikes.
 @pytest.mark.parametrize(("condition", "rms_range"), [
-    ("inner_race", (0.18, 0.5)), ("ball", (0.1, 0.35)), ("cage", (0.07, 0.2)),
+    ("inner_race", (0.18, 0.5)), ("ball", (0.07, 0.35)), ("cage", (0.07, 0.2)),
 ])
 def test_other_bearing_faults_are_impulsive(condition: str,
                                             rms_range: tuple[float, float]) -> None:
@@ -171,7 +173,8 @@ def test_inner_race_envelope_has_bpfi_with_shaft_sidebands(seed: int) -> None:
 def test_ball_envelope_has_twice_bsf_and_cage_modulation() -> None:
     freq, spec = envelope_spectrum(sim("ball", 0, seconds=2.0), FS)
     two_bsf = 2 * ORDERS.bsf * SHAFT
-    assert line_snr(freq, spec, two_bsf) > 15.0
+    # Intermittent (the defect leaves the contact track): 13-25 over seeds 0-7, was 15+.
+    assert line_snr(freq, spec, two_bsf) > 10.0
     assert line_snr(freq, spec, ORDERS.ftf * SHAFT) > 5.0
     # For the 6205 the 2×BSF + 2×FTF sideband (165.0 Hz) lies within 2 % of BPFI
     # (162.2 Hz), so compare strengths instead of asking for silence there.
