@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plant import read_status, spawn_ballpass, wait_until
+from plant import query_rows, read_status, spawn_ballpass, wait_until, write_passwords
 
 from ballpass.demo import WebhookReceiver
 from ballpass.services import Influxd, Mosquitto
@@ -44,14 +44,7 @@ class FleetRun:
         return read_status(self.status_file)
 
     def rows(self, q: str) -> list[dict[str, Any]]:
-        result = self.influxd.query(q, db=self.db)["results"][0]  # type: ignore[index]
-        assert "error" not in result, (q, result)
-        out = []
-        for series in result.get("series", []):
-            for values in series["values"]:
-                out.append({**series.get("tags", {}),
-                            **dict(zip(series["columns"], values, strict=True))})
-        return out
+        return query_rows(self.influxd, self.db, q)
 
     def get(self, path: str, token: str | None = TOKEN) -> tuple[int, str]:
         request = urllib.request.Request(self.http_url + path)
@@ -133,8 +126,7 @@ def _start(tmp: Path, influxd: Influxd) -> FleetRun:
     influxd.create_database(db)
     receiver = WebhookReceiver()
     receiver.start()
-    for user in ("stream", "gw1"):
-        (tmp / f"{user}.pw").write_text(USERS[user] + "\n", encoding="utf-8")
+    write_passwords(tmp, USERS)
     (tmp / "http.token").write_text(TOKEN + "\n", encoding="utf-8")
     site = tmp / "site.toml"
     site.write_text(site_toml(broker, influxd.url, db, tmp, receiver.url), encoding="utf-8")

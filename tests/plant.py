@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ballpass.services import Influxd
+
 
 def spawn_ballpass(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     """`python -m ballpass ARGS` with stdout and stderr appended to `log`."""
@@ -35,3 +37,17 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str,
             return
         time.sleep(poll_s)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def query_rows(influxd: Influxd, db: str, q: str) -> list[dict[str, Any]]:
+    """InfluxQL `q`'s rows as dicts of column and tag values; AssertionError on an error."""
+    result = influxd.query(q, db=db)["results"][0]  # type: ignore[index]
+    assert "error" not in result, (q, result)
+    return [{**series.get("tags", {}), **dict(zip(series["columns"], values, strict=True))}
+            for series in result.get("series", []) for values in series["values"]]
+
+
+def write_passwords(tmp: Path, passwords: dict[str, str]) -> None:
+    """`tmp/stream.pw` and `tmp/gw1.pw`: the password files the test site configs name."""
+    for user in ("stream", "gw1"):
+        (tmp / f"{user}.pw").write_text(passwords[user] + "\n", encoding="utf-8")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import AUTH_USERS
-from plant import read_status, spawn_ballpass, wait_until
+from plant import query_rows, read_status, spawn_ballpass, wait_until, write_passwords
 
 from ballpass.services import Influxd, Mosquitto
 
@@ -24,8 +24,7 @@ OUTAGE_S = 60.0
 
 
 def _site(port: int, influx_url: str, db: str, tmp: Path) -> Path:
-    for user in ("stream", "gw1"):
-        (tmp / f"{user}.pw").write_text(AUTH_USERS[user] + "\n", encoding="utf-8")
+    write_passwords(tmp, AUTH_USERS)
     sensors = "".join(f"""
 [[gateway.sensor]]
 id = "{s}"
@@ -125,9 +124,8 @@ def test_broker_outage_of_60_s_loses_and_duplicates_nothing(
     assert status["counters"]["rejected"] == {}
     total = 0
     for sensor in SENSORS:
-        result = influxd.query(f"SELECT seq FROM vibration WHERE sensor = '{sensor}'",
-                               db=db)["results"][0]  # type: ignore[index]
-        seqs = [v[1] for v in result["series"][0]["values"]]  # ordered by window time
+        seqs = [r["seq"] for r in query_rows(  # ordered by window time
+            influxd, db, f"SELECT seq FROM vibration WHERE sensor = '{sensor}'")]
         # every window once, none missing, in time order = seq order
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), sensor
         assert len(seqs) >= OUTAGE_S + 5

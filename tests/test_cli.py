@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from plant import spawn_ballpass
 
 from ballpass.services import Influxd, free_port
 
@@ -89,9 +90,7 @@ interval_s = 0.5
 
 def _run_for(args: list[str], seconds: float, log: Path) -> tuple[int, str]:
     """Run a service for `seconds`, then SIGTERM it; (exit code, its log)."""
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ballpass", *args], stdout=out,
-                                stderr=subprocess.STDOUT, text=True)
+    proc = spawn_ballpass(args, log)
     time.sleep(seconds)
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(30)

@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from plant import wait_until
 
 from ballpass import wire
 from ballpass.config import SensorConfig, parse
@@ -107,13 +108,14 @@ def test_unplugged_thermometer_is_a_fault_then_recovers(tmp_path: Path) -> None:
                         backoff_initial_s=0.05, backoff_max_s=0.2)
     cap.start()
     try:
-        _wait(lambda: box.counters()["captured"] >= 2)
+        wait_until(lambda: box.counters()["captured"] >= 2, 5, "captures", poll_s=0.01)
         shutil.move(str(dev), tmp_path / "away")
-        _wait(lambda: status.sensors()["t1"]["state"] == "fault")
+        wait_until(lambda: status.sensors()["t1"]["state"] == "fault", 5, "the fault",
+                   poll_s=0.01)
         assert dev.name in status.message()["sensors"]["t1"]["reason"]
         n = box.counters()["captured"]
         shutil.move(str(tmp_path / "away"), dev)
-        _wait(lambda: box.counters()["captured"] >= n + 2)
+        wait_until(lambda: box.counters()["captured"] >= n + 2, 5, "recovery", poll_s=0.01)
         assert status.sensors()["t1"]["state"] == "ok"
     finally:
         stop.set()
@@ -121,12 +123,3 @@ def test_unplugged_thermometer_is_a_fault_then_recovers(tmp_path: Path) -> None:
     w = wire.decode(box.peek(1)[0].payload)
     assert w.kind == wire.Kind.TEMPERATURE and w.samples[0, 0] == 23.125
     box.close()
-
-
-def _wait(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError("timed out")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from plant import wait_until
 
 from ballpass import wire
 from ballpass.config import SensorConfig, parse
@@ -176,17 +177,18 @@ def test_unplugged_device_is_a_fault_then_recovers(tmp_path: Path) -> None:
                         backoff_initial_s=0.05, backoff_max_s=0.2)
     cap.start()
     try:
-        _wait(lambda: box.counters()["captured"] >= 2)
+        wait_until(lambda: box.counters()["captured"] >= 2, 5, "captures", poll_s=0.01)
         saved = tmp_path / "saved"
         shutil.move(str(root / "sys/bus/iio/devices/iio:device0"), saved)
-        _wait(lambda: status.sensors()["acc1"]["state"] == "fault")
+        wait_until(lambda: status.sensors()["acc1"]["state"] == "fault", 5, "the fault",
+                   poll_s=0.01)
         reason = status.message()["sensors"]["acc1"]["reason"]
         assert "adxl355" in reason or "iio:device0" in reason, reason
         n_fault = box.counters()["captured"]
         time.sleep(0.3)
         assert cap.alive and box.counters()["captured"] == n_fault
         shutil.move(str(saved), root / "sys/bus/iio/devices/iio:device0")
-        _wait(lambda: box.counters()["captured"] >= n_fault + 2)
+        wait_until(lambda: box.counters()["captured"] >= n_fault + 2, 5, "recovery", poll_s=0.01)
         assert status.sensors()["acc1"] == {"state": "ok", "reason": ""}
     finally:
         stop.set()
@@ -194,12 +196,3 @@ def test_unplugged_device_is_a_fault_then_recovers(tmp_path: Path) -> None:
     w = wire.decode(box.peek(1)[0].payload)
     assert w.samples.shape == (1, 64) and w.kind == wire.Kind.ACCELERATION
     box.close()
-
-
-def _wait(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError("timed out")

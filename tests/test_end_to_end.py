@@ -14,7 +14,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from plant import read_status, spawn_ballpass, wait_until
+from plant import query_rows, read_status, spawn_ballpass, wait_until, write_passwords
 
 from ballpass.demo import WebhookReceiver
 from ballpass.services import Influxd, Mosquitto
@@ -23,8 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 def _site(broker: Mosquitto, influx_url: str, db: str, tmp: Path, webhook: str) -> Path:
-    for user in ("stream", "gw1"):
-        (tmp / f"{user}.pw").write_text(broker.users[user] + "\n", encoding="utf-8")
+    write_passwords(tmp, broker.users)
     path = tmp / "site.toml"
     path.write_text(f"""
 [site]
@@ -71,19 +70,6 @@ url = "{webhook}"
     return path
 
 
-
-
-
-def _rows(influxd: Influxd, db: str, q: str) -> list[dict[str, Any]]:
-    result = influxd.query(q, db=db)["results"][0]  # type: ignore[index]
-    rows = []
-    for series in result.get("series", []):
-        for values in series["values"]:
-            rows.append({**series.get("tags", {}), **dict(zip(series["columns"], values,
-                                                               strict=True))})
-    return rows
-
-
 @pytest.fixture
 def webhook() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver()
@@ -99,7 +85,7 @@ def test_faulty_bearing_alerts_healthy_does_not(
     site = _site(mosquitto_auth, url, db, tmp_path, webhook.url)
     status_file = tmp_path / "stream-status.json"
     stream = spawn_ballpass(["stream", "-c", str(site), "--status-file", str(status_file)],
-                    tmp_path / "stream.log")
+                            tmp_path / "stream.log")
     gateway = None
     try:
         wait_until(lambda: read_status(status_file).get("mqtt_connected"), 120,
@@ -133,15 +119,15 @@ def test_faulty_bearing_alerts_healthy_does_not(
 
     # Every captured window is in InfluxDB exactly once, in consecutive seqs per sensor.
     for sensor in ("faulty", "healthy"):
-        seqs = [r["seq"] for r in _rows(influxd, db, "SELECT seq FROM vibration "
+        seqs = [r["seq"] for r in query_rows(influxd, db, "SELECT seq FROM vibration "
                                         f"WHERE sensor = '{sensor}'")]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-    written = _rows(influxd, db, "SELECT count(seq) FROM vibration")[0]["count"]
+    written = query_rows(influxd, db, "SELECT count(seq) FROM vibration")[0]["count"]
     assert written == gw["captured"] == gw["published"] == status["counters"]["written"]
     assert status["counters"]["rejected"] == {}
 
     # The alert row and the webhook: the faulty bearing only.
-    alerts = _rows(influxd, db, "SELECT * FROM alerts GROUP BY *")
+    alerts = query_rows(influxd, db, "SELECT * FROM alerts GROUP BY *")
     assert {a["sensor"] for a in alerts} == {"faulty"}
     assert alerts[0]["status"] == "firing" and alerts[0]["diagnosis"] == "outer_race"
     assert [w["sensor"] for w in webhook.received] == ["faulty"]
@@ -150,7 +136,7 @@ def test_faulty_bearing_alerts_healthy_does_not(
     assert hook["diagnosis"] == "outer_race" and hook["asset"] == "agitator"
     assert any(e["line"] == "BPFO" for e in hook["evidence"])
     assert "outer race" in hook["summary"]
-    healthy = _rows(influxd, db, "SELECT diagnosis FROM diagnosis WHERE sensor = 'healthy'")
+    healthy = query_rows(influxd, db, "SELECT diagnosis FROM diagnosis WHERE sensor = 'healthy'")
     assert sum(r["diagnosis"] == "normal" for r in healthy) >= 0.8 * len(healthy)
 
     # Retained diagnoses on MQTT, readable by the stream's account.

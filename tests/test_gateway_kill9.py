@@ -13,11 +13,10 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from plant import spawn_ballpass
 from test_publisher import Subscriber
 
 from ballpass import topics, wire
@@ -64,17 +63,11 @@ def _outbox_state(path: Path) -> tuple[dict[str, int], dict[str, int]]:
     return counters, seqs
 
 
-def _spawn(site: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "ballpass", "gateway", "-c", str(site),
-                                 "-g", "gw1"], stdout=out, stderr=subprocess.STDOUT)
-
-
 def test_kill_9_mid_flush_loses_nothing(mosquitto, tmp_path: Path) -> None:
     site, outbox = tmp_path / "site.toml", tmp_path / "outbox.sqlite"
     _site(site, mosquitto.port, outbox, flush_rate=10)
     sub = Subscriber(mosquitto.host, mosquitto.port, "bp/v1/k9/gw1/+/window", "k9")
-    gw = _spawn(site, tmp_path / "gateway.log")
+    gw = spawn_ballpass(["gateway", "-c", str(site), "-g", "gw1"], tmp_path / "gateway.log")
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -95,7 +88,7 @@ def test_kill_9_mid_flush_loses_nothing(mosquitto, tmp_path: Path) -> None:
     assert at_kill["captured"] == at_kill["published"] + at_kill["queued"]
 
     _site(site, mosquitto.port, outbox, flush_rate=1000)
-    gw = _spawn(site, tmp_path / "gateway.log")
+    gw = spawn_ballpass(["gateway", "-c", str(site), "-g", "gw1"], tmp_path / "gateway.log")
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

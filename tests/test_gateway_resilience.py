@@ -11,6 +11,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from plant import wait_until
 from test_gateway_service import SITE, site_config, windows_by_sensor
 from test_publisher import Subscriber, status_of
 
@@ -31,15 +32,6 @@ def _publish_retained(host: str, port: int, topic: str, payload: bytes) -> None:
     c.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
     c.loop_stop()
     c.disconnect()
-
-
-def _wait(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_remote_config_validation_collects_every_error(tmp_path: Path) -> None:
@@ -79,12 +71,14 @@ def test_remote_config_applied_and_rejected_without_restart(mosquitto, tmp_path:
     t.start()
     try:
         assert ready.wait(5)
-        _wait(lambda: len(windows_by_sensor(sub.snapshot(), gw).get("s2", [])) >= 2)
+        wait_until(lambda: len(windows_by_sensor(sub.snapshot(), gw).get("s2", [])) >= 2, 10,
+                   "two s2 windows", poll_s=0.05)
         # 1. disable s2, s1 twice as often
         _publish_retained(mosquitto.host, mosquitto.port, cfg_topic, json.dumps(
             {"sensors": {"s2": {"enabled": False}, "s1": {"interval_s": 0.25}}}).encode())
-        _wait(lambda: any(s["config"]["state"] == "applied" for s in status_of(sub.snapshot())),
-              what="config applied on the status topic")
+        wait_until(lambda: any(s["config"]["state"] == "applied"
+                               for s in status_of(sub.snapshot())),
+                   10, "config applied on the status topic", poll_s=0.05)
         applied = next(s for s in status_of(sub.snapshot()) if s["config"]["state"] == "applied")
         assert applied["sensors"]["s2"] == {"state": "disabled", "reason": "disabled by config"}
         n_before = len(sub.snapshot())
@@ -95,8 +89,8 @@ def test_remote_config_applied_and_rejected_without_restart(mosquitto, tmp_path:
         # 2. a bad config is rejected with its reasons; the gateway keeps the last good one
         _publish_retained(mosquitto.host, mosquitto.port, cfg_topic,
                           b'{"sensors": {"s9": {"enabled": true}}}')
-        _wait(lambda: status_of(sub.snapshot())[-1]["config"]["state"] == "rejected",
-              what="config rejected on the status topic")
+        wait_until(lambda: status_of(sub.snapshot())[-1]["config"]["state"] == "rejected",
+                   10, "config rejected on the status topic", poll_s=0.05)
         rejected = status_of(sub.snapshot())[-1]
         assert "sensors.s9: no such sensor on gateway gw-remote" in rejected["config"]["reason"]
         assert rejected["sensors"]["s2"]["state"] == "disabled"
@@ -104,8 +98,8 @@ def test_remote_config_applied_and_rejected_without_restart(mosquitto, tmp_path:
         # 3. back to the site file: s2 captures again
         n_before = len(sub.snapshot())
         _publish_retained(mosquitto.host, mosquitto.port, cfg_topic, b"{}")
-        _wait(lambda: "s2" in windows_by_sensor(sub.snapshot()[n_before:], gw),
-              what="s2 enabled again")
+        wait_until(lambda: "s2" in windows_by_sensor(sub.snapshot()[n_before:], gw),
+                   10, "s2 enabled again", poll_s=0.05)
     finally:
         stop.set()
         t.join(15)
@@ -132,13 +126,14 @@ def test_full_disk_is_reported_and_capture_recovers(tmp_path: Path, caplog) -> N
     for c in caps:
         c.start()
     try:
-        _wait(lambda: box.counters()["captured"] >= 4)
+        wait_until(lambda: box.counters()["captured"] >= 4, 10, "captures", poll_s=0.05)
         with box._lock:  # the file may not grow beyond what it has now
             pages = box._db.execute("PRAGMA page_count").fetchone()[0]
             box._db.execute(f"PRAGMA max_page_count = {pages}")
-        _wait(lambda: "outbox" in status.problems(), what="the outbox problem")
+        wait_until(lambda: "outbox" in status.problems(), 10, "the outbox problem",
+                   poll_s=0.05)
         assert "database or disk is full" in status.message()["problems"]["outbox"]
-        _wait(lambda: box.counters()["dropped"] >= 3)
+        wait_until(lambda: box.counters()["dropped"] >= 3, 10, "drops", poll_s=0.05)
         assert all(c.alive for c in caps)
         assert all(v["state"] == "ok" for v in status.sensors().values())
         lines = [r.getMessage() for r in caplog.records
@@ -147,8 +142,10 @@ def test_full_disk_is_reported_and_capture_recovers(tmp_path: Path, caplog) -> N
         captured = box.counters()["captured"]
         with box._lock:
             box._db.execute("PRAGMA max_page_count = 1073741823")
-        _wait(lambda: box.counters()["captured"] >= captured + 2, what="capture resumes")
-        _wait(lambda: "outbox" not in status.problems())
+        wait_until(lambda: box.counters()["captured"] >= captured + 2, 10, "capture resumes",
+                   poll_s=0.05)
+        wait_until(lambda: "outbox" not in status.problems(), 10, "the outbox recovered",
+                   poll_s=0.05)
     finally:
         stop.set()
         for c in caps:
@@ -197,8 +194,9 @@ def test_clock_jump_on_status_topic_capture_goes_on(mosquitto, tmp_path: Path,
         assert ready.wait(5)
         time.sleep(1.0)
         offset[0] = -3600 * 10**9  # the wall clock steps back an hour
-        _wait(lambda: any("clock" in s.get("problems", {}) for s in status_of(sub.snapshot())),
-              what="the clock problem on the status topic")
+        wait_until(lambda: any("clock" in s.get("problems", {})
+                               for s in status_of(sub.snapshot())),
+                   10, "the clock problem on the status topic", poll_s=0.05)
         time.sleep(1.0)
     finally:
         stop.set()
@@ -237,9 +235,11 @@ def test_config_naming_a_missing_device(mosquitto, tmp_path: Path, caplog) -> No
     t.start()
     try:
         assert ready.wait(5)
-        _wait(lambda: any(s["sensors"]["acc"]["state"] == "fault"
-                          for s in status_of(sub.snapshot())), what="the fault on status")
-        _wait(lambda: len(windows_by_sensor(sub.snapshot(), gw).get("sim", [])) >= 3)
+        wait_until(lambda: any(s["sensors"]["acc"]["state"] == "fault"
+                               for s in status_of(sub.snapshot())),
+                   10, "the fault on status", poll_s=0.05)
+        wait_until(lambda: len(windows_by_sensor(sub.snapshot(), gw).get("sim", [])) >= 3,
+                   10, "three sim windows", poll_s=0.05)
     finally:
         stop.set()
         t.join(15)
