@@ -135,12 +135,6 @@ class AlertTracker:
         return Transition(sensor, "resolved", s.alert_id, _most_common(faults) or "normal",
                           s.since_ns, s.severity)
 
-    def current_fault(self, sensor: str) -> str:
-        """The most frequent fault among the sensor's recent windows ("normal" if none)."""
-        s = self.sensors.get(sensor)
-        faults = [d for d in s.recent if d not in NOT_A_FAULT] if s else []
-        return _most_common(faults) or "normal"
-
 
 def _most_common(items: list[str]) -> str:
     return Counter(items).most_common(1)[0][0] if items else ""

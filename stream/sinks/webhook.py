@@ -71,12 +71,6 @@ def post(request: Request, timeout_s: float) -> int:
         return int(e.code)
 
 
-def post_json(url: str, body: dict[str, Any], timeout_s: float) -> int:
-    """POST `body` as JSON; the HTTP status (kept for callers of the first version)."""
-    return post(Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"}),
-                timeout_s)
-
-
 def _retryable(status: int) -> bool:
     return status >= 500 or status in (408, 425, 429)
 
