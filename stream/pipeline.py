@@ -64,6 +64,13 @@ def _tags(item: Incoming, asset: str) -> dict[str, str]:
     return {"site": item.site, "gateway": item.gateway, "sensor": item.sensor, "asset": asset}
 
 
+def _alert_point(alert: dict[str, Any], t_ns: int) -> Point:
+    """The `alerts` row of one alert message (`alert_message`)."""
+    return Point("alerts", {k: alert[k] for k in ("site", "sensor", "asset", "status")},
+                 {k: alert[k] for k in ("alert_id", "diagnosis", "confidence", "summary")},
+                 t_ns)
+
+
 class Pipeline:
     """Feature extraction and diagnosis for the sensors of one site config."""
 
@@ -183,12 +190,7 @@ class Pipeline:
             if t is not None:
                 alert = alert_message(t, diagnosis_message(r))
                 alerts.append(alert)
-                points.append(Point("alerts", {
-                    "site": item.site, "sensor": item.sensor, "asset": r.asset,
-                    "status": t.status,
-                }, {"alert_id": t.alert_id, "diagnosis": alert["diagnosis"],
-                    "confidence": alert["confidence"], "summary": alert["summary"]},
-                    item.window.t0_ns))
+                points.append(_alert_point(alert, item.window.t0_ns))
             if r.features:
                 fields: dict[str, Any] = {"seq": item.window.seq, **r.features}
                 points.append(Point("vibration", tags, fields, item.window.t0_ns))
@@ -239,12 +241,7 @@ class Pipeline:
             last.state = self.alerts.state(t.sensor)
             alert = alert_message(t, diagnosis_message(last))
             alerts.append(alert)
-            points.append(Point("alerts", {
-                "site": last.incoming.site, "sensor": t.sensor, "asset": last.asset,
-                "status": t.status}, {"alert_id": t.alert_id, "diagnosis": alert["diagnosis"],
-                                      "confidence": alert["confidence"],
-                                      "summary": alert["summary"]},
-                points[0].time_ns if points else time.time_ns()))
+            points.append(_alert_point(alert, points[0].time_ns if points else time.time_ns()))
         return BatchOutput([], points, alerts)
 
 
