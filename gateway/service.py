@@ -69,6 +69,20 @@ def outbox_path_for(config: Config, gateway_id: str, override: Path | None = Non
     return configured if configured is not None else Path(f"outbox-{gateway_id}.sqlite")
 
 
+def _clock_jumped(jump_ns: int, gateway_id: str, box: Outbox, status: Status) -> None:
+    """Re-base the queued rows' ages by the jump and show it as the `clock` problem."""
+    try:
+        shifted = box.rebase_created(jump_ns)
+    except sqlite3.Error as e:  # disk full: the age bound may drop early
+        shifted = -1
+        log.error("event=outbox_rebase_failed gateway=%s error=%r", gateway_id, str(e))
+    status.problem("clock", f"wall clock jumped {jump_ns / 1e9:+.1f} s at "
+                   f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}; "
+                   "window times around it may be off")
+    log.warning("event=clock_jump gateway=%s jump_s=%+.3f rebased_rows=%d",
+                gateway_id, jump_ns / 1e9, shifted)
+
+
 def run(config: Config, gateway_id: str, stop: threading.Event, *,
         outbox_path: Path | None = None, status_interval_s: float = 5.0,
         drain_timeout_s: float = 5.0, driver_factory: DriverFactory | None = None,
@@ -101,10 +115,11 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
             SensorCapture(s, config.asset(s.asset), site, gateway.id, box, status,
                           capture_stop, driver_factory=driver_factory or default_driver_factory)
             for s in gateway.sensors]
-        applied: list[bytes | None] = [None]
+        applied: bytes | None = None
 
         def on_config(payload: bytes) -> None:
-            if payload == applied[0]:
+            nonlocal applied
+            if payload == applied:
                 return  # the retained message again, after a reconnect
             try:
                 remote = parse_remote(payload, gateway)
@@ -112,7 +127,7 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
                 status.config_result("rejected", str(e))
                 log.warning("event=config_rejected gateway=%s reason=%r", gateway.id, str(e))
                 return
-            applied[0] = payload
+            applied = payload
             for c in captures:
                 new, enabled = remote.sensors[c.sensor.id]
                 if new != c.sensor or enabled != c.enabled:
@@ -147,17 +162,7 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
             jump = watch.check()
             if jump is not None:
                 jumped_at = time.monotonic()
-                try:
-                    shifted = box.rebase_created(jump)
-                except sqlite3.Error as e:  # disk full: the age bound may drop early
-                    shifted = -1
-                    log.error("event=outbox_rebase_failed gateway=%s error=%r", gateway.id,
-                              str(e))
-                status.problem("clock", f"wall clock jumped {jump / 1e9:+.1f} s at "
-                               f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}; "
-                               "window times around it may be off")
-                log.warning("event=clock_jump gateway=%s jump_s=%+.3f rebased_rows=%d",
-                            gateway.id, jump / 1e9, shifted)
+                _clock_jumped(jump, gateway.id, box, status)
                 publisher.request_status()
             elif jumped_at is not None and time.monotonic() - jumped_at > CLOCK_PROBLEM_S:
                 jumped_at = None
