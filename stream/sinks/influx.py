@@ -99,6 +99,11 @@ def classify_http_error(status: int, body: bytes, *, url: str, target: str,
     return InfluxWriteError(cause, retryable=retryable, status=status)
 
 
+def _basic_auth(username: str, password: str | None) -> str:
+    """HTTP basic `Authorization` header value (InfluxDB 1.x with auth-enabled)."""
+    return "Basic " + base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+
+
 def _encode_or_raise(points: Sequence[Point]) -> bytes:
     try:
         return encode(points).encode("utf-8")
@@ -125,8 +130,7 @@ class V1Writer:
         self._write_url = f"{self.url}/write?{urllib.parse.urlencode(params)}"
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
         if username is not None:
-            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
-            self._headers["Authorization"] = f"Basic {token}"
+            self._headers["Authorization"] = _basic_auth(username, password)
 
     def __repr__(self) -> str:
         return f"V1Writer(url={self.url!r}, db={self.db!r})"
@@ -140,8 +144,7 @@ class V1Writer:
 
     def ensure_database(self) -> None:
         """CREATE DATABASE (no-op when it exists); InfluxWriteError on failure."""
-        q = f'CREATE DATABASE "{self.db}"'.encode()
-        data = urllib.parse.urlencode({"q": q.decode()}).encode()
+        data = urllib.parse.urlencode({"q": f'CREATE DATABASE "{self.db}"'}).encode()
         answer = self._post(f"{self.url}/query", data, f"db {self.db!r}",
                             content_type="application/x-www-form-urlencoded")
         try:
@@ -251,8 +254,7 @@ def query_v1(url: str, db: str, q: str, *, username: str | None = None,
     data = urllib.parse.urlencode({"db": db, "q": q, "epoch": "ns"}).encode()
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     if username is not None:
-        token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
-        headers["Authorization"] = f"Basic {token}"
+        headers["Authorization"] = _basic_auth(username, password)
     req = urllib.request.Request(f"{base}/query", data=data, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
