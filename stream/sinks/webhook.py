@@ -225,9 +225,12 @@ class Route:
             return [(formats.render_slack(alerts, h.url, public), entries)]
         if h.format == "teams":
             return [(formats.render_teams(alerts, h.url, public), entries)]
-        body = [self._am_alert(a) for a in alerts]
-        return [(Request(formats.alertmanager_url(h.url), json.dumps(body).encode(),
-                         {"Content-Type": "application/json"}), entries)]
+        return [(self._am_request([self._am_alert(a) for a in alerts]), entries)]
+
+    def _am_request(self, body: list[dict[str, Any]]) -> Request:
+        """POST of `body` (Alertmanager alerts) to the route's /api/v2/alerts."""
+        return Request(formats.alertmanager_url(self.hook.url), json.dumps(body).encode(),
+                       {"Content-Type": "application/json"})
 
     def _am_alert(self, alert: dict[str, Any]) -> dict[str, Any]:
         alert_id = str(alert["alert_id"])
@@ -282,11 +285,10 @@ class Route:
 
     async def _refresh_alertmanager(self) -> None:
         """Re-post firing alerts so Alertmanager keeps them active (best effort)."""
-        body = [formats.alertmanager_alert(v["alert"], self.sender.public_url, time.time(),
-                                           ALERTMANAGER_HOLD_S, v["labels"])
-                for v in self.active.values()]
-        request = Request(formats.alertmanager_url(self.hook.url), json.dumps(body).encode(),
-                          {"Content-Type": "application/json"})
+        request = self._am_request([
+            formats.alertmanager_alert(v["alert"], self.sender.public_url, time.time(),
+                                       ALERTMANAGER_HOLD_S, v["labels"])
+            for v in self.active.values()])
         with contextlib.suppress(OSError):
             await self._post(request)
 
