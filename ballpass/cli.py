@@ -10,8 +10,12 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ballpass import __version__
+
+if TYPE_CHECKING:
+    from ballpass.config import Config
 
 EXIT_CONFIG = 2
 
@@ -21,7 +25,7 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
                    help="site configuration file (see docs/config.md)")
 
 
-def _load_config(path: Path):  # -> Config
+def _load_config(path: Path) -> Config:
     from ballpass.config import load
     return load(path)
 
