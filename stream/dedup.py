@@ -7,7 +7,7 @@ service calls `mark` after the write), so a failed write is processed again on r
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict
 
 
 class Deduplicator:
@@ -15,18 +15,16 @@ class Deduplicator:
 
     def __init__(self, horizon: int = 8192) -> None:
         self.horizon = horizon
-        self._seen: dict[str, set[int]] = {}
-        self._order: dict[str, deque[int]] = {}
+        # Per sensor, the marked seqs in marking order: the oldest is forgotten first.
+        self._seen: dict[str, OrderedDict[int, None]] = {}
 
     def seen(self, sensor: str, seq: int) -> bool:
         return seq in self._seen.get(sensor, ())
 
     def mark(self, sensor: str, seq: int) -> None:
-        seen = self._seen.setdefault(sensor, set())
+        seen = self._seen.setdefault(sensor, OrderedDict())
         if seq in seen:
             return
-        order = self._order.setdefault(sensor, deque())
-        seen.add(seq)
-        order.append(seq)
-        if len(order) > self.horizon:
-            seen.discard(order.popleft())
+        seen[seq] = None
+        if len(seen) > self.horizon:
+            seen.popitem(last=False)
