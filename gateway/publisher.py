@@ -287,16 +287,20 @@ class Publisher:
             return
         except (OSError, ssl.SSLError, ValueError) as e:
             error = f"{type(e).__name__}: {e}"
+        delay = self._failed_attempt()
+        log.warning("event=broker_unreachable host=%s port=%d attempt=%d retry_in_s=%.2f "
+                    "error=%r", b.host, b.port, self._attempt, delay, error)
+        self._stop.wait(delay)
+
+    def _failed_attempt(self) -> float:
+        """Count a failed connect or a lost connection; the delay before the next try, s."""
         self._attempt += 1
         if self._outage_start_ns is None:
             # Unreachable from the start (or again): what is queued now is historical. Never
             # connected yet: that includes whatever a previous run left in the outbox.
             self._outage_start_ns = 0 if self.stats["connects"] == 0 else time.time_ns()
         s = self.settings
-        delay = backoff.jittered_s(self._attempt, s.backoff_initial_s, s.backoff_max_s)
-        log.warning("event=broker_unreachable host=%s port=%d attempt=%d retry_in_s=%.2f "
-                    "error=%r", b.host, b.port, self._attempt, delay, error)
-        self._stop.wait(delay)
+        return backoff.jittered_s(self._attempt, s.backoff_initial_s, s.backoff_max_s)
 
     def _lost(self, rc: mqtt.MQTTErrorCode) -> None:
         """loop() failed: the socket is gone (paho called on_disconnect if it was up)."""
@@ -306,11 +310,7 @@ class Publisher:
         self._socket_open = False
         self._connected.clear()
         if not self._stop.is_set():
-            if self._outage_start_ns is None:
-                self._outage_start_ns = 0 if self.stats["connects"] == 0 else time.time_ns()
-            self._attempt += 1
-            s = self.settings
-            delay = backoff.jittered_s(self._attempt, s.backoff_initial_s, s.backoff_max_s)
+            delay = self._failed_attempt()
             log.warning("event=broker_connection_lost host=%s port=%d rc=%s attempt=%d "
                         "retry_in_s=%.2f", self.broker.host, self.broker.port,
                         mqtt.error_string(rc), self._attempt, delay)
