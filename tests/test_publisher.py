@@ -19,6 +19,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from plant import wait_until
 
 from ballpass import topics, wire
 from ballpass.config import BrokerConfig
@@ -248,9 +249,7 @@ def test_acl_denied_publish_stays_in_outbox(mosquitto_auth, tmp_path: Path, capl
                     password=mosquitto_auth.users["gw1"], settings=PublisherSettings(**FAST))
     pub.start()
     try:
-        deadline = time.monotonic() + 5
-        while box.counters()["published"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: box.counters()["published"] >= 1, 5, "the PUBACK", poll_s=0.02)
     finally:
         pub.stop(drain_timeout_s=0.2)
     assert box.counters()["published"] == 1
@@ -378,9 +377,8 @@ def test_tls_broker(tmp_path: Path) -> None:
         pub.start()
         try:
             assert pub.wait_connected(5)
-            deadline = time.monotonic() + 5
-            while box.counters()["published"] < 1 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_until(lambda: box.counters()["published"] >= 1, 5, "the PUBACK",
+                       poll_s=0.02)
         finally:
             pub.stop(drain_timeout_s=1)
         assert box.counters()["published"] == 1
@@ -409,18 +407,14 @@ def test_in_flight_windows_are_resent_after_the_broker_dies(tmp_path: Path, capl
         for _ in range(30):
             seq = box.next_seq("s1")
             box.put("s1", seq, topics.window(SITE, gw, "s1"), make_window(seq))
-        deadline = time.monotonic() + 5
-        while box.in_flight < 20 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: box.in_flight >= 20, 5, "20 windows in flight", poll_s=0.02)
         assert box.in_flight == 20 and box.counters()["published"] == 0
         os.kill(broker.pid, signal.SIGKILL)
         broker.stop()
         broker.start()
         sub = Subscriber(broker.host, broker.port, topics.window(SITE, gw, "+"), gw)
         msgs = sub.wait_for(lambda m: len({wire.decode(x.payload).seq for x in m}) >= 30)
-        deadline = time.monotonic() + 5
-        while box.counters()["published"] < 30 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: box.counters()["published"] >= 30, 5, "30 PUBACKs", poll_s=0.02)
     finally:
         pub.stop(drain_timeout_s=1)
         if sub is not None:

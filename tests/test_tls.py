@@ -13,6 +13,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from conftest import AUTH_USERS
+from plant import wait_until
 from test_publisher import FAST, make_window
 
 from ballpass import topics
@@ -103,9 +104,7 @@ def test_gateway_publishes_over_tls_with_client_cert_and_password(
     pub.start()
     try:
         assert pub.wait_connected(10)
-        deadline = time.monotonic() + 5
-        while box.counters()["published"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: box.counters()["published"] >= 1, 5, "the PUBACK", poll_s=0.02)
     finally:
         pub.stop(drain_timeout_s=1)
     assert box.counters()["published"] == 1
