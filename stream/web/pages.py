@@ -158,6 +158,9 @@ def spectrum_svg(sp: Spectra, envelope: bool, evidence: list[dict[str, Any]],
 
 def trend_svg(svg_id: str, t: list[float], series: dict[str, list[float]], ylabel: str,
               thresholds: tuple[tuple[str, float], ...] = ()) -> str:
+    """An SVG line plot of `series` (name -> values in `ylabel` units) against `t`
+    (window times, s since the epoch), with a horizontal line per (name, value) of
+    `thresholds`; a "no data yet" paragraph when no time is finite."""
     finite_t = [x for x in t if math.isfinite(x)]
     if not finite_t:
         return f'<p id="{svg_id}" class="empty">no data yet</p>'
