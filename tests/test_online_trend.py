@@ -9,7 +9,14 @@ import pytest
 
 from ballpass.config import OnlinePolicy
 from ballpass.stream.online.model import Observation, SensorModel
-from ballpass.stream.online.trend import DAY_S, VelocityTrend, project, theil_sen
+from ballpass.stream.online.trend import (
+    DAY_S,
+    MODEL_ERROR_HI,
+    MODEL_ERROR_LO,
+    VelocityTrend,
+    project,
+    theil_sen,
+)
 
 HOUR = 3600.0
 BASE = 0.9  # healthy velocity (mm/s)
@@ -101,3 +108,27 @@ def test_the_sensor_model_projects_from_the_first_rise_on() -> None:
     d = r.days_to_zone_d
     assert d.hi is not None and d.lo <= truth <= d.hi
     assert d.days == pytest.approx(truth, rel=0.2)
+
+
+def test_interval_holds_a_change_of_regime_the_fit_cannot_see() -> None:
+    """Two days of slow exponential growth, then the damage grows twice as fast (the severe
+    stage). The fit of the past projects the slow rate; its slope interval alone (sampling
+    error) excludes the true crossing, the model-error band holds it."""
+    rng = np.random.default_rng(15)
+    trend = VelocityTrend(HOUR, 24, 6)
+    trend.mark_change(0.0, rising=True)
+    t_now = 2.0 * DAY_S
+    for k in range(int(t_now / 600.0) + 1):
+        t = k * 600.0
+        v = math.hypot(BASE, fault_part(t, days_per_e=3.0)) * (1.0 + 0.01 * rng.standard_normal())
+        trend.add(t, v, BASE)
+    fit = trend.current()
+    assert fit is not None and fit.lo > 0
+    p = project(fit, 4.5, t_now)
+    assert p is not None and p.hi is not None
+    e_now = fault_part(t_now, days_per_e=3.0)
+    truth = 1.5 * math.log(math.sqrt(4.5**2 - BASE**2) / e_now)  # days at the doubled rate
+    assert truth < 0.6 * p.days  # the projection is far too long: a regime it cannot see
+    assert p.lo == pytest.approx(MODEL_ERROR_LO * p.days)  # the band, not the slope's bound
+    assert p.hi >= MODEL_ERROR_HI * p.days
+    assert p.lo <= truth <= p.hi
