@@ -245,6 +245,35 @@ class StreamService:
 
     async def _handle(self, client: aiomqtt.Client, generation: int,
                       batch: list[aiomqtt.Message], stop: asyncio.Event) -> None:
+        accepted, extra_points, commands = self._sort(client, generation, batch)
+        if not accepted and not extra_points and not commands:
+            return
+        if self._kernels is not None:
+            await self._kernels
+        output = await asyncio.to_thread(self._process, accepted)
+        if commands:
+            done = await asyncio.to_thread(self._commands, commands)
+            output = BatchOutput(output.results, output.points + done.points,
+                                 output.alerts + done.alerts)
+        written = await self._write(output.points + extra_points, stop, len(output.results))
+        if not written:
+            return  # stopping: nothing acknowledged, the broker keeps the windows
+        for item in accepted:
+            key = (item.sensor, item.window.seq)
+            for message in self._pending.pop(key):
+                self._ack(client, generation, message)
+            self.dedup.mark(*key)
+        for message in commands:
+            self._ack(client, generation, message)
+        await self._publish(client, output)
+        if time.monotonic() - self._online_saved >= self.config.stream.online_save_s:
+            await asyncio.to_thread(self._save_online)
+
+    def _sort(self, client: aiomqtt.Client, generation: int, batch: list[aiomqtt.Message]
+              ) -> tuple[list[Incoming], list[Point], list[aiomqtt.Message]]:
+        """Split a batch into windows to process, gateway-status points and operator
+        commands; tacho and status messages, bad windows and duplicates are acknowledged
+        here (nothing of theirs waits for the database)."""
         accepted: list[Incoming] = []
         extra_points: list[Point] = []
         commands: list[aiomqtt.Message] = []
@@ -272,28 +301,7 @@ class StreamService:
                 accepted.append(item)
             elif item is _Skip.ACK:
                 self._ack(client, generation, message)
-        if not accepted and not extra_points and not commands:
-            return
-        if self._kernels is not None:
-            await self._kernels
-        output = await asyncio.to_thread(self._process, accepted)
-        if commands:
-            done = await asyncio.to_thread(self._commands, commands)
-            output = BatchOutput(output.results, output.points + done.points,
-                                 output.alerts + done.alerts)
-        written = await self._write(output.points + extra_points, stop, len(output.results))
-        if not written:
-            return  # stopping: nothing acknowledged, the broker keeps the windows
-        for item in accepted:
-            key = (item.sensor, item.window.seq)
-            for message in self._pending.pop(key):
-                self._ack(client, generation, message)
-            self.dedup.mark(*key)
-        for message in commands:
-            self._ack(client, generation, message)
-        await self._publish(client, output)
-        if time.monotonic() - self._online_saved >= self.config.stream.online_save_s:
-            await asyncio.to_thread(self._save_online)
+        return accepted, extra_points, commands
 
     def _commands(self, messages: list[aiomqtt.Message]) -> BatchOutput:
         """Apply operator commands (JSON) in arrival order; bad ones are counted and logged."""
