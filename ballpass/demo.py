@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 DB = "ballpass"
 FS_HZ = 25600.0
-WINDOW_SAMPLES = 16384
+# 1.28 s: enough cage turns that an intermittent ball defect shows in most windows.
+WINDOW_SAMPLES = 32768
 INTERVAL_S = 2.0
 
 
@@ -57,7 +58,7 @@ PLANT = (
         DemoSensor("r01-de", "outer_race"), DemoSensor("r01-nde", "normal"))),
     DemoMachine("gw-r02", "r02-pump", "pump", "SKF 6203", 49.2, (
         DemoSensor("r02-de", "inner_race"), DemoSensor("r02-nde", "normal"))),
-    DemoMachine("gw-r03", "r03-gearbox", "gearbox", "SKF 6208", 16.4, (
+    DemoMachine("gw-r03", "r03-gearbox", "gearbox", "SKF 6208", 24.75, (
         DemoSensor("r03-in", "ball"), DemoSensor("r03-out", "normal"))),
 )
 
