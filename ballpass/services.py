@@ -36,7 +36,7 @@ import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 log = logging.getLogger(__name__)
 
@@ -512,7 +512,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
     def _ready(self) -> bool:
         return self._http_status("/ping") == 204
 
-    def query(self, q: str, db: str | None = None) -> dict[str, object]:
+    def query(self, q: str, db: str | None = None) -> dict[str, Any]:
         """POST /query (any statement); returns the parsed JSON; ServiceError on errors."""
         import json
 
@@ -523,11 +523,11 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         req = urllib.request.Request(self.url + "/query", data=data, method="POST")
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
-                result: dict[str, object] = json.loads(resp.read())
+                result: dict[str, Any] = json.loads(resp.read())
         except urllib.error.HTTPError as e:
             raise ServiceError(f"influxd query {q!r}: HTTP {e.code} "
                                f"{e.read()[:200].decode(errors='replace')}") from e
-        for statement in result.get("results", []):  # type: ignore[union-attr]
+        for statement in result.get("results", []):
             if isinstance(statement, dict) and "error" in statement:
                 raise ServiceError(f"influxd query {q!r}: {statement['error']}")
         return result

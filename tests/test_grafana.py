@@ -95,7 +95,7 @@ def _substitute(query: str, values: dict[str, str]) -> str:
 
 
 def _rows(run: FleetRun, query: str) -> list[list[Any]]:
-    result = run.influxd.query(query, db=run.db)["results"][0]  # type: ignore[index]
+    result = run.influxd.query(query, db=run.db)["results"][0]
     assert "error" not in result, (query, result)
     return [v for s in result.get("series", []) for v in s["values"]]
 

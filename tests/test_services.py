@@ -141,7 +141,7 @@ def test_influxd_start_create_database_stop(tmp_path: Path) -> None:
             assert resp.status == 204
         server.create_database("plant_a")
         result = server.query("SHOW DATABASES")
-        names = [v[0] for v in result["results"][0]["series"][0]["values"]]  # type: ignore[index]
+        names = [v[0] for v in result["results"][0]["series"][0]["values"]]
         assert "plant_a" in names
         pid = server.pid
         assert pid is not None
