@@ -26,6 +26,8 @@ FAULT_CLASSES = (
 )
 ASSET_KINDS = ("motor", "gearbox", "pump", "agitator", "fan", "compressor", "other")
 ISO_FOUNDATIONS = ("rigid", "flexible")
+# Samples per window, for the site file and for remote configs (gateway/remote.py).
+WINDOW_SAMPLES_MIN, WINDOW_SAMPLES_MAX = 16, 1 << 22
 
 
 class ConfigError(ValueError):
@@ -457,7 +459,8 @@ def _parse_sensor(r: TableReader, assets: set[str]) -> SensorConfig | None:
         asset = None
     fs_hz = r.get("fs_hz", float, required=True, check=positive)
     n = r.get("window_samples", int, required=True,
-              check=lambda v: None if 16 <= v <= 1 << 22 else "must be in 16..4194304")
+              check=lambda v: None if WINDOW_SAMPLES_MIN <= v <= WINDOW_SAMPLES_MAX
+              else f"must be in {WINDOW_SAMPLES_MIN}..{WINDOW_SAMPLES_MAX}")
     interval = r.get("interval_s", float, required=True, check=positive)
     kind = r.get("kind", str, "acceleration", check=one_of("acceleration", "temperature"))
     options = r.get("options", dict, {})

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ballpass.config import GatewayConfig, SensorConfig
+from ballpass.config import WINDOW_SAMPLES_MAX, WINDOW_SAMPLES_MIN, GatewayConfig, SensorConfig
 
 TOP_KEYS = ("flush_rate_per_s", "sensors")
 SENSOR_KEYS = ("enabled", "interval_s", "window_samples")
@@ -108,9 +108,10 @@ def parse_remote(payload: bytes, gateway: GatewayConfig) -> RemoteConfig:
             errors.append(f"{where}.interval_s: must be a number > 0, got {interval!r}")
             interval = None
         n = settings.get("window_samples", s.window_samples)
-        if not isinstance(n, int) or isinstance(n, bool) or not 16 <= n <= 1 << 22:
-            errors.append(f"{where}.window_samples: must be an integer in 16..4194304, "
-                          f"got {n!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or \
+                not WINDOW_SAMPLES_MIN <= n <= WINDOW_SAMPLES_MAX:
+            errors.append(f"{where}.window_samples: must be an integer in "
+                          f"{WINDOW_SAMPLES_MIN}..{WINDOW_SAMPLES_MAX}, got {n!r}")
             n = None
         if interval is not None and n is not None and n / s.fs_hz > interval:
             errors.append(f"{where}.interval_s: must be >= window_samples / fs_hz = "
