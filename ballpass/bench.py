@@ -15,7 +15,6 @@ import logging
 import os
 import platform
 import time
-from pathlib import Path
 from typing import Any
 
 from ballpass.log import kv
@@ -49,9 +48,6 @@ def run(quick: bool = False, only: tuple[str, ...] = ()) -> dict[str, Any]:
     return results
 
 
-def write(results: dict[str, Any], path: Path | None) -> None:
-    text = json.dumps(results, indent=2, sort_keys=True)
-    if path is None:
-        print(text)
-    else:
-        Path(path).write_text(text + "\n", encoding="utf-8")
+def to_json(results: dict[str, Any]) -> str:
+    """The figures as the JSON `ballpass bench` prints or writes (keys sorted)."""
+    return json.dumps(results, indent=2, sort_keys=True)

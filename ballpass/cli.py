@@ -150,7 +150,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from ballpass import bench
     only = tuple(args.only.split(",")) if args.only else ()
-    bench.write(bench.run(quick=args.quick, only=only), args.json)
+    text = bench.to_json(bench.run(quick=args.quick, only=only))
+    if args.json is None:
+        print(text)
+    else:
+        args.json.write_text(text + "\n", encoding="utf-8")
     return 0
 
 
