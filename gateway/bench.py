@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ballpass.log import kv
 from ballpass.services import Mosquitto
 
 log = logging.getLogger(__name__)
@@ -145,8 +146,8 @@ def figures(quick: bool = False) -> dict[str, float]:
             cpu, rss, published = _measure(work, broker.port, recording, False, 4.0,
                                            measure_s)
     per_axis = max(0.0, cpu - idle_cpu) / AXES
-    log.info("event=gateway_bench cpu=%.4f idle_cpu=%.4f per_axis=%.4f rss_mb=%.1f "
-             "published=%d", cpu, idle_cpu, per_axis, rss, published)
+    log.info(kv("gateway_bench", cpu=round(cpu, 4), idle_cpu=round(idle_cpu, 4),
+                per_axis=round(per_axis, 4), rss_mb=round(rss, 1), published=published))
     return {
         "gateway_rss_mb": round(rss, 1),
         "gateway_rss_idle_mb": round(idle_rss, 1),

@@ -41,6 +41,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ballpass.log import kv
+
 log = logging.getLogger(__name__)
 
 COUNTERS = ("captured", "queued", "published", "dropped", "replayed")
@@ -174,9 +176,9 @@ class Outbox:
             self._bump("dropped", by_age + by_size)
         for reason, n in (("age", by_age), ("size", by_size)):
             if n:
-                log.warning("event=outbox_full reason=%s sensor=%s dropped=%d queued=%d "
-                            "queued_bytes=%d max_bytes=%d max_age_s=%g", reason, sensor, n,
-                            self._rows, self._bytes, self.max_bytes, self.max_age_s)
+                log.warning(kv("outbox_full", reason=reason, sensor=sensor, dropped=n,
+                               queued=self._rows, queued_bytes=self._bytes,
+                               max_bytes=self.max_bytes, max_age_s=self.max_age_s))
 
     def expire(self) -> int:
         """Drop rows older than `max_age_s` now (also done on every `put`); returns count."""
@@ -184,8 +186,8 @@ class Outbox:
             n = self._drop_older_than(time.time_ns() - int(self.max_age_s * 1e9))
             self._bump("dropped", n)
         if n:
-            log.warning("event=outbox_full reason=age dropped=%d queued=%d max_age_s=%g",
-                        n, self._rows, self.max_age_s)
+            log.warning(kv("outbox_full", reason="age", dropped=n, queued=self._rows,
+                           max_age_s=self.max_age_s))
         return n
 
     def _drop_older_than(self, cutoff_ns: int) -> int:

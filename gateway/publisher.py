@@ -59,6 +59,7 @@ from ballpass import backoff, topics, wire
 from ballpass.config import BrokerConfig
 from ballpass.gateway.outbox import Entry, Outbox
 from ballpass.gateway.status import OFFLINE, ONLINE, Status
+from ballpass.log import kv
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +189,8 @@ class Publisher:
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
                     reason: ReasonCode, properties: Properties | None) -> None:
         if reason.is_failure:
-            log.error("event=broker_refused host=%s port=%d reason=%r", self.broker.host,
-                      self.broker.port, str(reason))
+            log.error(kv("broker_refused", host=self.broker.host, port=self.broker.port,
+                         reason=reason))
             return
         self._connected.set()
         self.stats["connects"] += 1
@@ -197,9 +198,9 @@ class Publisher:
         if self._outage_start_ns is not None:
             self._outages.append((self._outage_start_ns, time.time_ns()))
             self._outage_start_ns = None
-        log.info("event=broker_connected host=%s port=%d client_id=%s session_present=%s",
-                 self.broker.host, self.broker.port, client_id(self.site, self.gateway),
-                 flags.session_present)
+        log.info(kv("broker_connected", host=self.broker.host, port=self.broker.port,
+                    client_id=client_id(self.site, self.gateway),
+                    session_present=flags.session_present))
         self._publish_status(ONLINE)
         if self.on_config is not None:
             client.subscribe(self.config_topic, qos=1)
@@ -211,7 +212,7 @@ class Publisher:
         try:
             self.on_config(bytes(msg.payload))
         except Exception:  # a bug in config handling must not kill the network thread
-            log.exception("event=config_handler_failed gateway=%s", self.gateway)
+            log.exception(kv("config_handler_failed", gateway=self.gateway))
         self._status_requested = True
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object,
@@ -224,13 +225,13 @@ class Publisher:
             return
         self.stats["disconnects"] += 1
         if self._stop.is_set() and not reason.is_failure:
-            log.info("event=broker_session_closed host=%s port=%d in_flight=%d",
-                     self.broker.host, self.broker.port, len(self._mids))
+            log.info(kv("broker_session_closed", host=self.broker.host, port=self.broker.port,
+                        in_flight=len(self._mids)))
             return
         if self._outage_start_ns is None:
             self._outage_start_ns = time.time_ns()
-        log.warning("event=broker_disconnected host=%s port=%d reason=%r in_flight=%d",
-                    self.broker.host, self.broker.port, str(reason), len(self._mids))
+        log.warning(kv("broker_disconnected", host=self.broker.host, port=self.broker.port,
+                       reason=reason, in_flight=len(self._mids)))
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int,
                     reason: ReasonCode, properties: Properties | None) -> None:
@@ -242,8 +243,8 @@ class Publisher:
             # Not authorised, quota, ...: keep the entry in the outbox and retry later.
             self.stats["rejected"] += 1
             self._rejected.append(item[0])
-            log.error("event=publish_rejected gateway=%s outbox_id=%d reason=%r",
-                      self.gateway, item[0], str(reason))
+            log.error(kv("publish_rejected", gateway=self.gateway, outbox_id=item[0],
+                         reason=reason))
             return
         self._acked.append(item)
 
@@ -273,7 +274,7 @@ class Publisher:
                         self._publish_status(ONLINE)
             self._shutdown()
         except Exception:
-            log.exception("event=publisher_crashed gateway=%s", self.gateway)
+            log.exception(kv("publisher_crashed", gateway=self.gateway))
             raise
 
     def _connect_once(self) -> None:
@@ -288,8 +289,8 @@ class Publisher:
         except (OSError, ssl.SSLError, ValueError) as e:
             error = f"{type(e).__name__}: {e}"
         delay = self._failed_attempt()
-        log.warning("event=broker_unreachable host=%s port=%d attempt=%d retry_in_s=%.2f "
-                    "error=%r", b.host, b.port, self._attempt, delay, error)
+        log.warning(kv("broker_unreachable", host=b.host, port=b.port, attempt=self._attempt,
+                       retry_in_s=round(delay, 2), error=error))
         self._stop.wait(delay)
 
     def _failed_attempt(self) -> float:
@@ -311,9 +312,9 @@ class Publisher:
         self._connected.clear()
         if not self._stop.is_set():
             delay = self._failed_attempt()
-            log.warning("event=broker_connection_lost host=%s port=%d rc=%s attempt=%d "
-                        "retry_in_s=%.2f", self.broker.host, self.broker.port,
-                        mqtt.error_string(rc), self._attempt, delay)
+            log.warning(kv("broker_connection_lost", host=self.broker.host,
+                           port=self.broker.port, rc=mqtt.error_string(rc),
+                           attempt=self._attempt, retry_in_s=round(delay, 2)))
             self._stop.wait(delay)
 
     def _settle(self) -> None:
@@ -328,8 +329,8 @@ class Publisher:
                 self._acked = acked + self._acked
                 self._pause_until = time.monotonic() + 1.0
                 self.status.problem("outbox", f"cannot update the outbox: {e}")
-                log.error("event=outbox_ack_failed gateway=%s pending=%d error=%r",
-                          self.gateway, len(self._acked), str(e))
+                log.error(kv("outbox_ack_failed", gateway=self.gateway,
+                             pending=len(self._acked), error=e))
         if self._rejected:
             rejected, self._rejected = self._rejected, []
             self.outbox.release(rejected)
@@ -400,8 +401,8 @@ class Publisher:
                     break
             self._settle()
         left = self.outbox.queued
-        log.info("event=publisher_stopped gateway=%s queued=%d in_flight=%d", self.gateway,
-                 left, len(self._mids))
+        log.info(kv("publisher_stopped", gateway=self.gateway, queued=left,
+                    in_flight=len(self._mids)))
         self._connected.clear()
         self._socket_open = False
         self._mids.clear()

@@ -36,6 +36,7 @@ from ballpass.gateway.drivers import Driver, SensorFault
 from ballpass.gateway.drivers import load as load_driver
 from ballpass.gateway.outbox import Outbox
 from ballpass.gateway.status import Status
+from ballpass.log import kv
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,7 @@ class SensorCapture:
             self.status.sensor_ok(sensor.id)
         else:
             self.status.sensor_disabled(sensor.id)
-        log.info("event=sensor_reconfigured sensor=%s enabled=%s %s", sensor.id, enabled,
-                 " ".join(f"{k}={v!r}" for k, v in changed.items()))
+        log.info(kv("sensor_reconfigured", sensor=sensor.id, enabled=enabled, **changed))
         return True
 
     def _sleep(self, seconds: float) -> bool:
@@ -170,8 +170,8 @@ class SensorCapture:
             # continuous capture) is on time, not an overrun.
             behind = math.floor((time.monotonic() - t_start) / interval) - slot
             if behind > 0:
-                log.warning("event=capture_overrun sensor=%s skipped=%d interval_s=%g",
-                            self.sensor.id, behind, interval)
+                log.warning(kv("capture_overrun", sensor=self.sensor.id, skipped=behind,
+                               interval_s=interval))
                 slot += behind
         self._close()
 
@@ -187,7 +187,7 @@ class SensorCapture:
         try:
             driver.close()
         except Exception as e:  # closing a broken device may fail too; keep going
-            log.warning("event=driver_close_failed sensor=%s error=%r", self.sensor.id, str(e))
+            log.warning(kv("driver_close_failed", sensor=self.sensor.id, error=e))
 
     def _capture_one(self) -> None:
         assert self._driver is not None
@@ -213,16 +213,16 @@ class SensorCapture:
             lost = self.outbox.note_lost(self.sensor.id, str(e))
             self.status.problem("outbox", f"cannot store windows: {e} ({lost} lost so far; "
                                 f"free disk space at {self.outbox.path.parent})")
-            log.error("event=outbox_write_failed sensor=%s error=%r lost_total=%d",
-                      self.sensor.id, str(e), lost)
+            log.error(kv("outbox_write_failed", sensor=self.sensor.id, error=e,
+                         lost_total=lost))
             self.status.sensor_ok(self.sensor.id)
             return
         if "outbox" in self.status.problems():
             self.status.problem("outbox", None)
-            log.info("event=outbox_write_recovered sensor=%s seq=%d", self.sensor.id, seq)
+            log.info(kv("outbox_write_recovered", sensor=self.sensor.id, seq=seq))
         self.captured += 1
         if self.status.sensors().get(self.sensor.id, {}).get("state") != "ok":
-            log.info("event=sensor_recovered sensor=%s seq=%d", self.sensor.id, seq)
+            log.info(kv("sensor_recovered", sensor=self.sensor.id, seq=seq))
         self.status.sensor_ok(self.sensor.id)
 
     def _fault(self, error: Exception, consecutive: int) -> None:
@@ -232,7 +232,7 @@ class SensorCapture:
             reason = f"{type(error).__name__}: {reason}"
         self.status.sensor_fault(self.sensor.id, reason)
         delay = backoff.delay_s(consecutive, self.backoff_initial_s, self.backoff_max_s)
-        log.warning("event=sensor_fault sensor=%s reason=%r attempt=%d retry_in_s=%.2f",
-                    self.sensor.id, reason, consecutive, delay)
+        log.warning(kv("sensor_fault", sensor=self.sensor.id, reason=reason,
+                       attempt=consecutive, retry_in_s=round(delay, 2)))
         self._close()
         self._sleep(delay)

@@ -30,6 +30,7 @@ from ballpass.gateway.publisher import Publisher, PublisherSettings
 from ballpass.gateway.remote import ConfigRejected, parse_remote
 from ballpass.gateway.schedule import DriverFactory, SensorCapture, default_driver_factory
 from ballpass.gateway.status import Status
+from ballpass.log import kv
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,12 @@ def _clock_jumped(jump_ns: int, gateway_id: str, box: Outbox, status: Status) ->
         shifted = box.rebase_created(jump_ns)
     except sqlite3.Error as e:  # disk full: the age bound may drop early
         shifted = -1
-        log.error("event=outbox_rebase_failed gateway=%s error=%r", gateway_id, str(e))
+        log.error(kv("outbox_rebase_failed", gateway=gateway_id, error=e))
     status.problem("clock", f"wall clock jumped {jump_ns / 1e9:+.1f} s at "
                    f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}; "
                    "window times around it may be off")
-    log.warning("event=clock_jump gateway=%s jump_s=%+.3f rebased_rows=%d",
-                gateway_id, jump_ns / 1e9, shifted)
+    log.warning(kv("clock_jump", gateway=gateway_id, jump_s=round(jump_ns / 1e9, 3),
+                   rebased_rows=shifted))
 
 
 def run(config: Config, gateway_id: str, stop: threading.Event, *,
@@ -125,7 +126,7 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
                 remote = parse_remote(payload, gateway)
             except ConfigRejected as e:
                 status.config_result("rejected", str(e))
-                log.warning("event=config_rejected gateway=%s reason=%r", gateway.id, str(e))
+                log.warning(kv("config_rejected", gateway=gateway.id, reason=e))
                 return
             applied = payload
             for c in captures:
@@ -140,17 +141,18 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
             if remote.flush_rate_per_s != publisher.settings.flush_rate_per_s:
                 publisher.set_flush_rate(remote.flush_rate_per_s)
             status.config_result("applied")
-            log.info("event=config_applied gateway=%s flush_rate_per_s=%g disabled=%s",
-                     gateway.id, remote.flush_rate_per_s,
-                     ",".join(k for k, (_, on) in remote.sensors.items() if not on) or "-")
+            log.info(kv("config_applied", gateway=gateway.id,
+                        flush_rate_per_s=remote.flush_rate_per_s,
+                        disabled=",".join(k for k, (_, on) in remote.sensors.items()
+                                          if not on) or "-"))
 
         publisher = Publisher(config.broker, site, gateway.id, box, status,
                               username=gateway.username or gateway.id,
                               password=gateway.password(), settings=settings,
                               on_config=on_config)
-        log.info("event=gateway_starting site=%s gateway=%s sensors=%d outbox=%s queued=%d "
-                 "broker=%s:%d", site, gateway.id, len(captures), path, box.queued,
-                 config.broker.host, config.broker.port)
+        log.info(kv("gateway_starting", site=site, gateway=gateway.id, sensors=len(captures),
+                    outbox=path, queued=box.queued,
+                    broker=f"{config.broker.host}:{config.broker.port}"))
         publisher.start()
         for c in captures:
             c.start()
@@ -174,11 +176,11 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
             # daemons); its late put, if any, fails harmlessly once the outbox is closed.
             c.join(timeout=max(5.0, 2 * c.sensor.interval_s))
             if c.alive:
-                log.warning("event=capture_stuck sensor=%s", c.sensor.id)
+                log.warning(kv("capture_stuck", sensor=c.sensor.id))
         publisher.stop(drain_timeout_s=drain_timeout_s)
         counters = box.counters()
-        log.info("event=gateway_stopped site=%s gateway=%s stop_s=%.2f %s", site, gateway.id,
-                 time.monotonic() - t0, " ".join(f"{k}={v}" for k, v in counters.items()))
+        log.info(kv("gateway_stopped", site=site, gateway=gateway.id,
+                    stop_s=round(time.monotonic() - t0, 2), **counters))
     finally:
         box.close()
     return 0

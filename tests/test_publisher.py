@@ -254,8 +254,8 @@ def test_acl_denied_publish_stays_in_outbox(mosquitto_auth, tmp_path: Path, capl
         pub.stop(drain_timeout_s=0.2)
     assert box.counters()["published"] == 1
     assert [e.seq for e in box.peek(10)] == [1]  # the denied one is still there
-    assert any("event=publish_rejected" in r.getMessage() and "Not authorized" in
-               r.getMessage() for r in caplog.records)
+    assert any(r.getMessage().startswith("event=publish_rejected gateway=gw1 outbox_id=")
+               and r.getMessage().endswith(' reason="Not authorized"') for r in caplog.records)
     box.close()
 
 
