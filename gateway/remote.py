@@ -13,23 +13,29 @@ given, keeps its site-file value, so publishing ``{}`` returns to the site file.
 
 The whole message is validated before anything changes; a message with any error is
 rejected as a whole (`ConfigRejected`, every problem with its key path) and the gateway
-keeps running on its current settings. Applied without restart: the capture thread of a
-changed sensor closes its driver and re-opens it with the new settings; the flush rate
-changes at once. An empty payload (the retained message deleted) also means "site file".
+keeps running on its current settings. The checks are the site file's (`TableReader`),
+so a problem reads as in a site-file error (a JSON object is called a "table" there).
+Applied without restart: the capture thread of a changed sensor closes its driver and
+re-opens it with the new settings; the flush rate changes at once. An empty payload (the
+retained message deleted) also means "site file".
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-import math
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
 
-from ballpass.config import WINDOW_SAMPLES_MAX, WINDOW_SAMPLES_MIN, GatewayConfig, SensorConfig
+from ballpass.config import (
+    WINDOW_SAMPLES_MAX,
+    WINDOW_SAMPLES_MIN,
+    GatewayConfig,
+    SensorConfig,
+    TableReader,
+    positive,
+)
 
-TOP_KEYS = ("flush_rate_per_s", "sensors")
-SENSOR_KEYS = ("enabled", "interval_s", "window_samples")
 MAX_PAYLOAD = 64 * 1024
 
 
@@ -49,14 +55,24 @@ class RemoteConfig:
     sensors: dict[str, tuple[SensorConfig, bool]]
 
 
-def _hint(key: str, known: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+def _window_samples(v: int) -> str | None:
+    # The same bound and wording as the site file's `window_samples`.
+    return None if WINDOW_SAMPLES_MIN <= v <= WINDOW_SAMPLES_MAX \
+        else f"must be in {WINDOW_SAMPLES_MIN}..{WINDOW_SAMPLES_MAX}"
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) \
-        and math.isfinite(value)
+def _sensor(r: TableReader, s: SensorConfig) -> tuple[SensorConfig, bool]:
+    """One `sensors.{id}` object over the site file's sensor `s`; errors go to `r`."""
+    enabled = r.get("enabled", bool, True)
+    before = len(r.errors)
+    interval = r.get("interval_s", float, s.interval_s, check=positive)
+    n = r.get("window_samples", int, s.window_samples, check=_window_samples)
+    # Only when both are valid: a bad one is already reported, the other is not its fault.
+    if len(r.errors) == before and n / s.fs_hz > interval:
+        r.fail("interval_s", f"must be >= window_samples / fs_hz = {n / s.fs_hz:g} s, "
+               f"got {interval!r}")
+    r.finish()
+    return replace(s, interval_s=interval, window_samples=n), enabled
 
 
 def parse_remote(payload: bytes, gateway: GatewayConfig) -> RemoteConfig:
@@ -72,53 +88,25 @@ def parse_remote(payload: bytes, gateway: GatewayConfig) -> RemoteConfig:
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigRejected([f"payload: not valid JSON ({e})"]) from None
     if not isinstance(data, dict):
+        # Before the reader: the root has no key path for it to name.
         raise ConfigRejected([f"payload: must be a JSON object, got {type(data).__name__}"])
     errors: list[str] = []
-    for key in data:
-        if key not in TOP_KEYS:
-            errors.append(f"{key}: unknown key{_hint(key, TOP_KEYS)} "
-                          f"(known: {', '.join(TOP_KEYS)})")
-    rate = data.get("flush_rate_per_s", gateway.outbox.flush_rate_per_s)
-    if not _number(rate) or rate <= 0:
-        errors.append(f"flush_rate_per_s: must be a number > 0, got {rate!r}")
-    sensors_in = data.get("sensors", {})
+    # The site file's reader: the same key paths and wording as a site-file error. It has
+    # no file paths to resolve here, so its base directory is never used.
+    root = TableReader(data, "", errors, Path("."))
+    rate = root.get("flush_rate_per_s", float, gateway.outbox.flush_rate_per_s, check=positive)
+    sensors = root.sub("sensors")
+    root.finish()
     out: dict[str, tuple[SensorConfig, bool]] = {s.id: (s, True) for s in gateway.sensors}
-    if not isinstance(sensors_in, dict):
-        errors.append(f"sensors: must be an object of sensor id -> settings, got {sensors_in!r}")
-        sensors_in = {}
-    for sid, settings in sensors_in.items():
-        where = f"sensors.{sid}"
+    # The keys of `sensors` are sensor ids (data, not a schema): an unknown one gets its
+    # own message, and `sensors.finish()` is not called (it would report it again).
+    for sid in sensors.table:
         if sid not in base:
-            errors.append(f"{where}: no such sensor on gateway {gateway.id}"
-                          f"{_hint(sid, sorted(base))}")
+            close = difflib.get_close_matches(sid, sorted(base), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            sensors.fail(sid, f"no such sensor on gateway {gateway.id}{hint}")
             continue
-        if not isinstance(settings, dict):
-            errors.append(f"{where}: must be an object, got {settings!r}")
-            continue
-        for key in settings:
-            if key not in SENSOR_KEYS:
-                errors.append(f"{where}.{key}: unknown key{_hint(key, SENSOR_KEYS)} "
-                              f"(known: {', '.join(SENSOR_KEYS)})")
-        s = base[sid]
-        enabled = settings.get("enabled", True)
-        if not isinstance(enabled, bool):
-            errors.append(f"{where}.enabled: must be true or false, got {enabled!r}")
-        interval = settings.get("interval_s", s.interval_s)
-        if not _number(interval) or interval <= 0:
-            errors.append(f"{where}.interval_s: must be a number > 0, got {interval!r}")
-            interval = None
-        n = settings.get("window_samples", s.window_samples)
-        if not isinstance(n, int) or isinstance(n, bool) or \
-                not WINDOW_SAMPLES_MIN <= n <= WINDOW_SAMPLES_MAX:
-            errors.append(f"{where}.window_samples: must be an integer in "
-                          f"{WINDOW_SAMPLES_MIN}..{WINDOW_SAMPLES_MAX}, got {n!r}")
-            n = None
-        if interval is not None and n is not None and n / s.fs_hz > interval:
-            errors.append(f"{where}.interval_s: must be >= window_samples / fs_hz = "
-                          f"{n / s.fs_hz:g} s, got {interval!r}")
-        if interval is not None and n is not None and isinstance(enabled, bool):
-            out[sid] = (replace(s, interval_s=float(interval), window_samples=int(n)),
-                        enabled)
+        out[sid] = _sensor(sensors.sub(sid), base[sid])
     if errors:
         raise ConfigRejected(errors)
-    return RemoteConfig(float(rate), out)
+    return RemoteConfig(rate, out)

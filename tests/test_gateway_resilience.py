@@ -52,9 +52,21 @@ def test_remote_config_validation_collects_every_error(tmp_path: Path) -> None:
                  "sensors.s1.window: unknown key",
                  "sensors.s1.interval_s: must be >= window_samples / fs_hz"):
         assert part in text, text
-    for bad in (b"{", b"[1]", b'{"flush_rate_per_s": -1}', b'{"sensors": {"s1": 3}}'):
-        with pytest.raises(ConfigRejected):
+    # Each problem names its key path, worded as the site file's reader words it.
+    for bad, message in (
+            (b"{", "payload: not valid JSON"),
+            (b"[1]", "payload: must be a JSON object, got list"),
+            (b'{"flush_rate_per_s": -1}', "flush_rate_per_s: must be > 0, got -1.0"),
+            (b'{"flush_rate_per_s": true}', "flush_rate_per_s: must be a number, got True"),
+            (b'{"sensors": 3}', "sensors: must be a table, got 3"),
+            (b'{"sensors": {"s1": 3}}', "sensors.s1: must be a table, got 3"),
+            (b'{"sensors": {"s1": {"window_samples": 8}}}',
+             "sensors.s1.window_samples: must be in 16..4194304, got 8"),
+            (b'{"sensors": {"s1": {"interval_s": 0}}}', "sensors.s1.interval_s: must be > 0")):
+        with pytest.raises(ConfigRejected) as e:
             parse_remote(bad, gw)
+        assert len(e.value.errors) == 1 and e.value.errors[0].startswith(message), \
+            (bad, e.value.errors)
 
 
 @pytest.mark.slow
