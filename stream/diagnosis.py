@@ -14,6 +14,9 @@ Rules, in order (the first that fires wins):
    ball: 2×BSF with ±FTF sidebands (the ball turns with the cage) or harmonics;
    cage: FTF and its 2nd harmonic, both clearly above the floor.
    Candidates are ranked by the SNR of their fundamental plus 1 dB per supporting line.
+3b. ball, without a line: the lags between the envelope's impacts, pooled over the
+   sensor's recent windows, fall at the ball's strike period 1/(2×BSF) (p < 1e-3 against
+   the lags around it) more significantly than at either race's (`dsp.impacts`).
 4. ISO 20816 zone C or D with the 1× shaft line (a real line over its floor) carrying most
    of the velocity: imbalance; with a 2× line at least half of 1×: misalignment.
 5. lubrication: high broadband high-frequency level that is not impulsive.
@@ -32,7 +35,8 @@ import numpy as np
 
 from ballpass.models import iso20816
 from ballpass.stream import thresholds as th
-from ballpass.stream.features import LINES, SIDEBANDS, FeatureBatch
+from ballpass.stream.features import IMPACT_FAMILIES, LINES, SIDEBANDS, FeatureBatch
+from ballpass.stream.impact_history import expected_hits, interval_score
 
 DIAGNOSES: tuple[str, ...] = (
     "normal",
@@ -273,12 +277,46 @@ def _family_targets(batch: FeatureBatch, i: int) -> dict[str, dict[tuple[str, in
     return out
 
 
+def _ball_from_intervals(
+    batch: FeatureBatch, i: int, impacts: np.ndarray | None, zone: str
+) -> Diagnosis | None:
+    """`ball` when the impacts follow each other at the ball's strike period (1/(2×BSF))
+    significantly (IMPACT_SCORE_MIN) and more so than at either race's, else None."""
+    counts = batch.impact_counts[i] if impacts is None else impacts
+    if counts is None:
+        return None
+    scores = [interval_score(h, f) for h, f in counts]
+    ball = IMPACT_FAMILIES.index("2xBSF")
+    rival = max(s for k, s in enumerate(scores) if k != ball)
+    if scores[ball] < th.IMPACT_SCORE_MIN or scores[ball] <= rival:
+        return None
+    hits, flank = float(counts[ball, 0]), float(counts[ball, 1])
+    expected = expected_hits(flank)
+    excess_db = 10.0 * math.log10(hits / expected)
+    rate = float(batch.line_target_hz[i, 2]) if batch.line_target_hz is not None else math.nan
+    return Diagnosis(
+        "ball",
+        _conf(scores[ball] - th.IMPACT_SCORE_MIN),
+        (Evidence("2xBSF-intervals", 1, rate, excess_db),),
+        f"impacts at the ball's strike period 1/(2xBSF) = {1000.0 / rate:.2f} ms: "
+        f"{hits:.0f} lags against {expected:.1f} expected (p = 1e-{scores[ball]:.1f}, "
+        f"races 1e-{rival:.1f}), no envelope line",
+        zone,
+    )
+
+
 def diagnose(
-    batch: FeatureBatch, i: int, iso_group: int = 2, iso_foundation: str = "rigid"
+    batch: FeatureBatch,
+    i: int,
+    iso_group: int = 2,
+    iso_foundation: str = "rigid",
+    impacts: np.ndarray | None = None,
 ) -> Diagnosis:
     """Diagnose window `i` of `batch` for a machine in ISO 20816-3 `iso_group` (1 or 2)
     on a `iso_foundation` ("rigid" or "flexible") foundation.
 
+    `impacts`: the sensor's impact-interval counts (F, 2) pooled over its recent windows,
+    this one included (`ImpactHistory.add`); default: this window's own counts.
     Raises IndexError for a bad `i` and ValueError for an unknown group/foundation.
     """
     n = len(batch)
@@ -372,6 +410,11 @@ def diagnose(
             f"{e.line} h{e.harmonic} {e.freq_hz:.1f} Hz {e.snr_db:.1f} dB" for e in support[:4]
         )
         return Diagnosis(name, conf, tuple(support), f"envelope lines: {lines}", zone)
+
+    # 3b. A ball whose strikes keep no phase: its period in the lags between impacts.
+    ball = _ball_from_intervals(batch, i, impacts, zone)
+    if ball is not None:
+        return ball
 
     # 4. Shaft-rate faults only matter when the velocity level is unsatisfactory.
     x1, x2 = row["x1_g"], row["x2_g"]

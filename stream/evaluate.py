@@ -91,6 +91,7 @@ def evaluate_record(rec: Recording,
     each batch (progress on long recordings)."""
     from ballpass.stream.diagnosis import diagnose
     from ballpass.stream.features import extract
+    from ballpass.stream.impact_history import ImpactHistory
 
     x = read_signal(rec)
     wins = windows_of(x, rec.window, rec.max_windows)
@@ -99,13 +100,16 @@ def evaluate_record(rec: Recording,
                             f"recording holds {x.size} samples, shorter than one window "
                             f"of {rec.window}")
     orders = rec.bearing.orders()
+    # The record is one sensor's history: impact evidence pools over its windows in order.
+    impacts = ImpactHistory()
     per_window: list[tuple[str, float]] = []
     reasons: list[tuple[str, float, str]] = []
     for start in range(0, wins.shape[0], BATCH):
         chunk = wins[start : start + BATCH]
         batch = extract(chunk, rec.rate_hz, np.full(chunk.shape[0], rec.shaft_hz), orders)
         for i in range(chunk.shape[0]):
-            d = diagnose(batch, i, rec.iso_group, rec.iso_foundation)
+            pooled = impacts.add(rec.name, batch.impact_counts[i])
+            d = diagnose(batch, i, rec.iso_group, rec.iso_foundation, pooled)
             per_window.append((d.diagnosis, d.confidence))
             reasons.append((d.diagnosis, d.confidence, d.reason))
         if on_chunk is not None:

@@ -15,7 +15,11 @@ import numpy as np
 from ballpass.models.bearing import DefectOrders
 from ballpass.stream import thresholds as th
 from ballpass.stream.dsp._check import check_fs, check_windows
-from ballpass.stream.dsp.envelope import _envelope_spectrum, _sk_bands, kurtogram_bands
+from ballpass.stream.dsp.envelope import (
+    _envelope_spectrum_impacts,
+    _sk_bands,
+    kurtogram_bands,
+)
 from ballpass.stream.dsp.lines import _line_search
 from ballpass.stream.dsp.spectrum import (
     _amplitude_spectrum,
@@ -36,6 +40,11 @@ on a shaft harmonic is then not evidence of its own."""
 
 SIDEBANDS: tuple[str, ...] = ("BPFI-1x", "BPFI+1x", "2xBSF-FTF", "2xBSF+FTF")
 """Sidebands searched, in the order of the second axis of the sideband arrays."""
+
+IMPACT_FAMILIES: tuple[str, ...] = ("BPFO", "BPFI", "2xBSF")
+"""Strike rates whose period the impact intervals are tested for (`dsp.impacts`), in the
+order of the second axis of `impact_counts`: the outer race, the inner race and a ball
+(struck on both races, so twice per ball turn)."""
 
 ROW_FIELDS: tuple[str, ...] = (
     "rms_g",
@@ -75,6 +84,9 @@ class FeatureBatch:
       line_freq_hz, line_amp_g (envelope amplitude, g), line_snr_db.
     Sidebands, shape (B, 4, 3) (`SIDEBANDS` order × harmonics 1-3 of the carrier):
       sideband_freq_hz, sideband_snr_db.
+    Impacts (`dsp.impacts`): impact_counts (B, 3, 2), per `IMPACT_FAMILIES` the lags between
+      the envelope's impacts at the strike period (hits) and around it (flanks);
+      n_impacts (B,), the impacts found.
     """
 
     rms_g: np.ndarray
@@ -107,6 +119,8 @@ class FeatureBatch:
     env_sk: np.ndarray
     line_target_hz: np.ndarray | None = None
     env_band_ok: np.ndarray | None = None
+    impact_counts: np.ndarray | None = None
+    n_impacts: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.rms_g.shape[0])
@@ -184,7 +198,12 @@ def extract(
     lo_sel = np.where(none_ok, max(1, n // 4), lo_sel).astype(np.int64)
     hi_sel = np.where(none_ok, n // 2, hi_sel).astype(np.int64)
     env_sk = np.where(none_ok, 0.0, env_sk)
-    env_spec = _envelope_spectrum(raw, n, lo_sel, hi_sel)
+    # Strike periods in samples; maxima closer than a fraction of the shortest are one impact.
+    periods = fs / (shaft[:, None] * line_orders[None, :3])
+    gaps = np.maximum(1, (th.IMPACT_GAP_FRACTION * periods.min(axis=1)).astype(np.int64))
+    env_spec, impact_counts, n_impacts = _envelope_spectrum_impacts(
+        raw, n, lo_sel, hi_sel, periods, th.IMPACT_K_MAD, gaps,
+        np.array(th.IMPACT_HIT), np.array(th.IMPACT_FLANK), th.IMPACT_MAX_LAGS)
 
     targets = shaft[:, None, None] * line_orders[None, :, None] * harm[None, None, :]
     lf, la, ls = _line_search(env_spec, df, targets, th.SPEED_TOLERANCE, th.NOISE_FLOOR_BINS)
@@ -226,4 +245,6 @@ def extract(
         env_sk=env_sk,
         line_target_hz=targets[:, :, 0].copy(),
         env_band_ok=(~none_ok).astype(np.float64),
+        impact_counts=impact_counts,
+        n_impacts=n_impacts,
     )

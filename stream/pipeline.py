@@ -25,6 +25,7 @@ from ballpass.stream.alerts import AlertTracker, Transition, severity
 from ballpass.stream.diagnosis import Diagnosis, diagnose
 from ballpass.stream.dsp.spectrum import amplitude_spectrum
 from ballpass.stream.features import extract
+from ballpass.stream.impact_history import ImpactHistory
 from ballpass.stream.online import OnlineModels
 from ballpass.stream.sinks.lineprotocol import Point
 from ballpass.wire import Kind, Window
@@ -84,6 +85,8 @@ class Pipeline:
             sid: a.alert for sid, (_, a) in self.sensors.items() if a.alert is not None})
         self.online = OnlineModels(config, self.alerts, state_dir)
         self._last: dict[str, Result] = {}  # each sensor's latest diagnosed window
+        # Impact-interval counts of each sensor's recent windows (diagnosis rule 3b).
+        self.impacts = ImpactHistory()
         # Latest tachometer reading per asset: (shaft_hz, t_s) (models/speed.py precedence).
         self.tacho: dict[str, tuple[float, float]] = {}
         self._tacho_assets: dict[str, str] = {
@@ -165,7 +168,8 @@ class Pipeline:
                 feats = extract(windows, fs_hz, shafts, bearing.orders())
                 for i, (item, _) in enumerate(group):
                     asset = self.sensors[item.sensor][1]
-                    diag = diagnose(feats, i, asset.iso_group, asset.iso_foundation)
+                    pooled = self.impacts.add(item.sensor, feats.impact_counts[i])
+                    diag = diagnose(feats, i, asset.iso_group, asset.iso_foundation, pooled)
                     results.append(Result(item, asset.id, diag, feats.row(i),
                                           line_amp_g=float(np.max(feats.line_amp_g[i]))))
 
@@ -233,6 +237,8 @@ class Pipeline:
         """Apply an operator command (rebaseline, ack, false_alarm): `actions` points and
         the alerts its transitions resolve."""
         points, transitions = self.online.apply(command, t_ns)
+        if points and command.get("action") == "rebaseline":
+            self.impacts.clear(command["sensor"])  # maintenance done: the old defect is gone
         alerts: list[dict[str, Any]] = []
         for t in transitions:
             last = self._last.get(t.sensor)

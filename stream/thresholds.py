@@ -104,3 +104,35 @@ IMBALANCE_X1_SHARE: float = 0.5
 
 MISALIGNMENT_X2_RATIO: float = 0.5
 """Misalignment: the 2× shaft line reaches at least this fraction of the 1× line."""
+
+# --- Impact intervals (ball faults; `dsp.impacts`, `impact_history`) --------------------
+IMPACT_K_MAD: float = 5.0
+"""An impact is an envelope maximum this many MADs (scaled to σ) above the envelope's median:
+5σ, the usual outlier level; the median and MAD barely move with the impacts themselves."""
+
+IMPACT_GAP_FRACTION: float = 0.5
+"""Maxima closer than this fraction of the shortest period searched (1/BPFI) are one impact
+ringing, not two strikes: the fastest defect's strikes stay two gaps apart."""
+
+IMPACT_MAX_LAGS: int = 5
+"""Each impact is paired with its next 5: a strike followed by stray impacts still pairs with
+the next strike (the lag histogram of a point process, not only consecutive intervals)."""
+
+IMPACT_HIT = ((1.0 - 2.5 * SPEED_TOLERANCE, 1.0 + 2.5 * SPEED_TOLERANCE),
+              (2.0 - 5.0 * SPEED_TOLERANCE, 2.0 + 5.0 * SPEED_TOLERANCE))
+"""Lag / period ranges that count as the defect's period: 1 ± 5 % and 2 ± 10 % (one strike
+missed). Wider than the spectral SPEED_TOLERANCE: a ball's spin slips more than the cage,
+and one lag between two impacts is read to a sample, not averaged over a window."""
+
+IMPACT_FLANK = ((0.75, 0.9), (1.1, 1.25), (1.5, 1.8), (2.2, 2.5))
+"""Lag / period ranges around the hits: 0.9 of the hits' total width; where lags land as
+often as anywhere when the impacts have no period (they give the expected hit count)."""
+
+IMPACT_SCORE_MIN: float = 3.0
+"""A period is present when its hits exceed the flanks' expectation with Poisson p < 1e-3
+(-log10 p >= 3), the same false-alarm level as one line at LINE_SNR_DB."""
+
+IMPACT_HISTORY_WINDOWS: int = 16
+"""Windows of one sensor whose counts are pooled: a ball strikes in runs, and one window of
+1 s holds a few runs at most. 16 windows of one sensor: about 10 s at the CWRU rig's 0.68 s
+windows, 20-30 s in the demo, 16 h in an hourly fleet."""

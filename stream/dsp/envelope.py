@@ -25,6 +25,7 @@ import rocket_fft  # noqa: F401  (registers np.fft support inside @njit)
 from numba import njit
 
 from ballpass.stream.dsp._check import check_fs, check_windows
+from ballpass.stream.dsp.impacts import _impact_row
 from ballpass.stream.dsp.spectrum import _amplitude_row, _hann, _rfft_rows
 
 _EMPTY_BAND = 1e-20
@@ -99,14 +100,21 @@ def _envelope(spec: np.ndarray, n: int, lo_bin: np.ndarray, hi_bin: np.ndarray) 
     """
     b = spec.shape[0]
     out = np.empty((b, n))
+    y = np.zeros(n, dtype=np.complex128)
     for i in range(b):
-        y = np.zeros(n, dtype=np.complex128)
-        for k in range(lo_bin[i], hi_bin[i]):
-            y[k] = 2.0 * spec[i, k]
-        a = np.fft.ifft(y)
-        for j in range(n):
-            out[i, j] = np.sqrt(a[j].real ** 2 + a[j].imag ** 2)
+        _envelope_row(spec[i], lo_bin[i], hi_bin[i], y, out[i])
     return out
+
+
+@njit(cache=True)
+def _envelope_row(spec_row: np.ndarray, lo: int, hi: int, y: np.ndarray, env: np.ndarray) -> None:
+    """Envelope of one row's band [lo, hi) into `env`; `y` is complex scratch of length n."""
+    y[:] = 0.0
+    for k in range(lo, hi):
+        y[k] = 2.0 * spec_row[k]
+    a = np.fft.ifft(y)
+    for j in range(env.shape[0]):
+        env[j] = np.sqrt(a[j].real ** 2 + a[j].imag ** 2)
 
 
 @njit(cache=True)
@@ -125,14 +133,41 @@ def _envelope_spectrum(
     y = np.zeros(n, dtype=np.complex128)
     env = np.empty(n)
     for i in range(b):
-        y[:] = 0.0
-        for k in range(lo_bin[i], hi_bin[i]):
-            y[k] = 2.0 * spec[i, k]
-        a = np.fft.ifft(y)
-        for j in range(n):
-            env[j] = np.sqrt(a[j].real ** 2 + a[j].imag ** 2)
+        _envelope_row(spec[i], lo_bin[i], hi_bin[i], y, env)
         _amplitude_row(env, w, scale, out[i])
     return out
+
+
+@njit(cache=True)
+def _envelope_spectrum_impacts(
+    spec: np.ndarray,
+    n: int,
+    lo_bin: np.ndarray,
+    hi_bin: np.ndarray,
+    periods: np.ndarray,
+    k_mad: float,
+    gaps: np.ndarray,
+    hit: np.ndarray,
+    flank: np.ndarray,
+    max_lags: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_envelope_spectrum` plus, from the same envelope, the impact-interval counts
+    (B, F, 2) and impact numbers (B,) of `impacts._impact_row` (periods (B, F) and
+    gaps (B,) in samples)."""
+    b = spec.shape[0]
+    w = _hann(n)
+    scale = 2.0 / w.sum()
+    out = np.empty((b, n // 2 + 1))
+    counts = np.zeros((b, periods.shape[1], 2))
+    n_impacts = np.zeros(b)
+    y = np.zeros(n, dtype=np.complex128)
+    env = np.empty(n)
+    for i in range(b):
+        _envelope_row(spec[i], lo_bin[i], hi_bin[i], y, env)
+        _amplitude_row(env, w, scale, out[i])
+        n_impacts[i] = _impact_row(env, periods[i], k_mad, gaps[i], hit, flank, max_lags,
+                                   counts[i])
+    return out, counts, n_impacts
 
 
 def kurtogram_levels(n: int) -> tuple[float, ...]:
