@@ -195,3 +195,32 @@ def line_search(
         amp[idx] = s[best]
         snr[idx] = 20 * math.log10((s[best] + 1e-15) / (floor + 1e-15))
     return freq, amp, snr
+
+
+def impact_counts(
+    env: np.ndarray, periods: np.ndarray, k_mad: float, gap: int,
+    hit: list[tuple[float, float]], flank: list[tuple[float, float]], max_lags: int,
+    median_samples: int = 2048,
+) -> tuple[np.ndarray, int]:
+    """Loop-by-loop version of ballpass.stream.dsp.impacts._impact_row for one envelope:
+    (hit and flank counts (F, 2), number of impacts)."""
+    n = env.size
+    sub = env[:: max(1, n // median_samples)]
+    med = float(np.median(sub))
+    level = med + k_mad * 1.4826 * float(np.median(np.abs(sub - med)))
+    times: list[int] = []
+    for j in range(1, n - 1):
+        if env[j] > level and env[j] > env[j - 1] and env[j] >= env[j + 1]:
+            if times and j - times[-1] < gap:
+                if env[j] > env[times[-1]]:
+                    times[-1] = j
+            else:
+                times.append(j)
+    counts = np.zeros((len(periods), 2))
+    for a, ta in enumerate(times):
+        for tb in times[a + 1 : a + 1 + max_lags]:
+            for f, p in enumerate(periods):
+                m = (tb - ta) / p
+                counts[f, 0] += sum(lo < m < hi for lo, hi in hit)
+                counts[f, 1] += sum(lo < m < hi for lo, hi in flank)
+    return counts, len(times)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from ballpass.stream.dsp import envelope as env
-from ballpass.stream.dsp import lines, spectrum, stats
+from ballpass.stream.dsp import impacts, lines, spectrum, stats
 from ballpass.stream.dsp.envelope import kurtogram_bands, kurtogram_levels
 
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -336,3 +336,59 @@ def test_line_search_rejects_bad_input() -> None:
         lines.line_search(spec, 1.0, np.full((2, 1, 1), np.nan), 0.02, 5)
     with pytest.raises(ValueError, match="tol"):
         lines.line_search(spec, 1.0, np.ones((2, 1, 1)), 1.5, 5)
+
+
+# --- impact intervals ------------------------------------------------------------------
+
+HIT = [(0.95, 1.05), (1.9, 2.1)]
+FLANK = [(0.75, 0.9), (1.1, 1.25), (1.5, 1.8), (2.2, 2.5)]
+
+
+@SETTINGS
+@given(
+    st.integers(1, 4), st.integers(16, 3001), st.integers(0, 2**32 - 1),
+    st.floats(0.5, 8.0), st.integers(1, 40), st.integers(1, 8),
+)
+def test_impact_counts_match_reference(b, n, seed, k_mad, gap, max_lags) -> None:
+    rng = np.random.default_rng(seed)
+    # Rayleigh-like envelopes with sparse spikes (impacts), odd and even lengths.
+    e = np.abs(rng.standard_normal((b, n)) + 1j * rng.standard_normal((b, n)))
+    spikes = rng.random((b, n)) < 0.02
+    e[spikes] += rng.uniform(2.0, 30.0, spikes.sum())
+    periods = rng.uniform(3.0, 200.0, (b, 3))
+    gaps = np.full(b, gap)
+    counts, n_imp = impacts.impact_interval_counts(e, periods, k_mad, gaps, np.array(HIT),
+                                                   np.array(FLANK), max_lags)
+    for i in range(b):
+        want, want_n = ref.impact_counts(e[i], periods[i], k_mad, gap, HIT, FLANK, max_lags)
+        np.testing.assert_array_equal(counts[i], want)
+        assert n_imp[i] == want_n
+
+
+def test_impacts_at_a_period_hit_and_random_impacts_do_not() -> None:
+    rng = np.random.default_rng(3)
+    n, period = 20000, 97.0
+    # A smooth background no maximum of which reaches median + 5 MAD, plus 199 impacts.
+    background = 0.1 + 0.01 * np.sin(2 * np.pi * np.arange(n) / 50.0)
+    periodic = background.copy()
+    periodic[(np.arange(1, 200) * period).astype(int)] = 10.0
+    random = background.copy()
+    random[rng.choice(n, 199, replace=False)] = 10.0
+    counts, n_imp = impacts.impact_interval_counts(
+        np.stack([periodic, random]), np.full((2, 1), period), 5.0, np.full(2, 20),
+        np.array(HIT), np.array(FLANK), 5)
+    assert n_imp[0] == 199
+    # Periodic: every lag of 1 and 2 periods is a hit (198 + 197), none in the flanks.
+    assert counts[0, 0].tolist() == [395.0, 0.0]
+    # Random (Poisson-like): hits at the flanks' rate, about 0.3 / 0.9 of the flank count.
+    hits, flank = counts[1, 0]
+    assert flank > 20 and hits < flank * 0.3 / 0.9 * 2.5
+
+
+def test_impact_counts_reject_bad_input() -> None:
+    good = dict(env=np.ones((1, 64)), periods=np.ones((1, 3)) * 10, k_mad=5.0,
+                gaps=np.ones(1), hit=np.array(HIT), flank=np.array(FLANK), max_lags=5)
+    for key, bad in (("periods", np.zeros((1, 3))), ("gaps", np.zeros(1)),
+                     ("periods", np.ones((2, 3))), ("env", np.ones(64))):
+        with pytest.raises(ValueError, match=key if key != "env" else "env"):
+            impacts.impact_interval_counts(**{**good, key: bad})
