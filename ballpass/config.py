@@ -271,7 +271,11 @@ class TableReader:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         # TOML ints are acceptable where a float is asked for; bools are not numbers here.
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # JSON (remote config) allows integers of any size
+                self.fail(name, f"must be a number, got an integer of {len(str(value))} digits")
+                return default
         if isinstance(value, bool) and bool not in kinds:
             self.fail(name, f"must be {_kind_name(kinds)}, got {value!r}")
             return default

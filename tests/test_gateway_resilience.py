@@ -62,7 +62,10 @@ def test_remote_config_validation_collects_every_error(tmp_path: Path) -> None:
             (b'{"sensors": {"s1": 3}}', "sensors.s1: must be a table, got 3"),
             (b'{"sensors": {"s1": {"window_samples": 8}}}',
              "sensors.s1.window_samples: must be in 16..4194304, got 8"),
-            (b'{"sensors": {"s1": {"interval_s": 0}}}', "sensors.s1.interval_s: must be > 0")):
+            (b'{"sensors": {"s1": {"interval_s": 0}}}', "sensors.s1.interval_s: must be > 0"),
+            # JSON integers have no size limit: one past any float is rejected, not a crash.
+            (b'{"flush_rate_per_s": 1' + b"0" * 400 + b"}",
+             "flush_rate_per_s: must be a number, got an integer of 401 digits")):
         with pytest.raises(ConfigRejected) as e:
             parse_remote(bad, gw)
         assert len(e.value.errors) == 1 and e.value.errors[0].startswith(message), \
