@@ -8,12 +8,14 @@ from typing import Any
 
 
 def kv(event: str, **fields: Any) -> str:
-    """Format one event line: `event=name key=value ...`; values with spaces are quoted."""
+    """Format one event line: `event=name key=value ...`; values with spaces are quoted,
+    and line breaks are escaped (`\\n`) so that one event stays one line."""
     parts = [f"event={event}"]
     for key, value in fields.items():
         text = f"{value:.6g}" if isinstance(value, float) else str(value)
-        if not text or any(c in text for c in ' "='):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if not text or any(c in text for c in ' "=\n\r\t'):
+            text = '"' + (text.replace("\\", "\\\\").replace('"', '\\"')
+                          .replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")) + '"'
         parts.append(f"{key}={text}")
     return " ".join(parts)
 
