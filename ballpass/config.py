@@ -95,7 +95,10 @@ class OnlinePolicy:
     lasts until both `learn_hours` of operation and `learn_windows` windows have passed;
     the anomaly score is then `unknown_anomaly` when >= `anomaly_threshold` in
     `anomaly_k` of the last `anomaly_n` windows. Trend: medians per `trend_bucket_s` s,
-    slope over the last `trend_points` of them, none before `trend_min_points`."""
+    slope over the last `trend_points` of them, none before `trend_min_points`.
+    `trend_calibration`: the model-error table that corrects `days_to_zone_c`/`_d` (a
+    JSON file, `stream/online/trend.py`); None = the one shipped, learned on simulated
+    fleets."""
 
     learn_hours: float = 24.0
     learn_windows: int = 2000
@@ -107,6 +110,7 @@ class OnlinePolicy:
     trend_bucket_s: float = 3600.0
     trend_points: int = 24
     trend_min_points: int = 6
+    trend_calibration: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -429,6 +433,7 @@ def _parse_online(o: TableReader) -> OnlinePolicy:
         trend_points=o.get("trend_points", int, d.trend_points, check=_at_least(3)),
         trend_min_points=o.get("trend_min_points", int, d.trend_min_points,
                                check=_at_least(3)),
+        trend_calibration=_trend_calibration(o),
     )
     o.finish()
     if p.anomaly_k > p.anomaly_n:
@@ -437,6 +442,26 @@ def _parse_online(o: TableReader) -> OnlinePolicy:
         o.fail("trend_min_points", f"must be <= trend_points = {p.trend_points}, "
                f"got {p.trend_min_points}")
     return p
+
+
+def _trend_calibration(o: TableReader) -> Path | None:
+    """The `trend_calibration` path, its file read and validated now (a bad table is a
+    config error, not a crash of the stream later)."""
+    path = o.path_value("trend_calibration")
+    if path is None:
+        return None
+    try:
+        # Imported here: the stream's modules import this one. An install without the
+        # stream's dependencies (a gateway) does not use the table and cannot check it.
+        from ballpass.stream.online.trend import CalibrationError, load_calibration
+    except ImportError:
+        return path
+    try:
+        load_calibration(path)
+    except CalibrationError as e:
+        o.fail("trend_calibration", str(e))
+        return None
+    return path
 
 
 def _parse_alert_policy(a: TableReader) -> AlertPolicy:

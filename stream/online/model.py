@@ -385,8 +385,10 @@ class SensorModel:
             result.velocity_trend_mm_s_per_day = fit[1] * _DAY_S
         zfit = self.vel_zone.current()
         if zfit is not None:
-            result.days_to_zone_c = trend.project(zfit, self.zone_c, t_s)
-            result.days_to_zone_d = trend.project(zfit, self.zone_d, t_s)
+            # The projections corrected by the model-error table (read once per file).
+            cal = trend.load_calibration(p.trend_calibration)
+            result.days_to_zone_c = trend.project(zfit, self.zone_c, t_s, cal.zone("C"))
+            result.days_to_zone_d = trend.project(zfit, self.zone_d, t_s, cal.zone("D"))
         lfit = self.line_trend.slope(p.trend_min_points)
         if lfit is not None:
             result.line_trend_g_per_day = lfit[1] * _DAY_S

@@ -24,13 +24,25 @@ Measured on simulated fleets (seeds 100-103, not the reported ones): choosing be
 linear and an exponential fit by their residuals doubled the median error against the
 exponential fit alone (docs/online-models.md).
 
-Interval: the slope's confidence interval covers only the sampling error of the fit, not
-the model's error (a fault's growth changes regime: the severe stage accelerates at a time
-no trend of the past can see), so the interval is widened by the model's own measured error:
-at least [days / 3, 2.5 × days] (`MODEL_ERROR_LO`, `MODEL_ERROR_HI`), the 5th and 95th
-percentiles of truth / estimate of `days_to_zone_d` on simulated fleets (seeds 100-119, not
-the reported ones; docs/online-models.md). It is a simulated model error: real
-run-to-failure records may need other factors.
+Model error (`ModelError`, the table in `trend_calibration.json`). The fit cannot see a
+change of regime (the severe stage accelerates at a time no trend of the past announces),
+so its error is structural and depends on how far it is extrapolated: measured on
+simulated fleets, the raw projection is too short early in the developed stage and too
+long late in it. One table corrects both the estimate and its interval: per bin of the
+extrapolation length x = ln(E_boundary / E_now) (quantile bins, piecewise constant, the
+end bins held beyond the learned range), the 5th, 50th and 95th percentiles of
+truth / raw estimate. days = raw × p50(x); the interval is at least raw × [p05(x), p95(x)]
+and at least the slope's own confidence interval (its sampling error). One table per
+zone boundary, C and D (a table with only D serves C too).
+
+The shipped table was learned on simulated run-to-failure fleets of seeds 100-119 (not
+the reported seeds 0-19) by `ballpass evaluate-fleet --first-seed 100 --seeds 20
+--calibrate-out PATH`, which runs the raw projection and pools every estimate in watch or
+alarm before the simulator's crossing; its provenance (command, seeds, date, commit,
+counts per bin) is in the file. It learns the simulator's stage timing as much as
+physics: a plant with its own run-to-failure histories replaces it with a table of the
+same format (`[asset.online] trend_calibration = "path"`, `trend.learn_calibration`
+builds one from (x, raw estimate, true days) triples). docs/online-models.md §4.
 
 Null (not a guess) with fewer than `min_points` buckets since the change, before any
 upward change, or when the slope's lower confidence bound does not rise (no evidence
@@ -39,18 +51,25 @@ that it is getting worse).
 
 from __future__ import annotations
 
+import bisect
+import functools
+import json
 import math
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 DAY_S = 86400.0
 _Z90 = 1.6448536269514722  # two-sided 90 % normal quantile
-# Model error of the projected time (factor on the days; see the module docstring): the
-# 5th and 95th percentiles of truth / estimate were 0.33 and 2.47 (seeds 100-119).
-MODEL_ERROR_LO = 1.0 / 3.0
-MODEL_ERROR_HI = 2.5
+DEFAULT_CALIBRATION = Path(__file__).with_name("trend_calibration.json")
+"""The shipped model-error table (simulated fleets; see the module docstring)."""
+CALIBRATION_FORMAT = "ballpass-trend-calibration"
+CALIBRATION_VERSION = 1
+ZONES = ("C", "D")
 
 
 @dataclass
@@ -64,6 +83,151 @@ class Interval:
     def as_dict(self) -> dict[str, float | None]:
         return {"days": round(self.days, 3), "lo": round(self.lo, 3),
                 "hi": None if self.hi is None else round(self.hi, 3)}
+
+
+class CalibrationError(ValueError):
+    """A model-error table that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class ModelError:
+    """Truth / raw estimate of the projected days as a function of the extrapolation
+    length x = ln(E_boundary / E_now): piecewise constant over bins of x, the bins at
+    either end extended to all x beyond them (no extrapolation of the table).
+
+    `edges` are the inner bin edges (ascending, one fewer than the bins); a bin holds
+    x in (edge below, edge above]. Per bin the 5th, 50th and 95th percentiles.
+    """
+
+    edges: tuple[float, ...]
+    p05: tuple[float, ...]
+    p50: tuple[float, ...]
+    p95: tuple[float, ...]
+
+    def factors(self, x: float) -> tuple[float, float, float]:
+        """(p05, p50, p95) of truth / estimate for extrapolation length `x`."""
+        i = bisect.bisect_left(self.edges, x) if math.isfinite(x) else (
+            0 if x < 0 else len(self.edges))
+        return self.p05[i], self.p50[i], self.p95[i]
+
+
+IDENTITY = ModelError((), (1.0,), (1.0,), (1.0,))
+"""No correction: the raw projection, its interval the slope's alone."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A model-error table per zone boundary, where it came from, and its provenance."""
+
+    source: str
+    zones: Mapping[str, ModelError]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def zone(self, name: str) -> ModelError:
+        """The table of zone `name`; a file without zone C uses zone D's for it."""
+        return self.zones.get(name) or self.zones["D"]
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def parse_calibration(data: Any, source: str) -> Calibration:
+    """Validate a model-error document (the JSON of `learn_calibration`); every problem
+    raises `CalibrationError` naming `source` and the key."""
+
+    def fail(key: str, message: str) -> CalibrationError:
+        return CalibrationError(f"{source}: {key}: {message}")
+
+    if not isinstance(data, dict):
+        raise fail("(top level)", "must be a JSON object")
+    if data.get("format") != CALIBRATION_FORMAT:
+        raise fail("format", f"must be {CALIBRATION_FORMAT!r}, got {data.get('format')!r}")
+    if data.get("version") != CALIBRATION_VERSION:
+        raise fail("version", f"must be {CALIBRATION_VERSION}, got {data.get('version')!r}")
+    zones = data.get("zones")
+    if not isinstance(zones, dict) or "D" not in zones:
+        raise fail("zones", "must be an object with at least the key \"D\"")
+    out: dict[str, ModelError] = {}
+    for name, table in zones.items():
+        key = f"zones.{name}"
+        if name not in ZONES:
+            raise fail(key, f"unknown zone, expected one of {', '.join(ZONES)}")
+        bins = table.get("bins") if isinstance(table, dict) else None
+        if not isinstance(bins, list) or not bins:
+            raise fail(f"{key}.bins", "must be a non-empty list")
+        cols: dict[str, list[float]] = {"x_lo": [], "x_hi": [], "p05": [], "p50": [], "p95": []}
+        for i, b in enumerate(bins):
+            bkey = f"{key}.bins[{i}]"
+            if not isinstance(b, dict):
+                raise fail(bkey, "must be an object")
+            for k, col in cols.items():
+                if not _number(b.get(k)):
+                    raise fail(f"{bkey}.{k}", f"must be a finite number, got {b.get(k)!r}")
+                col.append(float(b[k]))
+            count = b.get("count")
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise fail(f"{bkey}.count", f"must be an integer >= 1, got {count!r}")
+            if not cols["x_lo"][i] < cols["x_hi"][i]:
+                raise fail(f"{bkey}.x_hi", "must be > x_lo")
+            if i and cols["x_lo"][i] != cols["x_hi"][i - 1]:
+                raise fail(f"{bkey}.x_lo", "must equal the x_hi of the bin before it")
+            if not 0 < cols["p05"][i] <= cols["p50"][i] <= cols["p95"][i]:
+                raise fail(bkey, "need 0 < p05 <= p50 <= p95, got "
+                           f"{cols['p05'][i]}, {cols['p50'][i]}, {cols['p95'][i]}")
+        out[name] = ModelError(tuple(cols["x_hi"][:-1]), tuple(cols["p05"]),
+                               tuple(cols["p50"]), tuple(cols["p95"]))
+    provenance = data.get("provenance", {})
+    if not isinstance(provenance, dict):
+        raise fail("provenance", "must be an object")
+    return Calibration(source, out, provenance)
+
+
+@functools.lru_cache(maxsize=16)
+def _load(path: str) -> Calibration:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CalibrationError(f"{path}: cannot read: {e.strerror or e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CalibrationError(f"{path}: not valid JSON: {e}") from e
+    return parse_calibration(data, path)
+
+
+@functools.lru_cache(maxsize=64)
+def load_calibration(path: str | Path | None = None) -> Calibration:
+    """The model-error table in `path` (None: the shipped `DEFAULT_CALIBRATION`), read and
+    validated once per path; `CalibrationError` names the file and the key."""
+    return _load(str(Path(path or DEFAULT_CALIBRATION).resolve()))
+
+
+def learn_calibration(samples: Mapping[str, Iterable[tuple[float, float, float]]],
+                      bins: int, provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The model-error document learned from (x, raw estimate days, true days) triples
+    per zone: `bins` bins of x at its quantiles, per bin the 5th, 50th and 95th
+    percentiles of truth / estimate and the count. Triples with an estimate or a truth
+    that is not > 0 are left out (nothing to correct)."""
+    zones: dict[str, Any] = {}
+    for name, triples in samples.items():
+        a = np.array([t for t in triples if t[1] > 0 and t[2] > 0 and math.isfinite(t[0])],
+                     dtype=float).reshape(-1, 3)
+        if a.shape[0] < bins:
+            raise ValueError(f"zone {name}: {a.shape[0]} estimates for {bins} bins")
+        x, ratio = a[:, 0], a[:, 2] / a[:, 1]
+        edges = np.unique(np.quantile(x, np.arange(1, bins) / bins))
+        idx = np.searchsorted(edges, x, side="left")  # as ModelError.factors
+        lows = [float(x.min()), *edges.tolist()]
+        highs = [*edges.tolist(), float(x.max())]
+        rows = []
+        for i in range(edges.size + 1):
+            r = ratio[idx == i]
+            p05, p50, p95 = np.percentile(r, [5, 50, 95]) if r.size else (1.0, 1.0, 1.0)
+            rows.append({"x_lo": round(lows[i], 4), "x_hi": round(highs[i], 4),
+                         "count": int(r.size), "p05": round(float(p05), 4),
+                         "p50": round(float(p50), 4), "p95": round(float(p95), 4)})
+        zones[name] = {"estimates": int(a.shape[0]), "bins": rows}
+    return {"format": CALIBRATION_FORMAT, "version": CALIBRATION_VERSION,
+            "provenance": dict(provenance), "zones": zones}
 
 
 def theil_sen(t: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
@@ -183,26 +347,40 @@ class VelocityTrend:
         self.fit, self.stale = None, True
 
 
-def project(fit: Fit | None, boundary: float, now_s: float | None = None) -> Interval | None:
+def extrapolation(fit: Fit, boundary: float) -> float | None:
+    """x = ln(E_boundary / E_now): how far (in log units of the fault's part) the fit is
+    extrapolated to reach `boundary` (mm/s); None when the boundary is at or below the
+    baseline, <= 0 when the velocity is there already."""
+    if boundary <= fit.baseline:
+        return None
+    return math.log(math.sqrt(boundary * boundary - fit.baseline ** 2)) - math.log(fit.level)
+
+
+def project(fit: Fit | None, boundary: float, now_s: float | None = None,
+            error: ModelError = IDENTITY) -> Interval | None:
     """Days from `now_s` (default: the fit's last bucket) until the velocity reaches
-    `boundary` (mm/s), with the interval from the slope's confidence bounds widened to the
-    model's error (at least days × [`MODEL_ERROR_LO`, `MODEL_ERROR_HI`]); 0 when it is
-    there already; None without a fit or without a significant rise."""
+    `boundary` (mm/s); 0 when it is there already; None without a fit or without a
+    significant rise.
+
+    The raw projection follows the fit; `error` (the zone's model-error table, see the
+    module docstring) corrects it: days = raw × p50(x), the interval at least
+    raw × [p05(x), p95(x)] and at least the slope's own confidence interval. The default,
+    `IDENTITY`, gives the raw projection and the slope's interval."""
     if fit is None:
         return None
     ahead = 0.0 if now_s is None else (now_s - fit.t_s) / DAY_S
-    if boundary <= fit.baseline:
-        return Interval(0.0, 0.0, 0.0)
-    target = math.log(math.sqrt(boundary * boundary - fit.baseline ** 2))
-    if target <= math.log(fit.level):
+    x = extrapolation(fit, boundary)
+    if x is None or x <= 0.0:
         return Interval(0.0, 0.0, 0.0)
     if fit.lo <= 0.0:
         return None  # the rise is not significant: no guess
+    target = math.log(fit.level) + x
 
     def days(slope: float, level: float) -> float:
         return max((target - math.log(level)) / slope / DAY_S - ahead, 0.0)
 
-    mid = days(fit.mid, fit.level)
+    raw = days(fit.mid, fit.level)
     lo = days(fit.hi, fit.level_hi) if math.isfinite(fit.level_hi) else days(fit.hi, fit.level)
     hi = days(fit.lo, fit.level_lo) if math.isfinite(fit.level_lo) else days(fit.lo, fit.level)
-    return Interval(mid, min(lo, MODEL_ERROR_LO * mid), max(hi, MODEL_ERROR_HI * mid))
+    f05, f50, f95 = error.factors(x)
+    return Interval(raw * f50, min(lo, f05 * raw), max(hi, f95 * raw))
