@@ -167,13 +167,37 @@ def cmd_evaluate_fleet(args: argparse.Namespace) -> int:
     import json
     import logging
 
-    from ballpass.stream.online.fleet import FleetSpec, run, table
+    from ballpass.stream.online.fleet import FleetSpec, calibrate, run, table
+    from ballpass.stream.online.trend import CalibrationError, load_calibration
     if args.log_level != "DEBUG":
         # Thousands of simulated machines' events would drown the progress bar.
         logging.getLogger("ballpass.stream").setLevel(logging.WARNING)
+    table_path = None
+    if args.trend_calibration is not None:
+        if args.calibrate_out is not None:
+            print("error: --trend-calibration and --calibrate-out exclude each other (a "
+                  "calibration run uses the raw projection)", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
+            load_calibration(args.trend_calibration)
+        except CalibrationError as e:
+            print(f"error: --trend-calibration: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+        table_path = str(args.trend_calibration.resolve())
     spec = FleetSpec(seeds=args.seeds, horizon_days=args.horizon_days,
-                     cadence_s=args.cadence_s)
-    figures = run(spec, progress=None if args.quiet else sys.stderr)
+                     cadence_s=args.cadence_s, first_seed=args.first_seed,
+                     trend_calibration=table_path)
+    progress = None if args.quiet else sys.stderr
+    if args.calibrate_out is not None:
+        command = " ".join(["ballpass", *sys.argv[1:]]) if sys.argv[1:] else ""
+        try:
+            document, figures = calibrate(spec, args.calibration_bins, progress, command)
+        except ValueError as e:  # too few estimates for the bins (a small fleet)
+            print(f"error: --calibrate-out: {e}", file=sys.stderr)
+            return 1
+        args.calibrate_out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    else:
+        figures = run(spec, progress=progress)
     print(table(figures))
     print(json.dumps({k: v for k, v in figures.items() if k not in ("classes", "spec")}))
     if args.json:
@@ -342,6 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "lead time, false alarms per 100 sensor-days and the days_to_zone_d error "
                        "(docs/online-models.md).")
     p.add_argument("--seeds", type=int, default=20, help="machines per class (default 20)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="first seed (default 0: the reported seeds 0..N-1)")
+    p.add_argument("--trend-calibration", type=Path, metavar="TABLE.json",
+                   help="model-error table of days_to_zone_c/_d (default: the shipped one)")
+    p.add_argument("--calibrate-out", type=Path, metavar="PATH",
+                   help="learn the model-error table on this fleet (raw projections) and "
+                   "write it to PATH (docs/online-models.md §4); the figures printed are "
+                   "the uncorrected ones")
+    p.add_argument("--calibration-bins", type=int, default=None,
+                   help="bins of the extrapolation length in the learned table "
+                   "(default: fleet.CALIBRATION_BINS)")
     p.add_argument("--horizon-days", type=float, default=30.0,
                    help="simulated life after the warm-up, days (default 30)")
     p.add_argument("--cadence-s", type=float, default=3600.0,

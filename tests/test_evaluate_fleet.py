@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ballpass.stream.online.fleet import CLASSES, FleetSpec, run, table
+from ballpass.stream.online.trend import load_calibration
 
 
 def test_small_fleet_figures() -> None:
@@ -39,3 +40,31 @@ def test_cli_writes_json(tmp_path: Path) -> None:
     f = json.loads(out.read_text())
     assert f["spec"]["seeds"] == 1 and f["windows"] > 100
     assert "| healthy |" in r.stdout
+
+
+def test_cli_learns_a_model_error_table_on_raw_projections(tmp_path: Path) -> None:
+    """`--calibrate-out` on a one-seed fleet: a valid table with its provenance, learned
+    on the raw projection (the run's corrected and raw errors are the same figure)."""
+    out, fig = tmp_path / "table.json", tmp_path / "fleet.json"
+    r = subprocess.run([sys.executable, "-m", "ballpass", "evaluate-fleet", "--seeds", "1",
+                        "--first-seed", "100", "--horizon-days", "8", "--quiet",
+                        "--calibrate-out", str(out), "--calibration-bins", "3",
+                        "--json", str(fig)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cal = load_calibration(out)
+    assert set(cal.zones) == {"C", "D"}
+    assert cal.provenance["seeds"] == [100, 100]
+    assert "--first-seed 100" in cal.provenance["command"]
+    doc = json.loads(out.read_text())
+    assert all(len(z["bins"]) == 3 and z["estimates"] >= 30 for z in doc["zones"].values())
+    f = json.loads(fig.read_text())
+    assert f["spec"]["first_seed"] == 100 and f["spec"]["trend_calibration"].startswith("identity")
+    assert f["days_to_zone_d_raw_pooled_median_abs_rel_error_after_alarm"] \
+        == f["days_to_zone_d_pooled_median_abs_rel_error_after_alarm"]
+    # A bad table given to the evaluation exits 2, naming the file and the key.
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}", encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "ballpass", "evaluate-fleet", "--seeds", "1",
+                        "--trend-calibration", str(bad)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "bad.json: format:" in r.stderr
