@@ -22,6 +22,7 @@ import scipy.stats
 
 from ballpass.models.bearing import DefectOrders
 from ballpass.stream import thresholds as th
+from ballpass.stream.dsp.impacts import _MEDIAN_SAMPLES
 from ballpass.stream.features import FeatureBatch
 
 _FILTER_ORDER = 4
@@ -173,7 +174,7 @@ def features_one(x: np.ndarray, fs: float, shaft: float, orders: DefectOrders
 def _impacts(env: np.ndarray, periods: np.ndarray) -> tuple[np.ndarray, int]:
     """Impact-interval hit and flank counts (3, 2) with numpy: scipy's peak finder (its
     `distance` keeps the larger of close maxima), then every lag to the next impacts."""
-    sub = env[:: max(1, env.size // 2048)]
+    sub = env[:: max(1, env.size // _MEDIAN_SAMPLES)]
     med = float(np.median(sub))
     level = med + th.IMPACT_K_MAD * 1.4826 * float(np.median(np.abs(sub - med)))
     gap = max(1, int(th.IMPACT_GAP_FRACTION * periods.min()))

@@ -277,6 +277,10 @@ def _family_targets(batch: FeatureBatch, i: int) -> dict[str, dict[tuple[str, in
     return out
 
 
+_IMPACT_BALL = IMPACT_FAMILIES.index("2xBSF")
+"""Row of the ball's strike period in `impact_counts`."""
+
+
 def _ball_from_intervals(
     batch: FeatureBatch, i: int, impacts: np.ndarray | None, zone: str
 ) -> Diagnosis | None:
@@ -285,21 +289,22 @@ def _ball_from_intervals(
     counts = batch.impact_counts[i] if impacts is None else impacts
     if counts is None:
         return None
-    scores = [interval_score(h, f) for h, f in counts]
-    ball = IMPACT_FAMILIES.index("2xBSF")
-    rival = max(s for k, s in enumerate(scores) if k != ball)
-    if scores[ball] < th.IMPACT_SCORE_MIN or scores[ball] <= rival:
-        return None
+    ball = _IMPACT_BALL
     hits, flank = float(counts[ball, 0]), float(counts[ball, 1])
+    score = interval_score(hits, flank)
+    if score < th.IMPACT_SCORE_MIN:
+        return None
+    rival = max(interval_score(h, f) for k, (h, f) in enumerate(counts) if k != ball)
+    if score <= rival:
+        return None
     expected = expected_hits(flank)
-    excess_db = 10.0 * math.log10(hits / expected)
     rate = float(batch.line_target_hz[i, 2]) if batch.line_target_hz is not None else math.nan
     return Diagnosis(
         "ball",
-        _conf(scores[ball] - th.IMPACT_SCORE_MIN),
-        (Evidence("2xBSF-intervals", 1, rate, excess_db),),
+        _conf(score - th.IMPACT_SCORE_MIN),
+        (Evidence("2xBSF-intervals", 1, rate, 10.0 * math.log10(hits / expected)),),
         f"impacts at the ball's strike period 1/(2xBSF) = {1000.0 / rate:.2f} ms: "
-        f"{hits:.0f} lags against {expected:.1f} expected (p = 1e-{scores[ball]:.1f}, "
+        f"{hits:.0f} lags against {expected:.1f} expected (p = 1e-{score:.1f}, "
         f"races 1e-{rival:.1f}), no envelope line",
         zone,
     )

@@ -200,7 +200,7 @@ def line_search(
 def impact_counts(
     env: np.ndarray, periods: np.ndarray, k_mad: float, gap: int,
     hit: list[tuple[float, float]], flank: list[tuple[float, float]], max_lags: int,
-    median_samples: int = 2048,
+    median_samples: int,
 ) -> tuple[np.ndarray, int]:
     """Loop-by-loop version of ballpass.stream.dsp.impacts._impact_row for one envelope:
     (hit and flank counts (F, 2), number of impacts)."""

@@ -360,7 +360,8 @@ def test_impact_counts_match_reference(b, n, seed, k_mad, gap, max_lags) -> None
     counts, n_imp = impacts.impact_interval_counts(e, periods, k_mad, gaps, np.array(HIT),
                                                    np.array(FLANK), max_lags)
     for i in range(b):
-        want, want_n = ref.impact_counts(e[i], periods[i], k_mad, gap, HIT, FLANK, max_lags)
+        want, want_n = ref.impact_counts(e[i], periods[i], k_mad, gap, HIT, FLANK, max_lags,
+                                          impacts._MEDIAN_SAMPLES)
         np.testing.assert_array_equal(counts[i], want)
         assert n_imp[i] == want_n
 
