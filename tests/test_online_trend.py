@@ -156,3 +156,5 @@ def test_interval_holds_a_change_of_regime_the_fit_cannot_see() -> None:
     assert p.lo == pytest.approx(f05 * raw.days)  # the band, not the slope's bound
     assert p.hi >= f95 * raw.days
     assert p.lo <= truth <= p.hi
+    shipped = project(fit, 4.5, t_now, load_calibration().zone("D"))
+    assert shipped is not None and shipped.lo > truth  # the simulator's timing, not this one
