@@ -9,7 +9,7 @@ normal, outer-race, inner-race and ball windows of an SKF 6205 at 25 Hz, 25.6 kH
 * the FFT bound: only the FFTs the pipeline must do for that batch, with the same FFT
   library (rocket-fft inside numba) and with numpy's pocketfft; the faster of the two is
   the bound. Counted from `stream/features.py` and `stream/dsp/`: per window, the rfft of
-  the window (`_rfft_rows`), the rfft of its Hann-windowed copy (`_amplitude_spectrum`),
+  the window (`_rfft_rows`; the Hann spectrum is derived from it, `_amplitude_from_dft`),
   one inverse FFT over the bins of each kurtogram band the pipeline computes, zero-padded
   to the next 2·3·5-smooth length like the pipeline (`_sk_bands`:
   the bands wide enough for the lines and above `ENV_BAND_MIN_LO_HZ`), the
@@ -82,9 +82,8 @@ def _fft_work_numba(x: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray, use
                     lo_sel: np.ndarray, hi_sel: np.ndarray) -> float:
     """The pipeline's FFTs on batch `x`, nothing else (see the module docstring)."""
     b, n = x.shape
-    raw = np.fft.rfft(x, axis=-1)  # _rfft_rows
-    hann = np.fft.rfft(x, axis=-1)  # _amplitude_spectrum (the window product is not FFT)
-    acc = hann[0, 1].real
+    raw = np.fft.rfft(x, axis=-1)  # _rfft_rows (the Hann spectrum is derived from it)
+    acc = raw[0, 1].real
     env = np.empty((b, n))
     for i in range(b):
         for k in range(lo_bins.shape[0]):  # _sk_bands: one inverse FFT per candidate
@@ -109,8 +108,7 @@ def _fft_work_numpy(x: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray, use
     """The same FFTs with numpy (pocketfft), batched over rows where numpy allows."""
     b, n = x.shape
     raw = np.fft.rfft(x, axis=-1)
-    hann = np.fft.rfft(x, axis=-1)
-    acc = float(hann[0, 1].real)
+    acc = float(raw[0, 1].real)
     for k, (lo, hi) in enumerate(zip(lo_bins, hi_bins, strict=True)):
         rows = use[:, k]
         if rows.any():

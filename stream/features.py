@@ -22,7 +22,7 @@ from ballpass.stream.dsp.envelope import (
 )
 from ballpass.stream.dsp.lines import _line_search
 from ballpass.stream.dsp.spectrum import (
-    _amplitude_spectrum,
+    _amplitude_from_dft,
     _band_rms,
     _rfft_rows,
     _velocity_rms,
@@ -170,7 +170,7 @@ def extract(
     harm = np.arange(1, th.N_HARMONICS + 1, dtype=np.float64)
 
     # 1× and 2× shaft in the raw (Hann) spectrum.
-    amp = _amplitude_spectrum(x)
+    amp = _amplitude_from_dft(raw, n)  # the Hann spectrum, without a second FFT
     shaft_targets = (shaft[:, None] * np.array([1.0, 2.0]))[:, None, :]
     _, x12, x12_snr = _line_search(amp, df, shaft_targets, th.SPEED_TOLERANCE, th.NOISE_FLOOR_BINS)
 

@@ -393,3 +393,11 @@ def test_impact_counts_reject_bad_input() -> None:
                      ("periods", np.ones((2, 3))), ("env", np.ones(64))):
         with pytest.raises(ValueError, match=key if key != "env" else "env"):
             impacts.impact_interval_counts(**{**good, key: bad})
+
+
+@SETTINGS
+@given(batches(min_n=2, max_n=301))
+def test_hann_spectrum_from_the_dft_matches_reference(x: np.ndarray) -> None:
+    # The periodic Hann window as three lines in frequency: no second FFT (features.extract).
+    got = spectrum._amplitude_from_dft(spectrum._rfft_rows(x), x.shape[1])
+    np.testing.assert_allclose(got, ref.amplitude_spectrum(x), rtol=1e-9, atol=1e-12)

@@ -67,6 +67,43 @@ def _amplitude_spectrum(x: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True)
+def _mean_free_bin(row: np.ndarray, j: int, n: int) -> complex:
+    """Bin j (any integer) of the full DFT of a length-n row, given its one-sided DFT `row`,
+    with the mean removed (bin 0 is 0; bin j > N/2 is the conjugate of bin n − j)."""
+    j %= n
+    if j == 0:
+        return 0.0j
+    if j < row.shape[0]:
+        return row[j]
+    return np.conj(row[n - j])
+
+
+@njit(cache=True)
+def _amplitude_from_dft(spec: np.ndarray, n: int) -> np.ndarray:
+    """`_amplitude_spectrum` of rows of length `n` from their one-sided DFT `spec`, with no
+    second FFT: the periodic Hann window is three lines in frequency, so the windowed DFT
+    is X[k]/2 − (X[k−1] + X[k+1])/4, and sum(w) = n/2 (n >= 2)."""
+    b, m = spec.shape
+    out = np.empty((b, m))
+    scale = 4.0 / n
+    for i in range(b):
+        row = spec[i]
+        for k in range(2, m - 1):  # the interior, without the edge cases' branches
+            re = 0.5 * row[k].real - 0.25 * (row[k - 1].real + row[k + 1].real)
+            im = 0.5 * row[k].imag - 0.25 * (row[k - 1].imag + row[k + 1].imag)
+            out[i, k] = np.sqrt(re * re + im * im) * scale
+        for k in (0, 1, m - 1):
+            if k < m:
+                c = 0.5 * _mean_free_bin(row, k, n) - 0.25 * (
+                    _mean_free_bin(row, k - 1, n) + _mean_free_bin(row, k + 1, n))
+                out[i, k] = np.sqrt(c.real ** 2 + c.imag ** 2) * scale
+        out[i, 0] *= 0.5
+        if n % 2 == 0:
+            out[i, m - 1] *= 0.5
+    return out
+
+
+@njit(cache=True)
 def _band_power_weights(n: int, fs: float, lo: float, hi: float, integrate: bool) -> np.ndarray:
     """Per-bin weights turning |X_k|² into mean-square contributions of band [lo, hi] Hz.
 
