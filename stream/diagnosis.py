@@ -142,13 +142,14 @@ def _bearing_candidates(batch: FeatureBatch, i: int) -> tuple[list[_Candidate], 
     thr = th.LINE_SNR_DB
     cands: list[_Candidate] = []
     for name, li, sbs, odd in _FAMILIES:
+        # Most windows have no fundamental: read the number before building evidence.
+        if batch.line_snr_db[i, li, 0] < (th.CAGE_LINE_SNR_DB if name == "cage" else thr):
+            continue
         lines = _line_evidence(batch, i, li)
         fundamental = lines[0]
-        if fundamental.snr_db < (th.CAGE_LINE_SNR_DB if name == "cage" else thr):
-            continue
         present = [e for e in lines if e.snr_db >= thr]
         sidebands = [e for e in _sideband_evidence(batch, i, sbs) if e.snr_db >= thr]
-        bsf = _line_evidence(batch, i, _BSF)
+        bsf = _line_evidence(batch, i, _BSF) if odd else []
         odd_lines = [bsf[h] for h in odd if bsf[h].snr_db >= thr]
         if name == "cage":
             ok = sum(e.snr_db >= th.CAGE_LINE_SNR_DB for e in present) >= 2
