@@ -183,22 +183,18 @@ def parse_calibration(data: Any, source: str) -> Calibration:
     return Calibration(source, out, provenance)
 
 
-@functools.lru_cache(maxsize=16)
-def _load(path: str) -> Calibration:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CalibrationError(f"{path}: cannot read: {e.strerror or e}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CalibrationError(f"{path}: not valid JSON: {e}") from e
-    return parse_calibration(data, path)
-
-
 @functools.lru_cache(maxsize=64)
 def load_calibration(path: str | Path | None = None) -> Calibration:
     """The model-error table in `path` (None: the shipped `DEFAULT_CALIBRATION`), read and
     validated once per path; `CalibrationError` names the file and the key."""
-    return _load(str(Path(path or DEFAULT_CALIBRATION).resolve()))
+    source = str(Path(path or DEFAULT_CALIBRATION).resolve())
+    try:
+        data = json.loads(Path(source).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CalibrationError(f"{source}: cannot read: {e.strerror or e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CalibrationError(f"{source}: not valid JSON: {e}") from e
+    return parse_calibration(data, source)
 
 
 def learn_calibration(samples: Mapping[str, Iterable[tuple[float, float, float]]],
