@@ -334,6 +334,21 @@ def positive(v: float) -> str | None:
     return None if math.isfinite(v) and v > 0 else "must be > 0"
 
 
+def window_samples_in_range(v: int) -> str | None:
+    return None if WINDOW_SAMPLES_MIN <= v <= WINDOW_SAMPLES_MAX \
+        else f"must be in {WINDOW_SAMPLES_MIN}..{WINDOW_SAMPLES_MAX}"
+
+
+def burst_fits(r: TableReader, n: int, fs_hz: float, interval_s: float) -> bool:
+    """A burst of `n` samples at `fs_hz` must fit in `interval_s`; else the error goes to
+    `r` under `interval_s` (the site file and the remote config say it alike)."""
+    if n / fs_hz <= interval_s:
+        return True
+    r.fail("interval_s", f"must be >= window_samples / fs_hz = {n / fs_hz:g} s, "
+           f"got {interval_s!r}")
+    return False
+
+
 def _non_negative(v: float) -> str | None:
     return None if math.isfinite(v) and v >= 0 else "must be >= 0"
 
@@ -487,18 +502,14 @@ def _parse_sensor(r: TableReader, assets: set[str]) -> SensorConfig | None:
         r.fail("asset", f"no [[asset]] with this id{hint}, got {asset!r}")
         asset = None
     fs_hz = r.get("fs_hz", float, required=True, check=positive)
-    n = r.get("window_samples", int, required=True,
-              check=lambda v: None if WINDOW_SAMPLES_MIN <= v <= WINDOW_SAMPLES_MAX
-              else f"must be in {WINDOW_SAMPLES_MIN}..{WINDOW_SAMPLES_MAX}")
+    n = r.get("window_samples", int, required=True, check=window_samples_in_range)
     interval = r.get("interval_s", float, required=True, check=positive)
     kind = r.get("kind", str, "acceleration", check=one_of("acceleration", "temperature"))
     options = r.get("options", dict, {})
     r.finish()
     if None in (sensor_id, driver, asset, fs_hz, n, interval):
         return None
-    if fs_hz is not None and n is not None and interval is not None and n / fs_hz > interval:
-        r.fail("interval_s", f"must be >= window_samples / fs_hz = {n / fs_hz:g} s, "
-               f"got {interval!r}")
+    if not burst_fits(r, n, fs_hz, interval):
         return None
     return SensorConfig(sensor_id, driver, asset, fs_hz, n, interval, kind, dict(options))
 

@@ -28,12 +28,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ballpass.config import (
-    WINDOW_SAMPLES_MAX,
-    WINDOW_SAMPLES_MIN,
     GatewayConfig,
     SensorConfig,
     TableReader,
+    burst_fits,
     positive,
+    window_samples_in_range,
 )
 
 MAX_PAYLOAD = 64 * 1024
@@ -55,22 +55,15 @@ class RemoteConfig:
     sensors: dict[str, tuple[SensorConfig, bool]]
 
 
-def _window_samples(v: int) -> str | None:
-    # The same bound and wording as the site file's `window_samples`.
-    return None if WINDOW_SAMPLES_MIN <= v <= WINDOW_SAMPLES_MAX \
-        else f"must be in {WINDOW_SAMPLES_MIN}..{WINDOW_SAMPLES_MAX}"
-
-
 def _sensor(r: TableReader, s: SensorConfig) -> tuple[SensorConfig, bool]:
     """One `sensors.{id}` object over the site file's sensor `s`; errors go to `r`."""
     enabled = r.get("enabled", bool, True)
     before = len(r.errors)
     interval = r.get("interval_s", float, s.interval_s, check=positive)
-    n = r.get("window_samples", int, s.window_samples, check=_window_samples)
+    n = r.get("window_samples", int, s.window_samples, check=window_samples_in_range)
     # Only when both are valid: a bad one is already reported, the other is not its fault.
-    if len(r.errors) == before and n / s.fs_hz > interval:
-        r.fail("interval_s", f"must be >= window_samples / fs_hz = {n / s.fs_hz:g} s, "
-               f"got {interval!r}")
+    if len(r.errors) == before:
+        burst_fits(r, n, s.fs_hz, interval)
     r.finish()
     return replace(s, interval_s=interval, window_samples=n), enabled
 
