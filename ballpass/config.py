@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,9 +319,13 @@ class TableReader:
         """Report keys nobody asked for, with the closest known key as a hint."""
         for name in self.table:
             if name not in self.used:
-                close = difflib.get_close_matches(name, sorted(self.used), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                self.fail(name, f"unknown key{hint}")
+                self.fail(name, f"unknown key{did_you_mean(name, sorted(self.used))}")
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """The hint "; did you mean 'x'?" with the known name closest to `name` ("" if none)."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _kind_name(kinds: tuple[type, ...]) -> str:
@@ -497,9 +501,8 @@ def _parse_sensor(r: TableReader, assets: set[str]) -> SensorConfig | None:
     driver = r.get("driver", str, required=True)
     asset = r.get("asset", str, required=True)
     if asset is not None and asset not in assets:
-        close = difflib.get_close_matches(asset, sorted(assets), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        r.fail("asset", f"no [[asset]] with this id{hint}, got {asset!r}")
+        r.fail("asset", f"no [[asset]] with this id{did_you_mean(asset, sorted(assets))}, "
+               f"got {asset!r}")
         asset = None
     fs_hz = r.get("fs_hz", float, required=True, check=positive)
     n = r.get("window_samples", int, required=True, check=window_samples_in_range)

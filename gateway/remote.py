@@ -22,7 +22,6 @@ retained message deleted) also means "site file".
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from ballpass.config import (
     SensorConfig,
     TableReader,
     burst_fits,
+    did_you_mean,
     positive,
     window_samples_in_range,
 )
@@ -95,9 +95,8 @@ def parse_remote(payload: bytes, gateway: GatewayConfig) -> RemoteConfig:
     # own message, and `sensors.finish()` is not called (it would report it again).
     for sid in sensors.table:
         if sid not in base:
-            close = difflib.get_close_matches(sid, sorted(base), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            sensors.fail(sid, f"no such sensor on gateway {gateway.id}{hint}")
+            sensors.fail(sid, f"no such sensor on gateway {gateway.id}"
+                              f"{did_you_mean(sid, sorted(base))}")
             continue
         out[sid] = _sensor(sensors.sub(sid), base[sid])
     if errors:

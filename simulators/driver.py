@@ -51,7 +51,6 @@ and temperature follow it, so a run-to-failure week plays in minutes.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import time
@@ -60,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from ballpass.config import AssetConfig, SensorConfig
+from ballpass.config import AssetConfig, SensorConfig, did_you_mean
 from ballpass.gateway.drivers.base import Capture, SensorFault
 from ballpass.simulators import sensor_faults
 from ballpass.simulators.conditions import (
@@ -128,9 +127,7 @@ def _trajectory(options: dict[str, Any], seed: int) -> Trajectory | None:
              "max_severity")
     for key in spec:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"options.trajectory.{key}: unknown key{hint}")
+            raise ValueError(f"options.trajectory.{key}: unknown key{did_you_mean(key, known)}")
     try:
         return Trajectory(
             condition=str(spec.get("condition", "")),
@@ -177,8 +174,7 @@ def _sensor_fault_schedule(spec: Any) -> tuple[tuple[str, float, float], ...]:
                 raise ValueError(f"{where}.{key}: unknown key (known: kind, start_h, end_h)")
         kind = item.get("kind")
         if kind not in sensor_faults.SENSOR_FAULTS:
-            close = difflib.get_close_matches(str(kind), sensor_faults.SENSOR_FAULTS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(str(kind), sensor_faults.SENSOR_FAULTS)
             raise ValueError(f"{where}.kind: unknown sensor fault {kind!r}{hint} "
                              f"(known: {', '.join(sensor_faults.SENSOR_FAULTS)})")
         start = _hours(item, "start_h", where, 0.0)
@@ -201,11 +197,8 @@ class SimulatedDriver:
         options = dict(sensor.options)
         for key in options:
             if key not in OPTIONS:
-                close = difflib.get_close_matches(key, OPTIONS, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ValueError(
-                    f"options.{key}: unknown option{hint} (known: {', '.join(OPTIONS)})"
-                )
+                raise ValueError(f"options.{key}: unknown option{did_you_mean(key, OPTIONS)} "
+                                 f"(known: {', '.join(OPTIONS)})")
         if sensor.kind not in ("acceleration", "temperature"):
             raise ValueError(
                 f"kind: the simulated driver makes acceleration or temperature, "
@@ -214,8 +207,7 @@ class SimulatedDriver:
 
         fault = options.get("fault", "normal")
         if fault not in CONDITION_NAMES:
-            close = difflib.get_close_matches(str(fault), CONDITION_NAMES, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(str(fault), CONDITION_NAMES)
             raise ValueError(
                 f"options.fault: unknown condition {fault!r}{hint} "
                 f"(known: {', '.join(CONDITION_NAMES)})"

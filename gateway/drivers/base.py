@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ballpass.config import AssetConfig, SensorConfig
+from ballpass.config import AssetConfig, SensorConfig, did_you_mean
 
 
 class SensorFault(Exception):
@@ -57,13 +57,9 @@ class DriverFactory(Protocol):
 
 def check_options(options: dict, known: tuple[str, ...]) -> None:
     """ValueError naming the first option not in `known`, with the closest known name."""
-    import difflib
-
     for key in options:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"options.{key}: unknown option{hint} "
+            raise ValueError(f"options.{key}: unknown option{did_you_mean(key, known)} "
                              f"(known: {', '.join(known)})")
 
 
