@@ -1,0 +1,148 @@
+"""Admission of window messages: decode, check, bind to the config, de-duplicate.
+
+A window is admitted only when
+
+- it decodes (`ballpass.wire.decode` checks every header field and the CRC);
+- its sensor is in the site config *and* the topic names that sensor's own site and
+  gateway: a gateway's credentials let it publish below its own prefix only (the broker's
+  ACL), and this check stops it from speaking for another gateway's sensor there;
+- every header value can be stored: `seq` fits InfluxDB's signed 64-bit integer, `t0_ns`
+  lies between `T0_MIN_NS` and `MAX_CLOCK_AHEAD_S` past the stream's clock;
+- it was not written before: de-dup is on (site, gateway, sensor, seq), so a window can only
+  ever shadow one of its own gateway's windows.
+
+A refused window is counted by reason, logged, kept in the dead-letter file and
+acknowledged: it would be refused again on every redelivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Generic, TypeVar
+
+from ballpass import topics, wire
+from ballpass.config import Config
+from ballpass.log import kv
+from ballpass.stream.counters import StreamCounters
+from ballpass.stream.deadletter import DeadLetters
+from ballpass.stream.dedup import Deduplicator
+from ballpass.stream.pipeline import Incoming
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M")  # a broker message, acknowledged by whoever took it
+
+INT64_MAX = 2**63 - 1
+T0_MIN_NS = 946_684_800 * 10**9  # 2000-01-01T00:00:00Z: older is a gateway clock never set
+MAX_CLOCK_AHEAD_S = 86_400.0  # a day ahead of the stream's clock: a gateway clock gone wrong
+
+WindowKey = tuple[str, str, str, int]  # (site, gateway, sensor, seq)
+
+
+class Skip(Enum):
+    """Why `admit` hands a window message on for no processing."""
+
+    ACK = "ack"  # refused, or a duplicate of a written window: acknowledge it now
+    HOLD = "hold"  # a copy of a window being processed: acknowledged once that is written
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    detail: str
+
+
+class Admission(Generic[M]):
+    """Decides which window messages are processed; holds their broker messages until written."""
+
+    def __init__(self, config: Config, counters: StreamCounters, dead_letters: DeadLetters,
+                 dedup: Deduplicator | None = None) -> None:
+        self.site = config.site.id
+        self.gateway_of = {sid: g.id for sid, (g, _) in config.sensor_index().items()}
+        self.counters = counters
+        self.dead_letters = dead_letters
+        self.dedup = dedup or Deduplicator()
+        # Each window being processed -> the broker messages carrying it (copies included).
+        self._pending: dict[WindowKey, list[M]] = {}
+
+    def binding(self, site: str, gateway: str, sensor: str) -> Refusal | None:
+        """Why `sensor` may not be reported under `site`/`gateway`, or None if it may."""
+        owner = self.gateway_of.get(sensor)
+        if owner is None:
+            return Refusal("unknown_sensor", f"sensor {sensor!r} is not in the site config")
+        if site != self.site:
+            return Refusal("wrong_site", f"sensor {sensor!r} belongs to site {self.site!r}, "
+                                         f"not {site!r}")
+        if gateway != owner:
+            return Refusal("wrong_gateway", f"sensor {sensor!r} belongs to gateway "
+                                            f"{owner!r}, not {gateway!r}")
+        return None
+
+    def admit(self, site: str, gateway: str, sensor: str, topic: str, payload: object,
+              message: M) -> Incoming | Skip:
+        """Decode and check one window message: the window to process, or why not."""
+        self.counters.received += 1
+        if not isinstance(payload, bytes | bytearray):
+            return self.refuse(Refusal("payload", "payload is not bytes"), topic, None)
+        payload = bytes(payload)
+        try:
+            window = wire.decode(payload)
+        except wire.WireError as e:
+            return self.refuse(Refusal(e.reason, e.detail), topic, payload)
+        refusal = self.binding(site, gateway, sensor) or _unstorable(window)
+        if refusal is not None:
+            return self.refuse(refusal, topic, payload)
+        source = (site, gateway, sensor)
+        key = (*source, window.seq)
+        if self.dedup.seen(source, window.seq):
+            self.counters.duplicates += 1
+            log.info(kv("duplicate_window", gateway=gateway, sensor=sensor, seq=window.seq))
+            return Skip.ACK
+        if key in self._pending:
+            self.counters.duplicates += 1
+            self._pending[key].append(message)
+            return Skip.HOLD
+        self._pending[key] = [message]
+        self.counters.ingested += 1
+        return Incoming(site, gateway, sensor, window)
+
+    def refuse(self, refusal: Refusal, topic: str, payload: bytes | None) -> Skip:
+        """Count, log and dead-letter a refused window message."""
+        self.counters.rejected[refusal.reason] += 1
+        log.warning(kv("window_rejected", reason=refusal.reason, topic=topic,
+                       detail=refusal.detail))
+        self.dead_letters.add(refusal.reason, topic, refusal.detail, payload)
+        self.counters.dead_lettered += 1
+        return Skip.ACK
+
+    def refuse_topic(self, topic: str, payload: object) -> Skip:
+        """A message on a topic of no known shape (counted as a received window message)."""
+        return self.refuse(Refusal("topic", "not bp/v1/{site}/{gateway}/{sensor}/window"),
+                           topic, payload if isinstance(payload, bytes) else None)
+
+    def refuse_processed(self, item: Incoming, detail: str) -> Skip:
+        """A window admitted but that the pipeline could not process: refused alone."""
+        return self.refuse(Refusal("processing_error", detail),
+                           topics.window(item.site, item.gateway, item.sensor), None)
+
+    def written(self, item: Incoming) -> list[M]:
+        """Mark `item` written; the broker messages that carried it, to acknowledge."""
+        source = (item.site, item.gateway, item.sensor)
+        self.dedup.mark(source, item.window.seq)
+        return self._pending.pop((*source, item.window.seq), [])
+
+
+def _unstorable(window: wire.Window) -> Refusal | None:
+    """Why a decoded window's header cannot be stored, or None."""
+    if window.seq > INT64_MAX:
+        return Refusal("seq_out_of_range", f"seq {window.seq} does not fit a signed 64-bit "
+                                           "integer (InfluxDB)")
+    latest = time.time_ns() + int(MAX_CLOCK_AHEAD_S * 1e9)
+    if not T0_MIN_NS <= window.t0_ns <= latest:
+        return Refusal("t0_out_of_range",
+                       f"t0_ns {window.t0_ns} is before 2000-01-01 or more than "
+                       f"{MAX_CLOCK_AHEAD_S:.0f} s ahead of the stream's clock")
+    return None

@@ -1,0 +1,65 @@
+"""What the stream tells people and other programs after a batch is written.
+
+Each sensor's latest diagnosis of the batch goes to its retained `diagnosis` topic; every
+alert transition goes to the site's `alerts` topic and to the webhook routes. A failed MQTT
+publish is logged and not retried: diagnoses are re-published with the next window, and
+alerts still reach people through the webhooks (which persist and retry on their own).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from ballpass import topics
+from ballpass.log import kv
+from ballpass.stream.counters import StreamCounters
+from ballpass.stream.mqtt_source import MqttSource
+from ballpass.stream.pipeline import BatchOutput, Result, diagnosis_message
+from ballpass.stream.sinks.webhook import WebhookSender
+
+log = logging.getLogger(__name__)
+
+
+def latest_diagnoses(output: BatchOutput) -> dict[str, tuple[Result, dict[str, Any], int]]:
+    """Per sensor: its last diagnosed result of the batch, that result's diagnosis JSON and
+    how many of its windows the batch diagnosed. Only the last one is built: it is the one
+    published (retained) and shown."""
+    last: dict[str, Result] = {}
+    count: dict[str, int] = {}
+    for r in output.results:
+        if r.diagnosis is not None:
+            last[r.incoming.sensor] = r
+            count[r.incoming.sensor] = count.get(r.incoming.sensor, 0) + 1
+    return {s: (r, diagnosis_message(r), count[s]) for s, r in last.items()}
+
+
+class Publisher:
+    def __init__(self, source: MqttSource, webhooks: WebhookSender,
+                 counters: StreamCounters) -> None:
+        self.source = source
+        self.webhooks = webhooks
+        self.counters = counters
+
+    async def publish(self, latest: dict[str, tuple[Result, dict[str, Any], int]],
+                      alerts: list[dict[str, Any]]) -> None:
+        for sensor, (_, message, _) in latest.items():
+            if not await self.source.publish(
+                    topics.diagnosis(message["site"], message["gateway"], sensor),
+                    json.dumps(message), retain=True):
+                break  # not connected: the rest would fail the same way
+        for alert in alerts:
+            await self.source.publish(topics.alerts(alert["site"]), json.dumps(alert))
+        self.send_alerts(alerts)
+
+    def send_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        """Count, log and hand each alert to the webhook routes."""
+        for alert in alerts:
+            if alert["status"] == "firing":
+                self.counters.alerts_fired += 1
+            else:
+                self.counters.alerts_resolved += 1
+            log.info(kv("alert", status=alert["status"], sensor=alert["sensor"],
+                        diagnosis=alert["diagnosis"], alert_id=alert["alert_id"]))
+            self.webhooks.submit(alert)

@@ -1,0 +1,125 @@
+"""The stream's database writer: retries what may succeed later, spools what never will.
+
+- A retryable failure (database down, timeout, 5xx) is retried with jittered backoff
+  until it succeeds or the service stops; the windows wait unacknowledged in the broker.
+- A refusal (4xx: bad schema, type conflict) would be refused again: the points go to the
+  spool (`state_dir/spool.lp`, line protocol an operator can inspect and replay) and the
+  windows count as `spooled`.
+- A point that cannot even be encoded (a value line protocol cannot hold) is refused
+  alone: dead-lettered with its reason and counted (`rejected["unwritable_point"]`);
+  the rest of the batch is written. Nothing here raises on a bad value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from ballpass import backoff
+from ballpass.log import kv
+from ballpass.stream.counters import StreamCounters
+from ballpass.stream.deadletter import DeadLetters
+from ballpass.stream.sinks.influx import InfluxWriteError, InfluxWriter
+from ballpass.stream.sinks.lineprotocol import Point, encode_point
+
+log = logging.getLogger(__name__)
+
+# Broker reconnects and InfluxDB retries (s); the windows wait in the broker meanwhile.
+RETRY_INITIAL_S, RETRY_MAX_S = 0.5, 30.0
+
+
+class RetryingWriter:
+    """Wraps an `InfluxWriter` for the service; `write` returns once the points are safe."""
+
+    def __init__(self, writer: InfluxWriter, spool: Path, dead_letters: DeadLetters,
+                 counters: StreamCounters) -> None:
+        self.writer = writer
+        self.spool = spool
+        self.dead_letters = dead_letters
+        self.counters = counters
+
+    def encodable(self, points: Sequence[Point]) -> list[Point]:
+        """`points` less those line protocol cannot hold (each dead-lettered and counted)."""
+        good = []
+        for p in points:
+            try:
+                encode_point(p)
+            except ValueError as e:
+                self.counters.rejected["unwritable_point"] += 1
+                detail = f"{p.measurement} {dict(p.tags)} at {p.time_ns}: {e}"
+                log.error(kv("point_rejected", reason="unwritable_point", detail=detail))
+                self.dead_letters.add("unwritable_point", p.measurement, detail)
+                continue
+            good.append(p)
+        return good
+
+    async def ensure_database(self, stop: asyncio.Event) -> None:
+        """Create the database if the writer can (v1); retries until it answers or stop."""
+        ensure = getattr(self.writer, "ensure_database", None)
+        if ensure is None:
+            return
+        attempt = 0
+        while not stop.is_set():
+            attempt += 1
+            try:
+                await asyncio.to_thread(ensure)
+                return
+            except (InfluxWriteError, OSError) as e:
+                delay = backoff.jittered_s(attempt, RETRY_INITIAL_S, RETRY_MAX_S)
+                log.warning(kv("influx_unreachable", url=getattr(self.writer, "url", ""),
+                               attempt=attempt, reason=e, retry_in_s=round(delay, 1)))
+                await sleep_or_stop(stop, delay)
+
+    async def write(self, points: Sequence[Point], stop: asyncio.Event, windows: int) -> bool:
+        """Write with retries; True once written or spooled, False if stopped first."""
+        good = self.encodable(points)
+        attempt = 0
+        while True:
+            try:
+                await asyncio.to_thread(self.writer.write, good)
+                self.counters.written += windows
+                return True
+            except InfluxWriteError as e:
+                if not e.retryable and self._spool(good, str(e)):
+                    self.counters.spooled += windows
+                    return True
+                attempt += 1
+                self.counters.write_retries += 1
+                delay = backoff.jittered_s(attempt, RETRY_INITIAL_S, RETRY_MAX_S)
+                log.warning(kv("influx_write_failed", attempt=attempt, reason=e,
+                               retry_in_s=round(delay, 1), windows=windows))
+                if await sleep_or_stop(stop, delay):
+                    return False
+
+    async def write_once(self, points: Sequence[Point], what: str) -> bool:
+        """One attempt, for points that are re-made later anyway; failures are logged."""
+        try:
+            await asyncio.to_thread(self.writer.write, self.encodable(points))
+            return True
+        except (InfluxWriteError, OSError) as e:
+            log.warning(kv(f"{what}_not_written", reason=e))
+            return False
+
+    def _spool(self, points: Sequence[Point], reason: str) -> bool:
+        """Keep points the database refused; False when the spool itself cannot be written
+        (the caller then retries: the windows stay in the broker)."""
+        try:
+            self.spool.parent.mkdir(parents=True, exist_ok=True)
+            with self.spool.open("a", encoding="utf-8") as f:
+                f.write("".join(encode_point(p) + "\n" for p in points))
+        except OSError as e:
+            log.error(kv("spool_write_failed", spool=str(self.spool), reason=e))
+            return False
+        log.error(kv("influx_write_refused", reason=reason, points=len(points),
+                     spool=str(self.spool)))
+        return True
+
+
+async def sleep_or_stop(stop: asyncio.Event, delay: float) -> bool:
+    """Sleep `delay` s; True if `stop` was set meanwhile."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay)
+    return stop.is_set()
