@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -20,9 +22,10 @@ class _NoWriter:
         pass
 
 
-def _service() -> StreamService:
+def _service(state_dir: Path) -> StreamService:
     config = parse({
         "site": {"id": "s"},
+        "stream": {"state_dir": str(state_dir)},
         "asset": [{"id": "m", "bearing": "SKF 6205", "shaft_hz": 25.0}],
         "gateway": [{"id": "g", "sensor": [
             {"id": x, "driver": "simulated", "asset": "m", "fs_hz": 25600,
@@ -38,8 +41,8 @@ def _item(sensor: str, seq: int) -> Incoming:
 
 
 def test_a_window_that_breaks_the_pipeline_is_isolated_counted_and_the_rest_processed(
-) -> None:
-    service = _service()
+        tmp_path: Path) -> None:
+    service = _service(tmp_path)
     real = service.pipeline.process
 
     def process(batch: list[Incoming]) -> object:
@@ -52,4 +55,6 @@ def test_a_window_that_breaks_the_pipeline_is_isolated_counted_and_the_rest_proc
                                                              _item("a", 3)]))
     assert sorted(r.incoming.window.seq for r in output.results) == [1, 3]
     assert service.counters.rejected == {"processing_error": 1}
+    [letter] = (tmp_path / "deadletter.jsonl").read_text().splitlines()
+    assert json.loads(letter)["reason"] == "processing_error"
     assert {p.measurement for p in output.points} == {"vibration", "diagnosis"}
