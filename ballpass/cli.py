@@ -30,6 +30,16 @@ def _load_config(path: Path) -> Config:
     return load(path)
 
 
+def _host_port(spec: str) -> str:
+    """argparse type for HOST:PORT (a bad one exits 2 with the reason)."""
+    from ballpass.stream.ops_http import bind_address
+    try:
+        bind_address(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return spec
+
+
 def _stop_on_signals() -> threading.Event:
     """An event set by SIGINT or SIGTERM, so services shut down cleanly."""
     stop = threading.Event()
@@ -65,7 +75,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         writer = create_writer(config.influx)
         try:
             await StreamService(config, writer, status_file=args.status_file,
-                                http=args.http).run(stop)
+                                http=args.http, metrics=args.metrics).run(stop)
         finally:
             writer.close()
 
@@ -293,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http", metavar="HOST:PORT", help="serve the evidence page here "
                    "(overrides [stream] http; port 0 picks a free one; see "
                    "docs/evidence-page.md)")
+    p.add_argument("--metrics", metavar="HOST:PORT", type=_host_port,
+                   help="serve /healthz and Prometheus /metrics here (:PORT is loopback; "
+                   "see docs/operations.md)")
     p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("simulate", help="simulated machines: a fleet or one recording",

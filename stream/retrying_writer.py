@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +41,9 @@ class RetryingWriter:
         self.spool = spool
         self.dead_letters = dead_letters
         self.counters = counters
+        # Monotonic time of the first failure of the write now being retried (None: the
+        # last write succeeded); read by the health check.
+        self.failing_since: float | None = None
 
     def encodable(self, points: Sequence[Point]) -> list[Point]:
         """`points` less those line protocol cannot hold (each dead-lettered and counted)."""
@@ -81,11 +85,15 @@ class RetryingWriter:
             try:
                 await asyncio.to_thread(self.writer.write, good)
                 self.counters.written += windows
+                self.failing_since = None
                 return True
             except InfluxWriteError as e:
                 if not e.retryable and self._spool(good, str(e)):
                     self.counters.spooled += windows
+                    self.failing_since = None  # the database answers: it refused these
                     return True
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
                 attempt += 1
                 self.counters.write_retries += 1
                 delay = backoff.jittered_s(attempt, RETRY_INITIAL_S, RETRY_MAX_S)

@@ -27,7 +27,10 @@ from ballpass.log import kv
 from ballpass.stream.admission import Admission, Skip
 from ballpass.stream.counters import StreamCounters
 from ballpass.stream.deadletter import DeadLetters
+from ballpass.stream.health import Health, assess
+from ballpass.stream.metrics import StreamMetrics
 from ballpass.stream.mqtt_source import Delivery, MqttSource
+from ballpass.stream.ops_http import OpsServer, bind_address
 from ballpass.stream.pipeline import BatchOutput, Incoming, Pipeline
 from ballpass.stream.publisher import Publisher, latest_diagnoses
 from ballpass.stream.retrying_writer import RetryingWriter
@@ -48,7 +51,9 @@ class StreamService:
 
     def __init__(self, config: Config, writer: InfluxWriter, *,
                  status_file: Path | None = None, status_interval_s: float = 1.0,
-                 http: str | None = None) -> None:
+                 http: str | None = None, metrics: str | None = None) -> None:
+        """`http`: the evidence page's "HOST:PORT" (overrides [stream] http); `metrics`:
+        "HOST:PORT" of `/healthz` and `/metrics` (":PORT" is loopback; None: off)."""
         self.config = config
         self.status_file = status_file
         self.status_interval_s = status_interval_s
@@ -76,7 +81,13 @@ class StreamService:
         self.sensors: dict[str, dict[str, Any]] = {}
         self.gateways: dict[str, dict[str, Any]] = {}
         self._started = time.time()
+        self._last_write_t: float | None = None
         self._kernels: asyncio.Task[None] | None = None
+        self.metrics = StreamMetrics(self.status)
+        self.ops: OpsServer | None = None
+        if metrics is not None:
+            self.ops = OpsServer(*bind_address(metrics), health=self._readiness,
+                                 metrics=self.metrics.exposition)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -85,6 +96,8 @@ class StreamService:
         webhook_task = asyncio.create_task(self.webhooks.run(), name="webhooks")
         status_task = asyncio.create_task(self._status_loop(), name="status")
         try:
+            if self.ops is not None:
+                await self.ops.start()
             await self._start_web()
             # Kernels load (or compile, on a first run) while the database and broker
             # connections come up; the first batch waits for them.
@@ -95,6 +108,8 @@ class StreamService:
         finally:
             if self.web is not None:
                 await self.web.close()
+            if self.ops is not None:
+                await self.ops.close()
             await self.webhooks.close()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(webhook_task, timeout=30)
@@ -119,30 +134,37 @@ class StreamService:
     # --- one batch -------------------------------------------------------------------
 
     async def _handle(self, batch: list[Delivery]) -> None:
-        accepted, extra_points, commands = self._sort(batch)
+        stage = self.metrics.stage_seconds
+        with stage.labels("admit").time():
+            accepted, extra_points, commands = self._sort(batch)
         if not accepted and not extra_points and not commands:
             return
         if self._kernels is not None:
             await self._kernels
-        async with self._state_lock:
-            output = await asyncio.to_thread(self._process, accepted)
-            if commands:
-                done = await asyncio.to_thread(self._commands, commands)
-                output = BatchOutput(output.results, output.points + done.points,
-                                     output.alerts + done.alerts)
-        if not await self.writer.write(output.points + extra_points, self._stop,
-                                       len(output.results)):
-            return  # stopping: nothing acknowledged, the broker keeps the windows
+        with stage.labels("process").time():
+            async with self._state_lock:
+                output = await asyncio.to_thread(self._process, accepted)
+                if commands:
+                    done = await asyncio.to_thread(self._commands, commands)
+                    output = BatchOutput(output.results, output.points + done.points,
+                                         output.alerts + done.alerts)
+        with stage.labels("write").time():
+            if not await self.writer.write(output.points + extra_points, self._stop,
+                                           len(output.results)):
+                return  # stopping: nothing acknowledged, the broker keeps the windows
+        self._last_write_t = now = time.time()
         for item in accepted:
+            self.metrics.lag_seconds.observe(max(0.0, now - item.window.t0_ns / 1e9))
             for message in self.admission.written(item):
                 self.source.ack(message)
         for message in commands:
             self.source.ack(message)
-        latest = latest_diagnoses(output)
-        self._summarise(latest)
-        await self.publisher.publish(latest, output.alerts)
-        if self.evidence is not None:
-            self.evidence.observe(output)
+        with stage.labels("publish").time():
+            latest = latest_diagnoses(output)
+            self._summarise(latest)
+            await self.publisher.publish(latest, output.alerts)
+            if self.evidence is not None:
+                self.evidence.observe(output)
         if time.monotonic() - self._online_saved >= self.config.stream.online_save_s:
             await asyncio.to_thread(self._save_online)
 
@@ -321,6 +343,17 @@ class StreamService:
                 "windows": self.sensors.get(sensor, {}).get("windows", 0) + diagnosed,
             }
 
+    def health(self) -> Health:
+        return assess(broker_connected=self.connected,
+                      db_failing_since=self.writer.failing_since, now=time.monotonic(),
+                      spool_bytes=_size(self.writer.spool),
+                      deadletter_bytes=_size(self.dead_letters.path),
+                      webhooks_pending=self.webhooks.counters.pending)
+
+    def _readiness(self) -> tuple[bool, dict[str, object]]:
+        h = self.health()
+        return h.ready, h.as_dict()
+
     def status(self) -> dict[str, Any]:
         w = self.webhooks.counters
         return {
@@ -331,6 +364,8 @@ class StreamService:
                 "webhooks_pending": w.pending,
             },
             "http_url": self.web.url if self.web is not None else None,
+            "metrics_url": self.ops.url if self.ops is not None else None,
+            "health": self.health().as_dict(), "last_write_t": self._last_write_t,
             "sensors": self.sensors,
             "gateways": self.gateways,
             "online": dict(self.pipeline.online.counters),
@@ -347,3 +382,10 @@ class StreamService:
         while True:
             self._write_status()
             await asyncio.sleep(self.status_interval_s)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -1,0 +1,106 @@
+"""A tiny HTTP endpoint for operations: `/healthz` (JSON) and `/metrics` (Prometheus text).
+
+Read-only, GET and HEAD only, no state is changed
+through it, so it needs no token. It binds loopback unless told otherwise (`bind_address`).
+Requests are bounded (request line and headers, 8 KiB, 5 s) so a slow or hostile client
+cannot hold it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+
+from ballpass.log import kv
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 8192
+REQUEST_TIMEOUT_S = 5.0
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def bind_address(spec: str) -> tuple[str, int]:
+    """`HOST:PORT` -> (host, port); `:PORT` binds 127.0.0.1 (all interfaces must be said:
+    `0.0.0.0:PORT` or `[::]:PORT`). ValueError names what is wrong."""
+    host, sep, port = spec.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{spec!r}: expected HOST:PORT or :PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+HealthFn = Callable[[], tuple[bool, dict[str, object]]]
+"""() -> (ready, details)."""
+
+
+class OpsServer:
+    """`/healthz` answers 200 when ready and 503 when not (the body says why); `/livez`
+    answers 200 while the event loop runs; `/metrics` the exposition text."""
+
+    def __init__(self, host: str, port: int, *, health: HealthFn,
+                 metrics: Callable[[], bytes]) -> None:
+        self.host, self.port = host, port
+        self.health = health
+        self.metrics = metrics
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connection, self.host, self.port,
+                                                  limit=MAX_REQUEST_BYTES)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        if self.host in ("0.0.0.0", "::"):
+            log.warning(kv("ops_http_all_interfaces", url=self.url))
+        log.info(kv("ops_http_listening", url=self.url))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+            status, ctype, body, method = self._answer(head)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
+                ConnectionError):
+            status, ctype, body, method = 400, "text/plain", b"bad request\n", "GET"
+        except Exception:  # never let a scrape take the service down
+            log.exception(kv("ops_http_failed"))
+            status, ctype, body, method = 500, "text/plain", b"internal error\n", "GET"
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+                  500: "Internal Server Error", 503: "Service Unavailable"}[status]
+        headers = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+                   f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
+                   "Connection: close\r\n\r\n").encode()
+        with contextlib.suppress(ConnectionError):
+            writer.write(headers + (b"" if method == "HEAD" else body))
+            await writer.drain()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    def _answer(self, head: bytes) -> tuple[int, str, bytes, str]:
+        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return 400, "text/plain", b"bad request line\n", "GET"
+        method, target = parts[0], parts[1].split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"GET or HEAD only\n", method
+        if target == "/metrics":
+            return 200, METRICS_TYPE, self.metrics(), method
+        if target == "/livez":
+            return 200, "application/json", b'{"live": true}\n', method
+        if target == "/healthz":
+            ready, details = self.health()
+            body = (json.dumps(details, sort_keys=True) + "\n").encode()
+            return (200 if ready else 503), "application/json", body, method
+        return 404, "text/plain", b"not found: /healthz, /livez, /metrics\n", method
