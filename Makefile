@@ -6,7 +6,7 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed-stamp
 DEB_PACKAGES := mosquitto mosquitto-clients influxdb victoria-metrics \
-                prometheus-alertmanager chromium chromium-driver openssl
+                prometheus-alertmanager prometheus chromium chromium-driver openssl
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test bench lint deps install clean help
