@@ -346,6 +346,7 @@ class Publisher:
             raise
 
     def _connect_once(self) -> None:
+        self._reconnect_reason = None  # a fresh connect uses the newest settings anyway
         b = self.broker
         if not self._load_credentials(b):
             return
@@ -399,13 +400,14 @@ class Publisher:
         self._socket_open = False
 
     def _wait(self, seconds: float) -> None:
-        """Wait `seconds` or until stop, keeping `last_turn` fresh (the watchdog)."""
+        """Wait `seconds` or until stop, keeping `last_turn` fresh (the watchdog); a
+        reload (`reconfigure` with changes) ends the wait: new settings, new attempt."""
         deadline = time.monotonic() + seconds
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._reconnect_reason is None:
             self.last_turn = now = time.monotonic()
             if now >= deadline:
                 return
-            self._stop.wait(min(1.0, deadline - now))
+            self._stop.wait(min(0.1, deadline - now))
 
     def _failed_attempt(self) -> float:
         """Count a failed connect or a lost connection; the delay before the next try, s."""
