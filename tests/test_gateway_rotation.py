@@ -84,7 +84,6 @@ def test_password_rotated_on_broker_and_gateway_no_restart_no_loss(
     _assert_no_gaps(sub.snapshot(), final["captured"])
 
 
-@pytest.mark.slow
 def test_tls_pki_rotated_ca_client_cert_and_key(tmp_path: Path,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     """Broker and gateway move to a new CA (new server and client certificates, new key);
