@@ -53,10 +53,9 @@ def _stop_on_signals() -> threading.Event:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from ballpass.gateway.service import run
-    config = _load_config(args.config)
-    gateway = config.gateway(args.gateway)
-    return run(config, gateway.id, _stop_on_signals(), outbox_path=args.outbox)
+    # serve() owns the signals (SIGHUP reloads) and the systemd notify protocol.
+    from ballpass.gateway.service import serve
+    return serve(args.config, args.gateway, outbox_path=args.outbox, metrics=args.metrics)
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
@@ -292,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--gateway", "-g", required=True, help="gateway id in the site config")
     p.add_argument("--outbox", type=Path, help="outbox file (overrides gateway.outbox.path)")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics there (':PORT' = 127.0.0.1; default off)")
     p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("stream", help="run the stream service",

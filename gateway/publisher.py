@@ -36,11 +36,25 @@ on the network thread. `set_flush_rate` changes the flush rate while running.
 
 Outbox errors (a full disk makes even a DELETE fail) are logged as
 ``event=outbox_ack_failed`` and retried after a pause; they never stop the thread.
+
+Credentials are read at every connect attempt, not once: the password comes from
+`password_source` (normally `GatewayConfig.password`, which reads `password_file`), and
+with TLS a new `ssl.SSLContext` is built from `ca_file`, `cert_file` and `key_file`. An
+admin rotates a password or a certificate by replacing the files; the gateway uses them
+at its next (re)connect (``event=broker_credentials_changed`` names what changed, never
+the secret). `reconfigure` swaps the broker settings and credential source (SIGHUP
+reload) and, when anything changed, reconnects at once. A file that cannot be read or a
+certificate that does not load is logged as ``event=broker_credentials_unreadable`` and
+retried with the connect backoff; the thread never dies of it.
+
+Health. `last_turn` is the monotonic time of the network thread's last loop turn (it also
+ticks during backoff waits); the service's watchdog stops when it stops moving.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import sqlite3
 import ssl
@@ -49,6 +63,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -89,12 +105,15 @@ class Publisher:
     """Publishes an outbox to a broker from one background thread.
 
     `username`/`password`: MQTT credentials (a gateway's username is its gateway id).
+    `password_source`: called at every connect attempt for the current password (wins
+    over `password`); it may raise OSError (logged, retried with backoff).
     `status`: builds the status JSON (its counters come from the outbox).
     """
 
     def __init__(self, broker: BrokerConfig, site: str, gateway: str, outbox: Outbox,
                  status: Status, *, username: str | None = None,
                  password: str | None = None,
+                 password_source: Callable[[], str | None] | None = None,
                  settings: PublisherSettings | None = None,
                  on_config: Callable[[bytes], None] | None = None) -> None:
         self.broker = broker
@@ -126,14 +145,22 @@ class Publisher:
         self._outages: deque[tuple[int, int]] = deque(maxlen=64)
         self.stats = {"connects": 0, "disconnects": 0, "rejected": 0}
 
+        self.username = username
+        self._password_source: Callable[[], str | None] = (
+            password_source if password_source is not None else (lambda: password))
+        self._fingerprints: dict[str, str] | None = None  # of the credentials last used
+        self._reconnect_reason: str | None = None
+        self.last_turn = time.monotonic()
+
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id(site, gateway),
                         protocol=mqtt.MQTTv5)
         c.username_pw_set(username, password)
+        # paho accepts one TLS context per client for its lifetime; this one hands each
+        # new socket to the context built from the files at the latest connect attempt
+        # (paho's session, with its unacknowledged PUBLISHes, stays on the same client).
+        self._tls = _ReloadableContext()
         if broker.tls:
-            c.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None,
-                      certfile=str(broker.cert_file) if broker.cert_file else None,
-                      keyfile=str(broker.key_file) if broker.key_file else None,
-                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            c.tls_set_context(self._tls)  # type: ignore[arg-type]
         c.will_set(self.status_topic, status.will_payload(), qos=1, retain=True)
         # paho queues beyond its own in-flight limit; ours is the bound, keep paho's above it.
         c.max_inflight_messages_set(self.settings.max_inflight + 4)
@@ -151,6 +178,11 @@ class Publisher:
         """True between a successful CONNACK and the next disconnect."""
         return self._connected.is_set()
 
+    @property
+    def alive(self) -> bool:
+        """True while the network thread runs (started, not finished or crashed)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
@@ -163,6 +195,32 @@ class Publisher:
     def request_status(self) -> None:
         """Publish a status message at the next turn of the network thread."""
         self._status_requested = True
+
+    def reconfigure(self, broker: BrokerConfig, username: str | None,
+                    password_source: Callable[[], str | None]) -> bool:
+        """New broker settings and credential source (a config reload), any thread.
+
+        Reconnects at once (clean DISCONNECT, no will, the session and its in-flight
+        windows kept) when the broker address, TLS setting, username or the content of
+        a credential file differs from what the current connection used; returns whether
+        it will. A TLS setting cannot be switched on for a client made without it.
+        """
+        if broker.tls and not self.broker.tls:
+            raise ValueError("broker.tls: switching TLS on needs a restart")
+        if not broker.tls and self.broker.tls:
+            raise ValueError("broker.tls: switching TLS off needs a restart")
+        changed = (broker.host, broker.port, username) != (
+            self.broker.host, self.broker.port, self.username)
+        self.broker, self.username, self._password_source = broker, username, password_source
+        if not changed:
+            try:
+                changed = self._fingerprints is not None and \
+                    _fingerprints(self._password_source(), broker) != self._fingerprints
+            except (OSError, ValueError):
+                changed = True  # unreadable now: the connect attempt logs the reason
+        if changed:
+            self._reconnect_reason = "reload"
+        return changed
 
     def start(self) -> None:
         """Start the network thread (returns at once; connecting happens in the thread)."""
@@ -224,6 +282,11 @@ class Publisher:
         if not was_connected:
             return
         self.stats["disconnects"] += 1
+        if self._reconnect_reason is not None and not reason.is_failure:
+            log.info(kv("broker_reconnecting", host=self.broker.host, port=self.broker.port,
+                        reason=self._reconnect_reason, in_flight=len(self._mids)))
+            self._reconnect_reason = None
+            return
         if self._stop.is_set() and not reason.is_failure:
             log.info(kv("broker_session_closed", host=self.broker.host, port=self.broker.port,
                         in_flight=len(self._mids)))
@@ -253,8 +316,13 @@ class Publisher:
     def _run(self) -> None:
         try:
             while True:
+                self.last_turn = time.monotonic()
                 if self._stop.is_set() and self._drain_done():
                     break
+                if self._reconnect_reason is not None and self._socket_open \
+                        and not self._stop.is_set():
+                    self._reconnect()
+                    continue
                 if not self._socket_open:
                     if self._stop.is_set():
                         break  # stopping and no connection: nothing more can leave
@@ -278,7 +346,10 @@ class Publisher:
             raise
 
     def _connect_once(self) -> None:
+        self._reconnect_reason = None  # a fresh connect uses the newest settings anyway
         b = self.broker
+        if not self._load_credentials(b):
+            return
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.session_expiry_s
         try:
@@ -291,7 +362,52 @@ class Publisher:
         delay = self._failed_attempt()
         log.warning(kv("broker_unreachable", host=b.host, port=b.port, attempt=self._attempt,
                        retry_in_s=round(delay, 2), error=error))
-        self._stop.wait(delay)
+        self._wait(delay)
+
+    def _load_credentials(self, b: BrokerConfig) -> bool:
+        """Read the password and (TLS) build a fresh context from the files, for this
+        attempt. False after logging and backing off when a file is unreadable."""
+        try:
+            password = self._password_source()
+            context = build_tls_context(b) if b.tls else None
+            prints = _fingerprints(password, b)
+        except (OSError, ssl.SSLError, ValueError) as e:
+            delay = self._failed_attempt()
+            log.error(kv("broker_credentials_unreadable", gateway=self.gateway,
+                         attempt=self._attempt, retry_in_s=round(delay, 2),
+                         error=f"{type(e).__name__}: {e}"))
+            self._wait(delay)
+            return False
+        if self._fingerprints is not None and prints != self._fingerprints:
+            changed = sorted(k for k in prints if prints[k] != self._fingerprints.get(k))
+            log.info(kv("broker_credentials_changed", gateway=self.gateway,
+                        changed=",".join(changed)))
+        self._fingerprints = prints
+        self._client.username_pw_set(self.username, password)
+        if context is not None:
+            self._tls.current = context
+        return True
+
+    def _reconnect(self) -> None:
+        """A requested reconnect (reload): clean DISCONNECT, then connect again at once."""
+        self._settle()
+        self._client.disconnect()
+        for _ in range(5):  # let the DISCONNECT leave before the socket closes
+            if self._client.loop(timeout=0.01) != mqtt.MQTT_ERR_SUCCESS:
+                break
+        self._reconnect_reason = None
+        self._connected.clear()
+        self._socket_open = False
+
+    def _wait(self, seconds: float) -> None:
+        """Wait `seconds` or until stop, keeping `last_turn` fresh (the watchdog); a
+        reload (`reconfigure` with changes) ends the wait: new settings, new attempt."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and self._reconnect_reason is None:
+            self.last_turn = now = time.monotonic()
+            if now >= deadline:
+                return
+            self._stop.wait(min(0.1, deadline - now))
 
     def _failed_attempt(self) -> float:
         """Count a failed connect or a lost connection; the delay before the next try, s."""
@@ -315,7 +431,7 @@ class Publisher:
             log.warning(kv("broker_connection_lost", host=self.broker.host,
                            port=self.broker.port, rc=mqtt.error_string(rc),
                            attempt=self._attempt, retry_in_s=round(delay, 2)))
-            self._stop.wait(delay)
+            self._wait(delay)
 
     def _settle(self) -> None:
         """Apply PUBACKs to the outbox (one transaction per loop turn)."""
@@ -407,3 +523,47 @@ class Publisher:
         self._socket_open = False
         self._mids.clear()
         self.outbox.release()
+
+
+def build_tls_context(broker: BrokerConfig) -> ssl.SSLContext:
+    """A TLS client context from the broker's files, read now: verify the broker against
+    `ca_file` (system CAs when None) with host-name checking, present `cert_file` and
+    `key_file` when given. Raises OSError/ssl.SSLError when a file is missing or bad."""
+    ctx = ssl.create_default_context(
+        cafile=str(broker.ca_file) if broker.ca_file else None)
+    if broker.cert_file is not None:
+        ctx.load_cert_chain(str(broker.cert_file),
+                            str(broker.key_file) if broker.key_file else None)
+    return ctx
+
+
+def _fingerprints(password: str | None, broker: BrokerConfig) -> dict[str, str]:
+    """Short digests of each credential's content, to log which one changed (never the
+    secret itself, nor enough of its hash to test guesses against a log: 8 hex chars)."""
+    def digest(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()[:8]
+
+    out = {"password": digest((password or "").encode())}
+    if broker.tls:
+        for name, path in (("ca", broker.ca_file), ("cert", broker.cert_file),
+                           ("key", broker.key_file)):
+            if path is not None:
+                out[name] = digest(Path(path).read_bytes())
+    return out
+
+
+class _ReloadableContext:
+    """What paho needs of an SSLContext (`wrap_socket`, `check_hostname`), delegating to
+    the context built at the latest connect attempt."""
+
+    def __init__(self) -> None:
+        self.current: ssl.SSLContext | None = None
+
+    @property
+    def check_hostname(self) -> bool:
+        return self.current.check_hostname if self.current is not None else True
+
+    def wrap_socket(self, sock: Any, **kwargs: Any) -> ssl.SSLSocket:
+        if self.current is None:
+            raise ssl.SSLError("no TLS context loaded yet")
+        return self.current.wrap_socket(sock, **kwargs)

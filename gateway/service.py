@@ -13,18 +13,41 @@ the wall clock against the monotonic one (`ClockWatch`): a jump of more than
 `CLOCK_JUMP_S` is logged as ``event=clock_jump``, shown as the status problem ``clock``
 for `CLOCK_PROBLEM_S`, and the outbox's queued rows are re-based so their age stays right.
 Capture and publishing go on: the schedule runs on the monotonic clock.
+
+Supervision (`Supervisor`, used by `serve`, i.e. ``ballpass gateway``): the systemd
+notify protocol (`ballpass.sdnotify`). ``READY=1`` once the config is loaded, the outbox
+open and capture and publisher started; ``WATCHDOG=1`` at half of ``$WATCHDOG_USEC``
+while the main loop turns and the publisher's network thread is alive and not stuck for
+more than `PUBLISHER_STALL_S` (so systemd restarts a hung gateway); ``STATUS=`` lines on
+changes (broker connected or not, queued windows, reload results); ``STOPPING=1`` on
+stop. A reload request (SIGHUP) sends ``RELOADING=1``, re-reads the site file and applies
+what can change while running: broker address and credentials (reconnect at once when
+they changed), the sensors' schedule and window settings, their assets, the flush rate
+(with the retained remote config still on top). What needs a restart (site id, sensors
+added or removed, a sensor's kind, the outbox, TLS on/off) is logged as
+``event=config_reload_needs_restart`` and shown as the status problem ``reload``; a new
+config that does not load is logged as ``event=config_reload_failed``, shown the same
+way, and the old one kept. ``READY=1`` follows in every case; a reload never exits.
+
+Metrics (optional, ``--metrics HOST:PORT``): `ballpass.gateway.metrics`, imported only
+then (prometheus-client).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import signal
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ballpass.config import Config
+from ballpass import sdnotify
+from ballpass.config import AssetConfig, Config, ConfigError, GatewayConfig, SensorConfig
 from ballpass.gateway.outbox import Outbox
 from ballpass.gateway.publisher import Publisher, PublisherSettings
 from ballpass.gateway.remote import ConfigRejected, parse_remote
@@ -38,6 +61,32 @@ CLOCK_JUMP_S = 2.0
 """A wall-clock step larger than this (s) against the monotonic clock is a jump."""
 CLOCK_PROBLEM_S = 600.0
 """How long (s) a clock jump stays on the status topic as a problem."""
+PUBLISHER_STALL_S = 30.0
+"""The publisher's network thread not turning for longer than this (s) is a hang: the
+watchdog stops (a connect attempt blocks for at most its 5 s timeout, backoff waits tick)."""
+MAIN_TICK_S = 0.5
+"""The main loop's turn (s) when there is no faster watchdog."""
+STATUS_EVERY_S = 5.0
+"""At most one ``STATUS=`` line per this many seconds (s) from the main loop."""
+
+
+def _no_notify(state: str) -> bool:
+    return False
+
+
+@dataclass
+class Supervisor:
+    """How `run` talks to a service manager; the defaults do nothing (tests, fleets).
+
+    `notify`: sends one sd_notify datagram (`ballpass.sdnotify.notify`). `watchdog_s`:
+    the watchdog timeout, s (None: none). `reload`: set by a SIGHUP handler; `run`
+    clears it and reloads with `load_config` (which re-reads the site file).
+    """
+
+    notify: Callable[[str], bool] = _no_notify
+    watchdog_s: float | None = None
+    reload: threading.Event = field(default_factory=threading.Event)
+    load_config: Callable[[], Config] | None = None
 
 
 class ClockWatch:
@@ -87,7 +136,9 @@ def _clock_jumped(jump_ns: int, gateway_id: str, box: Outbox, status: Status) ->
 def run(config: Config, gateway_id: str, stop: threading.Event, *,
         outbox_path: Path | None = None, status_interval_s: float = 5.0,
         drain_timeout_s: float = 5.0, driver_factory: DriverFactory | None = None,
-        ready: threading.Event | None = None, clock: ClockWatch | None = None) -> int:
+        ready: threading.Event | None = None, clock: ClockWatch | None = None,
+        supervisor: Supervisor | None = None,
+        metrics: tuple[str, int] | None = None) -> int:
     """Run one gateway until `stop` is set; returns the exit code (0).
 
     On stop: capture stops, the outbox is flushed for up to `drain_timeout_s` seconds,
@@ -95,8 +146,11 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
     session is closed cleanly and the outbox file is closed. Windows not flushed stay in
     the outbox for the next start. `driver_factory` replaces the registry lookup
     (tests); `ready` is set once capture and the publisher have started; `clock` replaces
-    the wall-clock watch (tests).
+    the wall-clock watch (tests). `supervisor`: systemd notify, watchdog and reload (see
+    the module doc). `metrics`: (host, port) of a Prometheus endpoint; a port that cannot
+    be bound raises ConfigError (exit 2).
     """
+    sup = supervisor or Supervisor()
     gateway = config.gateway(gateway_id)
     site = config.site.id
     path = outbox_path_for(config, gateway_id, outbox_path)
@@ -117,50 +171,137 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
                           capture_stop, driver_factory=driver_factory or default_driver_factory)
             for s in gateway.sensors]
         applied: bytes | None = None
+        lock = threading.Lock()  # on_config (network thread) vs reload (main thread)
+        # The site file's gateway as last (re)loaded: the base the remote config overrides.
+        current: dict[str, GatewayConfig] = {"gateway": gateway}
+
+        def apply(remote_sensors: dict[str, tuple[SensorConfig, bool]], rate: float,
+                  assets: dict[str, AssetConfig] | None = None) -> None:
+            for c in captures:
+                new, enabled = remote_sensors[c.sensor.id]
+                asset = assets.get(new.asset) if assets else None
+                if asset is not None and asset != c.asset:
+                    c.asset = asset  # used when the capture thread re-opens its driver
+                    c.reconfigure(new, enabled)
+                elif new != c.sensor or enabled != c.enabled:
+                    c.reconfigure(new, enabled)
+                else:
+                    continue
+                # Shown at once; the capture thread applies it at its next turn.
+                if enabled:
+                    status.sensor_ok(c.sensor.id)
+                else:
+                    status.sensor_disabled(c.sensor.id)
+            if rate != publisher.settings.flush_rate_per_s:
+                publisher.set_flush_rate(rate)
 
         def on_config(payload: bytes) -> None:
             nonlocal applied
-            if payload == applied:
-                return  # the retained message again, after a reconnect
-            try:
-                remote = parse_remote(payload, gateway)
-            except ConfigRejected as e:
-                status.config_result("rejected", str(e))
-                log.warning(kv("config_rejected", gateway=gateway.id, reason=e))
-                return
-            applied = payload
-            for c in captures:
-                new, enabled = remote.sensors[c.sensor.id]
-                if new != c.sensor or enabled != c.enabled:
-                    c.reconfigure(new, enabled)
-                    # Shown at once; the capture thread applies it at its next turn.
-                    if enabled:
-                        status.sensor_ok(c.sensor.id)
-                    else:
-                        status.sensor_disabled(c.sensor.id)
-            if remote.flush_rate_per_s != publisher.settings.flush_rate_per_s:
-                publisher.set_flush_rate(remote.flush_rate_per_s)
+            with lock:
+                if payload == applied:
+                    return  # the retained message again, after a reconnect
+                try:
+                    remote = parse_remote(payload, current["gateway"])
+                except ConfigRejected as e:
+                    status.config_result("rejected", str(e))
+                    log.warning(kv("config_rejected", gateway=gateway.id, reason=e))
+                    return
+                applied = payload
+                apply(remote.sensors, remote.flush_rate_per_s)
             status.config_result("applied")
             log.info(kv("config_applied", gateway=gateway.id,
                         flush_rate_per_s=remote.flush_rate_per_s,
                         disabled=",".join(k for k, (_, on) in remote.sensors.items()
                                           if not on) or "-"))
 
+        def reload() -> None:
+            """Re-read the site file and apply what can change while running."""
+            sup.notify(f"RELOADING=1\nMONOTONIC_USEC={sdnotify.monotonic_usec()}\n"
+                       "STATUS=reloading the site config")
+            try:
+                if sup.load_config is None:
+                    raise ConfigError(["reload: no config file to re-read"])
+                new = sup.load_config()
+                new_gw = new.gateway(gateway.id)
+            except (ConfigError, OSError) as e:
+                reason = "; ".join(e.errors) if isinstance(e, ConfigError) else str(e)
+                status.problem("reload", f"new config not loaded, old one kept: {reason}")
+                publisher.request_status()
+                log.error(kv("config_reload_failed", gateway=gateway.id, error=reason))
+                sup.notify(f"READY=1\nSTATUS=reload failed, old config kept: {reason}"[:900])
+                return
+            restart = _needs_restart(config, gateway, new, new_gw)
+            try:
+                reconnect = publisher.reconfigure(new.broker, new_gw.username or new_gw.id,
+                                                  new_gw.password)
+            except ValueError as e:
+                restart.append(str(e))
+                reconnect = False
+            with lock:
+                current["gateway"] = new_gw
+                base = {s.id: s for s in new_gw.sensors}
+                try:
+                    remote = parse_remote(applied or b"", new_gw)
+                    sensors, rate = remote.sensors, remote.flush_rate_per_s
+                except ConfigRejected as e:
+                    # The retained remote config does not fit the new site file: site file.
+                    status.config_result("rejected", f"after reload: {e}")
+                    sensors = {k: (v, True) for k, v in base.items()}
+                    rate = new_gw.outbox.flush_rate_per_s
+                kept = {c.sensor.id for c in captures}
+                apply({k: v for k, v in sensors.items() if k in kept},
+                      rate, {a.id: a for a in new.assets})
+            if restart:
+                status.problem("reload", "applied, but needs a restart: " + "; ".join(restart))
+                log.warning(kv("config_reload_needs_restart", gateway=gateway.id,
+                               items="; ".join(restart)))
+            else:
+                status.problem("reload", None)
+            publisher.request_status()
+            log.info(kv("config_reloaded", gateway=gateway.id, broker_reconnect=reconnect,
+                        needs_restart=len(restart)))
+            sup.notify("READY=1\nSTATUS=config reloaded" +
+                       (f"; needs a restart: {'; '.join(restart)}"[:800] if restart else ""))
+
         publisher = Publisher(config.broker, site, gateway.id, box, status,
                               username=gateway.username or gateway.id,
-                              password=gateway.password(), settings=settings,
-                              on_config=on_config)
+                              password_source=lambda: current["gateway"].password(),
+                              settings=settings, on_config=on_config)
         log.info(kv("gateway_starting", site=site, gateway=gateway.id, sensors=len(captures),
                     outbox=path, queued=box.queued,
                     broker=f"{config.broker.host}:{config.broker.port}"))
+        server = None
+        if metrics is not None:
+            from ballpass.gateway.metrics import start_metrics_server
+            try:
+                server = start_metrics_server(metrics, box, status, publisher)
+            except OSError as e:
+                raise ConfigError([f"--metrics: cannot listen on {metrics[0]}:{metrics[1]}: "
+                                   f"{e}"]) from e
         publisher.start()
         for c in captures:
             c.start()
         if ready is not None:
             ready.set()
+        sup.notify("READY=1\nSTATUS=started, connecting to the broker")
         watch = clock or ClockWatch()
         jumped_at: float | None = None
-        while not stop.wait(0.5):
+        wd = sup.watchdog_s
+        tick = min(MAIN_TICK_S, wd / 4) if wd else MAIN_TICK_S
+        last_ping = 0.0
+        last_line, last_line_t = "", 0.0
+        while not stop.wait(tick):
+            now = time.monotonic()
+            if wd is not None and now - last_ping >= wd / 2 and _healthy(publisher, now):
+                sup.notify("WATCHDOG=1")
+                last_ping = now
+            if sup.reload.is_set():
+                sup.reload.clear()
+                reload()
+            line = _status_line(publisher, box)
+            if line != last_line and now - last_line_t >= STATUS_EVERY_S:
+                sup.notify(f"STATUS={line}")
+                last_line, last_line_t = line, now
             jump = watch.check()
             if jump is not None:
                 jumped_at = time.monotonic()
@@ -170,6 +311,7 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
                 jumped_at = None
                 status.problem("clock", None)
         t0 = time.monotonic()
+        sup.notify("STOPPING=1\nSTATUS=stopping: draining the outbox")
         capture_stop.set()
         for c in captures:
             # A driver stuck in read() must not hold the shutdown hostage (threads are
@@ -178,9 +320,98 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
             if c.alive:
                 log.warning(kv("capture_stuck", sensor=c.sensor.id))
         publisher.stop(drain_timeout_s=drain_timeout_s)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         counters = box.counters()
         log.info(kv("gateway_stopped", site=site, gateway=gateway.id,
                     stop_s=round(time.monotonic() - t0, 2), **counters))
     finally:
         box.close()
     return 0
+
+
+def _healthy(publisher: Publisher, now: float) -> bool:
+    """The publisher's network thread is alive and turned within PUBLISHER_STALL_S."""
+    return publisher.alive and now - publisher.last_turn < PUBLISHER_STALL_S
+
+
+def _status_line(publisher: Publisher, box: Outbox) -> str:
+    """One short line for ``systemctl status`` (STATUS=)."""
+    b = publisher.broker
+    state = "connected to" if publisher.connected else "not connected to"
+    return f"{state} {b.host}:{b.port}; queued {box.queued}"
+
+
+def _needs_restart(old: Config, old_gw: GatewayConfig, new: Config,
+                   new_gw: GatewayConfig) -> list[str]:
+    """What a reload cannot apply while running, one phrase each."""
+    out: list[str] = []
+    if new.site.id != old.site.id:
+        out.append(f"site.id {old.site.id!r} -> {new.site.id!r}")
+    old_s = {s.id: s for s in old_gw.sensors}
+    new_s = {s.id: s for s in new_gw.sensors}
+    if added := sorted(new_s.keys() - old_s.keys()):
+        out.append(f"sensors added: {', '.join(added)}")
+    if removed := sorted(old_s.keys() - new_s.keys()):
+        out.append(f"sensors removed: {', '.join(removed)} (still captured)")
+    for sid in sorted(old_s.keys() & new_s.keys()):
+        if old_s[sid].kind != new_s[sid].kind:
+            out.append(f"sensor {sid}: kind {old_s[sid].kind} -> {new_s[sid].kind}")
+        if old_s[sid].driver != new_s[sid].driver:
+            out.append(f"sensor {sid}: driver {old_s[sid].driver} -> {new_s[sid].driver}")
+    o, n = old_gw.outbox, new_gw.outbox
+    if dataclasses.replace(o, flush_rate_per_s=0) != dataclasses.replace(n, flush_rate_per_s=0):
+        out.append("gateway.outbox (path, max_mb, max_age_h)")
+    return out
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``:PORT`` for 127.0.0.1, ``[::1]:PORT`` for IPv6) -> (host, port).
+    ValueError with the reason for anything else."""
+    host, sep, port_s = value.rpartition(":")
+    if not sep:
+        raise ValueError(f"must be HOST:PORT or :PORT, got {value!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ValueError(f"port must be an integer, got {value!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be 1-65535, got {value!r}")
+    return host, port
+
+
+def serve(config_path: Path, gateway_id: str, *, outbox_path: Path | None = None,
+          metrics: str | None = None) -> int:
+    """``ballpass gateway``: one gateway in this process, under a service manager or not.
+
+    Loads the site file (ConfigError: exit 2 via the CLI), turns SIGINT/SIGTERM into a
+    clean stop and SIGHUP into a reload, and talks sd_notify when ``$NOTIFY_SOCKET`` is
+    set (see the module doc). Returns the exit code.
+    """
+    from ballpass.config import load
+
+    listen: tuple[str, int] | None = None
+    if metrics is not None:
+        try:
+            listen = parse_listen(metrics)
+        except ValueError as e:
+            raise ConfigError([f"--metrics: {e}"]) from None
+    config = load(config_path)
+    gateway = config.gateway(gateway_id)
+    stop = threading.Event()
+    sup = Supervisor(notify=sdnotify.notify, watchdog_s=sdnotify.watchdog_interval_s(),
+                     load_config=lambda: load(config_path))
+
+    def on_stop(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    def on_hup(signum: int, _frame: Any) -> None:
+        sup.reload.set()  # handled by the main loop at its next turn, not in the handler
+
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    return run(config, gateway.id, stop, outbox_path=outbox_path, supervisor=sup,
+               metrics=listen)

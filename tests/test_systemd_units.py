@@ -1,0 +1,85 @@
+"""deploy/*.service: the gateway and stream units are Type=notify with a watchdog, do not
+restart on a config error (exit 2), load secrets with LoadCredential=, reload with SIGHUP,
+are hardened, pass `systemd-analyze verify`, and are documented."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+UNITS = ("ballpass-gateway@.service", "ballpass-stream.service")
+
+
+def _unit(name: str) -> configparser.ConfigParser:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(DEPLOY / name)
+    return unit
+
+
+def _multi(name: str, key: str) -> list[str]:
+    """Every value of a key that may repeat (configparser keeps only the last)."""
+    return [line.split("=", 1)[1] for line in (DEPLOY / name).read_text().splitlines()
+            if line.startswith(f"{key}=")]
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_unit_keys(name: str) -> None:
+    unit = _unit(name)
+    svc = unit["Service"]
+    assert svc["Type"] == "notify" and svc["NotifyAccess"] == "main"
+    assert svc["WatchdogSec"].endswith("s") and int(svc["WatchdogSec"][:-1]) >= 10
+    assert svc["Restart"] == "on-failure"
+    assert "2" in svc["RestartPreventExitStatus"].split()
+    assert svc["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert svc["NoNewPrivileges"] == "yes" and svc["ProtectSystem"] == "strict"
+    assert svc["ReadWritePaths"].split()[0].startswith("/var/lib/ballpass")
+    assert svc.get("User") == "ballpass" or svc.get("DynamicUser") == "yes"
+    creds = _multi(name, "LoadCredential")
+    assert creds and all(":/etc/ballpass/credentials/" in c for c in creds)
+    # a [Unit] key: systemd ignores it in [Service]
+    assert "StartLimitIntervalSec" not in svc and unit["Unit"]["StartLimitIntervalSec"] == "0"
+
+
+def test_gateway_keeps_device_access() -> None:
+    svc = _unit(UNITS[0])["Service"]
+    assert set(svc["SupplementaryGroups"].split()) >= {"i2c", "spi", "gpio", "iio"}
+    assert "ProtectKernelTunables" not in svc and "PrivateDevices" not in svc
+    assert _multi(UNITS[0], "LoadCredential") == [
+        "gateway.password:/etc/ballpass/credentials/%i.password"]
+
+
+def test_stream_unit_exists_and_is_documented() -> None:
+    svc = _unit(UNITS[1])["Service"]
+    assert svc["ExecStart"].split()[1:4] == ["stream", "-c", "/etc/ballpass/site.toml"]
+    assert svc["DynamicUser"] == "yes" and svc["StateDirectory"] == "ballpass-stream"
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    for needle in ("ballpass-stream.service", "ballpass-gateway@.service", "WATCHDOG=1",
+                   "RELOADING=1", "credential:", "RestartPreventExitStatus=2",
+                   "systemctl reload ballpass-stream"):
+        assert needle in ops, needle
+
+
+def test_systemd_analyze_verify(tmp_path: Path) -> None:
+    # Debian package systemd (252 here). verify checks that ExecStart exists: point it
+    # at this venv's `ballpass`.
+    assert shutil.which("systemd-analyze"), "install the Debian package systemd"
+    exe = Path(sys.executable).with_name("ballpass")
+    assert exe.exists()
+    paths = []
+    for name in UNITS:
+        text = (DEPLOY / name).read_text().replace("/opt/ballpass/venv/bin/ballpass", str(exe))
+        target = tmp_path / name.replace("@.", "@gw1.")
+        target.write_text(text)
+        paths.append(str(target))
+    out = subprocess.run(["systemd-analyze", "verify", *paths], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "" and out.stderr.strip() == "", out.stdout + out.stderr
