@@ -72,9 +72,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         writer = create_writer(config.influx)
+        service = StreamService(config, writer, status_file=args.status_file,
+                                http=args.http, metrics=args.metrics)
+        loop.add_signal_handler(signal.SIGHUP, service.reload)
         try:
-            await StreamService(config, writer, status_file=args.status_file,
-                                http=args.http, metrics=args.metrics).run(stop)
+            await service.run(stop)
         finally:
             writer.close()
 

@@ -146,6 +146,14 @@ class MqttSource:
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await reader_task
 
+    def reconfigure(self, broker: BrokerConfig) -> None:
+        """Use `broker` from the next connection on, and reconnect now so that new
+        credentials (re-read at every connect) apply at once."""
+        self.broker = broker
+        if self._client is not None:
+            log.info(kv("broker_reconnecting", reason="reconfigured"))
+            self._client._client.disconnect()
+
     def ack(self, d: Delivery) -> None:
         """Acknowledge `d` to the broker (QoS 0 needs none; a stale connection's id is
         skipped: the broker redelivers that message and its copy is acknowledged)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ballpass.config import Config
+from ballpass import sdnotify
+from ballpass.config import Config, ConfigError, load
 from ballpass.log import kv
 from ballpass.stream.admission import Admission, Skip
 from ballpass.stream.counters import StreamCounters
@@ -82,6 +84,7 @@ class StreamService:
         self.gateways: dict[str, dict[str, Any]] = {}
         self._started = time.time()
         self._last_write_t: float | None = None
+        self._busy_since: float | None = None  # monotonic start of the batch in the pipeline
         self._kernels: asyncio.Task[None] | None = None
         self.metrics = StreamMetrics(self.status)
         self.ops: OpsServer | None = None
@@ -95,6 +98,7 @@ class StreamService:
         self._stop = stop
         webhook_task = asyncio.create_task(self.webhooks.run(), name="webhooks")
         status_task = asyncio.create_task(self._status_loop(), name="status")
+        watchdog_task = asyncio.create_task(self._watchdog_loop(), name="watchdog")
         try:
             if self.ops is not None:
                 await self.ops.start()
@@ -102,10 +106,14 @@ class StreamService:
             # Kernels load (or compile, on a first run) while the database and broker
             # connections come up; the first batch waits for them.
             self._kernels = asyncio.create_task(self._warm_up(), name="warm-up")
+            # Started: the rest is waiting for services, which systemd must not time out.
+            sdnotify.notify("READY=1\nSTATUS=started, connecting to the database and broker")
             await self.writer.ensure_database(stop)
             await self._write_iso_boundaries()
             await self.source.run(stop, self._handle)
         finally:
+            sdnotify.notify("STOPPING=1\nSTATUS=stopping")
+            watchdog_task.cancel()
             if self.web is not None:
                 await self.web.close()
             if self.ops is not None:
@@ -143,11 +151,15 @@ class StreamService:
             await self._kernels
         with stage.labels("process").time():
             async with self._state_lock:
-                output = await asyncio.to_thread(self._process, accepted)
-                if commands:
-                    done = await asyncio.to_thread(self._commands, commands)
-                    output = BatchOutput(output.results, output.points + done.points,
-                                         output.alerts + done.alerts)
+                self._busy_since = time.monotonic()
+                try:
+                    output = await asyncio.to_thread(self._process, accepted)
+                    if commands:
+                        done = await asyncio.to_thread(self._commands, commands)
+                        output = BatchOutput(output.results, output.points + done.points,
+                                             output.alerts + done.alerts)
+                finally:
+                    self._busy_since = None
         with stage.labels("write").time():
             if not await self.writer.write(output.points + extra_points, self._stop,
                                            len(output.results)):
@@ -325,6 +337,52 @@ class StreamService:
             await self.writer.write_once(done.points, "operator_action")
         self.publisher.send_alerts(done.alerts)
         return record
+
+    # --- systemd: watchdog and reload (docs/operations.md) ------------------------------
+
+    async def _watchdog_loop(self) -> None:
+        """`WATCHDOG=1` at half the watchdog interval, from the event loop itself (a blocked
+        loop stops it) and only while no batch has been stuck in the pipeline longer than
+        the interval (database retries do not count: they are waiting, not stuck)."""
+        interval = sdnotify.watchdog_interval_s()
+        if interval is None:
+            return
+        while True:
+            busy = self._busy_since
+            if busy is None or time.monotonic() - busy < interval:
+                c = self.counters
+                sdnotify.notify(f"WATCHDOG=1\nSTATUS=broker "
+                                f"{'connected' if self.connected else 'disconnected'}, "
+                                f"{c.written} windows written, {c.dead_lettered} refused")
+            else:
+                log.error(kv("watchdog_withheld", batch_s=round(time.monotonic() - busy, 1)))
+            await asyncio.sleep(interval / 2)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the site file. Broker settings and credentials apply at once (the
+        session reconnects; unacknowledged windows are redelivered and de-duplicated);
+        other changed sections are logged as needing a restart. A file that does not load
+        is logged and the running config kept: a reload never stops the stream."""
+        sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={sdnotify.monotonic_usec()}")
+        path = self.config.source
+        try:
+            if path is None:
+                raise ConfigError(["the config was not loaded from a file"])
+            new = load(path)
+        except (ConfigError, OSError) as e:
+            log.error(kv("config_reload_failed", path=path, reason=e))
+            sdnotify.notify(f"READY=1\nSTATUS=reload failed, old config kept: {e}"[:900])
+            return
+        restart = [f.name for f in dataclasses.fields(new)
+                   if f.name not in ("broker", "source")
+                   and getattr(new, f.name) != getattr(self.config, f.name)]
+        self.config = dataclasses.replace(self.config, broker=new.broker)
+        self.source.reconfigure(new.broker)
+        if restart:
+            log.warning(kv("config_reload_needs_restart", sections=",".join(restart)))
+        log.info(kv("config_reloaded", path=path, applied="broker,credentials"))
+        sdnotify.notify("READY=1\nSTATUS=config reloaded"
+                        + (f"; restart to apply {', '.join(restart)}" if restart else ""))
 
     # --- status ----------------------------------------------------------------------
 
