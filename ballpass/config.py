@@ -181,6 +181,8 @@ class GatewayConfig:
 
 
 WEBHOOK_FORMATS = ("json", "slack", "teams", "pagerduty", "alertmanager")
+WEBHOOK_EVENTS = ("firing", "resolved", "instrument_firing", "instrument_resolved")
+"""Machine alarms fire and resolve; an instrument alert says a sensor needs maintenance."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,7 @@ class WebhookConfig:
     """One alert route (docs/alerting.md). Times in s; `rate_limit_per_min` messages/min."""
 
     url: str
-    events: tuple[str, ...] = ("firing", "resolved")
+    events: tuple[str, ...] = WEBHOOK_EVENTS
     timeout_s: float = 5.0
     retries: int = 3
     format: str = "json"
@@ -628,11 +630,12 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> Config:
         url = r.get("url", str, required=True,
                     check=lambda v: None if v.startswith(("http://", "https://"))
                     else "must start with http:// or https://")
-        events = r.get("events", list, ["firing", "resolved"])
+        events = r.get("events", list, list(WEBHOOK_EVENTS))
         if events is not None:
             for e in events:
-                if e not in ("firing", "resolved"):
-                    r.fail("events", f"each must be 'firing' or 'resolved', got {e!r}")
+                if e not in WEBHOOK_EVENTS:
+                    r.fail("events", f"each must be one of {', '.join(WEBHOOK_EVENTS)}, "
+                                     f"got {e!r}")
         fmt = r.get("format", str, "json", check=one_of(*WEBHOOK_FORMATS))
         hook = WebhookConfig(url or "", tuple(events or ()),
                              r.get("timeout_s", float, 5.0, check=positive),

@@ -10,17 +10,38 @@ only when none of the last `window_n` is. The policy can differ per sensor (per 
 zone, the fault class and the trend (`severity`). Operator actions: `acknowledge` marks
 the alarm as seen; `clear` (maintenance done, false alarm) resolves it and forgets the
 recent windows, so the same evidence does not raise it again at once.
+
+A `sensor_fault` window says nothing about the machine: the machine's state holds (the
+window is not counted either way), and a separate *instrument* state, with the same
+hysteresis, fires and resolves its own alert (`kind = "instrument"`, its own alert ids),
+a maintenance-of-instrument matter that is never a machine alarm (docs/alerting.md).
+
+The state is durable: with a `path`, it is written atomically (temp file, fsync, rename)
+at every transition and acknowledgement, before the caller publishes or sends anything,
+and loaded at start, so a killed stream keeps its open alarms and their ids.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
+import json
+import logging
+import os
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from ballpass.config import AlertPolicy
+from ballpass.log import kv
+
+log = logging.getLogger(__name__)
 
 NOT_A_FAULT = frozenset({"normal", "insufficient_data"})
+INSTRUMENT_FAULT = "sensor_fault"
+STATE_FORMAT = "ballpass-alert-state/1"
 BEARING_FAULTS = frozenset({"outer_race", "inner_race", "ball", "cage"})
 SEVERITIES = ("low", "medium", "high")
 
@@ -51,10 +72,20 @@ class SensorAlertState:
     acknowledged_by: str = ""  # operator who acknowledged the current alarm
     calm: int = 0  # consecutive windows in alarm with at most leave_m faults
 
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "recent": list(self.recent)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], maxlen: int) -> SensorAlertState:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields and k != "recent"}
+        return cls(deque(data.get("recent", []), maxlen=maxlen), **values)
+
 
 @dataclass(frozen=True)
 class Transition:
-    """An alarm that fired or resolved. `diagnosis` is the most frequent recent fault."""
+    """An alarm that fired or resolved. `diagnosis` is the most frequent recent fault;
+    `kind` is "machine" or "instrument" (a sensor that needs maintenance)."""
 
     sensor: str
     status: str  # "firing" | "resolved"
@@ -62,6 +93,7 @@ class Transition:
     diagnosis: str
     since_ns: int
     severity: str = ""
+    kind: str = "machine"
 
 
 class AlertTracker:
@@ -71,10 +103,15 @@ class AlertTracker:
     """
 
     def __init__(self, policy: AlertPolicy,
-                 policies: dict[str, AlertPolicy] | None = None) -> None:
+                 policies: dict[str, AlertPolicy] | None = None,
+                 path: Path | None = None) -> None:
         self.policy = policy
         self.policies = dict(policies or {})
         self.sensors: dict[str, SensorAlertState] = {}
+        self.instruments: dict[str, SensorAlertState] = {}
+        self.path = path
+        if path is not None:
+            self._load(path)
 
     def policy_of(self, sensor: str) -> AlertPolicy:
         return self.policies.get(sensor, self.policy)
@@ -85,33 +122,28 @@ class AlertTracker:
 
     def update(self, sensor: str, diagnosis: str, t_ns: int,
                severity: str = "") -> Transition | None:
-        """Advance `sensor` by one window diagnosed `diagnosis` (its `severity`, if known)."""
-        policy = self.policy_of(sensor)
-        s = self.sensors.setdefault(sensor, SensorAlertState(deque(maxlen=policy.window_n)))
-        s.recent.append(diagnosis)
-        faults = [d for d in s.recent if d not in NOT_A_FAULT]
-        if s.state != "alarm":
-            if len(faults) >= policy.enter_k:
-                s.state = "alarm"
-                s.since_ns = t_ns
-                s.alert_id = _alert_id(sensor, t_ns)
-                s.alerted = True
-                s.severity = severity
-                s.acknowledged_by = ""
-                s.calm = 0
-                return Transition(sensor, "firing", s.alert_id, _most_common(faults), t_ns,
-                                  severity)
-            s.state = "watch" if faults else "normal"
+        """Advance `sensor`'s machine state by one window diagnosed `diagnosis` (its
+        `severity`, if known). A `sensor_fault` window leaves it as it is."""
+        if diagnosis == INSTRUMENT_FAULT:
             return None
-        if severity and (not s.severity or SEVERITIES.index(severity) >
-                         SEVERITIES.index(s.severity)):
-            s.severity = severity
-        s.calm = s.calm + 1 if len(faults) <= policy.leave_m else 0
-        if s.calm >= 2 * policy.window_n:
-            s.state = "watch" if faults else "normal"
-            return Transition(sensor, "resolved", s.alert_id, _most_common(faults) or diagnosis,
-                              s.since_ns, s.severity)
-        return None
+        s = self._state(self.sensors, sensor)
+        return self._persisted(_advance(s, self.policy_of(sensor), sensor, diagnosis, t_ns,
+                                        severity, "machine"))
+
+    def update_instrument(self, sensor: str, diagnosis: str, t_ns: int) -> Transition | None:
+        """Advance `sensor`'s instrument state: faulty when `diagnosis` is `sensor_fault`."""
+        s = self._state(self.instruments, sensor)
+        seen = INSTRUMENT_FAULT if diagnosis == INSTRUMENT_FAULT else "normal"
+        return self._persisted(_advance(s, self.policy_of(sensor), sensor, seen, t_ns, "low",
+                                        "instrument"))
+
+    def instrument_state(self, sensor: str) -> str:
+        s = self.instruments.get(sensor)
+        return s.state if s else "normal"
+
+    def _state(self, table: dict[str, SensorAlertState], sensor: str) -> SensorAlertState:
+        policy = self.policy_of(sensor)
+        return table.setdefault(sensor, SensorAlertState(deque(maxlen=policy.window_n)))
 
     def acknowledge(self, sensor: str, by: str) -> bool:
         """Mark the current alarm of `sensor` as seen by `by`; False if none is active."""
@@ -119,6 +151,7 @@ class AlertTracker:
         if s is None or s.state != "alarm":
             return False
         s.acknowledged_by = by or "unknown"
+        self.save()
         return True
 
     def clear(self, sensor: str) -> Transition | None:
@@ -132,8 +165,87 @@ class AlertTracker:
         s.state = "normal"
         if was != "alarm":
             return None
-        return Transition(sensor, "resolved", s.alert_id, _most_common(faults) or "normal",
-                          s.since_ns, s.severity)
+        return self._persisted(Transition(sensor, "resolved", s.alert_id,
+                                          _most_common(faults) or "normal", s.since_ns,
+                                          s.severity))
+
+    # --- persistence -----------------------------------------------------------------
+
+    def _persisted(self, t: Transition | None) -> Transition | None:
+        if t is not None:
+            self.save()
+        return t
+
+    def save(self) -> bool:
+        """Write the whole state atomically (False, logged, when the disk refuses)."""
+        if self.path is None:
+            return False
+        data = {"format": STATE_FORMAT,
+                "machine": {k: v.to_json() for k, v in self.sensors.items()},
+                "instrument": {k: v.to_json() for k, v in self.instruments.items()}}
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open("w", encoding="utf-8") as f:
+                json.dump(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log.error(kv("alert_state_save_failed", path=self.path, reason=e))
+            return False
+        return True
+
+    def _load(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+                raise ValueError(f"not {STATE_FORMAT}")
+            for table, key in ((self.sensors, "machine"), (self.instruments, "instrument")):
+                for sensor, state in data[key].items():
+                    table[sensor] = SensorAlertState.from_json(
+                        state, self.policy_of(sensor).window_n)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            aside = path.with_name(path.name + ".bad")
+            log.error(kv("alert_state_unreadable", path=path, reason=e, moved_to=aside))
+            self.sensors.clear()
+            self.instruments.clear()
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            return
+        log.info(kv("alert_state_loaded", path=path, sensors=len(self.sensors),
+                    open_alarms=sum(s.state == "alarm" for s in self.sensors.values())))
+
+
+def _advance(s: SensorAlertState, policy: AlertPolicy, sensor: str, diagnosis: str,
+             t_ns: int, severity: str, kind: str) -> Transition | None:
+    """The hysteresis of one state by one window (the module docstring)."""
+    s.recent.append(diagnosis)
+    faults = [d for d in s.recent if d not in NOT_A_FAULT]
+    if s.state != "alarm":
+        if len(faults) >= policy.enter_k:
+            s.state = "alarm"
+            s.since_ns = t_ns
+            s.alert_id = _alert_id(sensor if kind == "machine" else f"{kind}:{sensor}", t_ns)
+            s.alerted = True
+            s.severity = severity
+            s.acknowledged_by = ""
+            s.calm = 0
+            return Transition(sensor, "firing", s.alert_id, _most_common(faults), t_ns,
+                              severity, kind)
+        s.state = "watch" if faults else "normal"
+        return None
+    if severity and (not s.severity or SEVERITIES.index(severity) >
+                     SEVERITIES.index(s.severity)):
+        s.severity = severity
+    s.calm = s.calm + 1 if len(faults) <= policy.leave_m else 0
+    if s.calm >= 2 * policy.window_n:
+        s.state = "watch" if faults else "normal"
+        return Transition(sensor, "resolved", s.alert_id, _most_common(faults) or diagnosis,
+                          s.since_ns, s.severity, kind)
+    return None
 
 
 def _most_common(items: list[str]) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ballpass.config import AssetConfig, Config, SensorConfig
 from ballpass.models.speed import choose_shaft_hz, estimate_shaft_hz
-from ballpass.stream.alerts import AlertTracker, Transition, severity
+from ballpass.stream.alerts import INSTRUMENT_FAULT, AlertTracker, Transition, severity
 from ballpass.stream.diagnosis import Diagnosis, diagnose
 from ballpass.stream.dsp.spectrum import amplitude_spectrum
 from ballpass.stream.features import extract
@@ -67,7 +67,7 @@ def _tags(item: Incoming, asset: str) -> dict[str, str]:
 
 def _alert_point(alert: dict[str, Any], t_ns: int) -> Point:
     """The `alerts` row of one alert message (`alert_message`)."""
-    return Point("alerts", {k: alert[k] for k in ("site", "sensor", "asset", "status")},
+    return Point("alerts", {k: alert[k] for k in ("site", "sensor", "asset", "status", "kind")},
                  {k: alert[k] for k in ("alert_id", "diagnosis", "confidence", "summary")},
                  t_ns)
 
@@ -82,7 +82,8 @@ class Pipeline:
             s.id: (s, config.asset(s.asset)) for g in config.gateways for s in g.sensors
         }
         self.alerts = AlertTracker(config.stream.alert, {
-            sid: a.alert for sid, (_, a) in self.sensors.items() if a.alert is not None})
+            sid: a.alert for sid, (_, a) in self.sensors.items() if a.alert is not None},
+            path=state_dir / "alerts.json" if state_dir is not None else None)
         self.online = OnlineModels(config, self.alerts, state_dir)
         self._last: dict[str, Result] = {}  # each sensor's latest diagnosed window
         # Impact-interval counts of each sensor's recent windows (diagnosis rule 3b).
@@ -185,16 +186,19 @@ class Pipeline:
                 # Online layer: score, trend, changes; an anomaly physics cannot name
                 # becomes `unknown_anomaly`.
                 days_d = self._online(r, points)
-            t = self.alerts.update(item.sensor, r.diagnosis.diagnosis, item.window.t0_ns,
-                                   severity(r.diagnosis.diagnosis, r.diagnosis.iso_zone,
-                                            days_d))
+            diagnosis, t0 = r.diagnosis.diagnosis, item.window.t0_ns
+            transitions = (
+                self.alerts.update_instrument(item.sensor, diagnosis, t0),
+                self.alerts.update(item.sensor, diagnosis, t0,
+                                   severity(diagnosis, r.diagnosis.iso_zone, days_d)))
             r.state = self.alerts.state(item.sensor)
             self._last[item.sensor] = r
             tags = _tags(item, r.asset)
-            if t is not None:
-                alert = alert_message(t, diagnosis_message(r))
-                alerts.append(alert)
-                points.append(_alert_point(alert, item.window.t0_ns))
+            for t in transitions:
+                if t is not None:
+                    alert = alert_message(t, diagnosis_message(r))
+                    alerts.append(alert)
+                    points.append(_alert_point(alert, t0))
             if r.features:
                 fields: dict[str, Any] = {"seq": item.window.seq, **r.features}
                 points.append(Point("vibration", tags, fields, item.window.t0_ns))
@@ -278,16 +282,31 @@ def diagnosis_message(result: Result) -> dict[str, Any]:
 
 
 def alert_message(transition: Transition, last: dict[str, Any]) -> dict[str, Any]:
-    """The alert JSON (diagnosis fields plus alert_id, status, since, summary)."""
-    verb = "needs attention" if transition.status == "firing" else "is back to normal"
+    """The alert JSON (diagnosis fields plus alert_id, status, since, summary, kind, event).
+
+    `kind` "machine" is a machine alarm, `event` its status; `kind` "instrument" is a sensor
+    that needs maintenance (`event` "instrument_firing" / "instrument_resolved", severity
+    "low"), never a machine alarm (docs/alerting.md).
+    """
+    firing = transition.status == "firing"
+    if transition.kind == "instrument":
+        summary = (f"{last['asset']} sensor {transition.sensor} "
+                   + ("needs instrument maintenance (not a machine fault): "
+                      f"{last.get('reason') or 'sensor fault'}" if firing
+                      else "reads plausibly again") + ".")
+        return {**last, "diagnosis": INSTRUMENT_FAULT, "kind": "instrument",
+                "event": f"instrument_{transition.status}", "severity": "low",
+                "alert_id": transition.alert_id, "status": transition.status,
+                "since": transition.since_ns / 1e9, "summary": summary,
+                "sent_at": time.time()}
+    verb = "needs attention" if firing else "is back to normal"
     fault = transition.diagnosis.replace("_", " ")
     summary = (f"{last['asset']} sensor {transition.sensor} {verb}: {fault}"
                + (f", ISO zone {last['iso_zone']}" if last.get("iso_zone") else "")
-               + (f", confidence {last['confidence']:.0%}" if transition.status == "firing"
-                  else "") + ".")
+               + (f", confidence {last['confidence']:.0%}" if firing else "") + ".")
     return {
-        **last, "diagnosis": transition.diagnosis if transition.status == "firing"
-        else last["diagnosis"],
+        **last, "diagnosis": transition.diagnosis if firing else last["diagnosis"],
+        "kind": "machine", "event": transition.status,
         "alert_id": transition.alert_id, "status": transition.status,
         "since": transition.since_ns / 1e9, "summary": summary,
         "sent_at": time.time(),

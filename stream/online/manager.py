@@ -159,16 +159,17 @@ class OnlineModels:
         return self._dir() / f"{sensor}.v{STATE_VERSION}.pkl"
 
     def save_all(self) -> int:
-        """Write every sensor's state file atomically; the number written."""
+        """Write every sensor's state file atomically, and the alert state (which is also
+        written at every transition); the number of sensors written."""
+        self.alerts.save()
         if self.state_dir is None:
             return 0
         d = self._dir()
         d.mkdir(parents=True, exist_ok=True)
         n = 0
         for sensor, m in list(self.models.items()):
-            alert = self.alerts.sensors.get(sensor)
             blob = pickle.dumps({"format": _FORMAT, "version": STATE_VERSION, "sensor": sensor,
-                                 "saved_at": time.time(), "model": m, "alert": alert},
+                                 "saved_at": time.time(), "model": m},
                                 protocol=pickle.HIGHEST_PROTOCOL)
             path = self._path(sensor)
             tmp = path.with_suffix(".tmp")
@@ -211,9 +212,6 @@ class OnlineModels:
         # The config may have changed since the file was saved: its policy and zones win.
         model.policy, model.zone_c, model.zone_d = fresh.policy, fresh.zone_c, fresh.zone_d
         self.models[sensor] = model
-        alert = data.get("alert")
-        if alert is not None and hasattr(alert, "recent"):
-            self.alerts.sensors[sensor] = alert
         self.counters["state_loaded"] += 1
         log.info(kv("online_state_loaded", sensor=sensor, path=path,
                     state=model.status()["state"], learned=model.learned))

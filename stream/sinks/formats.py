@@ -53,6 +53,8 @@ class Request:
 
 def severity(alert: dict[str, Any]) -> str:
     """PagerDuty-style severity: critical (ISO zone D), error (zone C), warning, info."""
+    if alert.get("kind") == "instrument":
+        return "info"  # the sensor needs maintenance; the machine is not known to be at fault
     if alert.get("severity") in SEVERITIES:
         return str(alert["severity"])  # the alert state machine may set it
     if alert.get("status") == "resolved":
@@ -216,7 +218,8 @@ def alertmanager_alert(alert: dict[str, Any], public_url: str | None, now: float
     matches the same alert (labels are its identity)."""
     f = facts(alert, public_url)
     labels = labels or {
-        "alertname": "BallpassMachineAlarm", "site": str(alert.get("site")),
+        "alertname": "BallpassInstrumentFault" if alert.get("kind") == "instrument"
+        else "BallpassMachineAlarm", "site": str(alert.get("site")),
         "asset": str(alert.get("asset")), "sensor": str(alert.get("sensor")),
         "fault": str(alert.get("diagnosis")), "severity": severity(alert),
         "alert_id": str(alert["alert_id"]),

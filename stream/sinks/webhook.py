@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,9 @@ from ballpass.config import WebhookConfig
 from ballpass.log import kv
 from ballpass.stream.sinks import formats
 from ballpass.stream.sinks.formats import Request
+
+Render = Callable[[], Request]
+"""Makes one message's HTTP request, at the time of each attempt."""
 
 log = logging.getLogger(__name__)
 
@@ -211,21 +216,25 @@ class Route:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), max(0.01, min(nxt - now, 1.0)))
 
-    def _requests(self, entries: list[_Entry]) -> list[tuple[Request, list[_Entry]]]:
-        """The HTTP requests for one group (one, except for per-alert formats)."""
+    def _requests(self, entries: list[_Entry]) -> list[tuple[Render, list[_Entry]]]:
+        """How to make the HTTP request of each message of one group (one message, except
+        for per-alert formats). A request is made anew for every attempt, so its signed
+        timestamp (json) and times (alertmanager) are those of the attempt, not of the
+        first try: a retry after a long outage is not refused as a replay."""
         alerts = [e.alert for e in entries]
         public = self.sender.public_url
         h = self.hook
         if h.format == "json":
-            return [(formats.render_json(e.alert, h.url, self.secret), [e]) for e in entries]
+            return [(functools.partial(formats.render_json, e.alert, h.url, self.secret), [e])
+                    for e in entries]
         if h.format == "pagerduty":
-            return [(formats.render_pagerduty(e.alert, h.url, self.routing_key or "", public),
-                     [e]) for e in entries]
+            return [(functools.partial(formats.render_pagerduty, e.alert, h.url,
+                                       self.routing_key or "", public), [e]) for e in entries]
         if h.format == "slack":
-            return [(formats.render_slack(alerts, h.url, public), entries)]
+            return [(functools.partial(formats.render_slack, alerts, h.url, public), entries)]
         if h.format == "teams":
-            return [(formats.render_teams(alerts, h.url, public), entries)]
-        return [(self._am_request([self._am_alert(a) for a in alerts]), entries)]
+            return [(functools.partial(formats.render_teams, alerts, h.url, public), entries)]
+        return [(lambda: self._am_request([self._am_alert(a) for a in alerts]), entries)]
 
     def _am_request(self, body: list[dict[str, Any]]) -> Request:
         """POST of `body` (Alertmanager alerts) to the route's /api/v2/alerts."""
@@ -244,9 +253,9 @@ class Route:
 
     async def _deliver_group(self, entries: list[_Entry]) -> bool:
         """Deliver every request of a group; False if closing interrupted it."""
-        for request, members in self._requests(entries):
+        for render, members in self._requests(entries):
             await self._take_token()
-            ok = await self._deliver(request, members)
+            ok, request = await self._deliver(render, members)
             if ok is None:
                 return False  # closing: the files stay spooled for the next start
             self.sender.counters.pending -= len(members)
@@ -308,27 +317,30 @@ class Route:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, post, request, self.hook.timeout_s)
 
-    async def _deliver(self, request: Request, members: list[_Entry]) -> bool | None:
-        """True delivered, False refused (4xx), None interrupted by closing."""
+    async def _deliver(self, render: Render, members: list[_Entry]
+                       ) -> tuple[bool | None, Request]:
+        """(True delivered, False refused (4xx), None interrupted by closing; the request
+        of the last attempt)."""
         ids = ",".join(f"{e.alert.get('alert_id')}/{e.alert.get('status')}" for e in members)
         attempt = 0
         while True:
             attempt += 1
+            request = render()
             try:
                 status = await self._post(request)
                 reason = f"http {status}"
                 if 200 <= status < 300:
                     log.info(kv("webhook_delivered", route=self.name, format=self.hook.format,
                                 alerts=ids, http=status, attempt=attempt))
-                    return True
+                    return True, request
                 if not _retryable(status):
                     log.error(kv("webhook_refused", route=self.name, alerts=ids, http=status))
-                    return False
+                    return False, request
             except OSError as e:  # refused, unresolvable, timeout (socket.timeout is OSError)
                 reason = str(getattr(e, "reason", e))
             if self.closing:
                 log.warning(kv("webhook_deferred", route=self.name, alerts=ids, reason=reason))
-                return None
+                return None, request
             delay = backoff.jittered_s(attempt, self.sender.backoff_s,
                                        self.hook.backoff_max_s)
             event = "webhook_failing" if attempt == self.hook.retries + 1 else "webhook_retry"
@@ -364,12 +376,15 @@ class WebhookSender:
         self._started = False
 
     def submit(self, alert: dict[str, Any]) -> None:
-        """Hand an alert to every route whose `events` include its status."""
+        """Hand an alert to every route whose `events` include its event (the status of a
+        machine alarm; `instrument_firing` / `instrument_resolved` for a sensor that needs
+        maintenance)."""
         if not self._started:
             self._early.append(alert)  # before run(): queued once the routes exist
             return
+        event = alert.get("event", alert.get("status"))
         for route in self.routes:
-            if alert.get("status") in route.hook.events:
+            if event in route.hook.events:
                 route.submit(alert)
 
     async def close(self) -> None:
