@@ -23,6 +23,7 @@ import scipy.stats
 from ballpass.models.bearing import DefectOrders
 from ballpass.stream import thresholds as th
 from ballpass.stream.dsp.impacts import _MEDIAN_SAMPLES
+from ballpass.stream.dsp.mains import mains_share
 from ballpass.stream.features import FeatureBatch
 
 _FILTER_ORDER = 4
@@ -117,7 +118,7 @@ def features_one(x: np.ndarray, fs: float, shaft: float, orders: DefectOrders
     d = x - x.mean()
     rms = float(np.sqrt(np.mean(d * d)))
     peak = float(np.max(np.abs(d)))
-    clip = float(np.mean((x == x.max()) | (x == x.min()))) if x.max() > x.min() else 0.0
+    clip, spikes = _rails_and_spikes(x)
     spec = np.fft.rfft(x)
     amp = _hann_amplitude(x)
     x12 = [_line(amp, df, h * shaft, th.SPEED_TOLERANCE, th.NOISE_FLOOR_BINS) for h in (1, 2)]
@@ -148,6 +149,15 @@ def features_one(x: np.ndarray, fs: float, shaft: float, orders: DefectOrders
                              th.NOISE_FLOOR_BINS) for h in range(1, th.N_HARMONICS + 1)]
                       for c, off in zip(carriers, offsets, strict=True)])
     best = lines[:, :, 2].max(axis=1)
+    hf_lo, hf_hi = th.HF_BAND_LO_FRACTION * fs, th.HF_BAND_HI_FRACTION * fs
+    lf_hi = min(th.VELOCITY_BAND_HI_HZ, hf_lo)
+    hf_ms = _band_ms(spec, n, fs, hf_lo, hf_hi, False)
+    lf_ms = _band_ms(spec, n, fs, th.VELOCITY_BAND_LO_HZ, lf_hi, False)
+    flatness = (lf_ms / (lf_hi - th.VELOCITY_BAND_LO_HZ)) / (hf_ms / (hf_hi - hf_lo)) \
+        if hf_ms > 0 else 0.0
+    hum = [float(mains_share(amp[None, :], df, np.array([shaft]), f, th.MAINS_HARMONICS,
+                             th.MAINS_SHAFT_ORDERS, th.VELOCITY_BAND_LO_HZ)[0])
+           for f in th.MAINS_HZ]
     return {
         "rms_g": rms, "peak_g": peak, "crest": peak / rms if rms > 0 else 0.0,
         "kurtosis": float(scipy.stats.kurtosis(x, fisher=True, bias=True)) + 3.0,
@@ -164,11 +174,36 @@ def features_one(x: np.ndarray, fs: float, shaft: float, orders: DefectOrders
         "line_snr_db": lines[:, :, 2], "sideband_freq_hz": sides[:, :, 0],
         "sideband_snr_db": sides[:, :, 2], "shaft_hz": shaft, "resolution_hz": df,
         "n_revolutions": shaft * n / fs, "clip_fraction": clip,
+        "plateau_samples": float(round(clip * n)), "spikes": float(spikes),
+        "mains_share": max(hum), "mains_hz": th.MAINS_HZ[int(np.argmax(hum))],
+        "broadband_flatness": flatness,
         "finite": float(np.all(np.isfinite(x))), "env_lo_hz": band[0], "env_hi_hz": band[1],
         "env_sk": best_sk if math.isfinite(best_sk) else 0.0,
         "line_target_hz": line_orders * shaft, "env_band_ok": float(band_ok),
         "impact_counts": impact_counts, "n_impacts": float(n_impacts),
     }
+
+
+def _rails_and_spikes(x: np.ndarray) -> tuple[float, int]:
+    """Share of samples on the rails and isolated spikes (the rule of `dsp.stats._moments`),
+    with numpy: a sorted median, then each candidate's neighbours."""
+    if x.max() <= x.min():
+        return 0.0, 0
+    n = x.size
+    stride = max(1, n // th.SPIKE_SAMPLES)
+    idx = np.arange(stride, n, stride)
+    tol = th.SENSOR_PLATEAU_TOL * 1.4826 * float(np.median(np.abs(x[idx] - x[idx - 1])))
+    clip = float(np.mean((x >= x.max() - tol) | (x <= x.min() + tol)))
+    sub = x[::stride]
+    med = float(np.median(sub))
+    dev = np.abs(x - med)
+    limit = th.SPIKE_K * 1.4826 * float(np.median(np.abs(sub - med)))
+    spikes = 0
+    for j in np.nonzero(dev > limit)[0] if limit > 0 else ():
+        near = dev[[k for k in (j - 4, j - 3, j - 2, j + 2, j + 3, j + 4) if 0 <= k < n]]
+        wide = 0 < j < n - 1 and min(dev[j - 1], dev[j + 1]) >= 0.5 * dev[j]
+        spikes += bool(np.all(near < th.SPIKE_ISOLATION * dev[j]) and not wide)
+    return clip, spikes
 
 
 def _impacts(env: np.ndarray, periods: np.ndarray) -> tuple[np.ndarray, int]:

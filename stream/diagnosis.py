@@ -2,7 +2,10 @@
 
 Rules, in order (the first that fires wins):
 
-1. sensor_fault: non-finite samples, a flat line, an impossible peak, or clipping.
+1. sensor_fault: non-finite samples, a flat line, a signal below any sensor's noise, an
+   impossible peak, the wire's clipped flag, samples piled on the rails (saturation),
+   isolated electrical spikes, flat broadband noise at tens of g, or mains hum. Each gives
+   its reason; the alert layer routes it as an instrument alert, not a machine alarm.
 2. insufficient_data: the window is too short to resolve shaft sidebands
    (fs/N > 1/4 of the shaft rate) or spans fewer than 5 revolutions.
 3. Bearing defects, from the envelope spectrum (Randall & Antoni 2011, sec. 2). Each needs
@@ -311,18 +314,55 @@ def _ball_from_intervals(
     )
 
 
+def _sensor_condition(batch: FeatureBatch, i: int, row: dict[str, float],
+                      clipped_at_source: bool) -> str | None:
+    """Why window `i` is not a trustworthy machine signal (the reason), or None."""
+    if batch.finite[i] < 1.0 or not all(math.isfinite(v) for v in row.values()):
+        return "window holds non-finite samples"
+    rms = row["rms_g"]
+    if rms < th.SENSOR_MIN_STD_G:
+        return f"flat line: rms {rms:.3g} g"
+    if rms < th.SENSOR_MIN_RMS_G:
+        return (f"signal too weak: rms {rms:.3g} g is below any sensor's own noise "
+                f"({th.SENSOR_MIN_RMS_G:.0e} g): disconnected, wrong gain or not coupled")
+    if row["peak_g"] > th.SENSOR_MAX_PEAK_G:
+        return f"implausible peak {row['peak_g']:.3g} g"
+    if clipped_at_source:
+        return "clipped at source: the gateway flagged the window as over its range"
+    plateau = int(batch.plateau_samples[i])
+    if plateau >= th.SENSOR_PLATEAU_SAMPLES:
+        return (f"saturated: {plateau} samples ({float(batch.clip_fraction[i]):.2%}) on the "
+                f"rails at +-{row['peak_g']:.3g} g")
+    spikes = int(batch.spikes[i])
+    if spikes > th.SENSOR_MAX_SPIKES:
+        return (f"spikes: {spikes} isolated sample(s) above {th.SPIKE_K:g} robust sigma "
+                "(electrical, not mechanical: no ringing)")
+    hf, flat = row["hf_floor"], float(batch.broadband_flatness[i])
+    if hf >= th.BROADBAND_NOISE_G and flat >= th.BROADBAND_FLAT_RATIO:
+        return (f"broadband noise: high-frequency floor {hf:.3g} g with a flat spectrum down "
+                f"to {th.VELOCITY_BAND_LO_HZ:g} Hz (density ratio {flat:.2f}): not a machine "
+                "signal (loose sensor, cable or amplifier)")
+    hum = float(batch.mains_share[i])
+    if hum > th.MAINS_HUM_SHARE:
+        return (f"mains hum: {float(batch.mains_hz[i]):g} Hz and harmonics hold {hum:.0%} "
+                "of the power (electrical pickup: grounding or cable shield)")
+    return None
+
+
 def diagnose(
     batch: FeatureBatch,
     i: int,
     iso_group: int = 2,
     iso_foundation: str = "rigid",
     impacts: np.ndarray | None = None,
+    clipped_at_source: bool = False,
 ) -> Diagnosis:
     """Diagnose window `i` of `batch` for a machine in ISO 20816-3 `iso_group` (1 or 2)
     on a `iso_foundation` ("rigid" or "flexible") foundation.
 
     `impacts`: the sensor's impact-interval counts (F, 2) pooled over its recent windows,
     this one included (`ImpactHistory.add`); default: this window's own counts.
+    `clipped_at_source`: the gateway flagged the window as clipped (wire flags bit 1).
     Raises IndexError for a bad `i` and ValueError for an unknown group/foundation.
     """
     n = len(batch)
@@ -334,17 +374,10 @@ def diagnose(
     zone = iso20816.zone(vel, iso_group, iso_foundation) if math.isfinite(vel) else ""
 
     # 1. Sensor health first: nothing else means anything on a broken signal.
-    if batch.finite[i] < 1.0 or not all(math.isfinite(v) for v in row.values()):
-        return Diagnosis("sensor_fault", 1.0, (), "window holds non-finite samples", "")
-    if row["rms_g"] < th.SENSOR_MIN_STD_G:
-        return Diagnosis("sensor_fault", 1.0, (), f"flat line: rms {row['rms_g']:.3g} g", zone)
-    if row["peak_g"] > th.SENSOR_MAX_PEAK_G:
-        return Diagnosis("sensor_fault", 1.0, (), f"implausible peak {row['peak_g']:.3g} g", zone)
-    clip = float(batch.clip_fraction[i])
-    if clip > th.SENSOR_CLIP_FRACTION:
-        return Diagnosis(
-            "sensor_fault", 0.9, (), f"clipped: {clip:.1%} of samples at the extremes", zone
-        )
+    condition = _sensor_condition(batch, i, row, clipped_at_source)
+    if condition is not None:
+        return Diagnosis("sensor_fault", 1.0, (), condition, "" if "non-finite" in condition
+                         else zone)
 
     # 2. Resolution: sidebands at ±1× shaft must be separable, lines must be resolved.
     shaft = float(batch.shaft_hz[i])

@@ -21,6 +21,7 @@ from ballpass.stream.dsp.envelope import (
     kurtogram_bands,
 )
 from ballpass.stream.dsp.lines import _line_search
+from ballpass.stream.dsp.mains import mains_share
 from ballpass.stream.dsp.spectrum import (
     _amplitude_from_dft,
     _band_rms,
@@ -76,9 +77,13 @@ class FeatureBatch:
       at 1× and 2× shaft, raw Hann spectrum); x1_snr_db, x2_snr_db (those lines over
       their local floor, dB).
     Context per window, shape (B,): shaft_hz, resolution_hz (fs/N), n_revolutions,
-      clip_fraction, finite (1.0 or 0.0), env_lo_hz, env_hi_hz, env_sk (the envelope band
-      and its spectral kurtosis); env_band_ok (1.0 when a band wide enough for the lines
-      above ENV_BAND_MIN_LO_HZ exists, 0.0 when the sample rate is too low for them).
+      clip_fraction and plateau_samples (the share and count of samples on the window's
+      rails), spikes (isolated one-sample excursions), mains_share (power share of mains
+      lines off the shaft harmonics) at mains_hz, broadband_flatness (power density 10-1000
+      Hz over the high band's: 1 for white noise), finite (1.0 or 0.0), env_lo_hz,
+      env_hi_hz, env_sk (the envelope band and its spectral kurtosis); env_band_ok (1.0
+      when a band wide enough for the lines above ENV_BAND_MIN_LO_HZ exists, 0.0 when the
+      sample rate is too low for them).
     Targets, shape (B, 6): line_target_hz, the kinematic fundamentals in `LINES` order (Hz).
     Evidence, shape (B, 6, 3) (lines in `LINES` order × harmonics 1-3):
       line_freq_hz, line_amp_g (envelope amplitude, g), line_snr_db.
@@ -114,6 +119,11 @@ class FeatureBatch:
     n_revolutions: np.ndarray
     clip_fraction: np.ndarray
     finite: np.ndarray
+    plateau_samples: np.ndarray
+    spikes: np.ndarray
+    mains_share: np.ndarray
+    mains_hz: np.ndarray
+    broadband_flatness: np.ndarray
     env_lo_hz: np.ndarray
     env_hi_hz: np.ndarray
     env_sk: np.ndarray
@@ -162,10 +172,17 @@ def extract(
     if not finite.all():
         x = np.where(finite[:, None], x, 0.0)
 
-    stats = _moments(x)
+    stats = _moments(x, th.SENSOR_PLATEAU_TOL, th.SPIKE_K, th.SPIKE_ISOLATION,
+                     th.SPIKE_SAMPLES)
     raw = _rfft_rows(x)
     velocity = _velocity_rms(raw, n, fs, th.VELOCITY_BAND_LO_HZ, th.VELOCITY_BAND_HI_HZ)
-    hf = _band_rms(raw, n, fs, th.HF_BAND_LO_FRACTION * fs, th.HF_BAND_HI_FRACTION * fs)
+    hf_lo, hf_hi = th.HF_BAND_LO_FRACTION * fs, th.HF_BAND_HI_FRACTION * fs
+    hf = _band_rms(raw, n, fs, hf_lo, hf_hi)
+    lf_hi = min(th.VELOCITY_BAND_HI_HZ, hf_lo)
+    lf = _band_rms(raw, n, fs, th.VELOCITY_BAND_LO_HZ, lf_hi)
+    # Power density ratio (g²/Hz) of the low band to the high band: 1 for white noise.
+    flatness = np.where(hf > 0.0, (lf**2 / max(lf_hi - th.VELOCITY_BAND_LO_HZ, 1e-9))
+                        / np.maximum(hf**2 / (hf_hi - hf_lo), 1e-300), 0.0)
     df = fs / n
     harm = np.arange(1, th.N_HARMONICS + 1, dtype=np.float64)
 
@@ -173,6 +190,9 @@ def extract(
     amp = _amplitude_from_dft(raw, n)  # the Hann spectrum, without a second FFT
     shaft_targets = (shaft[:, None] * np.array([1.0, 2.0]))[:, None, :]
     _, x12, x12_snr = _line_search(amp, df, shaft_targets, th.SPEED_TOLERANCE, th.NOISE_FLOOR_BINS)
+    hum = [mains_share(amp, df, shaft, f, th.MAINS_HARMONICS, th.MAINS_SHAFT_ORDERS,
+                       th.VELOCITY_BAND_LO_HZ) for f in th.MAINS_HZ]
+    which = np.argmax(np.stack(hum), axis=0)
 
     # Envelope band: the fast kurtogram's band of highest SK among those wide enough for
     # the lines we read and above the structural range (only those are computed).
@@ -239,6 +259,11 @@ def extract(
         resolution_hz=np.full(b, df),
         n_revolutions=shaft * n / fs,
         clip_fraction=stats[:, 5].copy(),
+        plateau_samples=np.rint(stats[:, 5] * n),
+        spikes=stats[:, 6].copy(),
+        mains_share=np.max(np.stack(hum), axis=0),
+        mains_hz=np.asarray(th.MAINS_HZ)[which],
+        broadband_flatness=flatness,
         finite=finite.astype(np.float64),
         env_lo_hz=lo_sel * df,
         env_hi_hz=hi_sel * df,

@@ -47,8 +47,63 @@ or disconnected (an industrial 100 mV/g sensor has a noise floor near 1e-5 g).""
 SENSOR_MAX_PEAK_G: float = 500.0
 """A peak above this (g) is beyond any industrial accelerometer's range on a machine."""
 
-SENSOR_CLIP_FRACTION: float = 0.01
-"""If more than this share of samples sit at the window's extreme value, the signal is clipped."""
+SENSOR_MIN_RMS_G: float = 2e-5
+"""Below this r.m.s. (g) the window is quieter than any sensor the gateways read: an
+industrial 100 mV/g piezo accelerometer has 1e-5..1e-4 g of residual noise over its band, a
+MEMS accelerometer 1e-4 g or more. Such a reading is a disconnected channel, a wrong gain or
+a sensor that is not coupled, not a quiet machine."""
+
+SENSOR_PLATEAU_TOL: float = 0.05
+"""Samples within this fraction of the typical (robust) sample-to-sample step of the window's
+extreme count as sitting on a rail (`dsp.stats._moments`): a saturated amplifier or ADC holds its
+rail to within its own noise, far below a vibration's typical step between samples."""
+
+SENSOR_PLATEAU_SAMPLES: int = 16
+"""This many samples on a rail mean saturation. An unsaturated signal puts one sample at
+each extreme and, by chance, a few more within `SENSOR_PLATEAU_TOL` of it (a Gaussian tail
+or a peak's flat top: at most 9 in any 8192-sample window of the CWRU records, which only
+measure this)."""
+
+SPIKE_K: float = 8.0
+"""A spike deviates from the window's median by more than this many robust standard
+deviations (1.4826 × MAD): a Gaussian signal passes 8 sigma once in 1e15 samples."""
+
+SPIKE_ISOLATION: float = 0.25
+"""...is at most two samples wide, and the samples 2 to 4 away on both sides stay below this
+share of its deviation. A mechanical impact excites a resonance that rings for a
+millisecond or more (tens of samples at 10-50 kHz); only an electrical spike (EMI, a cable
+or connector fault) is that narrow."""
+
+SPIKE_SAMPLES: int = 256
+"""Evenly strided samples the median and MAD of the spike test are taken from."""
+
+SENSOR_MAX_SPIKES: int = 0
+"""More isolated spikes than this in a window make it a sensor fault."""
+
+BROADBAND_NOISE_G: float = 5.0
+"""A high-frequency floor (`hf_floor`, g r.m.s.) above this, with a spectrum as flat down to
+10 Hz as at the top of the band, is not a machine: white acceleration at that level would mean
+hundreds of mm/s in the ISO band. It is a sensor that came loose and rattles, or a failing
+cable or amplifier."""
+
+BROADBAND_FLAT_RATIO: float = 0.5
+"""Flat: the acceleration power density of 10-1000 Hz is at least this share of the density in
+the high-frequency band. A machine's high-frequency energy (bearings, lubrication, cavitation)
+lives in structural resonances far above its low-frequency density."""
+
+MAINS_HZ: tuple[float, ...] = (50.0, 60.0)
+"""Mains frequencies: electrical pickup (a ground loop, an unshielded cable) sits exactly on
+them and their harmonics."""
+
+MAINS_HARMONICS: int = 5
+MAINS_SHAFT_ORDERS: int = 10
+"""Mains lines within 2 bins of shaft harmonics 1..10 are left out of the hum test: the
+machine vibrates there for its own reasons (an induction motor turns just below mains/pole
+pairs)."""
+
+MAINS_HUM_SHARE: float = 0.5
+"""Mains lines holding more than this share of the window's power are hum: a machine does
+not put most of its vibration at exactly mains frequency unless its shaft turns there."""
 
 # --- Frequency resolution --------------------------------------------------------------
 MIN_REVOLUTIONS: float = 5.0

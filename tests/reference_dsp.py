@@ -18,9 +18,10 @@ import scipy.stats
 G = 9.80665
 
 
-def moments(x: np.ndarray) -> np.ndarray:
-    """rms, peak, crest, kurtosis (Pearson), skewness, clip fraction per row."""
-    out = np.zeros((x.shape[0], 6))
+def moments(x: np.ndarray, plateau_tol: float = 0.05, spike_k: float = 8.0,
+            spike_isolation: float = 0.25, spike_samples: int = 256) -> np.ndarray:
+    """rms, peak, crest, kurtosis (Pearson), skewness, clip fraction, spikes per row."""
+    out = np.zeros((x.shape[0], 7))
     for i, row in enumerate(x):
         d = row - row.mean()
         rms = math.sqrt(np.mean(d**2))
@@ -31,8 +32,24 @@ def moments(x: np.ndarray) -> np.ndarray:
             out[i, 2] = peak / rms
             out[i, 3] = scipy.stats.kurtosis(row, fisher=False, bias=True)
             out[i, 4] = scipy.stats.skew(row, bias=True)
-        if row.max() > row.min():
-            out[i, 5] = np.mean((row == row.max()) | (row == row.min()))
+        if row.max() <= row.min():
+            continue
+        n = row.size
+        stride = max(1, n // spike_samples)
+        idx = np.arange(stride, n, stride)
+        step = 1.4826 * float(np.median(np.abs(row[idx] - row[idx - 1]))) if idx.size else 0.0
+        tol = plateau_tol * step
+        out[i, 5] = np.mean((row >= row.max() - tol) | (row <= row.min() + tol))
+        sub = row[::stride]
+        med = float(np.median(sub))
+        limit = spike_k * 1.4826 * float(np.median(np.abs(sub - med)))
+        dev = np.abs(row - med)
+        if limit > 0:
+            for j in np.nonzero(dev > limit)[0]:
+                near = [dev[k] for k in (j - 4, j - 3, j - 2, j + 2, j + 3, j + 4)
+                        if 0 <= k < n]
+                wide = j > 0 and j < n - 1 and min(dev[j - 1], dev[j + 1]) >= 0.5 * dev[j]
+                out[i, 6] += all(v < spike_isolation * dev[j] for v in near) and not wide
     return out
 
 

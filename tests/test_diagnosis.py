@@ -169,7 +169,7 @@ def test_sensor_faults() -> None:
         check(d)
     assert [d.diagnosis for d in got] == ["sensor_fault"] * 4 + ["normal"]
     assert "flat" in got[0].reason and "non-finite" in got[1].reason
-    assert "clipped" in got[2].reason and "peak" in got[3].reason
+    assert "saturated" in got[2].reason and "peak" in got[3].reason
 
 
 def test_too_short_window_is_insufficient_data() -> None:

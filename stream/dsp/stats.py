@@ -12,21 +12,36 @@ from numba import njit
 
 from ballpass.stream.dsp._check import check_windows
 
-STAT_NAMES: tuple[str, ...] = ("rms_g", "peak_g", "crest", "kurtosis", "skewness", "clip_fraction")
+STAT_NAMES: tuple[str, ...] = ("rms_g", "peak_g", "crest", "kurtosis", "skewness",
+                                "clip_fraction", "spikes")
 
 
 @njit(cache=True)
-def _moments(x: np.ndarray) -> np.ndarray:
-    """Per row: rms (g), peak |x| (g), crest, kurtosis (Pearson), skewness, clip fraction.
+def _moments(x: np.ndarray, plateau_tol: float, spike_k: float, spike_isolation: float,
+             spike_samples: int) -> np.ndarray:
+    """Per row: rms (g), peak |x| (g), crest, kurtosis (Pearson), skewness, clip fraction,
+    spikes.
 
-    Two passes (mean, then central moments) for accuracy. A constant row has rms 0 and
-    crest, kurtosis and skewness 0 (undefined; 0 keeps the row writable to InfluxDB, and
-    the diagnosis reports such a row as a sensor fault). The clip fraction is the share of
-    samples sitting exactly at the row's maximum or minimum value: a clipped sensor
-    produces runs of identical extreme values.
+    Two passes (mean, then central moments) for accuracy, and a third for the sensor's
+    health. A constant row has rms 0 and crest, kurtosis and skewness 0 (undefined; 0 keeps
+    the row writable to InfluxDB, and the diagnosis reports such a row as a sensor fault).
+
+    Clip fraction: the share of samples within `plateau_tol` × the typical sample-to-sample
+    step (1.4826 × the median |step|, over `spike_samples` strided steps) of the row's
+    maximum or minimum. A saturated sensor piles
+    samples on its rail, flat to within its noise; an unsaturated signal reaches its extreme
+    with one sample, its neighbours a typical step away.
+
+    Spikes: samples deviating from the row's median by more than `spike_k` robust standard
+    deviations (1.4826 × the median absolute deviation, over `spike_samples` evenly strided
+    samples: enough for a robust scale, cheap)
+    at most two samples wide (not both next neighbours above half of it), whose neighbours 2
+    to 4 samples away on both sides all stay below `spike_isolation` × that deviation. A
+    structure struck by an impact rings for milliseconds (many samples);
+    an electrical spike is one or two samples wide.
     """
     b, n = x.shape
-    out = np.zeros((b, 6))
+    out = np.zeros((b, 7))
     for i in range(b):
         row = x[i]
         mean = 0.0
@@ -56,24 +71,48 @@ def _moments(x: np.ndarray) -> np.ndarray:
         m3 /= n
         m4 /= n
         rms = np.sqrt(m2)
-        n_ext = 0
-        if hi > lo:
-            for j in range(n):
-                if row[j] == hi or row[j] == lo:
-                    n_ext += 1
         out[i, 0] = rms
         out[i, 1] = peak
         if m2 > 0.0:
             out[i, 2] = peak / rms
             out[i, 3] = m4 / (m2 * m2)
             out[i, 4] = m3 / (m2 * rms)
+        if hi <= lo:
+            continue
+        stride = max(1, n // spike_samples)
+        sub = row[::stride].copy()
+        # The typical step, robustly: one spike must not widen the rails' tolerance.
+        steps = np.abs(row[stride::stride] - row[stride - 1 : n - 1 : stride])
+        step = 1.4826 * np.median(steps) if steps.size else 0.0
+        tol = plateau_tol * step
+        med = np.median(sub)
+        limit = spike_k * 1.4826 * np.median(np.abs(sub - med))
+        n_ext = 0
+        spikes = 0
+        for j in range(n):
+            if row[j] >= hi - tol or row[j] <= lo + tol:
+                n_ext += 1
+            a = abs(row[j] - med)
+            if limit > 0.0 and a > limit:
+                isolated = True
+                for off in (-4, -3, -2, 2, 3, 4):
+                    k = j + off
+                    if 0 <= k < n and abs(row[k] - med) >= spike_isolation * a:
+                        isolated = False
+                        break
+                # At most two samples wide: not both next neighbours above half of it.
+                wide = (j > 0 and abs(row[j - 1] - med) >= 0.5 * a) and (
+                    j < n - 1 and abs(row[j + 1] - med) >= 0.5 * a)
+                if isolated and not wide:
+                    spikes += 1
         out[i, 5] = n_ext / n
+        out[i, 6] = spikes
     return out
 
 
-def moments(x: np.ndarray) -> np.ndarray:
-    """(B, 6) array of rms_g, peak_g, crest, kurtosis, skewness, clip_fraction per row.
-
-    `x` is (B, N) float64 acceleration in g; see `_moments`.
-    """
-    return _moments(check_windows(x))
+def moments(x: np.ndarray, plateau_tol: float = 0.05, spike_k: float = 8.0,
+            spike_isolation: float = 0.25, spike_samples: int = 256) -> np.ndarray:
+    """(B, 7) array of rms_g, peak_g, crest, kurtosis, skewness, clip_fraction, spikes per
+    row. `x` is (B, N) float64 acceleration in g; see `_moments` (the stream passes the
+    values of `ballpass.stream.thresholds`)."""
+    return _moments(check_windows(x), plateau_tol, spike_k, spike_isolation, spike_samples)
