@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from ballpass.config import AssetConfig, SensorConfig, did_you_mean
-from ballpass.gateway.drivers.base import Capture, SensorFault
+from ballpass.gateway.drivers.base import Capture, DeclaredOptions, SensorFault, check_options
 from ballpass.simulators import sensor_faults
 from ballpass.simulators.conditions import (
     CONDITION_NAMES,
@@ -185,7 +185,7 @@ def _sensor_fault_schedule(spec: Any) -> tuple[tuple[str, float, float], ...]:
     return tuple(out)
 
 
-class SimulatedDriver:
+class SimulatedDriver(DeclaredOptions):
     """A `Driver` that synthesises bursts of a machine in a chosen condition.
 
     Acceleration sensors return samples of shape (1, n) in g; temperature sensors
@@ -193,12 +193,11 @@ class SimulatedDriver:
     config produce the same sequence of bursts (t0 aside).
     """
 
+    OPTIONS = OPTIONS
+
     def __init__(self, sensor: SensorConfig, asset: AssetConfig) -> None:
         options = dict(sensor.options)
-        for key in options:
-            if key not in OPTIONS:
-                raise ValueError(f"options.{key}: unknown option{did_you_mean(key, OPTIONS)} "
-                                 f"(known: {', '.join(OPTIONS)})")
+        check_options(options, OPTIONS)
         if sensor.kind not in ("acceleration", "temperature"):
             raise ValueError(
                 f"kind: the simulated driver makes acceleration or temperature, "
