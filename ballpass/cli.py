@@ -82,9 +82,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
 def cmd_simulate_fleet(args: argparse.Namespace) -> int:
     import time
 
+    from ballpass.config import check_drivers
     from ballpass.gateway.service import run
     from ballpass.simulators import fleet
-    config = _load_config(args.config)
+    # With a scenario, the simulated sensors are checked with the options it gives them
+    # (`fleet.apply`, errors naming the scenario's fault); every other driver after it.
+    config = _load_config(args.config, drivers=args.scenario is None)
     ids = args.gateways.split(",") if args.gateways else [g.id for g in config.gateways]
     for gateway_id in ids:
         # Unknown ids, and unreadable secrets, fail here (exit 2), not in a thread.
@@ -99,6 +102,7 @@ def cmd_simulate_fleet(args: argparse.Namespace) -> int:
             scenario = dataclasses.replace(scenario, seed=args.seed)
         scale = args.time_scale if args.time_scale is not None else scenario.time_scale
         config, faults = fleet.apply(config, scenario, t_start_ns, scale)
+        check_drivers(config, skip=("simulated",))
         if args.truth is not None:
             paths = fleet.write_truth(
                 args.truth, fleet.truth(config, scenario, faults, t_start_ns, scale),

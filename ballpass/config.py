@@ -747,8 +747,18 @@ def _parse_webhook(r: TableReader) -> WebhookConfig:
     return hook
 
 
+def check_drivers(config: Config, skip: Iterable[str] = ()) -> None:
+    """ConfigError with every problem of the sensors' drivers and options (as `parse`
+    with `drivers=True` reports them); drivers named in `skip` are left out (checked by
+    the caller, e.g. `simulate fleet` with a scenario checks the simulated ones)."""
+    errors: list[str] = []
+    _check_drivers(errors, list(config.assets), list(config.gateways), tuple(skip))
+    if errors:
+        raise ConfigError(errors)
+
+
 def _check_drivers(errors: list[str], assets: list[AssetConfig | None],
-                   gateways: list[GatewayConfig | None]) -> None:
+                   gateways: list[GatewayConfig | None], skip: tuple[str, ...] = ()) -> None:
     """Each sensor's driver name and options, as `gateway[i].sensor[j].KEY: problem`.
 
     Only for gateways and assets that parsed: a sensor of a broken gateway is reported
@@ -762,7 +772,7 @@ def _check_drivers(errors: list[str], assets: list[AssetConfig | None],
             continue
         for si, sensor in enumerate(g.sensors):
             asset = by_id.get(sensor.asset)
-            if asset is None:  # its asset failed: reported there
+            if asset is None or sensor.driver in skip:  # its asset failed: reported there
                 continue
             errors.extend(f"gateway[{gi}].sensor[{si}].{e}" for e in validate(sensor, asset))
 
