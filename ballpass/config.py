@@ -487,7 +487,7 @@ def parse_bearing(r: TableReader) -> BearingGeometry | None:
     n = geometry.get("n_elements", int, required=True, check=_at_least(3))
     d = geometry.get("element_diameter", float, required=True, check=positive)
     pd = geometry.get("pitch_diameter", float, required=True, check=positive)
-    angle = geometry.get("contact_angle_deg", float, 0.0,
+    angle = geometry.get("contact_angle_deg", float, BearingGeometry.contact_angle_deg,
                          check=_in_range(0, 90, hi_open=True))
     geometry.finish()
     if None in (n, d, pd, angle):

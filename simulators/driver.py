@@ -128,16 +128,19 @@ def _trajectory(options: dict[str, Any], seed: int) -> Trajectory | None:
     for key in spec:
         if key not in known:
             raise ValueError(f"options.trajectory.{key}: unknown key{did_you_mean(key, known)}")
+    # The hours are read first: their errors carry the key path already.
+    where = "options.trajectory"
+    onset, incipient, developed, severe, max_severity = (
+        _hours(spec, "onset_h", where, 0.0), _hours(spec, "incipient_h", where, 24.0),
+        _hours(spec, "developed_h", where, 48.0), _hours(spec, "severe_h", where, 24.0),
+        _hours(spec, "max_severity", where, 2.5))
     try:
         return Trajectory(
-            condition=str(spec.get("condition", "")),
-            onset_s=_hours(spec, "onset_h", "options.trajectory", 0.0) * 3600.0,
-            incipient_s=_hours(spec, "incipient_h", "options.trajectory", 24.0) * 3600.0,
-            developed_s=_hours(spec, "developed_h", "options.trajectory", 48.0) * 3600.0,
-            severe_s=_hours(spec, "severe_h", "options.trajectory", 24.0) * 3600.0,
-            max_severity=_hours(spec, "max_severity", "options.trajectory", 2.5),
+            condition=str(spec.get("condition", "")), onset_s=onset * 3600.0,
+            incipient_s=incipient * 3600.0, developed_s=developed * 3600.0,
+            severe_s=severe * 3600.0, max_severity=max_severity,
         )
-    except ValueError as e:
+    except ValueError as e:  # Trajectory's own checks name the field, not the path
         raise ValueError(f"options.trajectory.{e}") from None
 
 

@@ -328,3 +328,32 @@ def test_json_config_errors_are_json_lines_too(tmp_path: Path) -> None:
     errors = [json.loads(line) for line in r.stderr.splitlines()]
     assert [e["error"] for e in errors] == list(DRIVER_ERRORS)
     assert {e["event"] for e in errors} == {"config_error"}
+
+
+def test_checking_a_hardware_site_imports_no_simulator_or_stream_code() -> None:
+    # The gateway's process loads the site file too: the driver check imports only the
+    # named drivers' modules.
+    code = (
+        "import json, sys\n"
+        "from ballpass.config import parse\n"
+        "parse({'site': {'id': 's'}, 'asset': [{'id': 'm', 'bearing': 'SKF 6205'}],\n"
+        "       'gateway': [{'id': 'g', 'sensor': [{'id': 'x', 'driver': 'iio',\n"
+        "       'asset': 'm', 'fs_hz': 100, 'window_samples': 16, 'interval_s': 1,\n"
+        "       'options': {'devce': 'a'}}]}]})\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "options.devce: unknown option; did you mean 'device'?" in r.stderr
+    ok = code.replace("'devce'", "'device'") + (
+        "heavy = ('ballpass.simulators', 'ballpass.stream', 'numba', 'scipy', 'river')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(heavy))))\n")
+    r = subprocess.run([sys.executable, "-c", ok], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == []
+
+
+def test_a_bad_trajectory_hour_names_its_path_once(tmp_path: Path) -> None:
+    path = site(tmp_path, sensors='[[gateway.sensor]]\nid = "t"\ndriver = "simulated"\n'
+                'asset = "m"\nfs_hz = 25600\nwindow_samples = 4096\ninterval_s = 0.5\n'
+                'options = { trajectory = { onset_h = "x" } }')
+    assert_config_error(ballpass("check-config", str(path)),
+                        "gateway[0].sensor[1].options.trajectory.onset_h: must be a finite "
+                        "number (hours), got 'x'")
