@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from ballpass.config import Config
 
 EXIT_CONFIG = 2
+_log = logging.getLogger("ballpass.cli")
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -25,9 +27,11 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
                    help="site configuration file (see docs/config.md)")
 
 
-def _load_config(path: Path) -> Config:
+def _load_config(path: Path, *, drivers: bool = True) -> Config:
+    """The site file, validated (ConfigError: exit 2). `drivers`: check every sensor's
+    driver and options (see `ballpass.config.parse`)."""
     from ballpass.config import load
-    return load(path)
+    return load(path, drivers=drivers)
 
 
 def _host_port(spec: str) -> str:
@@ -64,7 +68,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from ballpass.stream.service import StreamService
     from ballpass.stream.sinks.influx import create_writer
 
-    config = _load_config(args.config)
+    # No driver runs here, and a gateway's third-party driver need not be installed on the
+    # stream's host: the gateway and check-config check them.
+    config = _load_config(args.config, drivers=False)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -87,14 +93,19 @@ def cmd_stream(args: argparse.Namespace) -> int:
 def cmd_simulate_fleet(args: argparse.Namespace) -> int:
     import time
 
+    from ballpass.config import check_drivers
     from ballpass.gateway.service import run
     from ballpass.simulators import fleet
-    config = _load_config(args.config)
+    # With a scenario, the simulated sensors are checked with the options it gives them
+    # (`fleet.apply`, errors naming the scenario's fault); every other driver after it.
+    config = _load_config(args.config, drivers=args.scenario is None)
     ids = args.gateways.split(",") if args.gateways else [g.id for g in config.gateways]
     for gateway_id in ids:
-        config.gateway(gateway_id)  # unknown ids fail here, before anything starts
-    # Scenario and simulated sensors are checked before anything starts (exit 2 naming
-    # the item: unknown asset, fault line above Nyquist, negative severity).
+        # Unknown ids, and unreadable secrets, fail here (exit 2), not in a thread.
+        config.gateway(gateway_id).password()
+    # Every sensor's driver and options were checked by the load; the scenario's
+    # changes to them are checked by `fleet.apply`, before anything starts (exit 2
+    # naming the item: unknown asset, fault line above Nyquist, negative severity).
     t_start_ns = time.time_ns()
     if args.scenario is not None:
         scenario = fleet.load_scenario(args.scenario)
@@ -102,13 +113,12 @@ def cmd_simulate_fleet(args: argparse.Namespace) -> int:
             scenario = dataclasses.replace(scenario, seed=args.seed)
         scale = args.time_scale if args.time_scale is not None else scenario.time_scale
         config, faults = fleet.apply(config, scenario, t_start_ns, scale)
+        check_drivers(config, skip=("simulated",))
         if args.truth is not None:
             paths = fleet.write_truth(
                 args.truth, fleet.truth(config, scenario, faults, t_start_ns, scale),
                 fleet.truth_rows(faults, scenario.horizon_h))
             print(f"ground truth: {paths[0]} {paths[1]}")
-    else:
-        fleet.check_sensors(config)
     stop = _stop_on_signals()
     if args.duration is not None:
         timer = threading.Timer(args.duration, stop.set)
@@ -260,6 +270,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_args(p: argparse.ArgumentParser, defaults: bool) -> None:
+    from ballpass.log import FORMATS
+
+    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                   default="INFO" if defaults else argparse.SUPPRESS,
+                   help="least severe level logged (default INFO; any case)")
+    p.add_argument("--log-format", choices=FORMATS,
+                   default="kv" if defaults else argparse.SUPPRESS,
+                   help="kv: `time level logger event=name key=value ...` lines (default); "
+                   "json: one JSON object per line with the same event names and keys")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ballpass",
@@ -267,8 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         "vibration, the stream service diagnoses bearing and machine faults, InfluxDB "
         "stores it, webhooks call people.")
     parser.add_argument("--version", action="version", version=f"ballpass {__version__}")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _log_args(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="run the whole plant on this machine",
@@ -438,7 +462,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "its key path. Exit 0 when valid, 2 when not.")
     p.add_argument("config", type=Path, metavar="SITE.toml")
     p.set_defaults(func=cmd_check_config)
+    _log_args_after_subcommands(parser)
     return parser
+
+
+def _log_args_after_subcommands(parser: argparse.ArgumentParser) -> None:
+    """The log options after any subcommand too (`ballpass stream -c x --log-level
+    debug`). Their default there is SUPPRESS, so a subcommand that does not give them
+    keeps the value given before it (or the main default)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases: once each
+                _log_args(sub, defaults=False)
+                _log_args_after_subcommands(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -446,15 +482,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ballpass.config import ConfigError
 
     args = build_parser().parse_args(argv)
-    log.setup(args.log_level)
+    log.setup(args.log_level, fmt=args.log_format)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except ConfigError as e:
-        print("config error:", file=sys.stderr)
-        for line in e.errors:
-            print(f"  {line}", file=sys.stderr)
+        if args.log_format == "json":  # stderr stays one JSON object per line
+            for line in e.errors:
+                _log.error(log.kv("config_error", error=line))
+        else:
+            print("config error:", file=sys.stderr)
+            for line in e.errors:
+                print(f"  {line}", file=sys.stderr)
         return EXIT_CONFIG
     except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if args.log_format == "json":
+            _log.error(log.kv("file_not_found", error=e))
+        else:
+            print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG

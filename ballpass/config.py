@@ -8,6 +8,7 @@ See docs/config.md for every key.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import tomllib
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ballpass.credentials import expand_or_fail
 from ballpass.models.bearing import BearingGeometry
 from ballpass.models.catalog import lookup as lookup_bearing
 from ballpass.topics import valid_id
@@ -238,9 +240,35 @@ class Config:
 
 
 def _read_secret(path: Path | None) -> str | None:
+    """The secret in `path`, stripped. ConfigError naming the file when it cannot be read
+    (missing, a directory, not UTF-8): the services exit 2 instead of a traceback. The
+    load checks the files that exist already (`TableReader.secret_path`)."""
     if path is None:
         return None
-    return path.read_text(encoding="utf-8").strip()
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: must be a readable UTF-8 file ({_why(e)})"]) from None
+
+
+def _why(e: OSError | UnicodeDecodeError | ValueError) -> str:
+    """The reason of a failed file read, without the path (the caller names it)."""
+    if isinstance(e, UnicodeDecodeError):
+        return f"not valid UTF-8 (byte {e.start})"
+    if isinstance(e, OSError):
+        return e.strerror or type(e).__name__
+    return str(e)
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """The field defaults of dataclass `cls`: the one place a default is written."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 # --- parsing -------------------------------------------------------------------------
@@ -295,12 +323,61 @@ class TableReader:
                 return default
         return value
 
-    def path_value(self, name: str) -> Path | None:
+    def path_value(self, name: str, default: Path | None = None,
+                   directory: bool = False) -> Path | None:
+        """A path (relative to the config file, `~` expanded). An error when it holds a
+        NUL byte, names an unknown ~user, or exists as the wrong kind (a directory where
+        a file is meant, or with `directory`, a file); a missing one is fine here (it may
+        be on another host, or created later)."""
         value = self.get(name, str)
         if value is None:
+            return None if default is None else self._resolve(default)
+        # systemd credentials: "credential:NAME", "${CREDENTIALS_DIRECTORY}/..."
+        value = expand_or_fail(value, lambda m: self.fail(name, m))
+        if value is None:
             return None
-        p = Path(value).expanduser()
+        if "\0" in value:
+            self.fail(name, f"must be a path without NUL bytes, got {value!r}")
+            return None
+        try:
+            p = self._resolve(Path(value))
+        except RuntimeError:  # pathlib: "Could not determine home directory"
+            self.fail(name, f"must be a path whose ~user exists, got {value!r}")
+            return None
+        try:
+            if directory and p.exists() and not p.is_dir():
+                self.fail(name, f"must be a directory, got a file {value!r}")
+                return None
+            if not directory and p.is_dir():
+                self.fail(name, f"must be a file, got a directory {value!r}")
+                return None
+        except OSError as e:  # e.g. a name longer than the system allows
+            self.fail(name, f"must be a usable path ({_why(e)}), got {value!r}")
+            return None
+        return p
+
+    def _resolve(self, p: Path) -> Path:
+        p = p.expanduser()
         return p if p.is_absolute() else self.base / p
+
+    def secret_path(self, name: str) -> Path | None:
+        """A `*_file` key naming a secret: `path_value`, and when the file exists it must
+        be readable UTF-8 (what the service will read). A missing file is not an error
+        here: a site file lists every host's secrets and each host has only its own; the
+        service that needs it exits 2 naming it."""
+        p = self.path_value(name)
+        if p is None:
+            return None
+        try:
+            p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            pass  # another user's secret (check-config run by an operator): the service reads it
+        except (OSError, UnicodeDecodeError) as e:
+            self.fail(name, f"must be a readable UTF-8 file ({_why(e)}), got {str(p)!r}")
+            return None
+        return p
 
     def tables(self, name: str) -> list[TableReader]:
         self.used.add(name)
@@ -373,6 +450,14 @@ def one_of(*choices: str) -> Callable[[str], str | None]:
     return check
 
 
+def _in_range(lo: float, hi: float, *, hi_open: bool = False) -> Callable[[float], str | None]:
+    """`lo <= v <= hi` (`< hi` with `hi_open`), said as "must be in [lo, hi]"."""
+    def check(v: float) -> str | None:
+        ok = lo <= v < hi if hi_open else lo <= v <= hi
+        return None if ok else f"must be in [{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    return check
+
+
 def _http_url(v: str) -> str | None:
     return None if v.startswith(("http://", "https://")) else "must start with http:// or https://"
 
@@ -384,6 +469,10 @@ def _host_port(v: str) -> str | None:
 
 def _port(v: int) -> str | None:
     return None if 0 < v < 65536 else "must be a TCP port 1-65535"
+
+
+def _at_least(n: int) -> Callable[[int], str | None]:
+    return lambda v: None if v >= n else f"must be >= {n}"
 
 
 def parse_bearing(r: TableReader) -> BearingGeometry | None:
@@ -401,12 +490,11 @@ def parse_bearing(r: TableReader) -> BearingGeometry | None:
     if geometry is None:
         r.fail("bearing", "is required (a catalog name such as \"SKF 6205\" or a geometry table)")
         return None
-    n = geometry.get("n_elements", int, required=True, check=lambda v: None if v >= 3
-                     else "must be >= 3")
+    n = geometry.get("n_elements", int, required=True, check=_at_least(3))
     d = geometry.get("element_diameter", float, required=True, check=positive)
     pd = geometry.get("pitch_diameter", float, required=True, check=positive)
-    angle = geometry.get("contact_angle_deg", float, 0.0,
-                         check=lambda v: None if 0 <= v < 90 else "must be in [0, 90)")
+    angle = geometry.get("contact_angle_deg", float, BearingGeometry.contact_angle_deg,
+                         check=_in_range(0, 90, hi_open=True))
     geometry.finish()
     if None in (n, d, pd, angle):
         return None
@@ -418,24 +506,25 @@ def parse_bearing(r: TableReader) -> BearingGeometry | None:
 
 
 def _parse_asset(r: TableReader) -> AssetConfig | None:
+    d = _defaults(AssetConfig)
     asset_id = r.get("id", str, required=True, check=_an_id)
+    # `kind` has no field default (an AssetConfig is always given one); "other" is the
+    # site file's.
     kind = r.get("kind", str, "other", check=one_of(*ASSET_KINDS))
-    shaft_hz = r.get("shaft_hz", float, check=positive)
-    tacho = r.get("tacho_sensor", str, check=_an_id)
-    group = r.get("iso_group", int, 2, check=lambda v: None if v in (1, 2) else "must be 1 or 2")
-    foundation = r.get("iso_foundation", str, "rigid", check=one_of(*ISO_FOUNDATIONS))
+    shaft_hz = r.get("shaft_hz", float, d["shaft_hz"], check=positive)
+    tacho = r.get("tacho_sensor", str, d["tacho_sensor"], check=_an_id)
+    group = r.get("iso_group", int, d["iso_group"],
+                  check=lambda v: None if v in (1, 2) else "must be 1 or 2")
+    foundation = r.get("iso_foundation", str, d["iso_foundation"],
+                       check=one_of(*ISO_FOUNDATIONS))
     bearing = parse_bearing(r)
-    online = _parse_online(r.sub("online")) if "online" in r.table else OnlinePolicy()
-    alert = _parse_alert_policy(r.sub("alert")) if "alert" in r.table else None
+    online = _parse_online(r.sub("online")) if "online" in r.table else d["online"]
+    alert = _parse_alert_policy(r.sub("alert")) if "alert" in r.table else d["alert"]
     r.finish()
     if asset_id is None or bearing is None:
         return None
     return AssetConfig(asset_id, kind, bearing, shaft_hz, tacho, group, foundation,
                        online, alert)
-
-
-def _at_least(n: int) -> Callable[[int], str | None]:
-    return lambda v: None if v >= n else f"must be >= {n}"
 
 
 def _parse_online(o: TableReader) -> OnlinePolicy:
@@ -447,7 +536,7 @@ def _parse_online(o: TableReader) -> OnlinePolicy:
         band_min_windows=o.get("band_min_windows", int, d.band_min_windows,
                                check=_at_least(10)),
         anomaly_threshold=o.get("anomaly_threshold", float, d.anomaly_threshold,
-                                check=lambda v: None if 0.5 <= v < 1 else "must be in [0.5, 1)"),
+                                check=_in_range(0.5, 1, hi_open=True)),
         anomaly_k=o.get("anomaly_k", int, d.anomaly_k, check=_at_least(1)),
         anomaly_n=o.get("anomaly_n", int, d.anomaly_n, check=_at_least(1)),
         trend_bucket_s=o.get("trend_bucket_s", float, d.trend_bucket_s, check=positive),
@@ -486,10 +575,12 @@ def _trend_calibration(o: TableReader) -> Path | None:
 
 
 def _parse_alert_policy(a: TableReader) -> AlertPolicy:
+    """An `alert` table ([stream.alert] or an asset's); checked as a whole."""
+    d = AlertPolicy()
     policy = AlertPolicy(
-        enter_k=a.get("enter_k", int, 3, check=_at_least(1)),
-        leave_m=a.get("leave_m", int, 1, check=_at_least(0)),
-        window_n=a.get("window_n", int, 5, check=_at_least(1)),
+        enter_k=a.get("enter_k", int, d.enter_k, check=_at_least(1)),
+        leave_m=a.get("leave_m", int, d.leave_m, check=_at_least(0)),
+        window_n=a.get("window_n", int, d.window_n, check=_at_least(1)),
     )
     a.finish()
     if policy.enter_k > policy.window_n or policy.leave_m >= policy.enter_k:
@@ -509,8 +600,9 @@ def _parse_sensor(r: TableReader, assets: set[str]) -> SensorConfig | None:
     fs_hz = r.get("fs_hz", float, required=True, check=positive)
     n = r.get("window_samples", int, required=True, check=window_samples_in_range)
     interval = r.get("interval_s", float, required=True, check=positive)
-    kind = r.get("kind", str, "acceleration", check=one_of("acceleration", "temperature"))
-    options = r.get("options", dict, {})
+    d = _defaults(SensorConfig)
+    kind = r.get("kind", str, d["kind"], check=one_of("acceleration", "temperature"))
+    options = r.get("options", dict, d["options"])
     r.finish()
     if None in (sensor_id, driver, asset, fs_hz, n, interval):
         return None
@@ -522,13 +614,14 @@ def _parse_sensor(r: TableReader, assets: set[str]) -> SensorConfig | None:
 def _parse_gateway(r: TableReader, assets: set[str]) -> GatewayConfig | None:
     gateway_id = r.get("id", str, required=True, check=_an_id)
     username = r.get("username", str)
-    password_file = r.path_value("password_file")
+    password_file = r.secret_path("password_file")
     o = r.sub("outbox")
+    d = OutboxConfig()
     outbox = OutboxConfig(
         path=o.path_value("path"),
-        max_mb=o.get("max_mb", float, 512.0, check=positive),
-        max_age_h=o.get("max_age_h", float, 168.0, check=positive),
-        flush_rate_per_s=o.get("flush_rate_per_s", float, 50.0, check=positive),
+        max_mb=o.get("max_mb", float, d.max_mb, check=positive),
+        max_age_h=o.get("max_age_h", float, d.max_age_h, check=positive),
+        flush_rate_per_s=o.get("flush_rate_per_s", float, d.flush_rate_per_s, check=positive),
     )
     o.finish()
     sensors = [_parse_sensor(s, assets) for s in r.tables("sensor")]
@@ -541,70 +634,65 @@ def _parse_gateway(r: TableReader, assets: set[str]) -> GatewayConfig | None:
                          password_file, outbox)
 
 
-def parse(data: dict[str, Any], base: Path = Path(".")) -> Config:
-    """Validate a parsed TOML document; relative paths resolve against `base`."""
+def parse(data: dict[str, Any], base: Path = Path("."), *, drivers: bool = True) -> Config:
+    """Validate a parsed TOML document; relative paths resolve against `base`.
+
+    `drivers`: also check each sensor's driver name and options against the installed
+    drivers (`ballpass.gateway.drivers.validate`); off only where no driver is run and
+    a gateway's third-party driver may not be installed (the stream's host).
+    """
     errors: list[str] = []
     root = TableReader(data, "", errors, base)
 
     s = root.sub("site")
     site = SiteConfig(s.get("id", str, required=True, check=_an_id) or "",
-                      s.get("name", str, ""))
+                      s.get("name", str, SiteConfig.name))
     s.finish()
 
     b = root.sub("broker")
+    d = BrokerConfig()
     broker = BrokerConfig(
-        host=b.get("host", str, "127.0.0.1"),
-        port=b.get("port", int, 1883, check=_port),
-        tls=b.get("tls", bool, False),
+        host=b.get("host", str, d.host),
+        port=b.get("port", int, d.port, check=_port),
+        tls=b.get("tls", bool, d.tls),
         ca_file=b.path_value("ca_file"),
         cert_file=b.path_value("cert_file"),
         key_file=b.path_value("key_file"),
         username=b.get("username", str),
-        password_file=b.path_value("password_file"),
-        keepalive_s=b.get("keepalive_s", int, 30, check=lambda v: None if v >= 5
-                          else "must be >= 5"),
+        password_file=b.secret_path("password_file"),
+        keepalive_s=b.get("keepalive_s", int, d.keepalive_s, check=_at_least(5)),
     )
     b.finish()
 
     i = root.sub("influx")
+    di = InfluxConfig()
     influx = InfluxConfig(
-        api=i.get("api", str, "v1", check=one_of("v1", "v2")),
-        url=i.get("url", str, "http://127.0.0.1:8086",
-                  check=lambda v: None if v.startswith(("http://", "https://"))
-                  else "must start with http:// or https://"),
-        db=i.get("db", str, "ballpass"),
-        bucket=i.get("bucket", str, "ballpass"),
-        org=i.get("org", str, "ballpass"),
-        token_file=i.path_value("token_file"),
+        api=i.get("api", str, di.api, check=one_of("v1", "v2")),
+        url=i.get("url", str, di.url, check=_http_url),
+        db=i.get("db", str, di.db),
+        bucket=i.get("bucket", str, di.bucket),
+        org=i.get("org", str, di.org),
+        token_file=i.secret_path("token_file"),
         username=i.get("username", str),
-        password_file=i.path_value("password_file"),
-        timeout_s=i.get("timeout_s", float, 10.0, check=positive),
+        password_file=i.secret_path("password_file"),
+        timeout_s=i.get("timeout_s", float, di.timeout_s, check=positive),
     )
     i.finish()
 
     st = root.sub("stream")
-    a = st.sub("alert")
-    policy = AlertPolicy(
-        enter_k=a.get("enter_k", int, 3, check=lambda v: None if v >= 1 else "must be >= 1"),
-        leave_m=a.get("leave_m", int, 1, check=lambda v: None if v >= 0 else "must be >= 0"),
-        window_n=a.get("window_n", int, 5, check=lambda v: None if v >= 1 else "must be >= 1"),
-    )
-    a.finish()
-    if policy.enter_k > policy.window_n or policy.leave_m >= policy.enter_k:
-        a.fail("", "need leave_m < enter_k <= window_n, got "
-               f"leave_m={policy.leave_m} enter_k={policy.enter_k} window_n={policy.window_n}")
+    ds = _defaults(StreamConfig)
     stream = StreamConfig(
-        state_dir=st.path_value("state_dir") or base / "state",
-        client_id=st.get("client_id", str, "ballpass-stream"),
+        state_dir=st.path_value("state_dir", ds["state_dir"], directory=True)
+        or base / ds["state_dir"],
+        client_id=st.get("client_id", str, ds["client_id"]),
         username=st.get("username", str),
-        password_file=st.path_value("password_file"),
-        batch_max=st.get("batch_max", int, 16, check=lambda v: None if v >= 1
-                         else "must be >= 1"),
-        batch_wait_s=st.get("batch_wait_s", float, 0.2, check=_non_negative),
-        alert=policy,
-        online_save_s=st.get("online_save_s", float, 300.0, check=positive),
+        password_file=st.secret_path("password_file"),
+        batch_max=st.get("batch_max", int, ds["batch_max"], check=_at_least(1)),
+        batch_wait_s=st.get("batch_wait_s", float, ds["batch_wait_s"], check=_non_negative),
+        alert=_parse_alert_policy(st.sub("alert")),
+        online_save_s=st.get("online_save_s", float, ds["online_save_s"], check=positive),
         http=st.get("http", str, check=_host_port),
-        http_token_file=st.path_value("http_token_file"),
+        http_token_file=st.secret_path("http_token_file"),
         public_url=st.get("public_url", str, check=_http_url),
     )
     st.finish()
@@ -625,42 +713,74 @@ def parse(data: dict[str, Any], base: Path = Path(".")) -> Config:
             errors.append(f"asset[{ai}].tacho_sensor: no sensor with this id, "
                           f"got {asset.tacho_sensor!r}")
 
-    webhooks = []
-    for r in root.tables("webhook"):
-        url = r.get("url", str, required=True,
-                    check=lambda v: None if v.startswith(("http://", "https://"))
-                    else "must start with http:// or https://")
-        events = r.get("events", list, list(WEBHOOK_EVENTS))
-        if events is not None:
-            for e in events:
-                if e not in WEBHOOK_EVENTS:
-                    r.fail("events", f"each must be one of {', '.join(WEBHOOK_EVENTS)}, "
-                                     f"got {e!r}")
-        fmt = r.get("format", str, "json", check=one_of(*WEBHOOK_FORMATS))
-        hook = WebhookConfig(url or "", tuple(events or ()),
-                             r.get("timeout_s", float, 5.0, check=positive),
-                             r.get("retries", int, 3, check=lambda v: None if v >= 0
-                                   else "must be >= 0"),
-                             format=fmt or "json",
-                             name=r.get("name", str, ""),
-                             secret_file=r.path_value("secret_file"),
-                             routing_key_file=r.path_value("routing_key_file"),
-                             group_wait_s=r.get("group_wait_s", float, 30.0,
-                                                check=_non_negative),
-                             rate_limit_per_min=r.get("rate_limit_per_min", float, 20.0,
-                                                      check=positive),
-                             backoff_max_s=r.get("backoff_max_s", float, 60.0,
-                                                 check=positive))
-        if fmt == "pagerduty" and hook.routing_key_file is None:
-            r.fail("routing_key_file", "is required for format = \"pagerduty\"")
-        r.finish()
-        webhooks.append(hook)
+    if drivers:
+        _check_drivers(errors, assets, gateways)
+
+    webhooks = [_parse_webhook(r) for r in root.tables("webhook")]
 
     root.finish()
     if errors:
         raise ConfigError(errors)
     return Config(site, broker, influx, stream, tuple(a for a in assets if a),
                   tuple(g for g in gateways if g), tuple(webhooks))
+
+
+def _parse_webhook(r: TableReader) -> WebhookConfig:
+    d = _defaults(WebhookConfig)
+    url = r.get("url", str, required=True, check=_http_url)
+    events = r.get("events", list, list(d["events"]))
+    is_event = one_of(*WEBHOOK_EVENTS)
+    for e in events or ():
+        problem = is_event(str(e))
+        if problem:
+            r.fail("events", f"each {problem}, got {e!r}")
+    fmt = r.get("format", str, d["format"], check=one_of(*WEBHOOK_FORMATS))
+    hook = WebhookConfig(
+        url or "", tuple(events or ()),
+        timeout_s=r.get("timeout_s", float, d["timeout_s"], check=positive),
+        retries=r.get("retries", int, d["retries"], check=_at_least(0)),
+        format=fmt or d["format"],
+        name=r.get("name", str, d["name"]),
+        secret_file=r.secret_path("secret_file"),
+        routing_key_file=r.secret_path("routing_key_file"),
+        group_wait_s=r.get("group_wait_s", float, d["group_wait_s"], check=_non_negative),
+        rate_limit_per_min=r.get("rate_limit_per_min", float, d["rate_limit_per_min"],
+                                 check=positive),
+        backoff_max_s=r.get("backoff_max_s", float, d["backoff_max_s"], check=positive))
+    if fmt == "pagerduty" and hook.routing_key_file is None:
+        r.fail("routing_key_file", "is required for format = \"pagerduty\"")
+    r.finish()
+    return hook
+
+
+def check_drivers(config: Config, skip: Iterable[str] = ()) -> None:
+    """ConfigError with every problem of the sensors' drivers and options (as `parse`
+    with `drivers=True` reports them); drivers named in `skip` are left out (checked by
+    the caller, e.g. `simulate fleet` with a scenario checks the simulated ones)."""
+    errors: list[str] = []
+    _check_drivers(errors, list(config.assets), list(config.gateways), tuple(skip))
+    if errors:
+        raise ConfigError(errors)
+
+
+def _check_drivers(errors: list[str], assets: list[AssetConfig | None],
+                   gateways: list[GatewayConfig | None], skip: tuple[str, ...] = ()) -> None:
+    """Each sensor's driver name and options, as `gateway[i].sensor[j].KEY: problem`.
+
+    Only for gateways and assets that parsed: a sensor of a broken gateway is reported
+    by its own keys already. Imported here: the drivers import this module.
+    """
+    from ballpass.gateway.drivers import validate
+
+    by_id = {a.id: a for a in assets if a}
+    for gi, g in enumerate(gateways):
+        if g is None:
+            continue
+        for si, sensor in enumerate(g.sensors):
+            asset = by_id.get(sensor.asset)
+            if asset is None or sensor.driver in skip:  # its asset failed: reported there
+                continue
+            errors.extend(f"gateway[{gi}].sensor[{si}].{e}" for e in validate(sensor, asset))
 
 
 def _no_duplicates(root: TableReader, what: str, ids: list[str]) -> None:
@@ -671,12 +791,19 @@ def _no_duplicates(root: TableReader, what: str, ids: list[str]) -> None:
         seen.add(x)
 
 
-def load(path: str | Path) -> Config:
-    """Load and validate a site file. Raises ConfigError (with every problem) or OSError."""
+def load(path: str | Path, *, drivers: bool = True) -> Config:
+    """Load and validate a site file (`drivers`: see `parse`). Raises ConfigError with
+    every problem, the file's own ones (missing, a directory, not UTF-8, not TOML)
+    included."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        source = path.resolve()
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: a NUL in the path
+        raise ConfigError([f"{path}: cannot read the site file: {_why(e)}"]) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{path}: not valid TOML: {e}"]) from e
-    config = parse(data, base=path.resolve().parent)
-    return Config(**{**config.__dict__, "source": path.resolve()})
+    config = parse(data, base=source.parent, drivers=drivers)
+    return dataclasses.replace(config, source=source)

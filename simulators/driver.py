@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from ballpass.config import AssetConfig, SensorConfig, did_you_mean
-from ballpass.gateway.drivers.base import Capture, SensorFault
+from ballpass.gateway.drivers.base import Capture, DeclaredOptions, SensorFault, check_options
 from ballpass.simulators import sensor_faults
 from ballpass.simulators.conditions import (
     CONDITION_NAMES,
@@ -128,16 +128,19 @@ def _trajectory(options: dict[str, Any], seed: int) -> Trajectory | None:
     for key in spec:
         if key not in known:
             raise ValueError(f"options.trajectory.{key}: unknown key{did_you_mean(key, known)}")
+    # The hours are read first: their errors carry the key path already.
+    where = "options.trajectory"
+    onset, incipient, developed, severe, max_severity = (
+        _hours(spec, "onset_h", where, 0.0), _hours(spec, "incipient_h", where, 24.0),
+        _hours(spec, "developed_h", where, 48.0), _hours(spec, "severe_h", where, 24.0),
+        _hours(spec, "max_severity", where, 2.5))
     try:
         return Trajectory(
-            condition=str(spec.get("condition", "")),
-            onset_s=_hours(spec, "onset_h", "options.trajectory", 0.0) * 3600.0,
-            incipient_s=_hours(spec, "incipient_h", "options.trajectory", 24.0) * 3600.0,
-            developed_s=_hours(spec, "developed_h", "options.trajectory", 48.0) * 3600.0,
-            severe_s=_hours(spec, "severe_h", "options.trajectory", 24.0) * 3600.0,
-            max_severity=_hours(spec, "max_severity", "options.trajectory", 2.5),
+            condition=str(spec.get("condition", "")), onset_s=onset * 3600.0,
+            incipient_s=incipient * 3600.0, developed_s=developed * 3600.0,
+            severe_s=severe * 3600.0, max_severity=max_severity,
         )
-    except ValueError as e:
+    except ValueError as e:  # Trajectory's own checks name the field, not the path
         raise ValueError(f"options.trajectory.{e}") from None
 
 
@@ -185,7 +188,7 @@ def _sensor_fault_schedule(spec: Any) -> tuple[tuple[str, float, float], ...]:
     return tuple(out)
 
 
-class SimulatedDriver:
+class SimulatedDriver(DeclaredOptions):
     """A `Driver` that synthesises bursts of a machine in a chosen condition.
 
     Acceleration sensors return samples of shape (1, n) in g; temperature sensors
@@ -193,12 +196,11 @@ class SimulatedDriver:
     config produce the same sequence of bursts (t0 aside).
     """
 
+    OPTIONS = OPTIONS
+
     def __init__(self, sensor: SensorConfig, asset: AssetConfig) -> None:
         options = dict(sensor.options)
-        for key in options:
-            if key not in OPTIONS:
-                raise ValueError(f"options.{key}: unknown option{did_you_mean(key, OPTIONS)} "
-                                 f"(known: {', '.join(OPTIONS)})")
+        check_options(options, OPTIONS)
         if sensor.kind not in ("acceleration", "temperature"):
             raise ValueError(
                 f"kind: the simulated driver makes acceleration or temperature, "

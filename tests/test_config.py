@@ -137,3 +137,25 @@ def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
     bad.write_text("[site\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(bad)
+
+
+def test_defaults_come_from_the_dataclass_fields() -> None:
+    # One source: a key left out of the file takes the field default of its dataclass.
+    import dataclasses
+
+    from ballpass import config as c
+    parsed = parse(minimal(webhook=[{"url": "http://127.0.0.1:1/"}]), base=Path("/site"))
+    for got, cls in [(parsed.broker, c.BrokerConfig), (parsed.influx, c.InfluxConfig),
+                     (parsed.gateways[0].outbox, c.OutboxConfig),
+                     (parsed.stream.alert, c.AlertPolicy), (parsed.assets[0].online,
+                                                            c.OnlinePolicy)]:
+        assert got == cls(), cls
+    for f in dataclasses.fields(c.WebhookConfig):
+        if f.name != "url":
+            assert getattr(parsed.webhooks[0], f.name) == f.default, f.name
+    stream = parsed.stream
+    assert stream.state_dir == Path("/site") / c.StreamConfig.state_dir
+    assert dataclasses.replace(stream, state_dir=c.StreamConfig.state_dir) == \
+        c.StreamConfig()
+    sensor = parsed.gateways[0].sensors[0]
+    assert (sensor.kind, sensor.options) == ("acceleration", {})

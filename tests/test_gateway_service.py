@@ -170,7 +170,8 @@ def test_outbox_path_choice(tmp_path: Path) -> None:
     config = site_config("127.0.0.1", 1883, "gw-a", tmp_path / "x.sqlite")
     assert outbox_path_for(config, "gw-a") == tmp_path / "x.sqlite"
     assert outbox_path_for(config, "gw-a", tmp_path / "y.sqlite") == tmp_path / "y.sqlite"
-    bare = parse({"site": {"id": SITE}, "asset": [{"id": "pump1", "bearing": "SKF 6205"}],
+    bare = parse({"site": {"id": SITE}, "asset": [{"id": "pump1", "bearing": "SKF 6205",
+                                                   "shaft_hz": 25.0}],
                   "gateway": [{"id": "gw-b", "sensor": [{
                       "id": "s1", "driver": "simulated", "asset": "pump1", "fs_hz": 1000,
                       "window_samples": 100, "interval_s": 1}]}]})

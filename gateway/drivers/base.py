@@ -4,13 +4,19 @@ A driver is created from one sensor's config (`SensorConfig`, with its free-form
 `options` table), opened once, then asked for bursts of samples. It raises
 `SensorFault` for a device problem (unplugged, read error, garbage); the gateway
 reports that on the status topic and retries, it never crashes.
+
+Options are checked when the site file is loaded (`ballpass.config.load`, so in
+`check-config`, `gateway` and `simulate fleet` alike), not when the gateway first opens
+the device: a driver class declares `OPTIONS` (the names it accepts) and may define the
+classmethod `validate_options(sensor, asset) -> list[str]`. `DeclaredOptions` gives
+both from the constructor's own checks (no I/O there), so a rule is written once.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -52,15 +58,53 @@ class Driver(Protocol):
 
 
 class DriverFactory(Protocol):
+    """A driver class: `cls(sensor, asset)` builds a driver (no I/O).
+
+    Optional (see `ballpass.gateway.drivers.validate`): `OPTIONS`, the option names it
+    accepts, and the classmethod `validate_options(sensor, asset) -> list[str]`, each
+    error as `options.KEY: problem` (relative to the sensor's key path). A class without
+    them is validated by building it once.
+    """
+
     def __call__(self, sensor: SensorConfig, asset: AssetConfig) -> Driver: ...
 
 
-def check_options(options: dict, known: tuple[str, ...]) -> None:
-    """ValueError naming the first option not in `known`, with the closest known name."""
+def unknown_options(options: dict[str, Any], known: tuple[str, ...]) -> list[str]:
+    """`options.KEY: unknown option; did you mean 'x'?` for each key not in `known`
+    (the list of known names when none is close)."""
+    errors = []
     for key in options:
         if key not in known:
-            raise ValueError(f"options.{key}: unknown option{did_you_mean(key, known)} "
-                             f"(known: {', '.join(known)})")
+            hint = did_you_mean(key, known) or f" (known: {', '.join(known)})"
+            errors.append(f"options.{key}: unknown option{hint}")
+    return errors
+
+
+def check_options(options: dict[str, Any], known: tuple[str, ...]) -> None:
+    """ValueError naming the first option not in `known`, with the closest known name."""
+    errors = unknown_options(options, known)
+    if errors:
+        raise ValueError(errors[0])
+
+
+class DeclaredOptions:
+    """Mixin for a driver whose constructor validates its options without I/O:
+    `validate_options` reports every unknown option, then builds the driver once to run
+    the constructor's checks of the values (ValueError `options.KEY: ...`)."""
+
+    OPTIONS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def validate_options(cls, sensor: SensorConfig, asset: AssetConfig) -> list[str]:
+        """Every problem of `sensor.options` for this driver ([] when valid)."""
+        errors = unknown_options(sensor.options, cls.OPTIONS)
+        if errors:
+            return errors
+        try:
+            cls(sensor, asset)  # type: ignore[call-arg]
+        except ValueError as e:
+            return [str(e)]
+        return []
 
 
 def option(options: dict, key: str, kind: type | tuple[type, ...], default: object) -> object:
@@ -86,6 +130,23 @@ def root_path(options: dict, path: str) -> str:
     """
     import os
 
-    root = option(options, "root", str, "/")
+    root = path_option(options, "root", "/")
     assert isinstance(root, str)
     return os.path.join(root, path.lstrip("/"))
+
+
+def path_option(options: dict[str, Any], key: str, default: str | None) -> str | None:
+    """A file-system path option: a string without NUL bytes (which no system call
+    accepts, so it would fail at every open), `~` expanded. ValueError naming the key."""
+    import os
+
+    value = option(options, key, str, default)
+    if value is None:
+        return None
+    assert isinstance(value, str)
+    if "\0" in value:
+        raise ValueError(f"options.{key}: must be a path without NUL bytes, got {value!r}")
+    expanded = os.path.expanduser(value)
+    if expanded.startswith("~"):
+        raise ValueError(f"options.{key}: must be a path whose ~user exists, got {value!r}")
+    return expanded

@@ -28,7 +28,14 @@ import time
 import numpy as np
 
 from ballpass.config import AssetConfig, SensorConfig
-from ballpass.gateway.drivers.base import Capture, SensorFault, check_options, option, root_path
+from ballpass.gateway.drivers.base import (
+    Capture,
+    DeclaredOptions,
+    SensorFault,
+    check_options,
+    option,
+    root_path,
+)
 
 OPTIONS = ("device", "root")
 MIN_C, MAX_C = -55.0, 125.0
@@ -93,8 +100,10 @@ def parse_w1_slave(text: str, where: str = "w1_slave") -> float:
     return celsius
 
 
-class Ds18b20Driver:
+class Ds18b20Driver(DeclaredOptions):
     """A `Driver` for one DS18B20; samples (1, n) in °C."""
+
+    OPTIONS = OPTIONS
 
     def __init__(self, sensor: SensorConfig, asset: AssetConfig) -> None:
         options = dict(sensor.options)

@@ -35,7 +35,14 @@ from typing import Any
 import numpy as np
 
 from ballpass.config import AssetConfig, SensorConfig
-from ballpass.gateway.drivers.base import Capture, SensorFault, check_options, option, root_path
+from ballpass.gateway.drivers.base import (
+    Capture,
+    DeclaredOptions,
+    SensorFault,
+    check_options,
+    option,
+    root_path,
+)
 
 STANDARD_GRAVITY = 9.80665
 """m/s² per g: IIO reports acceleration in m/s²."""
@@ -144,8 +151,10 @@ def _float(path: str) -> float:
         raise SensorFault(f"{path}: not a number: {text[:40]!r}") from None
 
 
-class IioDriver:
+class IioDriver(DeclaredOptions):
     """A `Driver` for one IIO accelerometer; samples (n_axes, n) in g."""
+
+    OPTIONS = OPTIONS
 
     def __init__(self, sensor: SensorConfig, asset: AssetConfig) -> None:
         options = dict(sensor.options)

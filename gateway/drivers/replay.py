@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 
 from ballpass.config import AssetConfig, SensorConfig
-from ballpass.gateway.drivers.base import Capture, SensorFault, check_options, option
+from ballpass.gateway.drivers.base import (
+    Capture,
+    DeclaredOptions,
+    SensorFault,
+    check_options,
+    option,
+    path_option,
+)
 
 OPTIONS = ("path", "array", "columns", "scale", "loop", "pace")
 
@@ -144,14 +151,16 @@ def _csv(path: str, columns: list[Any] | None) -> np.ndarray:
     return data.T
 
 
-class ReplayDriver:
+class ReplayDriver(DeclaredOptions):
     """A `Driver` that plays a recording in a loop; samples (n_channels, n)."""
+
+    OPTIONS = OPTIONS
 
     def __init__(self, sensor: SensorConfig, asset: AssetConfig) -> None:
         options = dict(sensor.options)
         check_options(options, OPTIONS)
         self.sensor = sensor
-        path = option(options, "path", str, None)
+        path = path_option(options, "path", None)
         if not path:
             raise ValueError("options.path: required (a .npz, .wav or .csv file)")
         self.path = str(path)
