@@ -400,6 +400,9 @@ def serve(config_path: Path, gateway_id: str, *, outbox_path: Path | None = None
             raise ConfigError([f"--metrics: {e}"]) from None
     config = load(config_path)
     gateway = config.gateway(gateway_id)
+    # A secret missing at start is a config error (exit 2); one missing later, mid-rotation,
+    # is retried at each connect (the publisher).
+    gateway.password()
     stop = threading.Event()
     sup = Supervisor(notify=sdnotify.notify, watchdog_s=sdnotify.watchdog_interval_s(),
                      load_config=lambda: load(config_path))
