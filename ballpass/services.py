@@ -476,9 +476,10 @@ class Mosquitto(Service):
             tls_port=self.tls_port, tls_only=self.tls_only)
         if not self.anonymous:
             pw = "".join(f"{u}:{mosquitto_password_hash(p)}\n" for u, p in self.users.items())
-            write_private(self.workdir / "passwd", pw)
-            write_private(self.workdir / "acl",
-                           acl_text(self.stream_users, self.operator_users))
+            write_private(self.workdir / "passwd", pw, keep_group_read=False)
+            write_private(self.workdir / "acl", acl_text(self.stream_users,
+                                                         self.operator_users),
+                          keep_group_read=False)
         self.config_path.write_text(text, encoding="utf-8")
         return ["-c", str(self.config_path)]
 
@@ -506,7 +507,8 @@ class Mosquitto(Service):
         return len(reply) >= 2 and reply[0] == 0x20
 
 
-def write_private(path: Path, text: str, *, owner: tuple[int, int] | None = None) -> None:
+def write_private(path: Path, text: str, *, owner: tuple[int, int] | None = None,
+                  keep_group_read: bool = True) -> None:
     """Replace `path` by a file holding `text`, never readable by others.
 
     Written to a new temp file in the same dir (mkstemp: O_CREAT|O_EXCL, mode 0600 from
@@ -514,14 +516,15 @@ def write_private(path: Path, text: str, *, owner: tuple[int, int] | None = None
     sees a partial file and an old file's world bits are never kept. A new file is 0600.
     A replaced file keeps its owner and group (when the caller is root) and its group-read
     bit, so Debian's `root:mosquitto 0640` layout and a file chowned to the broker's user
-    both stay readable by the broker. `owner` (uid, gid): for a new file, when root.
+    both stay readable by the broker (`keep_group_read=False`: always 0600). `owner`
+    (uid, gid): for a new file, when root.
     """
     path = Path(path)
     mode = 0o600
     try:
         st = path.stat()
         owner = (st.st_uid, st.st_gid)
-        mode |= st.st_mode & 0o040
+        mode |= st.st_mode & 0o040 if keep_group_read else 0
     except FileNotFoundError:
         pass
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # 0600, O_EXCL
