@@ -188,9 +188,18 @@ def test_tls_only_refuses_certificateless_clients_on_every_listener(
         assert not _connects(1883) or _owner_is_not(broker, 1883)
 
 
-def _connects(port: int) -> bool:
+def _lan_address() -> str:
+    """This host's address on its default route (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))
+        addr = str(s.getsockname()[0])
+    assert not addr.startswith("127."), "this test needs a non-loopback IPv4 address"
+    return addr
+
+
+def _connects(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        with socket.create_connection((host, port), timeout=0.2):
             return True
     except OSError:
         return False
@@ -299,7 +308,8 @@ def test_documented_debian_install_starts_beside_debians_main_config(
     port, tls_port = free_port(), free_port()
     ours = TEMPLATE_PATH.read_text(encoding="utf-8")
     for old, new in (("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1"),
-                     ("listener 8883", f"listener {tls_port} 127.0.0.1"),
+                     # all interfaces, as shipped: the network reaches TLS only
+                     ("listener 8883", f"listener {tls_port}"),
                      ("cafile /etc/mosquitto/certs/ca.crt", f"cafile {d}/certs/ca.crt"),
                      ("certfile /etc/mosquitto/certs/broker.crt",
                       f"certfile {d}/certs/server.crt"),
@@ -336,6 +346,11 @@ def test_documented_debian_install_starts_beside_debians_main_config(
         assert _mqtt_connect_rc(tls_port, "gw1", tls) == 0
         for p in (port, tls_port):
             assert _anonymous_rc(p, tls if p == tls_port else None) == 5  # not authorized
+        # From the network (this host's own non-loopback address) the plain listener is
+        # not there at all, so no password crosses the network in clear text.
+        lan = _lan_address()
+        assert _connects(tls_port, lan)
+        assert not _connects(port, lan), f"plain listener reachable on {lan}"
     finally:
         proc.terminate()
         proc.wait(10)
