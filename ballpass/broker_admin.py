@@ -7,6 +7,11 @@ the gateway `pattern` lines of `ballpass.services.acl_text` (username = gateway 
 set of lines covers every gateway; nothing per gateway is needed). The broker re-reads
 both files on SIGHUP (``systemctl reload mosquitto``).
 
+Files: the gateway's password file is created 0600 (O_EXCL); a new broker password file
+or ACL is created 0600 before anything is written to it, owned by the `mosquitto` user
+when run as root (the broker opens them after dropping to that user); a replaced one
+keeps its owner, group and group-read bit, never world bits.
+
 Stdlib only, like the rest of the CLI's light paths.
 """
 
@@ -14,16 +19,20 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ballpass.services import acl_text, mosquitto_password_hash
+from ballpass.services import acl_text, mosquitto_password_hash, write_private
 from ballpass.topics import valid_id
 
 log = logging.getLogger(__name__)
+
+BROKER_USER = "mosquitto"
+"""The user Debian's mosquitto drops to before it opens the password and ACL files."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,17 @@ class AddResult:
 def gateway_acl_lines() -> list[str]:
     """The ACL's gateway `pattern` lines (the same for every gateway)."""
     return [line for line in acl_text(()).splitlines() if line.startswith("pattern ")]
+
+
+def _broker_owner() -> tuple[int, int] | None:
+    """(uid, gid) of the `mosquitto` system user, when there is one and we are root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pw = pwd.getpwnam(BROKER_USER)
+    except KeyError:
+        return None
+    return pw.pw_uid, pw.pw_gid
 
 
 def read_or_create_password(path: Path) -> tuple[str, bool]:
@@ -69,7 +89,14 @@ def add_gateway(gateway: str, password: str, passwd: Path, acl: Path, *,
         raise ValueError(f"gateway id {gateway!r}: must match [a-z0-9][a-z0-9_-]{{0,63}}")
     if "\n" in password or not password:
         raise ValueError("password: must be one non-empty line")
-    existing = passwd.read_text(encoding="utf-8").splitlines() if passwd.exists() else []
+    broker_owner = _broker_owner()
+    if not passwd.exists():
+        # 0600 before the first hash is in it (`mosquitto_passwd -c` would create it with
+        # the caller's umask, 0644 as a rule); owned by the broker's user when run as root,
+        # because mosquitto opens it after dropping to that user.
+        passwd.parent.mkdir(parents=True, exist_ok=True)
+        write_private(passwd, "", owner=broker_owner)
+    existing = passwd.read_text(encoding="utf-8").splitlines()
     replaced = any(line.split(":", 1)[0] == gateway for line in existing)
     tool = shutil.which("mosquitto_passwd") if use_mosquitto_passwd else None
     if tool is None and use_mosquitto_passwd:
@@ -77,23 +104,20 @@ def add_gateway(gateway: str, password: str, passwd: Path, acl: Path, *,
             if os.access(f"{d}/mosquitto_passwd", os.X_OK):
                 tool = f"{d}/mosquitto_passwd"
     if tool is not None:
+        # -b on the existing file (never -c): mosquitto_passwd rewrites it in place, so
+        # its mode and owner stay as they are.
         args = [tool, "-b", str(passwd), gateway, password]
-        if not passwd.exists():
-            args.insert(1, "-c")
         subprocess.run(args, check=True, capture_output=True, text=True)
         method = "mosquitto_passwd"
     else:
         lines = [line for line in existing if line.split(":", 1)[0] != gateway]
         lines.append(f"{gateway}:{mosquitto_password_hash(password)}")
-        tmp = passwd.with_name(passwd.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, passwd)  # atomic: a broker reload never sees half a file
+        # atomic: a broker reload never sees half a file; mode and owner kept
+        write_private(passwd, "\n".join(lines) + "\n")
         method = "pbkdf2"
     added: list[str] = []
     if not acl.exists():
-        acl.write_text(acl_text() + "\n", encoding="utf-8")
+        write_private(acl, acl_text() + "\n", owner=broker_owner)
         added = gateway_acl_lines()
     else:
         present = {" ".join(line.split()) for line in acl.read_text(encoding="utf-8").splitlines()}

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ballpass.log import kv
-from ballpass.services import Influxd, Mosquitto, Service
+from ballpass.services import Influxd, Mosquitto, Service, write_private
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +213,7 @@ def run_demo(duration_s: float | None = None, summary_json: Path | None = None,
         passwords = {}
         for user, pw in users.items():
             passwords[user] = work / f"{user}.password"
-            passwords[user].write_text(pw + "\n", encoding="utf-8")
-            passwords[user].chmod(0o600)
+            write_private(passwords[user], pw + "\n")  # 0600 from the first byte
         broker = Mosquitto(work / "mosquitto", users=users)
         influx = Influxd(work / "influxd")
         for service in (broker, influx):

@@ -266,13 +266,17 @@ class Service:
 
 # --- mosquitto -------------------------------------------------------------------------
 
-# Directives the launcher owns; every other line of the template is kept as is.
-_MANAGED = {"listener", "port", "bind_address", "bind_interface", "allow_anonymous",
-            "password_file", "acl_file", "persistence_location", "log_dest", "user",
-            "pid_file", "per_listener_settings", "persistence_file",
-            # TLS: the template's listener 8883 is dropped; `Mosquitto(tls=...)` adds its own.
-            "cafile", "capath", "certfile", "keyfile", "tls_version", "require_certificate",
-            "use_identity_as_username", "crlfile"}
+# Global directives the launcher owns: commented out and set again in its own block.
+_MANAGED_GLOBAL = {"persistence", "persistence_location", "persistence_file", "log_dest",
+                   "user", "pid_file", "port", "bind_address", "bind_interface"}
+# Directives that belong to the listener declared before them (per_listener_settings
+# true): they are dropped with their listener, and their paths are rewritten.
+_LISTENER_SCOPED = {"allow_anonymous", "password_file", "acl_file", "use_username_as_clientid",
+                    "cafile", "capath", "certfile", "keyfile", "tls_version",
+                    "require_certificate", "use_identity_as_username",
+                    "use_subject_as_username", "crlfile", "ciphers", "protocol",
+                    "socket_domain", "mount_point", "max_connections"}
+_TLS_KEYS = {"cafile", "capath", "certfile", "keyfile"}
 
 
 def acl_text(stream_users: Iterable[str] = ("stream",),
@@ -320,25 +324,86 @@ _USERNAME_RE = re.compile(r"[^:\s#]{1,64}")
 
 def derive_mosquitto_config(template: str, *, port: int, workdir: Path, anonymous: bool,
                             run_as: str | None, tls: Mapping[str, object] | None = None,
-                            tls_port: int | None = None) -> str:
-    """The template with listener, persistence dir, logging and auth files rewritten.
+                            tls_port: int | None = None, tls_only: bool = False) -> str:
+    """The shipped template with its listeners, file paths and logging moved to `workdir`.
 
-    Drops the template's managed directives (see `_MANAGED`) and its TLS listener lines
-    (commented in the template), then appends the launcher's own block. `tls` (keys
-    cafile, certfile, keyfile, require_certificate) adds a TLS listener on `tls_port`.
+    Every listener block of the template is kept with its own security settings
+    (per_listener_settings true): a plain one moves to 127.0.0.1:`port`, a TLS one (a
+    block with a certfile) to 127.0.0.1:`tls_port` with the `tls` files (keys cafile,
+    certfile, keyfile, require_certificate). The TLS block is dropped when `tls` is None;
+    the plain blocks are dropped when `tls_only` (the documented TLS-only mode). Password
+    and ACL paths point into `workdir`; `anonymous` opens every kept listener to anyone,
+    with no ACL. Every other line is kept as is. ValueError when no listener is left.
     """
-    kept = []
-    for line in template.splitlines():
+    lines = template.splitlines()
+    # A listener's block runs to the next `listener` line; it is TLS when it names a cert.
+    kinds: dict[int, str] = {}
+    current = None
+    for i, line in enumerate(lines):
         words = line.split()
-        if words and not words[0].startswith("#") and words[0] in _MANAGED:
-            kept.append(f"# (rewritten by ballpass.services) {line}")
+        if words and words[0] == "listener":
+            current = i
+            kinds[i] = "plain"
+        elif words and words[0] == "certfile" and current is not None:
+            kinds[current] = "tls"
+    kept_listeners = 0
+    out: list[str] = []
+    block_kind: str | None = None
+    block_kept = True
+    for i, line in enumerate(lines):
+        words = line.split()
+        key = words[0] if words and not words[0].startswith("#") else None
+
+        def rewrite(new: str | None, old: str = line) -> None:
+            if new == old.strip():
+                out.append(old)
+                return
+            out.append(f"# (rewritten by ballpass.services) {old}")
+            if new is not None:
+                out.append(new)
+
+        if key == "listener":
+            block_kind = kinds[i]
+            block_kept = not (tls_only if block_kind == "plain" else tls is None)
+            if not block_kept:
+                rewrite(None)
+                continue
+            kept_listeners += 1
+            if block_kind == "tls":
+                if tls_port is None:
+                    raise ValueError("derive_mosquitto_config: tls needs tls_port")
+                rewrite(f"listener {tls_port} 127.0.0.1")
+            else:
+                rewrite(f"listener {port} 127.0.0.1")
+        elif key in _MANAGED_GLOBAL:
+            rewrite(None)
+        elif key in _LISTENER_SCOPED and block_kind is not None:
+            if not block_kept:
+                rewrite(None)
+            elif key == "allow_anonymous":
+                rewrite(f"allow_anonymous {'true' if anonymous else 'false'}")
+            elif key in ("password_file", "acl_file"):
+                rewrite(None if anonymous else
+                        f"{key} {workdir / ('passwd' if key == 'password_file' else 'acl')}")
+            elif key == "use_username_as_clientid" and anonymous:
+                rewrite(None)  # with no username mosquitto would refuse every client
+            elif key in _TLS_KEYS and block_kind == "tls" and tls is not None:
+                rewrite(f"{key} {tls[key]}" if key in tls else None)
+            elif key == "require_certificate" and tls is not None:
+                rewrite("require_certificate "
+                        + ("true" if tls.get("require_certificate") else "false"))
+            else:
+                out.append(line)
         else:
-            kept.append(line)
+            out.append(line)
+    if kept_listeners == 0:
+        raise ValueError("derive_mosquitto_config: no listener left (tls_only needs tls)")
     block = [
         "",
         "# --- derived by ballpass.services.Mosquitto ---",
-        "per_listener_settings false",
-        f"listener {port} 127.0.0.1",
+        # QoS 1 sessions of a stopped stream survive a broker restart (Debian's main
+        # config sets this in production).
+        "persistence true",
         f"persistence_location {workdir / 'data'}/",
         # stdout redirected to a file is buffered until exit; stderr is not.
         "log_dest stderr",
@@ -348,22 +413,7 @@ def derive_mosquitto_config(template: str, *, port: int, workdir: Path, anonymou
         # password/ACL/log files, which then fail in a 0700 temp dir (pytest's tmp_path).
         # The private broker keeps running as the user that started it instead.
         block.append(f"user {run_as}")
-    if anonymous:
-        block.append("allow_anonymous true")
-    else:
-        block += ["allow_anonymous false",
-                  f"password_file {workdir / 'passwd'}",
-                  f"acl_file {workdir / 'acl'}"]
-    if tls is not None and tls_port is not None:
-        # With per_listener_settings false, auth and ACL above apply here too; the
-        # certificate lines belong to the listener declared just before them.
-        block += [f"listener {tls_port} 127.0.0.1",
-                  f"cafile {tls['cafile']}",
-                  f"certfile {tls['certfile']}",
-                  f"keyfile {tls['keyfile']}",
-                  "tls_version tlsv1.2",
-                  f"require_certificate {'true' if tls.get('require_certificate') else 'false'}"]
-    return "\n".join(kept + block) + "\n"
+    return "\n".join(out + block) + "\n"
 
 
 class Mosquitto(Service):
@@ -387,13 +437,18 @@ class Mosquitto(Service):
                  template: str | os.PathLike[str] | None = None,
                  executable: str | None = None,
                  tls: Mapping[str, object] | None = None,
-                 tls_port: int | None = None) -> None:
-        """`tls`: add a TLS listener (keys cafile, certfile, keyfile: paths; optional
-        require_certificate: bool, clients must then present a certificate signed by
-        cafile) on `tls_port` (None: a free port, kept across restarts of this object)."""
+                 tls_port: int | None = None, tls_only: bool = False) -> None:
+        """`tls`: keep the template's TLS listener (keys cafile, certfile, keyfile: paths;
+        optional require_certificate: bool, clients must then present a certificate signed
+        by cafile) on `tls_port` (None: a free port, kept across restarts of this object).
+        `tls_only`: the documented TLS-only mode, the template's plain listener is dropped
+        and `port` is the TLS listener (`tls_port` is then the same port)."""
         super().__init__(workdir, port, executable=executable)
+        if tls_only and tls is None:
+            raise ValueError("Mosquitto: tls_only needs tls={...}")
         self.tls = dict(tls) if tls is not None else None
         self.tls_port = tls_port
+        self.tls_only = tls_only
         self.users: dict[str, str] = dict(users or {})
         self.anonymous = anonymous
         self.stream_users = tuple(stream_users)
@@ -411,25 +466,32 @@ class Mosquitto(Service):
         (self.workdir / "data").mkdir(exist_ok=True)
         # The effective user's name, not $USER/$LOGNAME (getpass), which sudo may keep.
         run_as = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
-        if self.tls is not None and self.tls_port is None:
+        if self.tls_only:
+            self.tls_port = self.port
+        elif self.tls is not None and self.tls_port is None:
             self.tls_port = free_port()
         text = derive_mosquitto_config(
             self.template_path.read_text(encoding="utf-8"), port=self.port,
             workdir=self.workdir, anonymous=self.anonymous, run_as=run_as, tls=self.tls,
-            tls_port=self.tls_port)
+            tls_port=self.tls_port, tls_only=self.tls_only)
         if not self.anonymous:
             pw = "".join(f"{u}:{mosquitto_password_hash(p)}\n" for u, p in self.users.items())
-            _write_private(self.workdir / "passwd", pw)
-            _write_private(self.workdir / "acl",
-                           acl_text(self.stream_users, self.operator_users))
+            write_private(self.workdir / "passwd", pw, keep_group_read=False)
+            write_private(self.workdir / "acl", acl_text(self.stream_users,
+                                                         self.operator_users),
+                          keep_group_read=False)
         self.config_path.write_text(text, encoding="utf-8")
         return ["-c", str(self.config_path)]
 
     def _ready(self) -> bool:
         """A CONNACK to an MQTT 3.1.1 CONNECT: the broker parses packets, not just accepts.
 
-        Refused logins (anonymous on an auth broker) still answer with a CONNACK.
+        Refused logins (anonymous on an auth broker) still answer with a CONNACK. In
+        TLS-only mode (no plain listener; a handshake may need a client certificate) the
+        listening port is the sign.
         """
+        if self.tls_only:
+            return _port_open(self.host, self.port)
         client_id = b"bp-ready-probe"
         body = (b"\x00\x04MQTT\x04\x02\x00\x05"  # protocol, level 4, clean session, keepalive 5
                 + len(client_id).to_bytes(2, "big") + client_id)
@@ -445,11 +507,43 @@ class Mosquitto(Service):
         return len(reply) >= 2 and reply[0] == 0x20
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write a secret file readable by its owner only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+def write_private(path: Path, text: str, *, owner: tuple[int, int] | None = None,
+                  keep_group_read: bool = True) -> None:
+    """Replace `path` by a file holding `text`, never readable by others.
+
+    Written to a new temp file in the same dir (mkstemp: O_CREAT|O_EXCL, mode 0600 from
+    its first byte; the umask can only remove bits) and renamed over `path`, so no reader
+    sees a partial file and an old file's world bits are never kept. A new file is 0600.
+    A replaced file keeps its owner and group (when the caller is root) and its group-read
+    bit, so Debian's `root:mosquitto 0640` layout and a file chowned to the broker's user
+    both stay readable by the broker (`keep_group_read=False`: always 0600). `owner`
+    (uid, gid): for a new file, when root.
+    """
+    path = Path(path)
+    mode = 0o600
+    try:
+        st = path.stat()
+        owner = (st.st_uid, st.st_gid)
+        mode |= st.st_mode & 0o040 if keep_group_read else 0
+    except FileNotFoundError:
+        pass
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # 0600, O_EXCL
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if owner is not None and os.geteuid() == 0:
+            os.chown(tmp, *owner)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+
 
 
 # --- influxd 1.x -----------------------------------------------------------------------

@@ -139,10 +139,11 @@ def test_faulty_bearing_alerts_healthy_does_not(
     healthy = query_rows(influxd, db, "SELECT diagnosis FROM diagnosis WHERE sensor = 'healthy'")
     assert sum(r["diagnosis"] == "normal" for r in healthy) >= 0.8 * len(healthy)
 
-    # Retained diagnoses on MQTT, readable by the stream's account.
+    # Retained diagnoses on MQTT, readable by an operator account (a second login as
+    # "stream" would take over the running stream's session: client id = username).
     retained: dict[str, dict[str, Any]] = {}
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="e2e-reader")
-    client.username_pw_set("stream", mosquitto_auth.users["stream"])
+    client.username_pw_set("ops", mosquitto_auth.users["ops"])
     client.on_message = lambda _c, _u, m: retained.__setitem__(m.topic, json.loads(m.payload))
     client.connect(mosquitto_auth.host, mosquitto_auth.port)
     client.subscribe("bp/v1/e2e/gw1/+/diagnosis", qos=1)
