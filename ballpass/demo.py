@@ -238,7 +238,9 @@ def run_demo(duration_s: float | None = None, summary_json: Path | None = None,
             if children[0].proc.poll() is not None:
                 raise RuntimeError(f"stream exited early; see {children[0].log_path}")
             stop.wait(0.2)
-        print(f"evidence page: {_read_json(status_path).get('http_url')}", flush=True)
+        token_file = work / "stream-state" / "evidence.token"
+        print(f"evidence page: {_read_json(status_path).get('http_url')} (log in with the "
+              f"token in {token_file})", flush=True)
         for m in PLANT:
             children.append(Child(m.gateway, ["gateway", "--config", str(config_path),
                                               "--gateway", m.gateway],

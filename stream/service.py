@@ -29,6 +29,7 @@ from ballpass.log import kv
 from ballpass.stream.admission import Admission, Skip
 from ballpass.stream.counters import StreamCounters
 from ballpass.stream.deadletter import DeadLetters
+from ballpass.stream.gateway_status import parse_status
 from ballpass.stream.health import Health, assess
 from ballpass.stream.metrics import StreamMetrics
 from ballpass.stream.mqtt_source import Delivery, MqttSource
@@ -40,6 +41,7 @@ from ballpass.stream.routing import SUBSCRIPTIONS, Route, route
 from ballpass.stream.sinks.influx import InfluxWriter
 from ballpass.stream.sinks.lineprotocol import Point
 from ballpass.stream.sinks.webhook import WebhookSender
+from ballpass.stream.web.security import is_all_interfaces, load_or_create_token, parse_bind
 from ballpass.stream.web.server import EvidenceServer
 from ballpass.stream.web.state import EvidenceState
 
@@ -275,19 +277,21 @@ class StreamService:
         return merged
 
     def _gateway_status(self, site: str, gateway: str, payload: Any) -> Point | None:
-        try:
-            status = json.loads(payload)
-            counters = status.get("counters") or {}
-            self.gateways[gateway] = status
-            fields = {k: int(counters[k]) for k in GATEWAY_COUNTERS if k in counters}
-        except (ValueError, TypeError, AttributeError) as e:
+        """Validate a gateway's status at the edge (`gateway_status`): only a valid one is
+        kept, shown and written; a bad one is counted, logged and dropped."""
+        status = parse_status(payload if isinstance(payload, bytes | bytearray | str)
+                              else b"", site, gateway)
+        if isinstance(status, str):
             self.counters.rejected["status"] += 1
-            log.warning(kv("window_rejected", reason="status", topic=f"{site}/{gateway}/status",
-                           detail=f"bad status JSON: {e}"))
+            log.warning(kv("status_rejected", topic=f"{site}/{gateway}/status",
+                           detail=status))
             return None
-        if not fields:
+        self.gateways[gateway] = status.as_dict()
+        if not status.counters:
             return None  # a last will carries no counters
-        return Point("gateway", {"site": site, "gateway": gateway}, fields, time.time_ns())
+        return Point("gateway", {"site": site, "gateway": gateway},
+                     {k: status.counters[k] for k in GATEWAY_COUNTERS if k in status.counters},
+                     time.time_ns())
 
     async def _write_iso_boundaries(self) -> None:
         """One `iso20816` point per asset: its zone boundaries, for dashboards' thresholds."""
@@ -304,15 +308,25 @@ class StreamService:
     # --- evidence page and operator actions ------------------------------------------
 
     async def _start_web(self) -> None:
+        """The evidence page: always behind a token (`[stream] http_token_file`, or one
+        generated into the state dir on first start), on loopback unless an address for
+        every interface is given explicitly (docs/evidence-page.md)."""
         if self.evidence is None or not self.http:
             return
         self.evidence.gateways = self.gateways  # shown live, by reference
-        host, _, port = self.http.rpartition(":")
         s = self.config.stream
-        token = s.http_token_file.read_text(encoding="utf-8").strip() \
-            if s.http_token_file else None
-        self.web = EvidenceServer(self.evidence, host.strip("[]"), int(port), token=token,
-                                  ack=self.operator_action)
+        host, port = parse_bind(self.http)
+        if s.http_token_file is not None:
+            token = s.http_token_file.read_text(encoding="utf-8").strip()
+        else:
+            # Logged once, on the start that creates it (`evidence_token_created`, with
+            # the file's path; the token itself never goes to a log).
+            token, _, _ = load_or_create_token(s.state_dir)
+        if is_all_interfaces(host):
+            log.warning(kv("evidence_page_all_interfaces", host=host, port=port,
+                           hint="anyone who can reach this port sees the login page"))
+        self.web = EvidenceServer(self.evidence, host, port, token=token,
+                                  ack=self.operator_action, public_url=s.public_url)
         await self.web.start()
         if self.webhooks.public_url is None:
             self.webhooks.public_url = self.web.url

@@ -54,9 +54,18 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chro
         driver.quit()
 
 
+def login(browser: webdriver.Chrome, base: str, path: str = "/") -> None:
+    """Log in through the form (the token is POSTed, never put in a URL)."""
+    browser.get(f"{base}/login?next={path}")
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "login").click()
+    WebDriverWait(browser, 10).until(lambda d: "/login" not in d.current_url)
+    assert TOKEN not in browser.current_url
+
+
 def test_overview_lists_every_sensor_live(shared_fleet: FleetRun,
                                           browser: webdriver.Chrome) -> None:
-    browser.get(f"{shared_fleet.http_url}/?token={TOKEN}")
+    login(browser, shared_fleet.http_url)
     links = {a.text for a in browser.find_elements(By.CSS_SELECTOR, "#fleet a.sensor-link")}
     assert links == {"faulty", "healthy", "housing"}
     # Server-sent events update the table: the live line shows an update time.
@@ -71,7 +80,7 @@ def test_overview_lists_every_sensor_live(shared_fleet: FleetRun,
 
 def test_faulty_sensor_page_highlights_its_defect_line(shared_fleet: FleetRun,
                                                        browser: webdriver.Chrome) -> None:
-    browser.get(f"{shared_fleet.http_url}/sensor/faulty?token={TOKEN}")
+    login(browser, shared_fleet.http_url, "/sensor/faulty")
     # Read the page in one script: live updates replace the fragment between calls.
     page = browser.execute_script(READ_SENSOR_PAGE)
     assert page["diagnosis"] == "outer_race"
@@ -87,11 +96,11 @@ def test_faulty_sensor_page_highlights_its_defect_line(shared_fleet: FleetRun,
     shot = ARTIFACTS / "evidence-faulty.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
-    browser.get(f"{shared_fleet.http_url}/?token={TOKEN}")
+    browser.get(f"{shared_fleet.http_url}/")
     browser.save_screenshot(str(ARTIFACTS / "evidence-overview.png"))
 
     # The healthy bearing's page shows no evidence line.
-    browser.get(f"{shared_fleet.http_url}/sensor/healthy")  # the cookie carries the token
+    browser.get(f"{shared_fleet.http_url}/sensor/healthy")  # the session cookie
     page = browser.execute_script(READ_SENSOR_PAGE)
     assert page["diagnosis"] == "normal" and page["evidence"] == []
 

@@ -19,11 +19,12 @@ LINE_COLOURS = {"BPFO": "#d62728", "BPFI": "#9467bd", "2xBSF": "#2ca02c", "FTF":
 
 
 def _fmt(v: Any, digits: int = 2, unit: str = "") -> str:
+    """A value as HTML text (escaped: values may come from a gateway)."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
     if isinstance(v, float):
-        return f"{v:.{digits}f}{unit}"
-    return f"{v}{unit}"
+        return escape(f"{v:.{digits}f}{unit}")
+    return escape(f"{v}{unit}")
 
 
 def _when(t: float | None) -> str:
@@ -32,13 +33,35 @@ def _when(t: float | None) -> str:
     return datetime.fromtimestamp(float(t), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def page(title: str, body: str, *, script: str = "") -> str:
-    js = f'<script src="/static/app.js"></script><script>{script}</script>' if script else ""
+def page(title: str, body: str, *, view: str = "", sensor: str = "", csrf: str = "") -> str:
+    """A whole page. No inline script or style (the Content-Security-Policy forbids them):
+    app.js starts the `view` named on <body>, and reads the CSRF token from a <meta>."""
+    js = '<script src="/static/app.js"></script>' if view else ""
+    meta = f'<meta name="csrf-token" content="{escape(csrf)}">' if csrf else ""
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">{meta}'
             f'<title>{escape(title)}</title><link rel="stylesheet" href="/static/style.css">'
-            f'</head><body><header><a href="/">ballpass</a> <span>{escape(title)}</span>'
+            f'</head><body data-view="{escape(view)}" data-sensor="{escape(sensor)}">'
+            f'<header><a href="/">ballpass</a> <span>{escape(title)}</span>'
             f'</header><main>{body}</main>{js}</body></html>')
+
+
+def login_page(next_path: str, message: str = "") -> str:
+    """The login form: the token is POSTed once, never put in a URL."""
+    note = f'<p class="error">{escape(message)}</p>' if message else ""
+    return page("log in", f'<h1>Evidence page</h1>{note}<form method="post" action="/login">'
+                f'<input type="hidden" name="next" value="{escape(next_path)}">'
+                '<label>Token <input type="password" name="token" id="token" '
+                'autocomplete="current-password" required></label> '
+                '<button type="submit" id="login">Log in</button></form>'
+                '<p>The token is in the stream\'s state directory (<code>evidence.token</code>) '
+                'or the file <code>[stream] http_token_file</code> names.</p>')
+
+
+def _swatch(colour: str) -> str:
+    """A colour key as SVG (a presentation attribute, which the CSP allows; style= is not)."""
+    return (f'<svg class="swatch" width="10" height="10" aria-hidden="true">'
+            f'<rect width="10" height="10" fill="{escape(colour)}"/></svg>')
 
 
 def error_page(status: int, message: str) -> str:
@@ -46,7 +69,7 @@ def error_page(status: int, message: str) -> str:
                 '<p><a href="/">Back to the fleet</a></p>')
 
 
-def overview(state: EvidenceState) -> str:
+def overview(state: EvidenceState, csrf: str = "") -> str:
     fleet = state.fleet()
     rows = []
     for s in fleet["sensors"]:
@@ -61,7 +84,7 @@ def overview(state: EvidenceState) -> str:
             f'<td data-k="iso_zone">{_fmt(s["iso_zone"])}</td>'
             f'<td data-k="velocity_rms_mm_s">{_fmt(s["velocity_rms_mm_s"])}</td>'
             f'<td data-k="days_to_zone_d">{_fmt(s["days_to_zone_d"], 1)}</td>'
-            f'<td data-k="windows">{s["windows"]}</td></tr>')
+            f'<td data-k="windows">{_fmt(s["windows"])}</td></tr>')
     gws = "".join(
         f'<tr id="gw-{escape(g["gateway"])}"><td>{escape(g["gateway"])}</td>'
         f'<td data-k="state">{escape(str(g["state"]))}</td>'
@@ -77,7 +100,7 @@ def overview(state: EvidenceState) -> str:
             '<h2>Gateways</h2><table id="gateways"><thead><tr><th>gateway</th><th>state</th>'
             '<th>captured</th><th>outbox</th><th>published</th><th>dropped</th>'
             f'<th>replayed</th></tr></thead><tbody>{gws}</tbody></table>')
-    return page(f"fleet {fleet['site']}", body, script="ballpass.overview();")
+    return page(f"fleet {fleet['site']}", body, view="overview", csrf=csrf)
 
 
 # --- SVG -------------------------------------------------------------------------------
@@ -175,7 +198,7 @@ def trend_svg(svg_id: str, t: list[float], series: dict[str, list[float]], ylabe
     for i, (name, ys_) in enumerate(series.items()):
         colour = palette[i % len(palette)]
         parts.append(_polyline([x - t0 for x in t], ys_, s, "trace", colour))
-        legend.append(f'<span style="color:{colour}">■ {escape(name)}</span>')
+        legend.append(f'<span>{_swatch(colour)} {escape(name)}</span>')
     for name, v in thresholds:
         parts.append(f'<line class="threshold" x1="{PAD_L}" x2="{W - PAD_R}" '
                      f'y1="{s.y(v):.1f}" y2="{s.y(v):.1f}"/><text class="tick" '
@@ -185,12 +208,13 @@ def trend_svg(svg_id: str, t: list[float], series: dict[str, list[float]], ylabe
             f'viewBox="0 0 {W} {H}">{"".join(parts)}</svg>')
 
 
-def sensor_page(state: EvidenceState, sensor: str) -> str:
-    return page(f"sensor {sensor}", f'<div id="fragment">{sensor_fragment(state, sensor)}</div>',
-                script=f"ballpass.sensor({sensor!r});")
+def sensor_page(state: EvidenceState, sensor: str, csrf: str = "") -> str:
+    return page(f"sensor {sensor}",
+                f'<div id="fragment">{sensor_fragment(state, sensor, csrf)}</div>',
+                view="sensor", sensor=sensor, csrf=csrf)
 
 
-def sensor_fragment(state: EvidenceState, sensor: str) -> str:
+def sensor_fragment(state: EvidenceState, sensor: str, csrf: str = "") -> str:
     """The live part of a sensor's page (re-fetched when a new window arrives)."""
     view = state.sensors[sensor]
     d = view.latest or {}
@@ -256,6 +280,7 @@ def sensor_fragment(state: EvidenceState, sensor: str) -> str:
                f'<th>diagnosis</th><th>alert id</th><th>summary</th></tr></thead><tbody>'
                f'{rows or "<tr><td colspan=5>none</td></tr>"}</tbody></table>'
                f'<form method="post" action="/sensor/{sid}/ack" id="ack-form">'
+               f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
                f'<input name="note" placeholder="note (optional)" maxlength="200">'
                f'<button type="submit" id="ack">Acknowledge</button></form>'
                f'<h2>Operator actions</h2><table id="actions"><thead><tr><th>time</th>'
@@ -266,5 +291,5 @@ def sensor_fragment(state: EvidenceState, sensor: str) -> str:
 
 def _line_legend() -> str:
     return '<div class="legend">' + " ".join(
-        f'<span style="color:{c}">┆ {n}</span>' for n, c in LINE_COLOURS.items()) + \
+        f'<span>{_swatch(c)} {escape(n)}</span>' for n, c in LINE_COLOURS.items()) + \
         ' <span class="evidence-key">┃ evidence of the diagnosis</span></div>'

@@ -1,68 +1,119 @@
 """A small HTTP/1.1 server on asyncio streams for the evidence page (no extra dependency).
 
-Routes: `/` fleet overview, `/events` server-sent events (the fleet as JSON, on every
-change, a comment every 15 s otherwise), `/api/fleet`, `/sensor/{id}` and its live
-`/fragment`, `POST /sensor/{id}/ack` (operator acknowledge), `/static/*`.
+Routes: `/login` (form; POST sets the session cookie), `/logout` (POST), `/` fleet
+overview, `/events` server-sent events (the fleet as JSON, on every change, a comment
+every 15 s otherwise), `/api/fleet`, `/sensor/{id}` and its live `/fragment`,
+`POST /sensor/{id}/ack` (operator acknowledge), `/static/*`.
 
-It binds to loopback unless configured otherwise. With a token every request must carry
-it (`Authorization: Bearer …`, `?token=…`, which also sets a cookie, or that cookie);
-otherwise 401. An unknown sensor is a 404 page. A failing request is logged and answered
-500; the stream is never affected.
+Security (docs/evidence-page.md): every request must name an accepted Host (DNS
+rebinding); every page but `/login` and `/static/*` needs a session cookie (set by the
+login form, HttpOnly, SameSite=Strict, an opaque value, not the token) or
+`Authorization: Bearer TOKEN`; the token is never read from the URL. A POST from a
+browser must come from the page's own origin (Origin, else Referer) and, with a session,
+carry the session's CSRF token. Every response carries a strict Content-Security-Policy
+(no inline script or style). Refusals are 403 (401 without credentials), counted in
+`refused` by reason and logged. Malformed requests get 400 / 408 / 413 / 431 with a short
+reason; an error inside a page is logged and answered 500; the stream is never affected.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
+import re
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
 from ballpass.log import kv
 from ballpass.stream.web import pages
+from ballpass.stream.web.security import (
+    SESSION_COOKIE,
+    HostPolicy,
+    Session,
+    Sessions,
+    same_origin,
+    tokens_equal,
+)
 from ballpass.stream.web.state import EvidenceState
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024
-MAX_HEADER_LINES = 100
+MAX_BODY = 64 * 1024  # bytes of a request body (413 beyond)
+MAX_LINE = 8 * 1024  # bytes of the request line or of one header line (431 beyond)
+MAX_HEADER_LINES = 100  # header lines of one request (431 beyond)
+HEADER_TIMEOUT_S = 10.0  # for the request line and all headers together (408 after)
+BODY_TIMEOUT_S = 10.0  # for the whole body (408 after)
+MAX_CONNECTIONS = 64  # open connections, SSE streams included (503 beyond)
+LOGIN_FAILURE_DELAY_S = 0.5  # slows guessing a weak hand-made token
 SSE_HEARTBEAT_S = 15.0
 SSE_POLL_S = 0.5
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
-COOKIE = "bp_token"
+CONTENT_LENGTH = re.compile(r"[0-9]{1,12}")
+SECURITY_HEADERS = {
+    # No inline script or style anywhere: everything comes from /static.
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self'; object-src 'none'; frame-ancestors 'none'; "
+                               "base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    # Not no-referrer: with it Chromium sends `Origin: null` on same-origin form POSTs,
+    # which the origin check must refuse. same-origin sends nothing to other sites.
+    "Referrer-Policy": "same-origin",
+}
 
 AckHook = Callable[[str, str, str], Awaitable[dict[str, Any]]]
 """(sensor, by, note) -> the recorded action; see StreamService.operator_action."""
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason  # the `refused` counter it goes to, if any
 
 
 REASONS = {200: "OK", 303: "See Other", 400: "Bad Request", 401: "Unauthorized",
-           404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
-           500: "Internal Server Error"}
+           403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           408: "Request Timeout", 413: "Payload Too Large",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           503: "Service Unavailable"}
 
 
 class EvidenceServer:
-    """Serves `state`; `start()` binds, `close()` stops (open SSE streams end too)."""
+    """Serves `state`; `start()` binds, `close()` stops (open SSE streams end too).
+
+    `token` is required (the service generates one when none is configured); `allowed_hosts`
+    adds Host names to accept besides the bound address and loopback names; `public_url`
+    is the page's address behind a proxy (its host and origin are accepted too).
+    """
 
     def __init__(self, state: EvidenceState, host: str = "127.0.0.1", port: int = 0, *,
-                 token: str | None = None, ack: AckHook | None = None) -> None:
+                 token: str, ack: AckHook | None = None, public_url: str | None = None,
+                 allowed_hosts: tuple[str, ...] = ()) -> None:
+        if not token:
+            raise ValueError("the evidence page needs a token")
         self.state = state
         self.host = host
         self.port = port
         self.token = token
         self.ack = ack
+        self.public_url = public_url
+        self.allowed_hosts = allowed_hosts
+        self.hosts = HostPolicy(host, port, public_url, allowed_hosts)
+        self.sessions = Sessions()
         self.requests = 0
         self.errors = 0
+        self.refused: Counter[str] = Counter()  # by reason: host, origin, csrf, ...
+        self.header_timeout_s = HEADER_TIMEOUT_S
+        self.body_timeout_s = BODY_TIMEOUT_S
+        self.max_connections = MAX_CONNECTIONS
+        self._open = 0
         self._server: asyncio.Server | None = None
         self._closing = asyncio.Event()
         self._static = {name: (resources.files("ballpass.stream.web") / "static" / name)
@@ -73,11 +124,17 @@ class EvidenceServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    def counters(self) -> dict[str, Any]:
+        """For the stream's status: requests, errors, refusals by reason, sessions."""
+        return {"requests": self.requests, "errors": self.errors,
+                "refused": dict(self.refused), "sessions": len(self.sessions)}
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._connection, self.host, self.port,
-                                                  limit=MAX_BODY)
+                                                  limit=MAX_LINE)
         self.port = int(self._server.sockets[0].getsockname()[1])
-        log.info(kv("evidence_page_listening", url=self.url, token=bool(self.token)))
+        self.hosts.port = self.port
+        log.info(kv("evidence_page_listening", url=self.url))
 
     async def close(self) -> None:
         self._closing.set()
@@ -86,15 +143,27 @@ class EvidenceServer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
 
+    def _refuse(self, reason: str, status: int, message: str, path: str,
+                writer: asyncio.StreamWriter) -> HttpError:
+        self.refused[reason] += 1
+        log.warning(kv("evidence_page_refused", reason=reason, status=status, path=path,
+                       peer=writer.get_extra_info("peername"), detail=message))
+        return HttpError(status, message)
+
     # --- one connection --------------------------------------------------------------
 
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
+        self._open += 1
         try:
+            if self._open > self.max_connections:
+                self._refuse("connections", 503, "too many connections", "-", writer)
+                self._respond(writer, 503, pages.error_page(503, "too many connections"))
+                await writer.drain()
+                return
             await self._serve_one(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                TimeoutError):
-            pass  # the client went away or sent garbage: nothing to answer
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away: nothing to answer
         except Exception as e:  # a bug in a page must not take the stream down
             self.errors += 1
             log.exception(kv("evidence_page_error", reason=e))
@@ -103,67 +172,188 @@ class EvidenceServer:
                                                             "stream's log"))
                 await writer.drain()
         finally:
+            self._open -= 1
             with contextlib.suppress(Exception):
                 writer.close()
 
+    async def _read_head(self, reader: asyncio.StreamReader
+                         ) -> tuple[str, str, dict[str, str], list[str]]:
+        """Request line and headers; HttpError for anything malformed or too big/slow."""
+        lines: list[str] = []
+        try:
+            async with asyncio.timeout(self.header_timeout_s):
+                while True:
+                    raw = await reader.readuntil(b"\n")
+                    if raw in (b"\r\n", b"\n"):
+                        if not lines:
+                            continue  # tolerated: blank lines before the request line
+                        break
+                    lines.append(raw.decode("latin-1").rstrip("\r\n"))
+                    if len(lines) > MAX_HEADER_LINES + 1:
+                        raise HttpError(431, f"more than {MAX_HEADER_LINES} header lines",
+                                        "header_count")
+        except TimeoutError:
+            raise HttpError(408, f"request head not complete within "
+                                 f"{self.header_timeout_s:g} s", "slow_head") from None
+        except asyncio.LimitOverrunError:
+            raise HttpError(431, f"a request or header line is longer than {MAX_LINE} "
+                                 "bytes", "line_too_long") from None
+        except asyncio.IncompleteReadError as e:
+            if not lines and not e.partial:
+                raise  # connected and closed without a byte: nothing to answer
+            raise HttpError(400, "connection closed inside the request head",
+                            "truncated") from None
+        parts = lines[0].split() if lines else []
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            raise HttpError(400, "bad request line", "request_line")
+        headers: dict[str, str] = {}
+        dup: list[str] = []
+        for h in lines[1:]:
+            name, colon, value = h.partition(":")
+            name = name.strip().lower()
+            if not colon or not name or name != name.split()[0]:
+                raise HttpError(400, f"bad header line {h[:40]!r}", "header_line")
+            if name in headers:
+                dup.append(name)
+                headers[name] = headers[name] + "," + value.strip()
+            else:
+                headers[name] = value.strip()
+        return parts[0], parts[1], headers, dup
+
     async def _serve_one(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
-        line = await asyncio.wait_for(reader.readline(), 10)
-        parts = line.decode("latin-1").split()
-        if len(parts) != 3:
-            self._respond(writer, 400, pages.error_page(400, "bad request line"))
+        head = True
+        try:
+            method, target, headers, dup = await self._read_head(reader)
+            head = method == "HEAD"
+            body = await self._read_body(reader, headers, dup)
+        except HttpError as e:
+            self.refused[e.reason or "bad_request"] += 1
+            log.warning(kv("evidence_page_bad_request", status=e.status,
+                           reason=e.reason, detail=str(e),
+                           peer=writer.get_extra_info("peername")))
+            self._respond(writer, e.status, pages.error_page(e.status, str(e)),
+                          head=head and e.status != 400)
+            await writer.drain()
             return
-        method, target, _ = parts
-        headers: dict[str, str] = {}
-        for _ in range(MAX_HEADER_LINES):
-            h = (await asyncio.wait_for(reader.readline(), 10)).decode("latin-1")
-            if h in ("\r\n", "\n", ""):
-                break
-            name, _, value = h.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers.get("content-length") or 0)
-        if length > MAX_BODY:
-            self._respond(writer, 413, pages.error_page(413, "body too large"))
-            return
-        body = await reader.readexactly(length) if length else b""
         self.requests += 1
         url = urllib.parse.urlsplit(target)
-        query = urllib.parse.parse_qs(url.query)
         extra: dict[str, str] = {}
         try:
-            if self.token is not None:
-                given = self._given_token(headers, query)
-                if given is None or not hmac.compare_digest(given.encode(),
-                                                            self.token.encode()):
-                    log.warning(kv("evidence_page_unauthorized", path=url.path,
-                                   peer=writer.get_extra_info("peername")))
-                    raise HttpError(401, "a valid token is required "
-                                         "(?token=… or Authorization: Bearer …)")
-                if "token" in query:
-                    extra["Set-Cookie"] = (f"{COOKIE}={urllib.parse.quote(self.token)}; "
-                                           "Path=/; HttpOnly; SameSite=Strict")
-            if url.path == "/events" and method == "GET":
-                await self._sse(writer, extra)
+            path = url.path
+            if not self.hosts.accepts(headers.get("host"),
+                                      (writer.get_extra_info("sockname") or ("",))[0]):
+                raise self._refuse("host", 403, f"Host {headers.get('host', '')[:80]!r} is "
+                                   "not this page's address", path, writer)
+            bearer = self._bearer(headers)
+            if method == "POST" and bearer is None and not same_origin(
+                    headers.get("origin"), headers.get("referer"), headers["host"],
+                    self.public_url):
+                raise self._refuse("origin", 403, "cross-origin or origin-less POST "
+                                   "refused", path, writer)
+            if path == "/login":
+                status, ctype, content, more = await self._login(method, body, url.query,
+                                                                 writer)
+                self._respond(writer, status, content, ctype, more, head=head)
+                await writer.drain()
                 return
-            status, ctype, content, more = await self._route(method, url.path, body)
-            self._respond(writer, status, content, ctype, {**extra, **more})
+            session: Session | None = None
+            sid = self._cookie(headers)
+            if bearer is not None:
+                if not tokens_equal(bearer, self.token):
+                    raise self._refuse("unauthorized", 401, "wrong bearer token", path,
+                                       writer)
+            elif not path.startswith("/static/"):
+                session = self.sessions.get(sid)
+                if session is None:
+                    raise self._refuse("unauthorized", 401, "log in first", path, writer)
+                if method == "POST":
+                    form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+                    given = headers.get("x-csrf-token") or (form.get("csrf") or [None])[0]
+                    if not tokens_equal(given, session.csrf):
+                        raise self._refuse("csrf", 403, "missing or wrong CSRF token",
+                                           path, writer)
+            if path == "/events" and method in ("GET", "HEAD"):
+                await self._sse(writer, head)
+                return
+            if path == "/logout" and method == "POST":
+                self.sessions.drop(sid)
+                self._respond(writer, 303, "", headers={
+                    "Location": "/login", "Set-Cookie": self._cookie_header("", 0)})
+                await writer.drain()
+                return
+            csrf = session.csrf if session is not None else ""
+            status, ctype, content, more = await self._route(method, path, body, csrf)
+            self._respond(writer, status, content, ctype, {**extra, **more}, head=head)
         except HttpError as e:
-            self._respond(writer, e.status, pages.error_page(e.status, str(e)), headers=extra)
+            page = pages.login_page("", "log in to see the evidence page") \
+                if e.status == 401 else pages.error_page(e.status, str(e))
+            self._respond(writer, e.status, page, headers=extra, head=head)
         await writer.drain()
 
-    def _given_token(self, headers: dict[str, str], query: dict[str, list[str]]) -> str | None:
+    async def _read_body(self, reader: asyncio.StreamReader, headers: dict[str, str],
+                         dup: list[str]) -> bytes:
+        if "transfer-encoding" in headers:
+            raise HttpError(400, "Transfer-Encoding is not supported; send Content-Length",
+                            "transfer_encoding")
+        raw = headers.get("content-length")
+        if raw is None:
+            return b""
+        values = {v.strip() for v in raw.split(",")}
+        if len(values) != 1 or not CONTENT_LENGTH.fullmatch(next(iter(values))):
+            raise HttpError(400, f"bad Content-Length {raw[:40]!r}", "content_length")
+        length = int(next(iter(values)))
+        if length > MAX_BODY:
+            raise HttpError(413, f"body larger than {MAX_BODY} bytes", "body_too_large")
+        if not length:
+            return b""
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                return await reader.readexactly(length)
+        except TimeoutError:
+            raise HttpError(408, f"body not complete within {self.body_timeout_s:g} s",
+                            "slow_body") from None
+
+    @staticmethod
+    def _bearer(headers: dict[str, str]) -> str | None:
         auth = headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            return auth[7:].strip()
-        if query.get("token"):
-            return query["token"][0]
-        for part in headers.get("cookie", "").split(";"):
+        return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+    @staticmethod
+    def _cookie(headers: dict[str, str]) -> str | None:
+        for part in headers.get("cookie", "").replace(",", ";").split(";"):
             name, _, value = part.strip().partition("=")
-            if name == COOKIE:
-                return urllib.parse.unquote(value)
+            if name == SESSION_COOKIE:
+                return value
         return None
 
-    async def _route(self, method: str, path: str, body: bytes
+    def _cookie_header(self, value: str, max_age: int) -> str:
+        secure = "; Secure" if (self.public_url or "").startswith("https://") else ""
+        return (f"{SESSION_COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; "
+                f"SameSite=Strict{secure}")
+
+    async def _login(self, method: str, body: bytes, query: str,
+                     writer: asyncio.StreamWriter
+                     ) -> tuple[int, str, str, dict[str, str]]:
+        html = "text/html; charset=utf-8"
+        nxt = _local_path((urllib.parse.parse_qs(query).get("next") or ["/"])[0])
+        if method in ("GET", "HEAD"):
+            return 200, html, pages.login_page(nxt), {}
+        if method != "POST":
+            raise HttpError(405, f"method {method} not allowed")
+        form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+        nxt = _local_path((form.get("next") or [nxt])[0])
+        if not tokens_equal((form.get("token") or [None])[0], self.token):
+            self._refuse("unauthorized", 401, "wrong token at login", "/login", writer)
+            await asyncio.sleep(LOGIN_FAILURE_DELAY_S)
+            return 401, html, pages.login_page(nxt, "wrong token"), {}
+        sid, _ = self.sessions.create()
+        log.info(kv("evidence_page_login", peer=writer.get_extra_info("peername"),
+                    sessions=len(self.sessions)))
+        return 303, html, "", {"Location": nxt, "Set-Cookie": self._cookie_header(
+            sid, int(self.sessions.ttl_s))}
+
+    async def _route(self, method: str, path: str, body: bytes, csrf: str
                      ) -> tuple[int, str, str | bytes, dict[str, str]]:
         html = "text/html; charset=utf-8"
         parts = [p for p in path.split("/") if p]
@@ -173,7 +363,7 @@ class EvidenceServer:
                                      and parts[2] == "ack"):
             raise HttpError(405, "only acknowledge accepts POST")
         if not parts:
-            return 200, html, pages.overview(self.state), {}
+            return 200, html, pages.overview(self.state, csrf), {}
         if parts == ["api", "fleet"]:
             return 200, "application/json", json.dumps(self.state.fleet()), {}
         if parts[0] == "static" and len(parts) == 2 and parts[1] in self._static:
@@ -184,12 +374,12 @@ class EvidenceServer:
             sensor = urllib.parse.unquote(parts[1])
             if sensor not in self.state.sensors:
                 raise HttpError(404, f"no sensor {sensor!r} in this site")
-            if len(parts) == 2:
+            if len(parts) == 2 and method != "POST":
                 return 200, html, await asyncio.to_thread(pages.sensor_page, self.state,
-                                                          sensor), {}
-            if parts[2:] == ["fragment"]:
+                                                          sensor, csrf), {}
+            if parts[2:] == ["fragment"] and method != "POST":
                 return 200, html, await asyncio.to_thread(pages.sensor_fragment, self.state,
-                                                          sensor), {}
+                                                          sensor, csrf), {}
             if parts[2:] == ["ack"] and method == "POST":
                 form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
                 note = (form.get("note") or [""])[0][:200]
@@ -204,20 +394,27 @@ class EvidenceServer:
 
     def _respond(self, writer: asyncio.StreamWriter, status: int, content: str | bytes,
                  ctype: str = "text/html; charset=utf-8",
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, *, head: bool = False) -> None:
+        """One response; `head` (a HEAD request) sends the headers only."""
         data = content.encode() if isinstance(content, str) else content
-        head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}",
-                f"Content-Type: {ctype}", f"Content-Length: {len(data)}",
-                "Connection: close", "X-Content-Type-Options: nosniff",
-                "Content-Security-Policy: default-src 'self'; script-src 'self' "
-                "'unsafe-inline'; style-src 'self' 'unsafe-inline'"]
-        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
+        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}",
+                 f"Content-Type: {ctype}", f"Content-Length: {len(data)}",
+                 "Connection: close", *(f"{k}: {v}" for k, v in SECURITY_HEADERS.items())]
+        if ctype.startswith("text/html") or ctype.startswith("application/json"):
+            lines.append("Cache-Control: no-store")  # pages carry the CSRF token
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+                     + (b"" if head else data))
 
-    async def _sse(self, writer: asyncio.StreamWriter, extra: dict[str, str]) -> None:
-        head = ["HTTP/1.1 200 OK", "Content-Type: text/event-stream", "Cache-Control: no-cache",
-                "Connection: keep-alive", *(f"{k}: {v}" for k, v in extra.items())]
-        writer.write(("\r\n".join(head) + "\r\n\r\nretry: 2000\n\n").encode("latin-1"))
+    async def _sse(self, writer: asyncio.StreamWriter, head: bool) -> None:
+        lines = ["HTTP/1.1 200 OK", "Content-Type: text/event-stream",
+                 "Cache-Control: no-cache", "Connection: keep-alive",
+                 *(f"{k}: {v}" for k, v in SECURITY_HEADERS.items())]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        if head:
+            await writer.drain()
+            return
+        writer.write(b"retry: 2000\n\n")
         await writer.drain()
         version = -1
         last = time.monotonic()
@@ -233,3 +430,11 @@ class EvidenceServer:
                 last = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), SSE_POLL_S)
+
+
+def _local_path(value: str) -> str:
+    """`value` if it is a path on this site (for the redirect after login), else "/"."""
+    if not value.startswith("/") or value.startswith("//") or "\\" in value \
+            or any(c in value for c in "\r\n"):
+        return "/"
+    return value

@@ -1,11 +1,10 @@
 // ballpass evidence page: live updates over server-sent events, no library.
+// Loaded as a file (the Content-Security-Policy allows no inline script); <body data-view>
+// says which page this is. The session cookie (HttpOnly) authenticates every request;
+// data from the stream is only ever set as text (textContent), never as HTML.
 "use strict";
 var ballpass = (function () {
-  function q(name) { return new URLSearchParams(location.search).get(name); }
-  function feed() {
-    var token = q("token");
-    return new EventSource("/events" + (token ? "?token=" + encodeURIComponent(token) : ""));
-  }
+  function feed() { return new EventSource("/events"); }
   function fmt(v, d) {
     if (v === null || v === undefined || (typeof v === "number" && !isFinite(v))) return "–";
     return typeof v === "number" && !Number.isInteger(v) ? v.toFixed(d === undefined ? 2 : d) : String(v);
@@ -50,3 +49,9 @@ var ballpass = (function () {
   }
   return {overview: overview, sensor: sensor};
 })();
+
+document.addEventListener("DOMContentLoaded", function () {
+  var body = document.body, view = body.getAttribute("data-view");
+  if (view === "overview") ballpass.overview();
+  if (view === "sensor") ballpass.sensor(body.getAttribute("data-sensor"));
+});
