@@ -36,13 +36,12 @@ from typing import Any
 
 from ballpass.config import AlertPolicy
 from ballpass.log import kv
+from ballpass.stream.faults import BEARING_FAULTS, NOT_A_FAULT, Fault
 
 log = logging.getLogger(__name__)
 
-NOT_A_FAULT = frozenset({"normal", "insufficient_data"})
-INSTRUMENT_FAULT = "sensor_fault"
+INSTRUMENT_FAULT = Fault.SENSOR_FAULT
 STATE_FORMAT = "ballpass-alert-state/1"
-BEARING_FAULTS = frozenset({"outer_race", "inner_race", "ball", "cage"})
 SEVERITIES = ("low", "medium", "high")
 
 
@@ -52,11 +51,11 @@ def severity(diagnosis: str, iso_zone: str = "", days_to_zone_d: float | None = 
     or zone D within 30 days; "low" otherwise (an unexplained anomaly at a good level)."""
     if iso_zone == "D" or (days_to_zone_d is not None and days_to_zone_d < 7.0):
         return "high"
-    if iso_zone == "C" and (diagnosis in BEARING_FAULTS or diagnosis == "misalignment"):
+    if iso_zone == "C" and (diagnosis in BEARING_FAULTS or diagnosis == Fault.MISALIGNMENT):
         return "high"
     if iso_zone == "C" or (days_to_zone_d is not None and days_to_zone_d < 30.0):
         return "medium"
-    if diagnosis in NOT_A_FAULT or diagnosis == "unknown_anomaly":
+    if diagnosis in NOT_A_FAULT or diagnosis == Fault.UNKNOWN_ANOMALY:
         return "low"
     return "medium"
 

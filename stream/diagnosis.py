@@ -38,22 +38,11 @@ import numpy as np
 
 from ballpass.models import iso20816
 from ballpass.stream import thresholds as th
+from ballpass.stream.faults import Fault, Line, Sideband
 from ballpass.stream.features import IMPACT_FAMILIES, LINES, SIDEBANDS, FeatureBatch
 from ballpass.stream.impact_history import expected_hits, interval_score
 
-DIAGNOSES: tuple[str, ...] = (
-    "normal",
-    "outer_race",
-    "inner_race",
-    "ball",
-    "cage",
-    "lubrication",
-    "imbalance",
-    "misalignment",
-    "unknown_anomaly",
-    "sensor_fault",
-    "insufficient_data",
-)
+DIAGNOSES: tuple[str, ...] = tuple(Fault)
 
 
 @dataclass(frozen=True)
@@ -117,26 +106,24 @@ class _Candidate:
     harmonics: list[Evidence]  # present harmonics of the family's own line (for ±1× shaft)
 
 
-_FAMILIES: tuple[tuple[str, int, tuple[int, ...], tuple[int, ...]], ...] = (
-    # (diagnosis, line index in LINES, sideband indices in SIDEBANDS, odd-BSF harmonics)
-    ("outer_race", 0, (), ()),
-    ("inner_race", 1, (0, 1), ()),
-    ("ball", 2, (2, 3), (0, 2)),
-    ("cage", 3, (), ()),
+_FAMILIES: tuple[tuple[Fault, Line, tuple[Sideband, ...], tuple[int, ...]], ...] = (
+    # (diagnosis, its envelope line, its sidebands, odd-BSF harmonic indices)
+    (Fault.OUTER_RACE, Line.BPFO, (), ()),
+    (Fault.INNER_RACE, Line.BPFI, (Sideband.BPFI_MINUS_SHAFT, Sideband.BPFI_PLUS_SHAFT), ()),
+    (Fault.BALL, Line.BSF2, (Sideband.BSF2_MINUS_FTF, Sideband.BSF2_PLUS_FTF), (0, 2)),
+    (Fault.CAGE, Line.FTF, (), ()),
 )
-"""Each defect's line family. A ball adds the odd multiples of BSF (1× and 3×: its strikes
-on the two races differ, see `features.LINES`); BSF's 2nd harmonic is 2×BSF itself."""
+"""Each defect's line family. A ball adds the odd multiples of BSF (1× and 3×, harmonic
+indices 0 and 2: its strikes on the two races differ, see `features.LINES`); BSF's 2nd
+harmonic is 2×BSF itself."""
 
-_BSF = 4
-"""Index of the BSF line in `features.LINES`."""
+_BSF = Line.BSF
+_SHAFT = Line.SHAFT
 
-_SHAFT = 5
-"""Index of the 1x (shaft-rate) envelope line in `features.LINES`."""
-
-_MODULATION = {"inner_race": _SHAFT, "ball": 3}
+_MODULATION = {Fault.INNER_RACE: Line.SHAFT, Fault.BALL: Line.FTF}
 """The envelope line of the rate at which each rotating defect passes the load zone: the
-shaft for the inner race, the cage (FTF, index 3) for a ball (Randall & Antoni 2011,
-sec. 2.2). Used only to tell two coinciding patterns apart, not to detect a defect."""
+shaft for the inner race, the cage (FTF) for a ball (Randall & Antoni 2011, sec. 2.2).
+Used only to tell two coinciding patterns apart, not to detect a defect."""
 
 
 def _bearing_candidates(batch: FeatureBatch, i: int) -> tuple[list[_Candidate], list[str]]:
@@ -146,7 +133,7 @@ def _bearing_candidates(batch: FeatureBatch, i: int) -> tuple[list[_Candidate], 
     cands: list[_Candidate] = []
     for name, li, sbs, odd in _FAMILIES:
         # Most windows have no fundamental: read the number before building evidence.
-        if batch.line_snr_db[i, li, 0] < (th.CAGE_LINE_SNR_DB if name == "cage" else thr):
+        if batch.line_snr_db[i, li, 0] < (th.CAGE_LINE_SNR_DB if name == Fault.CAGE else thr):
             continue
         lines = _line_evidence(batch, i, li)
         fundamental = lines[0]
@@ -154,7 +141,7 @@ def _bearing_candidates(batch: FeatureBatch, i: int) -> tuple[list[_Candidate], 
         sidebands = [e for e in _sideband_evidence(batch, i, sbs) if e.snr_db >= thr]
         bsf = _line_evidence(batch, i, _BSF) if odd else []
         odd_lines = [bsf[h] for h in odd if bsf[h].snr_db >= thr]
-        if name == "cage":
+        if name == Fault.CAGE:
             ok = sum(e.snr_db >= th.CAGE_LINE_SNR_DB for e in present) >= 2
         else:
             # Fundamental plus MIN_SUPPORT_LINES more (harmonics, sidebands, odd BSF lines),
@@ -302,9 +289,10 @@ def _ball_from_intervals(
     if score <= rival:
         return None
     expected = expected_hits(flank)
-    rate = float(batch.line_target_hz[i, 2]) if batch.line_target_hz is not None else math.nan
+    rate = float(batch.line_target_hz[i, Line.BSF2]) if batch.line_target_hz is not None \
+        else math.nan
     return Diagnosis(
-        "ball",
+        Fault.BALL,
         _conf(score - th.IMPACT_SCORE_MIN),
         (Evidence("2xBSF-intervals", 1, rate, 10.0 * math.log10(hits / expected)),),
         f"impacts at the ball's strike period 1/(2xBSF) = {1000.0 / rate:.2f} ms: "
@@ -376,7 +364,7 @@ def diagnose(
     # 1. Sensor health first: nothing else means anything on a broken signal.
     condition = _sensor_condition(batch, i, row, clipped_at_source)
     if condition is not None:
-        return Diagnosis("sensor_fault", 1.0, (), condition, "" if "non-finite" in condition
+        return Diagnosis(Fault.SENSOR_FAULT, 1.0, (), condition, "" if "non-finite" in condition
                          else zone)
 
     # 2. Resolution: sidebands at ±1× shaft must be separable, lines must be resolved.
@@ -385,7 +373,7 @@ def diagnose(
     revs = float(batch.n_revolutions[i])
     if revs < th.MIN_REVOLUTIONS or res > th.MAX_RESOLUTION_SHAFT_FRACTION * shaft:
         return Diagnosis(
-            "insufficient_data",
+            Fault.INSUFFICIENT_DATA,
             1.0,
             (),
             f"window spans {revs:.1f} revolutions at resolution {res:.3g} Hz for shaft "
@@ -398,10 +386,10 @@ def diagnose(
     # needs MIN_FTF_BINS bins, and a demodulation band wide enough for the highest line
     # must fit below Nyquist.
     if batch.line_target_hz is not None:
-        ftf = float(batch.line_target_hz[i, 3])
+        ftf = float(batch.line_target_hz[i, Line.FTF])
         if res * th.MIN_FTF_BINS > ftf:
             return Diagnosis(
-                "insufficient_data",
+                Fault.INSUFFICIENT_DATA,
                 1.0,
                 (),
                 f"window too short for the cage line: FTF {ftf:.3g} Hz at resolution "
@@ -410,7 +398,7 @@ def diagnose(
             )
     if batch.env_band_ok is not None and batch.env_band_ok[i] < 1.0:
         return Diagnosis(
-            "insufficient_data",
+            Fault.INSUFFICIENT_DATA,
             1.0,
             (),
             f"sample rate too low for the bearing lines: no demodulation band above "
@@ -430,7 +418,7 @@ def diagnose(
             if e.snr_db >= th.LINE_SNR_DB
         )
         return Diagnosis(
-            "unknown_anomaly",
+            Fault.UNKNOWN_ANOMALY,
             0.5,
             ev,
             f"bearing lines present but {' and '.join(undecided)} cannot be told apart: "
@@ -468,7 +456,7 @@ def diagnose(
         x2_line = x2_snr >= th.LINE_SNR_DB
         if x2_line and x2 >= th.MISALIGNMENT_X2_RATIO * x1:
             return Diagnosis(
-                "misalignment",
+                Fault.MISALIGNMENT,
                 _conf(10.0 * (x2 / x1 - th.MISALIGNMENT_X2_RATIO)),
                 ev,
                 f"zone {zone} ({vel:.2f} mm/s) with 2x/1x = {x2 / max(x1, 1e-12):.2f}",
@@ -476,7 +464,7 @@ def diagnose(
             )
         if x1_line and share >= th.IMBALANCE_X1_SHARE:
             return Diagnosis(
-                "imbalance",
+                Fault.IMBALANCE,
                 _conf(20.0 * (share - th.IMBALANCE_X1_SHARE)),
                 ev[:1],
                 f"zone {zone} ({vel:.2f} mm/s), 1x holds {share:.0%} of the velocity",
@@ -487,7 +475,7 @@ def diagnose(
     if row["hf_floor"] >= th.LUBRICATION_HF_G and row["kurtosis"] < th.LUBRICATION_MAX_KURTOSIS:
         ratio_db = 20.0 * math.log10(row["hf_floor"] / th.LUBRICATION_HF_G)
         return Diagnosis(
-            "lubrication",
+            Fault.LUBRICATION,
             _conf(ratio_db),
             (),
             f"high-frequency floor {row['hf_floor']:.3g} g, kurtosis {row['kurtosis']:.2f}",
@@ -497,7 +485,7 @@ def diagnose(
     # 6. Something is wrong that no kinematic line explains.
     if row["kurtosis"] >= th.KURTOSIS_ANOMALY:
         return Diagnosis(
-            "unknown_anomaly",
+            Fault.UNKNOWN_ANOMALY,
             _conf(2.0 * (row["kurtosis"] - th.KURTOSIS_ANOMALY)),
             (),
             f"impulsive signal (kurtosis {row['kurtosis']:.2f}) without a bearing line",
@@ -505,10 +493,12 @@ def diagnose(
         )
     if zone == "D":
         return Diagnosis(
-            "unknown_anomaly", 0.5, (), f"velocity {vel:.2f} mm/s in zone D, cause unknown", zone
+            Fault.UNKNOWN_ANOMALY, 0.5, (), f"velocity {vel:.2f} mm/s in zone D, cause unknown",
+            zone
         )
 
     # 7. Normal: confident the further the strongest line sits below the threshold.
     worst = float(np.max(batch.line_snr_db[i, :_SHAFT, 0]))  # bearing lines only
     conf = float(min(1.0, max(0.5, 0.5 + 0.5 * (th.LINE_SNR_DB - worst) / th.LINE_SNR_DB)))
-    return Diagnosis("normal", conf, (), f"no defect pattern; strongest line {worst:.1f} dB", zone)
+    return Diagnosis(Fault.NORMAL, conf, (), f"no defect pattern; strongest line {worst:.1f} dB",
+                     zone)

@@ -29,8 +29,9 @@ from ballpass.stream.dsp.spectrum import (
     _velocity_rms,
 )
 from ballpass.stream.dsp.stats import _moments
+from ballpass.stream.faults import LINE_LABELS, SIDEBAND_LABELS
 
-LINES: tuple[str, ...] = ("BPFO", "BPFI", "2xBSF", "FTF", "BSF", "1x")
+LINES: tuple[str, ...] = LINE_LABELS
 """Envelope lines searched, in the order of the second axis of the line arrays. BSF (a
 ball's spin rate) is searched besides 2×BSF: a ball defect strikes the outer and the inner
 race alternately, and the inner-race strike is weaker (it reaches the sensor through more
@@ -39,7 +40,7 @@ interfaces), so the train repeats at BSF and shows odd multiples of BSF (Randall
 the envelope mean the shaft modulates the band (looseness, gear wear, rub); a defect line
 on a shaft harmonic is then not evidence of its own."""
 
-SIDEBANDS: tuple[str, ...] = ("BPFI-1x", "BPFI+1x", "2xBSF-FTF", "2xBSF+FTF")
+SIDEBANDS: tuple[str, ...] = SIDEBAND_LABELS
 """Sidebands searched, in the order of the second axis of the sideband arrays."""
 
 IMPACT_FAMILIES: tuple[str, ...] = ("BPFO", "BPFI", "2xBSF")
