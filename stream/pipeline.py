@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,20 @@ import numpy as np
 
 from ballpass.config import AssetConfig, Config, SensorConfig
 from ballpass.models.speed import choose_shaft_hz, estimate_shaft_hz
-from ballpass.stream.alerts import INSTRUMENT_FAULT, AlertTracker, Transition, severity
+from ballpass.stream.alerts import AlertTracker, severity
 from ballpass.stream.diagnosis import Diagnosis, diagnose
 from ballpass.stream.dsp.spectrum import amplitude_spectrum
+from ballpass.stream.faults import Fault
 from ballpass.stream.features import extract
 from ballpass.stream.impact_history import ImpactHistory
+from ballpass.stream.messages import (
+    alert_message,
+    alert_point,
+    diagnosis_message,
+    finite_or_none,
+    temperature_point,
+    window_points,
+)
 from ballpass.stream.online import OnlineModels
 from ballpass.stream.sinks.lineprotocol import Point
 from ballpass.wire import Kind, Window
@@ -41,9 +50,9 @@ class Incoming:
     window: Window
 
 
-@dataclass
+@dataclass(frozen=True)
 class Result:
-    """One window's outcome."""
+    """One window's outcome (made anew, never changed, as it goes through the layers)."""
 
     incoming: Incoming
     asset: str
@@ -59,17 +68,6 @@ class BatchOutput:
     results: list[Result]
     points: list[Point]
     alerts: list[dict[str, Any]]  # alert JSON of each firing/resolved transition
-
-
-def _tags(item: Incoming, asset: str) -> dict[str, str]:
-    return {"site": item.site, "gateway": item.gateway, "sensor": item.sensor, "asset": asset}
-
-
-def _alert_point(alert: dict[str, Any], t_ns: int) -> Point:
-    """The `alerts` row of one alert message (`alert_message`)."""
-    return Point("alerts", {k: alert[k] for k in ("site", "sensor", "asset", "status", "kind")},
-                 {k: alert[k] for k in ("alert_id", "diagnosis", "confidence", "summary")},
-                 t_ns)
 
 
 class Pipeline:
@@ -136,8 +134,7 @@ class Pipeline:
                 celsius = float(np.mean(w.samples))
                 self.online.temperature(asset.id, celsius)
                 results.append(Result(item, asset.id))
-                points.append(Point("temperature", _tags(item, asset.id),
-                                    {"celsius": celsius}, w.t0_ns))
+                points.append(temperature_point(item, asset.id, celsius))
                 continue
             if w.kind != Kind.ACCELERATION:
                 results.append(Result(item, asset.id))
@@ -178,7 +175,7 @@ class Pipeline:
         alerts: list[dict[str, Any]] = []
         # Alert state advances in seq order per sensor, whatever order the groups ran in.
         results.sort(key=lambda r: (r.incoming.sensor, r.incoming.window.seq))
-        for r in results:
+        for k, r in enumerate(results):
             if r.diagnosis is None:
                 continue
             item = r.incoming
@@ -186,32 +183,27 @@ class Pipeline:
             if r.features:
                 # Online layer: score, trend, changes; an anomaly physics cannot name
                 # becomes `unknown_anomaly`.
-                days_d = self._online(r, points)
+                r, days_d = self._online(r, points)
+            assert r.diagnosis is not None
             diagnosis, t0 = r.diagnosis.diagnosis, item.window.t0_ns
-            transitions = (
+            transitions = [t for t in (
                 self.alerts.update_instrument(item.sensor, diagnosis, t0),
                 self.alerts.update(item.sensor, diagnosis, t0,
                                    severity(diagnosis, r.diagnosis.iso_zone, days_d)))
-            r.state = self.alerts.state(item.sensor)
+                if t is not None]
+            r = results[k] = replace(r, state=self.alerts.state(item.sensor))
             self._last[item.sensor] = r
-            tags = _tags(item, r.asset)
-            for t in transitions:
-                if t is not None:
-                    alert = alert_message(t, diagnosis_message(r))
+            if transitions:
+                message = diagnosis_message(r)
+                for t in transitions:
+                    alert = alert_message(t, message)
                     alerts.append(alert)
-                    points.append(_alert_point(alert, t0))
-            if r.features:
-                fields: dict[str, Any] = {"seq": item.window.seq, **r.features}
-                points.append(Point("vibration", tags, fields, item.window.t0_ns))
-            points.append(Point("diagnosis", tags, {
-                "diagnosis": r.diagnosis.diagnosis, "confidence": float(r.diagnosis.confidence),
-                "state": r.state, "iso_zone": r.diagnosis.iso_zone or "",
-                **_online_fields(r.online),
-            }, item.window.t0_ns))
+                    points.append(alert_point(alert, t0))
+            points += window_points(r)
         return BatchOutput(results, points, alerts)
 
-    def _online(self, r: Result, points: list[Point]) -> float | None:
-        """Run the online layer on result `r` (in place); its days to zone D, if known."""
+    def _online(self, r: Result, points: list[Point]) -> tuple[Result, float | None]:
+        """Result `r` with the online layer's verdict; and its days to zone D, if known."""
         assert r.diagnosis is not None
         item, w = r.incoming, r.incoming.window
         shaft = w.shaft_hz if math.isfinite(w.shaft_hz) and w.shaft_hz > 0 else (
@@ -219,24 +211,25 @@ class Pipeline:
         o, extra = self.online.observe(item.site, item.gateway, item.sensor, w.t0_ns, w.seq,
                                        shaft, r.features, r.line_amp_g, r.diagnosis.diagnosis)
         points += extra
-        if o.score is not None:
-            r.features["anomaly_score"] = o.score
-        if o.anomaly and r.diagnosis.diagnosis == "normal":
-            r.diagnosis = Diagnosis(
-                "unknown_anomaly", o.score or 0.0, (),
+        features = r.features if o.score is None else {**r.features, "anomaly_score": o.score}
+        diagnosis = r.diagnosis
+        if o.anomaly and diagnosis.diagnosis == Fault.NORMAL:
+            diagnosis = Diagnosis(
+                Fault.UNKNOWN_ANOMALY, o.score or 0.0, (),
                 f"anomaly score {o.score:.4f} >= threshold in most recent windows, "
-                "no known fault pattern", r.diagnosis.iso_zone)
+                "no known fault pattern", diagnosis.iso_zone)
         status = self.online.status(item.sensor)
-        r.online = {
+        online = {
             "state": o.state, "progress": status.get("progress"),
             "anomaly_score": None if o.score is None else round(o.score, 5),
             "skipped": o.skipped or None,
-            "velocity_trend_mm_s_per_day": _finite_or_none(o.velocity_trend_mm_s_per_day),
-            "line_trend_g_per_day": _finite_or_none(o.line_trend_g_per_day),
+            "velocity_trend_mm_s_per_day": finite_or_none(o.velocity_trend_mm_s_per_day),
+            "line_trend_g_per_day": finite_or_none(o.line_trend_g_per_day),
             "days_to_zone_c": o.days_to_zone_c.as_dict() if o.days_to_zone_c else None,
             "days_to_zone_d": o.days_to_zone_d.as_dict() if o.days_to_zone_d else None,
         }
-        return o.days_to_zone_d.days if o.days_to_zone_d else None
+        days = o.days_to_zone_d.days if o.days_to_zone_d else None
+        return replace(r, features=features, diagnosis=diagnosis, online=online), days
 
     def apply_command(self, command: Any, t_ns: int | None = None) -> BatchOutput:
         """Apply an operator command (rebaseline, ack, false_alarm): `actions` points and
@@ -249,85 +242,8 @@ class Pipeline:
             last = self._last.get(t.sensor)
             if last is None or last.diagnosis is None:
                 continue
-            last.state = self.alerts.state(t.sensor)
+            last = self._last[t.sensor] = replace(last, state=self.alerts.state(t.sensor))
             alert = alert_message(t, diagnosis_message(last))
             alerts.append(alert)
-            points.append(_alert_point(alert, points[0].time_ns if points else time.time_ns()))
+            points.append(alert_point(alert, points[0].time_ns if points else time.time_ns()))
         return BatchOutput([], points, alerts)
-
-
-def diagnosis_message(result: Result) -> dict[str, Any]:
-    """The diagnosis JSON of ARCHITECTURE.md section 5 for one window."""
-    item, diag = result.incoming, result.diagnosis
-    assert diag is not None
-    return {
-        "sensor": item.sensor, "gateway": item.gateway, "site": item.site,
-        "asset": result.asset, "t": item.window.t0_ns / 1e9, "seq": item.window.seq,
-        "diagnosis": diag.diagnosis, "confidence": round(float(diag.confidence), 4),
-        "state": result.state, "iso_zone": diag.iso_zone or None,
-        "velocity_rms_mm_s": _finite_or_none(result.features.get("velocity_rms_mm_s")),
-        "evidence": [
-            {"line": e.line, "harmonic": e.harmonic, "freq_hz": round(e.freq_hz, 3),
-             "snr_db": round(e.snr_db, 2)} for e in diag.evidence
-        ],
-        "reason": diag.reason,
-        "severity": severity(diag.diagnosis, diag.iso_zone,
-                             (result.online.get("days_to_zone_d") or {}).get("days"))
-        if diag.diagnosis not in ("normal", "insufficient_data") else None,
-        "anomaly_score": result.online.get("anomaly_score"),
-        "days_to_zone_c": result.online.get("days_to_zone_c"),
-        "days_to_zone_d": result.online.get("days_to_zone_d"),
-        "online": {k: v for k, v in result.online.items()
-                   if k not in ("anomaly_score", "days_to_zone_c", "days_to_zone_d")} or None,
-    }
-
-
-def alert_message(transition: Transition, last: dict[str, Any]) -> dict[str, Any]:
-    """The alert JSON (diagnosis fields plus alert_id, status, since, summary, kind, event).
-
-    `kind` "machine" is a machine alarm, `event` its status; `kind` "instrument" is a sensor
-    that needs maintenance (`event` "instrument_firing" / "instrument_resolved", severity
-    "low"), never a machine alarm (docs/alerting.md).
-    """
-    firing = transition.status == "firing"
-    if transition.kind == "instrument":
-        summary = (f"{last['asset']} sensor {transition.sensor} "
-                   + ("needs instrument maintenance (not a machine fault): "
-                      f"{last.get('reason') or 'sensor fault'}" if firing
-                      else "reads plausibly again") + ".")
-        return {**last, "diagnosis": INSTRUMENT_FAULT, "kind": "instrument",
-                "event": f"instrument_{transition.status}", "severity": "low",
-                "alert_id": transition.alert_id, "status": transition.status,
-                "since": transition.since_ns / 1e9, "summary": summary,
-                "sent_at": time.time()}
-    verb = "needs attention" if firing else "is back to normal"
-    fault = transition.diagnosis.replace("_", " ")
-    summary = (f"{last['asset']} sensor {transition.sensor} {verb}: {fault}"
-               + (f", ISO zone {last['iso_zone']}" if last.get("iso_zone") else "")
-               + (f", confidence {last['confidence']:.0%}" if firing else "") + ".")
-    return {
-        **last, "diagnosis": transition.diagnosis if firing else last["diagnosis"],
-        "kind": "machine", "event": transition.status,
-        "alert_id": transition.alert_id, "status": transition.status,
-        "since": transition.since_ns / 1e9, "summary": summary,
-        "sent_at": time.time(),
-    }
-
-
-def _online_fields(online: dict[str, Any]) -> dict[str, Any]:
-    """InfluxDB `diagnosis` fields of the online layer (absent when unknown)."""
-    out: dict[str, Any] = {}
-    if online.get("state"):
-        out["baseline"] = online["state"]
-    for zone in ("c", "d"):
-        p = online.get(f"days_to_zone_{zone}")
-        if p:
-            out[f"days_to_zone_{zone}"] = float(p["days"])
-            out[f"days_to_zone_{zone}_lo"] = float(p["lo"])
-            if p["hi"] is not None:
-                out[f"days_to_zone_{zone}_hi"] = float(p["hi"])
-    return out
-
-
-def _finite_or_none(x: float | None) -> float | None:
-    return round(float(x), 4) if x is not None and math.isfinite(x) else None

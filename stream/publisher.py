@@ -15,8 +15,9 @@ from typing import Any
 from ballpass import topics
 from ballpass.log import kv
 from ballpass.stream.counters import StreamCounters
+from ballpass.stream.messages import diagnosis_message
 from ballpass.stream.mqtt_source import MqttSource
-from ballpass.stream.pipeline import BatchOutput, Result, diagnosis_message
+from ballpass.stream.pipeline import BatchOutput, Result
 from ballpass.stream.sinks.webhook import WebhookSender
 
 log = logging.getLogger(__name__)

@@ -178,7 +178,7 @@ class StreamService:
             self._summarise(latest)
             await self.publisher.publish(latest, output.alerts)
             if self.evidence is not None:
-                self.evidence.observe(output)
+                self.evidence.observe(output, {s: m for s, (_, m, _) in latest.items()})
         if time.monotonic() - self._online_saved >= self.config.stream.online_save_s:
             await asyncio.to_thread(self._save_online)
 

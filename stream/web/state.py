@@ -19,7 +19,7 @@ import numpy as np
 from ballpass.config import AssetConfig, Config, SensorConfig
 from ballpass.models import iso20816
 from ballpass.stream.features import LINES, extract
-from ballpass.stream.pipeline import BatchOutput, diagnosis_message
+from ballpass.stream.pipeline import BatchOutput
 from ballpass.wire import Kind, Window
 
 TREND_POINTS = 720  # per sensor: 24 min at one window every 2 s
@@ -74,8 +74,9 @@ class EvidenceState:
         self.gateways: dict[str, dict[str, Any]] = {}  # the service's dict, by reference
         self.version = 0
 
-    def observe(self, output: BatchOutput) -> None:
-        """Take in one processed batch (called by the service after it is written)."""
+    def observe(self, output: BatchOutput, latest: dict[str, dict[str, Any]]) -> None:
+        """Take in one processed batch (called by the service after it is written) and
+        `latest`, each sensor's last diagnosis JSON of it (built once, by the service)."""
         now = time.time()
         for r in output.results:
             view = self.sensors.get(r.incoming.sensor)
@@ -91,7 +92,8 @@ class EvidenceState:
                 continue
             if r.diagnosis is None:
                 continue
-            view.latest = diagnosis_message(r)
+            if r.incoming.sensor in latest:
+                view.latest = latest[r.incoming.sensor]
             f = r.features
             self.trends[view.sensor.id].append(
                 (w.t0_ns / 1e9, *(f.get(k, math.nan) for k in TREND_FIELDS), math.nan))
