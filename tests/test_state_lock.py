@@ -1,0 +1,67 @@
+"""Operator actions and batches never change per-sensor state at the same time (issue 14).
+
+Before: an acknowledge from the evidence page ran `Pipeline.apply_command` on the event loop
+while a batch ran `Pipeline.process` in a worker thread. Here a slow batch is in the
+pipeline when the operator acts; the action must wait for it. Real influxd behind the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ballpass import topics, wire
+from ballpass.config import parse
+from ballpass.services import Influxd
+from ballpass.stream.mqtt_source import Delivery
+from ballpass.stream.service import StreamService
+from ballpass.stream.sinks.influx import V1Writer
+
+
+def test_an_operator_action_waits_for_the_batch_in_the_pipeline(
+        influxd: Influxd, influx_db: tuple[str, str], tmp_path: Path) -> None:
+    url, db = influx_db
+    config = parse({"site": {"id": "s1"}, "stream": {"state_dir": str(tmp_path)},
+                    "influx": {"url": url, "db": db},
+                    "asset": [{"id": "m", "bearing": "SKF 6205", "shaft_hz": 25.0}],
+                    "gateway": [{"id": "g", "sensor": [
+                        {"id": "a", "driver": "simulated", "asset": "m", "fs_hz": 25600,
+                         "window_samples": 4096, "interval_s": 1}]}]})
+    service = StreamService(config, V1Writer(url, db))
+    inside = threading.Event()
+    overlaps: list[bool] = []
+    process, apply = service.pipeline.process, service.pipeline.apply_command
+
+    def slow_process(batch: Any) -> Any:
+        inside.set()
+        time.sleep(0.5)
+        try:
+            return process(batch)
+        finally:
+            inside.clear()
+
+    def recording_apply(command: Any, t_ns: int | None = None) -> Any:
+        overlaps.append(inside.is_set())
+        return apply(command, t_ns)
+
+    service.pipeline.process = slow_process  # type: ignore[method-assign]
+    service.pipeline.apply_command = recording_apply  # type: ignore[method-assign]
+    w = wire.Window(seq=1, t0_ns=time.time_ns(), fs_hz=25600.0,
+                    samples=0.1 * np.random.default_rng(0).standard_normal((1, 4096)))
+    delivery = Delivery(topics.window("s1", "g", "a"), wire.encode(w), 1, 1, 0)
+
+    async def run() -> None:
+        batch = asyncio.create_task(service._handle([delivery]))
+        while not inside.is_set():
+            await asyncio.sleep(0.01)
+        await service.operator_action("a", "bob", "seen")
+        await batch
+
+    asyncio.run(run())
+    assert overlaps == [False], "the action ran while the batch was in the pipeline"
+    assert service.counters.written == 1
