@@ -15,13 +15,14 @@ help:
 	@echo "make run    the demo plant (Ctrl-C stops it)"
 	@echo "make test   the whole test suite (real mosquitto and influxd)"
 	@echo "make bench  speed figures with their baselines (bench.json, see BENCHMARKS.md)"
-	@echo "make lint   ruff"
+	@echo "make lint   ruff and mypy"
 
 run: install deps
 	$(PY) -m ballpass demo
 
 test: install deps
 	$(PY) -m ruff check .
+	$(PY) -m ballpass.devtools.typecheck  # mypy (see that module)
 	$(PY) -m pytest -q
 
 bench: install deps
@@ -30,6 +31,7 @@ bench: install deps
 
 lint: install
 	$(PY) -m ruff check .
+	$(PY) -m ballpass.devtools.typecheck
 
 install: $(STAMP)
 

@@ -169,7 +169,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ballpass import bench
+    from ballpass.devtools import bench
     only = tuple(args.only.split(",")) if args.only else ()
     text = bench.to_json(bench.run(quick=args.quick, only=only))
     if args.json is None:
@@ -188,7 +188,7 @@ def cmd_evaluate_fleet(args: argparse.Namespace) -> int:
     import json
     import logging
 
-    from ballpass.stream.online.fleet import FleetSpec, calibrate, run, table
+    from ballpass.devtools.fleet_eval import FleetSpec, calibrate, run, table
     from ballpass.stream.online.trend import CalibrationError, load_calibration
     if args.log_level != "DEBUG":
         # Thousands of simulated machines' events would drown the progress bar.

@@ -157,7 +157,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _count(influx: Influxd, measurement: str, field: str) -> int:
     result = influx.query(f'SELECT count("{field}") FROM "{measurement}"', db=DB)
-    series = result.get("results", [{}])[0].get("series")  # type: ignore[index,union-attr]
+    series = result.get("results", [{}])[0].get("series")
     return int(series[0]["values"][0][1]) if series else 0
 
 
@@ -272,8 +272,8 @@ def run_demo(duration_s: float | None = None, summary_json: Path | None = None,
             if child.proc.poll() is None:
                 child.wait(20)
         receiver.stop()
-        for service in reversed(services):
-            service.stop()
+        for svc in reversed(services):
+            svc.stop()
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
 

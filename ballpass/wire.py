@@ -12,6 +12,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,8 @@ class DType(IntEnum):
 
 
 _ITEMSIZE = {DType.INT16: 2, DType.FLOAT32: 4}
-_NUMPY = {DType.INT16: np.dtype("<i2"), DType.FLOAT32: np.dtype("<f4")}
+_NUMPY: dict[DType, np.dtype[Any]] = {DType.INT16: np.dtype("<i2"),
+                                      DType.FLOAT32: np.dtype("<f4")}
 
 
 class WireError(ValueError):

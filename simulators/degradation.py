@@ -205,7 +205,8 @@ def _curve(condition: str, orders: tuple[float, float, float, float], shaft_hz: 
         v = [velocity_rms_mm_s(synthesize(
             condition, o, shaft_hz, fs_hz, n_samples, severity=sev, rng=rng, load=load,
             hf_extra=wear_floor(condition, sev), wear_mm_s=wear_velocity(condition, sev),
-            **dict(extras)), fs_hz) for _ in range(windows)]
+            **dict(extras)),  # type: ignore[arg-type]  # extras: synthesize's float options
+            fs_hz) for _ in range(windows)]
         out.append(float(np.median(v)))
     return tuple(out)
 

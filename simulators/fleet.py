@@ -222,11 +222,13 @@ def parse_scenario(data: dict[str, Any], name: str = "scenario") -> Scenario:
         times = [_num(f, k, where, errors, d, 0.0) for k, d in (
             ("onset_h", 0.0), ("incipient_h", 24.0), ("developed_h", 48.0), ("severe_h", 24.0))]
         top = _num(f, "max_severity", where, errors, 2.5, 1.0)
-        if None in times or top is None:
+        onset, incipient, developed, severe = times
+        if onset is None or incipient is None or developed is None or severe is None or (
+                top is None):
             continue
         try:
-            traj = Trajectory(cond, times[0] * 3600.0, times[1] * 3600.0, times[2] * 3600.0,
-                              times[3] * 3600.0, top)
+            traj = Trajectory(cond, onset * 3600.0, incipient * 3600.0, developed * 3600.0,
+                              severe * 3600.0, top)
         except ValueError as e:
             errors.append(f"{where}: {e}")
             continue

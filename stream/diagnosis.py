@@ -83,7 +83,7 @@ def _line_evidence(batch: FeatureBatch, i: int, li: int) -> list[Evidence]:
     ]
 
 
-def _sideband_evidence(batch: FeatureBatch, i: int, sbs: tuple[int, int]) -> list[Evidence]:
+def _sideband_evidence(batch: FeatureBatch, i: int, sbs: tuple[int, ...]) -> list[Evidence]:
     return [
         Evidence(
             SIDEBANDS[s],
@@ -277,7 +277,8 @@ def _ball_from_intervals(
 ) -> Diagnosis | None:
     """`ball` when the impacts follow each other at the ball's strike period (1/(2×BSF))
     significantly (IMPACT_SCORE_MIN) and more so than at either race's, else None."""
-    counts = batch.impact_counts[i] if impacts is None else impacts
+    counts = impacts if impacts is not None else (
+        None if batch.impact_counts is None else batch.impact_counts[i])
     if counts is None:
         return None
     ball = _IMPACT_BALL

@@ -107,6 +107,7 @@ def evaluate_record(rec: Recording,
     for start in range(0, wins.shape[0], BATCH):
         chunk = wins[start : start + BATCH]
         batch = extract(chunk, rec.rate_hz, np.full(chunk.shape[0], rec.shaft_hz), orders)
+        assert batch.impact_counts is not None  # `extract` always counts them
         for i in range(chunk.shape[0]):
             pooled = impacts.add(rec.name, batch.impact_counts[i])
             d = diagnose(batch, i, rec.iso_group, rec.iso_foundation, pooled)

@@ -164,6 +164,7 @@ class Pipeline:
                 windows = np.stack([item.window.samples[0] for item, _ in group])
                 shafts = np.array([shaft for _, shaft in group], dtype=np.float64)
                 feats = extract(windows, fs_hz, shafts, bearing.orders())
+                assert feats.impact_counts is not None  # `extract` always counts them
                 for i, (item, _) in enumerate(group):
                     asset = self.sensors[item.sensor][1]
                     pooled = self.impacts.add(item.sensor, feats.impact_counts[i])

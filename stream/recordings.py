@@ -179,6 +179,7 @@ def _parse_recording(r: TableReader) -> Recording | None:
         key is None and column is None
     ):
         return None
+    assert path is not None and bearing is not None  # just checked (`None in` does not narrow)
     return Recording(name=r.path, path=path, key=key, column=column, fs_hz=fs_hz,
                      shaft_hz=shaft_hz, label=label, bearing=bearing, window=window,
                      max_windows=max_windows, resample_hz=resample_hz, group=group,

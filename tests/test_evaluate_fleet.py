@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ballpass.stream.online.fleet import CLASSES, FleetSpec, run, table
+from ballpass.devtools.fleet_eval import CLASSES, FleetSpec, run, table
 from ballpass.stream.online.trend import load_calibration
 
 

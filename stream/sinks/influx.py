@@ -196,7 +196,9 @@ class V2Writer:
         self.bucket = bucket
         self.org = org
         # retries=False: the caller decides about retries from InfluxWriteError.retryable.
-        self._client = InfluxDBClient(url=self.url, token=token, org=org,
+        self._client = InfluxDBClient(url=self.url, token=token,  # type: ignore[arg-type]
+                                      # (None = no auth, the client's default; typed str)
+                                      org=org,
                                       timeout=int(timeout_s * 1000), retries=False)
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         self._precision = WritePrecision.NS
@@ -214,7 +216,8 @@ class V2Writer:
 
         try:
             self._write_api.write(bucket=self.bucket, org=self.org, record=body,
-                                  write_precision=self._precision)
+                                  write_precision=self._precision)  # type: ignore[arg-type]
+            # (WritePrecision.NS is the str "ns"; the signature names the class)
         except ApiException as e:
             status = int(e.status) if e.status else 0
             raw: Any = e.body or e.reason or b""

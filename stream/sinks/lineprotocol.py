@@ -93,9 +93,9 @@ def encode_point(point: Point) -> str:
         if v:
             parts.append(f",{ek}={v.translate(_KEY_ESCAPES)}")
     fields = []
-    for k, v in point.fields.items():
+    for k, fv in point.fields.items():
         ek = _key("field key", k)
-        ev = _field_value(v)
+        ev = _field_value(fv)
         if ev is not None:
             fields.append(f"{ek}={ev}")
     if not fields:

@@ -122,8 +122,8 @@ def _fft_work_numpy(x: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray, use
 
 
 def _size_figures(n: int, quick: bool) -> dict[str, float]:
+    from ballpass.devtools.bench_baseline import admissible, extract_baseline, pipeline_bands
     from ballpass.models.catalog import lookup
-    from ballpass.stream.bench_baseline import admissible, extract_baseline, pipeline_bands
     from ballpass.stream.diagnosis import diagnose
     from ballpass.stream.features import extract
 

@@ -311,7 +311,7 @@ def calibrate(spec: FleetSpec, bins: int | None = None,
 def _git_commit() -> str:
     """The source's commit, "+dirty" when its code had uncommitted changes; "unknown"
     outside a git checkout (an installed package)."""
-    here = Path(__file__).resolve().parents[2]
+    here = Path(__file__).resolve().parents[1]  # the checkout (devtools/..)
 
     def git(*args: str) -> str | None:
         try:
@@ -325,7 +325,7 @@ def _git_commit() -> str:
     if head is None:
         return "unknown"
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", "ballpass", "stream",
-                "simulators", "models", "gateway")
+                "simulators", "models", "gateway", "devtools")
     return head + ("+dirty" if dirty else "")
 
 

@@ -1,8 +1,8 @@
 """`ballpass bench`: named speed figures, each measured against its baseline in the same run.
 
-Each part of ballpass contributes a `figures(quick: bool) -> dict[str, float]` function
-in its own `bench.py` module (`ballpass.stream.bench`, `ballpass.simulators.bench`,
-`ballpass.gateway.bench`); this module only collects them, so a part that is not
+Each part of ballpass has a `figures(quick: bool) -> dict[str, float]` function in its
+own module of this package (`bench_stream`, `bench_online`, `bench_simulators`,
+`bench_gateway`); this module only collects them, so a part whose dependencies are not
 installed (the stream extra on a gateway board) is reported, not fatal. BENCHMARKS.md
 records the figures with the machine and the command.
 """
@@ -21,8 +21,13 @@ from ballpass.log import kv
 
 log = logging.getLogger(__name__)
 
-PARTS = ("ballpass.stream.bench", "ballpass.simulators.bench", "ballpass.gateway.bench",
-         "ballpass.stream.online.bench")
+PARTS: tuple[tuple[str, str], ...] = (
+    # (the part `--only` names, its module)
+    ("stream", "ballpass.devtools.bench_stream"),
+    ("simulators", "ballpass.devtools.bench_simulators"),
+    ("gateway", "ballpass.devtools.bench_gateway"),
+    ("stream", "ballpass.devtools.bench_online"),
+)
 
 
 def machine() -> dict[str, Any]:
@@ -34,8 +39,8 @@ def machine() -> dict[str, Any]:
 def run(quick: bool = False, only: tuple[str, ...] = ()) -> dict[str, Any]:
     """Every part's figures, in one flat dict."""
     results: dict[str, Any] = machine()
-    for name in PARTS:
-        if only and name.split(".")[1] not in only:  # "ballpass.stream.bench" -> "stream"
+    for part, name in PARTS:
+        if only and part not in only:
             continue
         try:
             module = importlib.import_module(name)
