@@ -213,7 +213,7 @@ def _bearing_candidates(batch: FeatureBatch, i: int) -> tuple[list[_Candidate], 
         )
         # The modulation itself: an inner-race defect passes the load zone once per shaft
         # turn, a ball once per cage turn, so the envelope also shows 1× or FTF.
-        li = _MODULATION.get(c.name)
+        li = _MODULATION.get(Fault(c.name))
         mod = float(batch.line_snr_db[i, li, 0]) if li is not None else 0.0
         return own + (mod if mod >= thr else 0.0)
 

@@ -252,9 +252,9 @@ class EvidenceServer:
                 raise self._refuse("origin", 403, "cross-origin or origin-less POST "
                                    "refused", path, writer)
             if path == "/login":
-                status, ctype, content, more = await self._login(method, body, url.query,
-                                                                 writer)
-                self._respond(writer, status, content, ctype, more, head=head)
+                status, ctype, login, more = await self._login(method, body, url.query,
+                                                               writer)
+                self._respond(writer, status, login, ctype, more, head=head)
                 await writer.drain()
                 return
             session: Session | None = None
@@ -269,7 +269,8 @@ class EvidenceServer:
                     raise self._refuse("unauthorized", 401, "log in first", path, writer)
                 if method == "POST":
                     form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
-                    given = headers.get("x-csrf-token") or (form.get("csrf") or [None])[0]
+                    given = headers.get("x-csrf-token") or next(iter(form.get("csrf", [])),
+                                                                None)
                     if not tokens_equal(given, session.csrf):
                         raise self._refuse("csrf", 403, "missing or wrong CSRF token",
                                            path, writer)
@@ -343,7 +344,7 @@ class EvidenceServer:
             raise HttpError(405, f"method {method} not allowed")
         form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
         nxt = _local_path((form.get("next") or [nxt])[0])
-        if not tokens_equal((form.get("token") or [None])[0], self.token):
+        if not tokens_equal(next(iter(form.get("token", [])), None), self.token):
             self._refuse("unauthorized", 401, "wrong token at login", "/login", writer)
             await asyncio.sleep(LOGIN_FAILURE_DELAY_S)
             return 401, html, pages.login_page(nxt, "wrong token"), {}
