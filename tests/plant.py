@@ -51,3 +51,36 @@ def write_passwords(tmp: Path, passwords: dict[str, str]) -> None:
     """`tmp/stream.pw` and `tmp/gw1.pw`: the password files the test site configs name."""
     for user in ("stream", "gw1"):
         (tmp / f"{user}.pw").write_text(passwords[user] + "\n", encoding="utf-8")
+
+
+def stream_site(path: Path, *, port: int, influx_url: str, db: str, state_dir: Path,
+                stream: str = "", sensors: dict[str, list[str]] | None = None,
+                fs_hz: float = 25600.0, window: int = 4096, shaft_hz: float = 25.0,
+                tail: str = "") -> Path:
+    """A site file for a stream test: site `s1`, broker on 127.0.0.1:`port`, asset `m` (SKF
+    6205), `sensors` {gateway: [sensor ids]} (default gw1: a), extra `[stream]` lines and a
+    `tail` of further tables."""
+    gateways = "".join(
+        f'[[gateway]]\nid = "{g}"\n' + "".join(
+            f'[[gateway.sensor]]\nid = "{s}"\ndriver = "simulated"\nasset = "m"\n'
+            f'fs_hz = {fs_hz}\nwindow_samples = {window}\ninterval_s = 1\n' for s in ids)
+        for g, ids in (sensors or {"gw1": ["a"]}).items())
+    path.write_text(f"""[site]
+id = "s1"
+[broker]
+host = "127.0.0.1"
+port = {port}
+[influx]
+url = "{influx_url}"
+db = "{db}"
+[stream]
+state_dir = "{state_dir}"
+batch_wait_s = 0.1
+{stream}
+[[asset]]
+id = "m"
+kind = "motor"
+bearing = "SKF 6205"
+shaft_hz = {shaft_hz}
+{gateways}{tail}""", encoding="utf-8")
+    return path

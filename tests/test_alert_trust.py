@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from plant import read_status, spawn_ballpass, wait_until
+from plant import read_status, spawn_ballpass, stream_site, wait_until
 
 from ballpass import topics, wire
 from ballpass.config import WebhookConfig, parse
@@ -182,38 +182,10 @@ def test_kill_9_keeps_the_open_alarm_and_its_id_and_resolves_it_later(
     url, db = influx_db
     receiver = WebhookReceiver()
     receiver.start()
-    site = tmp_path / "site.toml"
-    site.write_text(f"""
-[site]
-id = "s1"
-[broker]
-host = "{mosquitto.host}"
-port = {mosquitto.port}
-[influx]
-url = "{url}"
-db = "{db}"
-[stream]
-state_dir = "{tmp_path / 'state'}"
-batch_wait_s = 0.05
-batch_max = 1
-[[asset]]
-id = "m"
-kind = "motor"
-bearing = "SKF 6205"
-shaft_hz = {SHAFT}
-[[gateway]]
-id = "gw1"
-[[gateway.sensor]]
-id = "a"
-driver = "simulated"
-asset = "m"
-fs_hz = {FS}
-window_samples = {N}
-interval_s = 1
-[[webhook]]
-url = "{receiver.url}"
-group_wait_s = 0.0
-""", encoding="utf-8")
+    site = stream_site(tmp_path / "site.toml", port=mosquitto.port, influx_url=url, db=db,
+                       state_dir=tmp_path / "state", stream="batch_max = 1", fs_hz=FS,
+                       window=N, shaft_hz=SHAFT,
+                       tail=f'[[webhook]]\nurl = "{receiver.url}"\ngroup_wait_s = 0.0\n')
     status = tmp_path / "status.json"
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="t-gw1")
     client.connect(mosquitto.host, mosquitto.port)

@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from plant import query_rows, read_status, spawn_ballpass, wait_until, write_passwords
+from plant import (
+    query_rows,
+    read_status,
+    spawn_ballpass,
+    stream_site,
+    wait_until,
+    write_passwords,
+)
 
 from ballpass import topics, wire
 from ballpass.config import parse
@@ -98,47 +105,10 @@ def test_de_dup_is_per_gateway_so_a_copy_holds_and_a_written_window_acks(
 
 def _site_file(broker: Mosquitto, influx_url: str, db: str, tmp: Path) -> Path:
     write_passwords(tmp, broker.users)
-    path = tmp / "site.toml"
-    path.write_text(f"""
-[site]
-id = "s1"
-[broker]
-host = "{broker.host}"
-port = {broker.port}
-[influx]
-url = "{influx_url}"
-db = "{db}"
-[stream]
-state_dir = "{tmp / 'state'}"
-username = "stream"
-password_file = "{tmp / 'stream.pw'}"
-batch_wait_s = 0.3
-batch_max = 16
-[[asset]]
-id = "m"
-kind = "motor"
-bearing = "SKF 6205"
-shaft_hz = 25.0
-[[gateway]]
-id = "gw1"
-[[gateway.sensor]]
-id = "a"
-driver = "simulated"
-asset = "m"
-fs_hz = 25600
-window_samples = 4096
-interval_s = 1
-[[gateway]]
-id = "gw2"
-[[gateway.sensor]]
-id = "b"
-driver = "simulated"
-asset = "m"
-fs_hz = 25600
-window_samples = 4096
-interval_s = 1
-""", encoding="utf-8")
-    return path
+    return stream_site(tmp / "site.toml", port=broker.port, influx_url=influx_url, db=db,
+                       state_dir=tmp / "state", sensors={"gw1": ["a"], "gw2": ["b"]},
+                       stream=f'username = "stream"\npassword_file = "{tmp / "stream.pw"}"\n'
+                              'batch_max = 16')
 
 
 def _publisher(broker: Mosquitto, user: str) -> mqtt.Client:

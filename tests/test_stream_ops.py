@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from plant import read_status, spawn_ballpass, wait_until
+from plant import read_status, spawn_ballpass, stream_site, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from ballpass import topics, wire
@@ -41,34 +41,8 @@ def test_healthz_follows_the_broker_and_metrics_count_what_the_status_counts(
         mosquitto: Mosquitto, influxd: Influxd, influx_db: tuple[str, str],
         tmp_path: Path) -> None:
     url, db = influx_db
-    site = tmp_path / "site.toml"
-    site.write_text(f"""
-[site]
-id = "s1"
-[broker]
-host = "{mosquitto.host}"
-port = {mosquitto.port}
-[influx]
-url = "{url}"
-db = "{db}"
-[stream]
-state_dir = "{tmp_path / 'state'}"
-batch_wait_s = 0.1
-[[asset]]
-id = "m"
-kind = "motor"
-bearing = "SKF 6205"
-shaft_hz = 25.0
-[[gateway]]
-id = "gw1"
-[[gateway.sensor]]
-id = "a"
-driver = "simulated"
-asset = "m"
-fs_hz = 25600
-window_samples = 4096
-interval_s = 1
-""", encoding="utf-8")
+    site = stream_site(tmp_path / "site.toml", port=mosquitto.port, influx_url=url, db=db,
+                       state_dir=tmp_path / "state")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     status_file = tmp_path / "status.json"

@@ -16,7 +16,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from notify_socket import NotifySocket
-from plant import read_status, wait_until
+from plant import read_status, stream_site, wait_until
 
 from ballpass import topics, wire
 from ballpass.services import Influxd, Mosquitto
@@ -25,33 +25,7 @@ pytestmark = pytest.mark.slow
 
 
 def _site(path: Path, port: int, influx_url: str, db: str, state: Path) -> None:
-    path.write_text(f"""
-[site]
-id = "s1"
-[broker]
-host = "127.0.0.1"
-port = {port}
-[influx]
-url = "{influx_url}"
-db = "{db}"
-[stream]
-state_dir = "{state}"
-batch_wait_s = 0.1
-[[asset]]
-id = "m"
-kind = "motor"
-bearing = "SKF 6205"
-shaft_hz = 25.0
-[[gateway]]
-id = "gw1"
-[[gateway.sensor]]
-id = "a"
-driver = "simulated"
-asset = "m"
-fs_hz = 25600
-window_samples = 4096
-interval_s = 1
-""", encoding="utf-8")
+    stream_site(path, port=port, influx_url=influx_url, db=db, state_dir=state)
 
 
 def _publish(broker: Mosquitto, seq: int) -> None:
