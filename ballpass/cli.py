@@ -36,9 +36,9 @@ def _load_config(path: Path, *, drivers: bool = True) -> Config:
 
 def _host_port(spec: str) -> str:
     """argparse type for HOST:PORT (a bad one exits 2 with the reason)."""
-    from ballpass.stream.ops_http import bind_address
+    from ballpass.stream.web.security import parse_bind
     try:
-        bind_address(spec)
+        parse_bind(spec)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
     return spec

@@ -1,7 +1,7 @@
 """A tiny HTTP endpoint for operations: `/healthz` (JSON) and `/metrics` (Prometheus text).
 
-Read-only, GET and HEAD only, no state is changed
-through it, so it needs no token. It binds loopback unless told otherwise (`bind_address`).
+Read-only, GET and HEAD only, no state is changed through it, so it needs no token. It
+binds loopback unless told otherwise (the address is parsed by `web.security.parse_bind`).
 Requests are bounded (request line and headers, 8 KiB, 5 s) so a slow or hostile client
 cannot hold it.
 """
@@ -21,15 +21,6 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 8192
 REQUEST_TIMEOUT_S = 5.0
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def bind_address(spec: str) -> tuple[str, int]:
-    """`HOST:PORT` -> (host, port); `:PORT` binds 127.0.0.1 (all interfaces must be said:
-    `0.0.0.0:PORT` or `[::]:PORT`). ValueError names what is wrong."""
-    host, sep, port = spec.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{spec!r}: expected HOST:PORT or :PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 HealthFn = Callable[[], tuple[bool, dict[str, object]]]

@@ -33,7 +33,7 @@ from ballpass.stream.gateway_status import parse_status
 from ballpass.stream.health import Health, assess
 from ballpass.stream.metrics import StreamMetrics
 from ballpass.stream.mqtt_source import Delivery, MqttSource
-from ballpass.stream.ops_http import OpsServer, bind_address
+from ballpass.stream.ops_http import OpsServer
 from ballpass.stream.pipeline import BatchOutput, Incoming, Pipeline
 from ballpass.stream.publisher import Publisher, latest_diagnoses
 from ballpass.stream.retrying_writer import RetryingWriter
@@ -91,7 +91,7 @@ class StreamService:
         self.metrics = StreamMetrics(self.status)
         self.ops: OpsServer | None = None
         if metrics is not None:
-            self.ops = OpsServer(*bind_address(metrics), health=self._readiness,
+            self.ops = OpsServer(*parse_bind(metrics), health=self._readiness,
                                  metrics=self.metrics.exposition)
 
     # --- lifecycle -------------------------------------------------------------------
