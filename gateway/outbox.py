@@ -37,7 +37,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,17 +143,34 @@ class Outbox:
     def next_seq(self, sensor: str) -> int:
         """Reserve and return the next seq of `sensor` (committed before it returns)."""
         with self._lock, self._tx():
-            row = self._db.execute("SELECT next FROM seqs WHERE sensor = ?", (sensor,)).fetchone()
-            seq = int(row[0]) if row else self._initial_seq()
-            self._db.execute(
-                "INSERT INTO seqs(sensor, next) VALUES (?, ?) "
-                "ON CONFLICT(sensor) DO UPDATE SET next = excluded.next", (sensor, seq + 1))
-            return seq
+            return self._reserve_seq(sensor)
+
+    def _reserve_seq(self, sensor: str) -> int:
+        row = self._db.execute("SELECT next FROM seqs WHERE sensor = ?", (sensor,)).fetchone()
+        seq = int(row[0]) if row else self._initial_seq()
+        self._db.execute(
+            "INSERT INTO seqs(sensor, next) VALUES (?, ?) "
+            "ON CONFLICT(sensor) DO UPDATE SET next = excluded.next", (sensor, seq + 1))
+        return seq
 
     def _initial_seq(self) -> int:
         if self._seq_seed is not None:
             return self._seq_seed
         return time.time_ns() // 1000  # µs since the epoch: above any earlier file's seqs
+
+    def capture(self, sensor: str, topic: str, encode: Callable[[int], bytes],
+                created_ns: int | None = None) -> int:
+        """Give the next window of `sensor` its seq and store it; returns the seq.
+
+        `encode(seq)` builds the payload. Reserving the seq and storing the row are one
+        transaction, so a crash between them cannot leave a seq that was issued but never
+        stored (a consumer would see a gap it cannot tell from a loss).
+        """
+        with self._lock, self._undo_on_error(), self._tx():
+            seq = self._reserve_seq(sensor)
+            dropped = self._insert(sensor, seq, topic, bytes(encode(seq)), created_ns)
+        self._log_dropped(sensor, dropped)
+        return seq
 
     def put(self, sensor: str, seq: int, topic: str, payload: bytes,
             created_ns: int | None = None) -> None:
@@ -161,20 +178,28 @@ class Outbox:
 
         `created_ns` defaults to now (wall clock, ns since the epoch).
         """
-        payload = bytes(payload)
+        with self._lock, self._undo_on_error(), self._tx():
+            dropped = self._insert(sensor, seq, topic, bytes(payload), created_ns)
+        self._log_dropped(sensor, dropped)
+
+    def _insert(self, sensor: str, seq: int, topic: str, payload: bytes,
+                created_ns: int | None) -> tuple[int, int]:
+        """Insert one row inside the caller's transaction; returns (dropped by age, by size)."""
         size = len(payload)
         now = time.time_ns() if created_ns is None else int(created_ns)
-        with self._lock, self._undo_on_error(), self._tx():
-            by_age = self._drop_older_than(now - int(self.max_age_s * 1e9))
-            by_size = self._drop_for_room(size)
-            self._db.execute(
-                "INSERT INTO messages(sensor, seq, topic, payload, created_ns, size) "
-                "VALUES (?, ?, ?, ?, ?, ?)", (sensor, int(seq), topic, payload, now, size))
-            self._rows += 1
-            self._bytes += size
-            self._bump("captured", 1)
-            self._bump("dropped", by_age + by_size)
-        for reason, n in (("age", by_age), ("size", by_size)):
+        by_age = self._drop_older_than(now - int(self.max_age_s * 1e9))
+        by_size = self._drop_for_room(size)
+        self._db.execute(
+            "INSERT INTO messages(sensor, seq, topic, payload, created_ns, size) "
+            "VALUES (?, ?, ?, ?, ?, ?)", (sensor, int(seq), topic, payload, now, size))
+        self._rows += 1
+        self._bytes += size
+        self._bump("captured", 1)
+        self._bump("dropped", by_age + by_size)
+        return by_age, by_size
+
+    def _log_dropped(self, sensor: str, dropped: tuple[int, int]) -> None:
+        for reason, n in zip(("age", "size"), dropped, strict=True):
             if n:
                 log.warning(kv("outbox_full", reason=reason, sensor=sensor, dropped=n,
                                queued=self._rows, queued_bytes=self._bytes,

@@ -201,12 +201,10 @@ class SensorCapture:
         if not np.all(np.isfinite(samples)):
             raise SensorFault("driver returned non-finite samples")
         try:
-            seq = self.outbox.next_seq(self.sensor.id)
-            window = wire.Window(
-                seq=seq, t0_ns=int(capture.t0_ns), fs_hz=float(self.sensor.fs_hz),
-                samples=samples, kind=self.kind, shaft_hz=float(capture.shaft_hz),
-                clipped=bool(capture.clipped))
-            self.outbox.put(self.sensor.id, seq, self.topic, wire.encode(window))
+            seq = self.outbox.capture(self.sensor.id, self.topic, lambda seq: wire.encode(
+                wire.Window(seq=seq, t0_ns=int(capture.t0_ns), fs_hz=float(self.sensor.fs_hz),
+                            samples=samples, kind=self.kind, shaft_hz=float(capture.shaft_hz),
+                            clipped=bool(capture.clipped))))
         except sqlite3.Error as e:
             # The device is fine; the store is not (disk full, I/O error). Count, report,
             # carry on: the next window may fit once the publisher has freed room.

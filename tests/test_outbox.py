@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -49,14 +50,13 @@ class OutboxModel(RuleBasedStateMachine):
           advance=st.integers(0, 20_000))
     def put(self, sensor: str, size: int, advance: int) -> None:
         self.now += advance
-        seq = self.box.next_seq(sensor)
+        payload = os.urandom(size)
+        seq = self.box.capture(sensor, f"t/{sensor}", lambda _: payload, created_ns=self.now)
         expected_seq = self.seqs.get(sensor, 100)
         assert seq == expected_seq
         assert seq not in self.issued[sensor]
         self.issued[sensor].add(seq)
         self.seqs[sensor] = seq + 1
-        payload = os.urandom(size)
-        self.box.put(sensor, seq, f"t/{sensor}", payload, created_ns=self.now)
         # model: age first, then oldest-first until the new payload fits
         cutoff = self.now - MAX_AGE_NS
         kept = [r for r in self.rows if r["created_ns"] >= cutoff]
@@ -144,6 +144,20 @@ def test_seq_seeded_from_clock_and_kept_across_reopen(tmp_path: Path) -> None:
     with Outbox(tmp_path / "o.sqlite", 10_000, 3600) as box:
         assert box.next_seq("a") > first + 2
     assert first < 2**53
+
+
+def test_capture_reserves_the_seq_and_stores_the_row_in_one_transaction(tmp_path: Path) -> None:
+    """A capture that fails part-way issues no seq: consumers see no gap that is not a loss."""
+    with Outbox(tmp_path / "o.sqlite", 10_000, 3600, seq_seed=7) as box:
+        assert box.capture("a", "t", lambda seq: seq.to_bytes(8, "big")) == 7
+
+        def broken(seq: int) -> bytes:
+            raise ValueError("encoder failed")
+        with pytest.raises(ValueError):
+            box.capture("a", "t", broken)
+        assert box.capture("a", "t", lambda seq: seq.to_bytes(8, "big")) == 8
+        assert [(e.seq, int.from_bytes(e.payload, "big")) for e in box.peek(5)] == [(7, 7), (8, 8)]
+        assert box.counters()["captured"] == 2
 
 
 def test_full_by_size_drops_oldest_counts_and_logs(tmp_path: Path, caplog) -> None:
