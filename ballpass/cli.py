@@ -36,9 +36,9 @@ def _load_config(path: Path, *, drivers: bool = True) -> Config:
 
 def _host_port(spec: str) -> str:
     """argparse type for HOST:PORT (a bad one exits 2 with the reason)."""
-    from ballpass.stream.web.security import parse_bind
+    from ballpass.listen import parse_listen
     try:
-        parse_bind(spec)
+        parse_listen(spec)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
     return spec
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--gateway", "-g", required=True, help="gateway id in the site config")
     p.add_argument("--outbox", type=Path, help="outbox file (overrides gateway.outbox.path)")
-    p.add_argument("--metrics", metavar="HOST:PORT",
+    p.add_argument("--metrics", metavar="HOST:PORT", type=_host_port,
                    help="serve Prometheus /metrics there (':PORT' = 127.0.0.1; default off)")
     p.set_defaults(func=cmd_gateway)
 
@@ -327,9 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--status-file", type=Path, metavar="FILE",
                    help="keep a JSON file with counters and per-sensor state up to date")
-    p.add_argument("--http", metavar="HOST:PORT", help="serve the evidence page here "
-                   "(overrides [stream] http; port 0 picks a free one; see "
-                   "docs/evidence-page.md)")
+    p.add_argument("--http", metavar="HOST:PORT", type=_host_port,
+                   help="serve the evidence page here (overrides [stream] http; "
+                   "port 0 picks a free one; see docs/evidence-page.md)")
     p.add_argument("--metrics", metavar="HOST:PORT", type=_host_port,
                    help="serve /healthz and Prometheus /metrics here (:PORT is loopback; "
                    "see docs/operations.md)")

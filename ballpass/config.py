@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ballpass.credentials import expand_or_fail
+from ballpass.listen import parse_listen
 from ballpass.models.bearing import BearingGeometry
 from ballpass.models.catalog import lookup as lookup_bearing
 from ballpass.topics import valid_id
@@ -463,8 +464,11 @@ def _http_url(v: str) -> str | None:
 
 
 def _host_port(v: str) -> str | None:
-    host, _, port = v.rpartition(":")
-    return None if host and port.isdigit() and int(port) < 65536 else "must be HOST:PORT"
+    try:
+        parse_listen(v)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _port(v: int) -> str | None:

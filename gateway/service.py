@@ -53,6 +53,7 @@ from ballpass.gateway.publisher import Publisher, PublisherSettings
 from ballpass.gateway.remote import ConfigRejected, parse_remote
 from ballpass.gateway.schedule import DriverFactory, SensorCapture, default_driver_factory
 from ballpass.gateway.status import Status
+from ballpass.listen import parse_listen
 from ballpass.log import kv
 
 log = logging.getLogger(__name__)
@@ -364,22 +365,6 @@ def _needs_restart(old: Config, old_gw: GatewayConfig, new: Config,
     if dataclasses.replace(o, flush_rate_per_s=0) != dataclasses.replace(n, flush_rate_per_s=0):
         out.append("gateway.outbox (path, max_mb, max_age_h)")
     return out
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (or ``:PORT`` for 127.0.0.1, ``[::1]:PORT`` for IPv6) -> (host, port).
-    ValueError with the reason for anything else."""
-    host, sep, port_s = value.rpartition(":")
-    if not sep:
-        raise ValueError(f"must be HOST:PORT or :PORT, got {value!r}")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        port = int(port_s)
-    except ValueError:
-        raise ValueError(f"port must be an integer, got {value!r}") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"port must be 1-65535, got {value!r}")
-    return host, port
 
 
 def serve(config_path: Path, gateway_id: str, *, outbox_path: Path | None = None,

@@ -1,7 +1,7 @@
 """A tiny HTTP endpoint for operations: `/healthz` (JSON) and `/metrics` (Prometheus text).
 
 Read-only, GET and HEAD only, no state is changed through it, so it needs no token. It
-binds loopback unless told otherwise (the address is parsed by `web.security.parse_bind`).
+binds loopback unless told otherwise (the address is parsed by `ballpass.listen.parse_listen`).
 Requests are bounded (request line and headers, 8 KiB, 5 s) so a slow or hostile client
 cannot hold it.
 """

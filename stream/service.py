@@ -25,6 +25,7 @@ from typing import Any
 
 from ballpass import sdnotify
 from ballpass.config import Config, ConfigError, load
+from ballpass.listen import parse_listen
 from ballpass.log import kv
 from ballpass.stream.admission import Admission, Skip
 from ballpass.stream.counters import StreamCounters
@@ -41,7 +42,7 @@ from ballpass.stream.routing import SUBSCRIPTIONS, Route, route
 from ballpass.stream.sinks.influx import InfluxWriter
 from ballpass.stream.sinks.lineprotocol import Point
 from ballpass.stream.sinks.webhook import WebhookSender
-from ballpass.stream.web.security import is_all_interfaces, load_or_create_token, parse_bind
+from ballpass.stream.web.security import is_all_interfaces, load_or_create_token
 from ballpass.stream.web.server import EvidenceServer
 from ballpass.stream.web.state import EvidenceState
 
@@ -91,7 +92,7 @@ class StreamService:
         self.metrics = StreamMetrics(self.status)
         self.ops: OpsServer | None = None
         if metrics is not None:
-            self.ops = OpsServer(*parse_bind(metrics), health=self._readiness,
+            self.ops = OpsServer(*parse_listen(metrics), health=self._readiness,
                                  metrics=self.metrics.exposition)
 
     # --- lifecycle -------------------------------------------------------------------
@@ -315,7 +316,7 @@ class StreamService:
             return
         self.evidence.gateways = self.gateways  # shown live, by reference
         s = self.config.stream
-        host, port = parse_bind(self.http)
+        host, port = parse_listen(self.http)
         if s.http_token_file is not None:
             token = s.http_token_file.read_text(encoding="utf-8").strip()
         else:
@@ -436,6 +437,7 @@ class StreamService:
                 "webhooks_pending": w.pending,
             },
             "http_url": self.web.url if self.web is not None else None,
+            "http": self.web.counters() if self.web is not None else None,
             "metrics_url": self.ops.url if self.ops is not None else None,
             "health": self.health().as_dict(), "last_write_t": self._last_write_t,
             "sensors": self.sensors,

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.webdriver.support.ui import WebDriverWait
 
 from ballpass.config import parse
+from ballpass.listen import parse_listen
 from ballpass.stream.gateway_status import parse_status
-from ballpass.stream.web.security import load_or_create_token, parse_bind
+from ballpass.stream.web.security import load_or_create_token
 from ballpass.stream.web.server import EvidenceServer
 from ballpass.stream.web.state import EvidenceState
 
@@ -164,8 +166,13 @@ def test_a_gateways_markup_is_shown_as_text_and_never_runs(page: Page,
     browser.get(f"{page.url}/login")
     browser.find_element("id", "token").send_keys(TOKEN)
     browser.find_element("id", "login").click()
+    # the session cookie is set by the login's answer; a page asked before it arrives is
+    # the login form again (seen on a loaded machine)
+    WebDriverWait(browser, 10).until(lambda d: "/login" not in d.current_url)
     for path in ("/", "/sensor/a"):
         browser.get(page.url + path)
+        WebDriverWait(browser, 10).until(
+            lambda d: "onerror" in d.find_element("tag name", "main").text)
         time.sleep(1.0)  # live updates (SSE) rewrite the cells meanwhile
         assert browser.execute_script("return window.pwned === undefined")
         assert browser.execute_script("return document.querySelectorAll('main img').length") \
@@ -192,11 +199,11 @@ def test_gateway_status_is_validated_at_the_edge() -> None:
 
 
 def test_port_only_binds_loopback_and_the_token_is_made_once_0600(tmp_path: Path) -> None:
-    assert parse_bind(":8787") == ("127.0.0.1", 8787)
-    assert parse_bind("0.0.0.0:8787") == ("0.0.0.0", 8787)
-    assert parse_bind("[::]:8787") == ("::", 8787)
+    assert parse_listen(":8787") == ("127.0.0.1", 8787)
+    assert parse_listen("0.0.0.0:8787") == ("0.0.0.0", 8787)
+    assert parse_listen("[::]:8787") == ("::", 8787)
     with pytest.raises(ValueError, match="HOST:PORT"):
-        parse_bind("8787")
+        parse_listen("8787")
     token, path, created = load_or_create_token(tmp_path)
     assert created and len(token) >= 32
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600

@@ -61,22 +61,6 @@ def load_or_create_token(state_dir: Path) -> tuple[str, Path, bool]:
     return token, path, True
 
 
-def parse_bind(http: str) -> tuple[str, int]:
-    """(host, port) of a listen address (`--http`, `[stream] http`, `--metrics`):
-    "HOST:PORT", "[V6]:PORT" or ":PORT".
-
-    An empty host means loopback (127.0.0.1), never every interface: that takes an
-    explicit 0.0.0.0 or [::]. Raises ValueError naming the value when it is malformed.
-    """
-    host, sep, port = http.strip().rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"must be HOST:PORT or :PORT, got {http!r}")
-    host = host.strip()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host or "127.0.0.1", int(port)
-
-
 def is_all_interfaces(host: str) -> bool:
     return host in ALL_INTERFACES or host == ""
 
