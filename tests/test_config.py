@@ -159,3 +159,16 @@ def test_defaults_come_from_the_dataclass_fields() -> None:
         c.StreamConfig()
     sensor = parsed.gateways[0].sensors[0]
     assert (sensor.kind, sensor.options) == ("acceleration", {})
+
+
+def test_listen_addresses_use_the_one_parser_of_every_command() -> None:
+    assert parse(minimal(stream={"http": ":8787"})).stream.http == ":8787"
+    errors = errors_of(minimal(stream={"http": "8787"}))
+    assert len(errors) == 1 and errors[0].startswith("stream.http: must be HOST:PORT or :PORT")
+
+
+def test_a_malformed_listen_option_exits_2(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "ballpass", "stream", "-c",
+                           str(ROOT / "examples" / "site.toml"), "--http", "nowhere"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--http" in proc.stderr and "HOST:PORT" in proc.stderr
