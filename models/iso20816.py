@@ -25,6 +25,27 @@ from __future__ import annotations
 
 import math
 
+SLOW_MACHINE_HZ: float = 10.0
+"""Shaft rate (Hz) below which a machine is slow for the velocity band: 600 r/min."""
+
+VELOCITY_BAND_HZ: tuple[float, float] = (10.0, 1000.0)
+"""Velocity r.m.s. band (Hz) at 600 r/min and above (ISO 20816-3, sec. 5.2)."""
+
+SLOW_VELOCITY_BAND_HZ: tuple[float, float] = (2.0, 1000.0)
+"""Velocity r.m.s. band (Hz) below 600 r/min (ISO 20816-3, sec. 5.2: 120 to 600 r/min; also
+used below 120 r/min, where the standard has no band of its own)."""
+
+
+def velocity_band_hz(shaft_hz: float) -> tuple[float, float]:
+    """The ISO 20816-3 velocity band (lo, hi) in Hz for a shaft turning at `shaft_hz` (Hz):
+    2-1000 Hz below 600 r/min, 10-1000 Hz otherwise, and when the speed is unknown
+    (NaN, <= 0): the band of the standard's common case."""
+    f = float(shaft_hz)
+    if math.isfinite(f) and 0.0 < f < SLOW_MACHINE_HZ:
+        return SLOW_VELOCITY_BAND_HZ
+    return VELOCITY_BAND_HZ
+
+
 ZONE_BOUNDARIES_MM_S: dict[tuple[int, str], tuple[float, float, float]] = {
     (1, "rigid"): (2.3, 4.5, 7.1),
     (1, "flexible"): (3.5, 7.1, 11.0),

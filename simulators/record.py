@@ -15,10 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from ballpass.models.catalog import lookup
+from ballpass.models.window import default_window_samples
 from ballpass.simulators.signals import synthesize, validate
 
 # Windows synthesised per call: long enough for fine envelope-spectrum lines, short
-# enough that impact timing restarts often (each call is an independent burst).
+# enough that impact timing restarts often (each call is an independent burst). A slow
+# shaft gets longer bursts: at least the default window of its speed
+# (`models.window.default_window_samples`), so a window cut at that length holds one burst.
 _CHUNK_S = 2.0
 
 
@@ -37,7 +40,7 @@ def write_record(out: Path, fault: str, bearing: str, shaft_hz: float, fs_hz: fl
     if n_total < 16:
         raise ValueError(f"seconds: {seconds} s at {fs_hz} Hz gives {n_total} samples, need 16")
     rng = np.random.default_rng(seed)
-    chunk = max(16, int(_CHUNK_S * fs_hz))
+    chunk = max(16, int(_CHUNK_S * fs_hz), default_window_samples(fs_hz, shaft_hz)[0])
     parts = []
     for start in range(0, n_total, chunk):
         n = min(chunk, n_total - start)
