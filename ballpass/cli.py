@@ -267,6 +267,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     sensors = sum(len(g.sensors) for g in config.gateways)
     print(f"ok: site {config.site.id}: {len(config.assets)} assets, "
           f"{len(config.gateways)} gateways, {sensors} sensors, {len(config.webhooks)} webhooks")
+    for g in config.gateways:  # one line per sensor: which window, and why
+        for s in g.sensors:
+            print(f"gateway {g.id} sensor {s.id}: {s.window_reason or s.window_samples}")
     return 0
 
 
