@@ -73,8 +73,9 @@ class FeatureBatch:
 
     Scalars per window, shape (B,):
       rms_g, peak_g (|x − mean| max), crest, kurtosis (Pearson, gaussian 3), skewness;
-      velocity_rms_mm_s (ISO 20816 band: 10-1000 Hz, 2-1000 Hz for shafts below 10 Hz,
-      `iso20816.velocity_band_hz`); bpfo/bpfi/bsf/ftf_snr_db (strongest
+      velocity_rms_mm_s (ISO 20816 band by speed, `iso20816.velocity_band_hz`: 10-1000
+      Hz, 2-1000 Hz below 600 r/min, shaft/2-1000 Hz below 120 r/min);
+      bpfo/bpfi/bsf/ftf_snr_db (strongest
       of harmonics 1-3 of BPFO, BPFI, 2×BSF, FTF in the envelope spectrum, dB over the local
       floor); hf_floor (r.m.s. in g of the band 0.25-0.45 fs); x1_g, x2_g (amplitude in g
       at 1× and 2× shaft, raw Hann spectrum); x1_snr_db, x2_snr_db (those lines over
@@ -178,12 +179,14 @@ def extract(
     stats = _moments(x, th.SENSOR_PLATEAU_TOL, th.SPIKE_K, th.SPIKE_ISOLATION,
                      th.SPIKE_SAMPLES)
     raw = _rfft_rows(x)
-    # ISO 20816-3 band by speed: 2-1000 Hz below 600 r/min, 10-1000 Hz otherwise.
-    velocity = _velocity_rms(raw, n, fs, *iso20816.VELOCITY_BAND_HZ)
-    slow = shaft < iso20816.SLOW_MACHINE_HZ
-    if slow.any():
-        velocity[slow] = _velocity_rms(np.ascontiguousarray(raw[slow]), n, fs,
-                                       *iso20816.SLOW_VELOCITY_BAND_HZ)
+    # ISO 20816-3 band by speed (`iso20816.velocity_band_hz`): 10-1000 Hz at 600 r/min
+    # and above, 2-1000 Hz below; one kernel call per distinct band in the batch.
+    bands = [iso20816.velocity_band_hz(f) for f in shaft]
+    velocity = np.empty(b)
+    for band in set(bands):
+        rows = np.array([bd == band for bd in bands])
+        velocity[rows] = _velocity_rms(raw if rows.all() else np.ascontiguousarray(raw[rows]),
+                                       n, fs, band[0], band[1])
     hf_lo, hf_hi = th.HF_BAND_LO_FRACTION * fs, th.HF_BAND_HI_FRACTION * fs
     hf = _band_rms(raw, n, fs, hf_lo, hf_hi)
     lf_hi = min(th.VELOCITY_BAND_HI_HZ, hf_lo)
