@@ -193,3 +193,18 @@ def test_speed_estimate_down_to_60_rpm() -> None:
                        rng=np.random.default_rng(1))
         est = estimate_shaft_hz(amplitude_spectrum(x[None, :]), 10000.0 / n)
         assert est.reliable and abs(est.shaft_hz - shaft) < 0.005 * shaft, est
+
+
+def test_remote_config_keeps_the_default_or_names_its_override() -> None:
+    from ballpass.gateway.remote import ConfigRejected, parse_remote
+
+    gw = parse(_site({}, shaft=1.0)).gateways[0]
+    base = gw.sensors[0]
+    same, _ = parse_remote(b'{"sensors": {"s1": {"interval_s": 30}}}', gw).sensors["s1"]
+    assert same.window_samples == base.window_samples == 524288
+    assert same.window_reason == base.window_reason
+    new, _ = parse_remote(b'{"sensors": {"s1": {"window_samples": 65536}}}', gw).sensors["s1"]
+    assert new.window_samples == 65536 and "remote config" in new.window_reason
+    with pytest.raises(ConfigRejected) as e:  # the long default still has to fit
+        parse_remote(b'{"sensors": {"s1": {"interval_s": 5}}}', gw)
+    assert e.value.errors[0].startswith("sensors.s1.interval_s: must be >= window_samples")
