@@ -162,6 +162,18 @@ def cmd_simulate_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate_agitators(args: argparse.Namespace) -> int:
+    from ballpass.simulators.record import (
+        AGITATOR_SHAFTS_HZ,
+        REFERENCE_SHAFTS_HZ,
+        write_speed_spec,
+    )
+    shafts = AGITATOR_SHAFTS_HZ + (REFERENCE_SHAFTS_HZ if args.reference else ())
+    spec = write_speed_spec(args.out, shafts, fs_hz=args.fs, seed=args.seed)
+    print(f"wrote {spec} (run: ballpass evaluate {spec})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ballpass.demo import run_demo
     return run_demo(duration_s=args.duration, summary_json=args.summary_json,
@@ -267,6 +279,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     sensors = sum(len(g.sensors) for g in config.gateways)
     print(f"ok: site {config.site.id}: {len(config.assets)} assets, "
           f"{len(config.gateways)} gateways, {sensors} sensors, {len(config.webhooks)} webhooks")
+    for g in config.gateways:  # one line per sensor: which window, and why
+        for s in g.sensors:
+            print(f"gateway {g.id} sensor {s.id}: {s.window_reason or s.window_samples}")
     return 0
 
 
@@ -377,6 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--severity", type=float, default=1.0, help=">= 0; 1 = developed fault")
     q.add_argument("--out", type=Path, required=True, metavar="FILE.npz")
     q.set_defaults(func=cmd_simulate_record)
+    q = ssub.add_parser("agitators", help="write simulated agitators at 60-120 r/min and "
+                        "an evaluation spec", description="Recordings of agitators at 60, "
+                        "90 and 120 r/min (normal, outer_race, inner_race, ball, imbalance, "
+                        "misalignment) and DIR/spec.toml for `ballpass evaluate`; no window "
+                        "is given, the evaluation chooses it from the speed.")
+    q.add_argument("--fs", type=float, default=25600.0, help="sample rate, Hz")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--reference", action="store_true",
+                   help="also the same machines at 1500 r/min")
+    q.add_argument("--out", type=Path, required=True, metavar="DIR")
+    q.set_defaults(func=cmd_simulate_agitators)
 
     p = sub.add_parser("bench", help="measure speed figures against their baselines",
                        description="Measure every speed figure of ballpass together with its "

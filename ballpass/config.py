@@ -21,6 +21,7 @@ from ballpass.credentials import expand_or_fail
 from ballpass.listen import parse_listen
 from ballpass.models.bearing import BearingGeometry
 from ballpass.models.catalog import lookup as lookup_bearing
+from ballpass.models.window import MAX_WINDOW_SAMPLES, default_window_samples
 from ballpass.topics import valid_id
 
 FAULT_CLASSES = (
@@ -30,7 +31,7 @@ FAULT_CLASSES = (
 ASSET_KINDS = ("motor", "gearbox", "pump", "agitator", "fan", "compressor", "other")
 ISO_FOUNDATIONS = ("rigid", "flexible")
 # Samples per window, for the site file and for remote configs (gateway/remote.py).
-WINDOW_SAMPLES_MIN, WINDOW_SAMPLES_MAX = 16, 1 << 22
+WINDOW_SAMPLES_MIN, WINDOW_SAMPLES_MAX = 16, MAX_WINDOW_SAMPLES
 
 
 class ConfigError(ValueError):
@@ -161,6 +162,7 @@ class SensorConfig:
     interval_s: float
     kind: str = "acceleration"
     options: dict[str, Any] = field(default_factory=dict)
+    window_reason: str = ""  # why window_samples has its value (given, or the default's rule)
 
 
 @dataclass(frozen=True)
@@ -593,7 +595,7 @@ def _parse_alert_policy(a: TableReader) -> AlertPolicy:
     return policy
 
 
-def _parse_sensor(r: TableReader, assets: set[str]) -> SensorConfig | None:
+def _parse_sensor(r: TableReader, assets: dict[str, float | None]) -> SensorConfig | None:
     sensor_id = r.get("id", str, required=True, check=_an_id)
     driver = r.get("driver", str, required=True)
     asset = r.get("asset", str, required=True)
@@ -602,20 +604,34 @@ def _parse_sensor(r: TableReader, assets: set[str]) -> SensorConfig | None:
                f"got {asset!r}")
         asset = None
     fs_hz = r.get("fs_hz", float, required=True, check=positive)
-    n = r.get("window_samples", int, required=True, check=window_samples_in_range)
+    n = r.get("window_samples", int, check=window_samples_in_range)
     interval = r.get("interval_s", float, required=True, check=positive)
     d = _defaults(SensorConfig)
     kind = r.get("kind", str, d["kind"], check=one_of("acceleration", "temperature"))
     options = r.get("options", dict, d["options"])
     r.finish()
+    reason = f"window_samples = {n} given" if n is not None else ""
+    if n is None and "window_samples" not in r.table and asset is not None \
+            and fs_hz is not None:
+        # The default follows from the rate and the asset's speed (models/window.py).
+        shaft = assets[asset]
+        if kind == "acceleration" and shaft is not None:
+            n, reason = default_window_samples(fs_hz, shaft)
+            reason = "default " + reason
+        else:
+            r.fail("window_samples", "is required" + (
+                f" (asset {asset} has no shaft_hz, from which the default follows)"
+                if kind == "acceleration" else " for a temperature sensor"))
     if None in (sensor_id, driver, asset, fs_hz, n, interval):
         return None
+    assert n is not None  # just checked (`None in` does not narrow)
     if not burst_fits(r, n, fs_hz, interval):
         return None
-    return SensorConfig(sensor_id, driver, asset, fs_hz, n, interval, kind, dict(options))
+    return SensorConfig(sensor_id, driver, asset, fs_hz, n, interval, kind, dict(options),
+                        reason)
 
 
-def _parse_gateway(r: TableReader, assets: set[str]) -> GatewayConfig | None:
+def _parse_gateway(r: TableReader, assets: dict[str, float | None]) -> GatewayConfig | None:
     gateway_id = r.get("id", str, required=True, check=_an_id)
     username = r.get("username", str)
     password_file = r.secret_path("password_file")
@@ -707,7 +723,9 @@ def parse(data: dict[str, Any], base: Path = Path("."), *, drivers: bool = True)
     # not also report every sensor on that asset.
     asset_ids = [r.table["id"] for r in asset_readers if isinstance(r.table.get("id"), str)]
     _no_duplicates(root, "asset", asset_ids)
-    gateways = [_parse_gateway(r, set(asset_ids)) for r in root.tables("gateway")]
+    speeds = {a.id: a.shaft_hz for a in assets if a is not None}
+    gateways = [_parse_gateway(r, {aid: speeds.get(aid) for aid in asset_ids})
+                for r in root.tables("gateway")]
     _no_duplicates(root, "gateway", [g.id for g in gateways if g])
     _no_duplicates(root, "gateway.sensor",
                    [s.id for g in gateways if g for s in g.sensors])

@@ -9,7 +9,9 @@ An operator publishes (retained, QoS 1)::
 Every key is optional. `sensors` may name only sensors of this gateway's site config;
 per sensor, `interval_s` (> 0 and >= window_samples / fs_hz), `window_samples` (16 ..
 4194304) and `enabled` (bool) override the site file. A sensor not named, or a key not
-given, keeps its site-file value, so publishing ``{}`` returns to the site file.
+given, keeps its site-file value, so publishing ``{}`` returns to the site file; a site
+file without `window_samples` has the default from the sensor's rate and its asset's
+`shaft_hz` (`models.window.default_window_samples`), so that is what ``{}`` returns to.
 
 The whole message is validated before anything changes; a message with any error is
 rejected as a whole (`ConfigRejected`, every problem with its key path) and the gateway
@@ -65,7 +67,9 @@ def _sensor(r: TableReader, s: SensorConfig) -> tuple[SensorConfig, bool]:
     if len(r.errors) == before:
         burst_fits(r, n, s.fs_hz, interval)
     r.finish()
-    return replace(s, interval_s=interval, window_samples=n), enabled
+    reason = s.window_reason if n == s.window_samples else \
+        f"window_samples = {n} from the remote config"
+    return replace(s, interval_s=interval, window_samples=n, window_reason=reason), enabled
 
 
 def parse_remote(payload: bytes, gateway: GatewayConfig) -> RemoteConfig:

@@ -6,7 +6,8 @@ speeds between 120 r/min and 30 000 r/min", Annex A, Table A.1 (group 1: large m
 300 kW – 50 MW, or shaft height H ≥ 315 mm) and Table A.2 (group 2: medium machines,
 15 kW – 300 kW, or 160 mm ≤ H < 315 mm). The boundaries are unchanged from
 ISO 10816-3:2009 Tables A.1/A.2. Measured on bearing housings, velocity r.m.s. over
-10 – 1000 Hz for machines above 600 r/min (2 – 1000 Hz from 120 to 600 r/min).
+10 – 1000 Hz for machines above 600 r/min (2 – 1000 Hz from 120 to 600 r/min;
+`velocity_band_hz` chooses by speed, and extends the band below 120 r/min).
 
 Zone boundaries, velocity r.m.s. in mm/s:
 
@@ -24,6 +25,36 @@ C unsatisfactory for long-term continuous operation; D severe enough to cause da
 from __future__ import annotations
 
 import math
+
+SLOW_MACHINE_HZ: float = 10.0
+"""Shaft rate (Hz) below which a machine is slow for the velocity band: 600 r/min."""
+
+VELOCITY_BAND_HZ: tuple[float, float] = (10.0, 1000.0)
+"""Velocity r.m.s. band (Hz) at 600 r/min and above (ISO 20816-3, sec. 5.2)."""
+
+SLOW_VELOCITY_BAND_HZ: tuple[float, float] = (2.0, 1000.0)
+"""Velocity r.m.s. band (Hz) from 120 to 600 r/min (ISO 20816-3, sec. 5.2)."""
+
+STANDARD_LOWEST_HZ: float = 2.0
+"""The standard's lowest speed, 120 r/min. Below it (agitators at 60 r/min) it gives no
+band; the band then starts at half the shaft rate so that the 1× line, where imbalance
+shows, stays inside it (`velocity_band_hz`)."""
+
+
+def velocity_band_hz(shaft_hz: float) -> tuple[float, float]:
+    """The velocity band (lo, hi) in Hz for a shaft turning at `shaft_hz` (Hz).
+
+    ISO 20816-3: 10-1000 Hz at 600 r/min and above, 2-1000 Hz from 120 to 600 r/min.
+    Below 120 r/min (outside the standard): shaft_hz/2 to 1000 Hz. An unknown speed (NaN,
+    <= 0) gets the band of the standard's common case, 10-1000 Hz.
+    """
+    f = float(shaft_hz)
+    if not (math.isfinite(f) and f > 0.0) or f >= SLOW_MACHINE_HZ:
+        return VELOCITY_BAND_HZ
+    if f >= STANDARD_LOWEST_HZ:
+        return SLOW_VELOCITY_BAND_HZ
+    return (0.5 * f, SLOW_VELOCITY_BAND_HZ[1])
+
 
 ZONE_BOUNDARIES_MM_S: dict[tuple[int, str], tuple[float, float, float]] = {
     (1, "rigid"): (2.3, 4.5, 7.1),

@@ -25,8 +25,10 @@ from scipy.ndimage import median_filter
 TACHO_MAX_AGE_S: float = 60.0
 """A tachometer reading older than this (relative to the window) no longer describes it."""
 
-SPEED_RANGE_HZ: tuple[float, float] = (2.0, 500.0)
-"""Default plausible shaft range: ISO 20816-3 covers 120 to 30 000 r/min."""
+SPEED_RANGE_HZ: tuple[float, float] = (1.0, 500.0)
+"""Default plausible shaft range: 60 to 30 000 r/min (ISO 20816-3 covers 120 to 30 000;
+reactor agitators and gearbox output shafts turn down to 60 r/min). A 1 Hz shaft needs a
+window of at least `MIN_BINS` s (bins of 0.1 Hz); `models.window` gives 20 revolutions."""
 
 N_HARMONICS: int = 5
 """Harmonics 1..5 of a candidate rate enter the harmonic sum."""

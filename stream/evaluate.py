@@ -28,8 +28,16 @@ import numpy as np
 from ballpass.stream.recordings import Recording, read_signal
 
 BATCH = 64
-"""Windows per `extract` call: bounds memory on long recordings (64 × 65536 × 8 B = 32 MiB
-per array)."""
+"""Most windows per `extract` call."""
+
+BATCH_SAMPLES = 1 << 22
+"""Most samples per `extract` call: bounds memory on long windows (4 Mi × 8 B = 32 MiB per
+array); a batch holds min(BATCH, BATCH_SAMPLES // window) windows, at least one."""
+
+
+def batch_windows(window: int) -> int:
+    """Windows per `extract` call for windows of `window` samples."""
+    return max(1, min(BATCH, BATCH_SAMPLES // max(window, 1)))
 
 
 @dataclass
@@ -56,6 +64,7 @@ class RecordResult:
             "votes": dict(sorted(self.votes.items(), key=lambda kv: -kv[1])),
             "group": self.rec.group, "fs_hz": self.rec.rate_hz, "shaft_hz": self.rec.shaft_hz,
             "bearing": self.rec.bearing.name, "correct": self.correct, "reason": self.reason,
+            "window": self.rec.window, "window_reason": self.rec.window_reason,
         }
 
 
@@ -104,8 +113,9 @@ def evaluate_record(rec: Recording,
     impacts = ImpactHistory()
     per_window: list[tuple[str, float]] = []
     reasons: list[tuple[str, float, str]] = []
-    for start in range(0, wins.shape[0], BATCH):
-        chunk = wins[start : start + BATCH]
+    per_batch = batch_windows(rec.window)
+    for start in range(0, wins.shape[0], per_batch):
+        chunk = wins[start : start + per_batch]
         batch = extract(chunk, rec.rate_hz, np.full(chunk.shape[0], rec.shaft_hz), orders)
         assert batch.impact_counts is not None  # `extract` always counts them
         for i in range(chunk.shape[0]):
@@ -190,14 +200,19 @@ def _table(rows: list[list[str]], right: frozenset[int] | set[int] = frozenset()
     return "\n".join(lines)
 
 
+def _short(path: Path, base: Path | None) -> str:
+    """`path` relative to `base` when inside it, else in full."""
+    if base is not None:
+        with contextlib.suppress(ValueError):
+            return str(path.relative_to(base))
+    return str(path)
+
+
 def record_table(results: Sequence[RecordResult], base: Path | None = None) -> str:
     """The per-record table (one line per recording)."""
     rows = [["record", "group", "label", "predicted", "ok", "conf", "windows", "votes"]]
     for r in results:
-        name = str(r.rec.path)
-        if base is not None:
-            with contextlib.suppress(ValueError):  # outside the spec's folder: full path
-                name = str(r.rec.path.relative_to(base))
+        name = _short(r.rec.path, base)
         votes = " ".join(f"{k}:{v}" for k, v in sorted(r.votes.items(), key=lambda kv: -kv[1]))
         rows.append([name, r.rec.group, r.rec.label, r.predicted, "yes" if r.correct else "NO",
                      f"{r.confidence:.2f}", str(r.windows), votes])
@@ -254,17 +269,21 @@ def main(spec: Path, json_out: Path | None, out: TextIO = sys.stdout,
     from ballpass.stream.recordings import load_spec
 
     recordings = load_spec(spec)
+    base = spec.resolve().parent
+    for rec in recordings:  # one line each: which window, and why
+        out.write(f"{rec.name} {_short(rec.path, base)}: {rec.window_reason}\n")
+    out.write("\n")
     progress = Progress(len(recordings), err)
     progress.update(0, "loading kernels")
 
     def chunk(done: int, rec: Recording, w: int, total: int) -> None:
-        if total > BATCH:  # a long recording: show its windows too
+        if total > batch_windows(rec.window):  # a long recording: show its windows too
             progress.update(done + w / total, f"{rec.path.name} {w}/{total} windows")
 
     results = run(recordings, lambda done, r: progress.update(
         done, f"{r.rec.path.name} -> {r.predicted}"), chunk)
     data = summary(results)
-    out.write(report(data, results, spec.resolve().parent))
+    out.write(report(data, results, base))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from ballpass.models import iso20816
 from ballpass.models.bearing import DefectOrders
 from ballpass.stream import thresholds as th
 from ballpass.stream.dsp._check import check_fs, check_windows
@@ -72,7 +73,9 @@ class FeatureBatch:
 
     Scalars per window, shape (B,):
       rms_g, peak_g (|x − mean| max), crest, kurtosis (Pearson, gaussian 3), skewness;
-      velocity_rms_mm_s (ISO 20816 band 10-1000 Hz); bpfo/bpfi/bsf/ftf_snr_db (strongest
+      velocity_rms_mm_s (ISO 20816 band by speed, `iso20816.velocity_band_hz`: 10-1000
+      Hz, 2-1000 Hz below 600 r/min, shaft/2-1000 Hz below 120 r/min);
+      bpfo/bpfi/bsf/ftf_snr_db (strongest
       of harmonics 1-3 of BPFO, BPFI, 2×BSF, FTF in the envelope spectrum, dB over the local
       floor); hf_floor (r.m.s. in g of the band 0.25-0.45 fs); x1_g, x2_g (amplitude in g
       at 1× and 2× shaft, raw Hann spectrum); x1_snr_db, x2_snr_db (those lines over
@@ -176,7 +179,14 @@ def extract(
     stats = _moments(x, th.SENSOR_PLATEAU_TOL, th.SPIKE_K, th.SPIKE_ISOLATION,
                      th.SPIKE_SAMPLES)
     raw = _rfft_rows(x)
-    velocity = _velocity_rms(raw, n, fs, th.VELOCITY_BAND_LO_HZ, th.VELOCITY_BAND_HI_HZ)
+    # ISO 20816-3 band by speed (`iso20816.velocity_band_hz`): 10-1000 Hz at 600 r/min
+    # and above, 2-1000 Hz below; one kernel call per distinct band in the batch.
+    bands = [iso20816.velocity_band_hz(f) for f in shaft]
+    velocity = np.empty(b)
+    for band in set(bands):
+        rows = np.array([bd == band for bd in bands])
+        velocity[rows] = _velocity_rms(raw if rows.all() else np.ascontiguousarray(raw[rows]),
+                                       n, fs, band[0], band[1])
     hf_lo, hf_hi = th.HF_BAND_LO_FRACTION * fs, th.HF_BAND_HI_FRACTION * fs
     hf = _band_rms(raw, n, fs, hf_lo, hf_hi)
     lf_hi = min(th.VELOCITY_BAND_HI_HZ, hf_lo)
@@ -214,8 +224,20 @@ def extract(
         lo_sel = np.zeros(b, dtype=np.int64)
         hi_sel = np.zeros(b, dtype=np.int64)
         env_sk = np.zeros(b)
-    # No admissible candidate (low fs or very fast shaft): fall back to the upper half band.
+    # No admissible candidate (low fs or very fast shaft: the tree's bands above
+    # ENV_BAND_MIN_LO_HZ are at most fs/4 wide): the widest band above it, from
+    # ENV_BAND_MIN_LO_HZ to Nyquist, when that is wide enough (10 kHz at 6000 r/min);
+    # otherwise the upper half band, flagged (env_band_ok = 0).
     none_ok = ~band_ok.any(axis=1) if lo_bins.size else np.ones(b, dtype=bool)
+    wide_lo = max(1, int(np.ceil(th.ENV_BAND_MIN_LO_HZ / df)))
+    wide_hi = n // 2
+    wide_ok = none_ok & ((wide_hi - wide_lo) * df >= need_bw)
+    if wide_ok.any():
+        wide_sk = _sk_bands(raw, np.array([wide_lo]), np.array([wide_hi]), wide_ok[:, None])
+        env_sk = np.where(wide_ok, wide_sk[:, 0], env_sk)
+    lo_sel = np.where(wide_ok, wide_lo, lo_sel)
+    hi_sel = np.where(wide_ok, wide_hi, hi_sel)
+    none_ok = none_ok & ~wide_ok
     lo_sel = np.where(none_ok, max(1, n // 4), lo_sel).astype(np.int64)
     hi_sel = np.where(none_ok, n // 2, hi_sel).astype(np.int64)
     env_sk = np.where(none_ok, 0.0, env_sk)

@@ -10,7 +10,7 @@ A spec is a TOML file with one `[[recording]]` table per recording (see EVALUATI
     shaft_hz = 29.95
     label = "inner_race"
     bearing = "SKF 6205"       # or a [recording.geometry] table
-    window = 8192              # samples per window (optional)
+    window = 8192              # samples per window (optional; default from fs and shaft)
     max_windows = 8            # optional cap
     resample_hz = 12000        # optional: resample before cutting windows
     group = "0.028in"          # optional: records reported apart
@@ -42,10 +42,12 @@ from ballpass.config import (
     positive,
 )
 from ballpass.models.bearing import BearingGeometry
+from ballpass.models.window import MAX_WINDOW_SAMPLES, default_window_samples
 
 DEFAULT_WINDOW = 8192
-"""Samples per window when a recording does not say (0.68 s at 12 kHz: 20 revolutions at
-1800 r/min, fine enough for ±1× sidebands)."""
+"""The `Recording` field's default for code that builds one by hand; a spec without
+`window` gets `models.window.default_window_samples(rate, shaft)` instead (8192 at 12 kHz
+and 1800 r/min)."""
 
 DEFAULT_GROUP = "default"
 """Group of records that give none."""
@@ -72,6 +74,8 @@ class Recording:
     group: str = DEFAULT_GROUP
     iso_group: int = 2
     iso_foundation: str = "rigid"
+    window_reason: str = ""
+    """Why `window` has its length: "given in the spec" or the default's reason."""
 
     @property
     def rate_hz(self) -> float:
@@ -157,8 +161,9 @@ def _parse_recording(r: TableReader) -> Recording | None:
     shaft_hz = r.get("shaft_hz", float, required=True, check=positive)
     label = r.get("label", str, required=True, check=one_of(*FAULT_CLASSES))
     bearing = parse_bearing(r)
-    window = r.get("window", int, DEFAULT_WINDOW,
-                   check=lambda v: None if v >= 16 else "must be >= 16")
+    window = r.get("window", int,
+                   check=lambda v: None if 16 <= v <= MAX_WINDOW_SAMPLES
+                   else f"must be in 16..{MAX_WINDOW_SAMPLES}")
     max_windows = r.get("max_windows", int, check=lambda v: None if v >= 1 else "must be >= 1")
     resample_hz = r.get("resample_hz", float, check=positive)
     group = r.get("group", str, DEFAULT_GROUP,
@@ -175,6 +180,14 @@ def _parse_recording(r: TableReader) -> Recording | None:
                                                     rel_tol=1e-6):
             r.fail("resample_hz", f"{resample_hz} / {fs_hz} is not a ratio of integers "
                    f"<= {_MAX_RESAMPLE_TERMS}")
+    window_reason = ""
+    if window is not None:
+        window_reason = f"window {window} samples given in the spec"
+    elif "window" not in r.table and fs_hz is not None and shaft_hz is not None and (
+            resample_hz is not None or "resample_hz" not in r.table):
+        window, window_reason = default_window_samples(
+            resample_hz if resample_hz is not None else fs_hz, shaft_hz)
+        window_reason = "default " + window_reason
     if None in (path, fs_hz, shaft_hz, label, bearing, window, group) or (
         key is None and column is None
     ):
@@ -183,7 +196,8 @@ def _parse_recording(r: TableReader) -> Recording | None:
     return Recording(name=r.path, path=path, key=key, column=column, fs_hz=fs_hz,
                      shaft_hz=shaft_hz, label=label, bearing=bearing, window=window,
                      max_windows=max_windows, resample_hz=resample_hz, group=group,
-                     iso_group=iso_group, iso_foundation=iso_foundation)
+                     iso_group=iso_group, iso_foundation=iso_foundation,
+                     window_reason=window_reason)
 
 
 def parse_spec(data: dict[str, Any], base: Path = Path(".")) -> list[Recording]:

@@ -14,7 +14,9 @@ G_TO_M_S2: float = 9.80665
 # --- ISO 20816 velocity band ---------------------------------------------------------
 VELOCITY_BAND_LO_HZ: float = 10.0
 VELOCITY_BAND_HI_HZ: float = 1000.0
-"""ISO 20816-3 broadband velocity r.m.s. range for machines above 600 r/min (Hz)."""
+"""ISO 20816-3 broadband velocity r.m.s. range for machines at 600 r/min and above (Hz);
+the velocity feature takes its band by speed from `models.iso20816.velocity_band_hz`
+(2-1000 Hz below 600 r/min). These two bound the sensor checks' low band (flatness, hum)."""
 
 # --- Kinematic line search -----------------------------------------------------------
 SPEED_TOLERANCE: float = 0.02

@@ -46,3 +46,33 @@ def test_bad_arguments() -> None:
 
 def test_every_zone_has_a_meaning() -> None:
     assert set(iso20816.ZONE_MEANING) == {"A", "B", "C", "D"}
+
+
+def test_velocity_band_by_speed() -> None:
+    from ballpass.models.iso20816 import velocity_band_hz
+
+    assert velocity_band_hz(25.0) == (10.0, 1000.0)  # 1500 r/min
+    assert velocity_band_hz(10.0) == (10.0, 1000.0)  # 600 r/min: the upper band
+    assert velocity_band_hz(9.9) == (2.0, 1000.0)
+    assert velocity_band_hz(2.0) == (2.0, 1000.0)  # 120 r/min, the standard's lowest
+    assert velocity_band_hz(1.0) == (0.5, 1000.0)  # below the standard: 1x kept inside
+    assert velocity_band_hz(float("nan")) == (10.0, 1000.0)
+
+
+def test_the_velocity_feature_takes_the_band_of_each_windows_speed() -> None:
+    """A 5 Hz line of 2 mm/s r.m.s. counts on a machine at 300 r/min (2-1000 Hz) and not on
+    one at 1500 r/min (10-1000 Hz), in the same batch."""
+    import math
+
+    import numpy as np
+
+    from ballpass.models.catalog import lookup
+    from ballpass.stream.features import extract
+
+    fs, n, f = 12800.0, 1 << 16, 5.0  # 5 Hz is bin 25.6: leaks a little, inside 0.05 mm/s
+    t = np.arange(n) / fs
+    amp_g = math.sqrt(2) * 2.0e-3 * 2 * math.pi * f / 9.80665
+    x = np.tile(amp_g * np.sin(2 * math.pi * f * t), (2, 1))
+    b = extract(x, fs, np.array([f, 25.0]), lookup("SKF 6205").orders())
+    assert abs(b.velocity_rms_mm_s[0] - 2.0) < 0.05
+    assert b.velocity_rms_mm_s[1] < 0.05
