@@ -415,6 +415,11 @@ def svg(result: LifeResult, width: int = 720, height: int = 300) -> str:
            f'{eol / 3600:.2f} h)</text>',
            f'<rect x="{x0}" y="{top}" width="{x1 - x0}" height="{plot_h}" fill="none" '
            'stroke="#999"/>']
+    ready = next((s.t_s for s in steps if s.online_state == "ready"), eol)
+    out.append(f'<rect x="{x0}" y="{top}" width="{px(ready) - x0:.1f}" height="{plot_h}" '
+               'fill="#f3f3f3"/>')
+    out.append(f'<text x="{x0 + 4}" y="{top + plot_h - 6}" fill="#888">online model '
+               'learning</text>')
     decades = round(math.log10(hi / lo))
     for k in range(decades + 1):
         y = top + plot_h * (1 - k / decades)
