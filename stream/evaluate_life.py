@@ -525,9 +525,8 @@ def main(spec: Path, json_out: Path | None, plots: Path | None, out: TextIO = sy
     out.write(table(results, total))
     if plots is not None:
         plots.mkdir(parents=True, exist_ok=True)
-        for r in results:
-            p = plots / f"{r.run.name}.svg"
-            p.write_text(svg(r), encoding="utf-8")
+        for res in results:
+            (plots / f"{res.run.name}.svg").write_text(svg(res), encoding="utf-8")
         out.write(f"wrote {len(results)} plot(s) to {plots}\n")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
