@@ -179,3 +179,29 @@ def test_one_real_femto_bearing(tmp_path: Path) -> None:
             assert lead["lead_s"] == pytest.approx(result.end_of_life_s - lead["t_s"])
     assert f["alarms_first_half"] == 0
     assert el.svg(result).startswith("<svg")
+
+
+def test_short_windows_alarm_through_the_online_layer(tmp_path: Path) -> None:
+    """Windows too short for the lines (1024 samples at 12 kHz: 2.6 revolutions) are
+    insufficient_data for physics; the online layer still reads their levels, and its
+    anomaly becomes `unknown_anomaly`, which alarms (stream/pipeline.py)."""
+    orders = lookup_bearing("SKF 6205").orders()
+    rng = np.random.default_rng(5)
+    n, windows = 1024, 80
+    t = np.arange(windows) * STEP_S
+    sig = np.empty((windows, 1, n), dtype=np.float32)
+    for i in range(windows):
+        sev = 0.0 if i < 65 else 2.5  # a severe fault for the last 15 windows
+        sig[i, 0] = synthesize("normal" if sev == 0 else "outer_race", orders, SHAFT_HZ,
+                               FS_HZ, n, severity=sev, rng=rng,
+                               hf_extra=wear_floor("outer_race", sev),
+                               wear_mm_s=wear_velocity("outer_race", sev))
+    np.savez(tmp_path / "short.npz", signal=sig, t_s=t)
+    (run,) = el.load_spec(spec(tmp_path / "s.toml", tmp_path / "short.npz"))
+    (result,) = el.run_all([run])[0]
+    diags = [s.diagnosis for s in result.steps]
+    assert set(diags[:65]) == {"insufficient_data"}, set(diags[:65])
+    assert "unknown_anomaly" in diags[65:], diags[65:]
+    assert result.figures["first_alarm"]["t_s"] is not None
+    assert result.figures["first_alarm"]["t_s"] >= t[65]
+    assert result.figures["alarms_first_half"] == 0
