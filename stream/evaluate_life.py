@@ -149,6 +149,13 @@ def parse_spec(data: dict[str, Any], base: Path = Path(".")) -> list[Run]:
     if not tables and not errors:
         errors.append("run: the spec lists no [[run]] table")
     runs = [_parse_run(t, online, alert) for t in tables]
+    seen: dict[str, str] = {}
+    for r in runs:
+        if r is not None and r.name in seen:
+            errors.append(f"{r.where}.name: {r.name!r} is also {seen[r.name]}'s name (plots "
+                          "and reports are per name)")
+        elif r is not None:
+            seen[r.name] = r.where
     if errors:
         raise ConfigError(errors)
     return [r for r in runs if r is not None]

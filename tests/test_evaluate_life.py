@@ -140,6 +140,11 @@ def test_spec_errors_name_the_key(tmp_path: Path) -> None:
     text = str(e.value)
     for key in ("online.learn_windows", "run[0].fs_hz", "run[0].signal_key", "run[0].colour"):
         assert key in text, text
+    twice = tmp_path / "twice.toml"
+    one = f'[[run]]\npath = "{npz}"\nfs_hz = 1000\nshaft_hz = 25\nbearing = "SKF 6205"\n'
+    twice.write_text(one + one, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"run\[1\].name: 'r' is also run\[0\]"):
+        el.load_spec(twice)
     empty = tmp_path / "empty.toml"
     empty.write_text("", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"no \[\[run\]\]"):
