@@ -196,6 +196,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return evaluate(args.spec, args.json)
 
 
+def cmd_evaluate_life(args: argparse.Namespace) -> int:
+    from ballpass.stream.evaluate_life import main as evaluate_life
+    return evaluate_life(args.spec, args.json, args.plots)
+
+
 def cmd_evaluate_fleet(args: argparse.Namespace) -> int:
     import json
     import logging
@@ -422,6 +427,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "key or column, fs_hz, shaft_hz, label, bearing or [recording.geometry]")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the results to OUT")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("evaluate-life", help="run-to-failure recordings through the stream's "
+                       "path: lead time of the alarms, false alarms, projections",
+                       description="Feed each [[run]] of SPEC (windows and their times in an "
+                       ".npz) through the stream's pipeline in simulated time and report per "
+                       "run the first watch and alarm with their lead before end of life, "
+                       "alarms in the first half of life and the time-to-zone-D projections "
+                       "against the end of life. Exit 2 on a bad spec. See "
+                       "docs/evaluate-life.md and evaluation/femto.toml.")
+    p.add_argument("spec", type=Path, metavar="SPEC.toml", help="[[run]] tables: path, fs_hz, "
+                   "shaft_hz, bearing or [run.geometry]; optional [online] and [alert]")
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write the results to OUT")
+    p.add_argument("--plots", type=Path, metavar="DIR", help="write one SVG per run to DIR")
+    p.set_defaults(func=cmd_evaluate_life)
 
     p = sub.add_parser("evaluate-fleet", help="online models and physics on simulated "
                        "run-to-failure trajectories",

@@ -214,11 +214,15 @@ class Pipeline:
         points += extra
         features = r.features if o.score is None else {**r.features, "anomaly_score": o.score}
         diagnosis = r.diagnosis
-        if o.anomaly and diagnosis.diagnosis == Fault.NORMAL:
+        # A window too short for the lines (insufficient_data) still has its levels, which
+        # is all the anomaly score reads: its anomaly is one too.
+        if o.anomaly and diagnosis.diagnosis in (Fault.NORMAL, Fault.INSUFFICIENT_DATA):
+            why = ("no known fault pattern" if diagnosis.diagnosis == Fault.NORMAL else
+                   f"lines not readable: {diagnosis.reason}")
             diagnosis = Diagnosis(
                 Fault.UNKNOWN_ANOMALY, o.score or 0.0, (),
-                f"anomaly score {o.score:.4f} >= threshold in most recent windows, "
-                "no known fault pattern", diagnosis.iso_zone)
+                f"anomaly score {o.score:.4f} >= threshold in most recent windows, {why}",
+                diagnosis.iso_zone)
         status = self.online.status(item.sensor)
         online = {
             "state": o.state, "progress": status.get("progress"),

@@ -1,0 +1,212 @@
+"""`ballpass evaluate-life`: the report's arithmetic on hand-made steps, a simulated run to
+failure through the stream's pipeline, spec errors, and one real FEMTO bearing."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ballpass.config import ConfigError
+from ballpass.models.catalog import lookup as lookup_bearing
+from ballpass.simulators.degradation import Trajectory, wear_floor, wear_velocity
+from ballpass.simulators.signals import synthesize
+from ballpass.stream import evaluate_life as el
+
+REPO = Path(__file__).resolve().parents[1]
+FEMTO_SPEC = REPO / "evaluation" / "femto.toml"
+FEMTO = REPO.parent / "shared" / "data" / "femto"
+
+SHAFT_HZ = 29.95
+FS_HZ = 12000.0
+N = 8192  # 0.68 s: 20 revolutions, 1.5 Hz bins (the CWRU rig's default window)
+STEP_S = 60.0
+
+
+def step(t: float, state: str, days: dict[str, float | None] | None = None) -> el.Step:
+    return el.Step(t, "normal" if state == "normal" else "outer_race", state, "B", 0.1, 1.0,
+                   3.0, 0.5, "ready", days)
+
+
+def test_score_lead_times_false_alarms_and_projections() -> None:
+    eol = 1000.0
+    day = el.DAY_S
+    steps = [
+        step(0, "normal"), step(100, "watch"), step(200, "alarm"),  # a false alarm
+        step(300, "normal"), step(600, "normal"), step(700, "watch"),
+        # last 30 % of life (t >= 700): truth = (1000 - t) / day
+        step(750, "alarm", {"days": 250 / day, "lo": 200 / day, "hi": 300 / day}),  # holds
+        step(800, "alarm", {"days": 100 / day, "lo": 50 / day, "hi": 150 / day}),  # short
+        step(900, "alarm", {"days": 100 / day, "lo": 10 / day, "hi": None}),  # unbounded
+        step(950, "alarm", None),
+    ]
+    f = el.score(steps, eol)
+    assert f["first_watch"] == {"t_s": 100.0, "lead_s": 900.0, "lead_pct_of_life": 90.0}
+    assert f["first_alarm"] == {"t_s": 200.0, "lead_s": 800.0, "lead_pct_of_life": 80.0}
+    assert f["alarm_before_end"] is True
+    assert f["alarms"] == 2 and f["alarms_first_half"] == 1
+    assert f["watch_windows_first_half"] == 1
+    p = f["projections"]
+    assert (p["late_windows"], p["estimates"], p["held"]) == (5, 3, 2)
+    assert p["held_fraction"] == pytest.approx(2 / 3, abs=1e-4)
+    assert p["median_error_s"] == pytest.approx(0.0)  # errors 0, -100, 0
+    # Never alarmed: no lead, not counted.
+    quiet = el.score([step(0, "normal"), step(500, "normal")], eol)
+    assert quiet["first_alarm"]["lead_s"] is None and quiet["alarm_before_end"] is False
+    assert quiet["projections"]["held_fraction"] is None
+    total = el.summary([el.LifeResult(_run(Path("x.npz")), steps, eol, f),
+                        el.LifeResult(_run(Path("y.npz")), [], eol, quiet)])
+    assert total["alarmed_before_end"] == 1 and total["median_lead_pct_of_life"] == 80.0
+    assert total["targets"]["no_alarm_first_half"] is False
+    assert total["targets"]["alarm_before_end_5_of_6"] is False
+
+
+def _run(path: Path) -> el.Run:
+    return el.Run("run[0]", path.stem, path, FS_HZ, SHAFT_HZ, lookup_bearing("SKF 6205"))
+
+
+def simulated_run(path: Path, windows: int = 140) -> tuple[Path, Trajectory]:
+    """A healthy machine that grows an outer-race fault from 60 % of its life and fails
+    at the last window: `windows` windows every STEP_S s, as a FEMTO-like .npz."""
+    life = (windows - 1) * STEP_S
+    traj = Trajectory("outer_race", 0.6 * life, 0.15 * life, 0.15 * life, 0.1 * life)
+    orders = lookup_bearing("SKF 6205").orders()
+    rng = np.random.default_rng(3)
+    t = np.arange(windows) * STEP_S
+    sig = np.empty((windows, 1, N), dtype=np.float32)
+    for i, ti in enumerate(t):
+        sev = traj.at(float(ti)).severity
+        cond = "normal" if sev <= 0 else "outer_race"
+        sig[i, 0] = synthesize(cond, orders, SHAFT_HZ, FS_HZ, N, severity=max(sev, 0.0),
+                               rng=rng, hf_extra=wear_floor("outer_race", sev),
+                               wear_mm_s=wear_velocity("outer_race", sev))
+    np.savez(path, signal=sig, t_s=t)
+    return path, traj
+
+
+def spec(path: Path, run: Path, extra: str = "") -> Path:
+    path.write_text(
+        "[online]\nlearn_hours = 0.0\nlearn_windows = 50\nband_min_windows = 10\n"
+        "trend_bucket_s = 300.0\ntrend_min_points = 3\n\n"
+        f'[[run]]\npath = "{run}"\nfs_hz = {FS_HZ}\nshaft_hz = {SHAFT_HZ}\n'
+        f'bearing = "SKF 6205"\n{extra}\n', encoding="utf-8")
+    return path
+
+
+def test_simulated_run_to_failure(tmp_path: Path) -> None:
+    npz, traj = simulated_run(tmp_path / "sim.npz")
+    out = io.StringIO()
+    plots = tmp_path / "plots"
+    assert el.main(spec(tmp_path / "life.toml", npz), tmp_path / "r.json", plots, out,
+                   io.StringIO()) == 0
+    data = json.loads((tmp_path / "r.json").read_text())
+    (r,) = data["runs"]
+    eol = (140 - 1) * STEP_S
+    assert r["end_of_life_s"] == eol and r["windows"] and len(r["windows"]) == 140
+    # Lead times follow from the windows' own states.
+    first_alarm = next(w["t_s"] for w in r["windows"] if w["state"] == "alarm")
+    first_watch = next(w["t_s"] for w in r["windows"] if w["state"] != "normal")
+    assert r["first_alarm"]["t_s"] == first_alarm
+    assert r["first_alarm"]["lead_s"] == pytest.approx(eol - first_alarm)
+    assert r["first_alarm"]["lead_pct_of_life"] == pytest.approx(
+        100 * (eol - first_alarm) / eol, abs=1e-3)
+    assert r["first_watch"]["t_s"] == first_watch <= first_alarm
+    # The fault is seen after its onset and well before failure; nothing before.
+    assert traj.onset_s < first_alarm < eol
+    assert r["first_alarm"]["lead_pct_of_life"] >= 10.0, r["first_alarm"]
+    assert r["alarms_first_half"] == 0 and r["watch_windows_first_half"] == 0
+    assert "outer_race" in r["diagnoses"]
+    assert data["summary"]["alarmed_before_end"] == 1
+    assert "sim" in out.getvalue() and "alarm before end of life: 1/1" in out.getvalue()
+    root = ET.fromstring((plots / "sim.svg").read_text())  # well-formed SVG
+    assert root.tag.endswith("svg") and len(root) > 140
+
+
+def test_spec_errors_name_the_key(tmp_path: Path) -> None:
+    npz = tmp_path / "r.npz"
+    np.savez(npz, signal=np.zeros((3, 64), dtype=np.float32), t_s=np.arange(3.0))
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[online]\nlearn_windows = 5\n[[run]]\npath = "{npz}"\nfs_hz = -1\n'
+                   'shaft_hz = 25\nbearing = "SKF 6205"\nsignal_key = "acc"\ncolour = 1\n',
+                   encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        el.load_spec(bad)
+    text = str(e.value)
+    for key in ("online.learn_windows", "run[0].fs_hz", "run[0].signal_key", "run[0].colour"):
+        assert key in text, text
+    twice = tmp_path / "twice.toml"
+    one = f'[[run]]\npath = "{npz}"\nfs_hz = 1000\nshaft_hz = 25\nbearing = "SKF 6205"\n'
+    twice.write_text(one + one, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"run\[1\].name: 'r' is also run\[0\]"):
+        el.load_spec(twice)
+    empty = tmp_path / "empty.toml"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"no \[\[run\]\]"):
+        el.load_spec(empty)
+    # Arrays that do not fit: named at read time.
+    np.savez(npz, signal=np.zeros((3, 64), dtype=np.float32), t_s=np.array([0.0, 1.0, 1.0]))
+    (run,) = el.load_spec(spec(tmp_path / "s.toml", npz))
+    with pytest.raises(ConfigError, match=r"run\[0\].time_key"):
+        el.read_run(run)
+
+
+def test_cli_exit_codes(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[run]]\npath = "missing.npz"\n', encoding="utf-8")
+    p = subprocess.run([sys.executable, "-m", "ballpass", "evaluate-life", str(bad)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "run[0].path" in p.stderr, p.stderr
+
+
+def test_one_real_femto_bearing(tmp_path: Path) -> None:
+    """Bearing3_1 (the shortest run) of the shipped spec through the whole path: the
+    report is consistent with the recording (measures; no figure is asserted as a target)."""
+    runs = [r for r in el.load_spec(FEMTO_SPEC) if r.name == "Bearing3_1"]
+    assert len(runs) == 1
+    (result,) = el.run_all(runs)[0]
+    f = result.figures
+    with np.load(FEMTO / "Bearing3_1.npz") as z:
+        t = z["t_s"]
+        n = z["signal"].shape[0]
+    assert f["windows"] == n and result.end_of_life_s == pytest.approx(float(t.max()))
+    # 0.1 s windows are 2.5 revolutions at 25 Hz: physics cannot read lines.
+    assert f["diagnoses"].get("insufficient_data", 0) >= n // 2, f["diagnoses"]
+    assert f["online_ready"]["t_s"] is not None  # the online layer learns and scores
+    for key in ("first_watch", "first_alarm", "first_zone_d"):
+        lead = f[key]
+        if lead["t_s"] is not None:
+            assert lead["lead_s"] == pytest.approx(result.end_of_life_s - lead["t_s"])
+    assert f["alarms_first_half"] == 0
+    assert el.svg(result).startswith("<svg")
+
+
+def test_short_windows_alarm_through_the_online_layer(tmp_path: Path) -> None:
+    """Windows too short for the lines (1024 samples at 12 kHz: 2.6 revolutions) are
+    insufficient_data for physics; the online layer still reads their levels, and its
+    anomaly becomes `unknown_anomaly`, which alarms (stream/pipeline.py)."""
+    orders = lookup_bearing("SKF 6205").orders()
+    rng = np.random.default_rng(5)
+    n, windows = 1024, 80
+    t = np.arange(windows) * STEP_S
+    sig = np.empty((windows, 1, n), dtype=np.float32)
+    for i in range(windows):
+        sev = 0.0 if i < 65 else 2.5  # a severe fault for the last 15 windows
+        sig[i, 0] = synthesize("normal" if sev == 0 else "outer_race", orders, SHAFT_HZ,
+                               FS_HZ, n, severity=sev, rng=rng,
+                               hf_extra=wear_floor("outer_race", sev),
+                               wear_mm_s=wear_velocity("outer_race", sev))
+    np.savez(tmp_path / "short.npz", signal=sig, t_s=t)
+    (run,) = el.load_spec(spec(tmp_path / "s.toml", tmp_path / "short.npz"))
+    (result,) = el.run_all([run])[0]
+    diags = [s.diagnosis for s in result.steps]
+    assert set(diags[:65]) == {"insufficient_data"}, set(diags[:65])
+    assert "unknown_anomaly" in diags[65:], diags[65:]
+    assert result.figures["first_alarm"]["t_s"] is not None
+    assert result.figures["first_alarm"]["t_s"] >= t[65]
+    assert result.figures["alarms_first_half"] == 0
