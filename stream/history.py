@@ -19,6 +19,7 @@ writer thread and the evidence page's readers safe together.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -161,7 +162,8 @@ class HistoryStore:
         except (OSError, ValueError) as e:
             self.counters.write_errors += 1
             log.warning(kv("history_write_failed", sensor=sensor, path=path, reason=e))
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             return None
         entry = Entry(sensor, int(t0_ns), reason, path, size)
         with self._lock:
@@ -208,7 +210,7 @@ class HistoryStore:
 
     def _read(self, e: Entry) -> dict[str, Any] | None:
         try:
-            with np.load(e.path, allow_pickle=False) as z:
+            with open(e.path, "rb") as f, np.load(f, allow_pickle=False) as z:
                 out: dict[str, Any] = {k: z[k] for k in z.files}
             out["meta"] = json.loads(str(out["meta"]))
             return out
