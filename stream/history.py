@@ -271,7 +271,9 @@ def keep_result(store: HistoryStore, result: Any, asset: Any, reason: str,
     from ballpass.stream.web.state import compute_spectra
 
     w, d = result.incoming.window, result.diagnosis
-    shaft = float(result.features.get("shaft_hz", math.nan))
+    # The shaft speed the evidence page uses: the window's, else the asset's nominal one.
+    shaft = w.shaft_hz if math.isfinite(w.shaft_hz) and w.shaft_hz > 0 else (
+        asset.shaft_hz or math.nan)
     arrays: dict[str, np.ndarray] = {"samples": np.asarray(w.samples[0], dtype=np.float32)}
     meta: dict[str, Any] = {
         "sensor": result.incoming.sensor, "asset": result.asset, "seq": w.seq,
