@@ -130,6 +130,11 @@ class StreamConfig:
     http: str | None = None  # evidence page "HOST:PORT" (docs/evidence-page.md); None = off
     http_token_file: Path | None = None
     public_url: str | None = None  # base URL of the evidence page in alert messages
+    # Window history (stream/history.py): one window per sensor every interval (0: only at
+    # alert transitions), bounded by total size (MB) and age (days).
+    history_interval_s: float = 3600.0
+    history_max_mb: float = 200.0
+    history_max_age_d: float = 30.0
 
     def password(self) -> str | None:
         return _read_secret(self.password_file)
@@ -714,6 +719,11 @@ def parse(data: dict[str, Any], base: Path = Path("."), *, drivers: bool = True)
         http=st.get("http", str, check=_host_port),
         http_token_file=st.secret_path("http_token_file"),
         public_url=st.get("public_url", str, check=_http_url),
+        history_interval_s=st.get("history_interval_s", float, ds["history_interval_s"],
+                                  check=_non_negative),
+        history_max_mb=st.get("history_max_mb", float, ds["history_max_mb"], check=positive),
+        history_max_age_d=st.get("history_max_age_d", float, ds["history_max_age_d"],
+                                 check=positive),
     )
     st.finish()
 

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-STAGES = ("admit", "process", "write", "publish")
+STAGES = ("admit", "process", "write", "publish", "history")
 _STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400)
 # Status counters exported as `ballpass_stream_<name>_total`.
@@ -68,6 +68,29 @@ class _StatusCollector(Collector):
         yield GaugeMetricFamily("ballpass_stream_deadletter_bytes",
                                 "size of the dead-letter file",
                                 value=health["checks"]["deadletter_bytes"])
+        h = s.get("history")
+        if h is not None:
+            kept = CounterMetricFamily("ballpass_stream_history_kept",
+                                       "windows kept in the history, by reason",
+                                       labels=["reason"])
+            for reason, n in sorted(h["kept"].items()):
+                kept.add_metric([reason], n)
+            yield kept
+            pruned = CounterMetricFamily("ballpass_stream_history_pruned",
+                                         "history entries removed, by bound",
+                                         labels=["reason"])
+            for reason in ("age", "size"):
+                pruned.add_metric([reason], h["pruned"].get(reason, 0))
+            yield pruned
+            yield CounterMetricFamily("ballpass_stream_history_write_errors",
+                                      "history entries that could not be written",
+                                      value=h["write_errors"])
+            yield CounterMetricFamily("ballpass_stream_history_corrupt",
+                                      "history files that did not read", value=h["corrupt"])
+            yield GaugeMetricFamily("ballpass_stream_history_bytes",
+                                    "size of the window history on disk", value=h["bytes"])
+            yield GaugeMetricFamily("ballpass_stream_history_entries",
+                                    "windows in the history", value=h["entries"])
         if s.get("last_write_t") is not None:
             yield GaugeMetricFamily("ballpass_stream_last_write_timestamp_seconds",
                                     "Unix time of the last successful database write",

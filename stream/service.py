@@ -32,6 +32,7 @@ from ballpass.stream.counters import StreamCounters
 from ballpass.stream.deadletter import DeadLetters
 from ballpass.stream.gateway_status import parse_status
 from ballpass.stream.health import Health, assess
+from ballpass.stream.history import HistoryStore, keep_result
 from ballpass.stream.metrics import StreamMetrics
 from ballpass.stream.mqtt_source import Delivery, MqttSource
 from ballpass.stream.ops_http import OpsServer
@@ -45,6 +46,7 @@ from ballpass.stream.sinks.webhook import WebhookSender
 from ballpass.stream.web.security import is_all_interfaces, load_or_create_token
 from ballpass.stream.web.server import EvidenceServer
 from ballpass.stream.web.state import EvidenceState
+from ballpass.wire import Kind
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,9 @@ class StreamService:
         self.webhooks = WebhookSender(config.webhooks, state_dir=state_dir,
                                       public_url=config.stream.public_url)
         self.publisher = Publisher(self.source, self.webhooks, self.counters)
+        s = config.stream
+        self.history = HistoryStore(state_dir / "history", int(s.history_max_mb * 1e6),
+                                    s.history_max_age_d * 86400.0)
         self._online_saved = time.monotonic()
         # One mutation of per-sensor state at a time: batches run in a worker thread while
         # operator actions arrive on the event loop.
@@ -82,6 +87,8 @@ class StreamService:
         # The evidence page (stream/web): `http` ("HOST:PORT") overrides [stream] http.
         self.http = http or config.stream.http
         self.evidence: EvidenceState | None = EvidenceState(config) if self.http else None
+        if self.evidence is not None:
+            self.evidence.history = self.history
         self.web: EvidenceServer | None = None
         self.sensors: dict[str, dict[str, Any]] = {}
         self.gateways: dict[str, dict[str, Any]] = {}
@@ -180,6 +187,8 @@ class StreamService:
             await self.publisher.publish(latest, output.alerts)
             if self.evidence is not None:
                 self.evidence.observe(output, {s: m for s, (_, m, _) in latest.items()})
+        with stage.labels("history").time():
+            await asyncio.to_thread(self._keep_history, output)
         if time.monotonic() - self._online_saved >= self.config.stream.online_save_s:
             await asyncio.to_thread(self._save_online)
 
@@ -241,6 +250,28 @@ class StreamService:
             out.points.extend(done.points)
             out.alerts.extend(done.alerts)
         return out
+
+    def _keep_history(self, output: BatchOutput) -> None:
+        """The window history (stream/history.py): the window of each alert transition, and
+        one per sensor every `history_interval_s`. Never raises (a failure is logged)."""
+        interval = self.config.stream.history_interval_s
+        alerts = {(a.get("sensor"), a.get("seq")): a for a in output.alerts}
+        for r in output.results:
+            w, sensor = r.incoming.window, r.incoming.sensor
+            if w.kind != Kind.ACCELERATION or r.diagnosis is None or not r.features:
+                continue
+            alert = alerts.get((sensor, w.seq))
+            if alert is not None:
+                reason = str(alert.get("status", "transition"))
+            elif interval > 0 and self.history.due(sensor, w.t0_ns, interval):
+                reason = "interval"
+            else:
+                continue
+            try:
+                keep_result(self.history, r, self.pipeline.sensors[sensor][1], reason, alert)
+            except Exception:
+                self.history.counters.write_errors += 1
+                log.exception(kv("history_keep_failed", sensor=sensor, seq=w.seq))
 
     def _save_online(self) -> None:
         """Write the online models' state files (never raises: a failure is logged)."""
@@ -443,6 +474,7 @@ class StreamService:
             "sensors": self.sensors,
             "gateways": self.gateways,
             "online": dict(self.pipeline.online.counters),
+            "history": self.history.status(),
         }
 
     def _write_status(self) -> None:

@@ -5,6 +5,7 @@ nothing loaded from a CDN). Every value is escaped; ids are checked before they 
 from __future__ import annotations
 
 import math
+import urllib.parse
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
@@ -210,8 +211,35 @@ def trend_svg(svg_id: str, t: list[float], series: dict[str, list[float]], ylabe
 
 def sensor_page(state: EvidenceState, sensor: str, csrf: str = "") -> str:
     return page(f"sensor {sensor}",
-                f'<div id="fragment">{sensor_fragment(state, sensor, csrf)}</div>',
+                f'<div id="fragment">{sensor_fragment(state, sensor, csrf)}</div>'
+                + (_history_section() if state.history is not None else ""),
                 view="sensor", sensor=sensor, csrf=csrf)
+
+
+def _history_section() -> str:
+    """The window history (drawn by app.js from /sensor/ID/history): a waterfall of the
+    kept amplitude spectra over days, and the windows kept at alert transitions."""
+    return ('<section id="history"><h2>History</h2>'
+            '<p class="hint">Amplitude spectrum of the kept windows (one every '
+            '<code>history_interval_s</code> and one at each alert transition), newest at the '
+            'top; colour: dB re 1 g. <span id="history-status">loading…</span></p>'
+            '<canvas id="waterfall" width="900" height="320"></canvas>'
+            '<h3>Windows kept at alert transitions</h3><ul id="history-alerts"></ul>'
+            '</section>')
+
+
+def window_page(sensor: str, entry: str, csrf: str = "") -> str:
+    """One kept window (drawn by app.js from /sensor/ID/history/ENTRY)."""
+    sid = escape(sensor)
+    body = (f'<p><a href="/sensor/{escape(urllib.parse.quote(sensor))}">← {sid}</a></p>'
+            f'<h1>{sid} <small>window {escape(entry)}</small></h1>'
+            f'<div id="window-view" data-entry="{escape(entry)}">'
+            '<p id="window-meta">loading…</p>'
+            '<h2>Raw window (g)</h2><canvas id="wave" width="900" height="220"></canvas>'
+            '<h2>Amplitude spectrum (g)</h2><canvas id="spectrum" width="900" height="220">'
+            '</canvas><h2>Envelope spectrum (g)</h2>'
+            '<canvas id="envelope" width="900" height="220"></canvas></div>')
+    return page(f"{sensor} window {entry}", body, view="window", sensor=sensor, csrf=csrf)
 
 
 def sensor_fragment(state: EvidenceState, sensor: str, csrf: str = "") -> str:

@@ -3,7 +3,8 @@
 Routes: `/login` (form; POST sets the session cookie), `/logout` (POST), `/` fleet
 overview, `/events` server-sent events (the fleet as JSON, on every change, a comment
 every 15 s otherwise), `/api/fleet`, `/sensor/{id}` and its live `/fragment`,
-`POST /sensor/{id}/ack` (operator acknowledge), `/static/*`.
+`POST /sensor/{id}/ack` (operator acknowledge), `/sensor/{id}/history[/{entry}]` (JSON: the
+window history), `/sensor/{id}/window/{entry}` (a kept window), `/static/*`.
 
 Security (docs/evidence-page.md): every request must name an accepted Host (DNS
 rebinding); every page but `/login` and `/static/*` needs a session cookie (set by the
@@ -31,6 +32,7 @@ from importlib import resources
 from typing import Any
 
 from ballpass.log import kv
+from ballpass.stream.history import decimate_minmax
 from ballpass.stream.web import pages
 from ballpass.stream.web.security import (
     SESSION_COOKIE,
@@ -381,6 +383,9 @@ class EvidenceServer:
             if parts[2:] == ["fragment"] and method != "POST":
                 return 200, html, await asyncio.to_thread(pages.sensor_fragment, self.state,
                                                           sensor, csrf), {}
+            if len(parts) in (3, 4) and parts[2] in ("history", "window") and method != "POST":
+                return await self._history(sensor, parts[2], parts[3] if len(parts) == 4
+                                           else None, csrf)
             if parts[2:] == ["ack"] and method == "POST":
                 form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
                 note = (form.get("note") or [""])[0][:200]
@@ -392,6 +397,23 @@ class EvidenceServer:
                     await self.ack(sensor, "web", note)
                 return 303, html, "", {"Location": f"/sensor/{urllib.parse.quote(sensor)}"}
         raise HttpError(404, f"no page {path!r}")
+
+    async def _history(self, sensor: str, what: str, entry: str | None, csrf: str
+                       ) -> tuple[int, str, str | bytes, dict[str, str]]:
+        """The window history (stream/history.py): `/sensor/ID/history` (JSON: the entries
+        and the waterfalls), `/sensor/ID/history/ENTRY` (JSON: one window),
+        `/sensor/ID/window/ENTRY` (the page that draws it)."""
+        store = self.state.history
+        if store is None:
+            raise HttpError(404, "this stream keeps no window history")
+        if what == "window":
+            if entry is None or not any(e.id == entry for e in store.entries(sensor)):
+                raise HttpError(404, f"no window {entry!r} in the history of {sensor!r}")
+            return 200, "text/html; charset=utf-8", pages.window_page(sensor, entry, csrf), {}
+        data = await asyncio.to_thread(history_json, store, sensor, entry)
+        if data is None:
+            raise HttpError(404, f"no window {entry!r} in the history of {sensor!r}")
+        return 200, "application/json", json.dumps(data), {}
 
     def _respond(self, writer: asyncio.StreamWriter, status: int, content: str | bytes,
                  ctype: str = "text/html; charset=utf-8",
@@ -431,6 +453,28 @@ class EvidenceServer:
                 last = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), SSE_POLL_S)
+
+
+def history_json(store: Any, sensor: str, entry: str | None) -> dict[str, Any] | None:
+    """The JSON of the history endpoints (None: no such entry, or it does not read)."""
+    if entry is None:
+        return {"sensor": sensor,
+                "entries": [{"id": e.id, "t": e.t0_ns / 1e9, "reason": e.reason,
+                             "bytes": e.size} for e in store.entries(sensor)],
+                "waterfall": store.waterfall(sensor),
+                "envelope_waterfall": store.waterfall(sensor, key="env_amp_g")}
+    data = store.load(sensor, entry)
+    if data is None:
+        return None
+    lo, hi = decimate_minmax(data["samples"])
+    fs = float(data["meta"].get("fs_hz") or 0.0)
+    out: dict[str, Any] = {"id": entry, "meta": data["meta"], "n_samples": int(
+        data["samples"].size), "duration_s": data["samples"].size / fs if fs > 0 else None,
+        "wave_min_g": lo, "wave_max_g": hi}
+    for k in ("freq_hz", "amp_g", "env_freq_hz", "env_amp_g"):
+        if k in data:
+            out[k] = [round(float(v), 7) for v in data[k]]
+    return out
 
 
 def _local_path(value: str) -> str:

@@ -73,6 +73,7 @@ class EvidenceState:
         self.actions: deque[dict[str, Any]] = deque(maxlen=500)
         self.gateways: dict[str, dict[str, Any]] = {}  # the service's dict, by reference
         self.version = 0
+        self.history: Any = None  # the stream's HistoryStore (stream/history.py), if any
 
     def observe(self, output: BatchOutput, latest: dict[str, dict[str, Any]]) -> None:
         """Take in one processed batch (called by the service after it is written) and

@@ -47,11 +47,106 @@ var ballpass = (function () {
         .finally(function () { busy = false; });
     };
   }
-  return {overview: overview, sensor: sensor};
+  function getJSON(url) {
+    return fetch(url, {credentials: "same-origin"}).then(function (r) {
+      if (!r.ok) throw new Error(url + ": HTTP " + r.status);
+      return r.json();
+    });
+  }
+  function when(t) { return new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC"; }
+  // Colour of a level in [0, 1]: dark blue to yellow.
+  function colour(v) {
+    v = Math.max(0, Math.min(1, v));
+    var r = Math.round(255 * Math.min(1, 2 * v)), g = Math.round(255 * Math.max(0, 2 * v - 0.6) / 1.4 + 40 * v),
+        b = Math.round(140 * (1 - v));
+    return "rgb(" + r + "," + Math.min(255, g) + "," + b + ")";
+  }
+  // The waterfall: one row per kept window (newest at the top), one column per bin.
+  function waterfall(canvas, wf) {
+    var ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height, left = 60, bottom = 24;
+    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, W, H);
+    var rows = wf.amp_g.length, bins = wf.freq_hz.length;
+    if (!rows) return 0;
+    var db = wf.amp_g.map(function (row) { return row.map(function (a) { return 20 * Math.log10(Math.max(a, 1e-7)); }); });
+    var hi = -Infinity;
+    db.forEach(function (row) { row.forEach(function (v) { if (v > hi) hi = v; }); });
+    var lo = hi - 60, cw = (W - left) / bins, rh = (H - bottom) / rows;
+    for (var i = 0; i < rows; i++) {
+      var y = (rows - 1 - i) * rh;
+      for (var j = 0; j < bins; j++) {
+        ctx.fillStyle = colour((db[i][j] - lo) / (hi - lo));
+        ctx.fillRect(left + j * cw, y, Math.ceil(cw), Math.ceil(rh));
+      }
+    }
+    ctx.fillStyle = "#333"; ctx.font = "11px sans-serif";
+    ctx.fillText("0 Hz", left, H - 8);
+    var fmax = wf.freq_hz[bins - 1];
+    ctx.fillText(fmt(fmax, 0) + " Hz", W - 60, H - 8);
+    ctx.fillText(when(wf.t[rows - 1]).slice(5, 16), 0, 12);
+    ctx.fillText(when(wf.t[0]).slice(5, 16), 0, H - bottom - 2);
+    canvas.setAttribute("data-rows", String(rows));
+    return rows;
+  }
+  function line(canvas, xs, ys, ys2, xlabel) {
+    var ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height, left = 50, bottom = 20;
+    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, W, H);
+    var all = ys2 ? ys.concat(ys2) : ys, lo = Math.min.apply(null, all), hi = Math.max.apply(null, all);
+    if (!(hi > lo)) { hi = lo + 1; }
+    var x0 = xs[0], x1 = xs[xs.length - 1] || 1;
+    function px(x) { return left + (W - left - 4) * (x - x0) / ((x1 - x0) || 1); }
+    function py(y) { return 4 + (H - bottom - 8) * (1 - (y - lo) / (hi - lo)); }
+    [ys, ys2].forEach(function (series) {
+      if (!series) return;
+      ctx.strokeStyle = "#1f5fa8"; ctx.beginPath();
+      series.forEach(function (y, i) { if (i) ctx.lineTo(px(xs[i]), py(y)); else ctx.moveTo(px(xs[i]), py(y)); });
+      ctx.stroke();
+    });
+    ctx.fillStyle = "#333"; ctx.font = "11px sans-serif";
+    ctx.fillText(fmt(hi, 3), 0, 12); ctx.fillText(fmt(lo, 3), 0, H - bottom);
+    ctx.fillText(fmt(x0, 0), left, H - 6); ctx.fillText(fmt(x1, 1) + " " + xlabel, W - 90, H - 6);
+    canvas.setAttribute("data-points", String(xs.length));
+  }
+  function history(id) {
+    var status = document.getElementById("history-status");
+    if (!status) return;
+    getJSON("/sensor/" + encodeURIComponent(id) + "/history").then(function (h) {
+      var rows = waterfall(document.getElementById("waterfall"), h.waterfall);
+      status.textContent = rows ? rows + " windows, " + when(h.waterfall.t[0]) + " to " +
+        when(h.waterfall.t[rows - 1]) : "no window kept yet";
+      var ul = document.getElementById("history-alerts");
+      ul.textContent = "";
+      h.entries.filter(function (e) { return e.reason !== "interval"; }).reverse().forEach(function (e) {
+        var li = document.createElement("li"), a = document.createElement("a");
+        a.href = "/sensor/" + encodeURIComponent(id) + "/window/" + encodeURIComponent(e.id);
+        a.textContent = e.reason + " at " + when(e.t);
+        a.className = "history-window reason-" + e.reason;
+        li.appendChild(a); ul.appendChild(li);
+      });
+      if (!ul.children.length) { var li = document.createElement("li"); li.textContent = "none"; ul.appendChild(li); }
+      document.body.setAttribute("data-history", "ready");
+    }).catch(function (err) { status.textContent = String(err); });
+  }
+  function windowView(id) {
+    var view = document.getElementById("window-view"), entry = view.getAttribute("data-entry");
+    getJSON("/sensor/" + encodeURIComponent(id) + "/history/" + encodeURIComponent(entry)).then(function (w) {
+      var m = w.meta, a = m.alert || {};
+      document.getElementById("window-meta").textContent = (a.summary || m.reason) + " · " + when(m.t) +
+        " · seq " + m.seq + " · " + w.n_samples + " samples at " + fmt(m.fs_hz, 0) + " Hz · diagnosis " +
+        m.diagnosis + " · state " + m.state;
+      var n = w.wave_min_g.length, dt = (w.duration_s || n) / n, xs = [];
+      for (var i = 0; i < n; i++) xs.push(i * dt);
+      line(document.getElementById("wave"), xs, w.wave_min_g, w.wave_max_g, "s");
+      if (w.freq_hz) line(document.getElementById("spectrum"), w.freq_hz, w.amp_g, null, "Hz");
+      if (w.env_freq_hz) line(document.getElementById("envelope"), w.env_freq_hz, w.env_amp_g, null, "Hz");
+      document.body.setAttribute("data-history", "ready");
+    }).catch(function (err) { document.getElementById("window-meta").textContent = String(err); });
+  }
+  return {overview: overview, sensor: sensor, history: history, windowView: windowView};
 })();
 
 document.addEventListener("DOMContentLoaded", function () {
   var body = document.body, view = body.getAttribute("data-view");
   if (view === "overview") ballpass.overview();
-  if (view === "sensor") ballpass.sensor(body.getAttribute("data-sensor"));
+  if (view === "sensor") { ballpass.sensor(body.getAttribute("data-sensor")); ballpass.history(body.getAttribute("data-sensor")); }
+  if (view === "window") ballpass.windowView(body.getAttribute("data-sensor"));
 });
