@@ -10,8 +10,12 @@ def parse_listen(value: str) -> tuple[str, int]:
     explicit 0.0.0.0 or [::]. Raises ValueError naming the value when it is malformed.
     """
     host, sep, port = value.strip().rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    if not sep:
         raise ValueError(f"must be HOST:PORT or :PORT, got {value!r}")
+    if not port.isdigit():
+        raise ValueError(f"port must be an integer, got {value!r}")
+    if int(port) > 65535:
+        raise ValueError(f"port must be 0 (any free port) or 1-65535, got {value!r}")
     host = host.strip()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

@@ -3,16 +3,15 @@ Selenium; no browser or driver download) against a running stream on a simulated
 
 from __future__ import annotations
 
-import os
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from chromium import chromium  # tests/ is on sys.path
 from fleet_run import TOKEN, FleetRun, shared_fleet  # tests/ is on sys.path
 from plant import wait_until
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -21,8 +20,6 @@ __all__ = ["shared_fleet"]  # the fixture, imported so pytest finds it here
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 READ_SENSOR_PAGE = """
 const q = s => Array.from(document.querySelectorAll(s));
 const ev = q('svg#envelope line.evidence');
@@ -38,20 +35,8 @@ return {diagnosis: document.getElementById('diagnosis').textContent,
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not download anything
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-dev-shm-usage", "--window-size=1100,1600",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def login(browser: webdriver.Chrome, base: str, path: str = "/") -> None:

@@ -10,7 +10,6 @@ window from it.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -18,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chromium import chromium  # tests/ is on sys.path
 from fleet_run import TOKEN, USERS, site_toml
 from plant import read_status, spawn_ballpass, wait_until, write_passwords
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -31,8 +30,6 @@ from ballpass.services import Influxd, Mosquitto
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 INK = """
 const c = document.getElementById(arguments[0]);
 const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -60,20 +57,8 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture()
 def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not download anything
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-dev-shm-usage", "--window-size=1100,1600",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
+    with chromium(tmp_path / "chromium-profile") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_history_survives_a_restart_and_is_drawn(tmp_path: Path, influxd: Influxd,
