@@ -35,6 +35,7 @@ import numpy as np
 from ballpass.config import Config, ConfigError, SensorConfig
 from ballpass.models import iso20816
 from ballpass.models.catalog import lookup
+from ballpass.models.window import default_window_samples
 from ballpass.simulators.degradation import (
     FAULT_CONDITIONS,
     Trajectory,
@@ -55,17 +56,23 @@ SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 
 def site_toml(reactors: int = 50, *, seed: int = 0, site_id: str = "plant",
               reactors_per_gateway: int = 5, fs_hz: float = 25600.0,
-              window_samples: int = 16384, interval_s: float = 10.0,
+              window_samples: int | None = None, interval_s: float = 10.0,
               broker_host: str = "127.0.0.1", broker_port: int = 1883,
               influx_url: str = "http://127.0.0.1:8086") -> str:
-    """A site TOML with `reactors` reactors (agitator motor, gearbox, pump each)."""
+    """A site TOML with `reactors` reactors (agitator motor, gearbox, pump each).
+
+    `window_samples` None leaves the key out, so each sensor gets the default window of
+    its asset's speed (models/window.py), as a hand-written site config would.
+    """
     if not 1 <= reactors <= 999:
         raise ValueError(f"reactors: must be in 1..999, got {reactors!r}")
     if reactors_per_gateway < 1:
         raise ValueError(f"reactors_per_gateway: must be >= 1, got {reactors_per_gateway!r}")
-    if window_samples / fs_hz > interval_s:
+    slowest_hz = min(min(speeds) for *_, speeds, _ in REACTOR_PARTS)
+    longest = window_samples or default_window_samples(fs_hz, slowest_hz)[0]
+    if longest / fs_hz > interval_s:
         raise ValueError(f"interval_s: must be >= window_samples / fs_hz = "
-                         f"{window_samples / fs_hz:g} s, got {interval_s!r}")
+                         f"{longest / fs_hz:g} s, got {interval_s!r}")
     rng = np.random.default_rng([seed, 0x517E])
     width = max(2, len(str(reactors)))
     lines = [f"# {reactors} simulated reactors (agitator motor, gearbox, pump), seed {seed}.",
@@ -89,8 +96,9 @@ def site_toml(reactors: int = 50, *, seed: int = 0, site_id: str = "plant",
             if part == "gearbox":
                 options.append(f"gear_teeth = {int(rng.integers(17, 30))}")
             block += ["[[gateway.sensor]]", f'id = "{asset}-{where}"', 'driver = "simulated"',
-                      f'asset = "{asset}"', f"fs_hz = {fs_hz:g}",
-                      f"window_samples = {window_samples}", f"interval_s = {interval_s:g}"]
+                      f'asset = "{asset}"', f"fs_hz = {fs_hz:g}", f"interval_s = {interval_s:g}"]
+            if window_samples is not None:
+                block.append(f"window_samples = {window_samples}")
             if options:
                 block.append(f"options = {{ {', '.join(options)} }}")
             block.append("")

@@ -130,8 +130,8 @@ def test_bad_scenario_is_refused_before_anything_starts(tmp_path, capsys, scenar
 
 
 def test_fault_line_above_nyquist_names_the_fault_and_sensor(tmp_path, capsys) -> None:
-    text = fleet.site_toml(2, interval_s=2.0).replace("fs_hz = 25600", "fs_hz = 400") \
-        .replace("window_samples = 16384", "window_samples = 512")
+    text = fleet.site_toml(2, interval_s=2.0, window_samples=512) \
+        .replace("fs_hz = 25600", "fs_hz = 400")
     site = tmp_path / "site.toml"
     site.write_text(text, encoding="utf-8")
     path = tmp_path / "s.toml"
