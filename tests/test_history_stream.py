@@ -126,6 +126,14 @@ def test_history_survives_a_restart_and_is_drawn(tmp_path: Path, influxd: Influx
         rows = int(browser.find_element(By.ID, "waterfall").get_attribute("data-rows") or 0)
         assert rows >= len(before["waterfall"]["t"]) and rows >= 8
         assert browser.execute_script(INK, "waterfall") > 0.5  # coloured cells, not blank
+        waterfall = browser.find_element(By.ID, "waterfall")
+        assert waterfall.get_attribute("data-kind") == "spectrum"
+        assert int(waterfall.get_attribute("data-time-ticks") or 0) >= 2
+        browser.find_element(By.CSS_SELECTOR, 'input[value="envelope"]').click()
+        WebDriverWait(browser, 5).until(lambda d: d.find_element(By.ID, "waterfall")
+                                        .get_attribute("data-kind") == "envelope")
+        assert int(waterfall.get_attribute("data-rows") or 0) >= 8
+        assert browser.execute_script(INK, "waterfall") > 0.5
         links = browser.find_elements(By.CSS_SELECTOR, "#history-alerts a.reason-firing")
         assert links
         links[-1].click()  # the oldest firing: the window that raised the alarm

@@ -218,11 +218,15 @@ def sensor_page(state: EvidenceState, sensor: str, csrf: str = "") -> str:
 
 def _history_section() -> str:
     """The window history (drawn by app.js from /sensor/ID/history): a waterfall of the
-    kept amplitude spectra over days, and the windows kept at alert transitions."""
+    kept amplitude or envelope spectra over days, and the windows kept at alert transitions."""
     return ('<section id="history"><h2>History</h2>'
-            '<p class="hint">Amplitude spectrum of the kept windows (one every '
-            '<code>history_interval_s</code> and one at each alert transition), newest at the '
-            'top; colour: dB re 1 g. <span id="history-status">loading…</span></p>'
+            '<p class="hint">Spectra of the kept windows (one every '
+            '<code>history_interval_s</code> and one at each alert transition, marked red at '
+            'the left), newest at the top; colour: dB re 1 g, 60 dB range. '
+            '<span id="history-status">loading…</span></p>'
+            '<p id="waterfall-kind"><label><input type="radio" name="waterfall-kind" '
+            'value="spectrum" checked> amplitude spectrum</label> <label><input type="radio" '
+            'name="waterfall-kind" value="envelope"> envelope spectrum</label></p>'
             '<canvas id="waterfall" width="900" height="320"></canvas>'
             '<h3>Windows kept at alert transitions</h3><ul id="history-alerts"></ul>'
             '</section>')

@@ -61,11 +61,14 @@ var ballpass = (function () {
         b = Math.round(140 * (1 - v));
     return "rgb(" + r + "," + Math.min(255, g) + "," + b + ")";
   }
-  // The waterfall: one row per kept window (newest at the top), one column per bin.
+  // The waterfall: one row per kept window (newest at the top), one column per bin;
+  // ticks: frequency below, the time of every few rows at the left, a red mark on the
+  // rows kept at an alert transition.
   function waterfall(canvas, wf) {
-    var ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height, left = 60, bottom = 24;
+    var ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height, left = 96, bottom = 24;
     ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, W, H);
     var rows = wf.amp_g.length, bins = wf.freq_hz.length;
+    canvas.setAttribute("data-rows", String(rows));
     if (!rows) return 0;
     var db = wf.amp_g.map(function (row) { return row.map(function (a) { return 20 * Math.log10(Math.max(a, 1e-7)); }); });
     var hi = -Infinity;
@@ -77,14 +80,24 @@ var ballpass = (function () {
         ctx.fillStyle = colour((db[i][j] - lo) / (hi - lo));
         ctx.fillRect(left + j * cw, y, Math.ceil(cw), Math.ceil(rh));
       }
+      if (wf.reasons[i] !== "interval") { ctx.fillStyle = "#c62828"; ctx.fillRect(left - 6, y, 5, Math.max(2, rh)); }
     }
     ctx.fillStyle = "#333"; ctx.font = "11px sans-serif";
-    ctx.fillText("0 Hz", left, H - 8);
-    var fmax = wf.freq_hz[bins - 1];
-    ctx.fillText(fmt(fmax, 0) + " Hz", W - 60, H - 8);
-    ctx.fillText(when(wf.t[rows - 1]).slice(5, 16), 0, 12);
-    ctx.fillText(when(wf.t[0]).slice(5, 16), 0, H - bottom - 2);
-    canvas.setAttribute("data-rows", String(rows));
+    var fmax = wf.freq_hz[bins - 1] + (wf.freq_hz[1] - wf.freq_hz[0]) / 2 || wf.freq_hz[bins - 1];
+    for (var k = 0; k <= 5; k++) {
+      var fx = left + (W - left) * k / 5, label = fmt(fmax * k / 5, 0) + (k === 5 ? " Hz" : "");
+      ctx.fillRect(fx - (k === 5 ? 1 : 0), H - bottom, 1, 4);
+      ctx.fillText(label, Math.min(fx, W - ctx.measureText(label).width - 2), H - 8);
+    }
+    var ticks = Math.min(rows, Math.max(2, Math.floor((H - bottom) / 40))), drawn = [];
+    for (var t = 0; t < ticks; t++) {
+      var r = Math.round((rows - 1) * t / Math.max(1, ticks - 1));
+      if (drawn.indexOf(r) >= 0) continue;
+      drawn.push(r);
+      var ty = (rows - 1 - r) * rh + rh / 2;
+      ctx.fillText(when(wf.t[r]).slice(5, 16), 0, Math.max(10, Math.min(H - bottom - 2, ty + 4)));
+    }
+    canvas.setAttribute("data-time-ticks", String(drawn.length));
     return rows;
   }
   function line(canvas, xs, ys, ys2, xlabel) {
@@ -110,9 +123,19 @@ var ballpass = (function () {
     var status = document.getElementById("history-status");
     if (!status) return;
     getJSON("/sensor/" + encodeURIComponent(id) + "/history").then(function (h) {
-      var rows = waterfall(document.getElementById("waterfall"), h.waterfall);
-      status.textContent = rows ? rows + " windows, " + when(h.waterfall.t[0]) + " to " +
-        when(h.waterfall.t[rows - 1]) : "no window kept yet";
+      var canvas = document.getElementById("waterfall");
+      function draw() {
+        var key = document.querySelector('input[name="waterfall-kind"]:checked').value;
+        var wf = key === "envelope" ? h.envelope_waterfall : h.waterfall;
+        var rows = waterfall(canvas, wf);
+        canvas.setAttribute("data-kind", key);
+        status.textContent = rows ? rows + " windows, " + when(wf.t[0]) + " to " +
+          when(wf.t[rows - 1]) : "no window kept yet";
+      }
+      document.querySelectorAll('input[name="waterfall-kind"]').forEach(function (input) {
+        input.addEventListener("change", draw);
+      });
+      draw();
       var ul = document.getElementById("history-alerts");
       ul.textContent = "";
       h.entries.filter(function (e) { return e.reason !== "interval"; }).reverse().forEach(function (e) {
