@@ -828,14 +828,20 @@ def load(path: str | Path, *, drivers: bool = True) -> Config:
     every problem, the file's own ones (missing, a directory, not UTF-8, not TOML)
     included."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        source = path.resolve()
-    except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: a NUL in the path
-        raise ConfigError([f"{path}: cannot read the site file: {_why(e)}"]) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"{path}: not valid TOML: {e}"]) from e
+    data = read_toml(path, "the site file")
+    source = path.resolve()
     config = parse(data, base=source.parent, drivers=drivers)
     return dataclasses.replace(config, source=source)
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The TOML document at `path` (`what` names it in errors: "the site file"). Raises
+    ConfigError naming the file when it is missing, a directory, not UTF-8 or not TOML."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: a NUL in the path
+        raise ConfigError([f"{path}: cannot read {what}: {_why(e)}"]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: not valid TOML: {e}"]) from e

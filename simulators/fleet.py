@@ -25,14 +25,13 @@ import dataclasses
 import difflib
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ballpass.config import Config, ConfigError, SensorConfig
+from ballpass.config import Config, ConfigError, SensorConfig, read_toml
 from ballpass.models import iso20816
 from ballpass.models.catalog import lookup
 from ballpass.models.window import default_window_samples
@@ -298,10 +297,7 @@ def load_scenario(path: str | Path) -> Scenario:
     p = Path(path)
     if not p.exists() and not p.suffix and (SCENARIO_DIR / f"{p.name}.toml").exists():
         p = SCENARIO_DIR / f"{p.name}.toml"
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"{p}: not valid TOML: {e}"]) from e
+    data = read_toml(p, "the scenario")
     return dataclasses.replace(parse_scenario(data, p.stem), source=p.resolve())
 
 

@@ -26,7 +26,6 @@ import logging
 import math
 import statistics
 import sys
-import tomllib
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from ballpass.config import (
     one_of,
     parse_bearing,
     positive,
+    read_toml,
 )
 from ballpass.log import kv
 from ballpass.models.bearing import BearingGeometry
@@ -164,11 +164,7 @@ def parse_spec(data: dict[str, Any], base: Path = Path(".")) -> list[Run]:
 def load_spec(path: str | Path) -> list[Run]:
     """Load and validate a life spec; paths inside are relative to the spec file."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"{path}: not valid TOML: {e}"]) from e
-    return parse_spec(data, base=path.resolve().parent)
+    return parse_spec(read_toml(path, "the life spec"), base=path.resolve().parent)
 
 
 def read_run(run: Run) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,6 @@ its key path, like the site config. `read_signal` reads one recording as float64
 from __future__ import annotations
 
 import math
-import tomllib
 import zipfile
 from dataclasses import dataclass
 from fractions import Fraction
@@ -40,6 +39,7 @@ from ballpass.config import (
     one_of,
     parse_bearing,
     positive,
+    read_toml,
 )
 from ballpass.models.bearing import BearingGeometry
 from ballpass.models.window import MAX_WINDOW_SAMPLES, default_window_samples
@@ -217,14 +217,10 @@ def parse_spec(data: dict[str, Any], base: Path = Path(".")) -> list[Recording]:
 def load_spec(path: str | Path) -> list[Recording]:
     """Load and validate an evaluation spec. Paths inside are relative to the spec file.
 
-    Raises ConfigError (every problem, with its key path) or FileNotFoundError.
+    Raises ConfigError (every problem, with its key path; an unreadable spec too).
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError([f"{path}: not valid TOML: {e}"]) from e
-    return parse_spec(data, base=path.resolve().parent)
+    return parse_spec(read_toml(path, "the evaluation spec"), base=path.resolve().parent)
 
 
 def _mat_field(path: Path, dotted: str, where: str) -> Any:
