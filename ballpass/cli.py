@@ -71,6 +71,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
     # No driver runs here, and a gateway's third-party driver need not be installed on the
     # stream's host: the gateway and check-config check them.
     config = _load_config(args.config, drivers=False)
+    if args.engine == "nats" and config.cluster is None:
+        from ballpass.config import ConfigError
+        raise ConfigError(["cluster: --engine nats needs a [cluster] section "
+                           "(docs/scale-out.md)"])
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -79,7 +83,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         writer = create_writer(config.influx)
         service = StreamService(config, writer, status_file=args.status_file,
-                                http=args.http, metrics=args.metrics)
+                                http=args.http, metrics=args.metrics,
+                                cluster=args.engine == "nats")
         loop.add_signal_handler(signal.SIGHUP, service.reload)
         try:
             await service.run(stop)
@@ -353,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", metavar="HOST:PORT", type=_host_port,
                    help="serve /healthz and Prometheus /metrics here (:PORT is loopback; "
                    "see docs/operations.md)")
+    p.add_argument("--engine", choices=("mqtt", "nats"), default="mqtt",
+                   help="mqtt: one process reading mosquitto (default); nats: one of N "
+                   "workers on the NATS JetStream cluster of [cluster] (docs/scale-out.md)")
     p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("simulate", help="simulated machines: a fleet or one recording",

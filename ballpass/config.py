@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -219,6 +220,27 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """`[cluster]`: stream workers on a NATS JetStream cluster (docs/scale-out.md).
+
+    `partitions` must equal the servers' subject mapping (ballpass.nats_server); a
+    worker's lease on a partition lapses `lease_s` seconds after its last renewal.
+    """
+
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    username: str | None = None
+    password_file: Path | None = None
+    partitions: int = 16
+    replicas: int = 3
+    worker_id: str = ""  # "": hostname-pid
+    lease_s: float = 5.0
+    window_retention_h: float = 168.0  # windows kept in the stream after processing (h)
+
+    def password(self) -> str | None:
+        return _read_secret(self.password_file)
+
+
+@dataclass(frozen=True)
 class Config:
     site: SiteConfig
     broker: BrokerConfig
@@ -228,6 +250,7 @@ class Config:
     gateways: tuple[GatewayConfig, ...]
     webhooks: tuple[WebhookConfig, ...]
     source: Path | None = None
+    cluster: ClusterConfig | None = None  # None: no [cluster] section (mosquitto + one process)
 
     def asset(self, asset_id: str) -> AssetConfig:
         for a in self.assets:
@@ -749,12 +772,40 @@ def parse(data: dict[str, Any], base: Path = Path("."), *, drivers: bool = True)
         _check_drivers(errors, assets, gateways)
 
     webhooks = [_parse_webhook(r) for r in root.tables("webhook")]
+    cluster = _parse_cluster(root.sub("cluster")) if "cluster" in root.table else None
 
     root.finish()
     if errors:
         raise ConfigError(errors)
     return Config(site, broker, influx, stream, tuple(a for a in assets if a),
-                  tuple(g for g in gateways if g), tuple(webhooks))
+                  tuple(g for g in gateways if g), tuple(webhooks), cluster=cluster)
+
+
+def _nats_urls(v: list[Any]) -> str | None:
+    if not v:
+        return "must list at least one nats://HOST:PORT"
+    for url in v:
+        if not isinstance(url, str) or not re.fullmatch(r"(nats|tls)://[^\s/]+:\d+", url):
+            return f"each server must be nats://HOST:PORT or tls://HOST:PORT, not {url!r}"
+    return None
+
+
+def _parse_cluster(c: TableReader) -> ClusterConfig:
+    d = ClusterConfig()
+    cluster = ClusterConfig(
+        servers=tuple(c.get("servers", list, list(d.servers), check=_nats_urls)),
+        username=c.get("username", str),
+        password_file=c.secret_path("password_file"),
+        partitions=c.get("partitions", int, d.partitions, check=_in_range(1, 1024)),
+        replicas=c.get("replicas", int, d.replicas, check=_in_range(1, 5)),
+        worker_id=c.get("worker_id", str, d.worker_id, check=lambda v: None if not v else
+                        _an_id(v)),
+        lease_s=c.get("lease_s", float, d.lease_s, check=_in_range(1.0, 300.0)),
+        window_retention_h=c.get("window_retention_h", float, d.window_retention_h,
+                                 check=positive),
+    )
+    c.finish()
+    return cluster
 
 
 def _parse_webhook(r: TableReader) -> WebhookConfig:

@@ -172,6 +172,16 @@ class Service:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def kill(self) -> None:
+        """SIGKILL the process group (a crash, for the tests); `start()` restarts it with
+        the same work dir and port."""
+        proc, self._proc = self._proc, None
+        _RUNNING.discard(self)
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5.0)
+
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """The last `lines` lines of the service's log ('' if there is none)."""
         try:

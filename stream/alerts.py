@@ -168,6 +168,16 @@ class AlertTracker:
                                           _most_common(faults) or "normal", s.since_ns,
                                           s.severity))
 
+    def adopt(self, sensor: str, machine: dict[str, Any] | None,
+              instrument: dict[str, Any] | None) -> None:
+        """Take `sensor`'s states as exported by `SensorAlertState.to_json` (None: none)."""
+        n = self.policy_of(sensor).window_n
+        for table, data in ((self.sensors, machine), (self.instruments, instrument)):
+            if data is None:
+                table.pop(sensor, None)
+            else:
+                table[sensor] = SensorAlertState.from_json(data, n)
+
     # --- persistence -----------------------------------------------------------------
 
     def _persisted(self, t: Transition | None) -> Transition | None:

@@ -31,3 +31,12 @@ class Deduplicator:
         seen[seq] = None
         if len(seen) > self.horizon:
             seen.popitem(last=False)
+
+    def recent(self, source: Source, n: int) -> list[int]:
+        """The last `n` seqs marked for `source`, oldest first (a worker's hand-over)."""
+        seen = self._seen.get(source)
+        return list(seen)[-n:] if seen else []
+
+    def restore(self, source: Source, seqs: list[int]) -> None:
+        """Replace what is remembered of `source` by `seqs` (oldest first)."""
+        self._seen[source] = OrderedDict.fromkeys(seqs[-self.horizon:])

@@ -52,6 +52,14 @@ class ImpactHistory:
         recent.append(np.array(counts, dtype=np.float64))
         return np.sum(recent, axis=0)
 
+    def export(self, sensor: str) -> list[list[list[float]]]:
+        """`sensor`'s recent counts, oldest first, as plain lists (for `restore`)."""
+        return [c.tolist() for c in self._recent.get(sensor, ())]
+
+    def restore(self, sensor: str, recent: list[list[list[float]]]) -> None:
+        self._recent[sensor] = deque((np.array(c, dtype=np.float64) for c in recent),
+                                     maxlen=self.windows)
+
     def clear(self, sensor: str) -> None:
         """Forget `sensor`'s evidence (maintenance done: the defect is gone)."""
         self._recent.pop(sensor, None)

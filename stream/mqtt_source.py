@@ -15,6 +15,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiomqtt
 
@@ -38,6 +39,21 @@ class Delivery:
 
 
 Handler = Callable[[list[Delivery]], Awaitable[None]]
+
+
+class Source(Protocol):
+    """Where the service takes its batches from and publishes to: `MqttSource` (mosquitto)
+    or `stream.cluster.source.NatsSource` (a NATS JetStream cluster)."""
+
+    connected: bool
+
+    async def run(self, stop: asyncio.Event, handle: Handler) -> None: ...
+
+    def ack(self, d: Delivery) -> None: ...
+
+    async def publish(self, topic: str, payload: str, *, retain: bool = False) -> bool: ...
+
+    def reconfigure(self, broker: BrokerConfig) -> None: ...
 
 
 class MqttSource:

@@ -121,6 +121,22 @@ class Pipeline:
     def knows(self, sensor: str) -> bool:
         return sensor in self.sensors
 
+    def export_sensor(self, sensor: str) -> dict[str, Any]:
+        """Everything the pipeline remembers of `sensor` (its online model, alert states,
+        impact evidence): what moves with it to another worker (stream/cluster/state.py)."""
+        machine = self.alerts.sensors.get(sensor)
+        instrument = self.alerts.instruments.get(sensor)
+        return {"online": self.online.models.get(sensor),
+                "machine": machine.to_json() if machine is not None else None,
+                "instrument": instrument.to_json() if instrument is not None else None,
+                "impacts": self.impacts.export(sensor)}
+
+    def import_sensor(self, sensor: str, state: dict[str, Any]) -> None:
+        """Take over `sensor`'s state from `export_sensor` (possibly of another worker)."""
+        self.online.adopt(sensor, state.get("online"))
+        self.alerts.adopt(sensor, state.get("machine"), state.get("instrument"))
+        self.impacts.restore(sensor, state.get("impacts") or [])
+
     def process(self, batch: list[Incoming]) -> BatchOutput:
         """Features and diagnoses of every window in `batch` (sensors must be known)."""
         results: list[Result] = []

@@ -16,7 +16,7 @@ from ballpass import topics
 from ballpass.log import kv
 from ballpass.stream.counters import StreamCounters
 from ballpass.stream.messages import diagnosis_message
-from ballpass.stream.mqtt_source import MqttSource
+from ballpass.stream.mqtt_source import Source
 from ballpass.stream.pipeline import BatchOutput, Result
 from ballpass.stream.sinks.webhook import WebhookSender
 
@@ -37,8 +37,10 @@ def latest_diagnoses(output: BatchOutput) -> dict[str, tuple[Result, dict[str, A
 
 
 class Publisher:
-    def __init__(self, source: MqttSource, webhooks: WebhookSender,
+    def __init__(self, source: Source, webhooks: WebhookSender | None,
                  counters: StreamCounters) -> None:
+        """`webhooks` None: alerts reach the webhook routes another way (a cluster worker
+        hands them over through the ALERTS stream, stream/cluster/source.py)."""
         self.source = source
         self.webhooks = webhooks
         self.counters = counters
@@ -63,4 +65,5 @@ class Publisher:
                 self.counters.alerts_resolved += 1
             log.info(kv("alert", status=alert["status"], sensor=alert["sensor"],
                         diagnosis=alert["diagnosis"], alert_id=alert["alert_id"]))
-            self.webhooks.submit(alert)
+            if self.webhooks is not None:
+                self.webhooks.submit(alert)

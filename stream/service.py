@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from ballpass import sdnotify
 from ballpass.config import Config, ConfigError, load
@@ -34,7 +34,7 @@ from ballpass.stream.gateway_status import parse_status
 from ballpass.stream.health import Health, assess
 from ballpass.stream.history import HistoryStore, keep_result
 from ballpass.stream.metrics import StreamMetrics
-from ballpass.stream.mqtt_source import Delivery, MqttSource
+from ballpass.stream.mqtt_source import Delivery, MqttSource, Source
 from ballpass.stream.ops_http import OpsServer
 from ballpass.stream.pipeline import BatchOutput, Incoming, Pipeline
 from ballpass.stream.publisher import Publisher, latest_diagnoses
@@ -53,29 +53,46 @@ log = logging.getLogger(__name__)
 GATEWAY_COUNTERS = ("captured", "queued", "published", "dropped", "replayed")
 
 
+@runtime_checkable
+class _HasStatus(Protocol):
+    def status(self) -> dict[str, Any]: ...
+
+
 class StreamService:
     """Runs until `stop` is set; `counters` and `status()` describe progress."""
 
     def __init__(self, config: Config, writer: InfluxWriter, *,
                  status_file: Path | None = None, status_interval_s: float = 1.0,
-                 http: str | None = None, metrics: str | None = None) -> None:
+                 http: str | None = None, metrics: str | None = None,
+                 cluster: bool = False) -> None:
         """`http`: the evidence page's "HOST:PORT" (overrides [stream] http); `metrics`:
-        "HOST:PORT" of `/healthz` and `/metrics` (":PORT" is loopback; None: off)."""
+        "HOST:PORT" of `/healthz` and `/metrics` (":PORT" is loopback; None: off).
+        `cluster`: a worker of the NATS cluster of [cluster] (docs/scale-out.md) instead of
+        the one process on mosquitto: per-sensor state lives in the cluster's KV bucket
+        (not in state files) and alerts reach the webhooks through the ALERTS stream."""
         self.config = config
         self.status_file = status_file
         self.status_interval_s = status_interval_s
         state_dir = config.stream.state_dir
         self.counters = StreamCounters()
         self.dead_letters = DeadLetters(state_dir / "deadletter.jsonl")
-        self.pipeline = Pipeline(config, state_dir=state_dir)
+        self.pipeline = Pipeline(config, state_dir=None if cluster else state_dir)
         self.admission: Admission[Delivery] = Admission(config, self.counters,
                                                         self.dead_letters)
         self.writer = RetryingWriter(writer, state_dir / "spool.lp", self.dead_letters,
                                      self.counters)
-        self.source = MqttSource(config.broker, config.stream, SUBSCRIPTIONS)
         self.webhooks = WebhookSender(config.webhooks, state_dir=state_dir,
                                       public_url=config.stream.public_url)
-        self.publisher = Publisher(self.source, self.webhooks, self.counters)
+        self.source: Source
+        if cluster:
+            from ballpass.stream.cluster.source import NatsSource
+            nats_source = NatsSource(config)
+            nats_source.bind(self.pipeline, self.admission.dedup, self.webhooks.submit)
+            self.source = nats_source
+        else:
+            self.source = MqttSource(config.broker, config.stream, SUBSCRIPTIONS)
+        self.publisher = Publisher(self.source, None if cluster else self.webhooks,
+                                   self.counters)
         s = config.stream
         self.history = HistoryStore(state_dir / "history", int(s.history_max_mb * 1e6),
                                     s.history_max_age_d * 86400.0)
@@ -475,6 +492,7 @@ class StreamService:
             "gateways": self.gateways,
             "online": dict(self.pipeline.online.counters),
             "history": self.history.status(),
+            "cluster": self.source.status() if isinstance(self.source, _HasStatus) else None,
         }
 
     def _write_status(self) -> None:

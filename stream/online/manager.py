@@ -151,6 +151,18 @@ class OnlineModels:
 
     # --- persistence -----------------------------------------------------------------
 
+    def adopt(self, sensor: str, model: SensorModel | None) -> None:
+        """Take `sensor`'s model, from its state file or another worker (None: start
+        learning)."""
+        if model is None:
+            self.models.pop(sensor, None)
+            return
+        fresh = self._new(sensor)
+        # The config may have changed since the model was saved: its policy and zones win.
+        model.policy, model.zone_c, model.zone_d = fresh.policy, fresh.zone_c, fresh.zone_d
+        self.models[sensor] = model
+        self.counters["state_loaded"] += 1
+
     def _dir(self) -> Path:
         assert self.state_dir is not None
         return self.state_dir / "online"
@@ -208,11 +220,7 @@ class OnlineModels:
             self._move_aside(sensor, path, f"unreadable state file: {type(e).__name__}: {e}")
             return
         model: SensorModel = data["model"]
-        fresh = self._new(sensor)
-        # The config may have changed since the file was saved: its policy and zones win.
-        model.policy, model.zone_c, model.zone_d = fresh.policy, fresh.zone_c, fresh.zone_d
-        self.models[sensor] = model
-        self.counters["state_loaded"] += 1
+        self.adopt(sensor, model)
         log.info(kv("online_state_loaded", sensor=sensor, path=path,
                     state=model.status()["state"], learned=model.learned))
 

@@ -1,0 +1,394 @@
+"""The stream's input and output on a NATS JetStream cluster, in place of `MqttSource`.
+
+The service's batch handler is the same: it gets `Delivery` objects with MQTT-style topics
+and calls `ack` after the window is written. Here an `ack` is only recorded; after the
+handler returns, the state of the batch's sensors is saved in the KV bucket and only then
+are the messages acknowledged to JetStream (stream/cluster/state.py says why).
+
+Tasks of one worker:
+- leases: every `lease_s / 3`, heartbeat, renew, take free partitions up to the fair share
+  and give back the surplus (stream/cluster/leases.py);
+- one reader per held partition, on that partition's durable consumer;
+- control: gateway status and operator commands (any worker takes them); a command is
+  re-published on its sensor's subject, so that the server routes it to the partition of
+  the sensor, whose owner applies it in order with the sensor's windows;
+- webhooks: alert transitions from the ALERTS stream (one worker each) to the webhook
+  routes. Workers publish a transition there, with its alert id and status as the
+  message id, before they acknowledge the window that caused it: a transition re-fired
+  after a worker died is dropped by JetStream's de-duplication, not sent twice.
+Batches of all partitions go through the handler one at a time (it owns the pipeline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from ballpass import backoff, topics
+from ballpass.config import BrokerConfig, Config
+from ballpass.log import kv
+from ballpass.nats_server import PARTITIONED_SUBJECT
+from ballpass.stream.cluster import topology
+from ballpass.stream.cluster.leases import RELAY_KEY, Leases
+from ballpass.stream.cluster.relay import Relay
+from ballpass.stream.cluster.state import Key, KvState
+from ballpass.stream.dedup import Deduplicator
+from ballpass.stream.mqtt_source import Delivery, Handler
+from ballpass.stream.pipeline import Pipeline
+from ballpass.stream.retrying_writer import RETRY_INITIAL_S, RETRY_MAX_S, sleep_or_stop
+
+log = logging.getLogger(__name__)
+
+MAX_ACK_PENDING = 256
+"""Windows of one partition fetched and not yet acknowledged, at most."""
+FETCH_WAIT_S = 1.0
+
+
+def default_worker_id() -> str:
+    host = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in socket.gethostname())
+    return f"{host.lower()[:40]}-{os.getpid()}"
+
+
+def topic_of(subject: str) -> tuple[str, Key | None]:
+    """The MQTT-style topic the handler routes on, and the sensor of a partitioned subject.
+
+    `bpw.{p}.{site}.{gw}.{sensor}.{leaf}` -> `bp/v1/{site}/{gw}/{sensor}/{leaf}`, except a
+    re-published command, which goes back to the site's command topic.
+    """
+    parts = subject.split(".")
+    if parts[0] == PARTITIONED_SUBJECT and len(parts) == 6:
+        _, _, site, gateway, sensor, leaf = parts
+        if leaf == "command":
+            return f"{topics.PREFIX}/{site}/command", (site, gateway, sensor)
+        return f"{topics.PREFIX}/{site}/{gateway}/{sensor}/{leaf}", (site, gateway, sensor)
+    return subject.replace(".", "/"), None
+
+
+class NatsSource:
+    """Feeds the handler from JetStream and publishes the service's messages to NATS."""
+
+    def __init__(self, config: Config) -> None:
+        assert config.cluster is not None
+        self.config = config
+        self.cluster = config.cluster
+        self.worker_id = self.cluster.worker_id or default_worker_id()
+        self.connected = False
+        self.generation = 0
+        self.counters = {"batches": 0, "partitions_taken": 0, "partitions_lost": 0,
+                         "partitions_released": 0, "commands_routed": 0,
+                         "alerts_published": 0, "alerts_duplicate": 0,
+                         "webhooks_taken": 0}
+        self._nc: nats.NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._state: KvState | None = None
+        self._leases: Leases | None = None
+        self._readers: dict[int, asyncio.Task[None]] = {}
+        self._keys: dict[int, set[Key]] = {}  # sensors seen per partition
+        self._acked: list[Delivery] = []
+        self._batch_lock = asyncio.Lock()
+        self._pipeline: Pipeline | None = None
+        self._dedup: Deduplicator | None = None
+        self._submit: Callable[[dict[str, Any]], None] | None = None
+        self._relay: Relay | None = None
+        self._relay_task: asyncio.Task[None] | None = None
+        self._relay_stop = asyncio.Event()
+
+    def bind(self, pipeline: Pipeline, dedup: Deduplicator,
+             submit_alert: Callable[[dict[str, Any]], None]) -> None:
+        """What the service owns and the source must reach: the per-sensor state (moved
+        with partitions) and the webhook routes (fed from the ALERTS stream)."""
+        self._pipeline, self._dedup, self._submit = pipeline, dedup, submit_alert
+
+    @property
+    def partitions(self) -> list[int]:
+        return sorted(self._readers)
+
+    def status(self) -> dict[str, Any]:
+        return {"worker_id": self.worker_id, "partitions": self.partitions,
+                "relay": self._relay_task is not None and not self._relay_task.done(),
+                **self.counters, **(self._state.counters if self._state else {}),
+                **(self._relay.counters if self._relay else {})}
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, handle: Handler) -> None:
+        """Connect (retrying), declare the topology, then work until `stop` is set."""
+        assert self._pipeline is not None and self._dedup is not None, "bind() first"
+        c = self.cluster
+        attempt = 0
+        while not stop.is_set():
+            try:
+                self._nc = await nats.connect(
+                    list(c.servers), user=c.username, password=c.password(), name=self.worker_id,
+                    max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                    allow_reconnect=True, connect_timeout=2,
+                    disconnected_cb=self._disconnected, reconnected_cb=self._reconnected)
+                self._js = self._nc.jetstream(timeout=10)
+                buckets = await topology.declare(self._js, c)
+                break
+            except Exception as e:  # any failure to reach or set up the cluster: retry
+                attempt += 1
+                delay = backoff.jittered_s(attempt, RETRY_INITIAL_S, RETRY_MAX_S)
+                log.warning(kv("cluster_unreachable", servers=",".join(c.servers),
+                               attempt=attempt, reason=repr(e), retry_in_s=round(delay, 1)))
+                await self._close()
+                await sleep_or_stop(stop, delay)
+        if stop.is_set():
+            await self._close()
+            return
+        self.connected = True
+        log.info(kv("cluster_connected", worker=self.worker_id, servers=",".join(c.servers)))
+        self._state = KvState(buckets[topology.STATE], self._pipeline, self._dedup)
+        self._leases = Leases(buckets[topology.LEASES], buckets[topology.WORKERS],
+                              self.worker_id, c.partitions, lease_s=c.lease_s)
+        tasks = [asyncio.create_task(self._lease_loop(stop, handle), name="leases"),
+                 asyncio.create_task(self._control_loop(stop, handle), name="control"),
+                 asyncio.create_task(self._webhook_loop(stop), name="webhooks-in")]
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._stop_relay()
+            # A batch in the handler finishes (and is acknowledged) before readers stop.
+            async with self._batch_lock:
+                for task in self._readers.values():
+                    task.cancel()
+            await asyncio.gather(*self._readers.values(), return_exceptions=True)
+            self._readers.clear()
+            with contextlib.suppress(Exception):
+                await self._leases.release_all()
+            await self._close()
+
+    async def _close(self) -> None:
+        self.connected = False
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+        self._nc = None
+
+    async def _disconnected(self) -> None:
+        self.connected = False
+        log.warning(kv("cluster_disconnected", worker=self.worker_id))
+
+    async def _reconnected(self) -> None:
+        self.connected = True
+        log.info(kv("cluster_reconnected", worker=self.worker_id))
+
+    # --- partitions ------------------------------------------------------------------
+
+    async def _lease_loop(self, stop: asyncio.Event, handle: Handler) -> None:
+        """Every `lease_s / 3`: a lease round, then readers and relay made to match the
+        leases that are valid (whatever part of the round failed)."""
+        assert self._leases is not None
+        leases = self._leases
+        while not stop.is_set():
+            try:
+                await leases.tick()
+                for p in leases.surplus(await leases.live_workers()):
+                    await self._stop_reader(p)
+                    await leases.release(p)
+                    self.counters["partitions_released"] += 1
+            except Exception as e:  # the cluster does not answer: leases lapse if it lasts
+                log.warning(kv("lease_round_failed", worker=self.worker_id, reason=repr(e)))
+            for p in list(self._readers):
+                if not leases.valid(p) or self._readers[p].done():
+                    self.counters["partitions_lost"] += p not in leases.held
+                    await self._stop_reader(p)
+            for p in leases.held:
+                if p not in self._readers and leases.valid(p):
+                    self.counters["partitions_taken"] += 1
+                    self._readers[p] = asyncio.create_task(self._reader(p, handle),
+                                                           name=f"partition-{p}")
+            await self._run_relay(leases.valid(RELAY_KEY))
+            await sleep_or_stop(stop, self.cluster.lease_s / 3)
+
+    async def _run_relay(self, should: bool) -> None:
+        """Start the relay when this worker took its lease, stop it when the lease is lost
+        (the next holder resumes the same MQTT session)."""
+        running = self._relay_task is not None and not self._relay_task.done()
+        if should and not running:
+            assert self._js is not None
+            self._relay = Relay(self.config, self._js)
+            self._relay_stop = asyncio.Event()
+            self._relay_task = asyncio.create_task(self._relay.run(self._relay_stop),
+                                                   name="relay")
+        elif not should and running:
+            await self._stop_relay()
+
+    async def _stop_relay(self) -> None:
+        if self._relay_task is not None:
+            self._relay_stop.set()
+            with contextlib.suppress(Exception):
+                await self._relay_task
+        self._relay_task = None
+
+    async def _stop_reader(self, p: int) -> None:
+        task = self._readers.pop(p, None)
+        if task is None:
+            return
+        async with self._batch_lock:  # never in the middle of a batch
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+    async def _reader(self, p: int, handle: Handler) -> None:
+        """Read partition `p` while this worker holds its lease; after a failure (a node
+        lost, a leader being elected) take the consumer again from its first
+        unacknowledged window, with the sensors' state reloaded from the KV bucket."""
+        assert self._js is not None and self._state is not None
+        attempt = 0
+        while self._leases is not None and self._leases.valid(p):
+            # Sensors seen in `p` before: their state is the bucket's, not this memory's.
+            self._state.forget(self._keys.pop(p, set()))
+            try:
+                await topology.take_consumer(self._js, p, self.cluster.replicas,
+                                             MAX_ACK_PENDING)
+                sub = await self._js.pull_subscribe_bind(durable=topology.consumer_name(p),
+                                                         stream=topology.WINDOWS)
+                log.info(kv("partition_reading", partition=p, worker=self.worker_id))
+                while True:
+                    try:
+                        msgs = await sub.fetch(self.config.stream.batch_max,
+                                               timeout=FETCH_WAIT_S)
+                    except TimeoutError:  # nothing new (nats-py's is a TimeoutError)
+                        continue
+                    async with self._batch_lock:
+                        if not self._leases.valid(p):
+                            return  # lease lost while fetching: the new owner reads them
+                        await self._process(msgs, handle, p)
+                    attempt = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                attempt += 1
+                delay = backoff.jittered_s(attempt, RETRY_INITIAL_S, RETRY_MAX_S)
+                log.warning(kv("partition_reader_failed", partition=p, worker=self.worker_id,
+                               reason=repr(e), retry_in_s=round(delay, 1)))
+                await asyncio.sleep(delay)
+
+    async def _process(self, msgs: list[Msg], handle: Handler, p: int | None) -> None:
+        """One batch through the handler; the state saved, then the acknowledgements."""
+        assert self._state is not None
+        self.generation += 1
+        deliveries: list[Delivery] = []
+        keys: dict[int, Key] = {}
+        for i, m in enumerate(msgs):
+            topic, key = topic_of(m.subject)
+            deliveries.append(Delivery(topic, m.data, 1, i, self.generation))
+            if key is not None:
+                keys[i] = key
+        if p is not None:
+            self._keys.setdefault(p, set()).update(keys.values())
+        await self._state.load(set(keys.values()))
+        self._acked = []
+        await handle(deliveries)
+        acked = [d.mid for d in self._acked if d.generation == self.generation]
+        self._acked = []
+        await self._state.save({keys[i] for i in acked if i in keys
+                                and deliveries[i].topic.endswith("/window")})
+        for i in acked:
+            await msgs[i].ack()
+        self.counters["batches"] += 1
+
+    # --- control and alerts -----------------------------------------------------------
+
+    async def _pull(self, stop: asyncio.Event, durable: str, stream: str,
+                    each: Callable[[list[Msg]], Awaitable[None]]) -> None:
+        assert self._js is not None
+        sub = await self._js.pull_subscribe_bind(durable=durable, stream=stream)
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(self.config.stream.batch_max, timeout=FETCH_WAIT_S)
+            except TimeoutError:
+                continue
+            except Exception as e:  # reconnecting: try again shortly
+                log.warning(kv("cluster_fetch_failed", consumer=durable, reason=repr(e)))
+                await sleep_or_stop(stop, 1.0)
+                continue
+            await each(msgs)
+
+    async def _control_loop(self, stop: asyncio.Event, handle: Handler) -> None:
+        async def each(msgs: list[Msg]) -> None:
+            assert self._js is not None
+            status: list[Msg] = []
+            for m in msgs:
+                target = self._command_subject(m.data) if m.subject.endswith(".command") \
+                    else None
+                if target is not None:
+                    await self._js.publish(target, m.data)
+                    self.counters["commands_routed"] += 1
+                    await m.ack()
+                else:
+                    status.append(m)  # status, or a command the service must refuse
+            if status:
+                async with self._batch_lock:
+                    await self._process(status, handle, None)
+        await self._pull(stop, topology.CONTROL_CONSUMER, topology.CONTROL, each)
+
+    def _command_subject(self, payload: bytes) -> str | None:
+        """The sensor subject of an operator command (None: not one the config knows)."""
+        try:
+            sensor = json.loads(payload).get("sensor")
+            gateway, _ = self.config.sensor_index()[sensor]
+        except (ValueError, AttributeError, KeyError, TypeError):
+            return None
+        return f"{topics.PREFIX.replace('/', '.')}.{self.config.site.id}.{gateway.id}" \
+               f".{sensor}.command"
+
+    async def _webhook_loop(self, stop: asyncio.Event) -> None:
+        async def each(msgs: list[Msg]) -> None:
+            for m in msgs:
+                try:
+                    alert = json.loads(m.data)
+                except ValueError as e:
+                    log.error(kv("alert_message_unreadable", reason=e))
+                else:
+                    if self._submit is not None:
+                        self._submit(alert)  # spooled to disk by the webhook sender
+                    self.counters["webhooks_taken"] += 1
+                await m.ack()
+        await self._pull(stop, topology.WEBHOOK_CONSUMER, topology.ALERTS, each)
+
+    # --- what the service calls ---------------------------------------------------------
+
+    def ack(self, d: Delivery) -> None:
+        """Recorded; acknowledged to JetStream after the batch's state is saved."""
+        self._acked.append(d)
+
+    async def publish(self, topic: str, payload: str, *, retain: bool = False) -> bool:
+        """Diagnoses on their NATS subject (MQTT subscribers of any node see the topic;
+        NATS keeps no retained copy of a message published from NATS). An alert goes to
+        the ALERTS stream, de-duplicated by its id and status; its failure raises, so that
+        the window that caused it is not acknowledged (and it reaches MQTT subscribers too)."""
+        if self._nc is None or self._js is None:
+            log.warning(kv("publish_failed", topic=topic, reason="not connected"))
+            return False
+        parts = topic.split("/")
+        if len(parts) == 4 and parts[3] == "alerts":
+            alert = json.loads(payload)
+            msg_id = f"{alert.get('kind', 'machine')}:{alert['alert_id']}:{alert['status']}"
+            ack = await self._js.publish(f"{topology.ALERT_SUBJECT}.{parts[2]}",
+                                         payload.encode(), headers={"Nats-Msg-Id": msg_id})
+            self.counters["alerts_duplicate" if ack.duplicate else "alerts_published"] += 1
+        try:
+            await self._nc.publish(topic.replace("/", "."), payload.encode())
+            return True
+        except Exception as e:
+            log.warning(kv("publish_failed", topic=topic, reason=repr(e)))
+            return False
+
+    def reconfigure(self, broker: BrokerConfig) -> None:
+        """[broker] does not apply to a worker (it reads [cluster]); logged."""
+        log.info(kv("cluster_reconfigure_ignored", reason="workers read [cluster]"))
