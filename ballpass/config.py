@@ -20,6 +20,7 @@ from typing import Any
 
 from ballpass.credentials import expand_or_fail
 from ballpass.listen import parse_listen
+from ballpass.models import iso20816
 from ballpass.models.bearing import BearingGeometry
 from ballpass.models.catalog import lookup as lookup_bearing
 from ballpass.models.window import MAX_WINDOW_SAMPLES, default_window_samples
@@ -208,7 +209,6 @@ def effective_levels(group: int, foundation: str, given: LevelOverrides) -> Asse
     """An asset's levels: each one `given` in its config, else the ISO 20816-3 boundary of
     its machine `group` and `foundation`, and the diagnosis' default line thresholds.
     Raises ValueError for an unknown group/foundation."""
-    from ballpass.models import iso20816
     # Imported here: the line thresholds have one home, the stream's constants module (no
     # imports of its own, so a gateway loading its config stays light).
     from ballpass.stream import thresholds as th
