@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ballpass import __version__
 
 if TYPE_CHECKING:
-    from ballpass.config import Config
+    from ballpass.config import AssetLevels, Config
 
 EXIT_CONFIG = 2
 _log = logging.getLogger("ballpass.cli")
@@ -292,7 +292,31 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for g in config.gateways:  # one line per sensor: which window, and why
         for s in g.sensors:
             print(f"gateway {g.id} sensor {s.id}: {s.window_reason or s.window_samples}")
+    for a in config.assets:  # one line per asset: its effective levels, and where from
+        print(f"asset {a.id} levels: {_levels_line(a.levels)}")
     return 0
+
+
+def _levels_line(levels: AssetLevels) -> str:
+    """"warning (A/B) 1.4 mm/s, ... (ISO 20816-3 group 2 rigid); line_snr 10 dB, ...
+    (default)": each group of levels with its source, said once when they share it."""
+    by_key = levels.by_key()
+    groups = (("velocity_warning_mm_s", "velocity_alert_mm_s", "velocity_danger_mm_s"),
+              ("line_snr_db", "strong_line_snr_db"))
+    names = {"velocity_warning_mm_s": "warning (A/B)", "velocity_alert_mm_s": "alert (B/C)",
+             "velocity_danger_mm_s": "danger (C/D)", "line_snr_db": "line_snr",
+             "strong_line_snr_db": "strong_line_snr"}
+    parts = []
+    for keys in groups:
+        unit = "mm/s" if keys[0].endswith("mm_s") else "dB"
+        sources = {by_key[k].source for k in keys}
+        if len(sources) == 1:
+            parts.append(", ".join(f"{names[k]} {by_key[k].value:g} {unit}" for k in keys)
+                         + f" ({sources.pop()})")
+        else:
+            parts.append(", ".join(f"{names[k]} {by_key[k].value:g} {unit} "
+                                   f"({by_key[k].source})" for k in keys))
+    return "; ".join(parts)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import tomllib
@@ -20,6 +21,7 @@ from typing import Any
 
 from ballpass.credentials import expand_or_fail
 from ballpass.listen import parse_listen
+from ballpass.models import iso20816
 from ballpass.models.bearing import BearingGeometry
 from ballpass.models.catalog import lookup as lookup_bearing
 from ballpass.models.window import MAX_WINDOW_SAMPLES, default_window_samples
@@ -141,9 +143,96 @@ class StreamConfig:
         return _read_secret(self.password_file)
 
 
+LEVEL_KEYS: tuple[str, ...] = ("velocity_warning_mm_s", "velocity_alert_mm_s",
+                               "velocity_danger_mm_s", "line_snr_db", "strong_line_snr_db")
+"""An asset's own alert and danger levels in `[[asset]]` (docs/config.md "Levels"). The
+velocity ones are the ISO 20816-3 zone boundaries A/B (warning), B/C (alert) and C/D
+(danger); the SNR ones the envelope line thresholds of the diagnosis."""
+
+SOURCE_CONFIG = "config"
+SOURCE_DEFAULT_SNR = "default"
+
+
+@dataclass(frozen=True)
+class LevelOverrides:
+    """The levels an `[[asset]]` sets itself (None: the default). mm/s and dB."""
+
+    velocity_warning_mm_s: float | None = None
+    velocity_alert_mm_s: float | None = None
+    velocity_danger_mm_s: float | None = None
+    line_snr_db: float | None = None
+    strong_line_snr_db: float | None = None
+
+
+@dataclass(frozen=True)
+class Level:
+    """One effective level: its value (mm/s or dB) and where it comes from ("config",
+    "ISO 20816-3 group 2 rigid", "default")."""
+
+    value: float
+    source: str
+
+
+@dataclass(frozen=True)
+class AssetLevels:
+    """The effective alert and danger levels of one asset: velocity r.m.s. zone
+    boundaries in mm/s (warning A/B, alert B/C, danger C/D) and the envelope line SNR
+    thresholds in dB (a line is present at `line_snr`, evidence on its own at
+    `strong_line_snr`). What the diagnosis, the online models' zone projections, the
+    `iso20816` points and the evidence page use for this asset."""
+
+    warning: Level
+    alert: Level
+    danger: Level
+    line_snr: Level
+    strong_line_snr: Level
+
+    @property
+    def zone_boundaries_mm_s(self) -> tuple[float, float, float]:
+        """(A/B, B/C, C/D) in mm/s."""
+        return (self.warning.value, self.alert.value, self.danger.value)
+
+    @property
+    def line_snr_db(self) -> float:
+        return self.line_snr.value
+
+    @property
+    def strong_line_snr_db(self) -> float:
+        return self.strong_line_snr.value
+
+    def by_key(self) -> dict[str, Level]:
+        """Every level by its `[[asset]]` key (`LEVEL_KEYS` order)."""
+        return dict(zip(LEVEL_KEYS, (self.warning, self.alert, self.danger, self.line_snr,
+                                     self.strong_line_snr), strict=True))
+
+
+def effective_levels(group: int, foundation: str, given: LevelOverrides) -> AssetLevels:
+    """An asset's levels: each one `given` in its config, else the ISO 20816-3 boundary of
+    its machine `group` and `foundation`, and the diagnosis' default line thresholds.
+    Raises ValueError for an unknown group/foundation."""
+    # Imported here: the line thresholds have one home, the stream's constants module (no
+    # imports of its own, so a gateway loading its config stays light).
+    from ballpass.stream import thresholds as th
+
+    iso = iso20816.boundaries(group, foundation)
+    where = iso20816.describe(group, foundation)
+
+    def pick(value: float | None, default: float, source: str) -> Level:
+        return Level(default, source) if value is None else Level(value, SOURCE_CONFIG)
+
+    return AssetLevels(
+        pick(given.velocity_warning_mm_s, iso[0], where),
+        pick(given.velocity_alert_mm_s, iso[1], where),
+        pick(given.velocity_danger_mm_s, iso[2], where),
+        pick(given.line_snr_db, th.LINE_SNR_DB, SOURCE_DEFAULT_SNR),
+        pick(given.strong_line_snr_db, th.STRONG_LINE_SNR_DB, SOURCE_DEFAULT_SNR),
+    )
+
+
 @dataclass(frozen=True)
 class AssetConfig:
-    """A machine. `shaft_hz` is the nominal running speed in Hz (None: estimated)."""
+    """A machine. `shaft_hz` is the nominal running speed in Hz (None: estimated).
+    `level_overrides`: its own alert and danger levels; `levels` the effective ones."""
 
     id: str
     kind: str
@@ -154,6 +243,12 @@ class AssetConfig:
     iso_foundation: str = "rigid"
     online: OnlinePolicy = field(default_factory=OnlinePolicy)
     alert: AlertPolicy | None = None  # None: the stream's [stream.alert]
+    level_overrides: LevelOverrides = field(default_factory=LevelOverrides)
+
+    @functools.cached_property
+    def levels(self) -> AssetLevels:
+        """The effective levels (`effective_levels`), computed once per asset."""
+        return effective_levels(self.iso_group, self.iso_foundation, self.level_overrides)
 
 
 @dataclass(frozen=True)
@@ -463,6 +558,10 @@ def burst_fits(r: TableReader, n: int, fs_hz: float, interval_s: float) -> bool:
     return False
 
 
+def _finite_positive(v: float) -> str | None:
+    return None if math.isfinite(v) and v > 0 else "must be finite and > 0"
+
+
 def _non_negative(v: float) -> str | None:
     return None if math.isfinite(v) and v >= 0 else "must be >= 0"
 
@@ -554,11 +653,37 @@ def _parse_asset(r: TableReader) -> AssetConfig | None:
     bearing = parse_bearing(r)
     online = _parse_online(r.sub("online")) if "online" in r.table else d["online"]
     alert = _parse_alert_policy(r.sub("alert")) if "alert" in r.table else d["alert"]
+    overrides = _parse_levels(r, group, foundation)
     r.finish()
     if asset_id is None or bearing is None:
         return None
     return AssetConfig(asset_id, kind, bearing, shaft_hz, tacho, group, foundation,
-                       online, alert)
+                       online, alert, overrides)
+
+
+def _parse_levels(r: TableReader, group: int, foundation: str) -> LevelOverrides:
+    """The asset's own levels (`LEVEL_KEYS`), each finite and > 0, checked together with
+    the defaults they replace: warning < alert < danger (mm/s) and line_snr_db <=
+    strong_line_snr_db (dB). A broken order is reported at a key the asset set."""
+    given = LevelOverrides(**{k: r.get(k, float, check=_finite_positive) for k in LEVEL_KEYS})
+    if all(v is None for v in dataclasses.astuple(given)):
+        return given
+    levels = effective_levels(group, foundation, given).by_key()
+    set_keys = {k for k in LEVEL_KEYS if getattr(given, k) is not None}
+    pairs = (("velocity_warning_mm_s", "velocity_alert_mm_s", "<"),
+             ("velocity_alert_mm_s", "velocity_danger_mm_s", "<"),
+             ("line_snr_db", "strong_line_snr_db", "<="))
+    for lo, hi, op in pairs:
+        a, b = levels[lo], levels[hi]
+        if (a.value < b.value) if op == "<" else (a.value <= b.value):
+            continue
+        # Blame the key the asset set: the upper one when both are its own.
+        key, other, rel = (hi, lo, ">" if op == "<" else ">=") if hi in set_keys \
+            else (lo, hi, op)
+        o = levels[other]
+        r.fail(key, f"must be {rel} {other} = {o.value:g} ({o.source}), "
+               f"got {getattr(given, key)!r}")
+    return given
 
 
 def _parse_online(o: TableReader) -> OnlinePolicy:

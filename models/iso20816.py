@@ -86,16 +86,33 @@ def boundaries(group: int, foundation: str) -> tuple[float, float, float]:
     return ZONE_BOUNDARIES_MM_S[key]
 
 
+def describe(group: int, foundation: str) -> str:
+    """Where the default boundaries come from, for people: "ISO 20816-3 group 2 rigid"."""
+    return f"ISO 20816-3 group {group} {foundation.lower()}"
+
+
 def zone(velocity_rms_mm_s: float, group: int = 2, foundation: str = "rigid") -> str:
     """ISO 20816-3 zone "A".."D" of a velocity r.m.s. in mm/s.
 
     A value on a boundary belongs to the upper zone (the boundary is where the upper
     zone starts). Raises ValueError for a negative or non-finite velocity.
     """
+    return zone_of(velocity_rms_mm_s, boundaries(group, foundation))
+
+
+def zone_of(velocity_rms_mm_s: float, bounds_mm_s: tuple[float, float, float]) -> str:
+    """Zone "A".."D" of a velocity r.m.s. (mm/s) against (A/B, B/C, C/D) boundaries in
+    mm/s: an asset's own levels or the table's (`boundaries`). A value on a boundary
+    belongs to the upper zone. Raises ValueError for a negative or non-finite velocity,
+    or boundaries that are not finite, positive and increasing.
+    """
     v = float(velocity_rms_mm_s)
     if not math.isfinite(v) or v < 0.0:
         raise ValueError(f"velocity_rms_mm_s: must be finite and >= 0, got {velocity_rms_mm_s}")
-    ab, bc, cd = boundaries(group, foundation)
+    ab, bc, cd = (float(b) for b in bounds_mm_s)
+    if not (all(math.isfinite(b) for b in (ab, bc, cd)) and 0.0 < ab < bc < cd):
+        raise ValueError(f"zone boundaries: must be finite and 0 < A/B < B/C < C/D mm/s, "
+                         f"got {tuple(bounds_mm_s)}")
     if v < ab:
         return "A"
     if v < bc:

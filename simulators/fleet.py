@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from ballpass.config import Config, ConfigError, SensorConfig, read_toml
-from ballpass.models import iso20816
 from ballpass.models.catalog import lookup
 from ballpass.models.window import default_window_samples
 from ballpass.simulators.degradation import (
@@ -479,7 +478,7 @@ def zone_crossings(config: Config, fault: FaultSpec) -> dict[str, float | None] 
     drv = SimulatedDriver(s, asset)  # its machine extras, as the run will synthesize them
     if not drv.shaft_hz:
         return None
-    _, c, d = iso20816.boundaries(asset.iso_group, asset.iso_foundation)
+    _, c, d = asset.levels.zone_boundaries_mm_s  # the zones the stream will judge by
     extras = {"looseness": drv.looseness, "gear_teeth": drv.gear_teeth,
               "gear_wear": drv.gear_wear, "noise_g": drv.noise_g}
     return zone_crossings_s(fault.trajectory, asset.bearing.orders(), drv.shaft_hz,

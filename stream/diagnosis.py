@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -64,6 +65,31 @@ class Diagnosis:
     evidence: tuple[Evidence, ...]
     reason: str
     iso_zone: str
+
+
+class DecisionLevels(Protocol):
+    """An asset's own decision levels (`ballpass.config.AssetLevels` is one): the velocity
+    zone boundaries (A/B, B/C, C/D) in mm/s, and the envelope line thresholds in dB."""
+
+    @property
+    def zone_boundaries_mm_s(self) -> tuple[float, float, float]: ...
+
+    @property
+    def line_snr_db(self) -> float: ...
+
+    @property
+    def strong_line_snr_db(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class _Thresholds:
+    """The envelope line thresholds one window is judged by (dB)."""
+
+    line: float = th.LINE_SNR_DB
+    strong: float = th.STRONG_LINE_SNR_DB
+    # Cage lines ask for more than any line (`CAGE_LINE_SNR_DB`), and never for less
+    # than an asset's own presence threshold.
+    cage: float = th.CAGE_LINE_SNR_DB
 
 
 def _conf(excess_db: float) -> float:
@@ -126,14 +152,15 @@ shaft for the inner race, the cage (FTF) for a ball (Randall & Antoni 2011, sec.
 Used only to tell two coinciding patterns apart, not to detect a defect."""
 
 
-def _bearing_candidates(batch: FeatureBatch, i: int) -> tuple[list[_Candidate], list[str]]:
+def _bearing_candidates(batch: FeatureBatch, i: int, t: _Thresholds
+                        ) -> tuple[list[_Candidate], list[str]]:
     """The defect families present in window `i` after exclusive attribution, best first,
     and the families left undecided (two patterns that only share lines), if any."""
-    thr = th.LINE_SNR_DB
+    thr = t.line
     cands: list[_Candidate] = []
     for name, li, sbs, odd in _FAMILIES:
         # Most windows have no fundamental: read the number before building evidence.
-        if batch.line_snr_db[i, li, 0] < (th.CAGE_LINE_SNR_DB if name == Fault.CAGE else thr):
+        if batch.line_snr_db[i, li, 0] < (t.cage if name == Fault.CAGE else thr):
             continue
         lines = _line_evidence(batch, i, li)
         fundamental = lines[0]
@@ -142,13 +169,13 @@ def _bearing_candidates(batch: FeatureBatch, i: int) -> tuple[list[_Candidate], 
         bsf = _line_evidence(batch, i, _BSF) if odd else []
         odd_lines = [bsf[h] for h in odd if bsf[h].snr_db >= thr]
         if name == Fault.CAGE:
-            ok = sum(e.snr_db >= th.CAGE_LINE_SNR_DB for e in present) >= 2
+            ok = sum(e.snr_db >= t.cage for e in present) >= 2
         else:
             # Fundamental plus MIN_SUPPORT_LINES more (harmonics, sidebands, odd BSF lines),
             # or a strong fundamental. On white noise one line passes in ~1 % of searches.
             ok = (
                 len(present) - 1 + len(sidebands) + len(odd_lines) >= th.MIN_SUPPORT_LINES
-                or fundamental.snr_db >= th.STRONG_LINE_SNR_DB
+                or fundamental.snr_db >= t.strong
             )
         if not ok:
             continue
@@ -345,6 +372,7 @@ def diagnose(
     iso_foundation: str = "rigid",
     impacts: np.ndarray | None = None,
     clipped_at_source: bool = False,
+    levels: DecisionLevels | None = None,
 ) -> Diagnosis:
     """Diagnose window `i` of `batch` for a machine in ISO 20816-3 `iso_group` (1 or 2)
     on a `iso_foundation` ("rigid" or "flexible") foundation.
@@ -352,15 +380,23 @@ def diagnose(
     `impacts`: the sensor's impact-interval counts (F, 2) pooled over its recent windows,
     this one included (`ImpactHistory.add`); default: this window's own counts.
     `clipped_at_source`: the gateway flagged the window as clipped (wire flags bit 1).
-    Raises IndexError for a bad `i` and ValueError for an unknown group/foundation.
+    `levels`: the asset's own levels (`AssetConfig.levels`): its zone boundaries replace
+    the ISO table's for `iso_group`/`iso_foundation`, its line thresholds LINE_SNR_DB and
+    STRONG_LINE_SNR_DB; None: those defaults.
+    Raises IndexError for a bad `i` and ValueError for an unknown group/foundation or
+    boundaries that are not increasing.
     """
     n = len(batch)
     if not -n <= i < n:
         raise IndexError(f"window index {i} out of range for a batch of {n}")
-    iso20816.boundaries(iso_group, iso_foundation)
+    bounds = iso20816.boundaries(iso_group, iso_foundation) if levels is None \
+        else levels.zone_boundaries_mm_s
+    t = _Thresholds() if levels is None else _Thresholds(
+        levels.line_snr_db, levels.strong_line_snr_db,
+        max(th.CAGE_LINE_SNR_DB, levels.line_snr_db))
     row = batch.row(i)
     vel = row["velocity_rms_mm_s"]
-    zone = iso20816.zone(vel, iso_group, iso_foundation) if math.isfinite(vel) else ""
+    zone = iso20816.zone_of(vel, bounds) if math.isfinite(vel) else ""
 
     # 1. Sensor health first: nothing else means anything on a broken signal.
     condition = _sensor_condition(batch, i, row, clipped_at_source)
@@ -409,14 +445,14 @@ def diagnose(
         )
 
     # 3. Bearing defects.
-    cands, undecided = _bearing_candidates(batch, i)
+    cands, undecided = _bearing_candidates(batch, i, t)
     if undecided:
         ev = tuple(
             e
             for name, li, _, _ in _FAMILIES
             if name in undecided
             for e in _line_evidence(batch, i, li)
-            if e.snr_db >= th.LINE_SNR_DB
+            if e.snr_db >= t.line
         )
         return Diagnosis(
             Fault.UNKNOWN_ANOMALY,
@@ -429,7 +465,7 @@ def diagnose(
     if cands:
         score, name, support = cands[0].score, cands[0].name, cands[0].support
         best = max(e.snr_db for e in support)
-        conf = _conf(best - th.LINE_SNR_DB + th.SUPPORT_BONUS_DB * (len(support) - 1))
+        conf = _conf(best - t.line + th.SUPPORT_BONUS_DB * (len(support) - 1))
         if len(cands) > 1:
             # A rival pattern close in score lowers the confidence.
             conf *= float(min(1.0, 0.5 + (score - cands[1].score) / th.CONFIDENCE_FULL_DB))
@@ -452,7 +488,9 @@ def diagnose(
         x1_snr = float(batch.x1_snr_db[i])
         x2_snr = float(batch.x2_snr_db[i])
         ev = (Evidence("1x", 1, shaft, x1_snr), Evidence("2x", 2, 2.0 * shaft, x2_snr))
-        # Only real lines count: in broadband noise 1× and 2× read the noise level.
+        # Only real lines count: in broadband noise 1× and 2× read the noise level. These
+        # are lines of the raw spectrum, not the envelope's: an asset's line_snr_db (set for
+        # its envelope lines) does not move them.
         x1_line = x1_snr >= th.LINE_SNR_DB
         x2_line = x2_snr >= th.LINE_SNR_DB
         if x2_line and x2 >= th.MISALIGNMENT_X2_RATIO * x1:
@@ -500,6 +538,6 @@ def diagnose(
 
     # 7. Normal: confident the further the strongest line sits below the threshold.
     worst = float(np.max(batch.line_snr_db[i, :_SHAFT, 0]))  # bearing lines only
-    conf = float(min(1.0, max(0.5, 0.5 + 0.5 * (th.LINE_SNR_DB - worst) / th.LINE_SNR_DB)))
+    conf = float(min(1.0, max(0.5, 0.5 + 0.5 * (t.line - worst) / t.line)))
     return Diagnosis(Fault.NORMAL, conf, (), f"no defect pattern; strongest line {worst:.1f} dB",
                      zone)

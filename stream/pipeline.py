@@ -185,7 +185,8 @@ class Pipeline:
                     asset = self.sensors[item.sensor][1]
                     pooled = self.impacts.add(item.sensor, feats.impact_counts[i])
                     diag = diagnose(feats, i, asset.iso_group, asset.iso_foundation, pooled,
-                                    clipped_at_source=item.window.clipped)
+                                    clipped_at_source=item.window.clipped,
+                                    levels=asset.levels)
                     results.append(Result(item, asset.id, diag, feats.row(i),
                                           line_amp_g=float(np.max(feats.line_amp_g[i]))))
 

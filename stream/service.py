@@ -343,15 +343,19 @@ class StreamService:
                      time.time_ns())
 
     async def _write_iso_boundaries(self) -> None:
-        """One `iso20816` point per asset: its zone boundaries, for dashboards' thresholds."""
-        from ballpass.models.iso20816 import boundaries
+        """One `iso20816` point per asset: its zone boundaries (its own levels where its
+        config sets them, else the ISO table's), for dashboards' thresholds."""
         now = time.time_ns()
         points = []
         for a in self.config.assets:
-            ab, bc, cd = boundaries(a.iso_group, a.iso_foundation)
+            lv = a.levels
+            ab, bc, cd = lv.zone_boundaries_mm_s
             points.append(Point("iso20816", {"site": self.config.site.id, "asset": a.id},
                                 {"group": a.iso_group, "foundation": a.iso_foundation,
-                                 "ab_mm_s": ab, "bc_mm_s": bc, "cd_mm_s": cd}, now))
+                                 "ab_mm_s": ab, "bc_mm_s": bc, "cd_mm_s": cd,
+                                 "ab_source": lv.warning.source,
+                                 "bc_source": lv.alert.source,
+                                 "cd_source": lv.danger.source}, now))
         await self.writer.write_once(points, "iso_boundaries")
 
     # --- evidence page and operator actions ------------------------------------------

@@ -76,3 +76,14 @@ def test_the_velocity_feature_takes_the_band_of_each_windows_speed() -> None:
     b = extract(x, fs, np.array([f, 25.0]), lookup("SKF 6205").orders())
     assert abs(b.velocity_rms_mm_s[0] - 2.0) < 0.05
     assert b.velocity_rms_mm_s[1] < 0.05
+
+
+def test_zone_of_takes_an_assets_own_boundaries() -> None:
+    """`zone_of` judges by any increasing boundaries (an asset's levels); `zone` is it with
+    the table's."""
+    own = (1.0, 2.2, 3.8)
+    assert [iso20816.zone_of(v, own) for v in (0.5, 1.0, 2.5, 3.8)] == ["A", "B", "C", "D"]
+    assert iso20816.zone(2.5) == iso20816.zone_of(2.5, iso20816.boundaries(2, "rigid")) == "B"
+    for bad in ((1.0, 1.0, 3.0), (0.0, 2.0, 3.0), (1.0, 2.0, float("inf"))):
+        with pytest.raises(ValueError, match="zone boundaries"):
+            iso20816.zone_of(1.0, bad)

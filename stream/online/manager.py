@@ -22,7 +22,6 @@ from typing import Any
 
 from ballpass.config import AssetConfig, Config
 from ballpass.log import kv
-from ballpass.models import iso20816
 from ballpass.stream.alerts import AlertTracker, Transition
 from ballpass.stream.online.model import (
     STATE_VERSION,
@@ -65,7 +64,7 @@ class OnlineModels:
 
     def _new(self, sensor: str) -> SensorModel:
         asset = self.assets[sensor]
-        _, bc, cd = iso20816.boundaries(asset.iso_group, asset.iso_foundation)
+        _, bc, cd = asset.levels.zone_boundaries_mm_s  # its own levels, else ISO 20816-3
         return SensorModel(asset.online, bc, cd)
 
     def model(self, sensor: str) -> SensorModel:

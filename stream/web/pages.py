@@ -286,13 +286,15 @@ def sensor_fragment(state: EvidenceState, sensor: str, csrf: str = "") -> str:
     tr = state.trend(sensor)
     if view.sensor.kind == "acceleration":
         ab, bc, cd = state.iso_boundaries(sensor)
+        levels = view.asset.levels  # the asset's own line thresholds, else the defaults
         trends = ('<h2>Trends</h2>'
                   + trend_svg("trend-velocity", tr["t"], {"velocity RMS mm/s":
                               tr["velocity_rms_mm_s"]}, "mm/s",
                               (("A/B", ab), ("B/C", bc), ("C/D", cd)))
                   + trend_svg("trend-snr", tr["t"], {
                       "BPFO": tr["bpfo_snr_db"], "BPFI": tr["bpfi_snr_db"],
-                      "2xBSF": tr["bsf_snr_db"], "FTF": tr["ftf_snr_db"]}, "SNR, dB")
+                      "2xBSF": tr["bsf_snr_db"], "FTF": tr["ftf_snr_db"]}, "SNR, dB",
+                      (("line", levels.line_snr_db), ("strong", levels.strong_line_snr_db)))
                   + trend_svg("trend-shape", tr["t"], {"kurtosis": tr["kurtosis"],
                               "crest": tr["crest"]}, "ratio"))
     else:

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from ballpass.config import AssetConfig, Config, SensorConfig
-from ballpass.models import iso20816
 from ballpass.stream.features import LINES, extract
 from ballpass.stream.pipeline import BatchOutput
 from ballpass.wire import Kind, Window
@@ -156,8 +155,8 @@ class EvidenceState:
         return {c: [row[i] for row in data] for i, c in enumerate(cols)}
 
     def iso_boundaries(self, sensor: str) -> tuple[float, float, float]:
-        a = self.sensors[sensor].asset
-        return iso20816.boundaries(a.iso_group, a.iso_foundation)
+        """(A/B, B/C, C/D) mm/s of the sensor's asset: its own levels, else ISO 20816-3."""
+        return self.sensors[sensor].asset.levels.zone_boundaries_mm_s
 
     def spectra(self, sensor: str) -> Spectra | None:
         """Spectra of the sensor's latest window (computed once per window)."""
