@@ -125,7 +125,7 @@ class Scrape:
 
 def scrape(urls: Sequence[str]) -> Scrape:
     """GET every `/metrics` and sum the stage histograms and the stream counters."""
-    s = Scrape({k: 0.0 for k in STAGES}, {k: 0.0 for k in STAGES}, Counter())
+    s = Scrape({k: 0.0 for k in STAGES}, {k: 0.0 for k in STAGES}, {})
     for url in urls:
         with urllib.request.urlopen(url, timeout=10) as r:
             text = r.read().decode()
