@@ -11,6 +11,7 @@ configuration (a NATS cluster with N workers) is one more class with the same me
 
 from __future__ import annotations
 
+import re
 import secrets
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ballpass.devtools.loadgen import FS_HZ, N_SAMPLES, SHAFT_HZ, Target
-from ballpass.services import Influxd, Mosquitto, free_port
+from ballpass.services import TEMPLATE_PATH, Influxd, Mosquitto, free_port
 
 SITE = "bench"
 DB = "bench"
@@ -64,10 +65,11 @@ class Stack(Protocol):
 
 
 def site_toml(sensors: Mapping[str, Sequence[str]], *, port: int, influx_url: str,
-              state_dir: Path, stream_password_file: Path) -> str:
+              state_dir: Path, stream_password_file: Path, stream_options: str = "") -> str:
     """The site file of the benchmark: every sensor an acceleration sensor of 8192 samples
     at 25.6 kHz on one SKF 6205 asset at 25 Hz; the [stream] table keeps its defaults
-    (batch size, batch wait, history and online settings) but for credentials."""
+    (batch size, batch wait, history and online settings) but for credentials and
+    `stream_options` (extra `[stream]` lines)."""
     gateways = "".join(
         f'[[gateway]]\nid = "{g}"\n' + "".join(
             f'[[gateway.sensor]]\nid = "{s}"\ndriver = "simulated"\nasset = "m"\n'
@@ -85,6 +87,7 @@ db = "{DB}"
 state_dir = "{state_dir}"
 username = "stream"
 password_file = "{stream_password_file}"
+{stream_options}
 [[asset]]
 id = "m"
 kind = "motor"
@@ -114,7 +117,13 @@ class EmbeddedStack:
 
     name = "embedded"
 
-    def __init__(self) -> None:
+    def __init__(self, stream_options: str = "", broker_max_inflight: int | None = None
+                 ) -> None:
+        """`stream_options`: extra `[stream]` lines (e.g. "batch_max = 64");
+        `broker_max_inflight`: mosquitto's `max_inflight_messages` instead of the shipped
+        config's (for experiments; the benchmark runs the defaults)."""
+        self.stream_options = stream_options
+        self.broker_max_inflight = broker_max_inflight
         self._broker: Mosquitto | None = None
         self._influxd: Influxd | None = None
         self._stream: subprocess.Popen[bytes] | None = None
@@ -123,8 +132,15 @@ class EmbeddedStack:
 
     def start(self, sensors: Mapping[str, Sequence[str]], workdir: Path) -> None:
         self._passwords = {u: secrets.token_hex(12) for u in ("stream", READER, *sensors)}
+        template = None
+        if self.broker_max_inflight is not None:
+            template = workdir / "mosquitto-template.conf"
+            template.write_text(re.sub(r"(?m)^max_inflight_messages .*$",
+                                       f"max_inflight_messages {self.broker_max_inflight}",
+                                       TEMPLATE_PATH.read_text(encoding="utf-8")),
+                                encoding="utf-8")
         self._broker = Mosquitto(workdir / "mqtt", users=self._passwords,
-                                 operator_users=(READER,))
+                                 operator_users=(READER,), template=template)
         self._broker.start()
         self._influxd = Influxd(workdir / "influxd")
         self._influxd.start()
@@ -133,7 +149,8 @@ class EmbeddedStack:
         pw.write_text(self._passwords["stream"] + "\n", encoding="utf-8")
         site = workdir / "site.toml"
         site.write_text(site_toml(sensors, port=self._broker.port, influx_url=self._influxd.url,
-                                  state_dir=workdir / "state", stream_password_file=pw),
+                                  state_dir=workdir / "state", stream_password_file=pw,
+                                  stream_options=self.stream_options),
                         encoding="utf-8")
         self._metrics_port = free_port()
         log = workdir / "stream.log"

@@ -35,7 +35,7 @@ def test_bench_stream_quick_writes_its_figures(tmp_path: Path) -> None:
 
 E2E_KEYS = [f"e2e_embedded_{k}" for k in (
     "sustained_windows_per_s", "ratio_to_dsp", "latency_p50_s", "latency_p99_s",
-    "cpu_worker0", "rss_mb", "windows_published")] + [
+    "cpu_worker0_half", "rss_mb", "windows_published")] + [
     f"e2e_embedded_stage_fraction_{s}" for s in ("admit", "process", "write", "publish",
                                                  "history")] + [
     "e2e_dsp_pipeline_windows_per_s"]
