@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "JSON object. See BENCHMARKS.md.")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the figures to OUT")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
-    p.add_argument("--only", help="comma-separated parts: stream, simulators, gateway")
+    p.add_argument("--only", help="comma-separated parts: stream, simulators, gateway, e2e")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("evaluate", help="diagnose labelled recordings and score the result",

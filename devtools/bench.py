@@ -2,7 +2,7 @@
 
 Each part of ballpass has a `figures(quick: bool) -> dict[str, float]` function in its
 own module of this package (`bench_stream`, `bench_online`, `bench_simulators`,
-`bench_gateway`); this module only collects them, so a part whose dependencies are not
+`bench_gateway`, `bench_e2e`); this module only collects them, so a part whose dependencies are not
 installed (the stream extra on a gateway board) is reported, not fatal. BENCHMARKS.md
 records the figures with the machine and the command.
 """
@@ -27,6 +27,7 @@ PARTS: tuple[tuple[str, str], ...] = (
     ("simulators", "ballpass.devtools.bench_simulators"),
     ("gateway", "ballpass.devtools.bench_gateway"),
     ("stream", "ballpass.devtools.bench_online"),
+    ("e2e", "ballpass.devtools.bench_e2e"),
 )
 
 

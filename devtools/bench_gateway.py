@@ -23,7 +23,6 @@ warm-up; RSS from ``/proc/PID/status`` (VmRSS) at the end. Figures:
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sqlite3
 import subprocess
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ballpass.devtools.procstat import cpu_s, rss_mb
 from ballpass.log import kv
 from ballpass.services import Mosquitto
 
@@ -82,19 +82,6 @@ outbox = {{ path = "{outbox}" }}
 {sensors}""", encoding="utf-8")
 
 
-def _cpu_s(pid: int) -> float:
-    """utime + stime of `pid`, seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 def _measure(work: Path, port: int, recording: Path, idle: bool, warmup_s: float,
              measure_s: float) -> tuple[float, float, int]:
     """(CPU fraction of one core, RSS MB, windows published) of one gateway run."""
@@ -109,10 +96,10 @@ def _measure(work: Path, port: int, recording: Path, idle: bool, warmup_s: float
         time.sleep(warmup_s)
         if proc.poll() is not None:
             raise RuntimeError(f"bench gateway exited: {(work / f'{name}.log').read_text()}")
-        c0, t0 = _cpu_s(proc.pid), time.monotonic()
+        c0, t0 = cpu_s(proc.pid), time.monotonic()
         time.sleep(measure_s)
-        c1, t1 = _cpu_s(proc.pid), time.monotonic()
-        rss = _rss_mb(proc.pid)
+        c1, t1 = cpu_s(proc.pid), time.monotonic()
+        rss = rss_mb(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

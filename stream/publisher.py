@@ -8,6 +8,7 @@ alerts still reach people through the webhooks (which persist and retry on their
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -47,11 +48,16 @@ class Publisher:
 
     async def publish(self, latest: dict[str, tuple[Result, dict[str, Any], int]],
                       alerts: list[dict[str, Any]]) -> None:
-        for sensor, (_, message, _) in latest.items():
-            if not await self.source.publish(
-                    topics.diagnosis(message["site"], message["gateway"], sensor),
-                    json.dumps(message), retain=True):
-                break  # not connected: the rest would fail the same way
+        if latest and not self.source.connected:
+            log.warning(kv("publish_failed", what="diagnoses", count=len(latest),
+                           reason="not connected"))
+        elif latest:
+            # Together, not one after the other: each publish waits for its PUBACK, and
+            # in turn that was a broker round trip per sensor of the batch (half of the
+            # stream's time per window at 500 windows/s, BENCHMARKS.md "End to end").
+            await asyncio.gather(*(self.source.publish(
+                topics.diagnosis(message["site"], message["gateway"], sensor),
+                json.dumps(message), retain=True) for sensor, (_, message, _) in latest.items()))
         for alert in alerts:
             await self.source.publish(topics.alerts(alert["site"]), json.dumps(alert))
         self.send_alerts(alerts)

@@ -31,3 +31,34 @@ def test_bench_stream_quick_writes_its_figures(tmp_path: Path) -> None:
     # clean simulated windows.
     assert data["dsp_baseline_same_diagnosis"] >= 0.75
     assert data["jit_warm_start_kernels_compiled"] == 0.0
+
+
+E2E_KEYS = [f"e2e_embedded_{k}" for k in (
+    "sustained_windows_per_s", "ratio_to_dsp", "latency_p50_s", "latency_p99_s",
+    "cpu_worker0_half", "rss_mb", "windows_published")] + [
+    f"e2e_embedded_stage_fraction_{s}" for s in ("admit", "process", "write", "publish",
+                                                 "history")] + [
+    "e2e_dsp_pipeline_windows_per_s"]
+
+
+@pytest.mark.slow
+def test_bench_e2e_quick_writes_its_figures_and_loses_nothing(tmp_path: Path) -> None:
+    """mosquitto + influxd + one `ballpass stream`, loaded by the load generator: every
+    figure comes out, every acknowledged window is in InfluxDB once."""
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "ballpass", "bench", "--quick", "--only", "e2e",
+                        "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    missing = [k for k in E2E_KEYS if k not in data]
+    assert not missing, missing
+    for k in E2E_KEYS:
+        assert math.isfinite(data[k]) and data[k] > 0, (k, data[k])
+    assert data["e2e_embedded_windows_published"] >= 16 + 40 * 3  # warm-up + first step
+    assert data["e2e_embedded_lost"] == 0.0
+    assert data["e2e_embedded_duplicated"] == 0.0
+    assert data["e2e_embedded_unexpected"] == 0.0
+    assert data["e2e_embedded_latency_matched_fraction"] > 0.5
+    fractions = sum(data[f"e2e_embedded_stage_fraction_{s}"] for s in (
+        "admit", "process", "write", "publish", "history"))
+    assert abs(fractions - 1.0) < 1e-6
