@@ -17,19 +17,19 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import nats
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+from plant import query_rows, read_status, spawn_ballpass, wait_until
 
 from ballpass import topics, wire
 from ballpass.models.catalog import lookup
 from ballpass.nats_server import NatsCluster
 from ballpass.services import Influxd, Mosquitto
 from ballpass.simulators.signals import synthesize
-from plant import query_rows, read_status, spawn_ballpass, wait_until
 
 FS_HZ, N, SHAFT_HZ = 25600.0, 8192, 25.0
 PARTITIONS = 8
@@ -80,9 +80,9 @@ url = "{hook_url}"
 
 
 class _Hooks(BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []
+    received: ClassVar[list[dict[str, Any]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).received.append(json.loads(body))
         self.send_response(200)
@@ -283,4 +283,5 @@ def test_kill9_node_and_worker_mid_run(cluster: NatsCluster, tmp_path: Path,
                 except subprocess.TimeoutExpired:
                     proc.kill()
         hooks.shutdown()
+        hooks.server_close()
         broker.stop()
