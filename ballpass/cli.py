@@ -70,11 +70,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     # No driver runs here, and a gateway's third-party driver need not be installed on the
     # stream's host: the gateway and check-config check them.
-    config = _load_config(args.config, drivers=False)
-    if args.engine == "nats" and config.cluster is None:
-        from ballpass.config import ConfigError
-        raise ConfigError(["cluster: --engine nats needs a [cluster] section "
-                           "(docs/scale-out.md)"])
+    config = _cluster_config(args, "--engine nats") if args.engine == "nats" \
+        else _load_config(args.config, drivers=False)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -90,6 +87,31 @@ def cmd_stream(args: argparse.Namespace) -> int:
             await service.run(stop)
         finally:
             writer.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def _cluster_config(args: argparse.Namespace, what: str) -> Config:
+    config = _load_config(args.config, drivers=False)
+    if config.cluster is None:
+        from ballpass.config import ConfigError
+        raise ConfigError([f"cluster: {what} needs a [cluster] section (docs/scale-out.md)"])
+    return config
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ballpass.stream.cluster.edge import run_edge_relay
+    config = _cluster_config(args, "relay")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_edge_relay(config, stop, args.status_file)
 
     asyncio.run(main())
     return 0
@@ -181,14 +203,25 @@ def cmd_simulate_agitators(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ballpass.demo import run_demo
+    if args.cluster:
+        from ballpass.demo_cluster import cluster_extra_missing
+        missing = cluster_extra_missing()
+        if missing is not None:
+            if args.log_format == "json":  # stderr stays one JSON object per line
+                from ballpass.log import kv
+                _log.error(kv("cluster_extra_missing", error=missing))
+            else:
+                print(f"error: {missing}", file=sys.stderr)
+            return EXIT_CONFIG
     return run_demo(duration_s=args.duration, summary_json=args.summary_json,
-                    live=not args.no_live, workdir=args.workdir)
+                    live=not args.no_live, workdir=args.workdir, cluster=args.cluster)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from ballpass.devtools import bench
     only = tuple(args.only.split(",")) if args.only else ()
-    text = bench.to_json(bench.run(quick=args.quick, only=only))
+    stacks = tuple(args.e2e_stacks.split(",")) if args.e2e_stacks else ()
+    text = bench.to_json(bench.run(quick=args.quick, only=only, e2e_stacks=stacks))
     if args.json is None:
         print(text)
     else:
@@ -261,6 +294,40 @@ def cmd_sensor(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"sent {payload['action']} for {args.sensor} to {operator.command_topic(config.site.id)}")
+    return 0
+
+
+def cmd_influx_retention(args: argparse.Namespace) -> int:
+    import time
+
+    from ballpass.stream.sinks.influx import InfluxQueryError
+    from ballpass.stream.sinks.retention import apply_retention, backfill, statements
+
+    config = _load_config(args.config, drivers=False)
+    cfg = config.influx
+    if cfg.api != "v1":
+        print("error: influx.api = \"v2\": retention is the bucket's setting in InfluxDB "
+              "2.x/3.x (no continuous queries there)", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.print:
+        for statement in statements(cfg):
+            print(statement + ";")
+        return 0
+    try:
+        changes = apply_retention(cfg)
+        for line in changes:
+            print(line)
+        if not changes:
+            print(f"db {cfg.db!r}: retention policies and continuous queries up to date")
+        if args.backfill_days:
+            now = time.time_ns()
+            written = backfill(cfg, now - int(args.backfill_days * 86400e9), now,
+                               source_rp=args.source_rp)
+            print("backfilled hourly rows: " + ", ".join(f"{m}={n}"
+                                                         for m, n in written.items()))
+    except InfluxQueryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -357,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log progress lines instead of redrawing a live table")
     p.add_argument("--workdir", type=Path, help="keep configs, data and logs here "
                    "(default: a temporary dir, removed at exit)")
+    p.add_argument("--cluster", action="store_true",
+                   help="run the stream side as 2 workers on a local 3-node NATS JetStream "
+                   "cluster (docs/scale-out.md; needs pip install 'ballpass[cluster]')")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("gateway", help="run one edge gateway",
@@ -386,6 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mqtt: one process reading mosquitto (default); nats: one of N "
                    "workers on the NATS JetStream cluster of [cluster] (docs/scale-out.md)")
     p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("relay", help="a plant's relay from mosquitto to its NATS leaf node",
+                       description="Copy the site's windows, tacho readings, status and "
+                       "commands from mosquitto to the leaf node of [cluster] servers, and "
+                       "the workers' diagnoses and alerts back (docs/scale-out.md, Edge sites).")
+    _config_arg(p)
+    p.add_argument("--status-file", type=Path, metavar="FILE",
+                   help="keep a JSON file with the relay's counters up to date")
+    p.set_defaults(func=cmd_relay)
 
     p = sub.add_parser("simulate", help="simulated machines: a fleet or one recording",
                        description="Simulated sensors for trying ballpass without hardware.")
@@ -448,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, metavar="OUT", help="write the figures to OUT")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     p.add_argument("--only", help="comma-separated parts: stream, simulators, gateway, e2e")
+    p.add_argument("--e2e-stacks", metavar="NAMES",
+                   help="comma-separated configurations of the e2e part: embedded, nats1, "
+                   "nats2 (default: all)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("evaluate", help="diagnose labelled recordings and score the result",
@@ -533,6 +615,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-mosquitto-passwd", action="store_true",
                    help="write the hash without calling mosquitto_passwd")
     q.set_defaults(func=cmd_broker_add_gateway)
+
+    p = sub.add_parser("influx-retention", help="set InfluxDB retention and hourly "
+                       "downsampling now; backfill hourly aggregates",
+                       description="Create or update the retention policies (raw, long) and "
+                       "the hourly continuous queries of [influx] (what the stream does at "
+                       "start), then optionally recompute the hourly aggregates of the last "
+                       "days, e.g. after windows replayed later than hourly_lookback_h, or "
+                       "from --source-rp autogen after an upgrade. InfluxDB 1.x; needs an "
+                       "admin user. See docs/influxdb-schema.md.")
+    _config_arg(p)
+    p.add_argument("--print", action="store_true",
+                   help="print the InfluxQL statements for a DBA instead of running them")
+    p.add_argument("--backfill-days", type=float, default=0, metavar="D",
+                   help="recompute the hourly aggregates of the last D days")
+    p.add_argument("--source-rp", default="raw", metavar="RP",
+                   help="policy the backfill reads (default raw; autogen: data written "
+                   "before the policies existed)")
+    p.set_defaults(func=cmd_influx_retention)
 
     p = sub.add_parser("check-config", help="validate a site config and exit (2 on errors)",
                        description="Load and validate a site config; print every error with "

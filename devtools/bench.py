@@ -37,8 +37,10 @@ def machine() -> dict[str, Any]:
             "machine_python": platform.python_version()}
 
 
-def run(quick: bool = False, only: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Every part's figures, in one flat dict."""
+def run(quick: bool = False, only: tuple[str, ...] = (),
+        e2e_stacks: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Every part's figures, in one flat dict; `e2e_stacks`: the end-to-end part's
+    configurations (`bench_e2e.STACKS` names; empty: all)."""
     results: dict[str, Any] = machine()
     for part, name in PARTS:
         if only and part not in only:
@@ -49,7 +51,10 @@ def run(quick: bool = False, only: tuple[str, ...] = ()) -> dict[str, Any]:
             log.warning(kv("bench_part_missing", part=name, reason=e))
             continue
         started = time.perf_counter()
-        results.update(module.figures(quick=quick))
+        if part == "e2e" and e2e_stacks:
+            results.update(module.figures(quick=quick, stacks=e2e_stacks))
+        else:
+            results.update(module.figures(quick=quick))
         log.info(kv("bench_part_done", part=name, seconds=round(time.perf_counter() - started, 1)))
     return results
 

@@ -1,7 +1,9 @@
 """End-to-end figures for `ballpass bench --only e2e` (issue 12, BENCHMARKS.md).
 
-For each configuration (`e2e_stack.Stack`; today the embedded one: mosquitto + influxd +
-one `ballpass stream`), on loopback, with the real services:
+For each configuration (`e2e_stack.Stack`, by name in `STACKS`: "embedded" = mosquitto +
+influxd + one `ballpass stream`; "nats1", "nats2" = the same mosquitto and influxd with a
+3-node NATS JetStream cluster and 1 or 2 `ballpass stream --engine nats` workers), on
+loopback, with the real services:
 
 1. the DSP engine alone, first, while nothing else runs (`bench_stream`'s pipeline figure
    at N = 8192, batch 64, and at the stream's batch of 16);
@@ -13,9 +15,10 @@ one `ballpass stream`), on loopback, with the real services:
    with and the first that was not): a step keeps up when, over its second half, the
    windows counted in InfluxDB grow by at least `KEEP_UP` x what was published and the
    backlog (published - written) by at most `BACKLOG_SLACK` of it (give or take one
-   batch, `BATCH_SLACK`);
-   after each step the backlog is drained. `sustained` is the highest rate kept up with,
-   `saturated` the write rate of the first step that was not;
+   batch, `BATCH_SLACK`); when not even the first rate is kept up with, rates go down
+   by x1.25^2 a step until one is. After each step the backlog is drained. `sustained`
+   is the highest rate kept up with, `saturated` the write rate of the (last) step that
+   was not;
 4. at 50 % of `sustained`: latency from each publish to the diagnosis message carrying
    the same sensor and seq (the stream publishes only each sensor's latest diagnosis of
    a batch, so a window another window of its sensor follows in the same batch has no
@@ -28,12 +31,15 @@ one `ballpass stream`), on loopback, with the real services:
    `ballpass_stream_stage_seconds` histograms, from the end of the warm-up to the end.
 
 Figure keys are `e2e_{stack}_...`; `e2e_{stack}_ratio_to_dsp` is sustained / DSP windows/s
-(issue 12's target: >= 0.6).
+(issue 12's target: >= 0.6); `e2e_nats2_speedup` is nats2's sustained rate / nats1's
+(issue 12's target: >= 1.7), when both ran. CPU is per process (`cpu_worker{i}`,
+`cpu_nats_n{k}`, ...), RSS per worker (`rss_mb_worker{i}`; `rss_mb` the largest).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -53,7 +59,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ballpass import topics
 from ballpass.devtools.bench_stream import pipeline_windows_per_s
-from ballpass.devtools.e2e_stack import SITE, EmbeddedStack, Stack
+from ballpass.devtools.e2e_stack import SITE, ClusterStack, EmbeddedStack, Stack
 from ballpass.devtools.loadgen import LoadGenerator, encoded_windows, layout
 from ballpass.devtools.procstat import cpu_s, rss_mb
 from ballpass.log import kv
@@ -88,8 +94,12 @@ FULL = Plan(sensors=512, gateways=8, first_rate=200.0, step_s=12.0, max_steps=14
 QUICK = Plan(sensors=16, gateways=2, first_rate=40.0, step_s=3.0, max_steps=2,
              latency_s=3.0, drain_timeout_s=30.0)
 
-STACKS: tuple[Callable[[], Stack], ...] = (EmbeddedStack,)
-"""Configurations measured, in order (a NATS cluster stack adds itself here)."""
+STACKS: dict[str, Callable[[], Stack]] = {
+    "embedded": EmbeddedStack,
+    "nats1": functools.partial(ClusterStack, workers=1),
+    "nats2": functools.partial(ClusterStack, workers=2),
+}
+"""Configurations measured, by name (the key prefix `e2e_{name}_`), in order."""
 
 
 # --- what the services say ------------------------------------------------------------
@@ -277,6 +287,18 @@ def _search(run: _Run, plan: Plan) -> tuple[Step | None, Step | None, bool]:
             break
         best = s
         rate *= STEP_FACTOR
+    if best is None and failed is not None:
+        # Not even the first rate: down (/ STEP_FACTOR**2 a step) until one is kept up
+        # with, so that a slow configuration has a figure rather than 0.
+        rate = failed.rate
+        for _ in range(plan.max_steps):
+            rate /= STEP_FACTOR ** 2
+            s = run.step(rate, plan.step_s)
+            run.drain()
+            if s.kept_up:
+                best = s
+                break
+            failed = s
     if best is not None and failed is not None:
         mid = run.step(math.sqrt(best.rate * failed.rate), plan.step_s)
         run.drain()
@@ -335,7 +357,7 @@ def measure(stack: Stack, plan: Plan, workdir: Path, dsp_rate: float) -> dict[st
             out["busy_fraction_sustained"] = best.busy_fraction
         if failed is not None:
             out["busy_fraction_saturated"] = failed.busy_fraction
-        out.update(_latency(run, listener, max(sustained, plan.first_rate) / 2,
+        out.update(_latency(run, listener, (sustained or plan.first_rate) / 2,
                             plan.latency_s))
         m = scrape(stack.metrics_urls()).minus(m_start)
         total = sum(m.stage_s.values())
@@ -344,7 +366,9 @@ def measure(stack: Stack, plan: Plan, workdir: Path, dsp_rate: float) -> dict[st
             out[f"stage_fraction_{stage}"] = m.stage_s.get(stage, 0.0) / total if total else 0.0
             out[f"stage_ms_per_window_{stage}"] = 1e3 * m.stage_s.get(stage, 0.0) / written
         out["windows_per_batch"] = written / max(1.0, m.stage_batches.get("write", 0.0))
-        out["rss_mb"] = max(rss_mb(p) for p in stack.worker_pids())
+        rss = [rss_mb(p) for p in stack.worker_pids()]
+        out["rss_mb"] = max(rss)
+        out.update({f"rss_mb_worker{i}": v for i, v in enumerate(rss)})
         # Lost and duplicated: every publish acknowledged by the broker, against InfluxDB.
         keys = written_keys(*stack.influx())
         final = scrape(stack.metrics_urls())
@@ -354,6 +378,7 @@ def measure(stack: Stack, plan: Plan, workdir: Path, dsp_rate: float) -> dict[st
                                   + max(0.0, final.counters.get("written", 0.0) - len(keys)))
         out["unexpected"] = float(sum(1 for k in keys if k not in gen.sent))
         out["redelivered_copies"] = final.counters.get("duplicates", 0.0)
+        out.update(stack.figures())
         return out
     finally:
         if listener is not None:
@@ -363,8 +388,13 @@ def measure(stack: Stack, plan: Plan, workdir: Path, dsp_rate: float) -> dict[st
         stack.stop()
 
 
-def figures(quick: bool = False) -> dict[str, float]:
-    """The end-to-end figures of every configuration in `STACKS` and the DSP engine's."""
+def figures(quick: bool = False, stacks: Sequence[str] = ()) -> dict[str, float]:
+    """The end-to-end figures of the configurations named in `stacks` (all of `STACKS`
+    when empty) and the DSP engine's."""
+    unknown = [name for name in stacks if name not in STACKS]
+    if unknown:
+        raise ValueError(f"bench e2e: unknown stack {unknown[0]!r} "
+                         f"(known: {', '.join(STACKS)})")
     plan = QUICK if quick else FULL
     dsp = pipeline_windows_per_s(8192, quick)
     out: dict[str, float] = {"e2e_dsp_pipeline_windows_per_s": dsp,
@@ -372,12 +402,15 @@ def figures(quick: bool = False) -> dict[str, float]:
                              pipeline_windows_per_s(8192, quick, batch=16),
                              "e2e_sensors": float(plan.sensors),
                              "e2e_gateways": float(plan.gateways)}
-    for make in STACKS:
-        stack = make()
+    for name in stacks or tuple(STACKS):
+        stack = STACKS[name]()
         with tempfile.TemporaryDirectory(prefix=f"ballpass-e2e-{stack.name}-") as tmp:
             figs = measure(stack, plan, Path(tmp), dsp)
         log.info(kv("bench_e2e", stack=stack.name,
                     **{k: round(v, 4) for k, v in figs.items()}))
         out.update({f"e2e_{stack.name}_{k}": float(v) for k, v in figs.items()})
+    one, two = (out.get(f"e2e_nats{n}_sustained_windows_per_s") for n in (1, 2))
+    if one is not None and two is not None:
+        out["e2e_nats2_speedup"] = two / one if one > 0 else math.nan
     return out
 

@@ -40,8 +40,10 @@ from ballpass.stream.pipeline import BatchOutput, Incoming, Pipeline
 from ballpass.stream.publisher import Publisher, latest_diagnoses
 from ballpass.stream.retrying_writer import RetryingWriter
 from ballpass.stream.routing import SUBSCRIPTIONS, Route, route
-from ballpass.stream.sinks.influx import InfluxWriter
+from ballpass.stream.sinks.influx import InfluxQueryError, InfluxWriter
 from ballpass.stream.sinks.lineprotocol import Point
+from ballpass.stream.sinks.retention import apply_retention
+from ballpass.stream.sinks.retention import routes as retention_routes
 from ballpass.stream.sinks.webhook import WebhookSender
 from ballpass.stream.web.security import is_all_interfaces, load_or_create_token
 from ballpass.stream.web.server import EvidenceServer
@@ -136,6 +138,7 @@ class StreamService:
             # Started: the rest is waiting for services, which systemd must not time out.
             sdnotify.notify("READY=1\nSTATUS=started, connecting to the database and broker")
             await self.writer.ensure_database(stop)
+            await self._ensure_retention()
             await self._write_iso_boundaries()
             await self.source.run(stop, self._handle)
         finally:
@@ -341,6 +344,29 @@ class StreamService:
         return Point("gateway", {"site": site, "gateway": gateway},
                      {k: status.counters[k] for k in GATEWAY_COUNTERS if k in status.counters},
                      time.time_ns())
+
+    async def _ensure_retention(self) -> None:
+        """Retention policies and hourly continuous queries from `[influx]` (v1 only);
+        a failure is logged and the stream runs on, writing to the database's default
+        policy (stream/sinks/retention.py)."""
+        cfg = self.config.influx
+        if not cfg.manage_retention:
+            return
+        if cfg.api != "v1":
+            log.info(kv("influx_retention_skipped", api=cfg.api,
+                        reason="InfluxDB 2.x/3.x: set the bucket's retention there"))
+            return
+        set_routes = getattr(self.writer.writer, "set_routes", None)
+        try:
+            await asyncio.to_thread(apply_retention, cfg)
+        except (InfluxQueryError, OSError) as e:
+            log.error(kv("influx_retention_failed", db=cfg.db, reason=e,
+                         hint="a user with admin rights, or influx.manage_retention = "
+                              "false and the policies made by the DBA "
+                              "(docs/influxdb-schema.md)"))
+            return
+        if set_routes is not None:
+            set_routes(retention_routes())
 
     async def _write_iso_boundaries(self) -> None:
         """One `iso20816` point per asset: its zone boundaries (its own levels where its

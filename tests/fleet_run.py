@@ -151,7 +151,7 @@ def _start(tmp: Path, influxd: Influxd) -> FleetRun:
                                      headers={"Authorization": f"Bearer {TOKEN}"})
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 200  # after the 303 to the sensor page
-        wait_until(lambda: run.rows("SELECT count(\"by\") FROM \"actions\""), 10,
+        wait_until(lambda: run.rows("SELECT count(\"by\") FROM \"long\".\"actions\""), 10,
              "the operator action in InfluxDB")
         # After the learning phase (50 windows here) the online models score each window.
         wait_until(lambda: run.rows("SELECT count(\"anomaly_score\") FROM \"vibration\""), 60,

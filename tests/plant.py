@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +20,17 @@ def spawn_ballpass(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen([sys.executable, "-m", "ballpass", *args], stdout=out,
                                 stderr=subprocess.STDOUT)
+
+
+def stop_gently(procs: list[subprocess.Popen[bytes]], timeout_s: float = 30.0) -> None:
+    """SIGTERM each process still running, SIGKILL one that has not exited in `timeout_s`."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def read_status(path: Path) -> dict[str, Any]:
@@ -84,3 +97,18 @@ bearing = "SKF 6205"
 shaft_hz = {shaft_hz}
 {gateways}{tail}""", encoding="utf-8")
     return path
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs of the processes (other than this one) whose command line contains `text`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids

@@ -228,9 +228,9 @@ def test_the_stream_writes_each_assets_own_zone_boundaries(
     try:
         wait_until(lambda: read_status(status_file).get("mqtt_connected"), 120,
                    "the stream to subscribe")
-        wait_until(lambda: len(query_rows(influxd, db, 'SELECT * FROM "iso20816"')) == 2,
+        wait_until(lambda: len(query_rows(influxd, db, 'SELECT * FROM "long"."iso20816"')) == 2,
                    30, "the iso20816 points")
-        rows = {r["asset"]: r for r in query_rows(influxd, db, 'SELECT * FROM "iso20816"')}
+        rows = {r["asset"]: r for r in query_rows(influxd, db, 'SELECT * FROM "long"."iso20816"')}
     finally:
         stream.terminate()
         assert stream.wait(30) == 0

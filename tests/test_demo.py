@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,22 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from plant import processes_mentioning
 
 pytestmark = pytest.mark.slow
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline:
-            pids.append(int(entry.name))
-    return pids
 
 
 def test_demo_by_duration_writes_an_honest_summary(tmp_path: Path) -> None:
@@ -46,7 +32,7 @@ def test_demo_by_duration_writes_an_honest_summary(tmp_path: Path) -> None:
     assert faulty and healthy
     assert all(x["alerted"] for x in faulty), faulty
     assert not any(x["alerted"] for x in healthy), healthy
-    assert _processes_mentioning(str(workdir)) == []
+    assert processes_mentioning(str(workdir)) == []
 
 
 def test_ctrl_c_stops_every_process_cleanly(tmp_path: Path) -> None:
@@ -60,7 +46,7 @@ def test_ctrl_c_stops_every_process_cleanly(tmp_path: Path) -> None:
         while time.monotonic() < deadline and not list(workdir.glob("gw-*.log")):
             time.sleep(0.3)
         time.sleep(3)
-        assert len(_processes_mentioning(str(workdir))) >= 6  # broker, db, stream, gateways
+        assert len(processes_mentioning(str(workdir))) >= 6  # broker, db, stream, gateways
         demo.send_signal(signal.SIGINT)
         out, _ = demo.communicate(timeout=120)
     finally:
@@ -68,4 +54,4 @@ def test_ctrl_c_stops_every_process_cleanly(tmp_path: Path) -> None:
             demo.kill()
     assert demo.returncode == 0, out[-3000:]
     assert "event=demo_stopped" in out
-    assert _processes_mentioning(str(workdir)) == []
+    assert processes_mentioning(str(workdir)) == []

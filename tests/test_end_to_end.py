@@ -127,7 +127,7 @@ def test_faulty_bearing_alerts_healthy_does_not(
     assert status["counters"]["rejected"] == {}
 
     # The alert row and the webhook: the faulty bearing only.
-    alerts = query_rows(influxd, db, "SELECT * FROM alerts GROUP BY *")
+    alerts = query_rows(influxd, db, "SELECT * FROM \"long\".alerts GROUP BY *")
     assert {a["sensor"] for a in alerts} == {"faulty"}
     assert alerts[0]["status"] == "firing" and alerts[0]["diagnosis"] == "outer_race"
     assert [w["sensor"] for w in webhook.received] == ["faulty"]

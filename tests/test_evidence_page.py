@@ -97,7 +97,8 @@ def test_bad_requests_answer_cleanly_and_the_stream_keeps_running(
     refused = shared_fleet.status()["http"]["refused"].get("unauthorized", 0)
     assert shared_fleet.get("/", token="wrong")[0] == 401
     # every refusal is counted where an admin looks: the status file
-    wait_until(lambda: shared_fleet.status()["http"]["refused"]["unauthorized"] > refused, 10,
+    wait_until(lambda: shared_fleet.status()["http"]["refused"].get("unauthorized", 0) > refused,
+               10,
                "the refusal in the status file")
     assert shared_fleet.get("/", token=None)[0] == 401
     assert shared_fleet.get("/events", token="wrong")[0] == 401

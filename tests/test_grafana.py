@@ -7,11 +7,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fleet_run import SITE, FleetRun, shared_fleet  # tests/ is on sys.path
+
+from ballpass.stream.sinks.retention import (
+    DOWNSAMPLED,
+    LONG_RP,
+    RAW_RP,
+    backfill_statement,
+    cq_name,
+)
 
 __all__ = ["shared_fleet"]  # the fixture, imported so pytest finds it here
 
@@ -58,7 +67,8 @@ def test_dashboard_json_is_consistent() -> None:
     provider = (GRAFANA / "provisioning" / "dashboards" / "ballpass.yaml").read_text()
     assert "type: file" in provider and "path:" in provider
     dashboards = _dashboards()
-    assert set(dashboards) == {"site-overview.json", "sensor-detail.json", "alerts.json"}
+    assert set(dashboards) == {"site-overview.json", "sensor-detail.json", "alerts.json",
+                               "history.json"}
     uids = [d["uid"] for d in dashboards.values()]
     assert len(set(uids)) == len(uids)
     for name, d in dashboards.items():
@@ -85,10 +95,24 @@ def test_dashboard_json_is_consistent() -> None:
     titles = " ".join(p["title"] for p in detail["panels"])
     for what in ("ISO 20816", "SNR", "Kurtosis", "crest", "Temperature"):
         assert what in titles
+    # Short ranges read the windows' points (the DEFAULT policy, raw); the history
+    # dashboard reads only the hourly aggregates, never below an hour per point.
+    history = dashboards["history.json"]
+    assert history["time"]["from"] == "now-90d"
+    for where, q in _queries(history):
+        assert f'FROM "{LONG_RP}".' in q, where
+    for p in history["panels"]:
+        assert p["interval"] == "1h", p["title"]
+    for name in ("site-overview.json", "sensor-detail.json"):
+        for where, q in _queries(dashboards[name]):
+            if "annotation" not in where:
+                assert f'"{LONG_RP}".' not in q, where
 
 
 def _substitute(query: str, values: dict[str, str]) -> str:
-    q = query.replace("$timeFilter", "time > now() - 1h").replace("$__interval", "2s")
+    # Hourly rows are stamped at the start of their hour: up to 2 h back for the fleet's.
+    since = "2h" if f'"{LONG_RP}".' in query else "1h"
+    q = query.replace("$timeFilter", f"time > now() - {since}").replace("$__interval", "2s")
     for name, value in sorted(values.items(), key=lambda kv: -len(kv[0])):
         q = q.replace("${" + name + "}", value).replace("$" + name, value)
     return q
@@ -102,6 +126,19 @@ def _rows(run: FleetRun, query: str) -> list[list[Any]]:
 
 @pytest.mark.slow
 def test_every_panel_query_returns_rows_from_the_stream(shared_fleet: FleetRun) -> None:
+    run = shared_fleet
+    # The stream set the retention policies and the hourly CQs up at start.
+    policies = {r[0]: r for r in _rows(run, f'SHOW RETENTION POLICIES ON "{run.db}"')}
+    assert policies[RAW_RP][1] == "2160h0m0s" and policies[RAW_RP][4] is True  # DEFAULT
+    assert policies[LONG_RP][1] == "87600h0m0s"
+    cqs = {r["name"] for r in run.rows("SHOW CONTINUOUS QUERIES")
+           if r.get("name", "").startswith("bp_hourly_")}
+    assert {cq_name(run.db, m, 2) for m in DOWNSAMPLED} <= cqs
+    # The fleet ran for a minute: its hour's aggregates are made now, as a backfill
+    # (the CQ's own SELECT) would after an outage, rather than waiting for the hour.
+    now = time.time_ns()
+    for m in DOWNSAMPLED:
+        _rows(run, backfill_statement(run.db, m, now - 3 * 3600 * 10**9, now + 3600 * 10**9))
     checked = 0
     for d in _dashboards().values():
         values = dict(VALUES)

@@ -15,115 +15,33 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import nats
-import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from plant import query_rows, read_status, spawn_ballpass, wait_until
+from hypothesis import given
+from hypothesis import strategies as st
+from natsplant import (
+    FAULTY,
+    PARTITIONS,
+    PASSWORDS,
+    SENSORS,
+    USERS,
+    Gateway,
+    Hooks,
+    site_toml,
+    windows,
+)
+from plant import query_rows, read_status, spawn_ballpass, stop_gently, wait_until
 
-from ballpass import topics, wire
-from ballpass.models.catalog import lookup
+from ballpass import topics
 from ballpass.nats_server import NatsCluster
 from ballpass.services import Influxd, Mosquitto
-from ballpass.simulators.signals import synthesize
-
-FS_HZ, N, SHAFT_HZ = 25600.0, 8192, 25.0
-PARTITIONS = 8
-PASSWORDS = {"gw1": "gw1-pw", "gw2": "gw2-pw", "stream": "stream-pw"}
-USERS = {"gw1": (PASSWORDS["gw1"], "gateway"), "gw2": (PASSWORDS["gw2"], "gateway"),
-         "stream": (PASSWORDS["stream"], "stream")}
-SENSORS = {"gw1": ["a", "b", "c"], "gw2": ["d", "e", "f"]}
-FAULTY = "f"  # an outer-race fault: raises an alarm
-
-
-def _site(path: Path, cluster: NatsCluster, broker: Mosquitto, influx_url: str, db: str,
-          state: Path, hook_url: str) -> Path:
-    (path.parent / "stream.pw").write_text(PASSWORDS["stream"] + "\n")
-    gateways = "".join(
-        f'[[gateway]]\nid = "{g}"\n' + "".join(
-            f'[[gateway.sensor]]\nid = "{s}"\ndriver = "simulated"\nasset = "m"\n'
-            f"fs_hz = {FS_HZ}\nwindow_samples = {N}\ninterval_s = 1\n" for s in ids)
-        for g, ids in SENSORS.items())
-    servers = ", ".join(f'"{u}"' for u in cluster.urls)
-    path.write_text(f"""[site]
-id = "s1"
-[broker]
-host = "127.0.0.1"
-port = {broker.port}
-[influx]
-url = "{influx_url}"
-db = "{db}"
-[stream]
-state_dir = "{state}"
-batch_wait_s = 0.1
-username = "stream"
-password_file = "{path.parent / 'stream.pw'}"
-[cluster]
-servers = [{servers}]
-username = "stream"
-password_file = "{path.parent / 'stream.pw'}"
-partitions = {PARTITIONS}
-lease_s = 3
-[[asset]]
-id = "m"
-kind = "motor"
-bearing = "SKF 6205"
-shaft_hz = {SHAFT_HZ}
-[[webhook]]
-url = "{hook_url}"
-{gateways}""", encoding="utf-8")
-    return path
-
-
-class _Hooks(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append(json.loads(body))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def _windows(sensor: str, count: int) -> list[bytes]:
-    orders = lookup("SKF 6205").orders()
-    rng = np.random.default_rng(abs(hash(sensor)) % 2**32)
-    condition = "outer_race" if sensor == FAULTY else "normal"
-    base = [synthesize(condition, orders, SHAFT_HZ, FS_HZ, N, rng=rng, severity=3.0)
-            for _ in range(4)]
-    t0 = time.time_ns() - count * 10**9
-    return [wire.encode(wire.Window(seq, t0 + seq * 10**9, FS_HZ,
-                                    base[seq % 4][None, :].astype(np.float32)))
-            for seq in range(count)]
-
-
-class _Gateway:
-    """A gateway's MQTT client on one node: QoS 1, its own login; counts PUBACKs."""
-
-    def __init__(self, gateway: str, port: int, name: str = "pub") -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=f"{gateway}-{name}", clean_session=False)
-        self.client.username_pw_set(gateway, PASSWORDS[gateway])
-        connected = threading.Event()
-        self.client.on_connect = lambda *a: connected.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert connected.wait(20), f"{gateway}: no CONNACK from port {port}"
-        self.gateway = gateway
-
-    def publish(self, sensor: str, payload: bytes) -> mqtt.MQTTMessageInfo:
-        return self.client.publish(topics.window("s1", self.gateway, sensor), payload, qos=1)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+from ballpass.stream.cluster.relay import order_key, waves
+from ballpass.stream.mqtt_source import Delivery
 
 
 def _kill9(proc: subprocess.Popen[bytes]) -> None:
@@ -154,7 +72,7 @@ def test_mapping_partitions_by_sensor_and_binds_gateways(cluster: NatsCluster) -
 
         await nc.subscribe("bpw.>", cb=seen)
         await nc.flush()
-        gateways = [_Gateway("gw1", cluster.addresses[i].mqtt_port, f"n{i}")
+        gateways = [Gateway("gw1", cluster.addresses[i].mqtt_port, f"n{i}")
                     for i in range(3)]
         for i, gw in enumerate(gateways):
             for sensor in ("a", "b", "c"):
@@ -191,15 +109,22 @@ def test_kill9_node_and_worker_mid_run(cluster: NatsCluster, tmp_path: Path,
     Gateways publish to mosquitto, which one worker at a time relays (stream/cluster/relay.py).
     """
     url, db = influx_db
-    broker = Mosquitto(tmp_path / "mqtt", users=PASSWORDS)
+    broker = Mosquitto(tmp_path / "mqtt", users=PASSWORDS, operator_users=("watch",))
     broker.start()
-    _Hooks.received = []
-    hooks = HTTPServer(("127.0.0.1", 0), _Hooks)
+    watched: list[mqtt.MQTTMessage] = []
+    watch = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watch")
+    watch.username_pw_set("watch", PASSWORDS["watch"])
+    watch.on_message = lambda _c, _u, m: watched.append(m)
+    watch.connect("127.0.0.1", broker.port)
+    watch.subscribe([(topics.diagnosis("s1", "+", "+"), 1), (topics.alerts("s1"), 1)])
+    watch.loop_start()
+    Hooks.received = []
+    hooks = HTTPServer(("127.0.0.1", 0), Hooks)
     threading.Thread(target=hooks.serve_forever, daemon=True).start()
-    site = _site(tmp_path / "site.toml", cluster, broker, url, db, tmp_path / "state",
+    site = site_toml(tmp_path / "site.toml", cluster.urls, broker, url, db, tmp_path / "state",
                  f"http://127.0.0.1:{hooks.server_port}/hook")
     count = 40
-    payloads = {s: _windows(s, count) for ids in SENSORS.values() for s in ids}
+    payloads = {s: windows(s, count) for ids in SENSORS.values() for s in ids}
 
     def worker(i: int) -> tuple[subprocess.Popen[bytes], Path]:
         status = tmp_path / f"status-{i}.json"
@@ -216,7 +141,7 @@ def test_kill9_node_and_worker_mid_run(cluster: NatsCluster, tmp_path: Path,
     try:
         wait_until(lambda: all((read_status(s).get("cluster") or {}).get("partitions")
                                for _, s in workers), 60, "both workers holding partitions")
-        gws = {g: _Gateway(g, broker.port) for g in SENSORS}
+        gws = {g: Gateway(g, broker.port) for g in SENSORS}
         infos = []
         for seq in range(count):
             for g, ids in SENSORS.items():
@@ -270,18 +195,44 @@ def test_kill9_node_and_worker_mid_run(cluster: NatsCluster, tmp_path: Path,
                                        "GROUP BY sensor")
         assert {r["sensor"]: r["count"] for r in rows} == {
             s: count for ids in SENSORS.values() for s in ids}
-        firing = Counter((a["alert_id"], a["status"]) for a in _Hooks.received
+        firing = Counter((a["alert_id"], a["status"]) for a in Hooks.received
                          if a.get("sensor") == FAULTY)
         assert firing, "the faulty sensor's alarm never reached the webhook"
         assert all(n == 1 for n in firing.values()), firing
+        # The relay carried the workers' messages back to mosquitto, alerts once each.
+        diagnosed = {json.loads(m.payload)["sensor"] for m in watched
+                     if m.topic.endswith("/diagnosis")}
+        assert diagnosed == set(payloads), diagnosed
+        on_mqtt = Counter((a["alert_id"], a["status"]) for a in
+                          (json.loads(m.payload) for m in watched
+                           if m.topic == topics.alerts("s1")) if a["sensor"] == FAULTY)
+        assert on_mqtt == firing, (on_mqtt, firing)
     finally:
-        for proc, _ in workers:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        watch.loop_stop()
+        watch.disconnect()
+        stop_gently([proc for proc, _ in workers])
         hooks.shutdown()
         hooks.server_close()
         broker.stop()
+
+
+@given(st.lists(st.tuples(st.sampled_from(["gw1/a", "gw1/b", "gw2/c", "gw2"]),
+                          st.sampled_from(["window", "tacho", "status"])), max_size=40))
+def test_relay_waves_keep_each_sensors_order(items: list[tuple[str, str]]) -> None:
+    """The relay's waves (published one after the other, each concurrently): every message
+    once, at most one per sensor in a wave, and a sensor's messages in their order."""
+    batch = [(Delivery(f"bp/v1/s1/{where}/{leaf}", b"", 1, mid, 1), mid)
+             for mid, (where, leaf) in enumerate(items)]
+    out = waves(batch)
+    flat = [mid for wave in out for _, mid in wave]
+    assert sorted(flat) == list(range(len(batch)))
+    for wave in out:
+        keys = [order_key(d.topic) for d, _ in wave]
+        assert len(keys) == len(set(keys)), keys
+        assert [mid for _, mid in wave] == sorted(mid for _, mid in wave)
+    sent = [(order_key(d.topic), mid) for wave in out for d, mid in wave]
+    for key in {k for k, _ in sent}:
+        assert [mid for k, mid in sent if k == key] == \
+            [mid for d, mid in batch if order_key(d.topic) == key]
+    per_key = Counter(order_key(d.topic) for d, _ in batch)
+    assert len(out) == max(per_key.values(), default=0)  # no more waves than needed

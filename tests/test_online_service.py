@@ -126,10 +126,10 @@ def test_learning_actions_and_state_files(mosquitto_auth: Mosquitto, influxd: In
                                timeout=60)
             assert r.returncode == 0, r.stderr
         def actions() -> list[Any]:
-            res = influxd.query("SELECT * FROM actions", db=db)["results"][0]
+            res = influxd.query("SELECT * FROM \"long\".actions", db=db)["results"][0]
             return res.get("series", [{}])[0].get("values", [])
         _wait(lambda: len(actions()) == 3, 30, "3 actions in InfluxDB")
-        res = influxd.query("SELECT \"by\", action FROM actions GROUP BY action", db=db)
+        res = influxd.query("SELECT \"by\", action FROM \"long\".actions GROUP BY action", db=db)
         series = res["results"][0]["series"]
         assert {s["tags"]["action"] for s in series} == {"ack", "rebaseline", "false_alarm"}
         assert all(v[1] == "alice" for s in series for v in s["values"])

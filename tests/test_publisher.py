@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
+from linkcut import LinkCut
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from plant import wait_until
@@ -207,31 +208,36 @@ def test_unreachable_broker_at_start_is_retried_with_one_line_per_attempt(
         tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="ballpass.gateway.publisher")
     gw = "gw-late"
-    port = free_port()
     box = Outbox(tmp_path / "o.sqlite", 10**8, 3600)
     for _ in range(3):
         seq = box.next_seq("s1")
         box.put("s1", seq, topics.window(SITE, gw, "s1"), make_window(seq))
-    pub, _ = make_publisher("127.0.0.1", port, gw, box)
+    # The broker runs and the subscriber is on it before the gateway can reach it: the
+    # link in between is down (nothing listens on its port), so no window can arrive
+    # before someone subscribed to it.
+    broker = Mosquitto(tmp_path / "mq", port=free_port(), anonymous=True)
+    broker.start()
+    link = LinkCut(broker.port)
+    pub, _ = make_publisher("127.0.0.1", link.port, gw, box)
+    sub = Subscriber(broker.host, broker.port, topics.window(SITE, gw, "+"), gw)
     pub.start()
-    broker = Mosquitto(tmp_path / "mq", port=port, anonymous=True)
     try:
         time.sleep(1.0)
         lines = [r.getMessage() for r in caplog.records
                  if "event=broker_unreachable" in r.getMessage()]
         assert len(lines) >= 2
-        assert f"host=127.0.0.1 port={port} attempt=1 retry_in_s=" in lines[0]
+        assert f"host=127.0.0.1 port={link.port} attempt=1 retry_in_s=" in lines[0]
         assert "attempt=2 " in lines[1]
         assert all(r.exc_info is None for r in caplog.records)
-        broker.start()
-        sub = Subscriber(broker.host, broker.port, topics.window(SITE, gw, "+"), gw)
+        link.restore()
         assert pub.wait_connected(5)
         msgs = sub.wait_for(lambda m: len(m) >= 3)
         # queued while the broker was unreachable: replayed
         assert all(wire.decode(m.payload).historical for m in msgs)
-        sub.close()
     finally:
         pub.stop(drain_timeout_s=1)
+        sub.close()
+        link.cut()
         broker.stop()
     assert box.counters()["replayed"] == 3
     box.close()

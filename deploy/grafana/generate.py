@@ -5,6 +5,12 @@ checks that the committed JSON is what this script writes, that every panel's qu
 returns rows from an InfluxDB filled by the stream, and that ids, datasources and
 template variables are consistent. Queries are InfluxQL (InfluxDB 1.x, and the
 1.x-compatible endpoint of 2.x and 3.x); the schema is docs/influxdb-schema.md.
+
+Retention (docs/influxdb-schema.md, "Retention and downsampling"): the site overview and
+sensor detail read the windows' points (the DEFAULT policy, `raw`, kept
+`influx.raw_retention_d` days); the history dashboard reads the hourly aggregates in
+`long` for ranges of months and years; alerts, actions and the ISO boundaries are in
+`long` too.
 """
 
 from __future__ import annotations
@@ -27,13 +33,31 @@ def _var(name: str, query: str, *, label: str = "", hide: int = 0, multi: bool =
             "includeAll": multi, "multi": multi, "sort": 1, "current": {}, "options": []}
 
 
-SITE_VAR = _var("site", 'SHOW TAG VALUES FROM "vibration" WITH KEY = "site"')
-ASSET_VAR = _var("asset", f'SHOW TAG VALUES FROM "vibration" WITH KEY = "asset" WHERE {SITE}')
-SENSOR_VAR = _var("sensor", 'SHOW TAG VALUES FROM "vibration" WITH KEY = "sensor" '
-                  f'WHERE {SITE} AND {ASSET}')
-# The asset's ISO 20816-3 zone boundaries, written by the stream at start (`iso20816`).
-ISO_VARS = [_var(f"iso_{b}", f'SELECT last("{b}_mm_s") FROM "iso20816" WHERE {ASSET}',
+# The retention policy of the hourly aggregates and of the long-kept records
+# (stream/sinks/retention.py LONG_RP).
+LONG = '"long"'
+
+
+def _scope_vars(source: str) -> list[dict[str, Any]]:
+    """site, asset, sensor from the tags of `source` (a measurement, maybe RP-qualified)."""
+    return [
+        _var("site", f'SHOW TAG VALUES FROM {source} WITH KEY = "site"'),
+        _var("asset", f'SHOW TAG VALUES FROM {source} WITH KEY = "asset" WHERE {SITE}'),
+        _var("sensor", f'SHOW TAG VALUES FROM {source} WITH KEY = "sensor" '
+             f'WHERE {SITE} AND {ASSET}'),
+    ]
+
+
+SITE_VAR, ASSET_VAR, SENSOR_VAR = _scope_vars('"vibration"')
+# The asset's ISO 20816-3 zone boundaries, written by the stream at start (`iso20816`,
+# kept in `long`: one point per start must outlive the raw policy).
+ISO_VARS = [_var(f"iso_{b}", f'SELECT last("{b}_mm_s") FROM {LONG}."iso20816" WHERE {ASSET}',
                  label=f"ISO {b.upper()} boundary", hide=2) for b in ("ab", "bc", "cd")]
+ALERTS_ANNOTATION = {
+    "name": "Alerts", "enable": True, "iconColor": "red", "datasource": DATASOURCE,
+    "query": f'SELECT "summary", "alert_id", "diagnosis" FROM {LONG}."alerts" WHERE '
+             f'{SENSOR} AND $timeFilter',
+    "textColumn": "summary", "tagsColumn": "diagnosis"}
 
 
 class _Panels:
@@ -44,7 +68,7 @@ class _Panels:
     def add(self, kind: str, title: str, queries: list[tuple[str, str]], *, w: int = 24,
             h: int = 8, x: int = 0, description: str = "", unit: str = "",
             overrides: list[dict[str, Any]] | None = None, table: bool = False,
-            options: dict[str, Any] | None = None) -> None:
+            options: dict[str, Any] | None = None, interval: str = "") -> None:
         targets = [{"refId": ref, "datasource": DATASOURCE, "rawQuery": True, "query": q,
                     "resultFormat": "table" if table else "time_series"}
                    for ref, q in queries]
@@ -56,6 +80,8 @@ class _Panels:
                             "overrides": overrides or []},
             "options": options or {},
         }
+        if interval:  # the panel's shortest $__interval (hourly rows: "1h")
+            panel["interval"] = interval
         self.panels.append(panel)
         if x + w >= 24:
             self.y += h
@@ -157,25 +183,73 @@ def sensor_detail() -> dict[str, Any]:
         ("A", f'SELECT max("anomaly_score") AS "anomaly score" FROM "vibration" WHERE '
               f'{where} GROUP BY time($__interval) fill(none)'),
     ], w=12, x=12, unit="percentunit")
-    alerts = {"name": "Alerts", "enable": True, "iconColor": "red", "datasource": DATASOURCE,
-              "query": 'SELECT "summary", "alert_id", "diagnosis" FROM "alerts" WHERE '
-                       f'{SENSOR} AND $timeFilter',
-              "textColumn": "summary", "tagsColumn": "diagnosis"}
     return _dashboard("ballpass-sensor", "ballpass · Sensor detail", p.panels,
-                      [SITE_VAR, ASSET_VAR, SENSOR_VAR, *ISO_VARS], [alerts],
+                      [SITE_VAR, ASSET_VAR, SENSOR_VAR, *ISO_VARS], [ALERTS_ANNOTATION],
                       time_from="now-24h")
+
+
+def history_dashboard() -> dict[str, Any]:
+    """Months to years of one sensor from the hourly aggregates (`long` policy): the
+    hour's mean and its peak (`_max`), or its lowest (`_min`) where low is worse."""
+    p = _Panels()
+    where = f"{SENSOR} AND $timeFilter"
+    by_time = "GROUP BY time($__interval) fill(none)"
+    hourly = {"interval": "1h"}
+    p.add("timeseries", "Velocity RMS, hourly mean and peak, with the ISO 20816-3 zones", [
+        ("A", 'SELECT mean("velocity_rms_mm_s") AS "mean", max("velocity_rms_mm_s_max") AS '
+              f'"peak" FROM {LONG}."vibration" WHERE {where} {by_time}'),
+        *((ref, f'SELECT mean("velocity_rms_mm_s") * 0 + $iso_{b} AS "{name}" FROM '
+                f'{LONG}."vibration" WHERE {where} {by_time}')
+          for ref, b, name in (("B", "ab", "A/B"), ("C", "bc", "B/C"), ("D", "cd", "C/D"))),
+    ], unit="velocitymms", h=9, **hourly, description="Hourly aggregates kept "
+          "`influx.long_retention_d` days; the last hours appear once the hourly "
+          "continuous query has run (docs/influxdb-schema.md).")
+    p.add("timeseries", "Defect-line SNR, hourly peak", [
+        ("A", 'SELECT max("bpfo_snr_db_max") AS "BPFO", max("bpfi_snr_db_max") AS "BPFI", '
+              'max("bsf_snr_db_max") AS "2xBSF", max("ftf_snr_db_max") AS "FTF" FROM '
+              f'{LONG}."vibration" WHERE {where} {by_time}'),
+    ], w=12, unit="dB", **hourly)
+    p.add("timeseries", "Kurtosis and crest factor, hourly peak", [
+        ("A", 'SELECT max("kurtosis_max") AS "kurtosis", max("crest_max") AS "crest" FROM '
+              f'{LONG}."vibration" WHERE {where} {by_time}'),
+    ], w=12, x=12, **hourly)
+    p.add("timeseries", "Anomaly score, hourly peak", [
+        ("A", f'SELECT max("anomaly_score_max") AS "anomaly score" FROM {LONG}."vibration" '
+              f'WHERE {where} {by_time}'),
+    ], w=12, unit="percentunit", **hourly)
+    p.add("timeseries", "Temperature (the asset's probes), hourly mean and max", [
+        ("A", 'SELECT mean("celsius") AS "mean", max("celsius_max") AS "max" FROM '
+              f'{LONG}."temperature" WHERE {ASSET} AND $timeFilter '
+              'GROUP BY time($__interval), "sensor" fill(none)'),
+    ], w=12, x=12, unit="celsius", **hourly)
+    p.add("timeseries", "Windows analysed (coverage) and diagnosis confidence", [
+        ("A", f'SELECT sum("windows") AS "windows per interval" FROM {LONG}."vibration" '
+              f'WHERE {where} {by_time}'),
+        ("B", f'SELECT max("confidence_max") AS "confidence (peak)" FROM {LONG}."diagnosis" '
+              f'WHERE {where} {by_time}'),
+    ], w=12, **hourly, description="Fewer windows than the capture interval allows: the "
+          "sensor or its gateway was offline, or windows were refused.")
+    p.add("timeseries", "Gateway outbox, hourly peak", [
+        ("A", 'SELECT max("queued_max") AS "outbox", max("dropped_max") AS "dropped" FROM '
+              f'{LONG}."gateway" WHERE {SITE} AND $timeFilter '
+              'GROUP BY time($__interval), "gateway" fill(none)'),
+    ], w=12, x=12, **hourly)
+    return _dashboard("ballpass-history", "ballpass · History (hourly)", p.panels,
+                      [*_scope_vars(f'{LONG}."vibration"'), *ISO_VARS],
+                      [ALERTS_ANNOTATION], time_from="now-90d")
 
 
 def alerts_dashboard() -> dict[str, Any]:
     p = _Panels()
     p.add("table", "Alerts", [
         ("A", 'SELECT "asset", "sensor", "status", "diagnosis", "confidence", "summary", '
-              f'"alert_id" FROM "alerts" WHERE {SITE} AND $timeFilter ORDER BY time DESC '
-              'LIMIT 500'),
+              f'"alert_id" FROM {LONG}."alerts" WHERE {SITE} AND $timeFilter '
+              'ORDER BY time DESC LIMIT 500'),
     ], h=12, table=True)
     p.add("table", "Operator actions", [
-        ("A", 'SELECT "asset", "sensor", "action", "by", "result", "note" FROM "actions" '
-              f'WHERE {SITE} AND $timeFilter ORDER BY time DESC LIMIT 500'),
+        ("A", 'SELECT "asset", "sensor", "action", "by", "result", "note" '
+              f'FROM {LONG}."actions" WHERE {SITE} AND $timeFilter ORDER BY time DESC '
+              'LIMIT 500'),
     ], h=10, table=True, description="Acknowledge, rebaseline and false alarm, from the "
           "evidence page, `ballpass sensor …` or the command topic: who and when.")
     return _dashboard("ballpass-alerts", "ballpass · Alerts", p.panels, [SITE_VAR],
@@ -183,7 +257,7 @@ def alerts_dashboard() -> dict[str, Any]:
 
 
 DASHBOARDS = {"site-overview.json": site_overview, "sensor-detail.json": sensor_detail,
-              "alerts.json": alerts_dashboard}
+              "alerts.json": alerts_dashboard, "history.json": history_dashboard}
 
 
 def render() -> dict[str, str]:

@@ -12,15 +12,26 @@ id and a persistent session: the next holder resumes the session, and mosquitto 
 what the previous one had not acknowledged, in order. A message relayed twice (stored, then
 the relay died before its MQTT acknowledgement) carries the same `Nats-Msg-Id` (a hash of
 topic and payload) and is dropped by JetStream's de-duplication.
+
+The relay also carries the workers' diagnoses and alerts back to mosquitto (diagnoses
+retained), so that whoever reads the site's topics there (operators, `ballpass watch`,
+the evidence page) sees the same messages as with one embedded stream process. That way
+back is best effort, like the embedded stream's own publishes: a diagnosis is published
+again with the sensor's next window, and alerts reach people through the webhooks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Sequence
+from typing import TypeVar
 
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from ballpass import backoff, topics
@@ -31,6 +42,16 @@ from ballpass.stream.retrying_writer import RETRY_INITIAL_S, RETRY_MAX_S, sleep_
 from ballpass.stream.routing import SUBSCRIPTIONS, Route, route
 
 log = logging.getLogger(__name__)
+
+RETURN_SUBJECTS = ("bp.v1.*.*.*.diagnosis", "bp.v1.*.alerts")
+"""The workers' messages the relay publishes back to mosquitto."""
+RETURN_QUEUE = 10_000
+"""Messages waiting for mosquitto at most; beyond, the oldest way back is full: dropped,
+counted (`returned_dropped`)."""
+RETURN_BATCH = 64
+
+T = TypeVar("T")
+
 
 def message_id(topic: str, payload: bytes) -> str:
     return hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()[:32]
@@ -50,44 +71,125 @@ def relayable(topic: str) -> bool:
 class Relay:
     """Copies every message of the site's subscriptions from mosquitto to JetStream."""
 
-    def __init__(self, config: Config, js: JetStreamContext) -> None:
+    def __init__(self, config: Config, nc: NatsClient, js: JetStreamContext) -> None:
         stream = dataclasses.replace(config.stream,
                                      client_id=f"{config.stream.client_id}-relay")
         self.mqtt = MqttSource(config.broker, stream, SUBSCRIPTIONS)
+        self.nc = nc
         self.js = js
         self.counters = {"relayed": 0, "relay_duplicates": 0, "relay_retries": 0,
-                         "relay_refused": 0}
+                         "relay_refused": 0, "returned": 0, "returned_failed": 0,
+                         "returned_dropped": 0}
+        self._back: asyncio.Queue[Msg] = asyncio.Queue(RETURN_QUEUE)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set (the caller sets it when the relay lease is lost)."""
         self._stop = stop
-        await self.mqtt.run(stop, self._relay)
+        subs = [await self.nc.subscribe(s, cb=self._queue_back) for s in RETURN_SUBJECTS]
+        back = asyncio.create_task(self._publish_back(stop), name="relay-back")
+        try:
+            await self.mqtt.run(stop, self._relay)
+        finally:
+            back.cancel()
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _queue_back(self, m: Msg) -> None:
+        try:
+            self._back.put_nowait(m)
+        except asyncio.QueueFull:
+            self.counters["returned_dropped"] += 1
+            log.warning(kv("publish_failed", topic=m.subject, reason="way back to mosquitto "
+                           f"full ({RETURN_QUEUE} messages)"))
+
+    async def _publish_back(self, stop: asyncio.Event) -> None:
+        """Diagnoses and alerts to mosquitto, a batch at a time (each publish waits for
+        its PUBACK; one after another would cost a round trip per sensor)."""
+        while not stop.is_set():
+            batch = [await self._back.get()]
+            while len(batch) < RETURN_BATCH and not self._back.empty():
+                batch.append(self._back.get_nowait())
+            done = await asyncio.gather(*(self.mqtt.publish(
+                m.subject.replace(".", "/"), m.data.decode("utf-8", "replace"),
+                retain=m.subject.endswith(".diagnosis")) for m in batch))
+            self.counters["returned"] += sum(done)
+            self.counters["returned_failed"] += len(done) - sum(done)
 
     async def _relay(self, batch: list[Delivery]) -> None:
+        """Store `batch` in JetStream, acknowledging each message to mosquitto once stored.
+
+        One JetStream round trip per message, one after another, would bound the relay at
+        1 / round trip (about 250 windows/s on a loopback R3 cluster, BENCHMARKS.md): the
+        batch goes out in waves instead, each wave's publishes concurrent and each wave at
+        most one message per sensor (`waves`), so a sensor's next message leaves only once
+        its previous one is stored: a failed and retried message can never be stored after
+        a later one of its sensor. A retried message that had been stored after all (its
+        answer lost) is dropped by JetStream's de-duplication (`Nats-Msg-Id`).
+        """
+        todo: list[tuple[Delivery, bytes]] = []
         for d in batch:
             payload = d.payload if isinstance(d.payload, bytes) else str(d.payload).encode()
-            if not relayable(d.topic):
-                self.counters["relay_refused"] += 1
-                log.warning(kv("window_rejected", reason="topic", topic=d.topic,
-                               detail="not a window, tacho, status or command topic of "
-                               "valid ids: not relayed"))
-                self.mqtt.ack(d)
+            if relayable(d.topic):
+                todo.append((d, payload))
                 continue
-            attempt = 0
-            while not self._stop.is_set():
-                try:
-                    ack = await self.js.publish(
-                        d.topic.replace("/", "."), payload,
-                        headers={"Nats-Msg-Id": message_id(d.topic, payload)})
-                    break
-                except Exception as e:  # no JetStream answer (leader election, lost link)
-                    attempt += 1
-                    self.counters["relay_retries"] += 1
-                    delay = backoff.jittered_s(attempt, RETRY_INITIAL_S, RETRY_MAX_S)
-                    log.warning(kv("relay_publish_failed", topic=d.topic, attempt=attempt,
-                                   reason=repr(e), retry_in_s=round(delay, 1)))
-                    await sleep_or_stop(self._stop, delay)
-            else:
-                return  # stopping: the rest stays in mosquitto's session, unacknowledged
-            self.counters["relay_duplicates" if ack.duplicate else "relayed"] += 1
+            self.counters["relay_refused"] += 1
+            log.warning(kv("window_rejected", reason="topic", topic=d.topic,
+                           detail="not a window, tacho, status or command topic of "
+                           "valid ids: not relayed"))
             self.mqtt.ack(d)
+        for wave in waves(todo):
+            attempt = 0
+            while wave:
+                if self._stop.is_set():
+                    return  # stopping: the rest stays in mosquitto's session, unacknowledged
+                answers = await asyncio.gather(*(self._store(d, payload) for d, payload in wave),
+                                               return_exceptions=True)
+                failed: list[tuple[Delivery, bytes]] = []
+                reason: BaseException | None = None
+                for (d, payload), answer in zip(wave, answers, strict=True):
+                    if isinstance(answer, BaseException):
+                        if not isinstance(answer, Exception):
+                            raise answer  # cancelled: stopping
+                        failed.append((d, payload))
+                        reason = answer
+                        continue
+                    self.counters["relay_duplicates" if answer else "relayed"] += 1
+                    self.mqtt.ack(d)
+                wave = failed
+                if failed:  # no JetStream answer (leader election, lost link): again
+                    attempt += 1
+                    self.counters["relay_retries"] += len(failed)
+                    delay = backoff.jittered_s(attempt, RETRY_INITIAL_S, RETRY_MAX_S)
+                    log.warning(kv("relay_publish_failed", topic=failed[0][0].topic,
+                                   messages=len(failed), attempt=attempt, reason=repr(reason),
+                                   retry_in_s=round(delay, 1)))
+                    await sleep_or_stop(self._stop, delay)
+
+    async def _store(self, d: Delivery, payload: bytes) -> bool:
+        """Publish to JetStream and wait for its acknowledgement; True: a duplicate."""
+        ack = await self.js.publish(d.topic.replace("/", "."), payload,
+                                    headers={"Nats-Msg-Id": message_id(d.topic, payload)})
+        return bool(ack.duplicate)
+
+
+def order_key(topic: str) -> str:
+    """What relayed messages keep their order within: the topic without its last level
+    (a sensor's windows and tacho readings together, a gateway's status, the commands)."""
+    return topic.rsplit("/", 1)[0]
+
+
+def waves(items: Sequence[tuple[Delivery, T]]) -> list[list[tuple[Delivery, T]]]:
+    """`items` cut into waves of at most one item per `order_key`, in order: an item is in
+    the wave after the one of its key's previous item, and each wave keeps the items'
+    order. Waves go out one after the other, so a key's items are stored in order."""
+    out: list[list[tuple[Delivery, T]]] = []
+    wave_of: dict[str, int] = {}  # order key -> the wave of its last item
+    for item in items:
+        key = order_key(item[0].topic)
+        w = wave_of.get(key, -1) + 1
+        if w == len(out):
+            out.append([])
+        out[w].append(item)
+        wave_of[key] = w
+    return out

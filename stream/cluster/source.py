@@ -16,7 +16,10 @@ Tasks of one worker:
   routes. Workers publish a transition there, with its alert id and status as the
   message id, before they acknowledge the window that caused it: a transition re-fired
   after a worker died is dropped by JetStream's de-duplication, not sent twice.
-Batches of all partitions go through the handler one at a time (it owns the pipeline).
+Batches go through the handler one at a time (it owns the pipeline); what the partitions'
+readers fetched meanwhile is handled together as the next batch (`MERGE_MAX`): one
+InfluxDB write, one hand-off to the DSP thread and larger kernel batches for several
+partitions' windows, instead of one each (BENCHMARKS.md, "End to end").
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import nats
@@ -39,6 +43,7 @@ from ballpass.config import BrokerConfig, Config
 from ballpass.log import kv
 from ballpass.nats_server import PARTITIONED_SUBJECT
 from ballpass.stream.cluster import topology
+from ballpass.stream.cluster.connection import connect
 from ballpass.stream.cluster.leases import RELAY_KEY, Leases
 from ballpass.stream.cluster.relay import Relay
 from ballpass.stream.cluster.state import Key, KvState
@@ -52,6 +57,20 @@ log = logging.getLogger(__name__)
 MAX_ACK_PENDING = 256
 """Windows of one partition fetched and not yet acknowledged, at most."""
 FETCH_WAIT_S = 1.0
+MERGE_MAX = 64
+"""Windows of several partitions' fetches handled as one batch: the next fetch is added
+while fewer are taken (so a batch holds up to MERGE_MAX + batch_max - 1)."""
+
+
+@dataclass
+class _Fetched:
+    """One reader's fetch, waiting for the batcher; `done` is True once handled and
+    acknowledged, False when the partition was lost meanwhile (nothing acknowledged)."""
+
+    p: int
+    msgs: list[Msg]
+    reader: asyncio.Task[None] | None
+    done: asyncio.Future[bool]
 
 
 def default_worker_id() -> str:
@@ -96,6 +115,7 @@ class NatsSource:
         self._keys: dict[int, set[Key]] = {}  # sensors seen per partition
         self._acked: list[Delivery] = []
         self._batch_lock = asyncio.Lock()
+        self._fetched: asyncio.Queue[_Fetched] = asyncio.Queue()
         self._pipeline: Pipeline | None = None
         self._dedup: Deduplicator | None = None
         self._submit: Callable[[dict[str, Any]], None] | None = None
@@ -116,6 +136,10 @@ class NatsSource:
     def status(self) -> dict[str, Any]:
         return {"worker_id": self.worker_id, "partitions": self.partitions,
                 "relay": self._relay_task is not None and not self._relay_task.done(),
+                # Subscribed to mosquitto: gateways' windows are queued for the relay.
+                "relay_connected": (self._relay is not None and self._relay.mqtt.connected
+                                    and self._relay_task is not None
+                                    and not self._relay_task.done()),
                 **self.counters, **(self._state.counters if self._state else {}),
                 **(self._relay.counters if self._relay else {})}
 
@@ -125,32 +149,18 @@ class NatsSource:
         """Connect (retrying), declare the topology, then work until `stop` is set."""
         assert self._pipeline is not None and self._dedup is not None, "bind() first"
         c = self.cluster
-        attempt = 0
-        while not stop.is_set():
-            try:
-                self._nc = await nats.connect(
-                    list(c.servers), user=c.username, password=c.password(), name=self.worker_id,
-                    max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                    allow_reconnect=True, connect_timeout=2,
-                    disconnected_cb=self._disconnected, reconnected_cb=self._reconnected)
-                self._js = self._nc.jetstream(timeout=10)
-                buckets = await topology.declare(self._js, c)
-                break
-            except Exception as e:  # any failure to reach or set up the cluster: retry
-                attempt += 1
-                delay = backoff.jittered_s(attempt, RETRY_INITIAL_S, RETRY_MAX_S)
-                log.warning(kv("cluster_unreachable", servers=",".join(c.servers),
-                               attempt=attempt, reason=repr(e), retry_in_s=round(delay, 1)))
-                await self._close()
-                await sleep_or_stop(stop, delay)
-        if stop.is_set():
-            await self._close()
+        connected = await connect(c, self.worker_id, stop, lambda js: topology.declare(js, c),
+                                  disconnected_cb=self._disconnected,
+                                  reconnected_cb=self._reconnected)
+        if connected is None:
             return
+        self._nc, self._js, buckets = connected
         self.connected = True
         log.info(kv("cluster_connected", worker=self.worker_id, servers=",".join(c.servers)))
         self._state = KvState(buckets[topology.STATE], self._pipeline, self._dedup)
         self._leases = Leases(buckets[topology.LEASES], buckets[topology.WORKERS],
                               self.worker_id, c.partitions, lease_s=c.lease_s)
+        batcher = asyncio.create_task(self._batcher(handle), name="batches")
         tasks = [asyncio.create_task(self._lease_loop(stop, handle), name="leases"),
                  asyncio.create_task(self._control_loop(stop, handle), name="control"),
                  asyncio.create_task(self._webhook_loop(stop), name="webhooks-in")]
@@ -163,9 +173,10 @@ class NatsSource:
             await self._stop_relay()
             # A batch in the handler finishes (and is acknowledged) before readers stop.
             async with self._batch_lock:
+                batcher.cancel()
                 for task in self._readers.values():
                     task.cancel()
-            await asyncio.gather(*self._readers.values(), return_exceptions=True)
+            await asyncio.gather(batcher, *self._readers.values(), return_exceptions=True)
             self._readers.clear()
             with contextlib.suppress(Exception):
                 await self._leases.release_all()
@@ -211,7 +222,8 @@ class NatsSource:
                     self.counters["partitions_taken"] += 1
                     self._readers[p] = asyncio.create_task(self._reader(p, handle),
                                                            name=f"partition-{p}")
-            await self._run_relay(leases.valid(RELAY_KEY))
+            # With edges, each plant's own `ballpass relay` does it (edge.py).
+            await self._run_relay(leases.valid(RELAY_KEY) and not self.cluster.edges)
             await sleep_or_stop(stop, self.cluster.lease_s / 3)
 
     async def _run_relay(self, should: bool) -> None:
@@ -219,8 +231,8 @@ class NatsSource:
         (the next holder resumes the same MQTT session)."""
         running = self._relay_task is not None and not self._relay_task.done()
         if should and not running:
-            assert self._js is not None
-            self._relay = Relay(self.config, self._js)
+            assert self._nc is not None and self._js is not None
+            self._relay = Relay(self.config, self._nc, self._js)
             self._relay_stop = asyncio.Event()
             self._relay_task = asyncio.create_task(self._relay.run(self._relay_stop),
                                                    name="relay")
@@ -264,10 +276,12 @@ class NatsSource:
                                                timeout=FETCH_WAIT_S)
                     except TimeoutError:  # nothing new (nats-py's is a TimeoutError)
                         continue
-                    async with self._batch_lock:
-                        if not self._leases.valid(p):
-                            return  # lease lost while fetching: the new owner reads them
-                        await self._process(msgs, handle, p)
+                    fetched = _Fetched(p, msgs, asyncio.current_task(),
+                                       asyncio.get_running_loop().create_future())
+                    self._fetched.put_nowait(fetched)
+                    # Raises what the batch raised; then the consumer is taken again.
+                    if not await fetched.done:
+                        return  # lease lost while fetching: the new owner reads them
                     attempt = 0
             except asyncio.CancelledError:
                 raise
@@ -278,19 +292,55 @@ class NatsSource:
                                reason=repr(e), retry_in_s=round(delay, 1)))
                 await asyncio.sleep(delay)
 
-    async def _process(self, msgs: list[Msg], handle: Handler, p: int | None) -> None:
-        """One batch through the handler; the state saved, then the acknowledgements."""
+    async def _batcher(self, handle: Handler) -> None:
+        """The readers' fetches through the handler, those waiting together as one batch."""
+        while True:
+            waiting = [await self._fetched.get()]
+            taken = len(waiting[0].msgs)
+            while taken < MERGE_MAX and not self._fetched.empty():
+                waiting.append(self._fetched.get_nowait())
+                taken += len(waiting[-1].msgs)
+            async with self._batch_lock:
+                live = []
+                for f in waiting:
+                    if f.done.done():
+                        continue  # its reader was stopped: nothing of it acknowledged
+                    if (self._leases is None or not self._leases.valid(f.p)
+                            or self._readers.get(f.p) is not f.reader):
+                        f.done.set_result(False)
+                    else:
+                        live.append(f)
+                if not live:
+                    continue
+                try:
+                    await self._process([(f.p, f.msgs) for f in live], handle)
+                except Exception as e:  # each reader takes its consumer again
+                    for f in live:
+                        if not f.done.done():
+                            f.done.set_exception(e)
+                    continue
+                for f in live:
+                    if not f.done.done():
+                        f.done.set_result(True)
+
+    async def _process(self, parts: list[tuple[int | None, list[Msg]]],
+                       handle: Handler) -> None:
+        """One batch (the messages of one or more partitions, `None`: not partitioned)
+        through the handler; the state saved, then the acknowledgements."""
         assert self._state is not None
         self.generation += 1
         deliveries: list[Delivery] = []
         keys: dict[int, Key] = {}
-        for i, m in enumerate(msgs):
-            topic, key = topic_of(m.subject)
-            deliveries.append(Delivery(topic, m.data, 1, i, self.generation))
-            if key is not None:
-                keys[i] = key
-        if p is not None:
-            self._keys.setdefault(p, set()).update(keys.values())
+        msgs: list[Msg] = []
+        for p, part in parts:
+            for m in part:
+                topic, key = topic_of(m.subject)
+                deliveries.append(Delivery(topic, m.data, 1, len(msgs), self.generation))
+                if key is not None:
+                    keys[len(msgs)] = key
+                    if p is not None:
+                        self._keys.setdefault(p, set()).add(key)
+                msgs.append(m)
         await self._state.load(set(keys.values()))
         self._acked = []
         await handle(deliveries)
@@ -334,7 +384,7 @@ class NatsSource:
                     status.append(m)  # status, or a command the service must refuse
             if status:
                 async with self._batch_lock:
-                    await self._process(status, handle, None)
+                    await self._process([(None, status)], handle)
         await self._pull(stop, topology.CONTROL_CONSUMER, topology.CONTROL, each)
 
     def _command_subject(self, payload: bytes) -> str | None:
@@ -368,10 +418,11 @@ class NatsSource:
         self._acked.append(d)
 
     async def publish(self, topic: str, payload: str, *, retain: bool = False) -> bool:
-        """Diagnoses on their NATS subject (MQTT subscribers of any node see the topic;
-        NATS keeps no retained copy of a message published from NATS). An alert goes to
-        the ALERTS stream, de-duplicated by its id and status; its failure raises, so that
-        the window that caused it is not acknowledged (and it reaches MQTT subscribers too)."""
+        """Diagnoses on their NATS subject, which the relay carries back to mosquitto (and
+        MQTT subscribers of any node see). An alert goes to the ALERTS stream first,
+        de-duplicated by its id and status; its failure raises, so that the window that
+        caused it is not acknowledged. A duplicate (re-fired after a worker died) goes no
+        further: it was published the first time."""
         if self._nc is None or self._js is None:
             log.warning(kv("publish_failed", topic=topic, reason="not connected"))
             return False
@@ -381,7 +432,10 @@ class NatsSource:
             msg_id = f"{alert.get('kind', 'machine')}:{alert['alert_id']}:{alert['status']}"
             ack = await self._js.publish(f"{topology.ALERT_SUBJECT}.{parts[2]}",
                                          payload.encode(), headers={"Nats-Msg-Id": msg_id})
-            self.counters["alerts_duplicate" if ack.duplicate else "alerts_published"] += 1
+            if ack.duplicate:
+                self.counters["alerts_duplicate"] += 1
+                return True
+            self.counters["alerts_published"] += 1
         try:
             await self._nc.publish(topic.replace("/", "."), payload.encode())
             return True

@@ -12,6 +12,7 @@ permissions of docs/scale-out.md), as the state dir is written only by the strea
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import pickle
 from typing import Any
@@ -77,12 +78,23 @@ class KvState:
             log.info(kv("sensor_state_loaded", sensor=sensor, found=data is not None))
 
     async def save(self, keys: set[Key]) -> None:
-        """Put each sensor's state; raises on failure (the batch then stays unacknowledged)."""
-        for key in keys:
-            blob = pickle.dumps({"format": FORMAT,
-                                 "pipeline": self.pipeline.export_sensor(key[2]),
-                                 "seqs": self.dedup.recent(key, DEDUP_SEQS)},
-                                protocol=pickle.HIGHEST_PROTOCOL)
-            await self.bucket.put(state_key(*key), blob)
-            self.counters["state_saved"] += 1
-            self.counters["state_bytes"] = len(blob)
+        """Put each sensor's state; raises on failure (the batch then stays unacknowledged).
+
+        The puts go out together and are awaited together: one after another, each waiting
+        for its replicated acknowledgement, they cost a JetStream round trip per sensor of
+        the batch (the worker's bound at small batches, BENCHMARKS.md). Different keys have
+        no order between them; one key's puts stay in order because batches do.
+        """
+        blobs = {key: pickle.dumps({"format": FORMAT,
+                                    "pipeline": self.pipeline.export_sensor(key[2]),
+                                    "seqs": self.dedup.recent(key, DEDUP_SEQS)},
+                                   protocol=pickle.HIGHEST_PROTOCOL) for key in keys}
+        answers = await asyncio.gather(*(self.bucket.put(state_key(*key), blob)
+                                         for key, blob in blobs.items()),
+                                       return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        self.counters["state_saved"] += len(blobs)
+        if blobs:
+            self.counters["state_bytes"] = len(blobs[next(iter(blobs))])

@@ -9,6 +9,11 @@
 
 Every worker declares them at start; a second declaration with the same settings is a
 no-op, one with changed retention updates the stream.
+
+A plant with a leaf node (docs/scale-out.md, "Edge sites") has its own WINDOWS and CONTROL
+streams in its own JetStream domain (`declare_edge`, by its `ballpass relay`); the central
+ones *source* them (`[cluster] edges`): JetStream copies each plant's messages in order,
+and keeps copying from where it stopped after the link was down.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    ExternalStream,
     KeyValueConfig,
     StorageType,
     StreamConfig,
+    StreamSource,
 )
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
@@ -61,25 +68,40 @@ def consumer_name(p: int) -> str:
     return f"part-{p}"
 
 
-async def declare(js: JetStreamContext, c: ClusterConfig) -> dict[str, KeyValue]:
-    """Create or update the streams and buckets; the KV handles by bucket name."""
+def _relayed_streams(c: ClusterConfig, edges: tuple[str, ...]) -> list[StreamConfig]:
+    """WINDOWS and CONTROL, the streams the relay publishes to, each sourcing the same
+    stream of every edge in `edges`."""
+    def sources(name: str) -> list[StreamSource] | None:
+        return [StreamSource(name=name, external=ExternalStream(api=f"$JS.{e}.API"))
+                for e in edges] or None
     age_s = c.window_retention_h * 3600.0
-    streams = (
-        StreamConfig(name=WINDOWS, subjects=[f"{PARTITIONED_SUBJECT}.>"], max_age=age_s,
-                     storage=StorageType.FILE, num_replicas=c.replicas,
-                     duplicate_window=RELAY_DEDUP_WINDOW_S),
-        StreamConfig(name=CONTROL, subjects=list(CONTROL_SUBJECTS), max_age=age_s,
-                     storage=StorageType.FILE, num_replicas=c.replicas,
-                     duplicate_window=RELAY_DEDUP_WINDOW_S),
-        StreamConfig(name=ALERTS, subjects=[f"{ALERT_SUBJECT}.>"], max_age=age_s,
-                     storage=StorageType.FILE, num_replicas=c.replicas,
-                     duplicate_window=ALERT_DEDUP_WINDOW_S),
-    )
+    return [StreamConfig(name=name, subjects=subjects, max_age=age_s, sources=sources(name),
+                         storage=StorageType.FILE, num_replicas=c.replicas,
+                         duplicate_window=RELAY_DEDUP_WINDOW_S)
+            for name, subjects in ((WINDOWS, [f"{PARTITIONED_SUBJECT}.>"]),
+                                   (CONTROL, list(CONTROL_SUBJECTS)))]
+
+
+async def _add_or_update(js: JetStreamContext, streams: list[StreamConfig]) -> None:
     for config in streams:
         try:
             await js.add_stream(config)
         except BadRequestError:  # exists with other settings: take this config's
             await js.update_stream(config)
+
+
+async def declare_edge(js: JetStreamContext, c: ClusterConfig) -> None:
+    """A plant's streams on its leaf node: what its relay stores while the link is down."""
+    await _add_or_update(js, _relayed_streams(c, ()))
+    log.info(kv("edge_topology_declared", replicas=c.replicas))
+
+
+async def declare(js: JetStreamContext, c: ClusterConfig) -> dict[str, KeyValue]:
+    """Create or update the streams and buckets; the KV handles by bucket name."""
+    await _add_or_update(js, [*_relayed_streams(c, c.edges), StreamConfig(
+        name=ALERTS, subjects=[f"{ALERT_SUBJECT}.>"], max_age=c.window_retention_h * 3600.0,
+        storage=StorageType.FILE, num_replicas=c.replicas,
+        duplicate_window=ALERT_DEDUP_WINDOW_S)])
     for durable, stream in ((CONTROL_CONSUMER, CONTROL), (WEBHOOK_CONSUMER, ALERTS)):
         await js.add_consumer(stream, ConsumerConfig(
             durable_name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S,
@@ -89,7 +111,8 @@ async def declare(js: JetStreamContext, c: ClusterConfig) -> dict[str, KeyValue]
         buckets[name] = await js.create_key_value(KeyValueConfig(
             bucket=name, ttl=ttl, history=1, replicas=c.replicas,
             storage=StorageType.FILE))
-    log.info(kv("cluster_topology_declared", partitions=c.partitions, replicas=c.replicas))
+    log.info(kv("cluster_topology_declared", partitions=c.partitions, replicas=c.replicas,
+                edges=",".join(c.edges) or "none"))
     return buckets
 
 

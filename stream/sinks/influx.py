@@ -19,7 +19,7 @@ import logging
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ballpass.stream.sinks.lineprotocol import Point, encode
@@ -116,6 +116,8 @@ class V1Writer:
 
     `username`/`password`: HTTP basic auth (InfluxDB 1.x with auth-enabled). No retries
     here: the caller keeps the points when `InfluxWriteError.retryable` is true.
+    `retention_policy`: the policy written to (None: the database's DEFAULT); `set_routes`
+    sends some measurements to another policy (stream/sinks/retention.py).
     """
 
     def __init__(self, url: str, db: str, username: str | None = None,
@@ -124,10 +126,11 @@ class V1Writer:
         self.url = url.rstrip("/")
         self.db = db
         self.timeout_s = timeout_s
-        params = {"db": db, "precision": "ns"}
+        self._params = {"db": db, "precision": "ns"}
         if retention_policy:
-            params["rp"] = retention_policy
-        self._write_url = f"{self.url}/write?{urllib.parse.urlencode(params)}"
+            self._params["rp"] = retention_policy
+        self._write_url = self._url_for(retention_policy)
+        self._routes: dict[str, str] = {}
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
         if username is not None:
             self._headers["Authorization"] = _basic_auth(username, password)
@@ -135,12 +138,30 @@ class V1Writer:
     def __repr__(self) -> str:
         return f"V1Writer(url={self.url!r}, db={self.db!r})"
 
+    def _url_for(self, rp: str | None) -> str:
+        params = dict(self._params)
+        if rp:
+            params["rp"] = rp
+        return f"{self.url}/write?{urllib.parse.urlencode(params)}"
+
+    def set_routes(self, routes: Mapping[str, str]) -> None:
+        """Write the points of measurement `m` to retention policy `routes[m]` from now on
+        (the policies must exist); `{}` writes everything to the default again."""
+        self._routes = dict(routes)
+
     def write(self, points: Sequence[Point]) -> None:
-        """Write all `points` in one request, or raise InfluxWriteError."""
+        """Write all `points` (one request per retention policy), or raise
+        InfluxWriteError. A retry after a partial failure rewrites the points already
+        written, which InfluxDB stores once (same series, same time)."""
         if not points:
             return
-        body = _encode_or_raise(points)
-        self._post(self._write_url, body, f"db {self.db!r}")
+        groups: dict[str | None, list[Point]] = {}
+        for p in points:
+            groups.setdefault(self._routes.get(p.measurement), []).append(p)
+        for rp, group in groups.items():
+            body = _encode_or_raise(group)
+            target = f"db {self.db!r}" + (f" rp {rp!r}" if rp else "")
+            self._post(self._write_url if rp is None else self._url_for(rp), body, target)
 
     def ensure_database(self) -> None:
         """CREATE DATABASE (no-op when it exists); InfluxWriteError on failure."""
