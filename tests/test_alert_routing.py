@@ -231,6 +231,7 @@ def test_receiver_outage_and_stream_restart_lose_nothing_and_send_once(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("outage_60s")  # idle waits: share one worker (pyproject)
 def test_receiver_down_for_60_s_gets_every_notification_once(tmp_path: Path) -> None:
     outage(tmp_path, outage_s=60.0, backoff_max_s=8.0)
 

@@ -17,7 +17,8 @@ from plant import query_rows, read_status, spawn_ballpass, wait_until, write_pas
 
 from ballpass.services import Influxd, Mosquitto
 
-pytestmark = pytest.mark.slow
+# Idle waits: shares one worker with the other 60 s outages (pyproject dev deps).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("outage_60s")]
 
 SENSORS = [f"s{i}" for i in range(1, 6)]
 OUTAGE_S = 60.0

@@ -17,7 +17,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 __all__ = ["shared_fleet"]  # the fixture, imported so pytest finds it here
 
-pytestmark = pytest.mark.slow
+# One worker starts the session's fleet once for every test that reads it (make test -n 2).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("shared_fleet")]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 READ_SENSOR_PAGE = """

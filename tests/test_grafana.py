@@ -125,6 +125,7 @@ def _rows(run: FleetRun, query: str) -> list[list[Any]]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("shared_fleet")  # the fleet is started once per worker
 def test_every_panel_query_returns_rows_from_the_stream(shared_fleet: FleetRun) -> None:
     run = shared_fleet
     # The stream set the retention policies and the hourly CQs up at start.

@@ -78,6 +78,7 @@ def _edge_messages(url: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("outage_60s")  # idle waits: share one worker (pyproject)
 def test_leaf_link_cut_60s_loses_nothing(tmp_path: Path, influxd: Influxd,
                                          influx_db: tuple[str, str]) -> None:
     url, db = influx_db
