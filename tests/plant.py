@@ -15,11 +15,13 @@ from typing import Any
 from ballpass.services import Influxd
 
 
-def spawn_ballpass(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """`python -m ballpass ARGS` with stdout and stderr appended to `log`."""
+def spawn_ballpass(args: list[str], log: Path,
+                   env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`python -m ballpass ARGS` with stdout and stderr appended to `log`; `env` replaces
+    the environment."""
     with log.open("ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen([sys.executable, "-m", "ballpass", *args], stdout=out,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, env=env)
 
 
 def stop_gently(procs: list[subprocess.Popen[bytes]], timeout_s: float = 30.0) -> None:

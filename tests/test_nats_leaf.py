@@ -2,12 +2,14 @@
 cluster is down, and the central workers get them afterwards (docs/scale-out.md, Edge
 sites). Real nodes: a 3-node central cluster, one leaf node behind a TCP link the test
 cuts for 60 s, mosquitto, `ballpass relay` at the plant, a central worker, influxd.
+The relay runs under the systemd notify protocol, as deploy/ballpass-relay.service runs it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import threading
 import time
@@ -31,6 +33,7 @@ from natsplant import (
     site_toml,
     windows,
 )
+from notify_socket import NotifySocket
 from plant import query_rows, read_status, spawn_ballpass, stop_gently, wait_until
 
 from ballpass import topics
@@ -97,6 +100,7 @@ def test_leaf_link_cut_60s_loses_nothing(tmp_path: Path, influxd: Influxd,
     hooks = HTTPServer(("127.0.0.1", 0), Hooks)
     threading.Thread(target=hooks.serve_forever, daemon=True).start()
     procs: list[subprocess.Popen[bytes]] = []
+    notify = NotifySocket()
     try:
         edge.start()
         broker.start()
@@ -112,7 +116,9 @@ def test_leaf_link_cut_60s_loses_nothing(tmp_path: Path, influxd: Influxd,
                           tmp_path / "state-plant", hook, "replicas = 1")
         relay_status, worker_status = tmp_path / "relay.json", tmp_path / "worker.json"
         procs.append(spawn_ballpass(["relay", "-c", str(plant), "--status-file",
-                                     str(relay_status)], tmp_path / "relay.log"))
+                                     str(relay_status)], tmp_path / "relay.log",
+                                    dict(os.environ, NOTIFY_SOCKET=notify.name,
+                                         WATCHDOG_USEC="2000000")))
         procs.append(spawn_ballpass(["stream", "-c", str(central), "--engine", "nats",
                                      "--status-file", str(worker_status)],
                                     tmp_path / "worker.log"))
@@ -120,6 +126,7 @@ def test_leaf_link_cut_60s_loses_nothing(tmp_path: Path, influxd: Influxd,
                    and read_status(relay_status).get("mqtt_connected"), 60,
                    "the worker holding partitions and the relay connected")
         assert read_status(worker_status)["cluster"]["relay"] is False  # the plant relays
+        assert notify.index("READY=1") is not None
 
         count, before = 30, 10
         payloads = {s: windows(s, count) for ids in SENSORS.values() for s in ids}
@@ -152,6 +159,8 @@ def test_leaf_link_cut_60s_loses_nothing(tmp_path: Path, influxd: Influxd,
         assert written() == before * sensors  # nothing reached the centre meanwhile
         relayed = read_status(relay_status)["relay"]
         assert relayed["relayed"] == count * sensors, relayed
+        # The relay's loop kept feeding its watchdog (every 1 s) while the link was down.
+        assert len([t for t in notify.times("WATCHDOG=1") if t > cut_at]) >= LINK_DOWN_S / 2
         link.restore()
 
         wait_until(lambda: written() == count * sensors, 150,
@@ -176,7 +185,10 @@ def test_leaf_link_cut_60s_loses_nothing(tmp_path: Path, influxd: Influxd,
         firing = Counter((a["alert_id"], a["status"]) for a in Hooks.received
                          if a.get("sensor") == FAULTY)
         assert firing and all(n == 1 for n in firing.values()), firing
+        stop_gently(procs[:1])
+        assert procs[0].returncode == 0 and notify.index("STOPPING=1") is not None
     finally:
+        notify.close()
         watch.loop_stop()
         stop_gently(procs)
         hooks.shutdown()

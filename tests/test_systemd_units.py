@@ -1,6 +1,7 @@
-"""deploy/*.service: the gateway and stream units are Type=notify with a watchdog, do not
-restart on a config error (exit 2), load secrets with LoadCredential=, reload with SIGHUP,
-are hardened, pass `systemd-analyze verify`, and are documented."""
+"""deploy/*.service: the gateway, stream and relay units are Type=notify with a watchdog, do
+not restart on a config error (exit 2), load secrets with LoadCredential=, are hardened,
+pass `systemd-analyze verify`, and are documented; gateway and stream reload with SIGHUP
+(the relay has no reload, and SIGHUP would stop it)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
-UNITS = ("ballpass-gateway@.service", "ballpass-stream.service")
+UNITS = ("ballpass-gateway@.service", "ballpass-stream.service", "ballpass-relay.service")
+RELOADABLE = UNITS[:2]
 
 
 def _unit(name: str) -> configparser.ConfigParser:
@@ -38,7 +40,10 @@ def test_unit_keys(name: str) -> None:
     assert svc["WatchdogSec"].endswith("s") and int(svc["WatchdogSec"][:-1]) >= 10
     assert svc["Restart"] == "on-failure"
     assert "2" in svc["RestartPreventExitStatus"].split()
-    assert svc["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    if name in RELOADABLE:
+        assert svc["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    else:
+        assert "ExecReload" not in svc
     assert svc["NoNewPrivileges"] == "yes" and svc["ProtectSystem"] == "strict"
     assert svc["ReadWritePaths"].split()[0].startswith("/var/lib/ballpass")
     assert svc.get("User") == "ballpass" or svc.get("DynamicUser") == "yes"
@@ -65,6 +70,14 @@ def test_stream_unit_exists_and_is_documented() -> None:
                    "RELOADING=1", "credential:", "RestartPreventExitStatus=2",
                    "systemctl reload ballpass-stream"):
         assert needle in ops, needle
+
+
+def test_relay_unit_runs_the_relay_and_is_documented() -> None:
+    svc = _unit(UNITS[2])["Service"]
+    assert svc["ExecStart"].split()[1:4] == ["relay", "-c", "/etc/ballpass/plant.toml"]
+    assert svc["StateDirectory"] == "ballpass-relay"
+    assert "--status-file /var/lib/ballpass-relay/" in svc["ExecStart"]
+    assert "deploy/ballpass-relay.service" in (ROOT / "docs" / "scale-out.md").read_text()
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:

@@ -6,6 +6,9 @@ mosquitto. Windows are stored in the leaf's WINDOWS and CONTROL streams (acknowl
 mosquitto only then, as the central relay does); the central streams source them, in
 order, whenever the link is up (topology.py). The workers' diagnoses and alerts come back
 over the leaf link to the plant's mosquitto, while the link is up.
+
+Under systemd (deploy/ballpass-relay.service) it speaks the notify protocol: READY=1 once
+connected to the leaf node, WATCHDOG=1 from the event loop, STOPPING=1 at shutdown.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import os
 from pathlib import Path
 
+from ballpass import sdnotify
 from ballpass.config import Config
 from ballpass.log import kv
 from ballpass.stream.cluster import topology
@@ -39,19 +43,31 @@ async def run_edge_relay(config: Config, stop: asyncio.Event,
     nc, js, _ = connected
     relay = Relay(config, nc, js)
     log.info(kv("edge_relay_started", servers=",".join(c.servers), site=config.site.id))
-    status = asyncio.create_task(_write_status(relay, status_file, stop), name="status")
+    sdnotify.notify("READY=1")
+    status = asyncio.create_task(_report(relay, status_file), name="status")
     try:
         await relay.run(stop)
     finally:
+        sdnotify.notify("STOPPING=1")
         status.cancel()
         await nc.close()
         log.info(kv("edge_relay_stopped", **relay.counters))
 
 
-async def _write_status(relay: Relay, path: Path | None, stop: asyncio.Event) -> None:
-    while path is not None and not stop.is_set():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"relay": relay.counters,
-                                   "mqtt_connected": relay.mqtt.connected}), encoding="utf-8")
-        os.replace(tmp, path)
-        await asyncio.sleep(STATUS_INTERVAL_S)
+async def _report(relay: Relay, path: Path | None) -> None:
+    """The status file every STATUS_INTERVAL_S and, under a systemd watchdog, WATCHDOG=1
+    at half its interval, both from the event loop (a blocked loop stops them)."""
+    watchdog = sdnotify.watchdog_interval_s()
+    interval = min(STATUS_INTERVAL_S, watchdog / 2) if watchdog else STATUS_INTERVAL_S
+    while True:
+        if path is not None:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"relay": relay.counters,
+                                       "mqtt_connected": relay.mqtt.connected}),
+                           encoding="utf-8")
+            os.replace(tmp, path)
+        if watchdog:
+            sdnotify.notify(f"WATCHDOG=1\nSTATUS=mosquitto "
+                            f"{'connected' if relay.mqtt.connected else 'disconnected'}, "
+                            f"{relay.counters['relayed']} windows relayed")
+        await asyncio.sleep(interval)
