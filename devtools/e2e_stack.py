@@ -126,10 +126,22 @@ def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes], log: P
 
 
 class _GatewaysBroker:
-    """The mosquitto gateways and the latency reader log in to, in every stack."""
+    """The mosquitto gateways and the latency reader log in to, and the influxd the
+    stream writes to, in every stack."""
 
     _broker: Mosquitto | None
+    _influxd: Influxd | None
     _passwords: dict[str, str]
+
+    def influx(self) -> tuple[Influxd, str]:
+        assert self._influxd is not None
+        return self._influxd, DB
+
+    def _service_pids(self, extra: Sequence[tuple[str, Service | None]] = ()
+                      ) -> dict[str, int]:
+        services = [("mosquitto", self._broker), ("influxd", self._influxd), *extra]
+        return {name: service.pid for name, service in services
+                if service is not None and service.pid is not None}
 
     def target(self) -> Target:
         assert self._broker is not None
@@ -195,15 +207,7 @@ class EmbeddedStack(_GatewaysBroker):
         return [self._stream.pid] if self._stream is not None else []
 
     def service_pids(self) -> dict[str, int]:
-        out = {}
-        for name, service in (("mosquitto", self._broker), ("influxd", self._influxd)):
-            if service is not None and service.pid is not None:
-                out[name] = service.pid
-        return out
-
-    def influx(self) -> tuple[Influxd, str]:
-        assert self._influxd is not None
-        return self._influxd, DB
+        return self._service_pids()
 
     def metrics_urls(self) -> list[str]:
         return [f"http://127.0.0.1:{self._metrics_port}/metrics"]
@@ -361,19 +365,8 @@ class ClusterStack(_GatewaysBroker):
         return [p.pid for p in self._procs]
 
     def service_pids(self) -> dict[str, int]:
-        out = {}
-        services: list[tuple[str, Service | None]] = [("mosquitto", self._broker),
-                                                      ("influxd", self._influxd)]
-        if self._cluster is not None:
-            services += [(f"nats_{n.address.name}", n) for n in self._cluster.nodes]
-        for name, service in services:
-            if service is not None and service.pid is not None:
-                out[name] = service.pid
-        return out
-
-    def influx(self) -> tuple[Influxd, str]:
-        assert self._influxd is not None
-        return self._influxd, DB
+        nodes = self._cluster.nodes if self._cluster is not None else []
+        return self._service_pids([(f"nats_{n.address.name}", n) for n in nodes])
 
     def metrics_urls(self) -> list[str]:
         return [f"http://127.0.0.1:{p}/metrics" for p in self._metrics_ports]

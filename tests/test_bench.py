@@ -41,20 +41,27 @@ E2E_KEYS = [f"e2e_embedded_{k}" for k in (
     "e2e_dsp_pipeline_windows_per_s"]
 
 
+def _quick_e2e(tmp_path: Path, stack: str, keys: list[str]) -> dict[str, float]:
+    """`ballpass bench --quick --only e2e` on one stack: its JSON, with every key in `keys`
+    present, finite and positive."""
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "ballpass", "bench", "--quick", "--only", "e2e",
+                        "--e2e-stacks", stack, "--json", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    data: dict[str, float] = json.loads(out.read_text())
+    missing = [k for k in keys if k not in data]
+    assert not missing, missing
+    for k in keys:
+        assert math.isfinite(data[k]) and data[k] > 0, (k, data[k])
+    return data
+
+
 @pytest.mark.slow
 def test_bench_e2e_quick_writes_its_figures_and_loses_nothing(tmp_path: Path) -> None:
     """mosquitto + influxd + one `ballpass stream`, loaded by the load generator: every
     figure comes out, every acknowledged window is in InfluxDB once."""
-    out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "-m", "ballpass", "bench", "--quick", "--only", "e2e",
-                        "--e2e-stacks", "embedded", "--json", str(out)],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    data = json.loads(out.read_text())
-    missing = [k for k in E2E_KEYS if k not in data]
-    assert not missing, missing
-    for k in E2E_KEYS:
-        assert math.isfinite(data[k]) and data[k] > 0, (k, data[k])
+    data = _quick_e2e(tmp_path, "embedded", E2E_KEYS)
     assert data["e2e_embedded_windows_published"] >= 16 + 40 * 3  # warm-up + first step
     assert data["e2e_embedded_lost"] == 0.0
     assert data["e2e_embedded_duplicated"] == 0.0
@@ -77,16 +84,7 @@ def test_bench_e2e_quick_nats2_writes_its_figures_and_loses_nothing(tmp_path: Pa
     """mosquitto + a 3-node NATS cluster + 2 `ballpass stream --engine nats` workers +
     influxd: the partitions are shared, every window is relayed to JetStream and written
     once, the diagnoses come back to mosquitto through the relay."""
-    out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "-m", "ballpass", "bench", "--quick", "--only", "e2e",
-                        "--e2e-stacks", "nats2", "--json", str(out)],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    data = json.loads(out.read_text())
-    missing = [k for k in NATS2_KEYS if k not in data]
-    assert not missing, missing
-    for k in NATS2_KEYS:
-        assert math.isfinite(data[k]) and data[k] > 0, (k, data[k])
+    data = _quick_e2e(tmp_path, "nats2", NATS2_KEYS)
     assert not any(k.startswith("e2e_embedded_") for k in data)  # only the stack asked for
     assert "e2e_nats2_speedup" not in data  # needs nats1 in the same run
     assert data["e2e_nats2_partitions_worker0"] + data["e2e_nats2_partitions_worker1"] == 16
