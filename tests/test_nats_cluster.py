@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -38,7 +39,7 @@ from natsplant import (
 from plant import query_rows, read_status, spawn_ballpass, stop_gently, wait_until
 
 from ballpass import topics
-from ballpass.nats_server import NatsCluster
+from ballpass.nats_server import NatsCluster, NatsEdge
 from ballpass.services import Influxd, Mosquitto
 from ballpass.stream.cluster.relay import order_key, waves
 from ballpass.stream.mqtt_source import Delivery
@@ -97,6 +98,40 @@ def test_mapping_partitions_by_sensor_and_binds_gateways(cluster: NatsCluster) -
         by_sensor.setdefault(sensor, set()).add(p)
     assert len(got) == 9  # 3 sensors x 3 nodes, nothing of the forged gw2 window
     assert all(len(ps) == 1 for ps in by_sensor.values()), by_sensor
+
+
+def _hold(port: int) -> socket.socket:
+    """Listen on `port`, as another process that took it after it was picked would."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    return s
+
+
+def test_first_start_moves_to_fresh_ports_when_a_picked_port_is_taken(
+        tmp_path: Path) -> None:
+    """Ports are picked before any node starts (routes name them all); one taken in
+    between (by a parallel test, say) costs a retry on new ports, not the run."""
+    cluster = NatsCluster(tmp_path / "nats", users=USERS, partitions=PARTITIONS)
+    taken = cluster.addresses[1].cluster_port  # n1 starts, n2 cannot bind its route
+    edge = NatsEdge(tmp_path / "edge", "plant1", ["127.0.0.1:1"],
+                    users={"stream": (PASSWORDS["stream"], "stream")},
+                    hub_login=("stream", PASSWORDS["stream"]), partitions=PARTITIONS)
+    edge_taken = edge.http_port
+    with _hold(taken), _hold(edge_taken):
+        try:
+            cluster.start()
+            edge.start()
+            assert all(n.running for n in cluster.nodes)
+            assert taken not in {a.cluster_port for a in cluster.addresses}
+            assert edge.running and edge.http_port != edge_taken
+            before = edge.port, edge.http_port
+            edge.kill()
+            edge.start()  # a restart keeps the ports its clients know
+            assert (edge.port, edge.http_port) == before
+        finally:
+            edge.stop()
+            cluster.stop()
 
 
 @pytest.mark.slow
