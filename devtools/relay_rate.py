@@ -66,7 +66,7 @@ async def _measure(workdir: Path, windows: int, sequential: bool) -> dict[str, f
         assert config.cluster is not None
         nc = await nats.connect(cluster.urls, user="stream", password=passwords["stream"])
         js = nc.jetstream(timeout=10)
-        await topology.declare(js, config.cluster)
+        await topology.declare(js, config.cluster, config.site.id)
         kind = SequentialRelay if sequential else Relay
 
         async def relay_until(done: int | None) -> Relay:

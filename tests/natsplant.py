@@ -29,7 +29,7 @@ FAULTY = "f"  # an outer-race fault: raises an alarm
 
 
 def site_toml(path: Path, servers: list[str], broker: Mosquitto, influx_url: str, db: str,
-              state: Path, hook_url: str, cluster_extra: str = "") -> Path:
+              state: Path, hook_url: str, cluster_extra: str = "", site: str = "s1") -> Path:
     """The test site: gateways gw1 and gw2 with three simulated sensors each, one motor,
     a webhook, and a [cluster] of `servers` (plus `cluster_extra` lines)."""
     (path.parent / "stream.pw").write_text(PASSWORDS["stream"] + "\n")
@@ -41,7 +41,7 @@ def site_toml(path: Path, servers: list[str], broker: Mosquitto, influx_url: str
     section = cluster_toml(servers, username="stream", password_file=path.parent / "stream.pw",
                            partitions=PARTITIONS, lease_s=3)
     path.write_text(f"""[site]
-id = "s1"
+id = "{site}"
 [broker]
 host = "127.0.0.1"
 port = {broker.port}
@@ -93,7 +93,7 @@ def windows(sensor: str, count: int) -> list[bytes]:
 class Gateway:
     """A gateway's MQTT client on one node: QoS 1, its own login; counts PUBACKs."""
 
-    def __init__(self, gateway: str, port: int, name: str = "pub") -> None:
+    def __init__(self, gateway: str, port: int, name: str = "pub", site: str = "s1") -> None:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                   client_id=f"{gateway}-{name}", clean_session=False)
         self.client.username_pw_set(gateway, PASSWORDS[gateway])
@@ -103,9 +103,10 @@ class Gateway:
         self.client.loop_start()
         assert connected.wait(20), f"{gateway}: no CONNACK from port {port}"
         self.gateway = gateway
+        self.site = site
 
     def publish(self, sensor: str, payload: bytes) -> mqtt.MQTTMessageInfo:
-        return self.client.publish(topics.window("s1", self.gateway, sensor), payload, qos=1)
+        return self.client.publish(topics.window(self.site, self.gateway, sensor), payload, qos=1)
 
     def close(self) -> None:
         self.client.loop_stop()

@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from nats.js.api import ConsumerConfig
 from natsplant import (
     FAULTY,
     PARTITIONS,
@@ -39,9 +40,11 @@ from natsplant import (
 from plant import query_rows, read_status, spawn_ballpass, stop_gently, wait_until
 
 from ballpass import topics
+from ballpass.config import ClusterConfig
 from ballpass.nats_server import NatsCluster, NatsEdge
 from ballpass.services import Influxd, Mosquitto
-from ballpass.stream.cluster.relay import order_key, waves
+from ballpass.stream.cluster import topology
+from ballpass.stream.cluster.relay import order_key, relayable, waves
 from ballpass.stream.mqtt_source import Delivery
 
 
@@ -249,6 +252,170 @@ def test_kill9_node_and_worker_mid_run(cluster: NatsCluster, tmp_path: Path,
         hooks.shutdown()
         hooks.server_close()
         broker.stop()
+
+
+def test_sites_share_streams_with_consumers_and_leases_of_their_own(
+        cluster: NatsCluster) -> None:
+    """Layout 2: each site's consumers read its own subjects; a one-site cluster's layout 1
+    consumers are taken over from where they stopped (commands not handled twice); each
+    site's edges add to the streams' sources."""
+
+    async def fetch(js: Any, durable: str, stream: str, n: int) -> list[bytes]:
+        sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+        try:
+            msgs = await sub.fetch(n, timeout=2)
+        except TimeoutError:
+            return []
+        for m in msgs:
+            await m.ack()
+        return [m.data for m in msgs]
+
+    async def main() -> None:
+        nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
+        js = nc.jetstream(timeout=10)
+        plain = ClusterConfig(partitions=PARTITIONS)
+        await topology.declare(js, plain, "s0")  # the streams, as layout 1 had them
+        await js.add_consumer(topology.WINDOWS, ConsumerConfig(
+            durable_name="part-0", filter_subject="bpw.0.>"))
+        await js.add_consumer(topology.CONTROL, ConsumerConfig(durable_name="control"))
+        for i in range(5):
+            await js.publish("bpw.0.s1.gw1.a.window", b"w%d" % i)
+            await js.publish("bp.v1.s1.gw1.status", b"st%d" % i)
+        assert await fetch(js, "part-0", topology.WINDOWS, 3) == [b"w0", b"w1", b"w2"]
+        assert await fetch(js, "control", topology.CONTROL, 2) == [b"st0", b"st1"]
+
+        buckets = await topology.declare(js, ClusterConfig(partitions=PARTITIONS,
+                                                           edges=("plant1",)), "s1")
+        await topology.take_consumer(js, "s1", 0, 3, 256)
+        names = {c.name for c in await js.consumers_info(topology.WINDOWS)}
+        assert "part-0" not in names and "s1-part-0" in names, names
+        control = {c.name for c in await js.consumers_info(topology.CONTROL)}
+        assert "control" not in control, control
+        assert await fetch(js, "s1-part-0", topology.WINDOWS, 10) == [b"w3", b"w4"]
+        assert await fetch(js, "s1-control", topology.CONTROL, 10) == [b"st2", b"st3", b"st4"]
+
+        # A second site: its own consumers and leases; its edge joins plant1's.
+        buckets2 = await topology.declare(js, ClusterConfig(partitions=PARTITIONS,
+                                                            edges=("plant2",)), "s2")
+        await topology.take_consumer(js, "s2", 0, 3, 256)
+        await js.publish("bpw.0.s2.gw1.a.window", b"s2w")
+        await js.publish("bp.v1.s2.gw1.status", b"s2st")
+        assert await fetch(js, "s1-part-0", topology.WINDOWS, 10) == []
+        assert await fetch(js, "s2-part-0", topology.WINDOWS, 10) == [b"s2w"]
+        assert await fetch(js, "s1-control", topology.CONTROL, 10) == []
+        assert await fetch(js, "s2-control", topology.CONTROL, 10) == [b"s2st"]
+        await buckets[topology.LEASES].create("p0", b"worker-of-s1")
+        await buckets2[topology.LEASES].create("p0", b"worker-of-s2")  # not taken: s2's own
+        await buckets[topology.STATE].put("s1.gw1.a", b"state")  # one bucket for all sites
+        assert (await buckets2[topology.STATE].get("s1.gw1.a")).value == b"state"
+        info = await js.stream_info(topology.WINDOWS)
+        apis = sorted(s.external.api for s in info.config.sources or [] if s.external)
+        assert apis == ["$JS.plant1.API", "$JS.plant2.API"], apis
+        await nc.close()
+
+    asyncio.run(main())
+
+
+def test_relay_keeps_to_its_own_site() -> None:
+    """A plant's mosquitto relays its own site's topics only: another site's windows
+    would reach that site's workers on the shared cluster."""
+    assert relayable("bp/v1/s1/gw1/a/window", "s1")
+    assert relayable("bp/v1/s1/gw1/status", "s1")
+    assert relayable("bp/v1/s1/command", "s1")
+    assert not relayable("bp/v1/s2/gw1/a/window", "s1")
+    assert not relayable("bp/v1/s2/command", "s1")
+    assert not relayable("bp/v1/s1/gw.1/status", "s1")
+
+
+@pytest.mark.slow
+def test_two_sites_on_one_cluster_keep_to_their_own(
+        cluster: NatsCluster, tmp_path: Path, influxd: Influxd,
+        influx_db: tuple[str, str]) -> None:
+    """Two plants (own mosquitto, own database, own webhook) on one cluster, a worker
+    each: each worker holds all of its site's partitions, every window lands once in its
+    own site's database, each site's alarm reaches its own webhook only, and each
+    mosquitto gets back its own site's diagnoses only."""
+    url, db = influx_db
+    sites = ("s1", "s2")
+    dbs = {"s1": db, "s2": f"{db}_2"}
+    influxd.create_database(dbs["s2"])
+    brokers = {s: Mosquitto(tmp_path / f"mqtt-{s}", users=PASSWORDS,
+                            operator_users=("watch",)) for s in sites}
+    hooks: dict[str, HTTPServer] = {}
+    received: dict[str, list[dict[str, Any]]] = {}
+    watched: dict[str, list[mqtt.MQTTMessage]] = {s: [] for s in sites}
+    watchers: list[mqtt.Client] = []
+    workers: list[subprocess.Popen[bytes]] = []
+    count = 20
+    try:
+        for s in sites:
+            (tmp_path / s).mkdir()
+            brokers[s].start()
+            received[s] = []
+            handler = type(f"Hooks_{s}", (Hooks,), {"received": received[s]})
+            hooks[s] = HTTPServer(("127.0.0.1", 0), handler)
+            threading.Thread(target=hooks[s].serve_forever, daemon=True).start()
+            w = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{s}")
+            w.username_pw_set("watch", PASSWORDS["watch"])
+            w.on_message = lambda _c, box, m: box.append(m)
+            w.user_data_set(watched[s])
+            w.connect("127.0.0.1", brokers[s].port)
+            w.subscribe([(topics.diagnosis(o, "+", "+"), 1) for o in sites])
+            w.loop_start()
+            watchers.append(w)
+            site = site_toml(tmp_path / s / "site.toml", cluster.urls, brokers[s], url,
+                             dbs[s], tmp_path / s / "state",
+                             f"http://127.0.0.1:{hooks[s].server_port}/hook", site=s)
+            workers.append(spawn_ballpass(
+                ["stream", "-c", str(site), "--engine", "nats", "--status-file",
+                 str(tmp_path / s / "status.json")], tmp_path / s / "worker.log"))
+        statuses = [tmp_path / s / "status.json" for s in sites]
+        wait_until(lambda: all(len((read_status(p).get("cluster") or {})
+                                   .get("partitions", [])) == PARTITIONS
+                               and (read_status(p).get("cluster") or {}).get("relay_connected")
+                               for p in statuses),
+                   60, "each site's worker holding all its site's partitions")
+        payloads = {sensor: windows(sensor, count) for ids in SENSORS.values()
+                    for sensor in ids}
+        gws = [(Gateway(g, brokers[s].port, f"pub-{s}", site=s), ids)
+               for s in sites for g, ids in SENSORS.items()]
+        infos = [gw.publish(sensor, payloads[sensor][seq])
+                 for seq in range(count) for gw, ids in gws for sensor in ids]
+        for info in infos:
+            info.wait_for_publish(30)
+            assert info.is_published()
+        for gw, _ in gws:
+            gw.close()
+        per_site = count * sum(len(ids) for ids in SENSORS.values())
+
+        def written(s: str) -> list[dict[str, Any]]:
+            return query_rows(influxd, dbs[s], "SELECT count(seq) FROM vibration "
+                                               "GROUP BY site, sensor")
+
+        wait_until(lambda: all(sum(r["count"] for r in written(s)) == per_site
+                               for s in sites), 120, f"{per_site} windows per site")
+        for s in sites:
+            assert {(r["site"], r["sensor"]): r["count"] for r in written(s)} == {
+                (s, sensor): count for sensor in payloads}
+        wait_until(lambda: all(any(a.get("sensor") == FAULTY for a in received[s])
+                               for s in sites), 30, "each site's alarm at its webhook")
+        time.sleep(2)
+        for s in sites:
+            assert {a["site"] for a in received[s]} == {s}, received[s]
+            firing = Counter((a["alert_id"], a["status"]) for a in received[s])
+            assert all(n == 1 for n in firing.values()), firing
+            back = {m.topic.split("/")[2] for m in watched[s]}
+            assert back == {s}, (s, back)
+    finally:
+        for w in watchers:
+            w.loop_stop()
+            w.disconnect()
+        stop_gently(workers)
+        for server in hooks.values():
+            server.shutdown()
+            server.server_close()
+        for b in brokers.values():
+            b.stop()
 
 
 @given(st.lists(st.tuples(st.sampled_from(["gw1/a", "gw1/b", "gw2/c", "gw2"]),

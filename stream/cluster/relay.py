@@ -7,8 +7,9 @@ PUBACKed while the WINDOWS stream's leader was killed, 46 stored. A gateway dele
 window from its outbox on PUBACK, so those 14 were lost. Here a window leaves mosquitto's
 session only after JetStream's publish acknowledgement (stored on a majority of replicas).
 
-One worker at a time relays (the `relay` lease in the leases bucket), with one MQTT client
-id and a persistent session: the next holder resumes the session, and mosquitto redelivers
+One worker of the site at a time relays (the `relay` lease in its leases bucket), with one
+MQTT client id and a persistent session: the next holder resumes the session, and mosquitto
+redelivers
 what the previous one had not acknowledged, in order. A message relayed twice (stored, then
 the relay died before its MQTT acknowledgement) carries the same `Nats-Msg-Id` (a hash of
 topic and payload) and is dropped by JetStream's de-duplication.
@@ -43,8 +44,11 @@ from ballpass.stream.routing import SUBSCRIPTIONS, Route, route
 
 log = logging.getLogger(__name__)
 
-RETURN_SUBJECTS = ("bp.v1.*.*.*.diagnosis", "bp.v1.*.alerts")
-"""The workers' messages the relay publishes back to mosquitto."""
+def return_subjects(site: str) -> tuple[str, str]:
+    """The workers' messages the relay publishes back to its site's mosquitto (only its
+    own site's: other plants' share the cluster)."""
+    return f"bp.v1.{site}.*.*.diagnosis", f"bp.v1.{site}.alerts"
+
 RETURN_QUEUE = 10_000
 """Messages waiting for mosquitto at most; beyond, the oldest way back is full: dropped,
 counted (`returned_dropped`)."""
@@ -57,15 +61,18 @@ def message_id(topic: str, payload: bytes) -> str:
     return hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()[:32]
 
 
-def relayable(topic: str) -> bool:
-    """A topic whose subject a stream captures: a message on any other (say a site id
-    with a dot) would be refused by JetStream forever and must not block the relay."""
+def relayable(topic: str, site: str) -> bool:
+    """A topic of `site` whose subject a stream captures. A message on any other (say a
+    site id with a dot) would be refused by JetStream forever and must not block the
+    relay; one of another site would reach that site's workers, which share the cluster."""
     r = route(topic)
+    if r.site != site:
+        return False
     if r.route in (Route.WINDOW, Route.TACHO):
         return True  # ids checked by `route`
     if r.route is Route.STATUS:
-        return topics.valid_id(r.site) and topics.valid_id(r.gateway)
-    return r.route is Route.COMMAND and topics.valid_id(r.site)
+        return topics.valid_id(r.gateway)
+    return r.route is Route.COMMAND
 
 
 class Relay:
@@ -75,6 +82,7 @@ class Relay:
         stream = dataclasses.replace(config.stream,
                                      client_id=f"{config.stream.client_id}-relay")
         self.mqtt = MqttSource(config.broker, stream, SUBSCRIPTIONS)
+        self.site = config.site.id
         self.nc = nc
         self.js = js
         self.counters = {"relayed": 0, "relay_duplicates": 0, "relay_retries": 0,
@@ -85,7 +93,7 @@ class Relay:
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set (the caller sets it when the relay lease is lost)."""
         self._stop = stop
-        subs = [await self.nc.subscribe(s, cb=self._queue_back) for s in RETURN_SUBJECTS]
+        subs = [await self.nc.subscribe(s, cb=self._queue_back) for s in return_subjects(self.site)]
         back = asyncio.create_task(self._publish_back(stop), name="relay-back")
         try:
             await self.mqtt.run(stop, self._relay)
@@ -130,13 +138,13 @@ class Relay:
         todo: list[tuple[Delivery, bytes]] = []
         for d in batch:
             payload = d.payload if isinstance(d.payload, bytes) else str(d.payload).encode()
-            if relayable(d.topic):
+            if relayable(d.topic, self.site):
                 todo.append((d, payload))
                 continue
             self.counters["relay_refused"] += 1
             log.warning(kv("window_rejected", reason="topic", topic=d.topic,
-                           detail="not a window, tacho, status or command topic of "
-                           "valid ids: not relayed"))
+                           detail=f"not a window, tacho, status or command topic of site "
+                           f"{self.site} with valid ids: not relayed"))
             self.mqtt.ack(d)
         for wave in waves(todo):
             attempt = 0

@@ -100,6 +100,7 @@ class NatsSource:
         assert config.cluster is not None
         self.config = config
         self.cluster = config.cluster
+        self.site = config.site.id  # its partitions' consumers and leases are this site's
         self.worker_id = self.cluster.worker_id or default_worker_id()
         self.connected = False
         self.generation = 0
@@ -149,7 +150,8 @@ class NatsSource:
         """Connect (retrying), declare the topology, then work until `stop` is set."""
         assert self._pipeline is not None and self._dedup is not None, "bind() first"
         c = self.cluster
-        connected = await connect(c, self.worker_id, stop, lambda js: topology.declare(js, c),
+        connected = await connect(c, self.worker_id, stop,
+                                  lambda js: topology.declare(js, c, self.site),
                                   disconnected_cb=self._disconnected,
                                   reconnected_cb=self._reconnected)
         if connected is None:
@@ -265,10 +267,10 @@ class NatsSource:
             # Sensors seen in `p` before: their state is the bucket's, not this memory's.
             self._state.forget(self._keys.pop(p, set()))
             try:
-                await topology.take_consumer(self._js, p, self.cluster.replicas,
+                await topology.take_consumer(self._js, self.site, p, self.cluster.replicas,
                                              MAX_ACK_PENDING)
-                sub = await self._js.pull_subscribe_bind(durable=topology.consumer_name(p),
-                                                         stream=topology.WINDOWS)
+                sub = await self._js.pull_subscribe_bind(
+                    durable=topology.consumer_name(self.site, p), stream=topology.WINDOWS)
                 log.info(kv("partition_reading", partition=p, worker=self.worker_id))
                 while True:
                     try:
@@ -385,7 +387,8 @@ class NatsSource:
             if status:
                 async with self._batch_lock:
                     await self._process([(None, status)], handle)
-        await self._pull(stop, topology.CONTROL_CONSUMER, topology.CONTROL, each)
+        await self._pull(stop, topology.control_consumer(self.site),
+                         topology.CONTROL, each)
 
     def _command_subject(self, payload: bytes) -> str | None:
         """The sensor subject of an operator command (None: not one the config knows)."""
@@ -394,7 +397,7 @@ class NatsSource:
             gateway, _ = self.config.sensor_index()[sensor]
         except (ValueError, AttributeError, KeyError, TypeError):
             return None
-        return f"{topics.PREFIX.replace('/', '.')}.{self.config.site.id}.{gateway.id}" \
+        return f"{topics.PREFIX.replace('/', '.')}.{self.site}.{gateway.id}" \
                f".{sensor}.command"
 
     async def _webhook_loop(self, stop: asyncio.Event) -> None:
@@ -409,7 +412,8 @@ class NatsSource:
                         self._submit(alert)  # spooled to disk by the webhook sender
                     self.counters["webhooks_taken"] += 1
                 await m.ack()
-        await self._pull(stop, topology.WEBHOOK_CONSUMER, topology.ALERTS, each)
+        await self._pull(stop, topology.webhook_consumer(self.site),
+                         topology.ALERTS, each)
 
     # --- what the service calls ---------------------------------------------------------
 
@@ -429,7 +433,9 @@ class NatsSource:
         parts = topic.split("/")
         if len(parts) == 4 and parts[3] == "alerts":
             alert = json.loads(payload)
-            msg_id = f"{alert.get('kind', 'machine')}:{alert['alert_id']}:{alert['status']}"
+            # Sites share the ALERTS stream, and alert ids are unique within a site only.
+            msg_id = (f"{parts[2]}:{alert.get('kind', 'machine')}:{alert['alert_id']}"
+                      f":{alert['status']}")
             ack = await self._js.publish(f"{topology.ALERT_SUBJECT}.{parts[2]}",
                                          payload.encode(), headers={"Nats-Msg-Id": msg_id})
             if ack.duplicate:

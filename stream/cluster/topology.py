@@ -3,9 +3,16 @@
     WINDOWS  bpw.{p}.{site}.{gateway}.{sensor}.{window|tacho|command}   file, R3
     CONTROL  bp.v1.{site}.{gateway}.status, bp.v1.{site}.command          file, R3
     ALERTS   bpa.{site}    alert transitions, de-duplicated by Nats-Msg-Id  file, R3
-    KV bp_leases   partition -> worker id (TTL = lease_s)
-    KV bp_workers  worker id -> heartbeat (TTL = lease_s)
-    KV bp_state    site.gateway.sensor -> that sensor's state (stream/cluster/state.py)
+    KV bp_leases_{site}   partition -> worker id (TTL = lease_s)
+    KV bp_workers_{site}  worker id -> heartbeat (TTL = lease_s)
+    KV bp_state           site.gateway.sensor -> that sensor's state (stream/cluster/state.py)
+
+Several sites (plants) share one cluster: the streams and the state bucket are common,
+and each site's workers have consumers filtered on their site (`{site}-part-{p}`,
+`{site}-control`, `{site}-webhooks`) and leases of their own, so they share partitions
+only with each other (LAYOUT_VERSION 2; version 1 had one site per cluster and consumers
+`part-{p}`, `control`, `webhooks`, which a version 2 worker takes over from where they
+stopped, `_resume_seq`).
 
 Every worker declares them at start; a second declaration with the same settings is a
 no-op, one with changed retention updates the stream.
@@ -13,11 +20,14 @@ no-op, one with changed retention updates the stream.
 A plant with a leaf node (docs/scale-out.md, "Edge sites") has its own WINDOWS and CONTROL
 streams in its own JetStream domain (`declare_edge`, by its `ballpass relay`); the central
 ones *source* them (`[cluster] edges`): JetStream copies each plant's messages in order,
-and keeps copying from where it stopped after the link was down.
+and keeps copying from where it stopped after the link was down. Each site adds its own
+edges to the sources the streams already have.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 
 from nats.js import JetStreamContext
@@ -40,6 +50,8 @@ from ballpass.nats_server import CONTROL_SUBJECTS, PARTITIONED_SUBJECT
 
 log = logging.getLogger(__name__)
 
+LAYOUT_VERSION = 2
+"""Names and filters of the consumers and buckets (docs/scale-out.md, "Layout")."""
 WINDOWS = "WINDOWS"
 CONTROL = "CONTROL"
 ALERTS = "ALERTS"
@@ -47,8 +59,6 @@ ALERT_SUBJECT = "bpa"
 LEASES = "bp_leases"
 WORKERS = "bp_workers"
 STATE = "bp_state"
-CONTROL_CONSUMER = "control"
-WEBHOOK_CONSUMER = "webhooks"
 ALERT_DEDUP_WINDOW_S = 3600.0
 """A re-fired transition (same alert id and status, after a worker died before its
 acknowledgement) within this long is dropped by JetStream."""
@@ -60,12 +70,25 @@ ACK_WAIT_S = 60.0
 than any batch (a batch's write retries stop at the stream's shutdown, not before)."""
 
 
-def partition_subject(p: int) -> str:
-    return f"{PARTITIONED_SUBJECT}.{p}.>"
+def partition_subject(site: str, p: int) -> str:
+    return f"{PARTITIONED_SUBJECT}.{p}.{site}.>"
 
 
-def consumer_name(p: int) -> str:
-    return f"part-{p}"
+def consumer_name(site: str, p: int) -> str:
+    return f"{site}-part-{p}"
+
+
+def control_consumer(site: str) -> str:
+    return f"{site}-control"
+
+
+def webhook_consumer(site: str) -> str:
+    return f"{site}-webhooks"
+
+
+def bucket_names(site: str) -> dict[str, str]:
+    """The KV buckets of `site`'s workers, by role (LEASES, WORKERS, STATE)."""
+    return {LEASES: f"{LEASES}_{site}", WORKERS: f"{WORKERS}_{site}", STATE: STATE}
 
 
 def _relayed_streams(c: ClusterConfig, edges: tuple[str, ...]) -> list[StreamConfig]:
@@ -87,7 +110,18 @@ async def _add_or_update(js: JetStreamContext, streams: list[StreamConfig]) -> N
         try:
             await js.add_stream(config)
         except BadRequestError:  # exists with other settings: take this config's
-            await js.update_stream(config)
+            await js.update_stream(await _keep_other_sources(js, config))
+
+
+async def _keep_other_sources(js: JetStreamContext, config: StreamConfig) -> StreamConfig:
+    """`config` with the sources other sites gave the stream: a site adds its edges and
+    never drops another site's (an edge no site lists any more is removed by hand)."""
+    assert config.name is not None
+    have = (await js.stream_info(config.name)).config.sources or []
+    mine = config.sources or []
+    api = {s.external.api if s.external else None for s in mine}
+    merged = [*mine, *(s for s in have if (s.external.api if s.external else None) not in api)]
+    return dataclasses.replace(config, sources=merged or None)
 
 
 async def declare_edge(js: JetStreamContext, c: ClusterConfig) -> None:
@@ -96,44 +130,85 @@ async def declare_edge(js: JetStreamContext, c: ClusterConfig) -> None:
     log.info(kv("edge_topology_declared", replicas=c.replicas))
 
 
-async def declare(js: JetStreamContext, c: ClusterConfig) -> dict[str, KeyValue]:
-    """Create or update the streams and buckets; the KV handles by bucket name."""
+async def declare(js: JetStreamContext, c: ClusterConfig, site: str) -> dict[str, KeyValue]:
+    """Create or update the streams, `site`'s consumers and buckets; the KV handles by
+    role (LEASES, WORKERS, STATE)."""
     await _add_or_update(js, [*_relayed_streams(c, c.edges), StreamConfig(
         name=ALERTS, subjects=[f"{ALERT_SUBJECT}.>"], max_age=c.window_retention_h * 3600.0,
         storage=StorageType.FILE, num_replicas=c.replicas,
         duplicate_window=ALERT_DEDUP_WINDOW_S)])
-    for durable, stream in ((CONTROL_CONSUMER, CONTROL), (WEBHOOK_CONSUMER, ALERTS)):
-        await js.add_consumer(stream, ConsumerConfig(
-            durable_name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S,
-            num_replicas=c.replicas))
+    # Version 1's consumers had no site: "control" and "webhooks".
+    for durable, stream, subject, v1 in (
+            (control_consumer(site), CONTROL, f"bp.v1.{site}.>", "control"),
+            (webhook_consumer(site), ALERTS, f"{ALERT_SUBJECT}.{site}", "webhooks")):
+        await _ensure_consumer(js, site, stream, durable, subject, v1, c.replicas)
     buckets = {}
-    for name, ttl in ((LEASES, c.lease_s), (WORKERS, c.lease_s), (STATE, None)):
-        buckets[name] = await js.create_key_value(KeyValueConfig(
-            bucket=name, ttl=ttl, history=1, replicas=c.replicas,
+    ttls = {LEASES: c.lease_s, WORKERS: c.lease_s, STATE: None}
+    for role, name in bucket_names(site).items():
+        buckets[role] = await js.create_key_value(KeyValueConfig(
+            bucket=name, ttl=ttls[role], history=1, replicas=c.replicas,
             storage=StorageType.FILE))
-    log.info(kv("cluster_topology_declared", partitions=c.partitions, replicas=c.replicas,
-                edges=",".join(c.edges) or "none"))
+    log.info(kv("cluster_topology_declared", site=site, partitions=c.partitions,
+                replicas=c.replicas, edges=",".join(c.edges) or "none",
+                layout=LAYOUT_VERSION))
     return buckets
 
 
-async def take_consumer(js: JetStreamContext, p: int, replicas: int,
+async def _resume_seq(js: JetStreamContext, stream: str, names: list[str]) -> int | None:
+    """The first unacknowledged stream sequence of the first consumer of `names` that
+    exists (None: none exists, or it acknowledged nothing)."""
+    for name in names:
+        try:
+            info = await js.consumer_info(stream, name)
+        except NotFoundError:
+            continue
+        return info.ack_floor.stream_seq + 1 if info.ack_floor else None
+    return None
+
+
+async def _drop_v1(js: JetStreamContext, stream: str, name: str, site: str) -> None:
+    """Delete version 1's consumer once its successor took over from its position."""
+    with contextlib.suppress(NotFoundError):
+        await js.delete_consumer(stream, name)
+        log.info(kv("cluster_consumer_migrated", stream=stream, consumer=name, site=site,
+                    layout=LAYOUT_VERSION))
+
+
+async def _ensure_consumer(js: JetStreamContext, site: str, stream: str, durable: str,
+                           subject: str, v1: str, replicas: int) -> None:
+    """`durable` on `stream`, filtered on `subject`; a new one starts where version 1's
+    `v1` stopped (commands and alerts already handled are not handled again)."""
+    with contextlib.suppress(NotFoundError):
+        await js.consumer_info(stream, durable)
+        return
+    start = await _resume_seq(js, stream, [v1])
+    try:
+        await js.add_consumer(stream, ConsumerConfig(
+            durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT_S, num_replicas=replicas,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
+            opt_start_seq=start))
+    except BadRequestError:  # another worker of the site created it first
+        await js.consumer_info(stream, durable)
+    await _drop_v1(js, stream, v1, site)
+
+
+async def take_consumer(js: JetStreamContext, site: str, p: int, replicas: int,
                         max_ack_pending: int) -> None:
-    """(Re)create partition `p`'s durable consumer from its first unacknowledged window.
+    """(Re)create `site`'s durable consumer of partition `p` from its first
+    unacknowledged window (version 1's `part-{p}`'s when it is the first).
 
     A new owner recreates it rather than binding to it: the previous owner's fetched but
     unacknowledged windows come again at once, in order (not after ACK_WAIT_S), and a
     previous owner that is still running loses its binding.
     """
-    name = consumer_name(p)
-    start: int | None = None
-    try:
-        info = await js.consumer_info(WINDOWS, name)
-        start = info.ack_floor.stream_seq + 1 if info.ack_floor else None
+    name, v1 = consumer_name(site, p), f"part-{p}"
+    start = await _resume_seq(js, WINDOWS, [name, v1])
+    with contextlib.suppress(NotFoundError):
         await js.delete_consumer(WINDOWS, name)
-    except NotFoundError:
-        pass
+    await _drop_v1(js, WINDOWS, v1, site)
     await js.add_consumer(WINDOWS, ConsumerConfig(
-        durable_name=name, filter_subject=partition_subject(p),
+        durable_name=name, filter_subject=partition_subject(site, p),
         ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S, max_ack_pending=max_ack_pending,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
         opt_start_seq=start, num_replicas=replicas))
