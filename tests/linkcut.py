@@ -20,6 +20,7 @@ class LinkCut:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener: socket.socket | None = None
+        self.accepted = 0  # connections accepted since construction
 
     def restore(self) -> None:
         listener = socket.create_server((self.host, self.port), reuse_port=False)
@@ -45,6 +46,7 @@ class LinkCut:
                 client, _ = listener.accept()
             except OSError:
                 return  # cut
+            self.accepted += 1
             try:
                 upstream = socket.create_connection((self.host, self.target_port), timeout=5)
             except OSError:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from linkcut import LinkCut
 
 from ballpass.config import InfluxConfig
 from ballpass.services import Influxd, VictoriaMetrics, free_port
@@ -182,6 +183,30 @@ def test_v2_closed_port_is_retryable() -> None:
     finally:
         writer.close()
     assert info.value.retryable and info.value.status is None
+
+
+def test_v1_keeps_one_connection_and_reopens_a_dropped_one(influx_db: tuple[str, str]) -> None:
+    """Writes share one kept-alive connection; one the other end dropped while idle (a
+    restart, a proxy's idle timeout) is replaced at the next write, which succeeds."""
+    url, db = influx_db
+    link = LinkCut(int(urllib.parse.urlsplit(url).port or 0))
+    link.start()
+    writer = V1Writer(f"http://127.0.0.1:{link.port}", db)
+    t0 = time.time_ns() - 600 * 10**9
+    try:
+        for i in range(5):
+            writer.write(_vibration(2, t0 + i * 10**10, sensor=f"k{i}"))
+        assert link.accepted == 1
+        link.cut()
+        link.restore()
+        writer.write(_vibration(2, t0 + 10**11, sensor="after"))
+        assert link.accepted == 2
+    finally:
+        writer.close()
+        link.stop()
+    rows = query_v1(url, db, "SELECT count(seq) FROM vibration GROUP BY sensor")
+    assert {r["sensor"]: r["count"] for r in rows} == {
+        **{f"k{i}": 2 for i in range(5)}, "after": 2}
 
 
 def test_v1_timeout_is_retryable() -> None:
