@@ -4,6 +4,14 @@ Each sensor's latest diagnosis of the batch goes to its retained `diagnosis` top
 alert transition goes to the site's `alerts` topic and to the webhook routes. A failed MQTT
 publish is logged and not retried: diagnoses are re-published with the next window, and
 alerts still reach people through the webhooks (which persist and retry on their own).
+
+A batch without alerts has its diagnoses published in the background while the stream
+handles the next batch (waiting for PUBACKs was 43 % of the stream's time per window,
+BENCHMARKS.md "End to end"). One batch's at a time: the next batch's publish waits for
+them first, so a sensor's retained diagnosis is never overtaken by an older one. A batch
+with alerts publishes its diagnoses, then its alerts, before it returns: MQTT readers see
+the diagnosis before the alert it explains, and a cluster worker's alert is stored
+before the window that raised it is acknowledged (stream/cluster/source.py).
 """
 
 from __future__ import annotations
@@ -45,22 +53,45 @@ class Publisher:
         self.source = source
         self.webhooks = webhooks
         self.counters = counters
+        self._pending: asyncio.Task[None] | None = None
 
     async def publish(self, latest: dict[str, tuple[Result, dict[str, Any], int]],
                       alerts: list[dict[str, Any]]) -> None:
-        if latest and not self.source.connected:
-            log.warning(kv("publish_failed", what="diagnoses", count=len(latest),
-                           reason="not connected"))
-        elif latest:
-            # Together, not one after the other: each publish waits for its PUBACK, and
-            # in turn that was a broker round trip per sensor of the batch (half of the
-            # stream's time per window at 500 windows/s, BENCHMARKS.md "End to end").
-            await asyncio.gather(*(self.source.publish(
-                topics.diagnosis(message["site"], message["gateway"], sensor),
-                json.dumps(message), retain=True) for sensor, (_, message, _) in latest.items()))
+        """The batch's diagnoses and alerts (see the module docstring for when it returns
+        before the diagnoses are out)."""
+        await self.flush()
+        if not alerts:
+            if latest:
+                self._pending = asyncio.create_task(self._diagnoses(latest),
+                                                    name="publish-diagnoses")
+            return
+        await self._diagnoses(latest)
         for alert in alerts:
             await self.source.publish(topics.alerts(alert["site"]), json.dumps(alert))
         self.send_alerts(alerts)
+
+    async def flush(self) -> None:
+        """Wait until the diagnoses handed to the background are out (or failed, logged)."""
+        task, self._pending = self._pending, None
+        if task is None:
+            return
+        try:
+            await task
+        except Exception as e:  # a source's publish logs and returns False; this is a bug
+            log.error(kv("publish_failed", what="diagnoses", reason=repr(e)))
+
+    async def _diagnoses(self, latest: dict[str, tuple[Result, dict[str, Any], int]]) -> None:
+        if not latest:
+            return
+        if not self.source.connected:
+            log.warning(kv("publish_failed", what="diagnoses", count=len(latest),
+                           reason="not connected"))
+            return
+        # Together, not one after the other: each publish waits for its PUBACK, and in
+        # turn that was a broker round trip per sensor of the batch.
+        await asyncio.gather(*(self.source.publish(
+            topics.diagnosis(message["site"], message["gateway"], sensor),
+            json.dumps(message), retain=True) for sensor, (_, message, _) in latest.items()))
 
     def send_alerts(self, alerts: list[dict[str, Any]]) -> None:
         """Count, log and hand each alert to the webhook routes."""

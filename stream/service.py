@@ -142,6 +142,7 @@ class StreamService:
             await self._write_iso_boundaries()
             await self.source.run(stop, self._handle)
         finally:
+            await self.publisher.flush()
             sdnotify.notify("STOPPING=1\nSTATUS=stopping")
             watchdog_task.cancel()
             if self.web is not None:
@@ -205,6 +206,8 @@ class StreamService:
             latest = latest_diagnoses(output)
             self._summarise(latest)
             await self.publisher.publish(latest, output.alerts)
+            if self._stop.is_set():  # the source closes after this batch: out before that
+                await self.publisher.flush()
             if self.evidence is not None:
                 self.evidence.observe(output, {s: m for s, (_, m, _) in latest.items()})
         with stage.labels("history").time():
