@@ -18,7 +18,9 @@ a maintenance-of-instrument matter that is never a machine alarm (docs/alerting.
 
 The state is durable: with a `path`, it is written atomically (temp file, fsync, rename)
 at every transition and acknowledgement, before the caller publishes or sends anything,
-and loaded at start, so a killed stream keeps its open alarms and their ids.
+and loaded at start, so a killed stream keeps its open alarms and their ids. Inside
+`batch()` (a batch of windows) the transitions are saved once, at its end: the whole
+state per batch rather than per transition, when hundreds of sensors alarm together.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import json
 import logging
 import os
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +112,8 @@ class AlertTracker:
         self.sensors: dict[str, SensorAlertState] = {}
         self.instruments: dict[str, SensorAlertState] = {}
         self.path = path
+        self._deferred = 0  # nesting depth of batch()
+        self._dirty = False
         if path is not None:
             self._load(path)
 
@@ -180,9 +185,25 @@ class AlertTracker:
 
     # --- persistence -----------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Save the transitions made inside once, when the block ends (even by an error:
+        what changed is on disk before anyone is told)."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+            if not self._deferred and self._dirty:
+                self._dirty = False
+                self.save()
+
     def _persisted(self, t: Transition | None) -> Transition | None:
         if t is not None:
-            self.save()
+            if self._deferred:
+                self._dirty = True
+            else:
+                self.save()
         return t
 
     def save(self) -> bool:

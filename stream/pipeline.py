@@ -190,9 +190,14 @@ class Pipeline:
                     results.append(Result(item, asset.id, diag, feats.row(i),
                                           line_amp_g=float(np.max(feats.line_amp_g[i]))))
 
-        alerts: list[dict[str, Any]] = []
         # Alert state advances in seq order per sensor, whatever order the groups ran in.
         results.sort(key=lambda r: (r.incoming.sensor, r.incoming.window.seq))
+        with self.alerts.batch():  # saved once, before the caller tells anyone
+            return self._advance(results, points)
+
+    def _advance(self, results: list[Result], points: list[Point]) -> BatchOutput:
+        """Online layer and alert state of the batch's diagnosed results, in order."""
+        alerts: list[dict[str, Any]] = []
         for k, r in enumerate(results):
             if r.diagnosis is None:
                 continue

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from ballpass.config import AlertPolicy
 from ballpass.stream.alerts import AlertTracker, severity
@@ -62,3 +65,25 @@ def test_ack_and_clear() -> None:
     assert a.state("s") == "normal"
     # The same evidence must be seen again (k of n) before it fires again.
     assert a.update("s", "inner_race", 5) is None
+
+
+def test_batch_saves_the_state_once_at_its_end(tmp_path: Path) -> None:
+    """Inside `batch()` many sensors alarm and the file is written once, when the block
+    ends, even when it ends by an error; a restarted tracker has every open alarm."""
+    path = tmp_path / "alerts.json"
+    a = AlertTracker(AlertPolicy(3, 1, 5), path=path)
+    saves = []
+    real_save = a.save
+    a.save = lambda: saves.append(1) or real_save()  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError), a.batch():
+        for i in range(50):
+            for t in range(3):
+                a.update(f"s{i}", "outer_race", t)
+        assert not path.exists() and not saves  # nobody was told yet: nothing to keep
+        raise RuntimeError("the batch failed after the transitions")
+    assert len(saves) == 1
+    again = AlertTracker(AlertPolicy(3, 1, 5), path=path)
+    assert all(again.state(f"s{i}") == "alarm" for i in range(50))
+    a.update("s0", "normal", 4)  # outside a batch: at once, as before
+    assert len(saves) == 1  # no transition (3 of the last 5 still abnormal)
+    assert a.clear("s1") is not None and len(saves) == 2
