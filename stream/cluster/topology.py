@@ -51,7 +51,8 @@ from ballpass.nats_server import CONTROL_SUBJECTS, PARTITIONED_SUBJECT
 log = logging.getLogger(__name__)
 
 LAYOUT_VERSION = 2
-"""Names and filters of the consumers and buckets (docs/scale-out.md, "Layout")."""
+"""Names and filters of the consumers and buckets (docs/scale-out.md, "Several sites on
+one cluster")."""
 WINDOWS = "WINDOWS"
 CONTROL = "CONTROL"
 ALERTS = "ALERTS"
@@ -110,18 +111,30 @@ async def _add_or_update(js: JetStreamContext, streams: list[StreamConfig]) -> N
         try:
             await js.add_stream(config)
         except BadRequestError:  # exists with other settings: take this config's
-            await js.update_stream(await _keep_other_sources(js, config))
+            await _update_keeping_other_sources(js, config)
 
 
-async def _keep_other_sources(js: JetStreamContext, config: StreamConfig) -> StreamConfig:
-    """`config` with the sources other sites gave the stream: a site adds its edges and
-    never drops another site's (an edge no site lists any more is removed by hand)."""
+def _api(source: StreamSource) -> str | None:
+    return source.external.api if source.external else None
+
+
+async def _update_keeping_other_sources(js: JetStreamContext, config: StreamConfig) -> None:
+    """Update to `config`, keeping the sources other sites gave the stream: a site adds its
+    edges and never drops another site's (an edge no site lists any more is removed by
+    hand). Read, merge, write: two sites updating at once can each overwrite the other's
+    merge, so the result is read back and the update repeated until this site's are in."""
     assert config.name is not None
-    have = (await js.stream_info(config.name)).config.sources or []
     mine = config.sources or []
-    api = {s.external.api if s.external else None for s in mine}
-    merged = [*mine, *(s for s in have if (s.external.api if s.external else None) not in api)]
-    return dataclasses.replace(config, sources=merged or None)
+    for _ in range(5):
+        have = (await js.stream_info(config.name)).config.sources or []
+        ours = {_api(s) for s in mine}
+        merged = [*mine, *(s for s in have if _api(s) not in ours)]
+        await js.update_stream(dataclasses.replace(config, sources=merged or None))
+        now = {_api(s) for s in (await js.stream_info(config.name)).config.sources or []}
+        if ours <= now:
+            return
+    raise RuntimeError(f"stream {config.name}: sources {sorted(map(str, ours))} did not "
+                       "stay after 5 updates (other sites updating it all the time)")
 
 
 async def declare_edge(js: JetStreamContext, c: ClusterConfig) -> None:
