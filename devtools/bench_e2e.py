@@ -328,10 +328,10 @@ def _latency(run: _Run, listener: DiagnosisListener, rate: float,
 def measure(stack: Stack, plan: Plan, workdir: Path, dsp_rate: float) -> dict[str, float]:
     """Every figure of one configuration (see the module docstring), keys without prefix."""
     sensors = layout(plan.sensors, plan.gateways)
-    stack.start(sensors, workdir)
     gen: LoadGenerator | None = None
     listener: DiagnosisListener | None = None
     try:
+        stack.start(sensors, workdir)  # inside: a stack that fails half-started is stopped
         gen = LoadGenerator(stack.target(), sensors, encoded_windows())
         gen.connect()
         listener = DiagnosisListener(*stack.reader())
