@@ -9,10 +9,9 @@ session only after JetStream's publish acknowledgement (stored on a majority of 
 
 One worker of the site at a time relays (the `relay` lease in its leases bucket), with one
 MQTT client id and a persistent session: the next holder resumes the session, and mosquitto
-redelivers
-what the previous one had not acknowledged, in order. A message relayed twice (stored, then
-the relay died before its MQTT acknowledgement) carries the same `Nats-Msg-Id` (a hash of
-topic and payload) and is dropped by JetStream's de-duplication.
+redelivers what the previous one had not acknowledged, in order. A message relayed twice
+(stored, then the relay died before its MQTT acknowledgement) carries the same
+`Nats-Msg-Id` (a hash of topic and payload) and is dropped by JetStream's de-duplication.
 
 The relay also carries the workers' diagnoses and alerts back to mosquitto (diagnoses
 retained), so that whoever reads the site's topics there (operators, `ballpass watch`,
@@ -44,17 +43,18 @@ from ballpass.stream.routing import SUBSCRIPTIONS, Route, route
 
 log = logging.getLogger(__name__)
 
-def return_subjects(site: str) -> tuple[str, str]:
-    """The workers' messages the relay publishes back to its site's mosquitto (only its
-    own site's: other plants' share the cluster)."""
-    return f"bp.v1.{site}.*.*.diagnosis", f"bp.v1.{site}.alerts"
-
 RETURN_QUEUE = 10_000
 """Messages waiting for mosquitto at most; beyond, the oldest way back is full: dropped,
 counted (`returned_dropped`)."""
 RETURN_BATCH = 64
 
 T = TypeVar("T")
+
+
+def return_subjects(site: str) -> tuple[str, str]:
+    """The workers' messages the relay publishes back to its site's mosquitto (only its
+    own site's: other plants' share the cluster)."""
+    return f"bp.v1.{site}.*.*.diagnosis", f"bp.v1.{site}.alerts"
 
 
 def message_id(topic: str, payload: bytes) -> str:
@@ -93,7 +93,8 @@ class Relay:
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set (the caller sets it when the relay lease is lost)."""
         self._stop = stop
-        subs = [await self.nc.subscribe(s, cb=self._queue_back) for s in return_subjects(self.site)]
+        subs = [await self.nc.subscribe(s, cb=self._queue_back)
+                for s in return_subjects(self.site)]
         back = asyncio.create_task(self._publish_back(stop), name="relay-back")
         try:
             await self.mqtt.run(stop, self._relay)

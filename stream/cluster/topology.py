@@ -125,9 +125,9 @@ async def _update_keeping_other_sources(js: JetStreamContext, config: StreamConf
     merge, so the result is read back and the update repeated until this site's are in."""
     assert config.name is not None
     mine = config.sources or []
+    ours = {_api(s) for s in mine}
     for _ in range(5):
         have = (await js.stream_info(config.name)).config.sources or []
-        ours = {_api(s) for s in mine}
         merged = [*mine, *(s for s in have if _api(s) not in ours)]
         await js.update_stream(dataclasses.replace(config, sources=merged or None))
         now = {_api(s) for s in (await js.stream_info(config.name)).config.sources or []}
@@ -167,16 +167,17 @@ async def declare(js: JetStreamContext, c: ClusterConfig, site: str) -> dict[str
     return buckets
 
 
-async def _resume_seq(js: JetStreamContext, stream: str, names: list[str]) -> int | None:
-    """The first unacknowledged stream sequence of the first consumer of `names` that
-    exists (None: none exists, or it acknowledged nothing)."""
+async def _resume_seq(js: JetStreamContext, stream: str,
+                      names: list[str]) -> tuple[str | None, int | None]:
+    """The first consumer of `names` that exists and its first unacknowledged stream
+    sequence; (None, None) when none exists."""
     for name in names:
         try:
             info = await js.consumer_info(stream, name)
         except NotFoundError:
             continue
-        return info.ack_floor.stream_seq + 1 if info.ack_floor else None
-    return None
+        return name, info.ack_floor.stream_seq + 1 if info.ack_floor else None
+    return None, None
 
 
 async def _drop_v1(js: JetStreamContext, stream: str, name: str, site: str) -> None:
@@ -194,7 +195,7 @@ async def _ensure_consumer(js: JetStreamContext, site: str, stream: str, durable
     with contextlib.suppress(NotFoundError):
         await js.consumer_info(stream, durable)
         return
-    start = await _resume_seq(js, stream, [v1])
+    found, start = await _resume_seq(js, stream, [v1])
     try:
         await js.add_consumer(stream, ConsumerConfig(
             durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
@@ -203,7 +204,8 @@ async def _ensure_consumer(js: JetStreamContext, site: str, stream: str, durable
             opt_start_seq=start))
     except BadRequestError:  # another worker of the site created it first
         await js.consumer_info(stream, durable)
-    await _drop_v1(js, stream, v1, site)
+    if found == v1:
+        await _drop_v1(js, stream, v1, site)
 
 
 async def take_consumer(js: JetStreamContext, site: str, p: int, replicas: int,
@@ -216,10 +218,12 @@ async def take_consumer(js: JetStreamContext, site: str, p: int, replicas: int,
     previous owner that is still running loses its binding.
     """
     name, v1 = consumer_name(site, p), f"part-{p}"
-    start = await _resume_seq(js, WINDOWS, [name, v1])
-    with contextlib.suppress(NotFoundError):
-        await js.delete_consumer(WINDOWS, name)
-    await _drop_v1(js, WINDOWS, v1, site)
+    found, start = await _resume_seq(js, WINDOWS, [name, v1])
+    if found == name:
+        with contextlib.suppress(NotFoundError):  # another owner may have deleted it
+            await js.delete_consumer(WINDOWS, name)
+    elif found == v1:
+        await _drop_v1(js, WINDOWS, v1, site)
     await js.add_consumer(WINDOWS, ConsumerConfig(
         durable_name=name, filter_subject=partition_subject(site, p),
         ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S, max_ack_pending=max_ack_pending,
