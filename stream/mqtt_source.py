@@ -89,6 +89,10 @@ class MqttSource:
         # aiomqtt has no manual-ack switch; paho's must be on before the first message
         # arrives, or a window would be acknowledged before it is written.
         client._client.manual_ack_set(True)
+        # A batch's diagnoses go out together (stream/publisher.py), up to `batch_max` at
+        # once; aiomqtt warns at every publish beyond 10 pending, which flooded the log
+        # with one line per diagnosis at full load. Warn only beyond what the design allows.
+        client.pending_calls_threshold = s.batch_max + 10
         return client
 
     async def run(self, stop: asyncio.Event, handle: Handler) -> None:
