@@ -13,9 +13,9 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiomqtt
 
@@ -38,7 +38,11 @@ class Delivery:
     generation: int  # the connection it arrived on
 
 
-Handler = Callable[[list[Delivery]], Awaitable[None]]
+Commit = Callable[[], Coroutine[Any, Any, None]]
+Handler = Callable[[list[Delivery]], Awaitable[Commit | None]]
+"""Takes a batch; returns None when the batch is done, or the `Commit` that finishes it
+(writes it and acknowledges it). A source runs each batch's commit after the previous
+one's, and `MqttSource` handles the next batch meanwhile."""
 
 
 class Source(Protocol):
@@ -97,7 +101,9 @@ class MqttSource:
 
     async def run(self, stop: asyncio.Event, handle: Handler) -> None:
         """Connect (again after every loss, with backoff) and hand batches to `handle`
-        (awaited: one batch at a time) until `stop` is set."""
+        (one at a time) until `stop` is set. A batch's commit runs while the next batch
+        is handled: a stream's batch is written while the next one is processed, so the
+        broker's `max_inflight_messages` should hold three batches (BENCHMARKS.md)."""
         attempt = 0
         b = self.broker
         while not stop.is_set():
@@ -139,6 +145,7 @@ class MqttSource:
         reader_task = asyncio.create_task(reader(), name="mqtt-reader")
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         batch_max, batch_wait_s = self.stream.batch_max, self.stream.batch_wait_s
+        committing: asyncio.Task[None] | None = None
         try:
             while True:
                 get = asyncio.create_task(queue.get())
@@ -152,6 +159,9 @@ class MqttSource:
                 batch = [delivery(get.result())]
                 deadline = time.monotonic() + batch_wait_s
                 while len(batch) < batch_max:
+                    if not queue.empty():  # no wait_for (a task per message) when queued
+                        batch.append(delivery(queue.get_nowait()))
+                        continue
                     timeout = deadline - time.monotonic()
                     if timeout <= 0:
                         break
@@ -159,8 +169,15 @@ class MqttSource:
                         batch.append(delivery(await asyncio.wait_for(queue.get(), timeout)))
                     except TimeoutError:
                         break
-                await handle(batch)
+                commit = await handle(batch)
+                if committing is not None:
+                    await committing  # in batch order: writes, acknowledgements, publishes
+                    committing = None
+                if commit is not None:
+                    committing = asyncio.create_task(commit(), name="commit")
         finally:
+            if committing is not None:  # finished on this connection, so its acks reach it
+                await committing
             reader_task.cancel()
             stop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from ballpass.stream.gateway_status import parse_status
 from ballpass.stream.health import Health, assess
 from ballpass.stream.history import HistoryStore, keep_result
 from ballpass.stream.metrics import StreamMetrics
-from ballpass.stream.mqtt_source import Delivery, MqttSource, Source
+from ballpass.stream.mqtt_source import Commit, Delivery, MqttSource, Source
 from ballpass.stream.ops_http import OpsServer
 from ballpass.stream.pipeline import BatchOutput, Incoming, Pipeline
 from ballpass.stream.publisher import Publisher, latest_diagnoses
@@ -172,12 +173,15 @@ class StreamService:
 
     # --- one batch -------------------------------------------------------------------
 
-    async def _handle(self, batch: list[Delivery]) -> None:
+    async def _handle(self, batch: list[Delivery]) -> Commit | None:
+        """Admit and process `batch`; return what finishes it (`_commit`: write, then
+        acknowledge, publish, keep history), which the source runs after the previous
+        batch's and may overlap with processing the next (stream/mqtt_source.py)."""
         stage = self.metrics.stage_seconds
         with stage.labels("admit").time():
             accepted, extra_points, commands = self._sort(batch)
         if not accepted and not extra_points and not commands:
-            return
+            return None
         if self._kernels is not None:
             await self._kernels
         with stage.labels("process").time():
@@ -189,8 +193,18 @@ class StreamService:
                         done = await asyncio.to_thread(self._commands, commands)
                         output = BatchOutput(output.results, output.points + done.points,
                                              output.alerts + done.alerts)
+                    # Here, not in the commit: the models must not be saved while the next
+                    # batch changes them in the worker thread.
+                    if time.monotonic() - self._online_saved >= self.config.stream.online_save_s:
+                        await asyncio.to_thread(self._save_online)
                 finally:
                     self._busy_since = None
+        return functools.partial(self._commit, accepted, commands, output, extra_points)
+
+    async def _commit(self, accepted: list[Incoming], commands: list[Delivery],
+                      output: BatchOutput, extra_points: list[Point]) -> None:
+        """Write a processed batch; once written, acknowledge it, publish and keep history."""
+        stage = self.metrics.stage_seconds
         with stage.labels("write").time():
             if not await self.writer.write(output.points + extra_points, self._stop,
                                            len(output.results)):
@@ -212,8 +226,6 @@ class StreamService:
                 self.evidence.observe(output, {s: m for s, (_, m, _) in latest.items()})
         with stage.labels("history").time():
             await asyncio.to_thread(self._keep_history, output)
-        if time.monotonic() - self._online_saved >= self.config.stream.online_save_s:
-            await asyncio.to_thread(self._save_online)
 
     def _sort(self, batch: list[Delivery]) -> tuple[list[Incoming], list[Point], list[Delivery]]:
         """Split a batch into windows to process, gateway-status points and operator

@@ -60,7 +60,9 @@ def test_an_operator_action_waits_for_the_batch_in_the_pipeline(
         while not inside.is_set():
             await asyncio.sleep(0.01)
         await service.operator_action("a", "bob", "seen")
-        await batch
+        commit = await batch
+        assert commit is not None
+        await commit()
 
     asyncio.run(run())
     assert overlaps == [False], "the action ran while the batch was in the pipeline"

@@ -1,9 +1,10 @@
 """The stream's input and output on a NATS JetStream cluster, in place of `MqttSource`.
 
 The service's batch handler is the same: it gets `Delivery` objects with MQTT-style topics
-and calls `ack` after the window is written. Here an `ack` is only recorded; after the
-handler returns, the state of the batch's sensors is saved in the KV bucket and only then
-are the messages acknowledged to JetStream (stream/cluster/state.py says why).
+and calls `ack` after the window is written. Here an `ack` is only recorded; once the
+handler and the commit it returns are done (never overlapped with the next batch), the
+state of the batch's sensors is saved in the KV bucket and only then are the messages
+acknowledged to JetStream (stream/cluster/state.py says why).
 
 Tasks of one worker:
 - leases: every `lease_s / 3`, heartbeat, renew, take free partitions up to the fair share
@@ -345,7 +346,9 @@ class NatsSource:
                 msgs.append(m)
         await self._state.load(set(keys.values()))
         self._acked = []
-        await handle(deliveries)
+        commit = await handle(deliveries)
+        if commit is not None:
+            await commit()
         acked = [d.mid for d in self._acked if d.generation == self.generation]
         self._acked = []
         await self._state.save({keys[i] for i in acked if i in keys

@@ -32,7 +32,7 @@ _EMPTY_BAND = 1e-20
 """Band energy below this fraction of the row's energy counts as empty (round-off)."""
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _fast_len(m: int) -> int:
     """Smallest length >= m whose only prime factors are 2, 3 and 5 (a fast FFT size)."""
     n = m
@@ -46,7 +46,7 @@ def _fast_len(m: int) -> int:
         n += 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sk_bands(
     spec: np.ndarray, lo_bins: np.ndarray, hi_bins: np.ndarray, use: np.ndarray
 ) -> np.ndarray:
@@ -90,7 +90,7 @@ def _sk_bands(
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _envelope(spec: np.ndarray, n: int, lo_bin: np.ndarray, hi_bin: np.ndarray) -> np.ndarray:
     """Envelope |analytic signal| (B, n) of each row band-passed to bins [lo_bin, hi_bin).
 
@@ -106,7 +106,7 @@ def _envelope(spec: np.ndarray, n: int, lo_bin: np.ndarray, hi_bin: np.ndarray) 
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _envelope_row(spec_row: np.ndarray, lo: int, hi: int, y: np.ndarray, env: np.ndarray) -> None:
     """Envelope of one row's band [lo, hi) into `env`; `y` is complex scratch of length n."""
     y[:] = 0.0
@@ -117,7 +117,7 @@ def _envelope_row(spec_row: np.ndarray, lo: int, hi: int, y: np.ndarray, env: np
         env[j] = np.sqrt(a[j].real ** 2 + a[j].imag ** 2)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _envelope_spectrum(
     spec: np.ndarray, n: int, lo_bin: np.ndarray, hi_bin: np.ndarray
 ) -> np.ndarray:
@@ -138,7 +138,7 @@ def _envelope_spectrum(
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _envelope_spectrum_impacts(
     spec: np.ndarray,
     n: int,

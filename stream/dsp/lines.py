@@ -18,7 +18,7 @@ _TINY = 1e-15
 """Added to line and floor (g) so an all-zero spectrum reads 0 dB instead of NaN."""
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _line_search(
     spec: np.ndarray, df: float, targets: np.ndarray, tol: float, noise_bins: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from ballpass.stream.dsp._check import check_fs, check_windows
 from ballpass.stream.thresholds import G_TO_M_S2
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _hann(n: int) -> np.ndarray:
     """Periodic Hann window of length n (the DFT-even form used for spectral analysis)."""
     w = np.empty(n)
@@ -26,13 +26,13 @@ def _hann(n: int) -> np.ndarray:
     return w
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _rfft_rows(x: np.ndarray) -> np.ndarray:
     """One-sided DFT of each row, (B, N//2+1) complex128, no window, no scaling."""
     return np.fft.rfft(x, axis=-1)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _amplitude_row(row: np.ndarray, w: np.ndarray, scale: float, out: np.ndarray) -> None:
     """Hann amplitude spectrum of one row into `out` (N//2+1); see `_amplitude_spectrum`."""
     n = row.shape[0]
@@ -49,7 +49,7 @@ def _amplitude_row(row: np.ndarray, w: np.ndarray, scale: float, out: np.ndarray
         out[-1] *= 0.5
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _amplitude_spectrum(x: np.ndarray) -> np.ndarray:
     """Hann-windowed single-sided amplitude spectrum (B, N//2+1), in the units of `x`.
 
@@ -66,7 +66,7 @@ def _amplitude_spectrum(x: np.ndarray) -> np.ndarray:
     return spec
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _mean_free_bin(row: np.ndarray, j: int, n: int) -> complex:
     """Bin j (any integer) of the full DFT of a length-n row, given its one-sided DFT `row`,
     with the mean removed (bin 0 is 0; bin j > N/2 is the conjugate of bin n − j)."""
@@ -78,7 +78,7 @@ def _mean_free_bin(row: np.ndarray, j: int, n: int) -> complex:
     return np.conj(row[n - j])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _amplitude_from_dft(spec: np.ndarray, n: int) -> np.ndarray:
     """`_amplitude_spectrum` of rows of length `n` from their one-sided DFT `spec`, with no
     second FFT: the periodic Hann window is three lines in frequency, so the windowed DFT
@@ -103,7 +103,7 @@ def _amplitude_from_dft(spec: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _band_power_weights(n: int, fs: float, lo: float, hi: float, integrate: bool) -> np.ndarray:
     """Per-bin weights turning |X_k|² into mean-square contributions of band [lo, hi] Hz.
 
@@ -127,7 +127,7 @@ def _band_power_weights(n: int, fs: float, lo: float, hi: float, integrate: bool
     return wts
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _band_rms(spec: np.ndarray, n: int, fs: float, lo: float, hi: float) -> np.ndarray:
     """R.m.s. (units of the signal) of the content in [lo, hi] Hz, from `_rfft_rows` output."""
     wts = _band_power_weights(n, fs, lo, hi, False)
@@ -142,7 +142,7 @@ def _band_rms(spec: np.ndarray, n: int, fs: float, lo: float, hi: float) -> np.n
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _velocity_rms(spec: np.ndarray, n: int, fs: float, lo: float, hi: float) -> np.ndarray:
     """Velocity r.m.s. (mm/s) in [lo, hi] Hz from the `_rfft_rows` spectrum of acceleration in g.
 

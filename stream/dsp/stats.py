@@ -16,7 +16,7 @@ STAT_NAMES: tuple[str, ...] = ("rms_g", "peak_g", "crest", "kurtosis", "skewness
                                 "clip_fraction", "spikes")
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _moments(x: np.ndarray, plateau_tol: float, spike_k: float, spike_isolation: float,
              spike_samples: int) -> np.ndarray:
     """Per row: rms (g), peak |x| (g), crest, kurtosis (Pearson), skewness, clip fraction,

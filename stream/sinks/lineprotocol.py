@@ -21,8 +21,9 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 FieldValue = float | int | bool | str
 
@@ -63,6 +64,24 @@ def _check_name(kind: str, text: str, allow_empty: bool = False) -> None:
                          "are not allowed")
 
 
+# Names repeat in every point (the same field keys, a site's few hundred sensor tags), so
+# each is checked and escaped once; a bad name raises every time (errors are not cached).
+_NAMES_CACHED = 65536
+_Encoder = TypeVar("_Encoder", bound=Callable[..., str])
+
+
+def _names_cached(f: _Encoder) -> _Encoder:
+    """`f` remembered for string arguments (anything else, unhashable perhaps, goes to `f`
+    itself and its ValueError)."""
+    cached = functools.lru_cache(maxsize=_NAMES_CACHED)(f)
+
+    @functools.wraps(f)
+    def call(*args: object) -> str:
+        return cached(*args) if all(type(a) is str for a in args) else f(*args)
+    return call  # type: ignore[return-value]
+
+
+@_names_cached
 def _key(kind: str, key: str) -> str:
     _check_name(kind, key)
     if key == "time":
@@ -70,8 +89,26 @@ def _key(kind: str, key: str) -> str:
     return key.translate(_KEY_ESCAPES)
 
 
+@_names_cached
+def _tag(key: str, value: str) -> str:
+    """`,key=value` escaped, or '' for an empty value (left out)."""
+    ek = _key("tag key", key)
+    _check_name(f"tag {key!r} value", value, allow_empty=True)
+    return f",{ek}={value.translate(_KEY_ESCAPES)}" if value else ""
+
+
+@_names_cached
+def _measurement(m: str) -> str:
+    _check_name("measurement", m)
+    if m.startswith("#"):
+        raise ValueError(f"measurement {m!r}: a line starting with '#' is a comment")
+    return m.translate(_MEASUREMENT_ESCAPES)
+
+
 def _field_value(value: object) -> str | None:
     """The encoded value, or None for NaN/inf (skipped)."""
+    if type(value) is float:  # most fields: the general checks below cost 4 times more
+        return repr(value) if math.isfinite(value) else None
     # bool before int: bool is an int subclass; numpy bools are neither.
     if isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", "") == "b":
         return "t" if value else "f"
@@ -95,17 +132,10 @@ def encode_point(point: Point) -> str:
 
 def _encode_point(point: Point) -> str:
     m = point.measurement
-    _check_name("measurement", m)
-    if m.startswith("#"):
-        raise ValueError(f"measurement {m!r}: a line starting with '#' is a comment")
-    parts = [m.translate(_MEASUREMENT_ESCAPES)]
+    parts = [_measurement(m)]
     # Sorted tags: InfluxDB's recommended order, and the same series key every time.
     for k in sorted(point.tags):
-        v = point.tags[k]
-        ek = _key("tag key", k)
-        _check_name(f"tag {k!r} value", v, allow_empty=True)
-        if v:
-            parts.append(f",{ek}={v.translate(_KEY_ESCAPES)}")
+        parts.append(_tag(k, point.tags[k]))
     fields = []
     for k, fv in point.fields.items():
         ek = _key("field key", k)

@@ -1,0 +1,97 @@
+"""MqttSource on a real mosquitto: a batch's commit (write, acknowledge) runs while the next
+batch is handled, commits run in batch order, and at a stop the last commit finishes on
+its own connection, so its acknowledgements reach the broker (stream/mqtt_source.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import paho.mqtt.client as mqtt
+
+from ballpass.config import BrokerConfig, StreamConfig
+from ballpass.services import Mosquitto
+from ballpass.stream.mqtt_source import Commit, Delivery, MqttSource
+
+TOPIC = "p1/gw1/s1/window"
+MESSAGES = 40
+BATCH = 8
+
+
+def _publish(port: int, n: int) -> None:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pub")
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    infos = [c.publish(TOPIC, str(i).encode(), qos=1) for i in range(n)]
+    for info in infos:
+        info.wait_for_publish(10)
+    c.loop_stop()
+    c.disconnect()
+
+
+def _source(port: int) -> MqttSource:
+    return MqttSource(BrokerConfig(host="127.0.0.1", port=port),
+                      StreamConfig(client_id="overlap-test", batch_max=BATCH,
+                                   batch_wait_s=0.05), [TOPIC])
+
+
+def test_commits_overlap_the_next_batch_in_order_and_finish_at_the_stop(
+        mosquitto: Mosquitto) -> None:
+    source = _source(mosquitto.port)
+    events: list[tuple[str, int]] = []
+    payloads: list[bytes] = []
+
+    async def handle(batch: list[Delivery]) -> Commit:
+        k = sum(1 for e, _ in events if e == "handled")
+        events.append(("handled", k))
+        payloads.extend(d.payload for d in batch)  # type: ignore[misc]
+
+        async def commit() -> None:
+            events.append(("commit_start", k))
+            await asyncio.sleep(0.5)  # a slow write: longer than the disconnect takes
+            for d in batch:
+                source.ack(d)
+            events.append(("commit_end", k))
+        return commit
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        runner = asyncio.create_task(source.run(stop, handle))
+        while not source.connected:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(_publish, mosquitto.port, MESSAGES)
+        while len(payloads) < MESSAGES:
+            await asyncio.sleep(0.01)
+        stop.set()  # the last batch's commit is still sleeping
+        await runner
+
+    asyncio.run(main())
+    assert payloads == [str(i).encode() for i in range(MESSAGES)]
+    batches = sum(1 for e, _ in events if e == "handled")
+    assert batches >= MESSAGES // BATCH
+    at = {e: i for i, e in enumerate(events)}
+    for k in range(1, batches):
+        # Overlap: batch k was handled while batch k-1's commit was still running ...
+        assert at[("handled", k)] < at[("commit_end", k - 1)], events
+        # ... and commits never overlap each other.
+        assert at[("commit_end", k - 1)] < at[("commit_start", k)], events
+    assert ("commit_end", batches - 1) in at  # finished although stop came first
+
+    # The same persistent session again: every message was acknowledged on the
+    # connection it came on, so the broker has nothing to send again.
+    again = _source(mosquitto.port)
+    redelivered: list[Delivery] = []
+
+    async def collect(batch: list[Delivery]) -> None:
+        redelivered.extend(batch)
+
+    async def resume() -> None:
+        stop = asyncio.Event()
+        runner = asyncio.create_task(again.run(stop, collect))
+        while not again.connected:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(1.0)
+        stop.set()
+        await runner
+
+    asyncio.run(resume())
+    assert redelivered == []
