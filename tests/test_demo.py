@@ -46,12 +46,19 @@ def test_ctrl_c_stops_every_process_cleanly(tmp_path: Path) -> None:
         while time.monotonic() < deadline and not list(workdir.glob("gw-*.log")):
             time.sleep(0.3)
         time.sleep(3)
-        assert len(processes_mentioning(str(workdir))) >= 6  # broker, db, stream, gateways
+        running = processes_mentioning(str(workdir))
+        if len(running) < 6:  # broker, db, stream, gateways
+            if demo.poll() is None:
+                demo.kill()
+            out, _ = demo.communicate(timeout=30)
+            pytest.fail(f"{len(running)} demo processes running, demo rc {demo.returncode}:\n"
+                        f"{out[-3000:]}")
         demo.send_signal(signal.SIGINT)
         out, _ = demo.communicate(timeout=120)
     finally:
         if demo.poll() is None:
             demo.kill()
+            demo.communicate()  # reaped, its pipe closed
     assert demo.returncode == 0, out[-3000:]
     assert "event=demo_stopped" in out
     assert processes_mentioning(str(workdir)) == []
