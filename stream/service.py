@@ -184,8 +184,8 @@ class StreamService:
             return None
         if self._kernels is not None:
             await self._kernels
-        with stage.labels("process").time():
-            async with self._state_lock:
+        async with self._state_lock:
+            with stage.labels("process").time():
                 self._busy_since = time.monotonic()
                 try:
                     output = await asyncio.to_thread(self._process, accepted)
@@ -193,12 +193,13 @@ class StreamService:
                         done = await asyncio.to_thread(self._commands, commands)
                         output = BatchOutput(output.results, output.points + done.points,
                                              output.alerts + done.alerts)
-                    # Here, not in the commit: the models must not be saved while the next
-                    # batch changes them in the worker thread.
-                    if time.monotonic() - self._online_saved >= self.config.stream.online_save_s:
-                        await asyncio.to_thread(self._save_online)
                 finally:
                     self._busy_since = None
+            # Under the lock, not in the commit: the models must not be saved while the
+            # next batch changes them in the worker thread. Outside the stage timer and the
+            # watchdog's busy window: a save is not pipeline time.
+            if time.monotonic() - self._online_saved >= self.config.stream.online_save_s:
+                await asyncio.to_thread(self._save_online)
         return functools.partial(self._commit, accepted, commands, output, extra_points)
 
     async def _commit(self, accepted: list[Incoming], commands: list[Delivery],

@@ -67,3 +67,44 @@ def test_an_operator_action_waits_for_the_batch_in_the_pipeline(
     asyncio.run(run())
     assert overlaps == [False], "the action ran while the batch was in the pipeline"
     assert service.counters.written == 1
+
+
+def test_the_online_save_holds_the_lock_but_is_not_pipeline_time(
+        influxd: Influxd, influx_db: tuple[str, str], tmp_path: Path) -> None:
+    """The periodic save of the online models runs after a batch, under the state lock (the
+    next batch must not change the models while they are written) but outside the `process`
+    stage and the watchdog's busy window: a slow disk is not a stuck pipeline."""
+    url, db = influx_db
+    config = parse({"site": {"id": "s1"},
+                    "stream": {"state_dir": str(tmp_path), "online_save_s": 0.001},
+                    "influx": {"url": url, "db": db},
+                    "asset": [{"id": "m", "bearing": "SKF 6205", "shaft_hz": 25.0}],
+                    "gateway": [{"id": "g", "sensor": [
+                        {"id": "a", "driver": "simulated", "asset": "m", "fs_hz": 25600,
+                         "window_samples": 4096, "interval_s": 1}]}]})
+    service = StreamService(config, V1Writer(url, db))
+    seen: list[tuple[bool, bool]] = []
+    save_all = service.pipeline.online.save_all
+
+    def slow_save() -> int:
+        seen.append((service._state_lock.locked(), service._busy_since is None))
+        time.sleep(0.5)
+        return save_all()
+
+    service.pipeline.online.save_all = slow_save  # type: ignore[method-assign]
+    w = wire.Window(seq=1, t0_ns=time.time_ns(), fs_hz=25600.0,
+                    samples=0.1 * np.random.default_rng(0).standard_normal((1, 4096)))
+
+    async def run() -> None:
+        service._online_saved = 0.0
+        commit = await service._handle([Delivery(topics.window("s1", "g", "a"),
+                                                 wire.encode(w), 1, 1, 0)])
+        assert commit is not None
+        await commit()
+
+    asyncio.run(run())
+    assert seen == [(True, True)], "the save ran outside the lock or inside the busy window"
+    process_s = service.metrics.registry.get_sample_value(
+        "ballpass_stream_stage_seconds_sum", {"stage": "process"})
+    assert process_s is not None and process_s < 0.5, f"process stage took {process_s} s"
+    assert service.counters.written == 1
