@@ -115,6 +115,10 @@ class StreamService:
         self._started = time.time()
         self._last_write_t: float | None = None
         self._busy_since: float | None = None  # monotonic start of the batch in the pipeline
+        # Done when the last processed batch's commit has finished (its alerts are out):
+        # an operator action's alerts wait for it, so that they follow the batch's.
+        self._committed: asyncio.Future[None] | None = None
+        self._waiting_alerts: set[asyncio.Task[None]] = set()
         self._kernels: asyncio.Task[None] | None = None
         self.metrics = StreamMetrics(self.status)
         self.ops: OpsServer | None = None
@@ -143,6 +147,7 @@ class StreamService:
             await self._write_iso_boundaries()
             await self.source.run(stop, self._handle)
         finally:
+            await asyncio.gather(*self._waiting_alerts)  # before the webhooks close
             await self.publisher.flush()
             sdnotify.notify("STOPPING=1\nSTATUS=stopping")
             watchdog_task.cancel()
@@ -200,11 +205,22 @@ class StreamService:
             # watchdog's busy window: a save is not pipeline time.
             if time.monotonic() - self._online_saved >= self.config.stream.online_save_s:
                 await asyncio.to_thread(self._save_online)
-        return functools.partial(self._commit, accepted, commands, output, extra_points)
+            committed = self._committed = asyncio.get_running_loop().create_future()
+        return functools.partial(self._commit, accepted, commands, output, extra_points,
+                                 committed)
 
     async def _commit(self, accepted: list[Incoming], commands: list[Delivery],
-                      output: BatchOutput, extra_points: list[Point]) -> None:
+                      output: BatchOutput, extra_points: list[Point],
+                      committed: asyncio.Future[None]) -> None:
         """Write a processed batch; once written, acknowledge it, publish and keep history."""
+        try:
+            await self._write_and_publish(accepted, commands, output, extra_points)
+        finally:
+            if not committed.done():
+                committed.set_result(None)
+
+    async def _write_and_publish(self, accepted: list[Incoming], commands: list[Delivery],
+                                 output: BatchOutput, extra_points: list[Point]) -> None:
         stage = self.metrics.stage_seconds
         with stage.labels("write").time():
             if not await self.writer.write(output.points + extra_points, self._stop,
@@ -438,14 +454,32 @@ class StreamService:
                    "t": time.time()}
         async with self._state_lock:
             done = await asyncio.to_thread(self.pipeline.apply_command, command)
+            committed = self._committed
         record = {**command, "result": done.points[0].fields.get("result", "")
                   if done.points else "rejected"}
         if self.evidence is not None:
             self.evidence.record_action(record)
         if done.points:
             await self.writer.write_once(done.points, "operator_action")
-        self.publisher.send_alerts(done.alerts)
+        if done.alerts and committed is not None and not committed.done():
+            # A batch processed before this action is still being written (a slow or
+            # down database): its alerts go out first, or on-call would see, say, an
+            # alert resolved by a rebaseline before it fired. The page does not wait.
+            task = asyncio.create_task(self._send_after(committed, done.alerts))
+            self._waiting_alerts.add(task)
+            task.add_done_callback(self._waiting_alerts.discard)
+        else:
+            self.publisher.send_alerts(done.alerts)
         return record
+
+    async def _send_after(self, committed: asyncio.Future[None],
+                          alerts: list[dict[str, Any]]) -> None:
+        stopping: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({committed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        self.publisher.send_alerts(alerts)
 
     # --- systemd: watchdog and reload (docs/operations.md) ------------------------------
 

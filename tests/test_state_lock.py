@@ -108,3 +108,70 @@ def test_the_online_save_holds_the_lock_but_is_not_pipeline_time(
         "ballpass_stream_stage_seconds_sum", {"stage": "process"})
     assert process_s is not None and process_s < 0.5, f"process stage took {process_s} s"
     assert service.counters.written == 1
+
+
+def _alert(status: str, sensor: str = "a") -> dict[str, Any]:
+    return {"site": "s1", "sensor": sensor, "status": status, "diagnosis": "outer_race",
+            "alert_id": "a-1"}
+
+
+def test_an_operator_actions_alerts_follow_the_batch_being_written(
+        influxd: Influxd, influx_db: tuple[str, str], tmp_path: Path) -> None:
+    """A batch fired an alert and is still being written (a slow database) when an operator
+    rebaselines the sensor, which resolves that alert: on-call must get the firing first,
+    not a resolution of an alert they never saw, followed by the alert itself."""
+    url, db = influx_db
+    config = parse({"site": {"id": "s1"}, "stream": {"state_dir": str(tmp_path)},
+                    "influx": {"url": url, "db": db},
+                    "asset": [{"id": "m", "bearing": "SKF 6205", "shaft_hz": 25.0}],
+                    "gateway": [{"id": "g", "sensor": [
+                        {"id": "a", "driver": "simulated", "asset": "m", "fs_hz": 25600,
+                         "window_samples": 4096, "interval_s": 1}]}]})
+    writer = V1Writer(url, db)
+    service = StreamService(config, writer)
+    process, apply = service.pipeline.process, service.pipeline.apply_command
+
+    def firing_process(batch: Any) -> Any:
+        out = process(batch)
+        return type(out)(out.results, out.points, [*out.alerts, _alert("firing")])
+
+    def resolving_apply(command: Any, t_ns: int | None = None) -> Any:
+        out = apply(command, t_ns)
+        return type(out)(out.results, out.points, [*out.alerts, _alert("resolved")])
+
+    write = writer.write
+    writing = threading.Event()
+
+    def slow_write(points: Any) -> Any:
+        if not writing.is_set():  # the batch's write; the action's own write is not slow
+            writing.set()
+            time.sleep(0.8)
+        return write(points)
+
+    sent: list[str] = []
+    service.pipeline.process = firing_process  # type: ignore[method-assign]
+    service.pipeline.apply_command = resolving_apply  # type: ignore[method-assign]
+    writer.write = slow_write  # type: ignore[method-assign]
+    service.publisher.send_alerts = (  # type: ignore[method-assign]
+        lambda alerts: sent.extend(a["status"] for a in alerts))
+    w = wire.Window(seq=1, t0_ns=time.time_ns(), fs_hz=25600.0,
+                    samples=0.1 * np.random.default_rng(0).standard_normal((1, 4096)))
+
+    async def run() -> None:
+        commit = await service._handle([Delivery(topics.window("s1", "g", "a"),
+                                                 wire.encode(w), 1, 1, 0)])
+        assert commit is not None
+        committing = asyncio.create_task(commit())  # as MqttSource runs it
+        while not writing.is_set():
+            await asyncio.sleep(0.01)
+        record = await service.operator_action("a", "bob", "bearing replaced",
+                                               action="rebaseline")
+        assert sent == [], "the action's alert went out before the batch's"
+        assert not committing.done(), "the page waited for the database"
+        assert record["result"]
+        await committing
+        await asyncio.gather(*service._waiting_alerts)  # the action's alert, after it
+
+    asyncio.run(run())
+    assert sent == ["firing", "resolved"], sent
+    assert service.counters.written == 1
