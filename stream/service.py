@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ballpass import sdnotify
 from ballpass.config import Config, ConfigError, load
@@ -50,6 +50,9 @@ from ballpass.stream.web.security import is_all_interfaces, load_or_create_token
 from ballpass.stream.web.server import EvidenceServer
 from ballpass.stream.web.state import EvidenceState
 from ballpass.wire import Kind
+
+if TYPE_CHECKING:  # the cluster extra is optional
+    from ballpass.stream.cluster.source import NatsSource
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +90,12 @@ class StreamService:
         self.webhooks = WebhookSender(config.webhooks, state_dir=state_dir,
                                       public_url=config.stream.public_url)
         self.source: Source
+        self._nats: NatsSource | None = None
         if cluster:
             from ballpass.stream.cluster.source import NatsSource
-            nats_source = NatsSource(config)
-            nats_source.bind(self.pipeline, self.admission.dedup, self.webhooks.submit)
-            self.source = nats_source
+            self._nats = NatsSource(config)
+            self._nats.bind(self.pipeline, self.admission.dedup, self.webhooks.submit)
+            self.source = self._nats
         else:
             self.source = MqttSource(config.broker, config.stream, SUBSCRIPTIONS)
         self.publisher = Publisher(self.source, None if cluster else self.webhooks,
@@ -448,10 +452,18 @@ class StreamService:
 
         Goes through the same path as the command topic (`Pipeline.apply_command`), under
         the state lock: the alert state machine takes it and an `actions` point records
-        who and when.
+        who and when. A cluster worker routes it to the sensor's partition instead, whose
+        owner (maybe another worker) applies it as a command from the command topic.
         """
         command = {"action": action, "sensor": sensor, "by": by, "note": note,
                    "t": time.time()}
+        if self._nats is not None:
+            routed = await self._nats.route_command(command)
+            record = {**command, "result": "sent to the sensor's worker" if routed
+                      else "not sent: the cluster is unreachable"}
+            if self.evidence is not None:
+                self.evidence.record_action(record)
+            return record
         async with self._state_lock:
             done = await asyncio.to_thread(self.pipeline.apply_command, command)
             committed = self._committed

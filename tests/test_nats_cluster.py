@@ -438,3 +438,75 @@ def test_relay_waves_keep_each_sensors_order(items: list[tuple[str, str]]) -> No
             [mid for d, mid in batch if order_key(d.topic) == key]
     per_key = Counter(order_key(d.topic) for d, _ in batch)
     assert len(out) == max(per_key.values(), default=0)  # no more waves than needed
+
+
+def test_an_evidence_page_action_goes_to_the_sensors_owner(
+        cluster: NatsCluster, tmp_path: Path, influxd: Influxd,
+        influx_db: tuple[str, str]) -> None:
+    """A worker's evidence page action (here a rebaseline of an alarmed sensor) is routed
+    to the sensor's partition like a command from the command topic: its owner applies
+    it, the resolution reaches the webhook through ALERTS, and the changed state is saved
+    in the KV bucket with the command's ack (a new owner would load it)."""
+    import pickle
+
+    from ballpass.config import load
+    from ballpass.stream.service import StreamService
+    from ballpass.stream.sinks.influx import V1Writer
+
+    url, db = influx_db
+    broker = Mosquitto(tmp_path / "mqtt", users=PASSWORDS)
+    broker.start()
+    Hooks.received = []
+    hooks = HTTPServer(("127.0.0.1", 0), Hooks)
+    threading.Thread(target=hooks.serve_forever, daemon=True).start()
+    site = site_toml(tmp_path / "site.toml", cluster.urls, broker, url, db, tmp_path / "state",
+                     f"http://127.0.0.1:{hooks.server_port}/hook")
+    service = StreamService(load(site), V1Writer(url, db), cluster=True)
+
+    def hooked(status: str) -> list[dict[str, Any]]:
+        return [a for a in Hooks.received if a.get("sensor") == FAULTY
+                and a.get("kind") == "machine" and a["status"] == status]
+
+    async def until(predicate: Any, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.2)
+
+    async def main() -> dict[str, Any]:
+        stop = asyncio.Event()
+        running = asyncio.create_task(service.run(stop))
+        nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
+        try:
+            source = service._nats
+            assert source is not None
+            await until(lambda: len(source.partitions) == PARTITIONS, 60, "the partitions")
+            js = nc.jetstream()
+            for payload in windows(FAULTY, 8):
+                await js.publish(f"bp.v1.s1.gw2.{FAULTY}.window", payload)
+            await until(lambda: hooked("firing"), 60, "the alarm at the webhook")
+            record = await service.operator_action(FAULTY, "bob", "bearing replaced",
+                                                   action="rebaseline")
+            assert record["result"] == "sent to the sensor's worker", record
+            await until(lambda: hooked("resolved"), 60, "the resolution at the webhook")
+            kv_state = await js.key_value(topology.STATE)
+            entry = await kv_state.get(f"s1.gw2.{FAULTY}")
+            assert entry.value is not None
+            return pickle.loads(entry.value)
+        finally:
+            await nc.close()
+            stop.set()
+            await running
+
+    try:
+        saved = asyncio.run(main())
+    finally:
+        hooks.shutdown()
+        hooks.server_close()
+        broker.stop()
+    assert [a["alert_id"] for a in hooked("resolved")] == \
+        [a["alert_id"] for a in hooked("firing")], Hooks.received
+    online = saved["pipeline"]["online"]
+    assert online.counters["rebaselines"] == 1, online.counters  # saved with the command
+    assert online.learned == 0, "the saved model is the one from before the rebaseline"
+    assert service.counters.written == 8

@@ -351,8 +351,10 @@ class NatsSource:
             await commit()
         acked = [d.mid for d in self._acked if d.generation == self.generation]
         self._acked = []
+        # A routed command changed its sensor's state too (a rebaseline, say): saved with
+        # its ack, or a new owner would load the state from before it.
         await self._state.save({keys[i] for i in acked if i in keys
-                                and deliveries[i].topic.endswith("/window")})
+                                and deliveries[i].topic.endswith(("/window", "/command"))})
         for i in acked:
             await msgs[i].ack()
         self.counters["batches"] += 1
@@ -419,6 +421,25 @@ class NatsSource:
                          topology.ALERTS, each)
 
     # --- what the service calls ---------------------------------------------------------
+
+    async def route_command(self, command: dict[str, Any]) -> bool:
+        """Publish an operator command (from the evidence page) on its sensor's subject, as
+        the control loop routes one from the command topic: the partition's owner applies
+        it in order with the sensor's windows, saves the state and sends its alerts
+        through ALERTS. False (logged) when it could not be published."""
+        payload = json.dumps(command).encode()
+        subject = self._command_subject(payload)
+        if self._js is None or subject is None:
+            log.warning(kv("command_not_routed", sensor=command.get("sensor"),
+                           reason="not connected" if subject else "unknown sensor"))
+            return False
+        try:
+            await self._js.publish(subject, payload)
+        except Exception as e:
+            log.warning(kv("command_not_routed", sensor=command.get("sensor"), reason=repr(e)))
+            return False
+        self.counters["commands_routed"] += 1
+        return True
 
     def ack(self, d: Delivery) -> None:
         """Recorded; acknowledged to JetStream after the batch's state is saved."""
