@@ -67,10 +67,17 @@ def amplitude_spectrum(x: np.ndarray) -> np.ndarray:
     return np.array(out)
 
 
+def bin_hz(n: int, fs: float) -> np.ndarray:
+    """Frequency (Hz) of each one-sided bin, k·(fs/N) as the kernels compute it: a band
+    edge exactly on a bin is then inside on both sides (np.fft.rfftfreq's k/(N·(1/fs))
+    can round it just below, e.g. bin 9 of N = 36 at fs = 1000 Hz)."""
+    return np.arange(n // 2 + 1) * (fs / n)
+
+
 def band_rms(x: np.ndarray, fs: float, lo: float, hi: float) -> np.ndarray:
     """R.m.s. in the time domain of each row after zeroing every bin outside [lo, hi] (and DC)."""
     n = x.shape[1]
-    f = np.fft.rfftfreq(n, 1.0 / fs)
+    f = bin_hz(n, fs)
     keep = (f >= lo) & (f <= hi) & (f > 0)
     return np.array([np.sqrt(np.mean(np.fft.irfft(np.fft.rfft(r) * keep, n) ** 2)) for r in x])
 
@@ -78,7 +85,7 @@ def band_rms(x: np.ndarray, fs: float, lo: float, hi: float) -> np.ndarray:
 def velocity_rms(x: np.ndarray, fs: float, lo: float, hi: float) -> np.ndarray:
     """Velocity r.m.s. (mm/s): integrate each bin (÷ j2πf), inverse FFT, r.m.s. in time."""
     n = x.shape[1]
-    f = np.fft.rfftfreq(n, 1.0 / fs)
+    f = bin_hz(n, fs)
     keep = (f >= lo) & (f <= hi) & (f > 0)
     out = []
     for r in x:

@@ -91,6 +91,16 @@ def test_amplitude_spectrum_matches_reference(x: np.ndarray) -> None:
     )
 
 
+def test_band_edges_on_a_bin_are_inclusive() -> None:
+    """A band [250, 250] Hz holds the bin at exactly 250 Hz (bin 9 of N = 36 at 1 kHz,
+    where np.fft.rfftfreq gives 249.99999999999997; hypothesis found it)."""
+    n = 36
+    x = np.sin(2 * np.pi * 250.0 * np.arange(n) / FS)[None, :]
+    np.testing.assert_allclose(spectrum.band_rms(x, FS, 250.0, 250.0), [np.sqrt(0.5)],
+                               rtol=1e-12)
+    np.testing.assert_allclose(ref.band_rms(x, FS, 250.0, 250.0), [np.sqrt(0.5)], rtol=1e-12)
+
+
 @SETTINGS
 @given(batches(), st.floats(0.0, 250.0), st.floats(0.0, 500.0))
 def test_band_rms_matches_reference(x: np.ndarray, lo: float, width: float) -> None:
