@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ballpass import demo_cluster
+from ballpass.cli import EXIT_CONFIG
 from ballpass.log import kv
 from ballpass.nats_server import NatsCluster
 from ballpass.services import Influxd, Mosquitto, Service, write_private
@@ -35,6 +36,8 @@ from ballpass.services import Influxd, Mosquitto, Service, write_private
 log = logging.getLogger(__name__)
 
 DB = "ballpass"
+EVIDENCE_PORT = 8787
+"""The plain demo's (or first worker's) evidence page, when free: a URL that stays."""
 FS_HZ = 25600.0
 # 1.28 s: enough cage turns that an intermittent ball defect shows in most windows.
 WINDOW_SAMPLES = 32768
@@ -144,12 +147,31 @@ class StreamProc:
     def status(self) -> dict[str, Any]:
         return _read_json(self.status_path)
 
+    def lost_evidence_port(self) -> bool:
+        """It exited because the evidence page's preferred port, free when checked, was
+        taken before it bound it (two demos starting at once): restarted on any free
+        port instead. Any other exit is left to the caller."""
+        preferred = f"127.0.0.1:{EVIDENCE_PORT}"
+        if self.child.proc.returncode != EXIT_CONFIG or preferred not in self.child.args:
+            return False
+        said = self.child.log_path.read_text(encoding="utf-8", errors="replace")
+        if f"--http: cannot listen on {preferred}" not in said:
+            return False
+        log.warning(kv("demo_evidence_port_taken", process=self.child.name,
+                       port=EVIDENCE_PORT, retry="any free port"))
+        self.child.wait(5)
+        self.child = Child(self.child.name,
+                           [a.replace(preferred, "127.0.0.1:0") for a in self.child.args],
+                           self.child.log_path)
+        return True
+
 
 class Child:
     """A ballpass subprocess in its own session (terminal Ctrl-C reaches only the demo)."""
 
     def __init__(self, name: str, args: list[str], log_path: Path) -> None:
         self.name = name
+        self.args = args
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -184,15 +206,15 @@ def _count(influx: Influxd, measurement: str, field: str) -> int:
     return int(series[0]["values"][0][1]) if series else 0
 
 
-def _evidence_port(preferred: int = 8787) -> int:
-    """The evidence page's port: 8787 when free (a stable URL), else 0 (any free one)."""
+def _evidence_port() -> int:
+    """The evidence page's port: EVIDENCE_PORT when free (a stable URL), else 0 (any)."""
     import socket
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", preferred))
+            s.bind(("127.0.0.1", EVIDENCE_PORT))
         except OSError:
             return 0
-    return preferred
+    return EVIDENCE_PORT
 
 
 def _render(status: dict[str, Any], started: float, webhooks: int, live: bool,
@@ -323,7 +345,7 @@ def run_demo(duration_s: float | None = None, summary_json: Path | None = None,
         # the first run compiles the Numba kernels meanwhile.
         while not stop.is_set() and not plant.ready():
             for p in streams:
-                if p.child.proc.poll() is not None:
+                if p.child.proc.poll() is not None and not p.lost_evidence_port():
                     raise RuntimeError(f"{p.child.name} exited early; see {p.child.log_path}")
             stop.wait(0.2)
         for p in streams:

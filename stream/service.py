@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -57,6 +58,15 @@ if TYPE_CHECKING:  # the cluster extra is optional
 log = logging.getLogger(__name__)
 
 GATEWAY_COUNTERS = ("captured", "queued", "published", "dropped", "replayed")
+
+
+async def _listening(start: Coroutine[Any, Any, None], key: str, host: str, port: int) -> None:
+    """Await a server's `start`; an address it cannot listen on is an error of `key`
+    (exit 2, naming it), not a traceback."""
+    try:
+        await start
+    except OSError as e:
+        raise ConfigError([f"{key}: cannot listen on {host}:{port}: {e.strerror or e}"]) from e
 
 
 @runtime_checkable
@@ -110,6 +120,7 @@ class StreamService:
         self._stop = asyncio.Event()
         # The evidence page (stream/web): `http` ("HOST:PORT") overrides [stream] http.
         self.http = http or config.stream.http
+        self._http_key = "--http" if http else "stream.http"
         self.evidence: EvidenceState | None = EvidenceState(config) if self.http else None
         if self.evidence is not None:
             self.evidence.history = self.history
@@ -139,7 +150,7 @@ class StreamService:
         watchdog_task = asyncio.create_task(self._watchdog_loop(), name="watchdog")
         try:
             if self.ops is not None:
-                await self.ops.start()
+                await _listening(self.ops.start(), "--metrics", self.ops.host, self.ops.port)
             await self._start_web()
             # Kernels load (or compile, on a first run) while the database and broker
             # connections come up; the first batch waits for them.
@@ -440,9 +451,10 @@ class StreamService:
         if is_all_interfaces(host):
             log.warning(kv("evidence_page_all_interfaces", host=host, port=port,
                            hint="anyone who can reach this port sees the login page"))
-        self.web = EvidenceServer(self.evidence, host, port, token=token,
-                                  ack=self.operator_action, public_url=s.public_url)
-        await self.web.start()
+        web = EvidenceServer(self.evidence, host, port, token=token,
+                             ack=self.operator_action, public_url=s.public_url)
+        await _listening(web.start(), self._http_key, host, port)
+        self.web = web  # the status shows its URL from now on
         if self.webhooks.public_url is None:
             self.webhooks.public_url = self.web.url
 
