@@ -556,15 +556,17 @@ class StreamService:
     def _summarise(self, latest: dict[str, tuple[Any, dict[str, Any], int]]) -> None:
         """Each sensor's line in the status: its latest diagnosis and alert state."""
         for sensor, (r, message, diagnosed) in latest.items():
-            alert_state = self.pipeline.alerts.sensors[sensor]
+            # None until the sensor's first window that is not a sensor fault.
+            alert_state = self.pipeline.alerts.sensors.get(sensor)
             self.sensors[sensor] = {
                 "gateway": r.incoming.gateway, "asset": r.asset,
                 "diagnosis": message["diagnosis"], "confidence": message["confidence"],
                 "state": message["state"], "iso_zone": message["iso_zone"],
                 "velocity_rms_mm_s": message["velocity_rms_mm_s"], "seq": message["seq"],
-                "alerted": alert_state.alerted,
+                "alerted": alert_state.alerted if alert_state else False,
                 "online": self.pipeline.online.status(sensor),
-                "acknowledged_by": alert_state.acknowledged_by or None,
+                "acknowledged_by": (alert_state.acknowledged_by or None) if alert_state
+                else None,
                 "windows": self.sensors.get(sensor, {}).get("windows", 0) + diagnosed,
             }
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 
+from ballpass import topics, wire
 from ballpass.config import parse
+from ballpass.services import Influxd
+from ballpass.stream.mqtt_source import Delivery
 from ballpass.stream.pipeline import Incoming
 from ballpass.stream.service import StreamService
+from ballpass.stream.sinks.influx import V1Writer
 from ballpass.wire import Window
 
 
@@ -58,3 +63,36 @@ def test_a_window_that_breaks_the_pipeline_is_isolated_counted_and_the_rest_proc
     [letter] = (tmp_path / "deadletter.jsonl").read_text().splitlines()
     assert json.loads(letter)["reason"] == "processing_error"
     assert {p.measurement for p in output.points} == {"vibration", "diagnosis"}
+
+
+def test_a_sensor_whose_first_windows_are_faulty_is_summarised(
+        influxd: Influxd, influx_db: tuple[str, str], tmp_path: Path) -> None:
+    """A sensor that sends only `sensor_fault` windows from its first one (a cable not yet
+    plugged in at commissioning) has no machine alert state: the batch's commit still
+    finishes (before: a KeyError after the write, before the acknowledgements, so the
+    windows came back forever and, on a cluster, froze their partition)."""
+    url, db = influx_db
+    config = parse({"site": {"id": "s1"}, "stream": {"state_dir": str(tmp_path)},
+                    "influx": {"url": url, "db": db},
+                    "asset": [{"id": "m", "bearing": "SKF 6205", "shaft_hz": 25.0}],
+                    "gateway": [{"id": "g", "sensor": [
+                        {"id": "a", "driver": "simulated", "asset": "m", "fs_hz": 25600,
+                         "window_samples": 4096, "interval_s": 1}]}]})
+    service = StreamService(config, V1Writer(url, db))
+    acked: list[int] = []
+    service.source.ack = lambda d: acked.append(d.mid)  # type: ignore[method-assign]
+    flat = [Delivery(topics.window("s1", "g", "a"),
+                     wire.encode(Window(seq=i, t0_ns=time.time_ns(), fs_hz=25600.0,
+                                        samples=np.zeros((1, 4096)))), 1, i, 0)
+            for i in (1, 2)]
+
+    async def run() -> None:
+        commit = await service._handle(flat)
+        assert commit is not None
+        await commit()
+
+    asyncio.run(run())
+    assert acked == [1, 2]
+    line = service.sensors["a"]
+    assert line["diagnosis"] == "sensor_fault", line
+    assert line["alerted"] is False and line["acknowledged_by"] is None, line
