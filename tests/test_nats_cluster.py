@@ -510,3 +510,48 @@ def test_an_evidence_page_action_goes_to_the_sensors_owner(
     assert online.counters["rebaselines"] == 1, online.counters  # saved with the command
     assert online.learned == 0, "the saved model is the one from before the rebaseline"
     assert service.counters.written == 8
+
+
+def test_a_pull_loop_survives_a_failing_batch(cluster: NatsCluster, tmp_path: Path) -> None:
+    """The control and webhook loops take their consumer's messages through `each`; one
+    that raises (a publish refused during a leader election, say) is logged and counted,
+    the loop goes on and the unacknowledged message comes again (before: the loop ended,
+    silently, and that worker took no more statuses, commands or alerts)."""
+    from ballpass.config import load
+    from ballpass.stream.cluster.source import NatsSource
+
+    broker = Mosquitto(tmp_path / "mqtt", users=PASSWORDS)  # the site file names one
+    broker.start()
+    try:
+        site = site_toml(tmp_path / "site.toml", cluster.urls, broker, "http://127.0.0.1:1",
+                         "db", tmp_path / "state", "http://127.0.0.1:1/hook")
+        source = NatsSource(load(site))
+    finally:
+        broker.stop()
+    seen: list[bytes] = []
+
+    async def main() -> None:
+        nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name="T", subjects=["t.>"], num_replicas=1)
+            await js.add_consumer("T", ConsumerConfig(durable_name="c", ack_wait=1.0))
+            await js.publish("t.x", b"one")
+            source._js = js
+            stop = asyncio.Event()
+
+            async def each(msgs: list[Any]) -> None:
+                seen.extend(m.data for m in msgs)
+                if len(seen) == 1:
+                    raise RuntimeError("refused")
+                for m in msgs:
+                    await m.ack()
+                stop.set()
+
+            await asyncio.wait_for(source._pull(stop, "c", "T", each), 60)
+        finally:
+            await nc.close()
+
+    asyncio.run(main())
+    assert seen == [b"one", b"one"]
+    assert source.counters["pull_errors"] == 1

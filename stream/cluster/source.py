@@ -108,7 +108,7 @@ class NatsSource:
         self.counters = {"batches": 0, "partitions_taken": 0, "partitions_lost": 0,
                          "partitions_released": 0, "commands_routed": 0,
                          "alerts_published": 0, "alerts_duplicate": 0,
-                         "webhooks_taken": 0}
+                         "webhooks_taken": 0, "pull_errors": 0, "alerts_unreadable": 0}
         self._nc: nats.NATS | None = None
         self._js: JetStreamContext | None = None
         self._state: KvState | None = None
@@ -364,17 +364,23 @@ class NatsSource:
     async def _pull(self, stop: asyncio.Event, durable: str, stream: str,
                     each: Callable[[list[Msg]], Awaitable[None]]) -> None:
         assert self._js is not None
-        sub = await self._js.pull_subscribe_bind(durable=durable, stream=stream)
+        sub = None
         while not stop.is_set():
             try:
-                msgs = await sub.fetch(self.config.stream.batch_max, timeout=FETCH_WAIT_S)
-            except TimeoutError:
-                continue
-            except Exception as e:  # reconnecting: try again shortly
-                log.warning(kv("cluster_fetch_failed", consumer=durable, reason=repr(e)))
+                if sub is None:
+                    sub = await self._js.pull_subscribe_bind(durable=durable, stream=stream)
+                try:
+                    msgs = await sub.fetch(self.config.stream.batch_max, timeout=FETCH_WAIT_S)
+                except TimeoutError:
+                    continue
+                await each(msgs)
+            except Exception as e:
+                # Reconnecting, a leader election, a publish refused: this loop must not
+                # end (nothing else would take statuses, commands or alerts); what was not
+                # acknowledged comes again.
+                self.counters["pull_errors"] += 1
+                log.warning(kv("cluster_pull_failed", consumer=durable, reason=repr(e)))
                 await sleep_or_stop(stop, 1.0)
-                continue
-            await each(msgs)
 
     async def _control_loop(self, stop: asyncio.Event, handle: Handler) -> None:
         async def each(msgs: list[Msg]) -> None:
@@ -411,6 +417,7 @@ class NatsSource:
                 try:
                     alert = json.loads(m.data)
                 except ValueError as e:
+                    self.counters["alerts_unreadable"] += 1
                     log.error(kv("alert_message_unreadable", reason=e))
                 else:
                     if self._submit is not None:
