@@ -517,17 +517,7 @@ def test_a_pull_loop_survives_a_failing_batch(cluster: NatsCluster, tmp_path: Pa
     that raises (a publish refused during a leader election, say) is logged and counted,
     the loop goes on and the unacknowledged message comes again (before: the loop ended,
     silently, and that worker took no more statuses, commands or alerts)."""
-    from ballpass.config import load
-    from ballpass.stream.cluster.source import NatsSource
-
-    broker = Mosquitto(tmp_path / "mqtt", users=PASSWORDS)  # the site file names one
-    broker.start()
-    try:
-        site = site_toml(tmp_path / "site.toml", cluster.urls, broker, "http://127.0.0.1:1",
-                         "db", tmp_path / "state", "http://127.0.0.1:1/hook")
-        source = NatsSource(load(site))
-    finally:
-        broker.stop()
+    source = _source(cluster.urls, tmp_path)
     seen: list[bytes] = []
 
     async def main() -> None:
@@ -555,3 +545,33 @@ def test_a_pull_loop_survives_a_failing_batch(cluster: NatsCluster, tmp_path: Pa
     asyncio.run(main())
     assert seen == [b"one", b"one"]
     assert source.counters["pull_errors"] == 1
+
+
+def _source(servers: list[str], tmp_path: Path) -> Any:
+    """A worker's NatsSource of the test site (not connected)."""
+    from ballpass.config import load
+    from ballpass.stream.cluster.source import NatsSource
+
+    broker = Mosquitto(tmp_path / "mqtt", users=PASSWORDS)  # the site file names one
+    broker.start()
+    try:
+        site = site_toml(tmp_path / "site.toml", servers, broker, "http://127.0.0.1:1",
+                         "db", tmp_path / "state", "http://127.0.0.1:1/hook")
+        return NatsSource(load(site))
+    finally:
+        broker.stop()
+
+
+def test_a_reload_moves_the_relay_to_the_new_broker(tmp_path: Path) -> None:
+    """SIGHUP with a changed [broker] (mosquitto moved): the running relay takes it (its
+    MQTT session reconnects) and so does a relay started later (before: ignored)."""
+    import dataclasses
+
+    from ballpass.stream.cluster.relay import Relay
+
+    source = _source(["nats://127.0.0.1:1"], tmp_path)
+    source._relay = Relay(source.config, None, None)
+    moved = dataclasses.replace(source.config.broker, host="10.0.0.7", port=8883)
+    source.reconfigure(moved)
+    assert source._relay.mqtt.broker == moved
+    assert source.config.broker == moved

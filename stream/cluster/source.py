@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -481,5 +482,8 @@ class NatsSource:
             return False
 
     def reconfigure(self, broker: BrokerConfig) -> None:
-        """[broker] does not apply to a worker (it reads [cluster]); logged."""
-        log.info(kv("cluster_reconfigure_ignored", reason="workers read [cluster]"))
+        """[broker] is the relay's mosquitto (the worker itself reads [cluster]): a running
+        relay reconnects with it at once, a later one starts with it."""
+        self.config = dataclasses.replace(self.config, broker=broker)
+        if self._relay is not None:
+            self._relay.mqtt.reconfigure(broker)
