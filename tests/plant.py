@@ -114,3 +114,16 @@ def processes_mentioning(text: str) -> list[int]:
         if text in cmdline:
             pids.append(int(entry.name))
     return pids
+
+
+def one_sensor_site(url: str, db: str, state_dir: Path, **stream: Any) -> Any:
+    """The parsed config of site s1: gateway g, sensor a (simulated, 25.6 kHz, 4096
+    samples) on motor m, InfluxDB at `url`/`db`; `stream` adds [stream] keys."""
+    from ballpass.config import parse
+    return parse({"site": {"id": "s1"},
+                  "stream": {"state_dir": str(state_dir), **stream},
+                  "influx": {"url": url, "db": db},
+                  "asset": [{"id": "m", "bearing": "SKF 6205", "shaft_hz": 25.0}],
+                  "gateway": [{"id": "g", "sensor": [
+                      {"id": "a", "driver": "simulated", "asset": "m", "fs_hz": 25600,
+                       "window_samples": 4096, "interval_s": 1}]}]})

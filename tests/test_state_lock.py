@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from plant import one_sensor_site
 
 from ballpass import topics, wire
-from ballpass.config import parse
 from ballpass.services import Influxd
 from ballpass.stream.mqtt_source import Delivery
 from ballpass.stream.service import StreamService
@@ -26,12 +26,7 @@ from ballpass.stream.sinks.influx import V1Writer
 def test_an_operator_action_waits_for_the_batch_in_the_pipeline(
         influxd: Influxd, influx_db: tuple[str, str], tmp_path: Path) -> None:
     url, db = influx_db
-    config = parse({"site": {"id": "s1"}, "stream": {"state_dir": str(tmp_path)},
-                    "influx": {"url": url, "db": db},
-                    "asset": [{"id": "m", "bearing": "SKF 6205", "shaft_hz": 25.0}],
-                    "gateway": [{"id": "g", "sensor": [
-                        {"id": "a", "driver": "simulated", "asset": "m", "fs_hz": 25600,
-                         "window_samples": 4096, "interval_s": 1}]}]})
+    config = one_sensor_site(url, db, tmp_path)
     service = StreamService(config, V1Writer(url, db))
     inside = threading.Event()
     overlaps: list[bool] = []
@@ -75,13 +70,7 @@ def test_the_online_save_holds_the_lock_but_is_not_pipeline_time(
     next batch must not change the models while they are written) but outside the `process`
     stage and the watchdog's busy window: a slow disk is not a stuck pipeline."""
     url, db = influx_db
-    config = parse({"site": {"id": "s1"},
-                    "stream": {"state_dir": str(tmp_path), "online_save_s": 0.001},
-                    "influx": {"url": url, "db": db},
-                    "asset": [{"id": "m", "bearing": "SKF 6205", "shaft_hz": 25.0}],
-                    "gateway": [{"id": "g", "sensor": [
-                        {"id": "a", "driver": "simulated", "asset": "m", "fs_hz": 25600,
-                         "window_samples": 4096, "interval_s": 1}]}]})
+    config = one_sensor_site(url, db, tmp_path, online_save_s=0.001)
     service = StreamService(config, V1Writer(url, db))
     seen: list[tuple[bool, bool]] = []
     save_all = service.pipeline.online.save_all
@@ -121,12 +110,7 @@ def test_an_operator_actions_alerts_follow_the_batch_being_written(
     rebaselines the sensor, which resolves that alert: on-call must get the firing first,
     not a resolution of an alert they never saw, followed by the alert itself."""
     url, db = influx_db
-    config = parse({"site": {"id": "s1"}, "stream": {"state_dir": str(tmp_path)},
-                    "influx": {"url": url, "db": db},
-                    "asset": [{"id": "m", "bearing": "SKF 6205", "shaft_hz": 25.0}],
-                    "gateway": [{"id": "g", "sensor": [
-                        {"id": "a", "driver": "simulated", "asset": "m", "fs_hz": 25600,
-                         "window_samples": 4096, "interval_s": 1}]}]})
+    config = one_sensor_site(url, db, tmp_path)
     writer = V1Writer(url, db)
     service = StreamService(config, writer)
     process, apply = service.pipeline.process, service.pipeline.apply_command

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from plant import one_sensor_site
 
 from ballpass import topics, wire
 from ballpass.config import parse
@@ -72,12 +73,7 @@ def test_a_sensor_whose_first_windows_are_faulty_is_summarised(
     finishes (before: a KeyError after the write, before the acknowledgements, so the
     windows came back forever and, on a cluster, froze their partition)."""
     url, db = influx_db
-    config = parse({"site": {"id": "s1"}, "stream": {"state_dir": str(tmp_path)},
-                    "influx": {"url": url, "db": db},
-                    "asset": [{"id": "m", "bearing": "SKF 6205", "shaft_hz": 25.0}],
-                    "gateway": [{"id": "g", "sensor": [
-                        {"id": "a", "driver": "simulated", "asset": "m", "fs_hz": 25600,
-                         "window_samples": 4096, "interval_s": 1}]}]})
+    config = one_sensor_site(url, db, tmp_path)
     service = StreamService(config, V1Writer(url, db))
     acked: list[int] = []
     service.source.ack = lambda d: acked.append(d.mid)  # type: ignore[method-assign]
