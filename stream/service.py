@@ -162,7 +162,11 @@ class StreamService:
             await self._write_iso_boundaries()
             await self.source.run(stop, self._handle)
         finally:
-            await asyncio.gather(*self._waiting_alerts)  # before the webhooks close
+            # Operator alerts still waiting go out before the webhooks close (a commit the
+            # source dropped, stopping on an error, must not hold them forever).
+            if self._committed is not None and not self._committed.done():
+                self._committed.set_result(None)
+            await asyncio.gather(*self._waiting_alerts)
             await self.publisher.flush()
             sdnotify.notify("STOPPING=1\nSTATUS=stopping")
             watchdog_task.cancel()
