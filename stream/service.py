@@ -502,11 +502,8 @@ class StreamService:
 
     async def _send_after(self, committed: asyncio.Future[None],
                           alerts: list[dict[str, Any]]) -> None:
-        stopping: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({committed, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
+        # `committed` always resolves: at the commit's end, or in `run`'s finally.
+        await committed
         self.publisher.send_alerts(alerts)
 
     # --- systemd: watchdog and reload (docs/operations.md) ------------------------------
