@@ -74,6 +74,20 @@ def diagnosis_message(result: Result) -> dict[str, Any]:
     }
 
 
+def undiagnosed_message(site: str, gateway: str, sensor: str, asset: str, t_ns: int,
+                        diagnosis: str, state: str, reason: str) -> dict[str, Any]:
+    """The diagnosis JSON (keys of `diagnosis_message`) of a sensor that this process has
+    diagnosed no window of yet, after a restart or a partition move: who it is and its
+    alert state, no measurements (null)."""
+    return {
+        "sensor": sensor, "gateway": gateway, "site": site, "asset": asset,
+        "t": t_ns / 1e9, "seq": None, "diagnosis": diagnosis, "confidence": None,
+        "state": state, "iso_zone": None, "velocity_rms_mm_s": None, "evidence": [],
+        "reason": reason, "severity": None, "anomaly_score": None,
+        "days_to_zone_c": None, "days_to_zone_d": None, "online": None,
+    }
+
+
 def alert_message(transition: Transition, last: dict[str, Any]) -> dict[str, Any]:
     """The alert JSON (diagnosis fields plus alert_id, status, since, summary, kind, event).
 

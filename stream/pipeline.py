@@ -33,6 +33,7 @@ from ballpass.stream.messages import (
     diagnosis_message,
     finite_or_none,
     temperature_point,
+    undiagnosed_message,
     window_points,
 )
 from ballpass.stream.online import OnlineModels
@@ -264,13 +265,28 @@ class Pipeline:
         points, transitions = self.online.apply(command, t_ns)
         if points and command.get("action") == "rebaseline":
             self.impacts.clear(command["sensor"])  # maintenance done: the old defect is gone
+        t_ns = points[0].time_ns if points else time.time_ns()
         alerts: list[dict[str, Any]] = []
         for t in transitions:
-            last = self._last.get(t.sensor)
-            if last is None or last.diagnosis is None:
-                continue
-            last = self._last[t.sensor] = replace(last, state=self.alerts.state(t.sensor))
-            alert = alert_message(t, diagnosis_message(last))
+            alert = alert_message(t, self._latest_message(t.sensor, t.diagnosis, t_ns))
             alerts.append(alert)
-            points.append(alert_point(alert, points[0].time_ns if points else time.time_ns()))
+            points.append(alert_point(alert, t_ns))
         return BatchOutput([], points, alerts)
+
+    def _latest_message(self, sensor: str, diagnosis: str, t_ns: int) -> dict[str, Any]:
+        """The diagnosis JSON of `sensor`'s latest window, with its alert state now.
+
+        After a restart or a partition move this process may have diagnosed no window of
+        it, yet an operator's rebaseline still resolves the alarm it took over: on-call
+        must get that "resolved", so the config says who the sensor is instead.
+        """
+        state = self.alerts.state(sensor)
+        last = self._last.get(sensor)
+        if last is not None:
+            self._last[sensor] = replace(last, state=state)
+            return diagnosis_message(self._last[sensor])
+        gateway = next(g.id for g in self.config.gateways
+                       if any(s.id == sensor for s in g.sensors))
+        return undiagnosed_message(
+            self.config.site.id, gateway, sensor, self.sensors[sensor][1].id, t_ns, diagnosis,
+            state, "no window of this sensor diagnosed since this process took it over")

@@ -235,3 +235,36 @@ def test_kill_9_keeps_the_open_alarm_and_its_id_and_resolves_it_later(
         receiver.stop()
     assert [(a["status"], a["alert_id"]) for a in receiver.received] == [
         ("firing", fired["alert_id"]), ("resolved", fired["alert_id"])]
+
+
+@pytest.mark.parametrize("takeover", ["restart", "partition_move"])
+def test_a_rebaseline_before_any_window_resolves_the_alarm_taken_over(
+        tmp_path: Path, takeover: str) -> None:
+    """Before: after a restart (or, in a cluster, a partition move) an operator's rebaseline
+    before the sensor's next window cleared the alarm but sent on-call no "resolved": the
+    alert was built from the latest window, which this process had not seen."""
+    config = _config(tmp_path)
+    first = Pipeline(config, state_dir=tmp_path / "state")
+    rng = np.random.default_rng(8)
+    fired = []
+    for seq in range(1, 6):
+        w = wire.Window(seq=seq, t0_ns=time.time_ns(), fs_hz=FS,
+                        samples=_samples("outer_race", rng).reshape(1, -1))
+        fired += first.process([Incoming("s1", "gw1", "a", w)]).alerts
+    assert [(a["event"], a["diagnosis"]) for a in fired] == [("firing", "outer_race")]
+
+    if takeover == "restart":
+        second = Pipeline(config, state_dir=tmp_path / "state")
+    else:
+        second = Pipeline(config)
+        second.import_sensor("a", first.export_sensor("a"))
+    done = second.apply_command({"action": "rebaseline", "sensor": "a", "by": "ann"}, 7 * 10**18)
+
+    [resolved] = done.alerts
+    assert (resolved["event"], resolved["alert_id"]) == ("resolved", fired[0]["alert_id"])
+    assert (resolved["site"], resolved["gateway"], resolved["asset"]) == ("s1", "gw1", "m")
+    assert resolved["state"] == "normal" and resolved["summary"].startswith(
+        "m sensor a is back to normal: outer race")
+    assert resolved.keys() == fired[0].keys()  # the same JSON schema as any alert
+    assert [p.measurement for p in done.points] == ["actions", "alerts"]
+    assert second.alerts.state("a") == "normal"
