@@ -26,6 +26,7 @@ from ballpass.models.catalog import lookup
 from ballpass.services import Influxd, Mosquitto
 from ballpass.simulators.signals import synthesize
 from ballpass.stream.pipeline import Incoming, Pipeline
+from ballpass.stream.sinks.formats import facts
 from ballpass.stream.sinks.webhook import WebhookSender
 
 FS, N, SHAFT = 25600.0, 8192, 24.75
@@ -266,5 +267,6 @@ def test_a_rebaseline_before_any_window_resolves_the_alarm_taken_over(
     assert resolved["state"] == "normal" and resolved["summary"].startswith(
         "m sensor a is back to normal: outer race")
     assert resolved.keys() == fired[0].keys()  # the same JSON schema as any alert
+    assert facts(resolved, None)["How sure"].startswith("not measured")  # not "0 %"
     assert [p.measurement for p in done.points] == ["actions", "alerts"]
     assert second.alerts.state("a") == "normal"

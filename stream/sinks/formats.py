@@ -80,7 +80,7 @@ def _what(alert: dict[str, Any]) -> str:
 
 def facts(alert: dict[str, Any], public_url: str | None) -> dict[str, str]:
     """What, where, how bad, how sure, since when, action, evidence: one alert, as text."""
-    v = alert.get("velocity_rms_mm_s")
+    v, c = alert.get("velocity_rms_mm_s"), alert.get("confidence")
     zone = alert.get("iso_zone") or "?"
     out = {
         "What": _what(alert) + (" (resolved)" if alert.get("status") == "resolved" else ""),
@@ -88,7 +88,8 @@ def facts(alert: dict[str, Any], public_url: str | None) -> dict[str, str]:
                  f"sensor {alert.get('sensor')}",
         "How bad": f"{severity(alert)}; ISO 20816 zone {zone}"
                    + (f", velocity {v:.2f} mm/s RMS" if isinstance(v, int | float) else ""),
-        "How sure": f"confidence {float(alert.get('confidence') or 0):.0%}",
+        "How sure": f"confidence {c:.0%}" if isinstance(c, int | float)
+                    else "not measured (no window of this sensor diagnosed here yet)",
         "Since": _when(alert.get("since")),
         "Action": ACTIONS.get(str(alert.get("diagnosis")), ACTIONS["unknown_anomaly"])
         if alert.get("status") == "firing" else ACTIONS["normal"],
