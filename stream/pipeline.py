@@ -93,9 +93,11 @@ class Pipeline:
             a.tacho_sensor: a.id for a in config.assets if a.tacho_sensor
         }
 
-    def update_tacho(self, sensor: str, payload: bytes | str) -> str | None:
-        """Record a tachometer message `{"t_ns", "shaft_hz"}` of `sensor`; returns the asset
-        it updated, or None (unknown sensor). Raises ValueError on a malformed payload."""
+    def update_tacho(self, sensor: str, payload: bytes | str, *,
+                     newer_only: bool = False) -> str | None:
+        """Record a tachometer message `{"t_ns", "shaft_hz"}` of `sensor` (unless
+        `newer_only` and the asset has a later reading); returns the asset, or None
+        (unknown sensor). Raises ValueError on a malformed payload."""
         asset = self._tacho_assets.get(sensor)
         if asset is None:
             return None
@@ -106,8 +108,16 @@ class Pipeline:
             raise ValueError(f"tacho {sensor}: expected JSON {{t_ns, shaft_hz}}: {e}") from e
         if not (math.isfinite(hz) and hz > 0 and math.isfinite(t_ns)):
             raise ValueError(f"tacho {sensor}: shaft_hz must be > 0 and t_ns finite")
-        self.tacho[asset] = (hz, t_ns / 1e9)
+        held = self.tacho.get(asset)
+        if not (newer_only and held is not None and held[1] >= t_ns / 1e9):
+            self.tacho[asset] = (hz, t_ns / 1e9)
         return asset
+
+    def take_temperature(self, item: Incoming) -> float:
+        """The mean of a temperature window (°C), from now on its asset's temperature."""
+        celsius = float(np.mean(item.window.samples))
+        self.online.temperature(self.sensors[item.sensor][1].id, celsius)
+        return celsius
 
     def warm_up(self) -> None:
         """Load (or compile, on a first run) the Numba kernels before windows arrive."""
@@ -148,8 +158,7 @@ class Pipeline:
             _, asset = self.sensors[item.sensor]
             w = item.window
             if w.kind == Kind.TEMPERATURE:
-                celsius = float(np.mean(w.samples))
-                self.online.temperature(asset.id, celsius)
+                celsius = self.take_temperature(item)
                 results.append(Result(item, asset.id))
                 points.append(temperature_point(item, asset.id, celsius))
                 continue

@@ -25,7 +25,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from ballpass import sdnotify
+from ballpass import sdnotify, wire
 from ballpass.config import Config, ConfigError, load
 from ballpass.listen import parse_listen
 from ballpass.log import kv
@@ -104,7 +104,8 @@ class StreamService:
         if cluster:
             from ballpass.stream.cluster.source import NatsSource
             self._nats = NatsSource(config)
-            self._nats.bind(self.pipeline, self.admission.dedup, self.webhooks.submit)
+            self._nats.bind(self.pipeline, self.admission.dedup, self.webhooks.submit,
+                            self.see)
             self.source = self._nats
         else:
             self.source = MqttSource(config.broker, config.stream, SUBSCRIPTIONS)
@@ -305,6 +306,27 @@ class StreamService:
             self.counters.rejected["tacho"] += 1
             log.warning(kv("window_rejected", reason="tacho", topic=message.topic,
                            detail=str(e)))
+
+    def see(self, topic: str, payload: bytes) -> None:
+        """A message that another worker handles and this one must see too (cluster mode,
+        stream/cluster/site_view.py): a tacho reading or temperature window becomes its
+        asset's latest reading, a status its gateway's state. Nothing is written or
+        counted here; a bad one is the handling worker's to count and log."""
+        r = route(topic)
+        if r.route is Route.STATUS:
+            status = parse_status(payload, r.site, r.gateway)
+            if not isinstance(status, str):
+                self.gateways[r.gateway] = status.as_dict()
+            return
+        if r.route not in (Route.TACHO, Route.WINDOW) \
+                or self.admission.binding(r.site, r.gateway, r.sensor) is not None:
+            return
+        with contextlib.suppress(ValueError):  # wire.WireError is one
+            if r.route is Route.TACHO:
+                # The owner may have taken a newer one already: never go back in time.
+                self.pipeline.update_tacho(r.sensor, payload, newer_only=True)
+            elif (w := wire.decode(payload)).kind == Kind.TEMPERATURE:
+                self.pipeline.take_temperature(Incoming(r.site, r.gateway, r.sensor, w))
 
     def _commands(self, messages: list[Delivery]) -> BatchOutput:
         """Apply operator commands (JSON) in arrival order; bad ones are counted and logged."""

@@ -482,6 +482,7 @@ def test_an_evidence_page_action_goes_to_the_sensors_owner(
             assert source is not None
             await until(lambda: len(source.partitions) == PARTITIONS, 60, "the partitions")
             js = nc.jetstream()
+            await js.publish("bp.v1.s1.gw1.status", b'{"state": "online"}')
             for payload in windows(FAULTY, 8):
                 await js.publish(f"bp.v1.s1.gw2.{FAULTY}.window", payload)
             await until(lambda: hooked("firing"), 60, "the alarm at the webhook")
@@ -489,6 +490,7 @@ def test_an_evidence_page_action_goes_to_the_sensors_owner(
                                                    action="rebaseline")
             assert record["result"] == "sent to the sensor's worker", record
             await until(lambda: hooked("resolved"), 60, "the resolution at the webhook")
+            await until(lambda: source.counters["view_seen"] >= 1, 30, "the status, seen")
             kv_state = await js.key_value(topology.STATE)
             entry = await kv_state.get(f"s1.gw2.{FAULTY}")
             assert entry.value is not None
@@ -575,3 +577,78 @@ def test_a_reload_moves_the_relay_to_the_new_broker(tmp_path: Path) -> None:
     source.reconfigure(moved)
     assert source._relay.mqtt.broker == moved
     assert source.config.broker == moved
+
+
+def test_every_worker_sees_the_sites_readings_and_statuses(
+        cluster: NatsCluster, tmp_path: Path) -> None:
+    """Partitions are per sensor, so before a tacho reading or a temperature window reached
+    only its own partition's owner (the asset's accelerometers on another worker used the
+    configured speed and no temperature), and a gateway status only the one worker of the
+    shared control consumer (another worker's page showed the gateway offline). Every
+    worker now follows them, view only, from the latest of each subject on."""
+    import numpy as np
+
+    from ballpass import wire
+    from ballpass.config import load
+    from ballpass.stream.cluster import site_view
+    from ballpass.stream.service import StreamService
+    from ballpass.stream.sinks.influx import V1Writer
+
+    broker = Mosquitto(tmp_path / "mqtt", users=PASSWORDS)  # the site file names one
+    broker.start()
+    try:
+        site = site_toml(tmp_path / "site.toml", cluster.urls, broker, "http://127.0.0.1:1",
+                         "db", tmp_path / "state", "http://127.0.0.1:1/hook")
+    finally:
+        broker.stop()
+    text = site.read_text().replace("shaft_hz = 25.0\n", 'shaft_hz = 25.0\ntacho_sensor = "a"\n')
+    site.write_text(text + '[[gateway.sensor]]\nid = "t"\ndriver = "simulated"\nasset = "m"\n'
+                    'kind = "temperature"\nfs_hz = 1.0\nwindow_samples = 16\ninterval_s = 16\n')
+    config = load(site)
+    assert config.asset("m").tacho_sensor == "a"
+    service = StreamService(config, V1Writer("http://127.0.0.1:1", "db"), cluster=True)
+    views = site_view.site_views(config)
+    assert [(v.stream, v.subjects) for v in views] == [
+        (topology.CONTROL, ("bp.v1.s1.*.status",)),
+        (topology.WINDOWS, ("bpw.*.s1.gw1.a.tacho", "bpw.*.s1.gw2.t.window"))]
+    now = time.time_ns()
+
+    async def main() -> dict[str, int]:
+        nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
+        counters = {"view_seen": 0, "view_errors": 0}
+        try:
+            js = nc.jetstream()
+            assert config.cluster is not None
+            await topology.declare(js, config.cluster, "s1")
+            # Published before the worker follows: it starts from the latest of each.
+            for hz in (20.0, 21.5):
+                await js.publish("bp.v1.s1.gw1.a.tacho",
+                                 json.dumps({"t_ns": now, "shaft_hz": hz}).encode())
+            await js.publish("bp.v1.s1.gw2.t.window", wire.encode(wire.Window(
+                1, now, 1.0, np.full((1, 16), 61.5, np.float32), kind=wire.Kind.TEMPERATURE)))
+            await js.publish("bp.v1.s1.gw1.status", b'{"state": "online"}')
+            stop = asyncio.Event()
+            tasks = [asyncio.create_task(site_view.follow(js, v, service._nats._seen, stop,
+                                                          counters)) for v in views]
+            deadline = time.monotonic() + 30
+            while counters["view_seen"] < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            # Later messages follow, in order; an older reading never replaces a newer.
+            await js.publish("bp.v1.s1.gw1.a.tacho", b"not json")  # the owner refuses it
+            await js.publish("bp.v1.s1.gw1.a.tacho",
+                             json.dumps({"t_ns": now - 10**9, "shaft_hz": 5.0}).encode())
+            await js.publish("bp.v1.s1.gw1.status", b'{"state": "offline"}')
+            while counters["view_seen"] < 6 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            stop.set()
+            await asyncio.gather(*tasks)
+            return counters
+        finally:
+            await nc.close()
+
+    counters = asyncio.run(main())
+    assert counters == {"view_seen": 6, "view_errors": 0}
+    assert service.pipeline.tacho["m"] == (21.5, now / 1e9)
+    assert service.pipeline.online.temps["m"] == pytest.approx(61.5)
+    assert service.gateways["gw1"]["state"] == "offline"
+    assert service.counters.written == 0  # view only: nothing written, nothing counted

@@ -44,7 +44,7 @@ from ballpass import backoff, topics
 from ballpass.config import BrokerConfig, Config
 from ballpass.log import kv
 from ballpass.nats_server import PARTITIONED_SUBJECT
-from ballpass.stream.cluster import topology
+from ballpass.stream.cluster import site_view, topology
 from ballpass.stream.cluster.connection import connect
 from ballpass.stream.cluster.leases import RELAY_KEY, Leases
 from ballpass.stream.cluster.relay import Relay
@@ -109,7 +109,8 @@ class NatsSource:
         self.counters = {"batches": 0, "partitions_taken": 0, "partitions_lost": 0,
                          "partitions_released": 0, "commands_routed": 0,
                          "alerts_published": 0, "alerts_duplicate": 0,
-                         "webhooks_taken": 0, "pull_errors": 0, "alerts_unreadable": 0}
+                         "webhooks_taken": 0, "pull_errors": 0, "alerts_unreadable": 0,
+                         "view_seen": 0, "view_errors": 0}
         self._nc: nats.NATS | None = None
         self._js: JetStreamContext | None = None
         self._state: KvState | None = None
@@ -122,15 +123,19 @@ class NatsSource:
         self._pipeline: Pipeline | None = None
         self._dedup: Deduplicator | None = None
         self._submit: Callable[[dict[str, Any]], None] | None = None
+        self._see: Callable[[str, bytes], None] | None = None
         self._relay: Relay | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._relay_stop = asyncio.Event()
 
     def bind(self, pipeline: Pipeline, dedup: Deduplicator,
-             submit_alert: Callable[[dict[str, Any]], None]) -> None:
+             submit_alert: Callable[[dict[str, Any]], None],
+             see: Callable[[str, bytes], None]) -> None:
         """What the service owns and the source must reach: the per-sensor state (moved
-        with partitions) and the webhook routes (fed from the ALERTS stream)."""
+        with partitions), the webhook routes (fed from the ALERTS stream) and what every
+        worker must see of messages others handle (`see(topic, payload)`, site_view.py)."""
         self._pipeline, self._dedup, self._submit = pipeline, dedup, submit_alert
+        self._see = see
 
     @property
     def partitions(self) -> list[int]:
@@ -167,7 +172,10 @@ class NatsSource:
         batcher = asyncio.create_task(self._batcher(handle), name="batches")
         tasks = [asyncio.create_task(self._lease_loop(stop, handle), name="leases"),
                  asyncio.create_task(self._control_loop(stop, handle), name="control"),
-                 asyncio.create_task(self._webhook_loop(stop), name="webhooks-in")]
+                 asyncio.create_task(self._webhook_loop(stop), name="webhooks-in"),
+                 *(asyncio.create_task(site_view.follow(self._js, view, self._seen, stop,
+                                                        self.counters), name="view")
+                   for view in site_view.site_views(self.config))]
         try:
             await stop.wait()
         finally:
@@ -185,6 +193,10 @@ class NatsSource:
             with contextlib.suppress(Exception):
                 await self._leases.release_all()
             await self._close()
+
+    def _seen(self, subject: str, payload: bytes) -> None:
+        assert self._see is not None
+        self._see(topic_of(subject)[0], payload)
 
     async def _close(self) -> None:
         self.connected = False
