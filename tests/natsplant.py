@@ -1,14 +1,10 @@
-"""What the scale-out tests share: the site, its gateways' MQTT clients and windows, and
-a webhook receiver."""
+"""What the scale-out tests share: the site, its gateways' MQTT clients and windows."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, ClassVar
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -63,19 +59,6 @@ shaft_hz = {SHAFT_HZ}
 url = "{hook_url}"
 {gateways}""", encoding="utf-8")
     return path
-
-
-class Hooks(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append(json.loads(body))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def windows(sensor: str, count: int) -> list[bytes]:

@@ -13,10 +13,8 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections import Counter
-from http.server import HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,6 @@ from natsplant import (
     SENSORS,
     USERS,
     Gateway,
-    Hooks,
     site_toml,
     windows,
 )
@@ -41,6 +38,7 @@ from plant import query_rows, read_status, spawn_ballpass, stop_gently, wait_unt
 
 from ballpass import topics
 from ballpass.config import ClusterConfig
+from ballpass.demo import WebhookReceiver
 from ballpass.nats_server import NatsCluster, NatsEdge
 from ballpass.services import Influxd, Mosquitto
 from ballpass.stream.cluster import topology
@@ -156,11 +154,10 @@ def test_kill9_node_and_worker_mid_run(cluster: NatsCluster, tmp_path: Path,
     watch.connect("127.0.0.1", broker.port)
     watch.subscribe([(topics.diagnosis("s1", "+", "+"), 1), (topics.alerts("s1"), 1)])
     watch.loop_start()
-    Hooks.received = []
-    hooks = HTTPServer(("127.0.0.1", 0), Hooks)
-    threading.Thread(target=hooks.serve_forever, daemon=True).start()
+    hooks = WebhookReceiver()
+    hooks.start()
     site = site_toml(tmp_path / "site.toml", cluster.urls, broker, url, db, tmp_path / "state",
-                 f"http://127.0.0.1:{hooks.server_port}/hook")
+                 hooks.url)
     count = 40
     payloads = {s: windows(s, count) for ids in SENSORS.values() for s in ids}
 
@@ -233,7 +230,7 @@ def test_kill9_node_and_worker_mid_run(cluster: NatsCluster, tmp_path: Path,
                                        "GROUP BY sensor")
         assert {r["sensor"]: r["count"] for r in rows} == {
             s: count for ids in SENSORS.values() for s in ids}
-        firing = Counter((a["alert_id"], a["status"]) for a in Hooks.received
+        firing = Counter((a["alert_id"], a["status"]) for a in hooks.received
                          if a.get("sensor") == FAULTY)
         assert firing, "the faulty sensor's alarm never reached the webhook"
         assert all(n == 1 for n in firing.values()), firing
@@ -249,8 +246,7 @@ def test_kill9_node_and_worker_mid_run(cluster: NatsCluster, tmp_path: Path,
         watch.loop_stop()
         watch.disconnect()
         stop_gently([proc for proc, _ in workers])
-        hooks.shutdown()
-        hooks.server_close()
+        hooks.stop()
         broker.stop()
 
 
@@ -341,8 +337,7 @@ def test_two_sites_on_one_cluster_keep_to_their_own(
     influxd.create_database(dbs["s2"])
     brokers = {s: Mosquitto(tmp_path / f"mqtt-{s}", users=PASSWORDS,
                             operator_users=("watch",)) for s in sites}
-    hooks: dict[str, HTTPServer] = {}
-    received: dict[str, list[dict[str, Any]]] = {}
+    hooks = {s: WebhookReceiver() for s in sites}
     watched: dict[str, list[mqtt.MQTTMessage]] = {s: [] for s in sites}
     watchers: list[mqtt.Client] = []
     workers: list[subprocess.Popen[bytes]] = []
@@ -351,10 +346,7 @@ def test_two_sites_on_one_cluster_keep_to_their_own(
         for s in sites:
             (tmp_path / s).mkdir()
             brokers[s].start()
-            received[s] = []
-            handler = type(f"Hooks_{s}", (Hooks,), {"received": received[s]})
-            hooks[s] = HTTPServer(("127.0.0.1", 0), handler)
-            threading.Thread(target=hooks[s].serve_forever, daemon=True).start()
+            hooks[s].start()
             w = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{s}")
             w.username_pw_set("watch", PASSWORDS["watch"])
             w.on_message = lambda _c, box, m: box.append(m)
@@ -365,7 +357,7 @@ def test_two_sites_on_one_cluster_keep_to_their_own(
             watchers.append(w)
             site = site_toml(tmp_path / s / "site.toml", cluster.urls, brokers[s], url,
                              dbs[s], tmp_path / s / "state",
-                             f"http://127.0.0.1:{hooks[s].server_port}/hook", site=s)
+                             hooks[s].url, site=s)
             workers.append(spawn_ballpass(
                 ["stream", "-c", str(site), "--engine", "nats", "--status-file",
                  str(tmp_path / s / "status.json")], tmp_path / s / "worker.log"))
@@ -397,12 +389,12 @@ def test_two_sites_on_one_cluster_keep_to_their_own(
         for s in sites:
             assert {(r["site"], r["sensor"]): r["count"] for r in written(s)} == {
                 (s, sensor): count for sensor in payloads}
-        wait_until(lambda: all(any(a.get("sensor") == FAULTY for a in received[s])
+        wait_until(lambda: all(any(a.get("sensor") == FAULTY for a in hooks[s].received)
                                for s in sites), 30, "each site's alarm at its webhook")
         time.sleep(2)
         for s in sites:
-            assert {a["site"] for a in received[s]} == {s}, received[s]
-            firing = Counter((a["alert_id"], a["status"]) for a in received[s])
+            assert {a["site"] for a in hooks[s].received} == {s}, hooks[s].received
+            firing = Counter((a["alert_id"], a["status"]) for a in hooks[s].received)
             assert all(n == 1 for n in firing.values()), firing
             back = {m.topic.split("/")[2] for m in watched[s]}
             assert back == {s}, (s, back)
@@ -411,9 +403,8 @@ def test_two_sites_on_one_cluster_keep_to_their_own(
             w.loop_stop()
             w.disconnect()
         stop_gently(workers)
-        for server in hooks.values():
-            server.shutdown()
-            server.server_close()
+        for receiver in hooks.values():
+            receiver.stop()
         for b in brokers.values():
             b.stop()
 
@@ -456,15 +447,14 @@ def test_an_evidence_page_action_goes_to_the_sensors_owner(
     url, db = influx_db
     broker = Mosquitto(tmp_path / "mqtt", users=PASSWORDS)
     broker.start()
-    Hooks.received = []
-    hooks = HTTPServer(("127.0.0.1", 0), Hooks)
-    threading.Thread(target=hooks.serve_forever, daemon=True).start()
+    hooks = WebhookReceiver()
+    hooks.start()
     site = site_toml(tmp_path / "site.toml", cluster.urls, broker, url, db, tmp_path / "state",
-                     f"http://127.0.0.1:{hooks.server_port}/hook")
+                     hooks.url)
     service = StreamService(load(site), V1Writer(url, db), cluster=True)
 
     def hooked(status: str) -> list[dict[str, Any]]:
-        return [a for a in Hooks.received if a.get("sensor") == FAULTY
+        return [a for a in hooks.received if a.get("sensor") == FAULTY
                 and a.get("kind") == "machine" and a["status"] == status]
 
     async def until(predicate: Any, timeout_s: float, what: str) -> None:
@@ -503,11 +493,10 @@ def test_an_evidence_page_action_goes_to_the_sensors_owner(
     try:
         saved = asyncio.run(main())
     finally:
-        hooks.shutdown()
-        hooks.server_close()
+        hooks.stop()
         broker.stop()
     assert [a["alert_id"] for a in hooked("resolved")] == \
-        [a["alert_id"] for a in hooked("firing")], Hooks.received
+        [a["alert_id"] for a in hooked("firing")], hooks.received
     online = saved["pipeline"]["online"]
     assert online.counters["rebaselines"] == 1, online.counters  # saved with the command
     assert online.learned == 0, "the saved model is the one from before the rebaseline"

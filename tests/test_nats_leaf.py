@@ -11,10 +11,8 @@ import asyncio
 import json
 import os
 import subprocess
-import threading
 import time
 from collections import Counter
-from http.server import HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,6 @@ from natsplant import (
     SENSORS,
     USERS,
     Gateway,
-    Hooks,
     site_toml,
     windows,
 )
@@ -38,6 +35,7 @@ from plant import query_rows, read_status, spawn_ballpass, stop_gently, wait_unt
 
 from ballpass import topics
 from ballpass.config import ConfigError, load
+from ballpass.demo import WebhookReceiver
 from ballpass.nats_server import EDGE_LOCAL_SUBJECTS, NatsCluster, NatsEdge, edge_config
 from ballpass.services import Influxd, Mosquitto
 
@@ -96,9 +94,8 @@ def test_leaf_link_cut_60s_loses_nothing(tmp_path: Path, influxd: Influxd,
     broker = Mosquitto(tmp_path / "mqtt", users=PASSWORDS, operator_users=("watch",))
     watched: list[mqtt.MQTTMessage] = []
     watch = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="watch")
-    Hooks.received = []
-    hooks = HTTPServer(("127.0.0.1", 0), Hooks)
-    threading.Thread(target=hooks.serve_forever, daemon=True).start()
+    hooks = WebhookReceiver()
+    hooks.start()
     procs: list[subprocess.Popen[bytes]] = []
     notify = NotifySocket()
     try:
@@ -109,7 +106,7 @@ def test_leaf_link_cut_60s_loses_nothing(tmp_path: Path, influxd: Influxd,
         watch.connect("127.0.0.1", broker.port)
         watch.subscribe([(topics.diagnosis("s1", "+", "+"), 1), (topics.alerts("s1"), 1)])
         watch.loop_start()
-        hook = f"http://127.0.0.1:{hooks.server_port}/hook"
+        hook = hooks.url
         central = site_toml(tmp_path / "central.toml", hub.urls, broker, url, db,
                             tmp_path / "state-central", hook, 'edges = ["plant1"]')
         plant = site_toml(tmp_path / "plant.toml", [edge.nats_url], broker, url, db,
@@ -182,7 +179,7 @@ def test_leaf_link_cut_60s_loses_nothing(tmp_path: Path, influxd: Influxd,
                             if m.topic.endswith("/diagnosis")} == set(payloads), 30,
                    "every sensor's diagnosis on the plant's mosquitto")
         time.sleep(3)  # the webhook sender's group wait
-        firing = Counter((a["alert_id"], a["status"]) for a in Hooks.received
+        firing = Counter((a["alert_id"], a["status"]) for a in hooks.received
                          if a.get("sensor") == FAULTY)
         assert firing and all(n == 1 for n in firing.values()), firing
         stop_gently(procs[:1])
@@ -191,8 +188,7 @@ def test_leaf_link_cut_60s_loses_nothing(tmp_path: Path, influxd: Influxd,
         notify.close()
         watch.loop_stop()
         stop_gently(procs)
-        hooks.shutdown()
-        hooks.server_close()
+        hooks.stop()
         link.cut()
         for service in (broker, edge):
             service.stop()
