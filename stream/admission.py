@@ -92,7 +92,7 @@ class Admission(Generic[M]):
             window = wire.decode(payload)
         except wire.WireError as e:
             return self.refuse(Refusal(e.reason, e.detail), topic, payload)
-        refusal = self.binding(site, gateway, sensor) or _unstorable(window)
+        refusal = self.binding(site, gateway, sensor) or unstorable(window)
         if refusal is not None:
             return self.refuse(refusal, topic, payload)
         source = (site, gateway, sensor)
@@ -135,7 +135,7 @@ class Admission(Generic[M]):
         return self._pending.pop((*source, item.window.seq), [])
 
 
-def _unstorable(window: wire.Window) -> Refusal | None:
+def unstorable(window: wire.Window) -> Refusal | None:
     """Why a decoded window's header cannot be stored, or None."""
     if window.seq > INT64_MAX:
         return Refusal("seq_out_of_range", f"seq {window.seq} does not fit a signed 64-bit "

@@ -20,10 +20,11 @@ def _tags(item: Incoming, asset: str) -> dict[str, str]:
 
 
 def alert_point(alert: dict[str, Any], t_ns: int) -> Point:
-    """The `alerts` row of one alert message (`alert_message`)."""
+    """The `alerts` row of one alert message (`alert_message`); a field the alert does not
+    know (null `confidence`: no window diagnosed yet) is left out, as InfluxDB has no null."""
     return Point("alerts", {k: alert[k] for k in ("site", "sensor", "asset", "status", "kind")},
-                 {k: alert[k] for k in ("alert_id", "diagnosis", "confidence", "summary")},
-                 t_ns)
+                 {k: alert[k] for k in ("alert_id", "diagnosis", "confidence", "summary")
+                  if alert[k] is not None}, t_ns)
 
 
 def temperature_point(item: Incoming, asset: str, celsius: float) -> Point:

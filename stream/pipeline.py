@@ -93,11 +93,9 @@ class Pipeline:
             a.tacho_sensor: a.id for a in config.assets if a.tacho_sensor
         }
 
-    def update_tacho(self, sensor: str, payload: bytes | str, *,
-                     newer_only: bool = False) -> str | None:
-        """Record a tachometer message `{"t_ns", "shaft_hz"}` of `sensor` (unless
-        `newer_only` and the asset has a later reading); returns the asset, or None
-        (unknown sensor). Raises ValueError on a malformed payload."""
+    def update_tacho(self, sensor: str, payload: bytes | str) -> str | None:
+        """Record a tachometer message `{"t_ns", "shaft_hz"}` of `sensor`; returns the asset
+        it updated, or None (unknown sensor). Raises ValueError on a malformed payload."""
         asset = self._tacho_assets.get(sensor)
         if asset is None:
             return None
@@ -108,9 +106,7 @@ class Pipeline:
             raise ValueError(f"tacho {sensor}: expected JSON {{t_ns, shaft_hz}}: {e}") from e
         if not (math.isfinite(hz) and hz > 0 and math.isfinite(t_ns)):
             raise ValueError(f"tacho {sensor}: shaft_hz must be > 0 and t_ns finite")
-        held = self.tacho.get(asset)
-        if not (newer_only and held is not None and held[1] >= t_ns / 1e9):
-            self.tacho[asset] = (hz, t_ns / 1e9)
+        self.tacho[asset] = (hz, t_ns / 1e9)
         return asset
 
     def take_temperature(self, item: Incoming) -> float:

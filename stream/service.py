@@ -29,7 +29,7 @@ from ballpass import sdnotify, wire
 from ballpass.config import Config, ConfigError, load
 from ballpass.listen import parse_listen
 from ballpass.log import kv
-from ballpass.stream.admission import Admission, Skip
+from ballpass.stream.admission import Admission, Skip, unstorable
 from ballpass.stream.counters import StreamCounters
 from ballpass.stream.deadletter import DeadLetters
 from ballpass.stream.gateway_status import parse_status
@@ -323,9 +323,8 @@ class StreamService:
             return
         with contextlib.suppress(ValueError):  # wire.WireError is one
             if r.route is Route.TACHO:
-                # The owner may have taken a newer one already: never go back in time.
-                self.pipeline.update_tacho(r.sensor, payload, newer_only=True)
-            elif (w := wire.decode(payload)).kind == Kind.TEMPERATURE:
+                self.pipeline.update_tacho(r.sensor, payload)
+            elif (w := wire.decode(payload)).kind == Kind.TEMPERATURE and unstorable(w) is None:
                 self.pipeline.take_temperature(Incoming(r.site, r.gateway, r.sensor, w))
 
     def _commands(self, messages: list[Delivery]) -> BatchOutput:

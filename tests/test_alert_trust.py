@@ -27,6 +27,7 @@ from ballpass.services import Influxd, Mosquitto
 from ballpass.simulators.signals import synthesize
 from ballpass.stream.pipeline import Incoming, Pipeline
 from ballpass.stream.sinks.formats import facts
+from ballpass.stream.sinks.lineprotocol import encode
 from ballpass.stream.sinks.webhook import WebhookSender
 
 FS, N, SHAFT = 25600.0, 8192, 24.75
@@ -269,4 +270,6 @@ def test_a_rebaseline_before_any_window_resolves_the_alarm_taken_over(
     assert resolved.keys() == fired[0].keys()  # the same JSON schema as any alert
     assert facts(resolved, None)["How sure"].startswith("not measured")  # not "0 %"
     assert [p.measurement for p in done.points] == ["actions", "alerts"]
+    row = encode(done.points[1:])  # InfluxDB has no null: the unknown confidence is left out
+    assert "alert_id=" in row and "confidence=" not in row, row
     assert second.alerts.state("a") == "normal"

@@ -11,7 +11,7 @@ So each worker also follows them on an ephemeral consumer of its own, view only:
 partition's owner (or the control consumer's worker) still handles, writes and
 acknowledges each of them. It starts at the latest message of each subject, so a worker
 that just started knows every asset's latest speed and temperature and every gateway's
-state at once; after a failure (a node lost) it resumes after the last message it saw.
+state at once; so it starts again after a failure (a node lost).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 FETCH_MAX = 256
 FETCH_WAIT_S = 1.0
 INACTIVE_S = 60.0
-"""An ephemeral view consumer left by a worker that died is deleted by the server then."""
+"""A view consumer left by a worker that died is deleted by the server then (a running
+worker deletes its own when it stops or after a failure)."""
 
 See = Callable[[str, bytes], None]
 """Called with each message's subject and payload."""
@@ -68,25 +70,23 @@ async def follow(js: JetStreamContext, view: View, see: See, stop: asyncio.Event
     """Pass every message of `view` to `see`, from the latest of each subject on, until
     `stop`. Failures are counted (`view_errors`), logged and retried: the view never
     stops the worker."""
-    start: int | None = None  # stream sequence to resume from after a failure
     while not stop.is_set():
-        sub = None
+        # After a failure it starts again from the latest of each subject: the view keeps
+        # only the latest anyway, and does not step through a backlog of old readings.
+        name, sub = f"view-{uuid.uuid4().hex}", None
         try:
-            sub = await js.pull_subscribe("", stream=view.stream, config=ConsumerConfig(
-                filter_subjects=list(view.subjects), ack_policy=AckPolicy.NONE,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start
-                else DeliverPolicy.LAST_PER_SUBJECT,
-                opt_start_seq=start, inactive_threshold=INACTIVE_S, num_replicas=1,
-                mem_storage=True))
+            await js.add_consumer(view.stream, ConsumerConfig(
+                name=name, filter_subjects=list(view.subjects), ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=INACTIVE_S,
+                num_replicas=1, mem_storage=True))
+            sub = await js.pull_subscribe_bind(name, stream=view.stream)
             while not stop.is_set():
                 try:
                     msgs = await sub.fetch(FETCH_MAX, timeout=FETCH_WAIT_S)
                 except TimeoutError:
                     continue
                 for m in msgs:
-                    start = m.metadata.sequence.stream + 1
-                    see(m.subject, m.data)
-                    counters["view_seen"] += 1
+                    _see_one(see, m.subject, m.data, counters)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -94,6 +94,17 @@ async def follow(js: JetStreamContext, view: View, see: See, stop: asyncio.Event
             log.warning(kv("cluster_view_failed", stream=view.stream, reason=repr(e)))
             await sleep_or_stop(stop, 1.0)
         finally:
-            if sub is not None:
-                with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):
+                if sub is not None:
                     await sub.unsubscribe()
+                await js.delete_consumer(view.stream, name)
+
+
+def _see_one(see: See, subject: str, payload: bytes, counters: dict[str, int]) -> None:
+    try:
+        see(subject, payload)
+    except Exception as e:  # one message the view cannot take: the next ones still count
+        counters["view_errors"] += 1
+        log.warning(kv("cluster_view_message_failed", subject=subject, reason=repr(e)))
+        return
+    counters["view_seen"] += 1

@@ -195,8 +195,12 @@ class NatsSource:
             await self._close()
 
     def _seen(self, subject: str, payload: bytes) -> None:
+        """A message of the site view (site_view.py), unless its sensor's partition is
+        this worker's: then its batches take it, in order with the windows."""
         assert self._see is not None
-        self._see(topic_of(subject)[0], payload)
+        topic, key = topic_of(subject)
+        if key is None or not any(key in self._keys.get(p, ()) for p in self._readers):
+            self._see(topic, payload)
 
     async def _close(self) -> None:
         self.connected = False

@@ -229,7 +229,8 @@ def alertmanager_alert(alert: dict[str, Any], public_url: str | None, now: float
         "labels": labels,
         "annotations": {"summary": str(alert.get("summary", "")), "description": "; ".join(
             f"{k}: {v}" for k, v in f.items()), "action": f["Action"],
-            "confidence": f"{float(alert.get('confidence') or 0):.2f}",
+            "confidence": f"{c:.2f}" if isinstance(c := alert.get("confidence"), int | float)
+            else "",
             "iso_zone": str(alert.get("iso_zone") or "")},
         "startsAt": datetime.fromtimestamp(float(alert.get("since") or now), UTC).isoformat(),
         "endsAt": datetime.fromtimestamp(now if alert.get("status") == "resolved"
