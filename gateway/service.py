@@ -179,7 +179,11 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
         def apply(remote_sensors: dict[str, tuple[SensorConfig, bool]], rate: float,
                   assets: dict[str, AssetConfig] | None = None) -> None:
             for c in captures:
+                if c.sensor.id not in remote_sensors:
+                    continue  # removed from the site file: captured as it was until a restart
                 new, enabled = remote_sensors[c.sensor.id]
+                if (new.kind, new.driver) != (c.sensor.kind, c.sensor.driver):
+                    continue  # needs a restart (`_needs_restart` says so): not half-applied
                 asset = assets.get(new.asset) if assets else None
                 if asset is not None and asset != c.asset:
                     c.asset = asset  # used when the capture thread re-opens its driver
@@ -249,9 +253,7 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
                     status.config_result("rejected", f"after reload: {e}")
                     sensors = {k: (v, True) for k, v in base.items()}
                     rate = new_gw.outbox.flush_rate_per_s
-                kept = {c.sensor.id for c in captures}
-                apply({k: v for k, v in sensors.items() if k in kept},
-                      rate, {a.id: a for a in new.assets})
+                apply(sensors, rate, {a.id: a for a in new.assets})
             if restart:
                 status.problem("reload", "applied, but needs a restart: " + "; ".join(restart))
                 log.warning(kv("config_reload_needs_restart", gateway=gateway.id,

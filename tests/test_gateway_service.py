@@ -176,3 +176,45 @@ def test_outbox_path_choice(tmp_path: Path) -> None:
                       "id": "s1", "driver": "simulated", "asset": "pump1", "fs_hz": 1000,
                       "window_samples": 100, "interval_s": 1}]}]})
     assert outbox_path_for(bare, "gw-b") == Path("outbox-gw-b.sqlite")
+
+
+def test_a_reload_that_removes_a_sensor_or_changes_its_kind_keeps_it_running(
+        mosquitto, tmp_path: Path) -> None:
+    """Before: SIGHUP after a sensor was removed from the site file raised KeyError in
+    `run` (the gateway stopped, capture threads wrote to a closed outbox); a sensor whose
+    kind or driver changed was half-applied (the new driver's data under the old kind),
+    although the reload said both need a restart."""
+    from dataclasses import replace
+
+    from ballpass.gateway.service import Supervisor
+
+    gw = "gw-reload"
+    config = site_config(mosquitto.host, mosquitto.port, gw, tmp_path / "o.sqlite")
+    [g] = config.gateways
+    s1, _removed = g.sensors
+    new = replace(config, gateways=(replace(g, sensors=(replace(
+        s1, kind="temperature", driver="ds18b20", window_samples=16),)),))
+    sup = Supervisor(load_config=lambda: new)
+    sub = Subscriber(mosquitto.host, mosquitto.port, f"bp/v1/{SITE}/{gw}/#", gw)
+    stop, ready = threading.Event(), threading.Event()
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(
+        run(config, gw, stop, status_interval_s=0.5, ready=ready, supervisor=sup)))
+    t.start()
+    assert ready.wait(5)
+    time.sleep(1.0)
+    sup.reload.set()
+    time.sleep(2.5)
+    stop.set()
+    t.join(15)
+    assert result == [0], "run ended by itself"
+    msgs = sub.wait_for(lambda m: status_of(m) and status_of(m)[-1]["state"] == "offline")
+    sub.close()
+    final = status_of(msgs)[-1]
+    assert "needs a restart" in str(final), final
+    after = [w for w in windows_by_sensor(msgs, gw).get("s2", [])
+             if w.t0_ns > time.time_ns() - 2 * 10**9]
+    assert after, "the removed sensor is still captured until a restart"
+    windows = windows_by_sensor(msgs, gw)
+    assert {w.kind for w in windows["s1"]} == {wire.Kind.ACCELERATION}
+    assert {w.n_samples for w in windows["s1"]} == {4096}
