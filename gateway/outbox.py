@@ -247,11 +247,17 @@ class Outbox:
         if limit <= 0:
             return []
         with self._lock:
+            # Ids first: the payloads of rows already in flight (up to the broker's window
+            # of large windows) are not read again on every call.
+            ids = [r[0] for r in self._db.execute(
+                "SELECT id FROM messages ORDER BY id LIMIT ?",
+                (limit + len(self._inflight),)) if r[0] not in self._inflight][:limit]
+            if not ids:
+                return []
             rows = self._db.execute(
                 "SELECT id, sensor, seq, topic, payload, created_ns, size FROM messages "
-                "ORDER BY id LIMIT ?", (limit + len(self._inflight),)).fetchall()
-            out = [Entry(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6])
-                   for r in rows if r[0] not in self._inflight][:limit]
+                f"WHERE id IN ({','.join('?' * len(ids))}) ORDER BY id", ids).fetchall()
+            out = [Entry(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6]) for r in rows]
             self._inflight.update(e.id for e in out)
             return out
 
