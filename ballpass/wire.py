@@ -91,13 +91,19 @@ def encode(window: Window, dtype: DType = DType.FLOAT32, scale: float = 1.0) -> 
         raise ValueError(f"fs_hz: must be finite and > 0, got {window.fs_hz}")
     if not 0 <= window.seq < 2**64:
         raise ValueError(f"seq: must fit in u64, got {window.seq}")
+    if not (math.isnan(window.shaft_hz) or (math.isfinite(window.shaft_hz)
+                                            and window.shaft_hz >= 0)):
+        raise ValueError(f"shaft_hz: must be NaN or finite >= 0, got {window.shaft_hz}")
     if dtype == DType.INT16:
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale: must be finite and > 0, got {scale}")
         body = np.clip(np.rint(samples / scale), -32768, 32767).astype("<i2")
     else:
         scale = 1.0
-        body = samples.astype("<f4")
+        with np.errstate(over="ignore"):
+            body = samples.astype("<f4")
+        if not np.all(np.isfinite(body)):  # what `decode` refuses: fail here, not there
+            raise ValueError("samples: not finite as float32 (|x| > 3.4e38, inf or NaN)")
     flags = (FLAG_HISTORICAL if window.historical else 0) | (
         FLAG_CLIPPED if window.clipped else 0
     )

@@ -132,3 +132,16 @@ def test_arbitrary_bytes_never_crash_the_decoder(data: bytes) -> None:
 def test_encode_refuses_bad_shapes(samples: np.ndarray) -> None:
     with pytest.raises(ValueError, match="samples"):
         encode(Window(seq=0, t0_ns=0, fs_hz=1.0, samples=samples))
+
+
+def test_encode_refuses_what_decode_would_refuse() -> None:
+    """Before: a sample beyond float32 became inf and a negative shaft_hz went out as is;
+    the gateway counted the window published and the stream refused it."""
+    ok = np.ones((1, 16))
+    with pytest.raises(ValueError, match="float32"):
+        wire.encode(wire.Window(1, 10**18, 1000.0, ok * 1e39))
+    with pytest.raises(ValueError, match="shaft_hz"):
+        wire.encode(wire.Window(1, 10**18, 1000.0, ok, shaft_hz=-1.0))
+    with pytest.raises(ValueError, match="shaft_hz"):
+        wire.encode(wire.Window(1, 10**18, 1000.0, ok, shaft_hz=math.inf))
+    assert wire.decode(wire.encode(wire.Window(1, 10**18, 1000.0, ok, shaft_hz=0.0))).shaft_hz == 0
