@@ -106,9 +106,10 @@ def _time(value: Any, where: str) -> str | float | None:
     if isinstance(value, bool):
         raise _Bad(f"{where}: must be an ISO 8601 time or seconds, got a boolean")
     if isinstance(value, int | float):
-        if not math.isfinite(value) or value < 0:
-            raise _Bad(f"{where}: must be finite and >= 0, got {value!r}")
-        return float(value)
+        seconds = float(value) if abs(value) < 1e300 else math.inf  # a huge int too
+        if not math.isfinite(seconds) or seconds < 0:
+            raise _Bad(f"{where}: must be finite and >= 0, got {_short(value)}")
+        return seconds
     if isinstance(value, str) and len(value) <= 40 and ISO_TIME.fullmatch(value):
         return value
     raise _Bad(f"{where}: must be an ISO 8601 time or seconds, got {_short(value)}")

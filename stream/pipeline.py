@@ -102,8 +102,9 @@ class Pipeline:
         try:
             msg = json.loads(payload)
             hz, t_ns = float(msg["shaft_hz"]), float(msg["t_ns"])
-        except (ValueError, TypeError, KeyError) as e:
-            raise ValueError(f"tacho {sensor}: expected JSON {{t_ns, shaft_hz}}: {e}") from e
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as e:
+            raise ValueError(f"tacho {sensor}: expected JSON {{t_ns, shaft_hz}}: "
+                             f"{str(e)[:200]}") from e
         if not (math.isfinite(hz) and hz > 0 and math.isfinite(t_ns)):
             raise ValueError(f"tacho {sensor}: shaft_hz must be > 0 and t_ns finite")
         self.tacho[asset] = (hz, t_ns / 1e9)

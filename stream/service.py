@@ -272,29 +272,42 @@ class StreamService:
         extra_points: list[Point] = []
         commands: list[Delivery] = []
         for message in batch:
-            r = route(message.topic)
-            if r.route is Route.COMMAND:
-                commands.append(message)  # acknowledged once its action is written
-                continue
-            if r.route is Route.TACHO:
-                self._tacho(r.site, r.gateway, r.sensor, message)
-            elif r.route is Route.STATUS:
-                point = self._gateway_status(r.site, r.gateway, message.payload)
-                if point is not None:
-                    extra_points.append(point)
-            elif r.route is Route.WINDOW:
-                item = self.admission.admit(r.site, r.gateway, r.sensor, message.topic,
-                                            message.payload, message)
-                if isinstance(item, Incoming):
-                    accepted.append(item)
+            try:
+                r = route(message.topic)
+                if r.route is Route.COMMAND:
+                    commands.append(message)  # acknowledged once its action is written
                     continue
-                if item is Skip.HOLD:
-                    continue
-            else:
-                self.counters.received += 1
-                self.admission.refuse_topic(message.topic, message.payload)
+                if r.route is Route.TACHO:
+                    self._tacho(r.site, r.gateway, r.sensor, message)
+                elif r.route is Route.STATUS:
+                    point = self._gateway_status(r.site, r.gateway, message.payload)
+                    if point is not None:
+                        extra_points.append(point)
+                elif r.route is Route.WINDOW:
+                    item = self.admission.admit(r.site, r.gateway, r.sensor, message.topic,
+                                                message.payload, message)
+                    if isinstance(item, Incoming):
+                        accepted.append(item)
+                        continue
+                    if item is Skip.HOLD:
+                        continue
+                else:
+                    self.counters.received += 1
+                    self.admission.refuse_topic(message.topic, message.payload)
+            except Exception as e:  # a check that missed a case: never a crash loop
+                self._unhandled(message, e)
             self.source.ack(message)
         return accepted, extra_points, commands
+
+    def _unhandled(self, message: Delivery, e: Exception) -> None:
+        """A message whose checks raised instead of refusing it: counted, logged and
+        dead-lettered like a refused one (before, the stream exited, and the broker gave
+        the message again after every restart)."""
+        self.counters.rejected["unhandled"] += 1
+        log.error(kv("message_failed", topic=message.topic, reason=repr(e)[:300]))
+        self.dead_letters.add("unhandled", message.topic, repr(e)[:300],
+                              message.payload if isinstance(message.payload, bytes) else None)
+        self.counters.dead_lettered += 1
 
     def _tacho(self, site: str, gateway: str, sensor: str, message: Delivery) -> None:
         refusal = self.admission.binding(site, gateway, sensor)
@@ -338,7 +351,11 @@ class StreamService:
                 log.warning(kv("window_rejected", reason="command", topic=message.topic,
                                detail=f"bad command JSON: {e}"))
                 continue
-            done = self.pipeline.apply_command(command)
+            try:
+                done = self.pipeline.apply_command(command)
+            except Exception as e:
+                self._unhandled(message, e)
+                continue
             out.points.extend(done.points)
             out.alerts.extend(done.alerts)
         return out

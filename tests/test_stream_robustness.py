@@ -28,11 +28,11 @@ class _NoWriter:
         pass
 
 
-def _service(state_dir: Path) -> StreamService:
+def _service(state_dir: Path, **asset: str) -> StreamService:
     config = parse({
         "site": {"id": "s"},
         "stream": {"state_dir": str(state_dir)},
-        "asset": [{"id": "m", "bearing": "SKF 6205", "shaft_hz": 25.0}],
+        "asset": [{"id": "m", "bearing": "SKF 6205", "shaft_hz": 25.0, **asset}],
         "gateway": [{"id": "g", "sensor": [
             {"id": x, "driver": "simulated", "asset": "m", "fs_hz": 25600,
              "window_samples": 4096, "interval_s": 1} for x in ("a", "b")]}],
@@ -92,3 +92,39 @@ def test_a_sensor_whose_first_windows_are_faulty_is_summarised(
     line = service.sensors["a"]
     assert line["diagnosis"] == "sensor_fault", line
     assert line["alerted"] is False and line["acknowledged_by"] is None, line
+
+
+def test_messages_that_broke_a_check_are_refused_not_a_crash_loop(tmp_path: Path) -> None:
+    """Before: a huge integer in a status's time or a tacho's speed (OverflowError), or a
+    command whose sensor is a list (TypeError), escaped the checks; the stream exited, and
+    the broker gave the message again after every restart."""
+    service = _service(tmp_path, tacho_sensor="b")
+    acked: list[int] = []
+    service.source.ack = lambda d: acked.append(d.mid)  # type: ignore[method-assign]
+    huge = "9" * 400
+    status = f'{{"state": "online", "t": {huge}}}'.encode()
+    tacho = f'{{"t_ns": 1, "shaft_hz": {huge}}}'.encode()
+    batch = [Delivery("bp/v1/s/g/status", status, 1, 1, 0),
+             Delivery("bp/v1/s/g/b/tacho", tacho, 1, 2, 0)]
+    accepted, points, commands = service._sort(batch)
+    assert (accepted, points, commands, acked) == ([], [], [], [1, 2])
+    assert service.counters.rejected == {"status": 1, "tacho": 1}
+
+    commands = [Delivery("bp/v1/s/command", json.dumps(c).encode() if isinstance(c, dict)
+                         else c, 1, 3 + i, 0) for i, c in enumerate([
+        {"action": "ack", "sensor": ["a"]},
+        f'{{"action": "ack", "sensor": "a", "t": {huge}}}'.encode()])]
+    done = service._commands(commands)
+    assert [p.fields for p in done.points] == [{"by": "unknown", "result": "no active alarm",
+                                                "note": ""}]  # the huge "t" left out
+    assert service.pipeline.online.counters["commands_rejected"] == 1
+
+    # A check that raises anyway (a case nobody thought of) is refused and acknowledged.
+    def broken(*args: object) -> object:
+        raise RuntimeError("a case nobody thought of")
+
+    service.admission.admit = broken  # type: ignore[method-assign]
+    service._sort([Delivery(topics.window("s", "g", "a"), b"x", 1, 9, 0)])
+    assert acked[-1] == 9 and service.counters.rejected["unhandled"] == 1
+    letters = [json.loads(x) for x in (tmp_path / "deadletter.jsonl").read_text().splitlines()]
+    assert letters[-1]["reason"] == "unhandled" and "nobody" in letters[-1]["detail"]

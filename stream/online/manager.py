@@ -142,8 +142,10 @@ class OnlineModels:
         log.info(kv("operator_action", action=action, sensor=sensor, by=by, result=result))
         asset = self.assets[sensor].id
         fields: dict[str, Any] = {"by": by, "result": result, "note": note}
-        if isinstance(command.get("t"), int | float) and math.isfinite(command["t"]):
-            fields["requested_at"] = float(command["t"])
+        t = command.get("t")
+        if isinstance(t, int | float) and not isinstance(t, bool) and abs(t) < 1e300 \
+                and math.isfinite(t):  # a huge int is no time either
+            fields["requested_at"] = float(t)
         point = Point("actions", {"site": self.site, "sensor": sensor, "asset": asset,
                                   "action": action}, fields, t_ns)
         return [point], transitions
@@ -245,6 +247,6 @@ def _check_command(command: Any, assets: dict[str, AssetConfig]) -> str:
         return "not a JSON object"
     if command.get("action") not in ACTIONS:
         return f"action must be one of {', '.join(ACTIONS)}"
-    if command.get("sensor") not in assets:
+    if not isinstance(command.get("sensor"), str) or command["sensor"] not in assets:
         return "unknown sensor"
     return ""
