@@ -10,6 +10,7 @@ service de-duplicates, so a window redelivered by the broker does not count twic
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections import defaultdict
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ballpass.config import AssetConfig, Config, SensorConfig
+from ballpass.log import kv
 from ballpass.models.speed import choose_shaft_hz, estimate_shaft_hz
 from ballpass.stream.alerts import AlertTracker, severity
 from ballpass.stream.diagnosis import Diagnosis, diagnose
@@ -39,6 +41,8 @@ from ballpass.stream.messages import (
 from ballpass.stream.online import OnlineModels
 from ballpass.stream.sinks.lineprotocol import Point
 from ballpass.wire import Kind, Window
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class BatchOutput:
     results: list[Result]
     points: list[Point]
     alerts: list[dict[str, Any]]  # alert JSON of each firing/resolved transition
+    # Windows whose online or alert step raised, with why: the caller refuses them.
+    failed: list[tuple[Incoming, str]] = field(default_factory=list)
 
 
 class Pipeline:
@@ -203,34 +209,57 @@ class Pipeline:
             return self._advance(results, points)
 
     def _advance(self, results: list[Result], points: list[Point]) -> BatchOutput:
-        """Online layer and alert state of the batch's diagnosed results, in order."""
+        """Online layer and alert state of the batch's diagnosed results, in order.
+
+        A window whose step raises is left out as `failed`, the others go on: retrying the
+        batch would advance their state twice (and lose or repeat their alerts).
+        """
+        kept: list[Result] = []
         alerts: list[dict[str, Any]] = []
-        for k, r in enumerate(results):
-            if r.diagnosis is None:
-                continue
-            item = r.incoming
-            days_d = None
-            if r.features:
-                # Online layer: score, trend, changes; an anomaly physics cannot name
-                # becomes `unknown_anomaly`.
-                r, days_d = self._online(r, points)
-            assert r.diagnosis is not None
-            diagnosis, t0 = r.diagnosis.diagnosis, item.window.t0_ns
-            transitions = [t for t in (
-                self.alerts.update_instrument(item.sensor, diagnosis, t0),
-                self.alerts.update(item.sensor, diagnosis, t0,
-                                   severity(diagnosis, r.diagnosis.iso_zone, days_d)))
-                if t is not None]
-            r = results[k] = replace(r, state=self.alerts.state(item.sensor))
-            self._last[item.sensor] = r
-            if transitions:
-                message = diagnosis_message(r)
-                for t in transitions:
-                    alert = alert_message(t, message)
-                    alerts.append(alert)
-                    points.append(alert_point(alert, t0))
-            points += window_points(r)
-        return BatchOutput(results, points, alerts)
+        failed: list[tuple[Incoming, str]] = []
+        for r in results:
+            if r.diagnosis is not None:
+                try:
+                    r, extra, fired = self._advance_one(r)
+                except Exception as e:
+                    log.exception(kv("window_failed", sensor=r.incoming.sensor,
+                                     seq=r.incoming.window.seq))
+                    failed.append((r.incoming, f"seq {r.incoming.window.seq}: {e!r}"))
+                    continue
+                points += extra
+                alerts += fired
+            kept.append(r)
+        return BatchOutput(kept, points, alerts, failed)
+
+    def _advance_one(self, r: Result) -> tuple[Result, list[Point], list[dict[str, Any]]]:
+        """One diagnosed result through the online layer and the alert state: the result,
+        its points and its alerts."""
+        assert r.diagnosis is not None
+        item = r.incoming
+        points: list[Point] = []
+        alerts: list[dict[str, Any]] = []
+        days_d = None
+        if r.features:
+            # Online layer: score, trend, changes; an anomaly physics cannot name
+            # becomes `unknown_anomaly`.
+            r, days_d = self._online(r, points)
+        assert r.diagnosis is not None
+        diagnosis, t0 = r.diagnosis.diagnosis, item.window.t0_ns
+        transitions = [t for t in (
+            self.alerts.update_instrument(item.sensor, diagnosis, t0),
+            self.alerts.update(item.sensor, diagnosis, t0,
+                               severity(diagnosis, r.diagnosis.iso_zone, days_d)))
+            if t is not None]
+        r = replace(r, state=self.alerts.state(item.sensor))
+        self._last[item.sensor] = r
+        if transitions:
+            message = diagnosis_message(r)
+            for t in transitions:
+                alert = alert_message(t, message)
+                alerts.append(alert)
+                points.append(alert_point(alert, t0))
+        points += window_points(r)
+        return r, points, alerts
 
     def _online(self, r: Result, points: list[Point]) -> tuple[Result, float | None]:
         """Result `r` with the online layer's verdict; and its days to zone D, if known."""

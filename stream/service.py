@@ -402,9 +402,13 @@ class StreamService:
         if not batch:
             return BatchOutput([], [], [])
         try:
-            return self.pipeline.process(batch)
-        except Exception:
+            output = self.pipeline.process(batch)
+        except Exception:  # before any state advanced (Pipeline._advance keeps its own)
             log.exception(kv("batch_failed", windows=len(batch)))
+        else:
+            for item, why in output.failed:
+                self.admission.refuse_processed(item, why)
+            return output
         merged = BatchOutput([], [], [])
         for item in batch:
             try:
@@ -412,6 +416,8 @@ class StreamService:
             except Exception as e:
                 self.admission.refuse_processed(item, f"seq {item.window.seq}: {e!r}")
                 continue
+            for failed, why in one.failed:
+                self.admission.refuse_processed(failed, why)
             merged.results.extend(one.results)
             merged.points.extend(one.points)
             merged.alerts.extend(one.alerts)

@@ -128,3 +128,26 @@ def test_messages_that_broke_a_check_are_refused_not_a_crash_loop(tmp_path: Path
     assert acked[-1] == 9 and service.counters.rejected["unhandled"] == 1
     letters = [json.loads(x) for x in (tmp_path / "deadletter.jsonl").read_text().splitlines()]
     assert letters[-1]["reason"] == "unhandled" and "nobody" in letters[-1]["detail"]
+
+
+def test_a_window_whose_online_step_fails_does_not_advance_the_others_twice(
+        tmp_path: Path) -> None:
+    """Before: a failure in the online or alert step (after other windows of the batch had
+    advanced their models and alert state) retried the whole batch window by window: the
+    others were learned twice, and alerts of the first pass were lost."""
+    service = _service(tmp_path)
+    real = service.pipeline.online.observe
+
+    def observe(site: str, gateway: str, sensor: str, *args: object) -> object:
+        if sensor == "b":
+            raise RuntimeError("model bug")
+        return real(site, gateway, sensor, *args)
+
+    service.pipeline.online.observe = observe  # type: ignore[method-assign]
+    batch = [_item("a", 1), _item("a", 2), _item("b", 3), _item("a", 4)]
+    output = asyncio.run(asyncio.to_thread(service._process, batch))
+    assert [r.incoming.window.seq for r in output.results] == [1, 2, 4]
+    assert service.pipeline.online.models["a"].learned == 3  # once each, not twice
+    assert service.counters.rejected == {"processing_error": 1}
+    [letter] = (tmp_path / "deadletter.jsonl").read_text().splitlines()
+    assert "model bug" in json.loads(letter)["detail"]
