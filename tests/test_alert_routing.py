@@ -285,3 +285,32 @@ def test_webhook_entry_parses() -> None:
     (h,) = config.webhooks
     assert (h.format, h.group_wait_s, h.rate_limit_per_min, h.name) == \
         ("alertmanager", 10.0, 5.0, "oncall")
+
+
+def test_a_group_whose_delivery_raises_is_given_up_and_the_route_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: any exception while delivering one group (a rendering bug, a full disk while
+    saving Alertmanager's active alerts) ended the route's loop and shut down every
+    route's pool: no more webhooks at all, nothing logged."""
+    from ballpass.stream.sinks import webhook
+
+    real = webhook.Route._requests
+
+    def requests(self: Any, entries: list[Any]) -> Any:
+        if any(e.alert["sensor"] == "bad" for e in entries):
+            raise RuntimeError("rendering bug")
+        return real(self, entries)
+
+    monkeypatch.setattr(webhook.Route, "_requests", requests)
+    good = Receiver()
+    sender = WebhookSender((hook(good.url),), 0.1, state_dir=tmp_path / "state")
+    try:
+        asyncio.run(run_sender(sender, [alert("bad"), alert("x1")],
+                               lambda: len(good.got) == 1, 20))
+    finally:
+        good.stop()
+    assert [json.loads(body)["sensor"] for _, _, body in good.got] == ["x1"]
+    c = sender.counters
+    assert (c.delivered, c.failed, c.pending) == (1, 1, 0)
+    [kept] = list((tmp_path / "state").rglob("rejected/*.alert.json"))
+    assert json.loads(kept.read_text())["sensor"] == "bad"

@@ -10,7 +10,9 @@
 - Retries: connection errors, timeouts, 408, 429 and 5xx are retried without end, with
   capped exponential backoff and jitter (`backoff_max_s`); after `retries` failed
   attempts the route logs `webhook_failing` once per message. Other 4xx mean the receiver
-  refuses that body: the message moves to `<route>/rejected/` and counts as `failed`.
+  refuses that body: the message moves to `<route>/rejected/` and counts as `failed`;
+  so does a group whose delivery raised (a bug: logged `webhook_group_failed`, and the
+  route goes on with the next).
 - Grouping: slack, teams and alertmanager routes put the alerts of one asset and status
   that arrive within `group_wait_s` into one message (ten sensors of one reactor → one
   message). json and pagerduty stay one alert per message (their receivers key on the
@@ -92,6 +94,7 @@ class _Entry:
 
     alert: dict[str, Any]
     path: Path | None
+    settled: bool = False  # delivered or given up (its spool file moved)
 
 
 @dataclass
@@ -164,8 +167,11 @@ class Route:
         if self.dir is None:
             return
         tmp = self.dir / "active.tmp"
-        tmp.write_text(json.dumps(self.active), encoding="utf-8")
-        os.replace(tmp, self.dir / "active.json")
+        try:
+            tmp.write_text(json.dumps(self.active), encoding="utf-8")
+            os.replace(tmp, self.dir / "active.json")
+        except OSError as e:  # kept in memory: only a restart would forget them
+            log.error(kv("webhook_spool_failed", route=self.name, file=tmp, reason=e))
 
     # --- queueing ----------------------------------------------------------------------
 
@@ -202,7 +208,11 @@ class Route:
             if due:
                 key = min(due, key=lambda k: self.groups[k].deadline)
                 group = self.groups.pop(key)
-                delivered = await self._deliver_group(group.entries)
+                try:
+                    delivered = await self._deliver_group(group.entries)
+                except Exception as e:  # a bug with one group: never the end of the route
+                    self._give_up(group.entries, e)
+                    continue
                 if not delivered:
                     return  # closing: the rest stays in the spool for the next start
                 continue
@@ -270,7 +280,19 @@ class Route:
                 self._settle(e, ok)
         return True
 
+    def _give_up(self, entries: list[_Entry], e: Exception) -> None:
+        """Entries of a group whose delivery raised: counted failed, logged, and their
+        spool files moved to `rejected/` (kept for a look, not sent again)."""
+        left = [x for x in entries if not x.settled]
+        log.error(kv("webhook_group_failed", route=self.name, alerts=len(left),
+                     reason=repr(e)[:300]))
+        self.sender.counters.pending -= len(left)
+        self.sender.counters.failed += len(left)
+        for x in left:
+            self._settle(x, False)
+
     def _settle(self, entry: _Entry, delivered: bool) -> None:
+        entry.settled = True
         if entry.path is None:
             return
         try:
