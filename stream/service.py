@@ -134,7 +134,8 @@ class StreamService:
         # Done when the last processed batch's commit has finished (its alerts are out):
         # an operator action's alerts wait for it, so that they follow the batch's.
         self._committed: asyncio.Future[None] | None = None
-        self._waiting_alerts: set[asyncio.Task[None]] = set()
+        # Operator actions being written, whose alerts then go out (`_finish_action`).
+        self._finishing_actions: set[asyncio.Task[None]] = set()
         self._kernels: asyncio.Task[None] | None = None
         self.metrics = StreamMetrics(self.status)
         self.ops: OpsServer | None = None
@@ -163,11 +164,11 @@ class StreamService:
             await self._write_iso_boundaries()
             await self.source.run(stop, self._handle)
         finally:
-            # Operator alerts still waiting go out before the webhooks close (a commit the
-            # source dropped, stopping on an error, must not hold them forever).
+            # Operator actions still finishing go out before the webhooks close (a commit
+            # the source dropped, stopping on an error, must not hold them forever).
             if self._committed is not None and not self._committed.done():
                 self._committed.set_result(None)
-            await asyncio.gather(*self._waiting_alerts)
+            await asyncio.gather(*self._finishing_actions)
             await self.publisher.flush()
             sdnotify.notify("STOPPING=1\nSTATUS=stopping")
             watchdog_task.cancel()
@@ -531,24 +532,25 @@ class StreamService:
                   if done.points else "rejected"}
         if self.evidence is not None:
             self.evidence.record_action(record)
-        if done.points:
-            await self.writer.write_once(done.points, "operator_action")
-        if done.alerts and committed is not None and not committed.done():
-            # A batch processed before this action is still being written (a slow or
-            # down database): its alerts go out first, or on-call would see, say, an
-            # alert resolved by a rebaseline before it fired. The page does not wait.
-            task = asyncio.create_task(self._send_after(committed, done.alerts))
-            self._waiting_alerts.add(task)
-            task.add_done_callback(self._waiting_alerts.discard)
-        else:
-            self.publisher.send_alerts(done.alerts)
+        # In the background (the page does not wait for a slow or down database).
+        task = asyncio.create_task(self._finish_action(committed, done))
+        self._finishing_actions.add(task)
+        task.add_done_callback(self._finishing_actions.discard)
         return record
 
-    async def _send_after(self, committed: asyncio.Future[None],
-                          alerts: list[dict[str, Any]]) -> None:
-        # `committed` always resolves: at the commit's end, or in `run`'s finally.
-        await committed
-        self.publisher.send_alerts(alerts)
+    async def _finish_action(self, committed: asyncio.Future[None] | None,
+                             done: BatchOutput) -> None:
+        """Write an operator action's points (retried and spooled like a batch's), then
+        send its alerts: after the batch processed before it is written (`committed`,
+        which always resolves: at the commit's end, or in `run`'s finally), or on-call
+        could see, say, an alert resolved by a rebaseline before it fired."""
+        if committed is not None:
+            await committed
+        if done.points and not await self.writer.write(done.points, self._stop, 0):
+            # Stopping before the database took them: the alarm is cleared all the
+            # same, so on-call must still hear of it.
+            log.warning(kv("operator_action_not_written", points=len(done.points)))
+        self.publisher.send_alerts(done.alerts)
 
     # --- systemd: watchdog and reload (docs/operations.md) ------------------------------
 

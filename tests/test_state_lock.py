@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from plant import one_sensor_site
+from plant import one_sensor_site, query_rows
 
 from ballpass import topics, wire
 from ballpass.services import Influxd
@@ -154,8 +154,41 @@ def test_an_operator_actions_alerts_follow_the_batch_being_written(
         assert not committing.done(), "the page waited for the database"
         assert record["result"]
         await committing
-        await asyncio.gather(*service._waiting_alerts)  # the action's alert, after it
+        await asyncio.gather(*service._finishing_actions)  # the action's alert, after it
 
     asyncio.run(run())
     assert sent == ["firing", "resolved"], sent
     assert service.counters.written == 1
+
+
+def test_an_operator_action_is_written_with_retries_then_its_alert_sent(
+        influxd: Influxd, influx_db: tuple[str, str], tmp_path: Path) -> None:
+    """Before: an action's `actions` (and `alerts`) points had one write attempt; with the
+    database down for a moment they were dropped with a warning, uncounted, and its alert
+    went to on-call anyway."""
+    from ballpass.stream.sinks.influx import InfluxWriteError
+
+    url, db = influx_db
+    config = one_sensor_site(url, db, tmp_path)
+    writer = V1Writer(url, db)
+    service = StreamService(config, writer)
+    write, calls = writer.write, []
+
+    def flaky(points: Any) -> Any:
+        calls.append(len(points))
+        if len(calls) == 1:
+            raise InfluxWriteError("down for a moment", retryable=True)
+        return write(points)
+
+    writer.write = flaky  # type: ignore[method-assign]
+
+    async def run() -> dict[str, Any]:
+        record = await service.operator_action("a", "bob", "checked", action="ack")
+        await asyncio.gather(*service._finishing_actions)
+        return record
+
+    record = asyncio.run(run())
+    assert record["result"] == "no active alarm" and calls == [1, 1]
+    assert service.counters.write_retries == 1
+    rows = query_rows(influxd, db, 'SELECT "by", "result" FROM actions')
+    assert [(r["by"], r["result"]) for r in rows] == [("bob", "no active alarm")]
