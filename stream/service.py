@@ -246,7 +246,11 @@ class StreamService:
         with stage.labels("write").time():
             if not await self.writer.write(output.points + extra_points, self._stop,
                                            len(output.results)):
-                return  # stopping: nothing acknowledged, the broker keeps the windows
+                # Stopping: nothing acknowledged, the broker keeps the windows. But the
+                # alert state has moved on (saved when processed): after the restart they
+                # fire nothing, so the alerts go to the (on-disk) webhook spool now.
+                self.publisher.send_alerts(output.alerts)
+                return
         self._last_write_t = now = time.time()
         for item in accepted:
             self.metrics.lag_seconds.observe(max(0.0, now - item.window.t0_ns / 1e9))

@@ -192,3 +192,40 @@ def test_an_operator_action_is_written_with_retries_then_its_alert_sent(
     assert service.counters.write_retries == 1
     rows = query_rows(influxd, db, 'SELECT "by", "result" FROM actions')
     assert [(r["by"], r["result"]) for r in rows] == [("bob", "no active alarm")]
+
+
+def test_a_stop_before_the_batch_is_written_still_sends_its_alerts(tmp_path: Path) -> None:
+    """Before: a stop (SIGTERM) while the database was down dropped the batch's alerts. Its
+    windows stay in the broker, but the alert state had moved on (saved at processing), so
+    after the restart they fired nothing: on-call never heard of the alarm."""
+    config = one_sensor_site("http://127.0.0.1:1", "db", tmp_path)  # nothing listens
+    service = StreamService(config, V1Writer("http://127.0.0.1:1", "db"))
+    process = service.pipeline.process
+
+    def firing_process(batch: Any) -> Any:
+        out = process(batch)
+        return type(out)(out.results, out.points, [*out.alerts, _alert("firing")])
+
+    sent: list[str] = []
+    acked: list[int] = []
+    service.pipeline.process = firing_process  # type: ignore[method-assign]
+    service.publisher.send_alerts = (  # type: ignore[method-assign]
+        lambda alerts: sent.extend(a["status"] for a in alerts))
+    service.source.ack = lambda d: acked.append(d.mid)  # type: ignore[method-assign]
+    w = wire.Window(seq=1, t0_ns=time.time_ns(), fs_hz=25600.0,
+                    samples=0.1 * np.random.default_rng(0).standard_normal((1, 4096)))
+
+    async def run() -> None:
+        commit = await service._handle([Delivery(topics.window("s1", "g", "a"),
+                                                 wire.encode(w), 1, 1, 0)])
+        assert commit is not None
+        committing = asyncio.create_task(commit())
+        while service.counters.write_retries == 0:
+            await asyncio.sleep(0.05)
+        assert sent == [], "not before the write while it may still succeed"
+        service._stop.set()
+        await asyncio.wait_for(committing, 10)
+
+    asyncio.run(run())
+    assert sent == ["firing"] and acked == [], (sent, acked)
+    assert service.counters.written == 0
