@@ -104,6 +104,28 @@ def _alert(status: str, sensor: str = "a") -> dict[str, Any]:
             "alert_id": "a-1"}
 
 
+def _firing_batches(service: StreamService) -> list[str]:
+    """Make every batch of `service` fire an alert; returns the statuses of the alerts it
+    sends, as they are sent."""
+    process = service.pipeline.process
+
+    def firing_process(batch: Any) -> Any:
+        out = process(batch)
+        return type(out)(out.results, out.points, [*out.alerts, _alert("firing")])
+
+    sent: list[str] = []
+    service.pipeline.process = firing_process  # type: ignore[method-assign]
+    service.publisher.send_alerts = (  # type: ignore[method-assign]
+        lambda alerts: sent.extend(a["status"] for a in alerts))
+    return sent
+
+
+def _one_window() -> list[Delivery]:
+    w = wire.Window(seq=1, t0_ns=time.time_ns(), fs_hz=25600.0,
+                    samples=0.1 * np.random.default_rng(0).standard_normal((1, 4096)))
+    return [Delivery(topics.window("s1", "g", "a"), wire.encode(w), 1, 1, 0)]
+
+
 def test_an_operator_actions_alerts_follow_the_batch_being_written(
         influxd: Influxd, influx_db: tuple[str, str], tmp_path: Path) -> None:
     """A batch fired an alert and is still being written (a slow database) when an operator
@@ -113,11 +135,7 @@ def test_an_operator_actions_alerts_follow_the_batch_being_written(
     config = one_sensor_site(url, db, tmp_path)
     writer = V1Writer(url, db)
     service = StreamService(config, writer)
-    process, apply = service.pipeline.process, service.pipeline.apply_command
-
-    def firing_process(batch: Any) -> Any:
-        out = process(batch)
-        return type(out)(out.results, out.points, [*out.alerts, _alert("firing")])
+    apply = service.pipeline.apply_command
 
     def resolving_apply(command: Any, t_ns: int | None = None) -> Any:
         out = apply(command, t_ns)
@@ -132,18 +150,12 @@ def test_an_operator_actions_alerts_follow_the_batch_being_written(
             time.sleep(0.8)
         return write(points)
 
-    sent: list[str] = []
-    service.pipeline.process = firing_process  # type: ignore[method-assign]
+    sent = _firing_batches(service)
     service.pipeline.apply_command = resolving_apply  # type: ignore[method-assign]
     writer.write = slow_write  # type: ignore[method-assign]
-    service.publisher.send_alerts = (  # type: ignore[method-assign]
-        lambda alerts: sent.extend(a["status"] for a in alerts))
-    w = wire.Window(seq=1, t0_ns=time.time_ns(), fs_hz=25600.0,
-                    samples=0.1 * np.random.default_rng(0).standard_normal((1, 4096)))
 
     async def run() -> None:
-        commit = await service._handle([Delivery(topics.window("s1", "g", "a"),
-                                                 wire.encode(w), 1, 1, 0)])
+        commit = await service._handle(_one_window())
         assert commit is not None
         committing = asyncio.create_task(commit())  # as MqttSource runs it
         while not writing.is_set():
@@ -200,24 +212,12 @@ def test_a_stop_before_the_batch_is_written_still_sends_its_alerts(tmp_path: Pat
     after the restart they fired nothing: on-call never heard of the alarm."""
     config = one_sensor_site("http://127.0.0.1:1", "db", tmp_path)  # nothing listens
     service = StreamService(config, V1Writer("http://127.0.0.1:1", "db"))
-    process = service.pipeline.process
-
-    def firing_process(batch: Any) -> Any:
-        out = process(batch)
-        return type(out)(out.results, out.points, [*out.alerts, _alert("firing")])
-
-    sent: list[str] = []
+    sent = _firing_batches(service)
     acked: list[int] = []
-    service.pipeline.process = firing_process  # type: ignore[method-assign]
-    service.publisher.send_alerts = (  # type: ignore[method-assign]
-        lambda alerts: sent.extend(a["status"] for a in alerts))
     service.source.ack = lambda d: acked.append(d.mid)  # type: ignore[method-assign]
-    w = wire.Window(seq=1, t0_ns=time.time_ns(), fs_hz=25600.0,
-                    samples=0.1 * np.random.default_rng(0).standard_normal((1, 4096)))
 
     async def run() -> None:
-        commit = await service._handle([Delivery(topics.window("s1", "g", "a"),
-                                                 wire.encode(w), 1, 1, 0)])
+        commit = await service._handle(_one_window())
         assert commit is not None
         committing = asyncio.create_task(commit())
         while service.counters.write_retries == 0:
