@@ -29,7 +29,7 @@ from ballpass import sdnotify, wire
 from ballpass.config import Config, ConfigError, load
 from ballpass.listen import parse_listen
 from ballpass.log import kv
-from ballpass.stream.admission import Admission, Skip, unstorable
+from ballpass.stream.admission import Admission, Refusal, Skip, unstorable
 from ballpass.stream.counters import StreamCounters
 from ballpass.stream.deadletter import DeadLetters
 from ballpass.stream.gateway_status import parse_status
@@ -305,14 +305,12 @@ class StreamService:
         return accepted, extra_points, commands
 
     def _unhandled(self, message: Delivery, e: Exception) -> None:
-        """A message whose checks raised instead of refusing it: counted, logged and
-        dead-lettered like a refused one (before, the stream exited, and the broker gave
-        the message again after every restart)."""
-        self.counters.rejected["unhandled"] += 1
-        log.error(kv("message_failed", topic=message.topic, reason=repr(e)[:300]))
-        self.dead_letters.add("unhandled", message.topic, repr(e)[:300],
+        """A message whose checks raised instead of refusing it: refused like a bad window
+        (counted, logged, dead-lettered). Before, the stream exited, and the broker gave
+        the message again after every restart."""
+        log.exception(kv("message_failed", topic=message.topic))
+        self.admission.refuse(Refusal("unhandled", repr(e)[:300]), message.topic,
                               message.payload if isinstance(message.payload, bytes) else None)
-        self.counters.dead_lettered += 1
 
     def _tacho(self, site: str, gateway: str, sensor: str, message: Delivery) -> None:
         refusal = self.admission.binding(site, gateway, sensor)
