@@ -81,6 +81,16 @@ class Admission(Generic[M]):
                                             f"{owner!r}, not {gateway!r}")
         return None
 
+    def check(self, site: str, gateway: str, sensor: str,
+              payload: bytes) -> wire.Window | Refusal:
+        """The decoded window of one window message, or why it may not be admitted
+        (nothing counted: `admit` counts; a cluster worker's site view only looks)."""
+        try:
+            window = wire.decode(payload)
+        except wire.WireError as e:
+            return Refusal(e.reason, e.detail)
+        return self.binding(site, gateway, sensor) or _unstorable(window) or window
+
     def admit(self, site: str, gateway: str, sensor: str, topic: str, payload: object,
               message: M) -> Incoming | Skip:
         """Decode and check one window message: the window to process, or why not."""
@@ -88,13 +98,9 @@ class Admission(Generic[M]):
         if not isinstance(payload, bytes | bytearray):
             return self.refuse(Refusal("payload", "payload is not bytes"), topic, None)
         payload = bytes(payload)
-        try:
-            window = wire.decode(payload)
-        except wire.WireError as e:
-            return self.refuse(Refusal(e.reason, e.detail), topic, payload)
-        refusal = self.binding(site, gateway, sensor) or unstorable(window)
-        if refusal is not None:
-            return self.refuse(refusal, topic, payload)
+        window = self.check(site, gateway, sensor, payload)
+        if isinstance(window, Refusal):
+            return self.refuse(window, topic, payload)
         source = (site, gateway, sensor)
         key = (*source, window.seq)
         if self.dedup.seen(source, window.seq):
@@ -135,7 +141,7 @@ class Admission(Generic[M]):
         return self._pending.pop((*source, item.window.seq), [])
 
 
-def unstorable(window: wire.Window) -> Refusal | None:
+def _unstorable(window: wire.Window) -> Refusal | None:
     """Why a decoded window's header cannot be stored, or None."""
     if window.seq > INT64_MAX:
         return Refusal("seq_out_of_range", f"seq {window.seq} does not fit a signed 64-bit "

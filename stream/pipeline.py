@@ -320,8 +320,7 @@ class Pipeline:
         if last is not None:
             self._last[sensor] = replace(last, state=state)
             return diagnosis_message(self._last[sensor])
-        gateway = next(g.id for g in self.config.gateways
-                       if any(s.id == sensor for s in g.sensors))
+        gateway, _ = self.config.sensor_index()[sensor]
         return undiagnosed_message(
-            self.config.site.id, gateway, sensor, self.sensors[sensor][1].id, t_ns, diagnosis,
+            self.config.site.id, gateway.id, sensor, self.sensors[sensor][1].id, t_ns, diagnosis,
             state, "no window of this sensor diagnosed since this process took it over")

@@ -25,11 +25,11 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from ballpass import sdnotify, wire
+from ballpass import sdnotify
 from ballpass.config import Config, ConfigError, load
 from ballpass.listen import parse_listen
 from ballpass.log import kv
-from ballpass.stream.admission import Admission, Refusal, Skip, unstorable
+from ballpass.stream.admission import Admission, Refusal, Skip
 from ballpass.stream.counters import StreamCounters
 from ballpass.stream.deadletter import DeadLetters
 from ballpass.stream.gateway_status import parse_status
@@ -50,7 +50,7 @@ from ballpass.stream.sinks.webhook import WebhookSender
 from ballpass.stream.web.security import is_all_interfaces, load_or_create_token
 from ballpass.stream.web.server import EvidenceServer
 from ballpass.stream.web.state import EvidenceState
-from ballpass.wire import Kind
+from ballpass.wire import Kind, Window
 
 if TYPE_CHECKING:  # the cluster extra is optional
     from ballpass.stream.cluster.source import NatsSource
@@ -333,14 +333,13 @@ class StreamService:
             status = parse_status(payload, r.site, r.gateway)
             if not isinstance(status, str):
                 self.gateways[r.gateway] = status.as_dict()
-            return
-        if r.route not in (Route.TACHO, Route.WINDOW) \
-                or self.admission.binding(r.site, r.gateway, r.sensor) is not None:
-            return
-        with contextlib.suppress(ValueError):  # wire.WireError is one
-            if r.route is Route.TACHO:
+        elif r.route is Route.TACHO and self.admission.binding(r.site, r.gateway,
+                                                               r.sensor) is None:
+            with contextlib.suppress(ValueError):
                 self.pipeline.update_tacho(r.sensor, payload)
-            elif (w := wire.decode(payload)).kind == Kind.TEMPERATURE and unstorable(w) is None:
+        elif r.route is Route.WINDOW:
+            w = self.admission.check(r.site, r.gateway, r.sensor, payload)
+            if isinstance(w, Window) and w.kind == Kind.TEMPERATURE:
                 self.pipeline.take_temperature(Incoming(r.site, r.gateway, r.sensor, w))
 
     def _commands(self, messages: list[Delivery]) -> BatchOutput:
