@@ -82,6 +82,10 @@ class Window:
         return int(self.samples.shape[1])
 
 
+def _shaft_hz_ok(shaft_hz: float) -> bool:
+    return math.isnan(shaft_hz) or (math.isfinite(shaft_hz) and shaft_hz >= 0)
+
+
 def encode(window: Window, dtype: DType = DType.FLOAT32, scale: float = 1.0) -> bytes:
     """Encode a window. With `DType.INT16`, samples are rounded to counts of `scale` units."""
     samples = np.asarray(window.samples)
@@ -91,8 +95,7 @@ def encode(window: Window, dtype: DType = DType.FLOAT32, scale: float = 1.0) -> 
         raise ValueError(f"fs_hz: must be finite and > 0, got {window.fs_hz}")
     if not 0 <= window.seq < 2**64:
         raise ValueError(f"seq: must fit in u64, got {window.seq}")
-    if not (math.isnan(window.shaft_hz) or (math.isfinite(window.shaft_hz)
-                                            and window.shaft_hz >= 0)):
+    if not _shaft_hz_ok(window.shaft_hz):
         raise ValueError(f"shaft_hz: must be NaN or finite >= 0, got {window.shaft_hz}")
     if dtype == DType.INT16:
         if not (math.isfinite(scale) and scale > 0):
@@ -154,7 +157,7 @@ def decode(message: bytes) -> Window:
         raise WireError("scale", f"scale must be 1.0 for float32, got {scale}")
     if n_samples < 1:
         raise WireError("n_samples", "n_samples must be >= 1")
-    if not (math.isnan(shaft_hz) or (math.isfinite(shaft_hz) and shaft_hz >= 0)):
+    if not _shaft_hz_ok(shaft_hz):
         raise WireError("shaft_hz", f"shaft_hz must be NaN or finite >= 0, got {shaft_hz}")
     dt = DType(dtype)
     expected = HEADER_SIZE + n_channels * n_samples * _ITEMSIZE[dt]

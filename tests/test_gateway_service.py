@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from test_publisher import Subscriber, status_of  # tests/ is on sys.path (rootdir mode)
 
 from ballpass import topics, wire
@@ -218,3 +219,30 @@ def test_a_reload_that_removes_a_sensor_or_changes_its_kind_keeps_it_running(
     windows = windows_by_sensor(msgs, gw)
     assert {w.kind for w in windows["s1"]} == {wire.Kind.ACCELERATION}
     assert {w.n_samples for w in windows["s1"]} == {4096}
+
+
+class _Garbled(_Unplugged):
+    """A driver whose readings the wire cannot carry: a negative speed."""
+
+    def read(self, n_samples: int) -> Capture:
+        return Capture(np.zeros(n_samples), time.time_ns(), shaft_hz=-1.0)
+
+
+def test_a_reading_the_wire_refuses_is_a_sensor_fault_not_a_window(
+        mosquitto, tmp_path: Path) -> None:
+    """The capture relies on `wire.encode`'s checks: the window is not stored or published,
+    the sensor shows the fault, and the other sensor goes on."""
+    gw = "gw-garbled"
+    config = site_config(mosquitto.host, mosquitto.port, gw, tmp_path / "o.sqlite")
+    simulated = load_driver("simulated")
+
+    def factory(sensor: SensorConfig, asset: AssetConfig):
+        return _Garbled(sensor, asset) if sensor.id == "s2" else simulated(sensor, asset)
+
+    sub = Subscriber(mosquitto.host, mosquitto.port, f"bp/v1/{SITE}/{gw}/#", gw)
+    assert run_for(config, gw, 2.0, driver_factory=factory) == 0
+    msgs = sub.wait_for(lambda m: status_of(m) and status_of(m)[-1]["state"] == "offline")
+    sub.close()
+    assert set(windows_by_sensor(msgs, gw)) == {"s1"}
+    s2 = status_of(msgs)[-1]["sensors"]["s2"]
+    assert s2["state"] == "fault" and "shaft_hz" in s2["reason"], s2
