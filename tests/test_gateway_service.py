@@ -108,6 +108,23 @@ def test_gateway_publishes_simulated_windows_and_continues_seqs(mosquitto, tmp_p
     sub.close()
 
 
+def _run_with_s2_on(driver: Any, mosquitto: Any, tmp_path: Path, gw: str,
+                    seconds: float) -> list:
+    """Run gateway `gw` for `seconds` with sensor s2 on `driver` (s1 simulated); every
+    message it published, up to its final (offline) status."""
+    config = site_config(mosquitto.host, mosquitto.port, gw, tmp_path / "o.sqlite")
+    simulated = load_driver("simulated")
+
+    def factory(sensor: SensorConfig, asset: AssetConfig):
+        return driver(sensor, asset) if sensor.id == "s2" else simulated(sensor, asset)
+
+    sub = Subscriber(mosquitto.host, mosquitto.port, f"bp/v1/{SITE}/{gw}/#", gw)
+    assert run_for(config, gw, seconds, driver_factory=factory) == 0
+    msgs = sub.wait_for(lambda m: status_of(m) and status_of(m)[-1]["state"] == "offline")
+    sub.close()
+    return msgs
+
+
 class _Unplugged:
     """A driver whose device is missing: open() works, read() faults."""
 
@@ -128,15 +145,7 @@ def test_faulty_sensor_reported_while_the_other_publishes(mosquitto, tmp_path: P
                                                           caplog) -> None:
     caplog.set_level(logging.INFO)
     gw = "gw-fault"
-    config = site_config(mosquitto.host, mosquitto.port, gw, tmp_path / "o.sqlite")
-    simulated = load_driver("simulated")
-
-    def factory(sensor: SensorConfig, asset: AssetConfig):
-        return _Unplugged(sensor, asset) if sensor.id == "s2" else simulated(sensor, asset)
-
-    sub = Subscriber(mosquitto.host, mosquitto.port, f"bp/v1/{SITE}/{gw}/#", gw)
-    assert run_for(config, gw, 2.5, driver_factory=factory) == 0
-    msgs = sub.wait_for(lambda m: status_of(m) and status_of(m)[-1]["state"] == "offline")
+    msgs = _run_with_s2_on(_Unplugged, mosquitto, tmp_path, gw, 2.5)
     windows = windows_by_sensor(msgs, gw)
     assert set(windows) == {"s1"} and len(windows["s1"]) >= 4
     online = [s for s in status_of(msgs) if s["state"] == "online"]
@@ -150,7 +159,6 @@ def test_faulty_sensor_reported_while_the_other_publishes(mosquitto, tmp_path: P
         'event=sensor_fault sensor=s2 reason="no data from accelerometer (cable unplugged?)" '
         'attempt=1 retry_in_s=')
     assert len(faults) <= 4  # backoff 0.5, 1, 2 s: no hot retry loop
-    sub.close()
 
 
 def test_gateway_imports_stay_light() -> None:
@@ -233,16 +241,7 @@ def test_a_reading_the_wire_refuses_is_a_sensor_fault_not_a_window(
     """The capture relies on `wire.encode`'s checks: the window is not stored or published,
     the sensor shows the fault, and the other sensor goes on."""
     gw = "gw-garbled"
-    config = site_config(mosquitto.host, mosquitto.port, gw, tmp_path / "o.sqlite")
-    simulated = load_driver("simulated")
-
-    def factory(sensor: SensorConfig, asset: AssetConfig):
-        return _Garbled(sensor, asset) if sensor.id == "s2" else simulated(sensor, asset)
-
-    sub = Subscriber(mosquitto.host, mosquitto.port, f"bp/v1/{SITE}/{gw}/#", gw)
-    assert run_for(config, gw, 2.0, driver_factory=factory) == 0
-    msgs = sub.wait_for(lambda m: status_of(m) and status_of(m)[-1]["state"] == "offline")
-    sub.close()
+    msgs = _run_with_s2_on(_Garbled, mosquitto, tmp_path, gw, 2.0)
     assert set(windows_by_sensor(msgs, gw)) == {"s1"}
     s2 = status_of(msgs)[-1]["sensors"]["s2"]
     assert s2["state"] == "fault" and "shaft_hz" in s2["reason"], s2
