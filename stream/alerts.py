@@ -17,10 +17,12 @@ hysteresis, fires and resolves its own alert (`kind = "instrument"`, its own ale
 a maintenance-of-instrument matter that is never a machine alarm (docs/alerting.md).
 
 The state is durable: with a `path`, it is written atomically (temp file, fsync, rename)
-at every transition and acknowledgement, before the caller publishes or sends anything,
-and loaded at start, so a killed stream keeps its open alarms and their ids. Inside
-`batch()` (a batch of windows) the transitions are saved once, at its end: the whole
-state per batch rather than per transition, when hundreds of sensors alarm together.
+after every batch of windows (`batch()`) and at every acknowledgement, before the caller
+writes, publishes or sends anything, and loaded at start, so a killed stream keeps its
+open alarms and their ids. With it go the seqs of the windows each sensor's state took in
+(`includes`: a window redelivered after a crash must not count twice) and the alerts not
+yet handed to the webhook spool (`hold` / `sent`: a crash before the batch is written must
+not lose them; the next start sends them, `unsent`).
 """
 
 from __future__ import annotations
@@ -40,12 +42,16 @@ from typing import Any
 from ballpass.config import AlertPolicy
 from ballpass.log import kv
 from ballpass.stream.faults import BEARING_FAULTS, NOT_A_FAULT, Fault
+from ballpass.stream.seq_runs import SeqRuns
 
 log = logging.getLogger(__name__)
 
 INSTRUMENT_FAULT = Fault.SENSOR_FAULT
 STATE_FORMAT = "ballpass-alert-state/1"
 SEVERITIES = ("low", "medium", "high")
+INCLUDED_SEQS = 1024
+"""Seqs remembered per sensor: more than its windows unacknowledged at any time (three
+batches, `stream.batch_max`, in the broker's `max_inflight_messages`)."""
 
 
 def severity(diagnosis: str, iso_zone: str = "", days_to_zone_d: float | None = None) -> str:
@@ -112,6 +118,10 @@ class AlertTracker:
         self.sensors: dict[str, SensorAlertState] = {}
         self.instruments: dict[str, SensorAlertState] = {}
         self.path = path
+        # Per sensor, the seqs of the windows its states took in (`include`).
+        self.included: dict[str, SeqRuns] = {}
+        # Alerts made but not yet handed on, with the time of their `alerts` row (ns).
+        self._unsent: list[tuple[dict[str, Any], int]] = []
         self._deferred = 0  # nesting depth of batch()
         self._dirty = False
         if path is not None:
@@ -140,6 +150,35 @@ class AlertTracker:
         seen = INSTRUMENT_FAULT if diagnosis == INSTRUMENT_FAULT else "normal"
         return self._persisted(_advance(s, self.policy_of(sensor), sensor, seen, t_ns, "low",
                                         "instrument"))
+
+    def includes(self, sensor: str, seq: int) -> bool:
+        """Whether `sensor`'s states took in its window `seq` already (`include`)."""
+        runs = self.included.get(sensor)
+        return runs is not None and seq in runs
+
+    def include(self, sensor: str, seq: int) -> None:
+        """Record that `sensor`'s states took in its window `seq` (saved with them)."""
+        self.included.setdefault(sensor, SeqRuns(INCLUDED_SEQS)).add(seq)
+        self._changed()
+
+    def hold(self, alert: dict[str, Any], t_ns: int) -> None:
+        """Keep `alert` (its `alerts` row at `t_ns`) with the state until `sent`."""
+        self._unsent = [*self._unsent, (alert, t_ns)]
+        self._changed()
+
+    def sent(self, alerts: list[dict[str, Any]]) -> None:
+        """`alerts` are handed on (written, spooled): forgotten at the next save. Only
+        rebinds a list: safe while a batch runs in another thread."""
+        if not alerts or not self._unsent:
+            return
+        done = {_identity(a) for a in alerts}
+        self._unsent = [u for u in self._unsent if _identity(u[0]) not in done]
+        self._dirty = True
+
+    @property
+    def unsent(self) -> list[tuple[dict[str, Any], int]]:
+        """Alerts held and not yet sent, with their row times (ns), oldest first."""
+        return list(self._unsent)
 
     def instrument_state(self, sensor: str) -> str:
         s = self.instruments.get(sensor)
@@ -182,6 +221,8 @@ class AlertTracker:
                 table.pop(sensor, None)
             else:
                 table[sensor] = SensorAlertState.from_json(data, n)
+        # A cluster worker de-duplicates with the seqs saved with the state (cluster/state.py).
+        self.included.pop(sensor, None)
 
     # --- persistence -----------------------------------------------------------------
 
@@ -200,11 +241,14 @@ class AlertTracker:
 
     def _persisted(self, t: Transition | None) -> Transition | None:
         if t is not None:
-            if self._deferred:
-                self._dirty = True
-            else:
-                self.save()
+            self._changed()
         return t
+
+    def _changed(self) -> None:
+        if self._deferred:
+            self._dirty = True
+        else:
+            self.save()
 
     def save(self) -> bool:
         """Write the whole state atomically (False, logged, when the disk refuses)."""
@@ -212,7 +256,9 @@ class AlertTracker:
             return False
         data = {"format": STATE_FORMAT,
                 "machine": {k: v.to_json() for k, v in self.sensors.items()},
-                "instrument": {k: v.to_json() for k, v in self.instruments.items()}}
+                "instrument": {k: v.to_json() for k, v in self.instruments.items()},
+                "included": {k: v.as_json() for k, v in self.included.items()},
+                "unsent": [{"alert": a, "t_ns": t} for a, t in self._unsent]}
         tmp = self.path.with_suffix(".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,6 +281,10 @@ class AlertTracker:
                 for sensor, state in data[key].items():
                     table[sensor] = SensorAlertState.from_json(
                         state, self.policy_of(sensor).window_n)
+            # Absent from the files of before (stop 27): nothing included, nothing unsent.
+            for sensor, runs in data.get("included", {}).items():
+                self.included[sensor] = SeqRuns(INCLUDED_SEQS, runs)
+            self._unsent = [(dict(u["alert"]), int(u["t_ns"])) for u in data.get("unsent", [])]
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -242,11 +292,14 @@ class AlertTracker:
             log.error(kv("alert_state_unreadable", path=path, reason=e, moved_to=aside))
             self.sensors.clear()
             self.instruments.clear()
+            self.included.clear()
+            self._unsent = []
             with contextlib.suppress(OSError):
                 os.replace(path, aside)
             return
         log.info(kv("alert_state_loaded", path=path, sensors=len(self.sensors),
-                    open_alarms=sum(s.state == "alarm" for s in self.sensors.values())))
+                    open_alarms=sum(s.state == "alarm" for s in self.sensors.values()),
+                    unsent=len(self._unsent)))
 
 
 def _advance(s: SensorAlertState, policy: AlertPolicy, sensor: str, diagnosis: str,
@@ -276,6 +329,11 @@ def _advance(s: SensorAlertState, policy: AlertPolicy, sensor: str, diagnosis: s
         return Transition(sensor, "resolved", s.alert_id, _most_common(faults) or diagnosis,
                           s.since_ns, s.severity, kind)
     return None
+
+
+def _identity(alert: dict[str, Any]) -> tuple[Any, ...]:
+    """What tells alerts apart (receivers de-duplicate by it too, docs/alerting.md)."""
+    return alert.get("alert_id"), alert.get("status"), alert.get("kind")
 
 
 def _most_common(items: list[str]) -> str:

@@ -14,6 +14,7 @@ class StreamCounters:
     spooled: int = 0  # windows whose points the database refused (kept in the spool)
     dead_lettered: int = 0  # windows refused alone (kept in the dead-letter file)
     duplicates: int = 0
+    replayed: int = 0  # windows taken in before a crash and redelivered: written, not counted
     rejected: Counter[str] = field(default_factory=Counter)  # by reason
     write_retries: int = 0
     alerts_fired: int = 0
@@ -23,7 +24,8 @@ class StreamCounters:
         return {
             "received": self.received, "ingested": self.ingested, "written": self.written,
             "spooled": self.spooled, "dead_lettered": self.dead_lettered,
-            "duplicates": self.duplicates, "rejected": dict(self.rejected),
+            "duplicates": self.duplicates, "replayed": self.replayed,
+            "rejected": dict(self.rejected),
             "write_retries": self.write_retries, "alerts_fired": self.alerts_fired,
             "alerts_resolved": self.alerts_resolved,
         }

@@ -26,6 +26,7 @@ _COUNTERS = {
     "spooled": "windows whose points the database refused (kept in the spool)",
     "dead_lettered": "window messages refused alone (kept in the dead-letter file)",
     "duplicates": "copies of windows already written or being written",
+    "replayed": "windows redelivered after a crash: written again, counted once",
     "write_retries": "database write attempts retried",
 }
 _GATEWAY_COUNTERS = ("captured", "published", "dropped", "replayed")

@@ -3,8 +3,9 @@
 Pure orchestration of the maths: no MQTT, no HTTP. `process` takes a batch of decoded
 windows, groups them by (fs, length) so the Numba kernels run batched, and returns what
 the service must write and publish. Alert state advances window by window, in seq
-order per sensor; the
-service de-duplicates, so a window redelivered by the broker does not count twice.
+order per sensor; the service de-duplicates the windows it wrote, and the alert state
+remembers the seqs it took in, so a window redelivered by the broker after a crash (taken
+in, not yet acknowledged) is written again but counts once (`BatchOutput.replayed`).
 """
 
 from __future__ import annotations
@@ -75,6 +76,16 @@ class BatchOutput:
     alerts: list[dict[str, Any]]  # alert JSON of each firing/resolved transition
     # Windows whose online or alert step raised, with why: the caller refuses them.
     failed: list[tuple[Incoming, str]] = field(default_factory=list)
+    # Windows the state had taken in before (redelivered after a crash): written only.
+    replayed: int = 0
+
+    def add(self, other: BatchOutput) -> None:
+        """Append `other` (the output of more windows or commands) to this one."""
+        self.results += other.results
+        self.points += other.points
+        self.alerts += other.alerts
+        self.failed += other.failed
+        self.replayed += other.replayed
 
 
 class Pipeline:
@@ -217,8 +228,16 @@ class Pipeline:
         kept: list[Result] = []
         alerts: list[dict[str, Any]] = []
         failed: list[tuple[Incoming, str]] = []
+        replayed = 0
         for r in results:
-            if r.diagnosis is not None:
+            item = r.incoming
+            if r.diagnosis is not None and self.alerts.includes(item.sensor, item.window.seq):
+                # Its online and alert steps were done before a crash, its points perhaps
+                # not written: the points again (InfluxDB keeps one row per time), no step.
+                r = replace(r, state=self.alerts.state(item.sensor))
+                points += window_points(r)
+                replayed += 1
+            elif r.diagnosis is not None:
                 try:
                     r, extra, fired = self._advance_one(r)
                 except Exception as e:
@@ -229,7 +248,7 @@ class Pipeline:
                 points += extra
                 alerts += fired
             kept.append(r)
-        return BatchOutput(kept, points, alerts, failed)
+        return BatchOutput(kept, points, alerts, failed, replayed)
 
     def _advance_one(self, r: Result) -> tuple[Result, list[Point], list[dict[str, Any]]]:
         """One diagnosed result through the online layer and the alert state: the result,
@@ -250,12 +269,14 @@ class Pipeline:
             self.alerts.update(item.sensor, diagnosis, t0,
                                severity(diagnosis, r.diagnosis.iso_zone, days_d)))
             if t is not None]
+        self.alerts.include(item.sensor, item.window.seq)
         r = replace(r, state=self.alerts.state(item.sensor))
         self._last[item.sensor] = r
         if transitions:
             message = diagnosis_message(r)
             for t in transitions:
                 alert = alert_message(t, message)
+                self.alerts.hold(alert, t0)
                 alerts.append(alert)
                 points.append(alert_point(alert, t0))
         points += window_points(r)
@@ -296,7 +317,11 @@ class Pipeline:
 
     def apply_command(self, command: Any, t_ns: int | None = None) -> BatchOutput:
         """Apply an operator command (rebaseline, ack, false_alarm): `actions` points and
-        the alerts its transitions resolve."""
+        the alerts its transitions resolve (held with the alert state, saved once)."""
+        with self.alerts.batch():
+            return self._apply_command(command, t_ns)
+
+    def _apply_command(self, command: Any, t_ns: int | None) -> BatchOutput:
         points, transitions = self.online.apply(command, t_ns)
         if points and command.get("action") == "rebaseline":
             self.impacts.clear(command["sensor"])  # maintenance done: the old defect is gone
@@ -304,6 +329,7 @@ class Pipeline:
         alerts: list[dict[str, Any]] = []
         for t in transitions:
             alert = alert_message(t, self._latest_message(t.sensor, t.diagnosis, t_ns))
+            self.alerts.hold(alert, t_ns)
             alerts.append(alert)
             points.append(alert_point(alert, t_ns))
         return BatchOutput([], points, alerts)

@@ -35,6 +35,7 @@ from ballpass.stream.deadletter import DeadLetters
 from ballpass.stream.gateway_status import parse_status
 from ballpass.stream.health import Health, assess
 from ballpass.stream.history import HistoryStore, keep_result
+from ballpass.stream.messages import alert_point
 from ballpass.stream.metrics import StreamMetrics
 from ballpass.stream.mqtt_source import Commit, Delivery, MqttSource, Source
 from ballpass.stream.ops_http import OpsServer
@@ -162,6 +163,7 @@ class StreamService:
             await self.writer.ensure_database(stop)
             await self._ensure_retention()
             await self._write_iso_boundaries()
+            await self._send_unsent()
             await self.source.run(stop, self._handle)
         finally:
             # Operator actions still finishing go out before the webhooks close (a commit
@@ -187,6 +189,22 @@ class StreamService:
             self._write_status()
             log.info(kv("stream_stopped", **{k: v for k, v in self.counters.as_dict().items()
                                              if not isinstance(v, dict)}))
+
+    async def _send_unsent(self) -> None:
+        """Write and send the alerts the last run made but did not hand on (it stopped or
+        died before their batch was written): their windows come back as replays, which
+        fire nothing. Receivers de-duplicate the one sent just before a crash."""
+        unsent = self.pipeline.alerts.unsent
+        if not unsent:
+            return
+        alerts = [a for a, _ in unsent]
+        if not await self.writer.write([alert_point(a, t_ns) for a, t_ns in unsent],
+                                       self._stop, 0):
+            return  # stopping: still held, for the next start
+        log.info(kv("unsent_alerts_recovered", alerts=len(alerts)))
+        self.publisher.send_alerts(alerts)
+        self.pipeline.alerts.sent(alerts)
+        await asyncio.to_thread(self.pipeline.alerts.save)
 
     async def _warm_up(self) -> None:
         started = time.monotonic()
@@ -216,9 +234,7 @@ class StreamService:
                 try:
                     output = await asyncio.to_thread(self._process, accepted)
                     if commands:
-                        done = await asyncio.to_thread(self._commands, commands)
-                        output = BatchOutput(output.results, output.points + done.points,
-                                             output.alerts + done.alerts)
+                        output.add(await asyncio.to_thread(self._commands, commands))
                 finally:
                     self._busy_since = None
             # Under the lock, not in the commit: the models must not be saved while the
@@ -246,10 +262,8 @@ class StreamService:
         with stage.labels("write").time():
             if not await self.writer.write(output.points + extra_points, self._stop,
                                            len(output.results)):
-                # Stopping: nothing acknowledged, the broker keeps the windows. But the
-                # alert state has moved on (saved when processed): after the restart they
-                # fire nothing, so the alerts go to the (on-disk) webhook spool now.
-                self.publisher.send_alerts(output.alerts)
+                # Stopping: nothing acknowledged, the broker keeps the windows (they come
+                # back as replays) and the alert state its unsent alerts (sent at start).
                 return
         self._last_write_t = now = time.time()
         for item in accepted:
@@ -262,6 +276,7 @@ class StreamService:
             latest = latest_diagnoses(output)
             self._summarise(latest)
             await self.publisher.publish(latest, output.alerts)
+            self.pipeline.alerts.sent(output.alerts)
             if self._stop.is_set():  # the source closes after this batch: out before that
                 await self.publisher.flush()
             if self.evidence is not None:
@@ -358,8 +373,7 @@ class StreamService:
             except Exception as e:
                 self._unhandled(message, e)
                 continue
-            out.points.extend(done.points)
-            out.alerts.extend(done.alerts)
+            out.add(done)
         return out
 
     def _keep_history(self, output: BatchOutput) -> None:
@@ -401,6 +415,14 @@ class StreamService:
         that still fails is counted as rejected (`processing_error`), logged, dead-lettered
         and acknowledged with the rest.
         """
+        output = self._process_isolating(batch)
+        if output.replayed:
+            self.counters.replayed += output.replayed
+            log.info(kv("windows_replayed", windows=output.replayed,
+                        reason="taken in before a restart, not acknowledged"))
+        return output
+
+    def _process_isolating(self, batch: list[Incoming]) -> BatchOutput:
         if not batch:
             return BatchOutput([], [], [])
         try:
@@ -420,9 +442,7 @@ class StreamService:
                 continue
             for failed, why in one.failed:
                 self.admission.refuse_processed(failed, why)
-            merged.results.extend(one.results)
-            merged.points.extend(one.points)
-            merged.alerts.extend(one.alerts)
+            merged.add(one)
         return merged
 
     def _gateway_status(self, site: str, gateway: str, payload: Any) -> Point | None:
@@ -548,10 +568,12 @@ class StreamService:
         if committed is not None:
             await committed
         if done.points and not await self.writer.write(done.points, self._stop, 0):
-            # Stopping before the database took them: the alarm is cleared all the
-            # same, so on-call must still hear of it.
+            # Stopping before the database took them: the alert state keeps the alerts,
+            # sent at the next start (the action itself is not written again).
             log.warning(kv("operator_action_not_written", points=len(done.points)))
+            return
         self.publisher.send_alerts(done.alerts)
+        self.pipeline.alerts.sent(done.alerts)
 
     # --- systemd: watchdog and reload (docs/operations.md) ------------------------------
 

@@ -206,26 +206,45 @@ def test_an_operator_action_is_written_with_retries_then_its_alert_sent(
     assert [(r["by"], r["result"]) for r in rows] == [("bob", "no active alarm")]
 
 
-def test_a_stop_before_the_batch_is_written_still_sends_its_alerts(tmp_path: Path) -> None:
-    """Before: a stop (SIGTERM) while the database was down dropped the batch's alerts. Its
+def test_a_stop_before_the_batch_is_written_holds_its_alerts_for_the_next_start(
+        influxd: Influxd, influx_db: tuple[str, str], tmp_path: Path) -> None:
+    """Before: a stop (SIGTERM) while the database was down dropped the batch's alerts: its
     windows stay in the broker, but the alert state had moved on (saved at processing), so
-    after the restart they fired nothing: on-call never heard of the alarm."""
-    config = one_sensor_site("http://127.0.0.1:1", "db", tmp_path)  # nothing listens
-    service = StreamService(config, V1Writer("http://127.0.0.1:1", "db"))
-    sent = _firing_batches(service)
+    after the restart they fired nothing. Now the alert is held with the alert state and
+    the next start writes its row and sends it."""
+    url, db = influx_db
+    # One flat-lined window fires an instrument alert.
+    alert = {"enter_k": 1, "leave_m": 0, "window_n": 1}
+    down = StreamService(one_sensor_site("http://127.0.0.1:1", "db", tmp_path, alert=alert),
+                         V1Writer("http://127.0.0.1:1", "db"))  # nothing listens
+    sent: list[str] = []
     acked: list[int] = []
-    service.source.ack = lambda d: acked.append(d.mid)  # type: ignore[method-assign]
+    down.publisher.send_alerts = (  # type: ignore[method-assign]
+        lambda alerts: sent.extend(a["status"] for a in alerts))
+    down.source.ack = lambda d: acked.append(d.mid)  # type: ignore[method-assign]
+    w = wire.Window(seq=1, t0_ns=time.time_ns(), fs_hz=25600.0, samples=np.zeros((1, 4096)))
 
-    async def run() -> None:
-        commit = await service._handle(_one_window())
+    async def stop_while_writing() -> None:
+        commit = await down._handle([Delivery(topics.window("s1", "g", "a"),
+                                              wire.encode(w), 1, 1, 0)])
         assert commit is not None
         committing = asyncio.create_task(commit())
-        while service.counters.write_retries == 0:
+        while down.counters.write_retries == 0:
             await asyncio.sleep(0.05)
-        assert sent == [], "not before the write while it may still succeed"
-        service._stop.set()
+        down._stop.set()
         await asyncio.wait_for(committing, 10)
 
-    asyncio.run(run())
-    assert sent == ["firing"] and acked == [], (sent, acked)
-    assert service.counters.written == 0
+    asyncio.run(stop_while_writing())
+    assert sent == [] and acked == [] and down.counters.written == 0, (sent, acked)
+
+    up = StreamService(one_sensor_site(url, db, tmp_path, alert=alert), V1Writer(url, db))
+    [(held, t_ns)] = up.pipeline.alerts.unsent
+    assert held["status"] == "firing" and t_ns == w.t0_ns
+    up.publisher.send_alerts = (  # type: ignore[method-assign]
+        lambda alerts: sent.extend(a["status"] for a in alerts))
+    asyncio.run(up._send_unsent())
+    assert sent == ["firing"]
+    rows = query_rows(influxd, db, 'SELECT "alert_id", "status" FROM alerts')
+    assert [(r["alert_id"], r["status"]) for r in rows] == [(held["alert_id"], "firing")]
+    again = StreamService(one_sensor_site(url, db, tmp_path, alert=alert), V1Writer(url, db))
+    assert again.pipeline.alerts.unsent == [], "sent, and the state saved so"
