@@ -81,13 +81,18 @@ class SensorAlertState:
     calm: int = 0  # consecutive windows in alarm with at most leave_m faults
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "recent": list(self.recent)}
+        # Not dataclasses.asdict: its deep copy was most of the time of a save per batch.
+        return {**{name: getattr(self, name) for name in _STATE_FIELDS},
+                "recent": list(self.recent)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any], maxlen: int) -> SensorAlertState:
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in fields and k != "recent"}
         return cls(deque(data.get("recent", []), maxlen=maxlen), **values)
+
+
+_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(SensorAlertState) if f.name != "recent")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import os
 import signal
 import threading
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from plant import read_status, spawn_ballpass, stream_site, wait_until
+from linkcut import LinkCut
+from plant import query_rows, read_status, spawn_ballpass, stream_site, wait_until
 
 from ballpass import topics, wire
 from ballpass.config import WebhookConfig, parse
@@ -237,6 +239,113 @@ def test_kill_9_keeps_the_open_alarm_and_its_id_and_resolves_it_later(
         receiver.stop()
     assert [(a["status"], a["alert_id"]) for a in receiver.received] == [
         ("firing", fired["alert_id"]), ("resolved", fired["alert_id"])]
+
+
+def test_a_window_taken_in_before_a_restart_is_written_again_but_counted_once(
+        tmp_path: Path) -> None:
+    """Before: the de-duplication was in memory only, so after a restart the windows taken
+    in but not yet acknowledged came back and counted twice in the alarm window."""
+    rng = np.random.default_rng(8)
+    windows = [wire.Window(seq=s, t0_ns=time.time_ns() + s, fs_hz=FS,
+                           samples=_samples("outer_race", rng).reshape(1, -1))
+               for s in (1, 2)]
+    before = Pipeline(_config(tmp_path), state_dir=tmp_path / "state")
+    first = before.process([Incoming("s1", "gw1", "a", w) for w in windows])
+    assert first.replayed == 0 and list(before.alerts.sensors["a"].recent) == ["outer_race"] * 2
+
+    after = Pipeline(_config(tmp_path), state_dir=tmp_path / "state")  # the restart
+    fresh = wire.Window(seq=3, t0_ns=time.time_ns() + 3, fs_hz=FS,
+                        samples=_samples("normal", rng).reshape(1, -1))
+    again = after.process([Incoming("s1", "gw1", "a", w) for w in (*windows, fresh)])
+    assert again.replayed == 2
+    assert list(after.alerts.sensors["a"].recent) == ["outer_race", "outer_race", "normal"]
+    written = {(p.measurement, p.time_ns) for p in again.points}
+    assert {("vibration", w.t0_ns) for w in windows} <= written, "the replays are written"
+    assert [r.online for r in again.results[:2]] == [{}, {}], "no online step either"
+
+
+@pytest.mark.slow
+def test_kill_9_before_the_write_loses_no_alert_and_counts_no_window_twice(
+        mosquitto: Mosquitto, influxd: Influxd, influx_db: tuple[str, str],
+        tmp_path: Path) -> None:
+    """Before: the alert state was saved when a batch was processed, its alert sent once
+    the batch was written. Killed in between (the database down, say), the restarted stream
+    got the windows again, but its state was already in alarm: the firing never went out,
+    and the windows counted twice."""
+    _, db = influx_db
+    link = LinkCut(influxd.port)  # the database's link, cut while the stream runs
+    link.start()
+    receiver = WebhookReceiver()
+    receiver.start()
+    state = tmp_path / "state"
+    site = stream_site(tmp_path / "site.toml", port=mosquitto.port,
+                       influx_url=f"http://127.0.0.1:{link.port}", db=db, state_dir=state,
+                       fs_hz=FS, window=N, shaft_hz=SHAFT,
+                       tail=f'[[webhook]]\nurl = "{receiver.url}"\ngroup_wait_s = 0.0\n'
+                            '[stream.alert]\nwindow_n = 8\n')  # holds all ten, if counted twice
+    status = tmp_path / "status.json"
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="t-gw1")
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    rng = np.random.default_rng(6)
+    windows = [wire.Window(seq=s, t0_ns=time.time_ns() + s, fs_hz=FS,
+                           samples=_samples("outer_race", rng).reshape(1, -1))
+               for s in range(1, 6)]
+
+    def start() -> Any:
+        status.unlink(missing_ok=True)
+        proc = spawn_ballpass(["stream", "-c", str(site), "--status-file", str(status)],
+                              tmp_path / "stream.log")
+        wait_until(lambda: read_status(status).get("mqtt_connected"), 120, "subscribed")
+        return proc
+
+    def alert_state() -> dict[str, Any]:
+        try:
+            return dict(json.loads((state / "alerts.json").read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    proc = start()
+    try:
+        link.cut()
+        for w in windows:
+            client.publish(topics.window("s1", "gw1", "a"), wire.encode(w), qos=1) \
+                .wait_for_publish(5)
+        # All five taken in (at most two batches: one writing, one waiting) and the alarm
+        # held, none written: then the kill.
+        wait_until(lambda: alert_state().get("included", {}).get("a") == [[1, 5]], 60,
+                   "the windows taken in")
+        [(held)] = alert_state()["unsent"]
+        assert held["alert"]["status"] == "firing" and receiver.received == []
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+        link.restore()
+        proc = start()
+        wait_until(lambda: read_status(status)["counters"]["written"] >= 5, 60,
+                   "the windows written after the restart")
+        wait_until(lambda: len(receiver.received) >= 1, 30, "the held alert's webhook")
+        time.sleep(1.0)  # a second firing, if any, would be here by now
+        counters = read_status(status)["counters"]
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        proc.terminate()
+        proc.wait(30)
+        receiver.stop()
+        link.cut()
+    assert [(a["status"], a["alert_id"]) for a in receiver.received] == [
+        ("firing", held["alert"]["alert_id"])]
+    assert counters["replayed"] == 5 and counters["duplicates"] == 0, counters
+    rows = query_rows(influxd, db, 'SELECT "alert_id", "status" FROM "long".alerts')
+    assert [(r["alert_id"], r["status"]) for r in rows] == [
+        (held["alert"]["alert_id"], "firing")]
+    vibration = query_rows(influxd, db, 'SELECT "seq" FROM vibration')
+    assert sorted(r["seq"] for r in vibration) == [1, 2, 3, 4, 5]
+    assert alert_state()["unsent"] == []
+    # Every window is one entry in the instrument state's recent windows (ten, if counted
+    # twice; it holds eight).
+    assert len(alert_state()["instrument"]["a"]["recent"]) == 5
 
 
 @pytest.mark.parametrize("takeover", ["restart", "partition_move"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,43 @@ def test_batch_saves_the_state_once_at_its_end(tmp_path: Path) -> None:
     a.update("s0", "normal", 4)  # outside a batch: at once, as before
     assert len(saves) == 1  # no transition (3 of the last 5 still abnormal)
     assert a.clear("s1") is not None and len(saves) == 2
+
+
+def test_the_state_keeps_the_seqs_it_took_in_and_the_alerts_not_yet_handed_on(
+        tmp_path: Path) -> None:
+    """Before: a window redelivered after a crash counted twice in the alarm window, and an
+    alert made just before the crash was lost (its window comes back, but fires nothing)."""
+    path = tmp_path / "alerts.json"
+    a = AlertTracker(AlertPolicy(3, 1, 5), path=path)
+    firing = {"alert_id": "x1", "status": "firing", "kind": "machine", "sensor": "s"}
+    with a.batch():
+        for seq in (7, 8, 9):
+            a.update("s", "outer_race", seq)
+            a.include("s", seq)
+        a.hold(firing, 9)
+    again = AlertTracker(AlertPolicy(3, 1, 5), path=path)
+    assert [again.includes("s", q) for q in (6, 7, 9, 10)] == [False, True, True, False]
+    assert again.includes("other", 7) is False
+    assert again.unsent == [(firing, 9)]
+    assert list(again.sensors["s"].recent) == ["outer_race"] * 3
+
+    again.sent([{**firing, "summary": "rendered again"}])  # told apart by id, status, kind
+    assert again.unsent == []
+    assert AlertTracker(AlertPolicy(3, 1, 5), path=path).unsent == [(firing, 9)], \
+        "sent() saves nothing itself (it runs beside a batch in another thread)"
+    with again.batch():
+        again.include("s", 10)
+    assert AlertTracker(AlertPolicy(3, 1, 5), path=path).unsent == []
+
+
+def test_a_state_file_of_before_the_seqs_loads_with_none_included(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.json"
+    a = AlertTracker(AlertPolicy(3, 1, 5), path=path)
+    for t in range(3):
+        a.update("s", "outer_race", t)  # fires: saved
+    data = json.loads(path.read_text())
+    del data["included"], data["unsent"]
+    path.write_text(json.dumps(data))
+    again = AlertTracker(AlertPolicy(3, 1, 5), path=path)
+    assert again.state("s") == "alarm" and again.unsent == []
+    assert not again.includes("s", 0)
