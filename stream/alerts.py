@@ -226,8 +226,11 @@ class AlertTracker:
                 table.pop(sensor, None)
             else:
                 table[sensor] = SensorAlertState.from_json(data, n)
-        # A cluster worker de-duplicates with the seqs saved with the state (cluster/state.py).
+        # What this process took in and made from the state it drops goes too: a cluster
+        # worker de-duplicates with the seqs saved with the state (cluster/state.py), and
+        # the windows come again, to make those alerts again.
         self.included.pop(sensor, None)
+        self._unsent = [u for u in self._unsent if u[0].get("sensor") != sensor]
 
     # --- persistence -----------------------------------------------------------------
 

@@ -128,3 +128,17 @@ def test_a_state_file_of_before_the_seqs_loads_with_none_included(tmp_path: Path
     again = AlertTracker(AlertPolicy(3, 1, 5), path=path)
     assert again.state("s") == "alarm" and again.unsent == []
     assert not again.includes("s", 0)
+
+
+def test_adopting_a_sensors_state_drops_what_this_process_took_in_and_made() -> None:
+    """A cluster worker that reloads a sensor's state after a failed batch gets the windows
+    again: they must count (not be replays) and make their alerts anew (the old ones, never
+    sent, must not linger)."""
+    a = AlertTracker(AlertPolicy(3, 1, 5))
+    a.include("s", 1)
+    a.include("t", 1)
+    a.hold({"alert_id": "x", "status": "firing", "kind": "machine", "sensor": "s"}, 1)
+    a.hold({"alert_id": "y", "status": "firing", "kind": "machine", "sensor": "t"}, 1)
+    a.adopt("s", None, None)
+    assert not a.includes("s", 1) and a.includes("t", 1)
+    assert [u["alert_id"] for u, _ in a.unsent] == ["y"]
