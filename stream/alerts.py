@@ -21,8 +21,10 @@ after every batch of windows (`batch()`) and at every acknowledgement, before th
 writes, publishes or sends anything, and loaded at start, so a killed stream keeps its
 open alarms and their ids. With it go the seqs of the windows each sensor's state took in
 (`includes`: a window redelivered after a crash must not count twice) and the alerts not
-yet handed to the webhook spool (`hold` / `sent`: a crash before the batch is written must
-not lose them; the next start sends them, `unsent`).
+yet written and handed to the webhook spool (`hold` / `hooked` / `sent`: a crash before the
+batch is written must not lose them; the next start finishes them, `held`). Without a
+`path` (a cluster worker: its state is saved elsewhere, with the seqs it wrote) neither is
+kept.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +99,16 @@ _STATE_FIELDS = tuple(f.name for f in dataclasses.fields(SensorAlertState) if f.
 
 
 @dataclass(frozen=True)
+class Held:
+    """An alert made and not yet handed on: its `alerts` row at `t_ns` (ns) is still to be
+    written, and, unless `hooked`, it is still to go to the webhook routes."""
+
+    alert: dict[str, Any]
+    t_ns: int
+    hooked: bool = False
+
+
+@dataclass(frozen=True)
 class Transition:
     """An alarm that fired or resolved. `diagnosis` is the most frequent recent fault;
     `kind` is "machine" or "instrument" (a sensor that needs maintenance)."""
@@ -123,10 +136,14 @@ class AlertTracker:
         self.sensors: dict[str, SensorAlertState] = {}
         self.instruments: dict[str, SensorAlertState] = {}
         self.path = path
-        # Per sensor, the seqs of the windows its states took in (`include`).
+        # Per sensor, the seqs of the windows its states took in and the latest capture
+        # time among them (ns, `include`).
         self.included: dict[str, SeqRuns] = {}
-        # Alerts made but not yet handed on, with the time of their `alerts` row (ns).
-        self._unsent: list[tuple[dict[str, Any], int]] = []
+        self._included_t0: dict[str, int] = {}
+        # Alerts made but not yet handed on; changed by a batch in a worker thread and by
+        # the commit of the batch before on the event loop, hence the lock.
+        self._held: list[Held] = []
+        self._held_lock = threading.Lock()
         self._deferred = 0  # nesting depth of batch()
         self._dirty = False
         if path is not None:
@@ -156,34 +173,54 @@ class AlertTracker:
         return self._persisted(_advance(s, self.policy_of(sensor), sensor, seen, t_ns, "low",
                                         "instrument"))
 
-    def includes(self, sensor: str, seq: int) -> bool:
-        """Whether `sensor`'s states took in its window `seq` already (`include`)."""
+    def includes(self, sensor: str, seq: int, t0_ns: int) -> bool:
+        """Whether `sensor`'s states took in its window `seq` (captured at `t0_ns`) already.
+        A window newer than all those taken in is not one of them, whatever its seq (an
+        outbox whose seqs started again)."""
         runs = self.included.get(sensor)
-        return runs is not None and seq in runs
+        return runs is not None and seq in runs and t0_ns <= self._included_t0[sensor]
 
-    def include(self, sensor: str, seq: int) -> None:
+    def include(self, sensor: str, seq: int, t0_ns: int) -> None:
         """Record that `sensor`'s states took in its window `seq` (saved with them)."""
+        if self.path is None:
+            return
         self.included.setdefault(sensor, SeqRuns(INCLUDED_SEQS)).add(seq)
+        self._included_t0[sensor] = max(t0_ns, self._included_t0.get(sensor, t0_ns))
         self._changed()
 
     def hold(self, alert: dict[str, Any], t_ns: int) -> None:
         """Keep `alert` (its `alerts` row at `t_ns`) with the state until `sent`."""
-        self._unsent = [*self._unsent, (alert, t_ns)]
+        if self.path is None:
+            return
+        with self._held_lock:
+            self._held.append(Held(alert, t_ns))
         self._changed()
 
+    def hooked(self, alerts: list[dict[str, Any]]) -> None:
+        """`alerts` went to the webhook routes; their rows are still to be written. Saved
+        at the next save."""
+        self._handed_on(alerts, lambda h: dataclasses.replace(h, hooked=True))
+
     def sent(self, alerts: list[dict[str, Any]]) -> None:
-        """`alerts` are handed on (written, spooled): forgotten at the next save. Only
-        rebinds a list: safe while a batch runs in another thread."""
-        if not alerts or not self._unsent:
+        """`alerts` are written and went to the webhook routes: forgotten at the next save
+        (not saved now: a batch may be running in another thread)."""
+        self._handed_on(alerts, lambda h: None)
+
+    def _handed_on(self, alerts: list[dict[str, Any]],
+                   then: Callable[[Held], Held | None]) -> None:
+        if not alerts:
             return
         done = {_identity(a) for a in alerts}
-        self._unsent = [u for u in self._unsent if _identity(u[0]) not in done]
-        self._dirty = True
+        with self._held_lock:
+            kept = [then(h) if _identity(h.alert) in done else h for h in self._held]
+            self._held = [h for h in kept if h is not None]
+            self._dirty = True
 
     @property
-    def unsent(self) -> list[tuple[dict[str, Any], int]]:
-        """Alerts held and not yet sent, with their row times (ns), oldest first."""
-        return list(self._unsent)
+    def held(self) -> list[Held]:
+        """The alerts held, oldest first."""
+        with self._held_lock:
+            return list(self._held)
 
     def instrument_state(self, sensor: str) -> str:
         s = self.instruments.get(sensor)
@@ -199,7 +236,7 @@ class AlertTracker:
         if s is None or s.state != "alarm":
             return False
         s.acknowledged_by = by or "unknown"
-        self.save()
+        self._changed()
         return True
 
     def clear(self, sensor: str) -> Transition | None:
@@ -226,11 +263,6 @@ class AlertTracker:
                 table.pop(sensor, None)
             else:
                 table[sensor] = SensorAlertState.from_json(data, n)
-        # What this process took in and made from the state it drops goes too: a cluster
-        # worker de-duplicates with the seqs saved with the state (cluster/state.py), and
-        # the windows come again, to make those alerts again.
-        self.included.pop(sensor, None)
-        self._unsent = [u for u in self._unsent if u[0].get("sensor") != sensor]
 
     # --- persistence -----------------------------------------------------------------
 
@@ -265,8 +297,9 @@ class AlertTracker:
         data = {"format": STATE_FORMAT,
                 "machine": {k: v.to_json() for k, v in self.sensors.items()},
                 "instrument": {k: v.to_json() for k, v in self.instruments.items()},
-                "included": {k: v.as_json() for k, v in self.included.items()},
-                "unsent": [{"alert": a, "t_ns": t} for a, t in self._unsent]}
+                "included": {k: {"runs": v.as_json(), "t0_ns": self._included_t0[k]}
+                             for k, v in self.included.items()},
+                "held": [dataclasses.asdict(h) for h in self.held]}
         tmp = self.path.with_suffix(".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -289,10 +322,12 @@ class AlertTracker:
                 for sensor, state in data[key].items():
                     table[sensor] = SensorAlertState.from_json(
                         state, self.policy_of(sensor).window_n)
-            # Absent from the files of before (stop 27): nothing included, nothing unsent.
-            for sensor, runs in data.get("included", {}).items():
-                self.included[sensor] = SeqRuns(INCLUDED_SEQS, runs)
-            self._unsent = [(dict(u["alert"]), int(u["t_ns"])) for u in data.get("unsent", [])]
+            # Absent from the files of before (stop 27): nothing included, nothing held.
+            for sensor, seen in data.get("included", {}).items():
+                self.included[sensor] = SeqRuns(INCLUDED_SEQS, seen["runs"])
+                self._included_t0[sensor] = int(seen["t0_ns"])
+            self._held = [Held(dict(h["alert"]), int(h["t_ns"]), bool(h["hooked"]))
+                          for h in data.get("held", [])]
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -301,13 +336,14 @@ class AlertTracker:
             self.sensors.clear()
             self.instruments.clear()
             self.included.clear()
-            self._unsent = []
+            self._included_t0.clear()
+            self._held = []
             with contextlib.suppress(OSError):
                 os.replace(path, aside)
             return
         log.info(kv("alert_state_loaded", path=path, sensors=len(self.sensors),
                     open_alarms=sum(s.state == "alarm" for s in self.sensors.values()),
-                    unsent=len(self._unsent)))
+                    held=len(self._held)))
 
 
 def _advance(s: SensorAlertState, policy: AlertPolicy, sensor: str, diagnosis: str,

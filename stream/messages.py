@@ -32,16 +32,21 @@ def temperature_point(item: Incoming, asset: str, celsius: float) -> Point:
     return Point("temperature", _tags(item, asset), {"celsius": celsius}, item.window.t0_ns)
 
 
+def vibration_points(result: Result) -> list[Point]:
+    """The `vibration` point of one result with features (none without)."""
+    if not result.features:
+        return []
+    item = result.incoming
+    return [Point("vibration", _tags(item, result.asset),
+                  {"seq": item.window.seq, **result.features}, item.window.t0_ns)]
+
+
 def window_points(result: Result) -> list[Point]:
     """The `vibration` (acceleration windows) and `diagnosis` points of one result."""
     assert result.diagnosis is not None
     item, diag = result.incoming, result.diagnosis
-    tags = _tags(item, result.asset)
-    points = []
-    if result.features:
-        points.append(Point("vibration", tags, {"seq": item.window.seq, **result.features},
-                            item.window.t0_ns))
-    points.append(Point("diagnosis", tags, {
+    points = vibration_points(result)
+    points.append(Point("diagnosis", _tags(item, result.asset), {
         "diagnosis": diag.diagnosis, "confidence": float(diag.confidence),
         "state": result.state, "iso_zone": diag.iso_zone or "",
         **_online_fields(result.online),

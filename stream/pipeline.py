@@ -37,6 +37,7 @@ from ballpass.stream.messages import (
     finite_or_none,
     temperature_point,
     undiagnosed_message,
+    vibration_points,
     window_points,
 )
 from ballpass.stream.online import OnlineModels
@@ -230,23 +231,25 @@ class Pipeline:
         failed: list[tuple[Incoming, str]] = []
         replayed = 0
         for r in results:
-            item = r.incoming
-            if r.diagnosis is not None and self.alerts.includes(item.sensor, item.window.seq):
-                # Its online and alert steps were done before a crash, its points perhaps
-                # not written: the points again (InfluxDB keeps one row per time), no step.
-                r = replace(r, state=self.alerts.state(item.sensor))
-                points += window_points(r)
-                replayed += 1
-            elif r.diagnosis is not None:
-                try:
-                    r, extra, fired = self._advance_one(r)
-                except Exception as e:
-                    log.exception(kv("window_failed", sensor=r.incoming.sensor,
-                                     seq=r.incoming.window.seq))
-                    failed.append((r.incoming, f"seq {r.incoming.window.seq}: {e!r}"))
+            if r.diagnosis is None:
+                kept.append(r)
+                continue
+            w = r.incoming.window
+            try:
+                if self.alerts.includes(r.incoming.sensor, w.seq, w.t0_ns):
+                    # Taken in before a crash, perhaps not written: its features again
+                    # (the same values; InfluxDB keeps one row per series and time). Its
+                    # online verdict and state of then are gone: no diagnosis row, no step.
+                    points += vibration_points(r)
+                    replayed += 1
                     continue
-                points += extra
-                alerts += fired
+                r, extra, fired = self._advance_one(r)
+            except Exception as e:
+                log.exception(kv("window_failed", sensor=r.incoming.sensor, seq=w.seq))
+                failed.append((r.incoming, f"seq {w.seq}: {e!r}"))
+                continue
+            points += extra
+            alerts += fired
             kept.append(r)
         return BatchOutput(kept, points, alerts, failed, replayed)
 
@@ -269,17 +272,19 @@ class Pipeline:
             self.alerts.update(item.sensor, diagnosis, t0,
                                severity(diagnosis, r.diagnosis.iso_zone, days_d)))
             if t is not None]
-        self.alerts.include(item.sensor, item.window.seq)
         r = replace(r, state=self.alerts.state(item.sensor))
         self._last[item.sensor] = r
         if transitions:
             message = diagnosis_message(r)
             for t in transitions:
                 alert = alert_message(t, message)
-                self.alerts.hold(alert, t0)
                 alerts.append(alert)
                 points.append(alert_point(alert, t0))
         points += window_points(r)
+        # Last, when nothing can raise any more: a window refused (raised) is not taken in.
+        self.alerts.include(item.sensor, item.window.seq, t0)
+        for alert in alerts:
+            self.alerts.hold(alert, t0)
         return r, points, alerts
 
     def _online(self, r: Result, points: list[Point]) -> tuple[Result, float | None]:
@@ -329,9 +334,10 @@ class Pipeline:
         alerts: list[dict[str, Any]] = []
         for t in transitions:
             alert = alert_message(t, self._latest_message(t.sensor, t.diagnosis, t_ns))
-            self.alerts.hold(alert, t_ns)
             alerts.append(alert)
             points.append(alert_point(alert, t_ns))
+        for alert in alerts:
+            self.alerts.hold(alert, t_ns)
         return BatchOutput([], points, alerts)
 
     def _latest_message(self, sensor: str, diagnosis: str, t_ns: int) -> dict[str, Any]:

@@ -163,7 +163,7 @@ class StreamService:
             await self.writer.ensure_database(stop)
             await self._ensure_retention()
             await self._write_iso_boundaries()
-            await self._send_unsent()
+            await self._finish_held()
             await self.source.run(stop, self._handle)
         finally:
             # Operator actions still finishing go out before the webhooks close (a commit
@@ -190,21 +190,24 @@ class StreamService:
             log.info(kv("stream_stopped", **{k: v for k, v in self.counters.as_dict().items()
                                              if not isinstance(v, dict)}))
 
-    async def _send_unsent(self) -> None:
-        """Write and send the alerts the last run made but did not hand on (it stopped or
-        died before their batch was written): their windows come back as replays, which
-        fire nothing. Receivers de-duplicate the one sent just before a crash."""
-        unsent = self.pipeline.alerts.unsent
-        if not unsent:
+    async def _finish_held(self) -> None:
+        """Write the `alerts` rows of the alerts the last run made but did not finish (it
+        stopped or died before their batch was written), and send those not yet sent:
+        their windows come back as replays, which fire nothing. Receivers de-duplicate one
+        sent just before a crash."""
+        tracker = self.pipeline.alerts
+        held = tracker.held
+        if not held:
             return
-        alerts = [a for a, _ in unsent]
-        if not await self.writer.write([alert_point(a, t_ns) for a, t_ns in unsent],
+        if not await self.writer.write([alert_point(h.alert, h.t_ns) for h in held],
                                        self._stop, 0):
             return  # stopping: still held, for the next start
-        log.info(kv("unsent_alerts_recovered", alerts=len(alerts)))
-        self.publisher.send_alerts(alerts)
-        self.pipeline.alerts.sent(alerts)
-        await asyncio.to_thread(self.pipeline.alerts.save)
+        unsent = [{**h.alert, "sent_at": time.time()} for h in held if not h.hooked]
+        log.info(kv("held_alerts_finished", written=len(held), sent=len(unsent)))
+        self.publisher.send_alerts(unsent)
+        tracker.sent([h.alert for h in held])
+        async with self._state_lock:  # an operator action may be changing the state
+            await asyncio.to_thread(tracker.save)
 
     async def _warm_up(self) -> None:
         started = time.monotonic()
@@ -261,9 +264,12 @@ class StreamService:
         stage = self.metrics.stage_seconds
         with stage.labels("write").time():
             if not await self.writer.write(output.points + extra_points, self._stop,
-                                           len(output.results)):
+                                           len(output.results) + output.replayed):
                 # Stopping: nothing acknowledged, the broker keeps the windows (they come
-                # back as replays) and the alert state its unsent alerts (sent at start).
+                # back as replays, which fire nothing). On-call hears of the alerts now;
+                # their rows wait with the alert state for the next start.
+                self.publisher.send_alerts(output.alerts)
+                self.pipeline.alerts.hooked(output.alerts)
                 return
         self._last_write_t = now = time.time()
         for item in accepted:
@@ -567,13 +573,16 @@ class StreamService:
         could see, say, an alert resolved by a rebaseline before it fired."""
         if committed is not None:
             await committed
-        if done.points and not await self.writer.write(done.points, self._stop, 0):
-            # Stopping before the database took them: the alert state keeps the alerts,
-            # sent at the next start (the action itself is not written again).
-            log.warning(kv("operator_action_not_written", points=len(done.points)))
-            return
+        written = not done.points or await self.writer.write(done.points, self._stop, 0)
         self.publisher.send_alerts(done.alerts)
-        self.pipeline.alerts.sent(done.alerts)
+        if written:
+            self.pipeline.alerts.sent(done.alerts)
+        else:
+            # Stopping before the database took them: the alarm is cleared all the same,
+            # so on-call hears of it now; the alert rows wait for the next start (the
+            # `actions` row is lost: logged).
+            self.pipeline.alerts.hooked(done.alerts)
+            log.warning(kv("operator_action_not_written", points=len(done.points)))
 
     # --- systemd: watchdog and reload (docs/operations.md) ------------------------------
 

@@ -206,12 +206,12 @@ def test_an_operator_action_is_written_with_retries_then_its_alert_sent(
     assert [(r["by"], r["result"]) for r in rows] == [("bob", "no active alarm")]
 
 
-def test_a_stop_before_the_batch_is_written_holds_its_alerts_for_the_next_start(
+def test_a_stop_before_the_batch_is_written_sends_its_alerts_and_writes_them_at_start(
         influxd: Influxd, influx_db: tuple[str, str], tmp_path: Path) -> None:
     """Before: a stop (SIGTERM) while the database was down dropped the batch's alerts: its
     windows stay in the broker, but the alert state had moved on (saved at processing), so
-    after the restart they fired nothing. Now the alert is held with the alert state and
-    the next start writes its row and sends it."""
+    after the restart they fired nothing. Now the alert goes to the webhooks at the stop,
+    and its row, held with the alert state, is written at the next start."""
     url, db = influx_db
     # One flat-lined window fires an instrument alert.
     alert = {"enter_k": 1, "leave_m": 0, "window_n": 1}
@@ -235,16 +235,18 @@ def test_a_stop_before_the_batch_is_written_holds_its_alerts_for_the_next_start(
         await asyncio.wait_for(committing, 10)
 
     asyncio.run(stop_while_writing())
-    assert sent == [] and acked == [] and down.counters.written == 0, (sent, acked)
+    assert sent == ["firing"], "on-call hears of it at the stop"
+    assert acked == [] and down.counters.written == 0, acked
+    down.pipeline.alerts.save()  # as `run` does on its way out
 
     up = StreamService(one_sensor_site(url, db, tmp_path, alert=alert), V1Writer(url, db))
-    [(held, t_ns)] = up.pipeline.alerts.unsent
-    assert held["status"] == "firing" and t_ns == w.t0_ns
+    [held] = up.pipeline.alerts.held
+    assert held.alert["status"] == "firing" and held.t_ns == w.t0_ns and held.hooked
     up.publisher.send_alerts = (  # type: ignore[method-assign]
         lambda alerts: sent.extend(a["status"] for a in alerts))
-    asyncio.run(up._send_unsent())
-    assert sent == ["firing"]
+    asyncio.run(up._finish_held())
+    assert sent == ["firing"], "not sent twice"
     rows = query_rows(influxd, db, 'SELECT "alert_id", "status" FROM alerts')
-    assert [(r["alert_id"], r["status"]) for r in rows] == [(held["alert_id"], "firing")]
+    assert [(r["alert_id"], r["status"]) for r in rows] == [(held.alert["alert_id"], "firing")]
     again = StreamService(one_sensor_site(url, db, tmp_path, alert=alert), V1Writer(url, db))
-    assert again.pipeline.alerts.unsent == [], "sent, and the state saved so"
+    assert again.pipeline.alerts.held == [], "finished, and the state saved so"
