@@ -9,8 +9,10 @@ current one, in the order they were captured, as the stream sees them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from scipy.special import pdtrc
@@ -59,6 +61,21 @@ class ImpactHistory:
     def restore(self, sensor: str, recent: list[list[list[float]]]) -> None:
         self._recent[sensor] = deque((np.array(c, dtype=np.float64) for c in recent),
                                      maxlen=self.windows)
+
+    @contextlib.contextmanager
+    def undo_on_error(self, sensors: Iterable[str]) -> Iterator[None]:
+        """On an error inside, forget what was added to `sensors` inside (the caller runs
+        the windows again, one by one)."""
+        saved = {s: list(self._recent[s]) if s in self._recent else None for s in sensors}
+        try:
+            yield
+        except BaseException:
+            for s, recent in saved.items():
+                if recent is None:
+                    self._recent.pop(s, None)
+                else:
+                    self._recent[s] = deque(recent, maxlen=self.windows)
+            raise
 
     def clear(self, sensor: str) -> None:
         """Forget `sensor`'s evidence (maintenance done: the defect is gone)."""

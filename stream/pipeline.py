@@ -196,24 +196,27 @@ class Pipeline:
                 shaft = est.shaft_hz
             groups[(w.fs_hz, w.n_samples)].append((item, shaft))
 
-        for (fs_hz, _n), members in groups.items():
-            # Grouping by bearing too keeps one set of defect orders per kernel call.
-            by_bearing: dict[Any, list[tuple[Incoming, float]]] = defaultdict(list)
-            for item, shaft in members:
-                by_bearing[self.sensors[item.sensor][1].bearing].append((item, shaft))
-            for bearing, group in by_bearing.items():
-                windows = np.stack([item.window.samples[0] for item, _ in group])
-                shafts = np.array([shaft for _, shaft in group], dtype=np.float64)
-                feats = extract(windows, fs_hz, shafts, bearing.orders())
-                assert feats.impact_counts is not None  # `extract` always counts them
-                for i, (item, _) in enumerate(group):
-                    asset = self.sensors[item.sensor][1]
-                    pooled = self.impacts.add(item.sensor, feats.impact_counts[i])
-                    diag = diagnose(feats, i, asset.iso_group, asset.iso_foundation, pooled,
-                                    clipped_at_source=item.window.clipped,
-                                    levels=asset.levels)
-                    results.append(Result(item, asset.id, diag, feats.row(i),
-                                          line_amp_g=float(np.max(feats.line_amp_g[i]))))
+        # A window the kernels or the diagnosis cannot take fails the batch, which the
+        # service then runs window by window: its impact counts must not be added twice.
+        with self.impacts.undo_on_error({item.sensor for item in batch}):
+            for (fs_hz, _n), members in groups.items():
+                # Grouping by bearing too keeps one set of defect orders per kernel call.
+                by_bearing: dict[Any, list[tuple[Incoming, float]]] = defaultdict(list)
+                for item, shaft in members:
+                    by_bearing[self.sensors[item.sensor][1].bearing].append((item, shaft))
+                for bearing, group in by_bearing.items():
+                    windows = np.stack([item.window.samples[0] for item, _ in group])
+                    shafts = np.array([shaft for _, shaft in group], dtype=np.float64)
+                    feats = extract(windows, fs_hz, shafts, bearing.orders())
+                    assert feats.impact_counts is not None  # `extract` always counts them
+                    for i, (item, _) in enumerate(group):
+                        asset = self.sensors[item.sensor][1]
+                        pooled = self.impacts.add(item.sensor, feats.impact_counts[i])
+                        diag = diagnose(feats, i, asset.iso_group, asset.iso_foundation, pooled,
+                                        clipped_at_source=item.window.clipped,
+                                        levels=asset.levels)
+                        results.append(Result(item, asset.id, diag, feats.row(i),
+                                              line_amp_g=float(np.max(feats.line_amp_g[i]))))
 
         # Alert state advances in seq order per sensor, whatever order the groups ran in.
         results.sort(key=lambda r: (r.incoming.sensor, r.incoming.window.seq))

@@ -6,8 +6,10 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from plant import one_sensor_site
 
 from ballpass import topics, wire
@@ -64,6 +66,28 @@ def test_a_window_that_breaks_the_pipeline_is_isolated_counted_and_the_rest_proc
     [letter] = (tmp_path / "deadletter.jsonl").read_text().splitlines()
     assert json.loads(letter)["reason"] == "processing_error"
     assert {p.measurement for p in output.points} == {"vibration", "diagnosis"}
+
+
+def test_a_batch_run_again_window_by_window_adds_each_windows_impacts_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the diagnosis failing on a batch's second window left the first window's
+    impact counts added; run again alone, it added them a second time (rule 3b's pooled
+    evidence counted it twice)."""
+    from ballpass.stream import pipeline as pipeline_module
+
+    service = _service(tmp_path)
+    real, calls = pipeline_module.diagnose, []
+
+    def diagnose(batch: Any, i: int, *args: Any, **kwargs: Any) -> Any:
+        calls.append(i)
+        if calls == [0, 1]:
+            raise RuntimeError("diagnosis bug, once")
+        return real(batch, i, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "diagnose", diagnose)
+    output = asyncio.run(asyncio.to_thread(service._process, [_item("a", 1), _item("a", 2)]))
+    assert sorted(r.incoming.window.seq for r in output.results) == [1, 2]
+    assert len(service.pipeline.impacts.export("a")) == 2
 
 
 def test_a_sensor_whose_first_windows_are_faulty_is_summarised(
