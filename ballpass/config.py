@@ -148,6 +148,7 @@ class StreamConfig:
     history_interval_s: float = 3600.0
     history_max_mb: float = 200.0
     history_max_age_d: float = 30.0
+    spool_max_mb: float = 500.0  # points the database refused, kept for an operator
 
     def password(self) -> str | None:
         return _read_secret(self.password_file)
@@ -896,6 +897,7 @@ def parse(data: dict[str, Any], base: Path = Path("."), *, drivers: bool = True)
         history_max_mb=st.get("history_max_mb", float, ds["history_max_mb"], check=positive),
         history_max_age_d=st.get("history_max_age_d", float, ds["history_max_age_d"],
                                  check=positive),
+        spool_max_mb=st.get("spool_max_mb", float, ds["spool_max_mb"], check=positive),
     )
     st.finish()
 

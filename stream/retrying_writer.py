@@ -2,9 +2,11 @@
 
 - A retryable failure (database down, timeout, 5xx) is retried with jittered backoff
   until it succeeds or the service stops; the windows wait unacknowledged in the broker.
-- A refusal (4xx: bad schema, type conflict) would be refused again: the points go to the
-  spool (`state_dir/spool.lp`, line protocol an operator can inspect and replay) and the
-  windows count as `spooled`.
+- A refusal of the points (400: bad schema, type conflict) would be refused again: the
+  points go to the spool (`state_dir/spool.lp`, line protocol an operator can inspect and
+  replay; appended whole and fsynced before the windows are acknowledged) and the windows
+  count as `spooled`. Past `max_bytes` the spool takes no more: the refusal is
+  dead-lettered (`spool_full`, counted, logged) and the points are not kept.
 - A point that cannot even be encoded (a value line protocol cannot hold) is refused
   alone: dead-lettered with its reason and counted (`rejected["unwritable_point"]`);
   the rest of the batch is written. Nothing here raises on a bad value.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,9 +39,10 @@ class RetryingWriter:
     """Wraps an `InfluxWriter` for the service; `write` returns once the points are safe."""
 
     def __init__(self, writer: InfluxWriter, spool: Path, dead_letters: DeadLetters,
-                 counters: StreamCounters) -> None:
+                 counters: StreamCounters, max_bytes: int) -> None:
         self.writer = writer
         self.spool = spool
+        self.max_bytes = max_bytes
         self.dead_letters = dead_letters
         self.counters = counters
         # Monotonic time of the first failure of the write now being retried (None: the
@@ -88,8 +92,7 @@ class RetryingWriter:
                 self.failing_since = None
                 return True
             except InfluxWriteError as e:
-                if not e.retryable and self._spool(good, str(e)):
-                    self.counters.spooled += windows
+                if not e.retryable and self._keep_refused(good, str(e), windows):
                     self.failing_since = None  # the database answers: it refused these
                     return True
                 if self.failing_since is None:
@@ -111,18 +114,47 @@ class RetryingWriter:
             log.warning(kv(f"{what}_not_written", reason=e))
             return False
 
-    def _spool(self, points: Sequence[Point], reason: str) -> bool:
-        """Keep points the database refused; False when the spool itself cannot be written
-        (the caller then retries: the windows stay in the broker)."""
+    def _keep_refused(self, points: Sequence[Point], reason: str, windows: int) -> bool:
+        """Spool points the database refused (or, the spool full, dead-letter the refusal);
+        False when the disk takes neither (the caller then retries: the windows stay in
+        the broker)."""
+        data = "".join(encode_point(p) + "\n" for p in points).encode("utf-8")
         try:
             self.spool.parent.mkdir(parents=True, exist_ok=True)
-            with self.spool.open("a", encoding="utf-8") as f:
-                f.write("".join(encode_point(p) + "\n" for p in points))
+            # Unbuffered: a write the disk cuts short must be undone here, not flushed again
+            # (half of it) when the file closes.
+            fd = os.open(self.spool, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                end = os.fstat(fd).st_size
+                if end + len(data) > self.max_bytes:
+                    return self._spool_full(points, reason, windows, end)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                except OSError:
+                    os.ftruncate(fd, end)  # no half line for the next append to run into
+                    raise
+            finally:
+                os.close(fd)
         except OSError as e:
             log.error(kv("spool_write_failed", spool=str(self.spool), reason=e))
             return False
+        self.counters.spooled += windows
         log.error(kv("influx_write_refused", reason=reason, points=len(points),
                      spool=str(self.spool)))
+        return True
+
+    def _spool_full(self, points: Sequence[Point], reason: str, windows: int,
+                    size: int) -> bool:
+        detail = (f"{len(points)} points of {windows} windows refused by the database "
+                  f"({reason}), not kept: {self.spool} is full ({size} of {self.max_bytes} "
+                  "bytes; replay or remove it)")
+        # Counted per window; an operator action's write (no window) counts one.
+        self.counters.rejected["spool_full"] += max(windows, 1)
+        log.error(kv("point_rejected", reason="spool_full", detail=detail))
+        self.dead_letters.add("spool_full", "influx", detail)
         return True
 
 

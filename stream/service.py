@@ -97,7 +97,7 @@ class StreamService:
         self.admission: Admission[Delivery] = Admission(config, self.counters,
                                                         self.dead_letters)
         self.writer = RetryingWriter(writer, state_dir / "spool.lp", self.dead_letters,
-                                     self.counters)
+                                     self.counters, int(config.stream.spool_max_mb * 1e6))
         self.webhooks = WebhookSender(config.webhooks, state_dir=state_dir,
                                       public_url=config.stream.public_url)
         self.source: Source

@@ -70,11 +70,12 @@ def test_query_v1_empty_and_errors(influx_db: tuple[str, str]) -> None:
         query_v1(url, db, "SELEKT 1")
 
 
-def test_v1_missing_database_not_retryable(influxd: Influxd) -> None:
+def test_v1_missing_database_is_retryable(influxd: Influxd) -> None:
+    """Retried, not spooled: every write fails until someone creates it."""
     writer = V1Writer(influxd.url, "no_such_db")
     with pytest.raises(InfluxWriteError, match="database not found") as info:
         writer.write(_vibration(1, time.time_ns()))
-    assert info.value.status == 404 and not info.value.retryable
+    assert info.value.status == 404 and info.value.retryable
     assert "no_such_db" in str(info.value)
 
 
@@ -171,7 +172,7 @@ def test_v2_writer_against_influxd_1x_raises(influxd: Influxd) -> None:
             writer.write(_vibration(1, time.time_ns()))
     finally:
         writer.close()
-    assert info.value.status == 404 and not info.value.retryable
+    assert info.value.status == 404 and info.value.retryable
     assert 'influx.api = "v1"' in str(info.value)
 
 
@@ -227,11 +228,13 @@ def test_v1_timeout_is_retryable() -> None:
     (429, b'{"error":"too many requests"}', True, "server busy"),
     (500, b'{"error":"engine: cache-max-memory-size exceeded"}', True, "server busy"),
     (503, b"", True, "server busy"),
-    (401, b'{"error":"authorization failed"}', False, "not authorized"),
+    (401, b'{"error":"authorization failed"}', True, "not authorized"),
+    (403, b'{"error":"forbidden"}', True, "not authorized"),
+    (400, b'{"error":"field type conflict"}', False, "points rejected"),
     (413, b"", False, "request too large"),
-    (404, b'{"error":"database not found: \\"x\\""}', False, "database not found"),
-    (404, b"404 page not found\n", False, "endpoint not found"),
-    (404, b'{"code":"not found","message":"bucket \\"b\\" not found"}', False,
+    (404, b'{"error":"database not found: \\"x\\""}', True, "database not found"),
+    (404, b"404 page not found\n", True, "endpoint not found"),
+    (404, b'{"code":"not found","message":"bucket \\"b\\" not found"}', True,
      "database not found"),
 ])
 def test_http_errors_classified(status: int, body: bytes, retryable: bool, cause: str) -> None:

@@ -76,7 +76,10 @@ def classify_http_error(status: int, body: bytes, *, url: str, target: str,
     without the endpoint answers a plain-text `404 page not found`.
     """
     text, is_json = _error_text(body)
-    retryable = status == 429 or status >= 500
+    # Retryable unless the answer is about these points (400, 413, other 4xx): a wrong
+    # credential, a missing database or endpoint refuses every write until someone mends
+    # it, and the windows must wait for that in the broker, not fill the spool.
+    retryable = status in (401, 403, 404, 429) or status >= 500
     if status == 404:
         lowered = text.lower()
         if is_json and ("database not found" in lowered
