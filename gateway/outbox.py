@@ -25,9 +25,13 @@ stored at all (disk full: SQLite's "database or disk is full") is counted with
 `note_lost` in memory and included in `dropped` for the life of the process (the file
 cannot record it: it is full).
 
-Clock jumps: rows carry the wall-clock time of `put` for the age bound. When the wall
-clock jumps (NTP setting a board without an RTC), `rebase_created` shifts the queued
-rows' times by the jump, so a forward jump does not make the whole outbox look expired.
+Clock jumps: rows carry the wall-clock time of `put` for the age bound. The outbox follows
+the wall clock against the monotonic one (`ClockWatch`) before every age check, and when it
+jumped (NTP setting a board without an RTC) shifts the times of the rows this process
+stored by the jump, in the same transaction: a forward jump never makes the outbox look
+expired, even for a capture that comes before anyone else noticed the jump. Rows of
+earlier runs keep their times (what clock they were dated by is not known).
+`clock_jumps` tells the gateway what was seen (its status problem `clock`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ballpass.gateway.clock import ClockWatch
 from ballpass.log import kv
 
 log = logging.getLogger(__name__)
@@ -92,7 +97,9 @@ class Outbox:
     """
 
     def __init__(self, path: Path, max_bytes: int, max_age_s: float, *,
-                 seq_seed: int | None = None, synchronous: str = "FULL") -> None:
+                 seq_seed: int | None = None, synchronous: str = "FULL",
+                 clock: ClockWatch | None = None) -> None:
+        """`clock`: the wall clock the rows are dated by, and its jumps (tests inject one)."""
         if max_bytes <= 0:
             raise ValueError(f"max_bytes: must be > 0, got {max_bytes}")
         if max_age_s <= 0:
@@ -114,8 +121,12 @@ class Outbox:
             for name in _STORED:
                 self._db.execute(
                     "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,))
-        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
+        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(id), 0) "
+                               "FROM messages").fetchone()
         self._rows, self._bytes = int(row[0]), int(row[1])
+        self._clock = clock or ClockWatch()
+        self._last_id_before = int(row[2])  # ids only grow: this run's rows are above it
+        self._jumps: list[tuple[int, int]] = []  # (jump ns, rows shifted) not yet taken
         self._lost = 0
         self._closed = False
 
@@ -186,7 +197,8 @@ class Outbox:
                 created_ns: int | None) -> tuple[int, int]:
         """Insert one row inside the caller's transaction; returns (dropped by age, by size)."""
         size = len(payload)
-        now = time.time_ns() if created_ns is None else int(created_ns)
+        self._follow_clock()
+        now = self._clock.now_ns() if created_ns is None else int(created_ns)
         by_age = self._drop_older_than(now - int(self.max_age_s * 1e9))
         by_size = self._drop_for_room(size)
         self._db.execute(
@@ -208,7 +220,8 @@ class Outbox:
     def expire(self) -> int:
         """Drop rows older than `max_age_s` now (also done on every `put`); returns count."""
         with self._lock, self._undo_on_error(), self._tx():
-            n = self._drop_older_than(time.time_ns() - int(self.max_age_s * 1e9))
+            self._follow_clock()
+            n = self._drop_older_than(self._clock.now_ns() - int(self.max_age_s * 1e9))
             self._bump("dropped", n)
         if n:
             log.warning(kv("outbox_full", reason="age", dropped=n, queued=self._rows,
@@ -298,15 +311,22 @@ class Outbox:
             self._lost += 1
             return self._lost
 
-    def rebase_created(self, delta_ns: int) -> int:
-        """Shift every queued row's `created_ns` by `delta_ns` (a wall-clock jump).
-
-        Returns the number of rows shifted.
-        """
+    def clock_jumps(self) -> list[tuple[int, int]]:
+        """The wall-clock jumps followed since the last call: (jump in ns, rows shifted).
+        Raises sqlite3.Error when the rows cannot be shifted (disk full)."""
         with self._lock, self._tx():
-            cur = self._db.execute("UPDATE messages SET created_ns = created_ns + ?",
-                                   (int(delta_ns),))
-            return int(cur.rowcount)
+            self._follow_clock()
+        jumps, self._jumps = self._jumps, []
+        return jumps
+
+    def _follow_clock(self) -> None:
+        """Inside the caller's transaction: shift this run's rows by a wall-clock jump."""
+        jump = self._clock.check()
+        if jump is None:
+            return
+        cur = self._db.execute("UPDATE messages SET created_ns = created_ns + ? WHERE id > ?",
+                               (int(jump), self._last_id_before))
+        self._jumps.append((jump, int(cur.rowcount)))
 
     def counters(self) -> dict[str, int]:
         """captured, queued, published, dropped, replayed (persisted across restarts;

@@ -9,9 +9,9 @@ influxdb-client (a test checks `sys.modules` in a fresh interpreter).
 
 While running, `run` also applies remote configs from the retained config topic
 (`ballpass.gateway.remote`; the result is on the status topic as ``config``) and watches
-the wall clock against the monotonic one (`ClockWatch`): a jump of more than
-`CLOCK_JUMP_S` is logged as ``event=clock_jump``, shown as the status problem ``clock``
-for `CLOCK_PROBLEM_S`, and the outbox's queued rows are re-based so their age stays right.
+the wall clock against the monotonic one (the outbox's `ClockWatch`, which re-bases its
+rows so their age stays right): a jump of more than `CLOCK_JUMP_S` is logged as
+``event=clock_jump`` and shown as the status problem ``clock`` for `CLOCK_PROBLEM_S`.
 Capture and publishing go on: the schedule runs on the monotonic clock.
 
 Supervision (`Supervisor`, used by `serve`, i.e. ``ballpass gateway``): the systemd
@@ -48,6 +48,7 @@ from typing import Any
 
 from ballpass import sdnotify
 from ballpass.config import AssetConfig, Config, ConfigError, GatewayConfig, SensorConfig
+from ballpass.gateway.clock import ClockWatch
 from ballpass.gateway.outbox import Outbox
 from ballpass.gateway.publisher import Publisher, PublisherSettings
 from ballpass.gateway.remote import ConfigRejected, parse_remote
@@ -58,8 +59,6 @@ from ballpass.log import kv
 
 log = logging.getLogger(__name__)
 
-CLOCK_JUMP_S = 2.0
-"""A wall-clock step larger than this (s) against the monotonic clock is a jump."""
 CLOCK_PROBLEM_S = 600.0
 """How long (s) a clock jump stays on the status topic as a problem."""
 PUBLISHER_STALL_S = 30.0
@@ -90,28 +89,6 @@ class Supervisor:
     load_config: Callable[[], Config] | None = None
 
 
-class ClockWatch:
-    """Compares wall-clock and monotonic progress between `check` calls.
-
-    `check` returns the jump in ns (wall minus monotonic progress) when it exceeds
-    `threshold_s`, else None. The clocks are injectable for tests.
-    """
-
-    def __init__(self, threshold_s: float = CLOCK_JUMP_S, *,
-                 wall_ns: Callable[[], int] = time.time_ns,
-                 mono_ns: Callable[[], int] = time.monotonic_ns) -> None:
-        self.threshold_ns = int(threshold_s * 1e9)
-        self.wall_ns = wall_ns
-        self.mono_ns = mono_ns
-        self._wall, self._mono = wall_ns(), mono_ns()
-
-    def check(self) -> int | None:
-        wall, mono = self.wall_ns(), self.mono_ns()
-        jump = (wall - self._wall) - (mono - self._mono)
-        self._wall, self._mono = wall, mono
-        return jump if abs(jump) > self.threshold_ns else None
-
-
 def outbox_path_for(config: Config, gateway_id: str, override: Path | None = None) -> Path:
     """`override`, else `[gateway.outbox] path`, else ``./outbox-{gateway_id}.sqlite``."""
     if override is not None:
@@ -120,13 +97,19 @@ def outbox_path_for(config: Config, gateway_id: str, override: Path | None = Non
     return configured if configured is not None else Path(f"outbox-{gateway_id}.sqlite")
 
 
-def _clock_jumped(jump_ns: int, gateway_id: str, box: Outbox, status: Status) -> None:
-    """Re-base the queued rows' ages by the jump and show it as the `clock` problem."""
+def _clock_jumps(gateway_id: str, box: Outbox, status: Status) -> bool:
+    """Show the wall-clock jumps the outbox followed as the `clock` problem; True if any."""
     try:
-        shifted = box.rebase_created(jump_ns)
+        jumps = box.clock_jumps()
     except sqlite3.Error as e:  # disk full: the age bound may drop early
-        shifted = -1
         log.error(kv("outbox_rebase_failed", gateway=gateway_id, error=e))
+        return False
+    for jump_ns, shifted in jumps:
+        _clock_jumped(jump_ns, shifted, gateway_id, status)
+    return bool(jumps)
+
+
+def _clock_jumped(jump_ns: int, shifted: int, gateway_id: str, status: Status) -> None:
     status.problem("clock", f"wall clock jumped {jump_ns / 1e9:+.1f} s at "
                    f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}; "
                    "window times around it may be off")
@@ -158,7 +141,7 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
     if path.parent != Path(""):
         path.parent.mkdir(parents=True, exist_ok=True)
     box = Outbox(path, max_bytes=int(gateway.outbox.max_mb * 1024 * 1024),
-                 max_age_s=gateway.outbox.max_age_h * 3600.0)
+                 max_age_s=gateway.outbox.max_age_h * 3600.0, clock=clock)
     try:
         status = Status(site, gateway.id, [s.id for s in gateway.sensors], box.counters)
         # A window older than two capture periods when it leaves is a replay, not live data.
@@ -287,7 +270,6 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
         if ready is not None:
             ready.set()
         sup.notify("READY=1\nSTATUS=started, connecting to the broker")
-        watch = clock or ClockWatch()
         jumped_at: float | None = None
         wd = sup.watchdog_s
         tick = min(MAIN_TICK_S, wd / 4) if wd else MAIN_TICK_S
@@ -305,10 +287,8 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
             if line != last_line and now - last_line_t >= STATUS_EVERY_S:
                 sup.notify(f"STATUS={line}")
                 last_line, last_line_t = line, now
-            jump = watch.check()
-            if jump is not None:
+            if _clock_jumps(gateway.id, box, status):
                 jumped_at = time.monotonic()
-                _clock_jumped(jump, gateway.id, box, status)
                 publisher.request_status()
             elif jumped_at is not None and time.monotonic() - jumped_at > CLOCK_PROBLEM_S:
                 jumped_at = None

@@ -17,11 +17,12 @@ from test_publisher import Subscriber, status_of
 
 from ballpass import topics
 from ballpass.config import SensorConfig, parse
+from ballpass.gateway.clock import ClockWatch
 from ballpass.gateway.drivers import load as load_driver
 from ballpass.gateway.outbox import Outbox
 from ballpass.gateway.remote import ConfigRejected, parse_remote
 from ballpass.gateway.schedule import SensorCapture
-from ballpass.gateway.service import ClockWatch, run
+from ballpass.gateway.service import run
 from ballpass.gateway.status import Status
 
 
@@ -176,24 +177,65 @@ def test_full_disk_is_reported_and_capture_recovers(tmp_path: Path, caplog) -> N
     box.close()
 
 
-def test_clock_watch_and_outbox_rebase(tmp_path: Path) -> None:
-    wall = [10**18]
-    mono = [5 * 10**9]
-    watch = ClockWatch(2.0, wall_ns=lambda: wall[0], mono_ns=lambda: mono[0])
-    wall[0] += 10**9
-    mono[0] += 10**9
+class _Clocks:
+    """A wall and a monotonic clock the test moves (ns)."""
+
+    def __init__(self) -> None:
+        self.wall, self.mono = time.time_ns(), 5 * 10**9
+
+    def watch(self) -> ClockWatch:
+        return ClockWatch(2.0, wall_ns=lambda: self.wall, mono_ns=lambda: self.mono)
+
+    def tick(self, s: float) -> None:
+        self.wall += int(s * 1e9)
+        self.mono += int(s * 1e9)
+
+
+def test_clock_watch_tells_a_jump_from_time_passing() -> None:
+    clocks = _Clocks()
+    watch = clocks.watch()
+    clocks.tick(1.0)
     assert watch.check() is None  # both moved 1 s
-    wall[0] += 86_400 * 10**9     # NTP sets the clock a day forward
+    clocks.wall += 86_400 * 10**9  # NTP sets the clock a day forward
     assert watch.check() == 86_400 * 10**9
-    # queued rows keep their age across the jump: nothing expires wrongly
-    box = Outbox(tmp_path / "o.sqlite", 10**8, max_age_s=3600)
-    now = time.time_ns()
+
+
+def test_a_capture_right_after_a_clock_jump_expires_nothing(tmp_path: Path) -> None:
+    """Before: the outbox re-based its rows only when the gateway's main loop saw the jump
+    (every half second); a capture in between dated its window by the new clock and dropped
+    every queued row as older than max_age (a board without an RTC, set forward by NTP,
+    lost its whole backlog)."""
+    clocks = _Clocks()
+    box = Outbox(tmp_path / "o.sqlite", 10**8, max_age_s=3600, clock=clocks.watch())
     for i in range(3):
-        box.put("s1", i, "t", b"x", created_ns=now)
-    assert box.rebase_created(86_400 * 10**9) == 3
-    box.put("s1", 3, "t", b"x", created_ns=now + 86_400 * 10**9)
+        box.put("s1", i, "t", b"x")
+        clocks.tick(1.0)
+    clocks.wall += 86_400 * 10**9  # a day forward, before anyone looks
+    box.put("s1", 3, "t", b"x")
     assert box.counters()["dropped"] == 0 and box.queued == 4
+    assert box.clock_jumps() == [(86_400 * 10**9, 3)]
+    assert box.clock_jumps() == []
+    clocks.tick(3000.0)
+    assert box.expire() == 0, "the re-based rows are 50 min old, not a day"
+    clocks.tick(599.5)  # the three rows before the jump are past the hour, the last is not
+    assert box.expire() == 3 and box.queued == 1
     box.close()
+
+
+def test_a_clock_jump_shifts_only_the_rows_of_this_run(tmp_path: Path) -> None:
+    """Before: a jump shifted every queued row, also those an earlier run dated by a clock
+    that was right (they would then never expire)."""
+    clocks = _Clocks()
+    with Outbox(tmp_path / "o.sqlite", 10**8, max_age_s=3600, clock=clocks.watch()) as box:
+        box.put("s1", 0, "t", b"x")
+        before = box.peek(1)[0].created_ns
+    clocks.wall = 10**15  # rebooted without an RTC: 1970
+    with Outbox(tmp_path / "o.sqlite", 10**8, max_age_s=3600, clock=clocks.watch()) as box:
+        box.put("s1", 1, "t", b"x")
+        clocks.wall = before + 10 * 10**9  # NTP
+        assert [(jump > 0, rows) for jump, rows in box.clock_jumps()] == [(True, 1)]
+        old, new = box.peek(2)
+        assert old.created_ns == before and new.created_ns == before + 10 * 10**9
 
 
 def test_clock_jump_on_status_topic_capture_goes_on(mosquitto, tmp_path: Path,
