@@ -84,6 +84,8 @@ def parse_remote(payload: bytes, gateway: GatewayConfig) -> RemoteConfig:
         data = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigRejected([f"payload: not valid JSON ({e})"]) from None
+    except RecursionError:  # 64 kB of "[[[[…" is enough to reach the parser's limit
+        raise ConfigRejected(["payload: JSON nested too deeply"]) from None
     if not isinstance(data, dict):
         # Before the reader: the root has no key path for it to name.
         raise ConfigRejected([f"payload: must be a JSON object, got {type(data).__name__}"])

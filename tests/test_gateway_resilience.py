@@ -56,6 +56,7 @@ def test_remote_config_validation_collects_every_error(tmp_path: Path) -> None:
     # Each problem names its key path, worded as the site file's reader words it.
     for bad, message in (
             (b"{", "payload: not valid JSON"),
+            (b"[" * 30_000 + b"]" * 30_000, "payload: JSON nested too deeply"),
             (b"[1]", "payload: must be a JSON object, got list"),
             (b'{"flush_rate_per_s": -1}', "flush_rate_per_s: must be > 0, got -1.0"),
             (b'{"flush_rate_per_s": true}', "flush_rate_per_s: must be a number, got True"),
