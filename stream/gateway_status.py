@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ballpass.json_number import json_number
+
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 STATES = ("online", "offline")
@@ -106,8 +108,8 @@ def _time(value: Any, where: str) -> str | float | None:
     if isinstance(value, bool):
         raise _Bad(f"{where}: must be an ISO 8601 time or seconds, got a boolean")
     if isinstance(value, int | float):
-        seconds = float(value) if abs(value) < 1e300 else math.inf  # a huge int too
-        if not math.isfinite(seconds) or seconds < 0:
+        seconds = json_number(value)
+        if seconds is None or not math.isfinite(seconds) or seconds < 0:
             raise _Bad(f"{where}: must be finite and >= 0, got {_short(value)}")
         return seconds
     if isinstance(value, str) and len(value) <= 40 and ISO_TIME.fullmatch(value):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ballpass.config import AssetConfig, Config
+from ballpass.json_number import json_number
 from ballpass.log import kv
 from ballpass.stream.alerts import AlertTracker, Transition
 from ballpass.stream.online.model import (
@@ -142,10 +143,9 @@ class OnlineModels:
         log.info(kv("operator_action", action=action, sensor=sensor, by=by, result=result))
         asset = self.assets[sensor].id
         fields: dict[str, Any] = {"by": by, "result": result, "note": note}
-        t = command.get("t")
-        if isinstance(t, int | float) and not isinstance(t, bool) and abs(t) < 1e300 \
-                and math.isfinite(t):  # a huge int is no time either
-            fields["requested_at"] = float(t)
+        requested = json_number(command.get("t"))
+        if requested is not None and math.isfinite(requested):
+            fields["requested_at"] = requested
         point = Point("actions", {"site": self.site, "sensor": sensor, "asset": asset,
                                   "action": action}, fields, t_ns)
         return [point], transitions
