@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import signal
 import sqlite3
 import threading
@@ -97,6 +98,26 @@ def outbox_path_for(config: Config, gateway_id: str, override: Path | None = Non
     return configured if configured is not None else Path(f"outbox-{gateway_id}.sqlite")
 
 
+def _check_room(box: Outbox, gateway_id: str, status: Status) -> None:
+    """Warn (status problem `disk`) when the disk cannot hold `outbox.max_mb`: during a long
+    outage the disk would fill first, and windows be lost instead of the oldest dropped."""
+    try:
+        free = shutil.disk_usage(box.path.parent).free
+    except OSError as e:
+        log.warning(kv("outbox_disk_unknown", gateway=gateway_id, path=box.path, error=e))
+        return
+    room = free + box.queued_bytes  # what the outbox holds now is room it has
+    if box.max_bytes <= room:
+        return
+    mb = 1024 * 1024
+    reason = (f"outbox.max_mb is {box.max_bytes / mb:.0f} MB but the disk has room for "
+              f"{room / mb:.0f} MB: a long outage fills the disk, and windows are lost, "
+              "before the oldest are dropped for room")
+    status.problem("disk", reason)
+    log.warning(kv("outbox_larger_than_disk", gateway=gateway_id, path=box.path,
+                   max_mb=round(box.max_bytes / mb), room_mb=round(room / mb)))
+
+
 def _clock_jumps(gateway_id: str, box: Outbox, status: Status) -> bool:
     """Show the wall-clock jumps the outbox followed as the `clock` problem; True if any."""
     try:
@@ -144,6 +165,7 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
                  max_age_s=gateway.outbox.max_age_h * 3600.0, clock=clock)
     try:
         status = Status(site, gateway.id, [s.id for s in gateway.sensors], box.counters)
+        _check_room(box, gateway.id, status)
         # A window older than two capture periods when it leaves is a replay, not live data.
         slowest = max(s.interval_s for s in gateway.sensors)
         settings = PublisherSettings(flush_rate_per_s=gateway.outbox.flush_rate_per_s,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import threading
@@ -245,3 +247,26 @@ def test_a_reading_the_wire_refuses_is_a_sensor_fault_not_a_window(
     assert set(windows_by_sensor(msgs, gw)) == {"s1"}
     s2 = status_of(msgs)[-1]["sensors"]["s2"]
     assert s2["state"] == "fault" and "shaft_hz" in s2["reason"], s2
+
+
+def test_an_outbox_larger_than_the_disk_is_a_status_problem(mosquitto, tmp_path: Path,
+                                                             caplog) -> None:
+    """Before: nothing said that `outbox.max_mb` was more than the disk could hold; in a
+    long outage the disk filled first, and windows were lost instead of the oldest dropped."""
+    caplog.set_level(logging.INFO)
+    gw = "gw-disk"
+    config = site_config(mosquitto.host, mosquitto.port, gw, tmp_path / "o.sqlite")
+    free_mb = shutil.disk_usage(tmp_path).free / 2**20
+    outbox = dataclasses.replace(config.gateway(gw).outbox, max_mb=free_mb * 4)
+    config = dataclasses.replace(config, gateways=tuple(
+        dataclasses.replace(g, outbox=outbox) for g in config.gateways))
+    sub = Subscriber(mosquitto.host, mosquitto.port, f"bp/v1/{SITE}/{gw}/#", gw)
+    try:
+        run_for(config, gw, 1.5)
+        msgs = sub.wait_for(lambda m: status_of(m) and status_of(m)[-1]["state"] == "offline")
+    finally:
+        sub.close()
+    problem = status_of(msgs)[-1]["problems"]["disk"]
+    assert problem.startswith(f"outbox.max_mb is {free_mb * 4:.0f} MB but the disk has room")
+    assert any("event=outbox_larger_than_disk" in r.getMessage() for r in caplog.records)
+    assert windows_by_sensor(msgs, gw), "and the gateway runs on"
