@@ -105,14 +105,19 @@ class MqttSource:
         is handled: a stream's batch is written while the next one is processed, so the
         broker's `max_inflight_messages` should hold three batches (BENCHMARKS.md)."""
         attempt = 0
-        b = self.broker
         while not stop.is_set():
+            b = self.broker
             try:
                 async with self._new_client() as client:
                     attempt = 0
                     self.generation += 1
                     for topic in self.subscriptions:
                         await client.subscribe(topic, qos=1)
+                    if self.broker is not b:
+                        # Reconfigured while connecting (`reconfigure` had no client to
+                        # drop): this connection has the old settings.
+                        log.info(kv("broker_reconnecting", reason="reconfigured"))
+                        continue
                     self._client = client
                     self.connected = True
                     log.info(kv("broker_connected", host=b.host, port=b.port,

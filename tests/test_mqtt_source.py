@@ -5,7 +5,9 @@ its own connection, so its acknowledgements reach the broker (stream/mqtt_source
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
+import aiomqtt
 import paho.mqtt.client as mqtt
 
 from ballpass.config import BrokerConfig, StreamConfig
@@ -95,3 +97,37 @@ def test_commits_overlap_the_next_batch_in_order_and_finish_at_the_stop(
 
     asyncio.run(resume())
     assert redelivered == []
+
+
+def test_a_reconfigure_while_subscribing_connects_again_with_the_new_settings(
+        mosquitto: Mosquitto) -> None:
+    """Before: a SIGHUP that came while the first connection was subscribing found no
+    client to drop, and the stream ran on with the old broker settings (credentials)."""
+    source = _source(mosquitto.port)
+    new = dataclasses.replace(source.broker, keepalive_s=source.broker.keepalive_s + 1)
+    real_subscribe = aiomqtt.Client.subscribe
+    subscribed_with: list[int] = []
+
+    async def subscribe(client: aiomqtt.Client, *args: object, **kwargs: object) -> object:
+        subscribed_with.append(client._keepalive)  # type: ignore[attr-defined]
+        if len(subscribed_with) == 1:
+            source.reconfigure(new)  # the reload, in the middle of the first subscribe
+        return await real_subscribe(client, *args, **kwargs)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(source.run(stop, lambda batch: asyncio.sleep(0)))
+        for _ in range(200):
+            if source.connected:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+    aiomqtt.Client.subscribe = subscribe  # type: ignore[method-assign]
+    try:
+        asyncio.run(run())
+    finally:
+        aiomqtt.Client.subscribe = real_subscribe  # type: ignore[method-assign]
+    assert subscribed_with == [new.keepalive_s - 1, new.keepalive_s], subscribed_with
+    assert source.generation == 2
