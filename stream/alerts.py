@@ -17,9 +17,11 @@ hysteresis, fires and resolves its own alert (`kind = "instrument"`, its own ale
 a maintenance-of-instrument matter that is never a machine alarm (docs/alerting.md).
 
 The state is durable: with a `path`, it is written atomically (temp file, fsync, rename)
-after every batch of windows (`batch()`) and at every acknowledgement, before the caller
-writes, publishes or sends anything, and loaded at start, so a killed stream keeps its
-open alarms and their ids. With it go the seqs of the windows each sensor's state took in
+after every batch of windows (`batch()`) that made a transition and at every operator
+action, before the caller writes, publishes or sends anything, otherwise at most once
+every `SAVE_EVERY_S` (a save is about 4 ms for 150 sensors; at full load a batch comes
+every 20 ms), and loaded at start, so a killed stream keeps its open alarms and their ids.
+With it go the seqs of the windows each sensor's state took in
 (`includes`: a window redelivered after a crash must not count twice) and the alerts not
 yet written and handed to the webhook spool (`hold` / `hooked` / `sent`: a crash before the
 batch is written must not lose them; the next start finishes them, `held`). Without a
@@ -36,6 +38,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,6 +55,9 @@ log = logging.getLogger(__name__)
 INSTRUMENT_FAULT = Fault.SENSOR_FAULT
 STATE_FORMAT = "ballpass-alert-state/1"
 SEVERITIES = ("low", "medium", "high")
+SAVE_EVERY_S = 1.0
+"""How often (s) at most the state is saved for windows that changed no alarm: a kill -9
+forgets at most this long of them (acknowledged; those not acknowledged come again)."""
 INCLUDED_SEQS = 1024
 """Seqs remembered per sensor: more than its windows unacknowledged at any time (three
 batches, `stream.batch_max`, in the broker's `max_inflight_messages`)."""
@@ -145,7 +151,9 @@ class AlertTracker:
         self._held: list[Held] = []
         self._held_lock = threading.Lock()
         self._deferred = 0  # nesting depth of batch()
-        self._dirty = False
+        self._dirty = False  # changed since the last save
+        self._urgent = False  # ... by something to save before anyone is told
+        self._saved_at = time.monotonic()
         if path is not None:
             self._load(path)
 
@@ -186,7 +194,7 @@ class AlertTracker:
             return
         self.included.setdefault(sensor, SeqRuns(INCLUDED_SEQS)).add(seq)
         self._included_t0[sensor] = max(t0_ns, self._included_t0.get(sensor, t0_ns))
-        self._changed()
+        self._changed(urgent=False)
 
     def hold(self, alert: dict[str, Any], t_ns: int) -> None:
         """Keep `alert` (its `alerts` row at `t_ns`) with the state until `sent`."""
@@ -203,7 +211,7 @@ class AlertTracker:
 
     def sent(self, alerts: list[dict[str, Any]]) -> None:
         """`alerts` are written and went to the webhook routes: forgotten at the next save
-        (not saved now: a batch may be running in another thread)."""
+        (not saved here: the caller may be beside a batch running in another thread)."""
         self._handed_on(alerts, lambda h: None)
 
     def _handed_on(self, alerts: list[dict[str, Any]],
@@ -275,8 +283,7 @@ class AlertTracker:
             yield
         finally:
             self._deferred -= 1
-            if not self._deferred and self._dirty:
-                self._dirty = False
+            if not self._deferred and self._dirty and (self._urgent or self._save_due()):
                 self.save()
 
     def _persisted(self, t: Transition | None) -> Transition | None:
@@ -284,16 +291,21 @@ class AlertTracker:
             self._changed()
         return t
 
-    def _changed(self) -> None:
-        if self._deferred:
-            self._dirty = True
-        else:
+    def _changed(self, urgent: bool = True) -> None:
+        self._dirty = True
+        self._urgent |= urgent
+        if not self._deferred and (urgent or self._save_due()):
             self.save()
+
+    def _save_due(self) -> bool:
+        return time.monotonic() - self._saved_at >= SAVE_EVERY_S
 
     def save(self) -> bool:
         """Write the whole state atomically (False, logged, when the disk refuses)."""
         if self.path is None:
             return False
+        self._dirty = self._urgent = False
+        self._saved_at = time.monotonic()
         data = {"format": STATE_FORMAT,
                 "machine": {k: v.to_json() for k, v in self.sensors.items()},
                 "instrument": {k: v.to_json() for k, v in self.instruments.items()},
@@ -310,6 +322,7 @@ class AlertTracker:
             os.replace(tmp, self.path)
         except OSError as e:
             log.error(kv("alert_state_save_failed", path=self.path, reason=e))
+            self._dirty = self._urgent = True  # again after the next batch
             return False
         return True
 

@@ -195,8 +195,7 @@ class StreamService:
         stopped or died before their batch was written), and send those not yet sent:
         their windows come back as replays, which fire nothing. Receivers de-duplicate one
         sent just before a crash."""
-        tracker = self.pipeline.alerts
-        held = tracker.held
+        held = self.pipeline.alerts.held
         if not held:
             return
         if not await self.writer.write([alert_point(h.alert, h.t_ns) for h in held],
@@ -205,9 +204,7 @@ class StreamService:
         unsent = [{**h.alert, "sent_at": time.time()} for h in held if not h.hooked]
         log.info(kv("held_alerts_finished", written=len(held), sent=len(unsent)))
         self.publisher.send_alerts(unsent)
-        tracker.sent([h.alert for h in held])
-        async with self._state_lock:  # an operator action may be changing the state
-            await asyncio.to_thread(tracker.save)
+        await self._sent([h.alert for h in held])
 
     async def _warm_up(self) -> None:
         started = time.monotonic()
@@ -282,7 +279,7 @@ class StreamService:
             latest = latest_diagnoses(output)
             self._summarise(latest)
             await self.publisher.publish(latest, output.alerts)
-            self.pipeline.alerts.sent(output.alerts)
+            await self._sent(output.alerts)
             if self._stop.is_set():  # the source closes after this batch: out before that
                 await self.publisher.flush()
             if self.evidence is not None:
@@ -565,6 +562,15 @@ class StreamService:
         task.add_done_callback(self._finishing_actions.discard)
         return record
 
+    async def _sent(self, alerts: list[dict[str, Any]]) -> None:
+        """`alerts` are written and with the webhooks: no longer held, and saved so at once,
+        or a kill -9 before the next save would send them again at the start."""
+        if not alerts:
+            return
+        self.pipeline.alerts.sent(alerts)
+        async with self._state_lock:  # not while a batch changes the state in its thread
+            await asyncio.to_thread(self.pipeline.alerts.save)
+
     async def _finish_action(self, committed: asyncio.Future[None] | None,
                              done: BatchOutput) -> None:
         """Write an operator action's points (retried and spooled like a batch's), then
@@ -576,7 +582,7 @@ class StreamService:
         written = not done.points or await self.writer.write(done.points, self._stop, 0)
         self.publisher.send_alerts(done.alerts)
         if written:
-            self.pipeline.alerts.sent(done.alerts)
+            await self._sent(done.alerts)
         else:
             # Stopping before the database took them: the alarm is cleared all the same,
             # so on-call hears of it now; the alert rows wait for the next start (the

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ballpass.config import AlertPolicy
+from ballpass.stream import alerts
 from ballpass.stream.alerts import AlertTracker, Held, severity
 
 
@@ -118,7 +119,13 @@ def test_the_state_keeps_the_seqs_it_took_in_and_the_alerts_not_yet_handed_on(
         "sent() saves nothing itself (it runs beside a batch in another thread)"
     with again.batch():
         again.include("s", 10, 1010)
-    assert AlertTracker(AlertPolicy(3, 1, 5), path=path).held == []
+    assert AlertTracker(AlertPolicy(3, 1, 5), path=path).held == [Held(firing, 9)], \
+        "a batch without a transition is saved at most once a second"
+    again._saved_at -= alerts.SAVE_EVERY_S
+    with again.batch():
+        again.include("s", 11, 1011)
+    reloaded = AlertTracker(AlertPolicy(3, 1, 5), path=path)
+    assert reloaded.held == [] and reloaded.includes("s", 11, 1011)
 
 
 def test_a_state_file_of_before_the_seqs_loads_with_none_included(tmp_path: Path) -> None:
