@@ -366,7 +366,7 @@ class StreamService:
         for message in messages:
             try:
                 command = json.loads(message.payload)  # type: ignore[arg-type]
-            except (ValueError, TypeError) as e:
+            except (ValueError, TypeError, RecursionError) as e:  # "[[[[…": nested too deep
                 self.counters.rejected["command"] += 1
                 log.warning(kv("window_rejected", reason="command", topic=message.topic,
                                detail=f"bad command JSON: {e}"))

@@ -654,3 +654,21 @@ def test_every_worker_sees_the_sites_readings_and_statuses(
     source._seen("bpw.5.s1.gw2.t.window", b"")
     source._seen("bp.v1.s1.gw1.status", b"{}")
     assert seen == ["bp/v1/s1/gw2/t/window", "bp/v1/s1/gw1/status"]
+
+
+def test_a_command_nested_too_deeply_is_routed_nowhere(tmp_path: Path) -> None:
+    """Before: `[[[[…` raised RecursionError out of the command routing; the control
+    consumer gave the message again and again."""
+    from ballpass.config import load
+    from ballpass.stream.cluster.source import NatsSource
+
+    broker = Mosquitto.__new__(Mosquitto)  # only its port goes into the file; none runs
+    broker.port = 1883
+    config = load(site_toml(tmp_path / "site.toml", ["nats://127.0.0.1:4222"], broker,
+                            "http://127.0.0.1:1", "db", tmp_path / "state",
+                            "http://127.0.0.1:1/hook"))
+    source = NatsSource(config)
+    assert source._command_subject(b"[" * 100_000) is None
+    sensor = SENSORS["gw1"][0]
+    assert source._command_subject(json.dumps({"sensor": sensor}).encode()) == \
+        f"bp.v1.s1.gw1.{sensor}.command"

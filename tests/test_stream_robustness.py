@@ -137,11 +137,13 @@ def test_messages_that_broke_a_check_are_refused_not_a_crash_loop(tmp_path: Path
     commands = [Delivery("bp/v1/s/command", json.dumps(c).encode() if isinstance(c, dict)
                          else c, 1, 3 + i, 0) for i, c in enumerate([
         {"action": "ack", "sensor": ["a"]},
-        f'{{"action": "ack", "sensor": "a", "t": {huge}}}'.encode()])]
+        f'{{"action": "ack", "sensor": "a", "t": {huge}}}'.encode(),
+        b"[" * 100_000])]  # RecursionError in the JSON parser
     done = service._commands(commands)
     assert [p.fields for p in done.points] == [{"by": "unknown", "result": "no active alarm",
                                                 "note": ""}]  # the huge "t" left out
     assert service.pipeline.online.counters["commands_rejected"] == 1
+    assert service.counters.rejected == {"status": 1, "tacho": 1, "command": 1}
 
     # A check that raises anyway (a case nobody thought of) is refused and acknowledged.
     def broken(*args: object) -> object:

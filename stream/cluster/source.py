@@ -423,7 +423,7 @@ class NatsSource:
         try:
             sensor = json.loads(payload).get("sensor")
             gateway, _ = self.config.sensor_index()[sensor]
-        except (ValueError, AttributeError, KeyError, TypeError):
+        except (ValueError, AttributeError, KeyError, TypeError, RecursionError):
             return None
         return f"{topics.PREFIX.replace('/', '.')}.{self.site}.{gateway.id}" \
                f".{sensor}.command"
