@@ -29,12 +29,21 @@ class ClockWatch:
         self.mono_ns = mono_ns
         self._wall, self._mono = wall_ns(), mono_ns()
 
-    def now_ns(self) -> int:
-        """The wall clock now (ns since the epoch)."""
-        return self.wall_ns()
+    @property
+    def last_wall_ns(self) -> int:
+        """The wall clock at the last `check` (ns since the epoch)."""
+        return self._wall
 
     def check(self) -> int | None:
         wall, mono = self.wall_ns(), self.mono_ns()
         jump = (wall - self._wall) - (mono - self._mono)
         self._wall, self._mono = wall, mono
         return jump if abs(jump) > self.threshold_ns else None
+
+    def mark(self) -> tuple[int, int]:
+        """Where the watch is, for `back_to` (a caller that could not act on a jump)."""
+        return self._wall, self._mono
+
+    def back_to(self, mark: tuple[int, int]) -> None:
+        """Forget the checks since `mark`: the next `check` sees their jumps again."""
+        self._wall, self._mono = mark

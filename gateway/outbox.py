@@ -137,12 +137,15 @@ class Outbox:
 
     @contextlib.contextmanager
     def _undo_on_error(self) -> Iterator[None]:
-        """Restore the in-memory row/byte counts when the transaction fails (rolled back)."""
-        saved = (self._rows, self._bytes, set(self._inflight))
+        """Restore the in-memory row/byte counts when the transaction fails (rolled back),
+        and the clock watch: a jump whose shift was rolled back is seen again next time."""
+        saved = (self._rows, self._bytes, set(self._inflight), list(self._jumps))
+        clock = self._clock.mark()
         try:
             yield
         except BaseException:
-            self._rows, self._bytes, self._inflight = saved
+            self._rows, self._bytes, self._inflight, self._jumps = saved
+            self._clock.back_to(clock)
             raise
 
     def _bump(self, name: str, n: int) -> None:
@@ -198,7 +201,7 @@ class Outbox:
         """Insert one row inside the caller's transaction; returns (dropped by age, by size)."""
         size = len(payload)
         self._follow_clock()
-        now = self._clock.now_ns() if created_ns is None else int(created_ns)
+        now = self._clock.last_wall_ns if created_ns is None else int(created_ns)
         by_age = self._drop_older_than(now - int(self.max_age_s * 1e9))
         by_size = self._drop_for_room(size)
         self._db.execute(
@@ -221,7 +224,7 @@ class Outbox:
         """Drop rows older than `max_age_s` now (also done on every `put`); returns count."""
         with self._lock, self._undo_on_error(), self._tx():
             self._follow_clock()
-            n = self._drop_older_than(self._clock.now_ns() - int(self.max_age_s * 1e9))
+            n = self._drop_older_than(self._clock.last_wall_ns - int(self.max_age_s * 1e9))
             self._bump("dropped", n)
         if n:
             log.warning(kv("outbox_full", reason="age", dropped=n, queued=self._rows,
@@ -314,9 +317,10 @@ class Outbox:
     def clock_jumps(self) -> list[tuple[int, int]]:
         """The wall-clock jumps followed since the last call: (jump in ns, rows shifted).
         Raises sqlite3.Error when the rows cannot be shifted (disk full)."""
-        with self._lock, self._tx():
-            self._follow_clock()
-        jumps, self._jumps = self._jumps, []
+        with self._lock:
+            with self._undo_on_error(), self._tx():
+                self._follow_clock()
+            jumps, self._jumps = self._jumps, []
         return jumps
 
     def _follow_clock(self) -> None:

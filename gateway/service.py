@@ -10,7 +10,7 @@ influxdb-client (a test checks `sys.modules` in a fresh interpreter).
 While running, `run` also applies remote configs from the retained config topic
 (`ballpass.gateway.remote`; the result is on the status topic as ``config``) and watches
 the wall clock against the monotonic one (the outbox's `ClockWatch`, which re-bases its
-rows so their age stays right): a jump of more than `CLOCK_JUMP_S` is logged as
+rows so their age stays right): a jump of more than `clock.CLOCK_JUMP_S` is logged as
 ``event=clock_jump`` and shown as the status problem ``clock`` for `CLOCK_PROBLEM_S`.
 Capture and publishing go on: the schedule runs on the monotonic clock.
 
@@ -103,10 +103,14 @@ def _check_room(box: Outbox, gateway_id: str, status: Status) -> None:
     outage the disk would fill first, and windows be lost instead of the oldest dropped."""
     try:
         free = shutil.disk_usage(box.path.parent).free
+        # The file and its write-ahead log are room the outbox has (pages it freed stay
+        # in the file for it to reuse).
+        held = sum(p.stat().st_size for p in (box.path, box.path.with_name(
+            box.path.name + "-wal")) if p.exists())
     except OSError as e:
         log.warning(kv("outbox_disk_unknown", gateway=gateway_id, path=box.path, error=e))
         return
-    room = free + box.queued_bytes  # what the outbox holds now is room it has
+    room = free + held
     if box.max_bytes <= room:
         return
     mb = 1024 * 1024
@@ -122,9 +126,11 @@ def _clock_jumps(gateway_id: str, box: Outbox, status: Status) -> bool:
     """Show the wall-clock jumps the outbox followed as the `clock` problem; True if any."""
     try:
         jumps = box.clock_jumps()
-    except sqlite3.Error as e:  # disk full: the age bound may drop early
+    except sqlite3.Error as e:  # disk full: shifted when the disk takes it (next turn)
         log.error(kv("outbox_rebase_failed", gateway=gateway_id, error=e))
-        return False
+        status.problem("clock", f"the wall clock jumped and the outbox cannot follow it "
+                       f"yet ({e}); the age bound may drop windows early")
+        return True
     for jump_ns, shifted in jumps:
         _clock_jumped(jump_ns, shifted, gateway_id, status)
     return bool(jumps)

@@ -223,6 +223,23 @@ def test_a_capture_right_after_a_clock_jump_expires_nothing(tmp_path: Path) -> N
     box.close()
 
 
+def test_a_clock_jump_whose_shift_was_rolled_back_is_followed_again(tmp_path: Path) -> None:
+    """Before (review): a put that failed after it had seen the jump rolled the shift back,
+    but the watch had moved on; the next put dropped every row by age."""
+    clocks = _Clocks()
+    box = Outbox(tmp_path / "o.sqlite", 10**8, max_age_s=3600, clock=clocks.watch())
+    for i in range(3):
+        box.put("s1", i, "t", b"x")
+        clocks.tick(1.0)
+    clocks.wall += 10 * 86_400 * 10**9
+    with pytest.raises(OverflowError):  # no SQLite integer: fails after seeing the jump
+        box.put("s1", 2**70, "t", b"x")
+    box.put("s1", 3, "t", b"x")
+    assert box.counters()["dropped"] == 0 and box.queued == 4
+    assert box.clock_jumps() == [(10 * 86_400 * 10**9, 3)]
+    box.close()
+
+
 def test_a_clock_jump_shifts_only_the_rows_of_this_run(tmp_path: Path) -> None:
     """Before: a jump shifted every queued row, also those an earlier run dated by a clock
     that was right (they would then never expire)."""
