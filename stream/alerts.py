@@ -56,8 +56,9 @@ INSTRUMENT_FAULT = Fault.SENSOR_FAULT
 STATE_FORMAT = "ballpass-alert-state/1"
 SEVERITIES = ("low", "medium", "high")
 SAVE_EVERY_S = 1.0
-"""How often (s) at most the state is saved for windows that changed no alarm: a kill -9
-forgets at most this long of them (acknowledged; those not acknowledged come again)."""
+"""How often (s) at most the state is saved for windows that changed no alarm (at a batch's
+end, or by the caller when `save_due`): a kill -9 forgets about this long of them
+(acknowledged ones; those not acknowledged come again)."""
 INCLUDED_SEQS = 1024
 """Seqs remembered per sensor: more than its windows unacknowledged at any time (three
 batches, `stream.batch_max`, in the broker's `max_inflight_messages`)."""
@@ -283,7 +284,7 @@ class AlertTracker:
             yield
         finally:
             self._deferred -= 1
-            if not self._deferred and self._dirty and (self._urgent or self._save_due()):
+            if not self._deferred and self._dirty and (self._urgent or self._saved_long_ago()):
                 self.save()
 
     def _persisted(self, t: Transition | None) -> Transition | None:
@@ -294,11 +295,17 @@ class AlertTracker:
     def _changed(self, urgent: bool = True) -> None:
         self._dirty = True
         self._urgent |= urgent
-        if not self._deferred and (urgent or self._save_due()):
+        if not self._deferred and (urgent or self._saved_long_ago()):
             self.save()
 
-    def _save_due(self) -> bool:
+    def _saved_long_ago(self) -> bool:
         return time.monotonic() - self._saved_at >= SAVE_EVERY_S
+
+    def save_due(self) -> bool:
+        """Something changed that a batch's end did not save yet, and it is time: the
+        caller saves (the stream's status loop, so that a quiet spell keeps nothing
+        unsaved for long)."""
+        return self.path is not None and self._dirty and self._saved_long_ago()
 
     def save(self) -> bool:
         """Write the whole state atomically (False, logged, when the disk refuses)."""

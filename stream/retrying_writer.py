@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,9 @@ class RetryingWriter:
         self.writer = writer
         self.spool = spool
         self.max_bytes = max_bytes
+        # A batch's commit and an operator action's write may spool at the same time, each
+        # in its own thread (the fsync must not hold the event loop).
+        self._spool_lock = threading.Lock()
         self.dead_letters = dead_letters
         self.counters = counters
         # Monotonic time of the first failure of the write now being retried (None: the
@@ -92,7 +96,8 @@ class RetryingWriter:
                 self.failing_since = None
                 return True
             except InfluxWriteError as e:
-                if not e.retryable and self._keep_refused(good, str(e), windows):
+                if not e.retryable and await asyncio.to_thread(
+                        self._keep_refused, good, str(e), windows):
                     self.failing_since = None  # the database answers: it refused these
                     return True
                 if self.failing_since is None:
@@ -119,6 +124,11 @@ class RetryingWriter:
         False when the disk takes neither (the caller then retries: the windows stay in
         the broker)."""
         data = "".join(encode_point(p) + "\n" for p in points).encode("utf-8")
+        with self._spool_lock:
+            return self._append_refused(data, points, reason, windows)
+
+    def _append_refused(self, data: bytes, points: Sequence[Point], reason: str,
+                        windows: int) -> bool:
         try:
             self.spool.parent.mkdir(parents=True, exist_ok=True)
             # Unbuffered: a write the disk cuts short must be undone here, not flushed again
@@ -134,7 +144,9 @@ class RetryingWriter:
                         view = view[os.write(fd, view):]
                     os.fsync(fd)
                 except OSError:
-                    os.ftruncate(fd, end)  # no half line for the next append to run into
+                    # No half line for the next append to run into (if this fails too, the
+                    # disk is beyond help: the error below is logged, the batch retried).
+                    os.ftruncate(fd, end)
                     raise
             finally:
                 os.close(fd)

@@ -696,6 +696,9 @@ class StreamService:
     async def _status_loop(self) -> None:
         while True:
             self._write_status()
+            if self.pipeline.alerts.save_due():  # the last batch before a quiet spell
+                async with self._state_lock:
+                    await asyncio.to_thread(self.pipeline.alerts.save)
             await asyncio.sleep(self.status_interval_s)
 
 

@@ -121,7 +121,9 @@ def test_the_state_keeps_the_seqs_it_took_in_and_the_alerts_not_yet_handed_on(
         again.include("s", 10, 1010)
     assert AlertTracker(AlertPolicy(3, 1, 5), path=path).held == [Held(firing, 9)], \
         "a batch without a transition is saved at most once a second"
+    assert not again.save_due()
     again._saved_at -= alerts.SAVE_EVERY_S
+    assert again.save_due(), "the stream's status loop saves it after a second"
     with again.batch():
         again.include("s", 11, 1011)
     reloaded = AlertTracker(AlertPolicy(3, 1, 5), path=path)
