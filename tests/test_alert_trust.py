@@ -52,6 +52,22 @@ def _config(tmp: Path, hooks: list[dict[str, Any]] | None = None) -> Any:
     })
 
 
+def _start_stream(site: Path, status: Path, log: Path) -> Any:
+    """`ballpass stream` on `site`, once it has subscribed."""
+    status.unlink(missing_ok=True)
+    proc = spawn_ballpass(["stream", "-c", str(site), "--status-file", str(status)], log)
+    wait_until(lambda: read_status(status).get("mqtt_connected"), 120, "subscribed")
+    return proc
+
+
+def _stop(client: mqtt.Client, proc: Any, receiver: WebhookReceiver) -> None:
+    client.loop_stop()
+    client.disconnect()
+    proc.terminate()
+    proc.wait(30)
+    receiver.stop()
+
+
 def test_a_bad_sensor_is_one_instrument_alert_and_never_a_machine_alarm(
         tmp_path: Path) -> None:
     """Before: a flat-lined sensor fired a machine alarm `sensor_fault` on every route."""
@@ -207,11 +223,7 @@ def test_kill_9_keeps_the_open_alarm_and_its_id_and_resolves_it_later(
                 .wait_for_publish(5)
 
     def start() -> Any:
-        status.unlink(missing_ok=True)
-        proc = spawn_ballpass(["stream", "-c", str(site), "--status-file", str(status)],
-                              tmp_path / "stream.log")
-        wait_until(lambda: read_status(status).get("mqtt_connected"), 120, "subscribed")
-        return proc
+        return _start_stream(site, status, tmp_path / "stream.log")
 
     def written() -> int:
         return int(read_status(status).get("counters", {}).get("written", 0))
@@ -232,11 +244,7 @@ def test_kill_9_keeps_the_open_alarm_and_its_id_and_resolves_it_later(
         wait_until(lambda: len(receiver.received) >= 2, 60, "the resolution")
         time.sleep(1.0)  # a re-fired alarm, if any, would be here by now
     finally:
-        client.loop_stop()
-        client.disconnect()
-        proc.terminate()
-        proc.wait(30)
-        receiver.stop()
+        _stop(client, proc, receiver)
     assert [(a["status"], a["alert_id"]) for a in receiver.received] == [
         ("firing", fired["alert_id"]), ("resolved", fired["alert_id"])]
 
@@ -294,11 +302,7 @@ def test_kill_9_before_the_write_loses_no_alert_and_counts_no_window_twice(
                for s in range(1, 6)]
 
     def start() -> Any:
-        status.unlink(missing_ok=True)
-        proc = spawn_ballpass(["stream", "-c", str(site), "--status-file", str(status)],
-                              tmp_path / "stream.log")
-        wait_until(lambda: read_status(status).get("mqtt_connected"), 120, "subscribed")
-        return proc
+        return _start_stream(site, status, tmp_path / "stream.log")
 
     def alert_state() -> dict[str, Any]:
         try:
@@ -329,11 +333,7 @@ def test_kill_9_before_the_write_loses_no_alert_and_counts_no_window_twice(
         time.sleep(1.0)  # a second firing, if any, would be here by now
         counters = read_status(status)["counters"]
     finally:
-        client.loop_stop()
-        client.disconnect()
-        proc.terminate()
-        proc.wait(30)
-        receiver.stop()
+        _stop(client, proc, receiver)
         link.cut()
     assert [(a["status"], a["alert_id"]) for a in receiver.received] == [
         ("firing", held["alert"]["alert_id"])]
