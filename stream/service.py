@@ -568,6 +568,9 @@ class StreamService:
         if not alerts:
             return
         self.pipeline.alerts.sent(alerts)
+        await self._save_alert_state()
+
+    async def _save_alert_state(self) -> None:
         async with self._state_lock:  # not while a batch changes the state in its thread
             await asyncio.to_thread(self.pipeline.alerts.save)
 
@@ -697,8 +700,7 @@ class StreamService:
         while True:
             self._write_status()
             if self.pipeline.alerts.save_due():  # the last batch before a quiet spell
-                async with self._state_lock:
-                    await asyncio.to_thread(self.pipeline.alerts.save)
+                await self._save_alert_state()
             await asyncio.sleep(self.status_interval_s)
 
 
