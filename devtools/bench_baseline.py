@@ -199,9 +199,9 @@ def _rails_and_spikes(x: np.ndarray) -> tuple[float, int]:
     dev = np.abs(x - med)
     limit = th.SPIKE_K * 1.4826 * float(np.median(np.abs(sub - med)))
     spikes = 0
-    for j in np.nonzero(dev > limit)[0] if limit > 0 else ():
-        near = dev[[k for k in (j - 4, j - 3, j - 2, j + 2, j + 3, j + 4) if 0 <= k < n]]
-        wide = 0 < j < n - 1 and min(dev[j - 1], dev[j + 1]) >= 0.5 * dev[j]
+    for j in np.nonzero(dev[4 : n - 4] > limit)[0] + 4 if limit > 0 else ():
+        near = dev[[j - 4, j - 3, j - 2, j + 2, j + 3, j + 4]]
+        wide = min(dev[j - 1], dev[j + 1]) >= 0.5 * dev[j]
         spikes += bool(np.all(near < th.SPIKE_ISOLATION * dev[j]) and not wide)
     return clip, spikes
 

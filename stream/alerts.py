@@ -105,6 +105,15 @@ class SensorAlertState:
 _STATE_FIELDS = tuple(f.name for f in dataclasses.fields(SensorAlertState) if f.name != "recent")
 
 
+@dataclass
+class _Included:
+    """The seqs of the windows a sensor's states took in, and the latest capture time (ns)
+    among them."""
+
+    runs: SeqRuns
+    t0_ns: int
+
+
 @dataclass(frozen=True)
 class Held:
     """An alert made and not yet handed on: its `alerts` row at `t_ns` (ns) is still to be
@@ -143,10 +152,7 @@ class AlertTracker:
         self.sensors: dict[str, SensorAlertState] = {}
         self.instruments: dict[str, SensorAlertState] = {}
         self.path = path
-        # Per sensor, the seqs of the windows its states took in and the latest capture
-        # time among them (ns, `include`).
-        self.included: dict[str, SeqRuns] = {}
-        self._included_t0: dict[str, int] = {}
+        self._included: dict[str, _Included] = {}
         # Alerts made but not yet handed on; changed by a batch in a worker thread and by
         # the commit of the batch before on the event loop, hence the lock.
         self._held: list[Held] = []
@@ -182,19 +188,38 @@ class AlertTracker:
         return self._persisted(_advance(s, self.policy_of(sensor), sensor, seen, t_ns, "low",
                                         "instrument"))
 
+    @contextlib.contextmanager
+    def undo_on_error(self, sensor: str) -> Iterator[None]:
+        """On an error inside, put `sensor`'s machine and instrument states back as they
+        were: a window refused after its step would otherwise leave a transition made and
+        never told (its alert neither held nor sent)."""
+        saved = [(table, table[sensor].to_json() if sensor in table else None)
+                 for table in (self.sensors, self.instruments)]
+        try:
+            yield
+        except BaseException:
+            n = self.policy_of(sensor).window_n
+            for table, data in saved:
+                if data is None:
+                    table.pop(sensor, None)
+                else:
+                    table[sensor] = SensorAlertState.from_json(data, n)
+            raise
+
     def includes(self, sensor: str, seq: int, t0_ns: int) -> bool:
         """Whether `sensor`'s states took in its window `seq` (captured at `t0_ns`) already.
         A window newer than all those taken in is not one of them, whatever its seq (an
         outbox whose seqs started again)."""
-        runs = self.included.get(sensor)
-        return runs is not None and seq in runs and t0_ns <= self._included_t0[sensor]
+        seen = self._included.get(sensor)
+        return seen is not None and seq in seen.runs and t0_ns <= seen.t0_ns
 
     def include(self, sensor: str, seq: int, t0_ns: int) -> None:
         """Record that `sensor`'s states took in its window `seq` (saved with them)."""
         if self.path is None:
             return
-        self.included.setdefault(sensor, SeqRuns(INCLUDED_SEQS)).add(seq)
-        self._included_t0[sensor] = max(t0_ns, self._included_t0.get(sensor, t0_ns))
+        seen = self._included.setdefault(sensor, _Included(SeqRuns(INCLUDED_SEQS), t0_ns))
+        seen.runs.add(seq)
+        seen.t0_ns = max(seen.t0_ns, t0_ns)
         self._changed(urgent=False)
 
     def hold(self, alert: dict[str, Any], t_ns: int) -> None:
@@ -316,8 +341,8 @@ class AlertTracker:
         data = {"format": STATE_FORMAT,
                 "machine": {k: v.to_json() for k, v in self.sensors.items()},
                 "instrument": {k: v.to_json() for k, v in self.instruments.items()},
-                "included": {k: {"runs": v.as_json(), "t0_ns": self._included_t0[k]}
-                             for k, v in self.included.items()},
+                "included": {k: {"runs": v.runs.as_json(), "t0_ns": v.t0_ns}
+                             for k, v in self._included.items()},
                 "held": [dataclasses.asdict(h) for h in self.held]}
         tmp = self.path.with_suffix(".tmp")
         try:
@@ -344,8 +369,8 @@ class AlertTracker:
                         state, self.policy_of(sensor).window_n)
             # Absent from the files of before (stop 27): nothing included, nothing held.
             for sensor, seen in data.get("included", {}).items():
-                self.included[sensor] = SeqRuns(INCLUDED_SEQS, seen["runs"])
-                self._included_t0[sensor] = int(seen["t0_ns"])
+                self._included[sensor] = _Included(SeqRuns(INCLUDED_SEQS, seen["runs"]),
+                                                   int(seen["t0_ns"]))
             self._held = [Held(dict(h["alert"]), int(h["t_ns"]), bool(h["hooked"]))
                           for h in data.get("held", [])]
         except FileNotFoundError:
@@ -355,8 +380,7 @@ class AlertTracker:
             log.error(kv("alert_state_unreadable", path=path, reason=e, moved_to=aside))
             self.sensors.clear()
             self.instruments.clear()
-            self.included.clear()
-            self._included_t0.clear()
+            self._included.clear()
             self._held = []
             with contextlib.suppress(OSError):
                 os.replace(path, aside)

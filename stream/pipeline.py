@@ -246,7 +246,8 @@ class Pipeline:
                     points += vibration_points(r)
                     replayed += 1
                     continue
-                r, extra, fired = self._advance_one(r)
+                with self.alerts.undo_on_error(r.incoming.sensor):
+                    r, extra, fired = self._advance_one(r)
             except Exception as e:
                 log.exception(kv("window_failed", sensor=r.incoming.sensor, seq=w.seq))
                 failed.append((r.incoming, f"seq {w.seq}: {e!r}"))

@@ -165,6 +165,7 @@ class RetryingWriter:
                   "bytes; replay or remove it)")
         # Counted per window; an operator action's write (no window) counts one.
         self.counters.rejected["spool_full"] += max(windows, 1)
+        self.counters.dead_lettered += max(windows, 1)
         log.error(kv("point_rejected", reason="spool_full", detail=detail))
         self.dead_letters.add("spool_full", "influx", detail)
         return True

@@ -46,9 +46,10 @@ def moments(x: np.ndarray, plateau_tol: float = 0.05, spike_k: float = 8.0,
         dev = np.abs(row - med)
         if limit > 0:
             for j in np.nonzero(dev > limit)[0]:
-                near = [dev[k] for k in (j - 4, j - 3, j - 2, j + 2, j + 3, j + 4)
-                        if 0 <= k < n]
-                wide = j > 0 and j < n - 1 and min(dev[j - 1], dev[j + 1]) >= 0.5 * dev[j]
+                if not 4 <= j < n - 4:
+                    continue
+                near = [dev[k] for k in (j - 4, j - 3, j - 2, j + 2, j + 3, j + 4)]
+                wide = min(dev[j - 1], dev[j + 1]) >= 0.5 * dev[j]
                 out[i, 6] += all(v < spike_isolation * dev[j] for v in near) and not wide
     return out
 

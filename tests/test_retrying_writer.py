@@ -72,6 +72,7 @@ def test_a_full_spool_dead_letters_the_refusal_and_keeps_what_it_holds(
         assert asyncio.run(writer.write(conflict, stop, windows=1))
     assert (tmp_path / "spool.lp").read_text() == f'vibration,sensor=a seq="one" {now + 1}\n'
     assert counters.spooled == 1 and counters.rejected == {"spool_full": 1}
+    assert counters.dead_lettered == 1
     [letter] = [json.loads(x) for x in (tmp_path / "deadletter.jsonl").read_text().splitlines()]
     assert letter["reason"] == "spool_full" and "is full" in letter["detail"]
 

@@ -177,3 +177,43 @@ def test_a_window_whose_online_step_fails_does_not_advance_the_others_twice(
     assert service.counters.rejected == {"processing_error": 1}
     [letter] = (tmp_path / "deadletter.jsonl").read_text().splitlines()
     assert "model bug" in json.loads(letter)["detail"]
+
+
+def test_a_window_refused_after_its_transition_leaves_no_alarm_made_and_untold(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a window whose points failed after its alert state had fired was refused,
+    but the state stayed in alarm: the alarm was never held, written or sent, and the
+    next windows, already in alarm, made no transition."""
+    from ballpass.models.catalog import lookup
+    from ballpass.simulators.signals import synthesize
+    from ballpass.stream import pipeline as pipeline_module
+
+    service = _service(tmp_path)
+    rng = np.random.default_rng(2)
+    orders = lookup("SKF 6205").orders()
+
+    def outer_race(seq: int) -> Incoming:
+        x = synthesize("outer_race", orders, 25.0, 25600.0, 8192, severity=1.0, rng=rng)
+        return Incoming("s", "g", "a", Window(seq=seq, t0_ns=seq, fs_hz=25600.0,
+                                              samples=x.reshape(1, -1)))
+
+    real, refused = pipeline_module.window_points, []
+
+    def window_points(r: Any) -> Any:
+        if r.state == "alarm" and not refused:
+            refused.append(r.incoming.window.seq)
+            raise RuntimeError("points bug, once")
+        return real(r)
+
+    monkeypatch.setattr(pipeline_module, "window_points", window_points)
+    alerts: list[dict[str, Any]] = []
+    failed: list[Any] = []
+    for seq in range(1, 9):
+        output = asyncio.run(asyncio.to_thread(service._process, [outer_race(seq)]))
+        alerts += output.alerts
+        failed += output.failed
+    assert refused and [item.window.seq for item, _ in failed] == refused
+    assert [(a["status"], a["diagnosis"]) for a in alerts] == [("firing", "outer_race")]
+    held = service.pipeline.alerts.held
+    assert [h.alert["alert_id"] for h in held] == [alerts[0]["alert_id"]]
+    assert service.pipeline.alerts.state("a") == "alarm"

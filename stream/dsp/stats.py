@@ -38,7 +38,8 @@ def _moments(x: np.ndarray, plateau_tol: float, spike_k: float, spike_isolation:
     at most two samples wide (not both next neighbours above half of it), whose neighbours 2
     to 4 samples away on both sides all stay below `spike_isolation` × that deviation. A
     structure struck by an impact rings for milliseconds (many samples);
-    an electrical spike is one or two samples wide.
+    an electrical spike is one or two samples wide. The first and last 4 samples are never
+    spikes: their neighbourhood is incomplete.
     """
     b, n = x.shape
     out = np.zeros((b, 7))
@@ -93,16 +94,17 @@ def _moments(x: np.ndarray, plateau_tol: float, spike_k: float, spike_isolation:
             if row[j] >= hi - tol or row[j] <= lo + tol:
                 n_ext += 1
             a = abs(row[j] - med)
-            if limit > 0.0 and a > limit:
+            # Within 4 samples of an end the neighbourhood is cut: an impact that starts in
+            # the last samples would look isolated, its ringing being in the next window.
+            if limit > 0.0 and a > limit and 4 <= j < n - 4:
                 isolated = True
                 for off in (-4, -3, -2, 2, 3, 4):
                     k = j + off
-                    if 0 <= k < n and abs(row[k] - med) >= spike_isolation * a:
+                    if abs(row[k] - med) >= spike_isolation * a:
                         isolated = False
                         break
                 # At most two samples wide: not both next neighbours above half of it.
-                wide = (j > 0 and abs(row[j - 1] - med) >= 0.5 * a) and (
-                    j < n - 1 and abs(row[j + 1] - med) >= 0.5 * a)
+                wide = abs(row[j - 1] - med) >= 0.5 * a and abs(row[j + 1] - med) >= 0.5 * a
                 if isolated and not wide:
                     spikes += 1
         out[i, 5] = n_ext / n
