@@ -17,6 +17,17 @@ STAT_NAMES: tuple[str, ...] = ("rms_g", "peak_g", "crest", "kurtosis", "skewness
 
 
 @njit(cache=True, nogil=True)
+def _isolated(row: np.ndarray, j: int, med: float, a: float, spike_isolation: float) -> bool:
+    """Whether sample `j` (deviation `a` from `med`) is a spike: at most two samples wide
+    (not both next neighbours above half of it), its neighbours 2 to 4 away on both sides
+    below `spike_isolation` × `a`."""
+    for off in (-4, -3, -2, 2, 3, 4):
+        if abs(row[j + off] - med) >= spike_isolation * a:
+            return False
+    return not (abs(row[j - 1] - med) >= 0.5 * a and abs(row[j + 1] - med) >= 0.5 * a)
+
+
+@njit(cache=True, nogil=True)
 def _moments(x: np.ndarray, plateau_tol: float, spike_k: float, spike_isolation: float,
              spike_samples: int) -> np.ndarray:
     """Per row: rms (g), peak |x| (g), crest, kurtosis (Pearson), skewness, clip fraction,
@@ -88,24 +99,17 @@ def _moments(x: np.ndarray, plateau_tol: float, spike_k: float, spike_isolation:
         tol = plateau_tol * step
         med = np.median(sub)
         limit = spike_k * 1.4826 * np.median(np.abs(sub - med))
+        top, bottom = hi - tol, lo + tol
         n_ext = 0
+        for j in range(n):  # branch-free, so that it vectorises
+            n_ext += (row[j] >= top) | (row[j] <= bottom)
         spikes = 0
-        for j in range(n):
-            if row[j] >= hi - tol or row[j] <= lo + tol:
-                n_ext += 1
-            a = abs(row[j] - med)
+        if limit > 0.0:
             # Within 4 samples of an end the neighbourhood is cut: an impact that starts in
             # the last samples would look isolated, its ringing being in the next window.
-            if limit > 0.0 and a > limit and 4 <= j < n - 4:
-                isolated = True
-                for off in (-4, -3, -2, 2, 3, 4):
-                    k = j + off
-                    if abs(row[k] - med) >= spike_isolation * a:
-                        isolated = False
-                        break
-                # At most two samples wide: not both next neighbours above half of it.
-                wide = abs(row[j - 1] - med) >= 0.5 * a and abs(row[j + 1] - med) >= 0.5 * a
-                if isolated and not wide:
+            for j in range(4, n - 4):
+                a = abs(row[j] - med)
+                if a > limit and _isolated(row, j, med, a, spike_isolation):
                     spikes += 1
         out[i, 5] = n_ext / n
         out[i, 6] = spikes
