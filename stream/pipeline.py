@@ -277,7 +277,6 @@ class Pipeline:
                                severity(diagnosis, r.diagnosis.iso_zone, days_d)))
             if t is not None]
         r = replace(r, state=self.alerts.state(item.sensor))
-        self._last[item.sensor] = r
         if transitions:
             message = diagnosis_message(r)
             for t in transitions:
@@ -286,6 +285,7 @@ class Pipeline:
                 points.append(alert_point(alert, t0))
         points += window_points(r)
         # Last, when nothing can raise any more: a window refused (raised) is not taken in.
+        self._last[item.sensor] = r
         self.alerts.include(item.sensor, item.window.seq, t0)
         for alert in alerts:
             self.alerts.hold(alert, t0)
