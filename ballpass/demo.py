@@ -154,9 +154,8 @@ class StreamProc:
         preferred = f"127.0.0.1:{EVIDENCE_PORT}"
         if self.child.proc.returncode != EXIT_CONFIG or preferred not in self.child.args:
             return False
-        said = self.child.log_path.read_text(encoding="utf-8", errors="replace")
-        if f"--http: cannot listen on {preferred}" not in said:
-            return False
+        if _evidence_port() == EVIDENCE_PORT:
+            return False  # the port is free: it exited for another reason
         log.warning(kv("demo_evidence_port_taken", process=self.child.name,
                        port=EVIDENCE_PORT, retry="any free port"))
         self.child.wait(5)
