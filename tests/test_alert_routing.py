@@ -19,7 +19,7 @@ import pytest
 
 from ballpass.config import WebhookConfig, parse
 from ballpass.services import free_port
-from ballpass.stream.sinks.formats import ACTIONS
+from ballpass.stream.sinks.formats import ACTIONS, severity
 from ballpass.stream.sinks.webhook import WebhookSender
 
 PUBLIC = "http://evidence.example:8787"
@@ -314,3 +314,15 @@ def test_a_group_whose_delivery_raises_is_given_up_and_the_route_goes_on(
     assert (c.delivered, c.failed, c.pending) == (1, 1, 0)
     [kept] = list((tmp_path / "state").rglob("rejected/*.alert.json"))
     assert json.loads(kept.read_text())["sensor"] == "bad"
+
+
+def test_an_alarm_the_state_machine_rates_high_is_critical_on_call() -> None:
+    """Before: the state machine's `high` (a bearing defect in zone C, zone D projected
+    within 7 days) was not one of the on-call severities and was dropped: `warning`."""
+    assert severity(alert("a", iso_zone="B", severity="high")) == "critical"
+    assert severity(alert("a", iso_zone="C", severity="high")) == "critical"
+    assert severity(alert("a", iso_zone="C", severity="medium")) == "error"
+    assert severity(alert("a", iso_zone="B", severity="medium")) == "warning"
+    assert severity(alert("a", iso_zone="D", severity="low")) == "critical"
+    assert severity(alert("a", "resolved", severity="high")) == "info"
+    assert severity(alert("a", kind="instrument", severity="high")) == "info"

@@ -52,13 +52,16 @@ class Request:
 
 
 def severity(alert: dict[str, Any]) -> str:
-    """PagerDuty-style severity: critical (ISO zone D), error (zone C), warning, info."""
+    """PagerDuty-style severity of an alert: critical in ISO zone D or when the alert state
+    machine rated it "high" (`alerts.severity`: a bearing defect or misalignment in zone C,
+    zone D projected within 7 days), error in zone C, else warning; info for a resolve or
+    an instrument alert."""
     if alert.get("kind") == "instrument":
         return "info"  # the sensor needs maintenance; the machine is not known to be at fault
-    if alert.get("severity") in SEVERITIES:
-        return str(alert["severity"])  # the alert state machine may set it
     if alert.get("status") == "resolved":
         return "info"
+    if alert.get("severity") == "high":
+        return "critical"
     zone = alert.get("iso_zone")
     return {"D": "critical", "C": "error"}.get(zone or "", "warning")
 
