@@ -167,6 +167,20 @@ def test_a_directory_where_a_file_is_meant_names_its_key(tmp_path: Path) -> None
                         "stream.state_dir: must be a directory, got a file 'f'")
 
 
+@pytest.mark.parametrize(("name", "problem"), [
+    ("d", "gateway[0].sensor[1].options.path: must be a file, got a directory"),
+    ("f", "gateway[0].sensor[2].options.root: must be a directory, got a file")])
+def test_a_driver_path_of_the_wrong_kind_names_its_key(tmp_path: Path, name: str,
+                                                      problem: str) -> None:
+    """Before: a replay `path` naming a directory (or an iio `root` naming a file) passed
+    check-config and failed only when the gateway opened it."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f").write_text("x")
+    value = json.dumps(str(tmp_path / name))
+    path = site(tmp_path, sensors=REPLAY_AND_IIO.format(value=value))
+    assert_config_error(ballpass("check-config", str(path)), problem)
+
+
 def test_a_secret_that_is_not_utf8_names_its_key(tmp_path: Path) -> None:
     (tmp_path / "bad").write_bytes(b"\xff\xfe secret")
     path = _every_path(tmp_path, '"bad"', state_dir=json.dumps(str(tmp_path / "state")))

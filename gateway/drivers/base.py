@@ -130,14 +130,16 @@ def root_path(options: dict, path: str) -> str:
     """
     import os
 
-    root = path_option(options, "root", "/")
+    root = path_option(options, "root", "/", kind="directory")
     assert isinstance(root, str)
     return os.path.join(root, path.lstrip("/"))
 
 
-def path_option(options: dict[str, Any], key: str, default: str | None) -> str | None:
+def path_option(options: dict[str, Any], key: str, default: str | None,
+                kind: str = "file") -> str | None:
     """A file-system path option: a string without NUL bytes (which no system call
-    accepts, so it would fail at every open), `~` expanded. ValueError naming the key."""
+    accepts, so it would fail at every open), `~` expanded, and, when it exists, of its
+    `kind` ("file" or "directory"). ValueError naming the key."""
     import os
 
     value = option(options, key, str, default)
@@ -149,4 +151,8 @@ def path_option(options: dict[str, Any], key: str, default: str | None) -> str |
     expanded = os.path.expanduser(value)
     if expanded.startswith("~"):
         raise ValueError(f"options.{key}: must be a path whose ~user exists, got {value!r}")
+    wrong = {"file": os.path.isdir, "directory": os.path.isfile}[kind]
+    if wrong(expanded):
+        other = "a directory" if kind == "file" else "a file"
+        raise ValueError(f"options.{key}: must be a {kind}, got {other} {value!r}")
     return expanded
