@@ -157,6 +157,7 @@ class AlertTracker:
         # the commit of the batch before on the event loop, hence the lock.
         self._held: list[Held] = []
         self._held_lock = threading.Lock()
+        self._save_lock = threading.Lock()
         self._deferred = 0  # nesting depth of batch()
         self._dirty = False  # changed since the last save
         self._urgent = False  # ... by something to save before anyone is told
@@ -336,6 +337,12 @@ class AlertTracker:
         """Write the whole state atomically (False, logged, when the disk refuses)."""
         if self.path is None:
             return False
+        # One save at a time: a save left running in its thread by a cancelled task and the
+        # final one at a stop would write the same temporary file at once (a torn state).
+        with self._save_lock:
+            return self._save(self.path)
+
+    def _save(self, path: Path) -> bool:
         self._dirty = self._urgent = False
         self._saved_at = time.monotonic()
         data = {"format": STATE_FORMAT,
@@ -344,16 +351,16 @@ class AlertTracker:
                 "included": {k: {"runs": v.runs.as_json(), "t0_ns": v.t0_ns}
                              for k, v in self._included.items()},
                 "held": [dataclasses.asdict(h) for h in self.held]}
-        tmp = self.path.with_suffix(".tmp")
+        tmp = path.with_suffix(".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             with tmp.open("w", encoding="utf-8") as f:
                 json.dump(data, f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            os.replace(tmp, path)
         except OSError as e:
-            log.error(kv("alert_state_save_failed", path=self.path, reason=e))
+            log.error(kv("alert_state_save_failed", path=path, reason=e))
             self._dirty = self._urgent = True  # again after the next batch
             return False
         return True

@@ -89,6 +89,7 @@ class StreamService:
         (not in state files) and alerts reach the webhooks through the ALERTS stream."""
         self.config = config
         self.status_file = status_file
+        self._status_unwritable = False  # the last write of the status file failed
         self.status_interval_s = status_interval_s
         state_dir = config.stream.state_dir
         self.counters = StreamCounters()
@@ -182,8 +183,12 @@ class StreamService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(webhook_task, timeout=30)
             status_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await status_task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a bug in it: still save and stop as usual
+                log.exception(kv("status_loop_failed"))
             # Online models persist at shutdown too (the periodic save runs after batches).
             await asyncio.to_thread(self._save_online)
             self._write_status()
@@ -690,11 +695,22 @@ class StreamService:
         }
 
     def _write_status(self) -> None:
+        """Write the status file; a disk that refuses it is logged once per spell (the
+        status loop, and what it also saves, must go on)."""
         if self.status_file is None:
             return
         tmp = self.status_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.status(), indent=1, default=str), encoding="utf-8")
-        os.replace(tmp, self.status_file)
+        try:
+            tmp.write_text(json.dumps(self.status(), indent=1, default=str), encoding="utf-8")
+            os.replace(tmp, self.status_file)
+        except OSError as e:
+            if not self._status_unwritable:
+                log.error(kv("status_file_unwritable", path=self.status_file, reason=e))
+            self._status_unwritable = True
+            return
+        if self._status_unwritable:
+            log.info(kv("status_file_written_again", path=self.status_file))
+        self._status_unwritable = False
 
     async def _status_loop(self) -> None:
         while True:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -150,3 +153,35 @@ def test_without_a_path_no_seq_or_alert_is_kept() -> None:
     a.include("s", 1, 1)
     a.hold({"alert_id": "x", "status": "firing", "kind": "machine", "sensor": "s"}, 1)
     assert not a.includes("s", 1, 1) and a.held == []
+
+
+def test_two_saves_at_once_leave_one_whole_state(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a save left running in its thread (its task cancelled at a stop) and the
+    final save wrote the same temporary file at once: a torn alerts.json, moved aside at
+    the next start with every open alarm in it."""
+    path = tmp_path / "alerts.json"
+    a = AlertTracker(AlertPolicy(3, 1, 5), path=path)
+    for i in range(200):
+        a.include(f"s{i}", i, i)
+    first = threading.Event()
+
+    def slow_dump(data: object, f: Any, **kw: Any) -> None:
+        text = json.dumps(data)
+        f.write(text[: len(text) // 2])
+        f.flush()
+        if not first.is_set():
+            first.set()
+            time.sleep(0.3)  # the other save runs meanwhile
+        f.write(text[len(text) // 2 :])
+
+    monkeypatch.setattr(alerts.json, "dump", slow_dump)
+    early = threading.Thread(target=a.save)
+    early.start()
+    assert first.wait(5)
+    a.include("late", 1, 1)
+    late = threading.Thread(target=a.save)
+    late.start()
+    early.join(5)
+    late.join(5)
+    assert "late" in json.loads(path.read_text())["included"]

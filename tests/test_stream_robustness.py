@@ -217,3 +217,35 @@ def test_a_window_refused_after_its_transition_leaves_no_alarm_made_and_untold(
     held = service.pipeline.alerts.held
     assert [h.alert["alert_id"] for h in held] == [alerts[0]["alert_id"]]
     assert service.pipeline.alerts.state("a") == "alarm"
+
+
+def test_a_status_file_the_disk_refuses_stops_neither_the_status_loop_nor_the_saves(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before: one failed write of the status file ended the status loop silently (no
+    more status, no quiet-spell save of the alert state), and at the stop its error was
+    raised again, skipping the save of the online models."""
+    import shutil
+
+    status_dir = tmp_path / "status"
+    status_dir.mkdir()
+    class Sink(_NoWriter):
+        def write(self, points: object) -> None:
+            pass
+
+    service = StreamService(_service(tmp_path / "state").config, Sink(),
+                            status_file=status_dir / "status.json", status_interval_s=0.05)
+    loop_alive: list[bool] = []
+
+    async def source_run(stop: asyncio.Event, handle: Any) -> None:
+        await asyncio.to_thread(service._process, [_item("a", 1), _item("a", 2)])
+        shutil.rmtree(status_dir)
+        await asyncio.sleep(0.3)
+        loop_alive.append(any(t.get_name() == "status" and not t.done()
+                              for t in asyncio.all_tasks()))
+        stop.set()
+
+    service.source.run = source_run  # type: ignore[method-assign]
+    asyncio.run(service.run(asyncio.Event()))
+    assert loop_alive == [True]
+    assert "event=status_file_unwritable" in caplog.text
+    assert list((tmp_path / "state" / "online").glob("a.*"))
