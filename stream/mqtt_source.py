@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import aiomqtt
 
 from ballpass import backoff
-from ballpass.config import BrokerConfig, StreamConfig
+from ballpass.config import BrokerConfig, ConfigError, StreamConfig
 from ballpass.log import kv
 from ballpass.stream.retrying_writer import RETRY_INITIAL_S, RETRY_MAX_S, sleep_or_stop
 
@@ -73,15 +73,13 @@ class MqttSource:
         self._client: aiomqtt.Client | None = None
 
     def _new_client(self) -> aiomqtt.Client:
+        """A client with the current settings; raises ConfigError, OSError or ssl.SSLError
+        when a password, CA or certificate file cannot be used now."""
         b, s = self.broker, self.stream
-        tls = None
-        if b.tls:
-            tls = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
-            if b.cert_file:
-                tls.load_cert_chain(str(b.cert_file), str(b.key_file) if b.key_file else None)
+        tls, password = _login(b, s)
         client = aiomqtt.Client(
             b.host, b.port, identifier=s.client_id, clean_session=False,
-            username=s.username or b.username, password=s.password() or b.password(),
+            username=s.username or b.username, password=password,
             keepalive=b.keepalive_s, tls_context=tls,
             # Unbounded: aiomqtt DISCARDS a message when its queue is full, and with manual
             # acks nothing re-sends it until the next reconnect. The broker's
@@ -108,7 +106,19 @@ class MqttSource:
         while not stop.is_set():
             b = self.broker
             try:
-                async with self._new_client() as client:
+                client = self._new_client()
+            except (ConfigError, OSError, ssl.SSLError) as e:
+                if not self.generation:
+                    raise  # at start: a config error (exit 2)
+                # Later (a password file being rotated, say): retried, the stream goes on.
+                attempt += 1
+                delay = backoff.jittered_s(attempt, RETRY_INITIAL_S, RETRY_MAX_S)
+                log.error(kv("broker_login_unusable", reason=e, attempt=attempt,
+                             retry_in_s=round(delay, 1)))
+                await sleep_or_stop(stop, delay)
+                continue
+            try:
+                async with client:
                     attempt = 0
                     self.generation += 1
                     for topic in self.subscriptions:
@@ -190,7 +200,9 @@ class MqttSource:
 
     def reconfigure(self, broker: BrokerConfig) -> None:
         """Use `broker` from the next connection on, and reconnect now so that new
-        credentials (re-read at every connect) apply at once."""
+        credentials (re-read at every connect) apply at once. Raises (and keeps the old
+        settings) when its password, CA or certificate file cannot be used."""
+        _login(broker, self.stream)
         self.broker = broker
         if self._client is not None:
             log.info(kv("broker_reconnecting", reason="reconfigured"))
@@ -213,3 +225,13 @@ class MqttSource:
         except aiomqtt.MqttError as e:
             log.warning(kv("publish_failed", topic=topic, reason=e))
             return False
+
+
+def _login(b: BrokerConfig, s: StreamConfig) -> tuple[ssl.SSLContext | None, str | None]:
+    """The TLS context and password of a connection with `b` as `s`'s user, read now."""
+    tls = None
+    if b.tls:
+        tls = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
+        if b.cert_file:
+            tls.load_cert_chain(str(b.cert_file), str(b.key_file) if b.key_file else None)
+    return tls, s.password() or b.password()

@@ -20,6 +20,7 @@ import functools
 import json
 import logging
 import os
+import ssl
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -633,11 +634,16 @@ class StreamService:
             log.error(kv("config_reload_failed", path=path, reason=e))
             sdnotify.notify(f"READY=1\nSTATUS=reload failed, old config kept: {e}"[:900])
             return
+        try:
+            self.source.reconfigure(new.broker)
+        except (ConfigError, OSError, ssl.SSLError) as e:  # a password or TLS file
+            log.error(kv("config_reload_failed", path=path, reason=e))
+            sdnotify.notify(f"READY=1\nSTATUS=reload failed, old config kept: {e}"[:900])
+            return
         restart = [f.name for f in dataclasses.fields(new)
                    if f.name not in ("broker", "source")
                    and getattr(new, f.name) != getattr(self.config, f.name)]
         self.config = dataclasses.replace(self.config, broker=new.broker)
-        self.source.reconfigure(new.broker)
         if restart:
             log.warning(kv("config_reload_needs_restart", sections=",".join(restart)))
         log.info(kv("config_reloaded", path=path, applied="broker,credentials"))

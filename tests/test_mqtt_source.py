@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as mqtt
+import pytest
 
-from ballpass.config import BrokerConfig, StreamConfig
+from ballpass.config import BrokerConfig, ConfigError, StreamConfig
 from ballpass.services import Mosquitto
 from ballpass.stream.mqtt_source import Commit, Delivery, MqttSource
 
@@ -131,3 +134,43 @@ def test_a_reconfigure_while_subscribing_connects_again_with_the_new_settings(
         aiomqtt.Client.subscribe = real_subscribe  # type: ignore[method-assign]
     assert subscribed_with == [new.keepalive_s - 1, new.keepalive_s], subscribed_with
     assert source.generation == 2
+
+
+def test_a_password_file_gone_at_a_reconnect_is_waited_for_and_a_reload_refused(
+        mosquitto_auth: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before: a reconnect (a broker restart, a SIGHUP) while the password file was away
+    (rotated, say) raised a ConfigError out of `run`: the stream exited 2, which systemd
+    does not restart; and a reload accepted such a file."""
+    secret = tmp_path / "stream.pw"
+    secret.write_text(mosquitto_auth.users["stream"])
+    source = MqttSource(BrokerConfig(host="127.0.0.1", port=mosquitto_auth.port),
+                        StreamConfig(username="stream", password_file=secret), [TOPIC])
+
+    async def handle(batch: list[Delivery]) -> None:
+        return None
+
+    async def until(what: Any) -> None:
+        for _ in range(500):
+            if what():
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("timed out")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        runner = asyncio.create_task(source.run(stop, handle))
+        await until(lambda: source.connected)
+        secret.unlink()
+        with pytest.raises(ConfigError, match=r"stream\.pw"):
+            source.reconfigure(dataclasses.replace(source.broker, keepalive_s=17))
+        assert source.broker.keepalive_s != 17 and source.connected  # kept, not dropped
+        assert source._client is not None
+        source._client._client.disconnect()  # as a broker restart would
+        await until(lambda: "event=broker_login_unusable" in caplog.text)
+        assert not runner.done()
+        secret.write_text(mosquitto_auth.users["stream"])
+        await until(lambda: source.connected and source.generation == 2)
+        stop.set()
+        await runner
+
+    asyncio.run(main())

@@ -500,6 +500,6 @@ class NatsSource:
     def reconfigure(self, broker: BrokerConfig) -> None:
         """[broker] is the relay's mosquitto (the worker itself reads [cluster]): a running
         relay reconnects with it at once, a later one starts with it."""
-        self.config = dataclasses.replace(self.config, broker=broker)
         if self._relay is not None:
-            self._relay.mqtt.reconfigure(broker)
+            self._relay.mqtt.reconfigure(broker)  # raises, changing nothing, if unusable
+        self.config = dataclasses.replace(self.config, broker=broker)
