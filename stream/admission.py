@@ -81,6 +81,15 @@ class Admission(Generic[M]):
                                             f"{owner!r}, not {gateway!r}")
         return None
 
+    def gateway_binding(self, site: str, gateway: str) -> Refusal | None:
+        """Why `gateway` may not report under `site` (a status), or None if it may."""
+        if site != self.site:
+            return Refusal("wrong_site", f"gateway {gateway!r} is not of site {self.site!r}, "
+                                         f"but {site!r}")
+        if gateway not in self.gateway_of.values():
+            return Refusal("unknown_gateway", f"gateway {gateway!r} is not in the site config")
+        return None
+
     def check(self, site: str, gateway: str, sensor: str,
               payload: bytes) -> wire.Window | Refusal:
         """The decoded window of one window message, or why it may not be admitted

@@ -56,6 +56,17 @@ class _StatusCollector(Collector):
         hooks.add_metric(["delivered"], c["webhooks_delivered"])
         hooks.add_metric(["failed"], c["webhooks_failed"])
         yield hooks
+        online = s.get("online") or {}
+        commands = CounterMetricFamily("ballpass_stream_commands",
+                                       "operator commands (well-formed JSON), by outcome",
+                                       labels=["result"])
+        repeated = online.get("commands_repeated", 0)
+        rejected_commands = online.get("commands_rejected", 0)
+        commands.add_metric(["applied"], online.get("commands", 0) - rejected_commands
+                            - repeated)
+        commands.add_metric(["rejected"], rejected_commands)
+        commands.add_metric(["repeated"], repeated)
+        yield commands
         yield GaugeMetricFamily("ballpass_stream_webhook_queue",
                                 "alert deliveries waiting", value=c["webhooks_pending"])
         yield GaugeMetricFamily("ballpass_stream_mqtt_connected", "1 while subscribed",

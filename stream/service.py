@@ -304,9 +304,14 @@ class StreamService:
             try:
                 r = route(message.topic)
                 if r.route is Route.COMMAND:
-                    commands.append(message)  # acknowledged once its action is written
-                    continue
-                if r.route is Route.TACHO:
+                    if r.site == self.config.site.id:
+                        commands.append(message)  # acknowledged once its action is written
+                        continue
+                    self.counters.rejected["command"] += 1
+                    log.warning(kv("window_rejected", reason="command", topic=message.topic,
+                                   detail=f"a command of site {r.site!r}, this is "
+                                          f"{self.config.site.id!r}"))
+                elif r.route is Route.TACHO:
                     self._tacho(r.site, r.gateway, r.sensor, message)
                 elif r.route is Route.STATUS:
                     point = self._gateway_status(r.site, r.gateway, message.payload)
@@ -341,7 +346,8 @@ class StreamService:
         try:
             if refusal is not None:
                 raise ValueError(f"{refusal.reason}: {refusal.detail}")
-            self.pipeline.update_tacho(sensor, message.payload)  # type: ignore[arg-type]
+            if self.pipeline.update_tacho(sensor, message.payload) is None:  # type: ignore[arg-type]
+                raise ValueError(f"sensor {sensor!r} is no asset's tacho_sensor")
         except ValueError as e:
             self.counters.rejected["tacho"] += 1
             log.warning(kv("window_rejected", reason="tacho", topic=message.topic,
@@ -353,7 +359,7 @@ class StreamService:
         asset's latest reading, a status its gateway's state. Nothing is written or
         counted here; a bad one is the handling worker's to count and log."""
         r = route(topic)
-        if r.route is Route.STATUS:
+        if r.route is Route.STATUS and self.admission.gateway_binding(r.site, r.gateway) is None:
             status = parse_status(payload, r.site, r.gateway)
             if not isinstance(status, str):
                 self.gateways[r.gateway] = status.as_dict()
@@ -457,8 +463,10 @@ class StreamService:
     def _gateway_status(self, site: str, gateway: str, payload: Any) -> Point | None:
         """Validate a gateway's status at the edge (`gateway_status`): only a valid one is
         kept, shown and written; a bad one is counted, logged and dropped."""
-        status = parse_status(payload if isinstance(payload, bytes | bytearray | str)
-                              else b"", site, gateway)
+        refusal = self.admission.gateway_binding(site, gateway)
+        status = (f"{refusal.reason}: {refusal.detail}" if refusal is not None else
+                  parse_status(payload if isinstance(payload, bytes | bytearray | str)
+                               else b"", site, gateway))
         if isinstance(status, str):
             self.counters.rejected["status"] += 1
             log.warning(kv("status_rejected", topic=f"{site}/{gateway}/status",

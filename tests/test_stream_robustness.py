@@ -249,3 +249,42 @@ def test_a_status_file_the_disk_refuses_stops_neither_the_status_loop_nor_the_sa
     assert loop_alive == [True]
     assert "event=status_file_unwritable" in caplog.text
     assert list((tmp_path / "state" / "online").glob("a.*"))
+
+
+def _delivery(topic: str, payload: bytes, mid: int = 1) -> Delivery:
+    return Delivery(topic, payload, 1, mid, 0)
+
+
+def test_a_command_delivered_again_is_applied_once(tmp_path: Path) -> None:
+    """Before: a command whose acknowledgement was lost with its connection came back and
+    was applied again (a false alarm learned twice, a second rebaseline)."""
+    service = _service(tmp_path)
+    asyncio.run(asyncio.to_thread(service._process, [_item("a", i) for i in range(1, 4)]))
+    command = json.dumps({"action": "false_alarm", "sensor": "a", "by": "op", "t": 1.0,
+                          "id": "c0ffee"}).encode()
+    again = [_delivery("bp/v1/s/command", command, mid) for mid in (1, 2)]
+    output = service._commands(again)
+    assert [p.measurement for p in output.points] == ["actions"]
+    assert service.pipeline.online.counters["commands_repeated"] == 1
+    assert service.pipeline.online.models["a"].counters["false_alarms_learned"] == 1
+
+
+def test_messages_of_another_site_or_an_unknown_gateway_are_refused_and_counted(
+        tmp_path: Path) -> None:
+    """Before: a command on another site's topic was applied to this site's sensor of that
+    name; another site's (or an unknown) gateway's status replaced this site's gateway of
+    that name in the status and /metrics and was written; a tacho reading of a sensor that
+    is no asset's tacho_sensor vanished uncounted."""
+    service = _service(tmp_path)
+    status = json.dumps({"state": "offline", "gateway": "g", "site": "other"}).encode()
+    batch = [
+        _delivery("bp/v1/other/command", json.dumps(
+            {"action": "rebaseline", "sensor": "a", "by": "x", "t": 1.0}).encode()),
+        _delivery("bp/v1/other/g/status", status),
+        _delivery("bp/v1/s/ghost/status", status.replace(b'"g"', b'"ghost"')),
+        _delivery("bp/v1/s/g/a/tacho", json.dumps({"t_ns": 1, "shaft_hz": 25.0}).encode()),
+    ]
+    accepted, points, commands = service._sort(batch)
+    assert (accepted, points, commands) == ([], [], [])
+    assert service.counters.rejected == {"command": 1, "status": 2, "tacho": 1}
+    assert service.gateways == {}

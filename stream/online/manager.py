@@ -55,7 +55,8 @@ class OnlineModels:
         self.models: dict[str, SensorModel] = {}
         self.temps: dict[str, float] = {}  # latest temperature per asset (°C)
         self.counters = {"state_loaded": 0, "state_saved": 0, "state_moved_aside": 0,
-                         "commands": 0, "commands_rejected": 0}
+                         "commands": 0, "commands_rejected": 0,
+                         "commands_repeated": 0}
         self.pending_points: list[Point] = []  # from loading, flushed with the next batch
         if state_dir is not None:
             for sensor in self.assets:
@@ -127,6 +128,15 @@ class OnlineModels:
         note = str(command.get("note") or "")[:500]
         transitions: list[Transition] = []
         m = self.model(sensor)
+        command_id = command.get("id")
+        if isinstance(command_id, str) and command_id:
+            # Redelivered (its acknowledgement lost with a connection): applied once.
+            if command_id[:64] in m.command_ids:
+                self.counters["commands_repeated"] += 1
+                log.info(kv("command_repeated", id=command_id[:64], action=action,
+                            sensor=sensor))
+                return [], []
+            m.command_ids.append(command_id[:64])
         if action == "rebaseline":
             m.rebaseline()
             t = self.alerts.clear(sensor)

@@ -52,6 +52,7 @@ _DAY_S = 86400.0
 _ZONE_TREND_POINTS = 168
 
 STATE_VERSION = 1
+COMMAND_IDS_KEPT = 64  # far more than the commands unacknowledged at any time
 """Version of the pickled `SensorModel`; a file of another version is moved aside."""
 
 
@@ -188,6 +189,9 @@ class SensorModel:
             "windows": 0, "nan_features": 0, "seq_restart": 0, "clock_backwards": 0,
             "unseen_band": 0, "no_speed": 0, "rebaselines": 0, "false_alarms_learned": 0,
         }
+        # Ids of the operator commands applied to this model, kept with it (and through a
+        # rebaseline): a command the broker delivers again must not be applied twice.
+        self.command_ids: deque[str] = deque(maxlen=COMMAND_IDS_KEPT)
 
     def reset(self) -> None:
         """Forget the baseline (maintenance done): learn again from the next window."""
@@ -220,6 +224,8 @@ class SensorModel:
         self.__dict__.update(state)
         if "vel_zone" not in state:
             self.vel_zone = self._zone_trend()
+        if "command_ids" not in state:
+            self.command_ids = deque(maxlen=COMMAND_IDS_KEPT)
 
     # --- features --------------------------------------------------------------------
 
