@@ -52,6 +52,7 @@ class RetryingWriter:
         # Monotonic time of the first failure of the write now being retried (None: the
         # last write succeeded); read by the health check.
         self.failing_since: float | None = None
+        self.last_written_t: float | None = None  # Unix time the database last took a write
 
     def encodable(self, points: Sequence[Point]) -> list[Point]:
         """`points` less those line protocol cannot hold (each dead-lettered and counted)."""
@@ -94,6 +95,7 @@ class RetryingWriter:
                 await asyncio.to_thread(self.writer.write, good)
                 self.counters.written += windows
                 self.failing_since = None
+                self.last_written_t = time.time()
                 return True
             except InfluxWriteError as e:
                 if not e.retryable and await asyncio.to_thread(

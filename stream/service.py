@@ -132,7 +132,6 @@ class StreamService:
         self.sensors: dict[str, dict[str, Any]] = {}
         self.gateways: dict[str, dict[str, Any]] = {}
         self._started = time.time()
-        self._last_write_t: float | None = None
         self._busy_since: float | None = None  # monotonic start of the batch in the pipeline
         # Done when the last processed batch's commit has finished (its alerts are out):
         # an operator action's alerts wait for it, so that they follow the batch's.
@@ -274,7 +273,7 @@ class StreamService:
                 self.publisher.send_alerts(output.alerts)
                 self.pipeline.alerts.hooked(output.alerts)
                 return
-        self._last_write_t = now = time.time()
+        now = time.time()
         for item in accepted:
             self.metrics.lag_seconds.observe(max(0.0, now - item.window.t0_ns / 1e9))
             for message in self.admission.written(item):
@@ -700,7 +699,7 @@ class StreamService:
             "http_url": self.web.url if self.web is not None else None,
             "http": self.web.counters() if self.web is not None else None,
             "metrics_url": self.ops.url if self.ops is not None else None,
-            "health": self.health().as_dict(), "last_write_t": self._last_write_t,
+            "health": self.health().as_dict(), "last_write_t": self.writer.last_written_t,
             "sensors": self.sensors,
             "gateways": self.gateways,
             "online": dict(self.pipeline.online.counters),

@@ -53,7 +53,7 @@ def test_every_metric_the_rules_read_is_exported_by_the_stream(tmp_path: Path) -
     service = StreamService(config, _NoWriter())
     service.gateways["g"] = {"state": "online", "counters": {"queued": 3, "captured": 5}}
     service.counters.rejected["crc"] += 1
-    service._last_write_t = 1.0
+    service.writer.last_written_t = 1.0
     exported = {s.name for f in text_string_to_metric_families(
         service.metrics.exposition().decode()) for s in f.samples}
     used = set(re.findall(r"\bballpass_\w+", (PROM / "ballpass-rules.yml").read_text()))

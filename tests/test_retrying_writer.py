@@ -67,12 +67,15 @@ def test_a_full_spool_dead_letters_the_refusal_and_keeps_what_it_holds(
     now = time.time_ns()
     stop = asyncio.Event()
     asyncio.run(writer.write([Point("vibration", {"sensor": "a"}, {"seq": 1}, now)], stop, 1))
+    written_at = writer.last_written_t
+    assert written_at is not None
     for i in (1, 2):  # each line is 39 bytes: the second does not fit
         conflict = [Point("vibration", {"sensor": "a"}, {"seq": "one"}, now + i)]
         assert asyncio.run(writer.write(conflict, stop, windows=1))
     assert (tmp_path / "spool.lp").read_text() == f'vibration,sensor=a seq="one" {now + 1}\n'
     assert counters.spooled == 1 and counters.rejected == {"spool_full": 1}
     assert counters.dead_lettered == 1
+    assert writer.last_written_t == written_at  # refusals are no writes (/metrics)
     [letter] = [json.loads(x) for x in (tmp_path / "deadletter.jsonl").read_text().splitlines()]
     assert letter["reason"] == "spool_full" and "is full" in letter["detail"]
 
