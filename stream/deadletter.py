@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +31,9 @@ class DeadLetters:
     def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        # Called from the event loop, the batch's worker thread and the spool's thread: two
+        # rotations at once would put the newer full file over the older one.
+        self._lock = threading.Lock()
 
     def add(self, reason: str, topic: str, detail: str, payload: bytes | None = None) -> None:
         record: dict[str, object] = {"t": time.time(), "reason": reason, "topic": topic,
@@ -38,11 +42,13 @@ class DeadLetters:
             record["bytes"] = len(payload)
             if len(payload) <= KEEP_PAYLOAD_BYTES:
                 record["payload_b64"] = base64.b64encode(payload).decode("ascii")
+        line = json.dumps(record) + "\n"
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.exists() and self.path.stat().st_size >= self.max_bytes:
-                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            with self._lock:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if self.path.exists() and self.path.stat().st_size >= self.max_bytes:
+                    os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+                with self.path.open("a", encoding="utf-8") as f:
+                    f.write(line)
         except OSError as e:
             log.error(kv("deadletter_write_failed", path=str(self.path), reason=e))

@@ -167,6 +167,7 @@ class StreamService:
             await self._finish_held()
             await self.source.run(stop, self._handle)
         finally:
+            stop.set()  # left on an error too: writes still retrying give up, not hang
             # Operator actions still finishing go out before the webhooks close (a commit
             # the source dropped, stopping on an error, must not hold them forever).
             if self._committed is not None and not self._committed.done():

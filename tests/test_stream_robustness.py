@@ -288,3 +288,33 @@ def test_messages_of_another_site_or_an_unknown_gateway_are_refused_and_counted(
     assert (accepted, points, commands) == ([], [], [])
     assert service.counters.rejected == {"command": 1, "status": 2, "tacho": 1}
     assert service.gateways == {}
+
+
+def test_a_source_that_fails_while_a_write_is_retried_does_not_hang_the_stop(
+        tmp_path: Path) -> None:
+    """Before: leaving `run` on an error (stop not set) waited for the operator actions'
+    writes, which retried for as long as the database was down: the process hung."""
+    from ballpass.stream.sinks.influx import InfluxWriteError
+    from ballpass.stream.sinks.lineprotocol import Point
+
+    class Down(_NoWriter):
+        def write(self, points: object) -> None:
+            raise InfluxWriteError("database down", retryable=True)
+
+    service = StreamService(_service(tmp_path).config, Down())
+    service.writer.ensure_database = lambda stop: asyncio.sleep(0)  # type: ignore[method-assign]
+
+    async def source_run(stop: asyncio.Event, handle: Any) -> None:
+        point = Point("actions", {"sensor": "a"}, {"by": "op"}, time.time_ns())
+        task = asyncio.create_task(service.writer.write([point], stop, 0))
+        service._finishing_actions.add(task)  # type: ignore[arg-type]
+        await asyncio.sleep(0.2)
+        raise RuntimeError("a bug in the source")
+
+    service.source.run = source_run  # type: ignore[method-assign]
+
+    async def main() -> None:
+        await asyncio.wait_for(service.run(asyncio.Event()), 20)
+
+    with pytest.raises(RuntimeError, match="a bug in the source"):
+        asyncio.run(main())
