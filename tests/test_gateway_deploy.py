@@ -7,17 +7,26 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
+import pytest
+
 from ballpass.config import load
 from ballpass.gateway.drivers import load as load_driver
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 
-def test_example_gateway_config_loads_and_drivers_accept_it() -> None:
+def test_example_gateway_config_loads_and_drivers_accept_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     config = load(DEPLOY / "gateway.example.toml")
     gw = config.gateway("gw-reactor3")
     assert config.broker.tls and config.broker.port == 8883
-    assert gw.password_file == Path("/etc/ballpass/gw-reactor3.password")
+    # The credential the shipped unit loads (README step 4 puts its source file there).
+    assert gw.password_file == Path("/etc/ballpass/credentials/gateway.password")
+    unit = (DEPLOY / "ballpass-gateway@.service").read_text()
+    assert "LoadCredential=gateway.password:/etc/ballpass/credentials/%i.password" in unit
+    readme = (DEPLOY.parent / "README.md").read_text()
+    assert "/etc/ballpass/credentials/gw-reactor3.password" in readme
     assert {s.driver for s in gw.sensors} == {"iio", "ds18b20"}
     for s in gw.sensors:
         driver = load_driver(s.driver)(s, config.asset(s.asset))  # validates options, no I/O
