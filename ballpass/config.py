@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ballpass import wire
 from ballpass.credentials import expand_or_fail
 from ballpass.listen import parse_listen
 from ballpass.models import iso20816
@@ -35,6 +36,15 @@ ASSET_KINDS = ("motor", "gearbox", "pump", "agitator", "fan", "compressor", "oth
 ISO_FOUNDATIONS = ("rigid", "flexible")
 # Samples per window, for the site file and for remote configs (gateway/remote.py).
 WINDOW_SAMPLES_MIN, WINDOW_SAMPLES_MAX = 16, MAX_WINDOW_SAMPLES
+# A sensor's capture period, s, for the site file and remote configs: one window a day is
+# the sparsest schedule that makes sense, and bounded times keep the gateway's
+# arithmetic on them (grids, timeouts) finite.
+INTERVAL_S_MAX = 86400.0
+# outbox.max_age_h: ten years is "never expire" for a window; the outbox's age cutoff
+# (nanoseconds in SQLite's int64) overflows for values about 300 times larger.
+OUTBOX_MAX_AGE_H = 87600.0
+# outbox.max_mb counts these: the gateway's bound is max_mb × MB bytes.
+MB = 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -562,6 +572,34 @@ def window_samples_in_range(v: int) -> str | None:
         else f"must be in {WINDOW_SAMPLES_MIN}..{WINDOW_SAMPLES_MAX}"
 
 
+def positive_at_most(hi: float, meaning: str) -> Callable[[float], str | None]:
+    """`0 < v <= hi`, said as "must be > 0 and <= hi (meaning)"."""
+    def check(v: float) -> str | None:
+        return None if 0 < v <= hi else f"must be > 0 and <= {hi:g} ({meaning})"
+    return check
+
+
+interval_in_range = positive_at_most(INTERVAL_S_MAX, "one day")
+
+
+def window_bytes(n: int) -> int:
+    """The largest outbox payload of one window of `n` samples: what the gateway encodes
+    (`wire.encode`, float32) with the most channels a driver may give, and the header."""
+    return wire.HEADER_SIZE + wire.MAX_CHANNELS * 4 * n
+
+
+def window_fits_outbox(n: int, max_mb: float) -> str | None:
+    """Why a window of `n` samples cannot be stored in an outbox of `max_mb`, or None.
+    The outbox refuses a window larger than its bound (it would have to drop the whole
+    backlog for it and still be over the bound)."""
+    size = window_bytes(n)
+    if size <= max_mb * MB:
+        return None
+    return (f"a window of {n} samples is up to {size} bytes ({wire.MAX_CHANNELS} float32 "
+            f"channels + {wire.HEADER_SIZE}-byte header), more than outbox.max_mb = "
+            f"{max_mb:g} ({int(max_mb * MB)} bytes) holds")
+
+
 def burst_fits(r: TableReader, n: int, fs_hz: float, interval_s: float) -> bool:
     """A burst of `n` samples at `fs_hz` must fit in `interval_s`; else the error goes to
     `r` under `interval_s` (the site file and the remote config say it alike)."""
@@ -772,7 +810,7 @@ def _parse_sensor(r: TableReader, assets: dict[str, float | None]) -> SensorConf
         asset = None
     fs_hz = r.get("fs_hz", float, required=True, check=positive)
     n = r.get("window_samples", int, check=window_samples_in_range)
-    interval = r.get("interval_s", float, required=True, check=positive)
+    interval = r.get("interval_s", float, required=True, check=interval_in_range)
     d = _defaults(SensorConfig)
     kind = r.get("kind", str, d["kind"], check=one_of("acceleration", "temperature"))
     options = r.get("options", dict, d["options"])
@@ -807,13 +845,17 @@ def _parse_gateway(r: TableReader, assets: dict[str, float | None]) -> GatewayCo
     outbox = OutboxConfig(
         path=o.path_value("path"),
         max_mb=o.get("max_mb", float, d.max_mb, check=positive),
-        max_age_h=o.get("max_age_h", float, d.max_age_h, check=positive),
+        max_age_h=o.get("max_age_h", float, d.max_age_h,
+                        check=positive_at_most(OUTBOX_MAX_AGE_H, "ten years")),
         flush_rate_per_s=o.get("flush_rate_per_s", float, d.flush_rate_per_s, check=positive),
     )
     o.finish()
     sensors = [_parse_sensor(s, assets) for s in r.tables("sensor")]
     if not sensors and "sensor" not in r.table:
         r.fail("sensor", "at least one [[gateway.sensor]] is required")
+    for s in sensors:
+        if s is not None and (problem := window_fits_outbox(s.window_samples, outbox.max_mb)):
+            o.fail("max_mb", f"must hold one window of sensor {s.id}: {problem}")
     r.finish()
     if gateway_id is None or None in sensors:
         return None

@@ -3,7 +3,11 @@
 One SQLite file in WAL mode. A window is written (and fsync'd) before `put` returns and
 is deleted only by `ack`, which the publisher calls on PUBACK. The file is bounded by size
 and age: when a bound is hit the OLDEST rows are dropped, counted in `dropped` and logged
-(`event=outbox_full ...`), never silently.
+(`event=outbox_full ...`), never silently. A single payload larger than the size bound is
+refused (room for it would take the whole backlog, and it would still be over the bound):
+counted in `dropped`, logged as ``event=window_dropped reason=too_large``. `drop` deletes
+rows the broker will never take (the publisher: larger than its maximum packet size).
+The age bound is capped at `config.OUTBOX_MAX_AGE_H`, the most the ns arithmetic takes.
 
 Durability: ``synchronous=FULL``. In WAL mode NORMAL survives a crash of the process
 (kill -9) but may lose the last commits on power loss, because the WAL is only fsync'd at
@@ -45,6 +49,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ballpass.config import OUTBOX_MAX_AGE_H
 from ballpass.gateway.clock import ClockWatch
 from ballpass.log import kv
 
@@ -102,27 +107,33 @@ class Outbox:
         """`clock`: the wall clock the rows are dated by, and its jumps (tests inject one)."""
         if max_bytes <= 0:
             raise ValueError(f"max_bytes: must be > 0, got {max_bytes}")
-        if max_age_s <= 0:
+        if not max_age_s > 0:
             raise ValueError(f"max_age_s: must be > 0, got {max_age_s}")
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous: must be FULL, NORMAL or EXTRA, got {synchronous}")
         self.path = Path(path)
         self.max_bytes = int(max_bytes)
-        self.max_age_s = float(max_age_s)
+        # The config caps it; so does this, for every other caller: `now - max_age` in ns
+        # must stay an int64 for SQLite.
+        self.max_age_s = min(float(max_age_s), OUTBOX_MAX_AGE_H * 3600.0)
         self._seq_seed = seq_seed
         self._lock = threading.Lock()
         self._inflight: set[int] = set()
         # One connection for every thread, serialised by self._lock.
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._db.executescript(_SCHEMA)
-        with self._tx():
-            for name in _STORED:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,))
-        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(id), 0) "
-                               "FROM messages").fetchone()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.executescript(_SCHEMA)
+            with self._tx():
+                for name in _STORED:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,))
+            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0), "
+                                   "COALESCE(MAX(id), 0) FROM messages").fetchone()
+        except sqlite3.Error:  # not an outbox (another file), or unwritable: no fd left open
+            self._db.close()
+            raise
         self._rows, self._bytes = int(row[0]), int(row[1])
         self._clock = clock or ClockWatch()
         self._last_id_before = int(row[2])  # ids only grow: this run's rows are above it
@@ -182,8 +193,9 @@ class Outbox:
         """
         with self._lock, self._undo_on_error(), self._tx():
             seq = self._reserve_seq(sensor)
-            dropped = self._insert(sensor, seq, topic, bytes(encode(seq)), created_ns)
-        self._log_dropped(sensor, dropped)
+            payload = bytes(encode(seq))
+            dropped = self._insert(sensor, seq, topic, payload, created_ns)
+        self._log_dropped(sensor, seq, len(payload), dropped)
         return seq
 
     def put(self, sensor: str, seq: int, topic: str, payload: bytes,
@@ -194,12 +206,16 @@ class Outbox:
         """
         with self._lock, self._undo_on_error(), self._tx():
             dropped = self._insert(sensor, seq, topic, bytes(payload), created_ns)
-        self._log_dropped(sensor, dropped)
+        self._log_dropped(sensor, seq, len(payload), dropped)
 
     def _insert(self, sensor: str, seq: int, topic: str, payload: bytes,
-                created_ns: int | None) -> tuple[int, int]:
-        """Insert one row inside the caller's transaction; returns (dropped by age, by size)."""
+                created_ns: int | None) -> tuple[int, int] | None:
+        """Insert one row inside the caller's transaction; returns (dropped by age, by size),
+        or None when the payload alone is over the size bound (refused, counted dropped)."""
         size = len(payload)
+        if size > self.max_bytes:
+            self._bump("dropped", 1)
+            return None
         self._follow_clock()
         now = self._clock.last_wall_ns if created_ns is None else int(created_ns)
         by_age = self._drop_older_than(now - int(self.max_age_s * 1e9))
@@ -213,7 +229,12 @@ class Outbox:
         self._bump("dropped", by_age + by_size)
         return by_age, by_size
 
-    def _log_dropped(self, sensor: str, dropped: tuple[int, int]) -> None:
+    def _log_dropped(self, sensor: str, seq: int, size: int,
+                     dropped: tuple[int, int] | None) -> None:
+        if dropped is None:
+            log.error(kv("window_dropped", reason="too_large", sensor=sensor, seq=seq,
+                         bytes=size, max_bytes=self.max_bytes))
+            return
         for reason, n in zip(("age", "size"), dropped, strict=True):
             if n:
                 log.warning(kv("outbox_full", reason=reason, sensor=sensor, dropped=n,
@@ -229,6 +250,20 @@ class Outbox:
         if n:
             log.warning(kv("outbox_full", reason="age", dropped=n, queued=self._rows,
                            max_age_s=self.max_age_s))
+        return n
+
+    def drop(self, ids: Iterable[int]) -> int:
+        """Delete rows that can never be delivered, counted in `dropped` (the caller logs
+        why); returns how many existed."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        with self._lock, self._undo_on_error(), self._tx():
+            rows = self._db.execute(
+                f"SELECT id, size FROM messages WHERE id IN ({','.join('?' * len(ids))})",
+                ids).fetchall()
+            n = self._delete_rows(rows)
+            self._bump("dropped", n)
         return n
 
     def _drop_older_than(self, cutoff_ns: int) -> int:

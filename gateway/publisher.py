@@ -24,6 +24,16 @@ goes out with the historical flag (`wire.mark_historical`) and counts as `replay
 A PUBACK with a failure reason (MQTT 5: "Not authorized", quota) is logged as
 ``event=publish_rejected``; the window stays in the outbox and is retried after a pause.
 
+Too large. A broker that announces a Maximum Packet Size (CONNACK) closes the connection
+on a bigger PUBLISH, and the window would be re-sent first after every reconnect: the
+outbox head stuck for good. So a window whose PUBLISH is over that size is never sent:
+it is deleted from the outbox, counted in `dropped` and logged as ``event=window_dropped
+reason=too_large``. A broker that drops the connection without announcing why (an older
+one, or a limit it does not announce) gets the reconnect backoff, which only a PUBACK of
+a window, or a connection that stayed up `stable_after_s`, resets; after `STUCK_DROPS`
+such drops in a row with windows in flight and none acknowledged, the status shows the
+problem ``delivery`` (``event=delivery_stuck``) until a window is acknowledged.
+
 Status. A retained birth status (state online) is published on every CONNACK, then every
 `status_interval_s`; the last will is a retained ``{"state": "offline", ...}``. `stop`
 drains the outbox for up to `drain_timeout_s`, publishes a final retained status with
@@ -35,7 +45,9 @@ topic ``bp/v1/{site}/{gateway}/config``; each message is handed to `on_config` (
 on the network thread. `set_flush_rate` changes the flush rate while running.
 
 Outbox errors (a full disk makes even a DELETE fail) are logged as
-``event=outbox_ack_failed`` and retried after a pause; they never stop the thread.
+``event=outbox_ack_failed``, shown as the status problem ``outbox_ack`` and retried after
+a pause; they never stop the thread. The publisher clears that problem itself at its next
+successful ack (``outbox``, the capture side's write problem, is the schedule's).
 
 Credentials are read at every connect attempt, not once: the password comes from
 `password_source` (normally `GatewayConfig.password`, which reads `password_file`), and
@@ -80,6 +92,9 @@ from ballpass.log import kv
 log = logging.getLogger(__name__)
 
 _WINDOW_SUFFIX = "/window"
+STUCK_DROPS = 3
+"""Connections dropped in a row with windows in flight and none acknowledged, before the
+status shows the problem ``delivery``."""
 
 
 def client_id(site: str, gateway: str) -> str:
@@ -99,6 +114,7 @@ class PublisherSettings:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     connect_timeout_s: float = 5.0
+    stable_after_s: float = 10.0  # a connection up this long was good: backoff starts afresh
 
 
 class Publisher:
@@ -141,6 +157,10 @@ class Publisher:
         self._tokens = float(self.settings.max_inflight)
         self._tokens_t = time.monotonic()
         self._attempt = 0
+        self._connected_at: float | None = None  # monotonic, of the CONNACK
+        self._dropped = False  # the broker closed the connection; not yet backed off for
+        self._drops_unacked = 0  # drops in a row with windows in flight and no PUBACK
+        self._max_packet: int | None = None  # the broker's Maximum Packet Size (CONNACK)
         self._outage_start_ns: int | None = None
         self._outages: deque[tuple[int, int]] = deque(maxlen=64)
         self.stats = {"connects": 0, "disconnects": 0, "rejected": 0}
@@ -252,7 +272,11 @@ class Publisher:
             return
         self._connected.set()
         self.stats["connects"] += 1
-        self._attempt = 0
+        # Not a reset of the backoff: a broker may accept us and drop us at the first
+        # PUBLISH (a window larger than it takes). A window PUBACK or a connection that
+        # lasts resets it.
+        self._connected_at = time.monotonic()
+        self._max_packet = getattr(properties, "MaximumPacketSize", None)
         if self._outage_start_ns is not None:
             self._outages.append((self._outage_start_ns, time.time_ns()))
             self._outage_start_ns = None
@@ -293,8 +317,20 @@ class Publisher:
             return
         if self._outage_start_ns is None:
             self._outage_start_ns = time.time_ns()
+        self._dropped = True
         log.warning(kv("broker_disconnected", host=self.broker.host, port=self.broker.port,
                        reason=reason, in_flight=len(self._mids)))
+        if self._mids:
+            self._drops_unacked += 1
+            if self._drops_unacked == STUCK_DROPS:
+                oldest = min(i for i, _ in self._mids.values())
+                self.status.problem("delivery", (
+                    f"the broker closed the connection {STUCK_DROPS} times in a row with "
+                    f"windows in flight and none acknowledged (oldest: outbox id {oldest}); "
+                    "it may refuse a window, e.g. one larger than it accepts"))
+                log.error(kv("delivery_stuck", gateway=self.gateway, drops=STUCK_DROPS,
+                             oldest_outbox_id=oldest, in_flight=len(self._mids)))
+                self._status_requested = True
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int,
                     reason: ReasonCode, properties: Properties | None) -> None:
@@ -310,6 +346,11 @@ class Publisher:
                          reason=reason))
             return
         self._acked.append(item)
+        self._attempt = 0  # the broker takes our windows: a drop after this is a new outage
+        if self._drops_unacked >= STUCK_DROPS:
+            self.status.problem("delivery", None)
+            log.info(kv("delivery_recovered", gateway=self.gateway, outbox_id=item[0]))
+        self._drops_unacked = 0
 
     # --- network thread ------------------------------------------------------------------
 
@@ -326,6 +367,11 @@ class Publisher:
                 if not self._socket_open:
                     if self._stop.is_set():
                         break  # stopping and no connection: nothing more can leave
+                    if self._dropped:
+                        # The broker closed it (DISCONNECT) and loop() did not fail: back
+                        # off all the same, not straight back in.
+                        self._lost(mqtt.MQTT_ERR_CONN_LOST)
+                        continue
                     self._connect_once()
                     continue
                 rc = self._client.loop(timeout=0.02)
@@ -411,12 +457,16 @@ class Publisher:
 
     def _failed_attempt(self) -> float:
         """Count a failed connect or a lost connection; the delay before the next try, s."""
+        s = self.settings
+        if self._connected_at is not None and \
+                time.monotonic() - self._connected_at >= s.stable_after_s:
+            self._attempt = 0  # the connection that ended was a good one
+        self._connected_at = None
         self._attempt += 1
         if self._outage_start_ns is None:
             # Unreachable from the start (or again): what is queued now is historical. Never
             # connected yet: that includes whatever a previous run left in the outbox.
             self._outage_start_ns = 0 if self.stats["connects"] == 0 else time.time_ns()
-        s = self.settings
         return backoff.jittered_s(self._attempt, s.backoff_initial_s, s.backoff_max_s)
 
     def _lost(self, rc: mqtt.MQTTErrorCode) -> None:
@@ -426,6 +476,7 @@ class Publisher:
                                 ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"), None)
         self._socket_open = False
         self._connected.clear()
+        self._dropped = False
         if not self._stop.is_set():
             delay = self._failed_attempt()
             log.warning(kv("broker_connection_lost", host=self.broker.host,
@@ -443,15 +494,32 @@ class Publisher:
                 # Disk full: even a DELETE needs room in the WAL. Keep the acks and retry;
                 # the windows stay in flight, so they are not sent twice meanwhile.
                 self._acked = acked + self._acked
-                self._pause_until = time.monotonic() + 1.0
-                self.status.problem("outbox", f"cannot update the outbox: {e}")
-                log.error(kv("outbox_ack_failed", gateway=self.gateway,
-                             pending=len(self._acked), error=e))
+                self._outbox_failed(e)
+            else:
+                if "outbox_ack" in self.status.problems():
+                    self.status.problem("outbox_ack", None)
+                    log.info(kv("outbox_ack_recovered", gateway=self.gateway,
+                                acked=len(acked)))
         if self._rejected:
             rejected, self._rejected = self._rejected, []
             self.outbox.release(rejected)
             # Re-sending a rejected window at once would be rejected again: back off.
             self._pause_until = time.monotonic() + self.settings.backoff_max_s / 6
+
+    def _outbox_failed(self, error: sqlite3.Error) -> None:
+        """An outbox update failed: pause, show the problem `outbox_ack` and log."""
+        self._pause_until = time.monotonic() + 1.0
+        self.status.problem("outbox_ack", f"cannot update the outbox: {error}")
+        log.error(kv("outbox_ack_failed", gateway=self.gateway, pending=len(self._acked),
+                     error=error))
+
+    def _drop_too_large(self, e: Entry, size: int) -> None:
+        """Delete `e`, whose PUBLISH (`size` bytes) is over the broker's Maximum Packet
+        Size: the broker would close the connection on it, every time it is re-sent."""
+        self.outbox.drop([e.id])
+        log.error(kv("window_dropped", reason="too_large", gateway=self.gateway,
+                     sensor=e.sensor, seq=e.seq, bytes=size,
+                     max_packet_size=self._max_packet))
 
     def _flush(self) -> None:
         now = time.monotonic()
@@ -470,6 +538,15 @@ class Publisher:
             payload = e.payload
             if historical and e.topic.endswith(_WINDOW_SUFFIX):
                 payload = wire.mark_historical(payload)
+            size = publish_size(e.topic, payload)
+            if self._max_packet is not None and size > self._max_packet:
+                try:
+                    self._drop_too_large(e, size)
+                except sqlite3.Error as error:
+                    self.outbox.release([x.id for x in entries[n:]])
+                    self._outbox_failed(error)
+                    break
+                continue
             info = self._client.publish(e.topic, payload, qos=1)
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                 # paho refused to queue it: hand this one and the rest back to the outbox.
@@ -523,6 +600,13 @@ class Publisher:
         self._socket_open = False
         self._mids.clear()
         self.outbox.release()
+
+
+def publish_size(topic: str, payload: bytes) -> int:
+    """Bytes of an MQTT 5 PUBLISH at QoS 1 without properties (what a Maximum Packet Size
+    bounds): fixed header, topic, packet id, an empty property length, payload."""
+    remaining = 2 + len(topic.encode()) + 2 + 1 + len(payload)
+    return 1 + max(1, (remaining.bit_length() + 6) // 7) + remaining
 
 
 def build_tls_context(broker: BrokerConfig) -> ssl.SSLContext:

@@ -7,9 +7,10 @@ An operator publishes (retained, QoS 1)::
                  "pump3-nde": {"enabled": false}}}
 
 Every key is optional. `sensors` may name only sensors of this gateway's site config;
-per sensor, `interval_s` (> 0 and >= window_samples / fs_hz), `window_samples` (16 ..
-4194304) and `enabled` (bool) override the site file. A sensor not named, or a key not
-given, keeps its site-file value, so publishing ``{}`` returns to the site file; a site
+per sensor, `interval_s` (> 0, at most a day, and >= window_samples / fs_hz),
+`window_samples` (16 .. 4194304, and one window must fit the site file's `outbox.max_mb`)
+and `enabled` (bool) override the site file. A sensor not named, or a key not given,
+keeps its site-file value, so publishing ``{}`` returns to the site file; a site
 file without `window_samples` has the default from the sensor's rate and its asset's
 `shaft_hz` (`models.window.default_window_samples`), so that is what ``{}`` returns to.
 
@@ -34,7 +35,9 @@ from ballpass.config import (
     TableReader,
     burst_fits,
     did_you_mean,
+    interval_in_range,
     positive,
+    window_fits_outbox,
     window_samples_in_range,
 )
 
@@ -57,12 +60,14 @@ class RemoteConfig:
     sensors: dict[str, tuple[SensorConfig, bool]]
 
 
-def _sensor(r: TableReader, s: SensorConfig) -> tuple[SensorConfig, bool]:
-    """One `sensors.{id}` object over the site file's sensor `s`; errors go to `r`."""
+def _sensor(r: TableReader, s: SensorConfig, max_mb: float) -> tuple[SensorConfig, bool]:
+    """One `sensors.{id}` object over the site file's sensor `s` on a gateway whose outbox
+    holds `max_mb`; errors go to `r`."""
     enabled = r.get("enabled", bool, True)
     before = len(r.errors)
-    interval = r.get("interval_s", float, s.interval_s, check=positive)
-    n = r.get("window_samples", int, s.window_samples, check=window_samples_in_range)
+    interval = r.get("interval_s", float, s.interval_s, check=interval_in_range)
+    n = r.get("window_samples", int, s.window_samples,
+              check=lambda v: window_samples_in_range(v) or window_fits_outbox(v, max_mb))
     # Only when both are valid: a bad one is already reported, the other is not its fault.
     if len(r.errors) == before:
         burst_fits(r, n, s.fs_hz, interval)
@@ -104,7 +109,7 @@ def parse_remote(payload: bytes, gateway: GatewayConfig) -> RemoteConfig:
             sensors.fail(sid, f"no such sensor on gateway {gateway.id}"
                               f"{did_you_mean(sid, sorted(base))}")
             continue
-        out[sid] = _sensor(sensors.sub(sid), base[sid])
+        out[sid] = _sensor(sensors.sub(sid), base[sid], gateway.outbox.max_mb)
     if errors:
         raise ConfigRejected(errors)
     return RemoteConfig(rate, out)

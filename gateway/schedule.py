@@ -77,6 +77,7 @@ class SensorCapture:
         self._driver: Driver | None = None
         self._thread: threading.Thread | None = None
         self._pending: tuple[SensorConfig, bool] | None = None
+        self._requested: tuple[SensorConfig, bool] = (sensor, True)
         self._pending_lock = threading.Lock()
 
     def reconfigure(self, sensor: SensorConfig, enabled: bool = True) -> None:
@@ -84,7 +85,16 @@ class SensorCapture:
         if sensor.id != self.sensor.id:
             raise ValueError(f"reconfigure: sensor id {sensor.id!r} != {self.sensor.id!r}")
         with self._pending_lock:
-            self._pending = (sensor, enabled)
+            self._pending = self._requested = (sensor, enabled)
+
+    @property
+    def requested(self) -> tuple[SensorConfig, bool]:
+        """The (settings, enabled) last asked for: what the thread runs once it has applied
+        them. A change is judged against this, not `sensor`/`enabled`: those lag while
+        the thread is busy (a long read), and a change and its revert in that time would
+        otherwise look like no change, leaving the first one to be applied."""
+        with self._pending_lock:
+            return self._requested
 
     def _apply_pending(self) -> bool:
         """Swap in pending settings; True when something was applied."""

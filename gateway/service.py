@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from ballpass import sdnotify
-from ballpass.config import AssetConfig, Config, ConfigError, GatewayConfig, SensorConfig
+from ballpass.config import MB, AssetConfig, Config, ConfigError, GatewayConfig, SensorConfig
 from ballpass.gateway.clock import ClockWatch
 from ballpass.gateway.outbox import Outbox
 from ballpass.gateway.publisher import Publisher, PublisherSettings
@@ -69,6 +69,9 @@ MAIN_TICK_S = 0.5
 """The main loop's turn (s) when there is no faster watchdog."""
 STATUS_EVERY_S = 5.0
 """At most one ``STATUS=`` line per this many seconds (s) from the main loop."""
+CAPTURE_JOIN_MAX_S = 30.0
+"""At stop, wait at most this long (s) for each capture thread (one in a long read); the
+stop must end well within systemd's stop timeout (90 s by default)."""
 
 
 def _no_notify(state: str) -> bool:
@@ -96,6 +99,23 @@ def outbox_path_for(config: Config, gateway_id: str, override: Path | None = Non
         return Path(override)
     configured = config.gateway(gateway_id).outbox.path
     return configured if configured is not None else Path(f"outbox-{gateway_id}.sqlite")
+
+
+def _open_outbox(config: Config, gateway: GatewayConfig, path: Path, from_option: bool,
+                 clock: ClockWatch | None) -> Outbox:
+    """The gateway's outbox at `path`; ConfigError (exit 2) naming the key (or the
+    --outbox option) when the path cannot hold one: under a file, not writable, or an
+    existing file that is not an SQLite database."""
+    try:
+        if path.parent != Path(""):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return Outbox(path, max_bytes=int(gateway.outbox.max_mb * MB),
+                      max_age_s=gateway.outbox.max_age_h * 3600.0, clock=clock)
+    except (OSError, sqlite3.Error) as e:
+        index = next(i for i, g in enumerate(config.gateways) if g.id == gateway.id)
+        key = "--outbox" if from_option else f"gateway[{index}].outbox.path"
+        raise ConfigError([f"{key}: cannot open the outbox {str(path)!r} "
+                           f"({type(e).__name__}: {e})"]) from e
 
 
 def _check_room(box: Outbox, gateway_id: str, status: Status) -> None:
@@ -159,16 +179,14 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
     (tests); `ready` is set once capture and the publisher have started; `clock` replaces
     the wall-clock watch (tests). `supervisor`: systemd notify, watchdog and reload (see
     the module doc). `metrics`: (host, port) of a Prometheus endpoint; a port that cannot
-    be bound raises ConfigError (exit 2).
+    be bound raises ConfigError (exit 2), as does an outbox path that cannot hold an
+    outbox (naming `gateway[N].outbox.path`, or --outbox when `outbox_path` is given).
     """
     sup = supervisor or Supervisor()
     gateway = config.gateway(gateway_id)
     site = config.site.id
     path = outbox_path_for(config, gateway_id, outbox_path)
-    if path.parent != Path(""):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    box = Outbox(path, max_bytes=int(gateway.outbox.max_mb * 1024 * 1024),
-                 max_age_s=gateway.outbox.max_age_h * 3600.0, clock=clock)
+    box = _open_outbox(config, gateway, path, outbox_path is not None, clock)
     try:
         status = Status(site, gateway.id, [s.id for s in gateway.sensors], box.counters)
         _check_room(box, gateway.id, status)
@@ -199,7 +217,7 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
                 if asset is not None and asset != c.asset:
                     c.asset = asset  # used when the capture thread re-opens its driver
                     c.reconfigure(new, enabled)
-                elif new != c.sensor or enabled != c.enabled:
+                elif (new, enabled) != c.requested:
                     c.reconfigure(new, enabled)
                 else:
                     continue
@@ -327,7 +345,7 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
         for c in captures:
             # A driver stuck in read() must not hold the shutdown hostage (threads are
             # daemons); its late put, if any, fails harmlessly once the outbox is closed.
-            c.join(timeout=max(5.0, 2 * c.sensor.interval_s))
+            c.join(timeout=min(max(5.0, 2 * c.sensor.interval_s), CAPTURE_JOIN_MAX_S))
             if c.alive:
                 log.warning(kv("capture_stuck", sensor=c.sensor.id))
         publisher.stop(drain_timeout_s=drain_timeout_s)

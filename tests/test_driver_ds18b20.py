@@ -26,11 +26,17 @@ ASSET = parse(tomllib.loads(SAMPLE_CONFIG)).assets[0]
 def w1_text(celsius: float, *, crc_ok: bool = True) -> str:
     """What w1-therm writes: the scratchpad (raw in 1/16 °C, CRC last), twice."""
     raw = round(celsius * 16) & 0xFFFF
-    pad = bytes([raw & 0xFF, raw >> 8, 0x4B, 0x46, 0x7F, 0xFF, 0x0C, 0x10])
+    # Byte 6 after a conversion is 0x10 minus the fraction's 1/16ths (0x0C at power-on).
+    return w1_pad(bytes([raw & 0xFF, raw >> 8, 0x4B, 0x46, 0x7F, 0xFF, 0x10 - (raw & 0x0F),
+                         0x10]), round(celsius * 1000), crc_ok=crc_ok)
+
+
+def w1_pad(pad: bytes, milli_c: int, *, crc_ok: bool = True) -> str:
+    """`w1_slave` for an 8-byte scratchpad (its CRC appended) and `t=`."""
     pad += bytes([crc8(pad)])
     hexes = " ".join(f"{b:02x}" for b in pad) + " "
     verdict = "YES" if crc_ok else "NO"
-    return f"{hexes}: crc={pad[-1]:02x} {verdict}\n{hexes}t={round(celsius * 1000)}\n"
+    return f"{hexes}: crc={pad[-1]:02x} {verdict}\n{hexes}t={milli_c}\n"
 
 
 def fake_w1(root: Path, device: str = "28-0316a2793aff", celsius: float = 23.125) -> Path:
@@ -82,6 +88,31 @@ def test_crc_no_garbage_and_range_are_faults(tmp_path: Path) -> None:
     with pytest.raises(SensorFault, match="outside the DS18B20 range"):
         d.read(16)
     assert parse_w1_slave(w1_text(85.0)) == 85.0
+
+
+def test_a_dead_or_reset_thermometer_and_a_t_off_its_scratchpad_are_faults(
+        tmp_path: Path) -> None:
+    """Before: each read as a valid temperature (the CRC of nine zero bytes is 0 too)."""
+    dev = fake_w1(tmp_path)
+    d = Ds18b20Driver(sensor(tmp_path), ASSET)
+    d.open()
+    for text, fault in (
+            # lost power / dropped off the bus: what w1-therm then prints
+            ("00 00 00 00 00 00 00 00 00 : crc=00 YES\n00 00 00 00 00 00 00 00 00 t=0\n",
+             "all-zero scratchpad"),
+            # the power-on reset scratchpad: no conversion ran
+            (w1_pad(bytes.fromhex("5005 4b46 7fff 0c10"), 85000), "85 °C power-on value"),
+            # t= is not the scratchpad's 25.0625 °C (0x0191)
+            (w1_pad(bytes.fromhex("9101 4b46 7fff 0f10"), 99000),
+             "t=99000 disagrees with the scratchpad")):
+        (dev / "w1_slave").write_text(text)
+        with pytest.raises(SensorFault, match=fault):
+            d.read(16)
+    # w1-therm truncates: 0x0191 is 25062.5 m°C, printed t=25062; negative values too
+    assert parse_w1_slave(w1_pad(bytes.fromhex("9101 4b46 7fff 0f10"), 25062)) == 25.062
+    assert parse_w1_slave(w1_pad(bytes.fromhex("5fff 4b46 7fff 0f10"), -10062)) == -10.062
+    # a GX20MH01 clone (config bit 7): two more bits from byte 4, in 1/64 °C
+    assert parse_w1_slave(w1_pad(bytes.fromhex("9101 4b46 81ff 0f10"), 25078)) == 25.078
 
 
 def test_missing_device_and_config_errors(tmp_path: Path) -> None:

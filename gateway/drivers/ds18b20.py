@@ -7,8 +7,11 @@ Registered as the `ds18b20` entry point of `ballpass.drivers`. Reads
     72 01 4b 46 7f ff 0e 10 57 t=23125
 
 The first must end in ``YES`` (the kernel's CRC check) and its nine scratchpad bytes are
-checked again here (Dallas/Maxim CRC-8); the second gives ``t=`` in milli-°C. A missing
-device, a CRC ``NO``, garbage, or a value outside the DS18B20's -55..125 °C range raise
+checked again here (Dallas/Maxim CRC-8); the second gives ``t=`` in milli-°C, which must
+agree with the temperature in scratchpad bytes 0-1 (int16, 1/16 °C). A missing device, a
+CRC ``NO``, garbage, a value outside the DS18B20's -55..125 °C range, an all-zero
+scratchpad (its CRC is 0 too: a device that lost power or stopped answering) and the
+power-on reset value (85 °C with the reset scratchpad: no conversion ran) raise
 `SensorFault` (reported on the status topic, retried).
 
 Each read of `w1_slave` starts a conversion that takes up to 750 ms at 12 bits, so a
@@ -62,6 +65,10 @@ interval_s = 60
 device = "28-0316a2793aff"   # the 1-Wire id; default: the only 28-* device present
 """
 
+# 85.000 °C as the DS18B20 holds it at power-on: temperature 0x0550 and byte 6 at its
+# reset value 0x0C (a converted 85.000 °C has 0x10 there).
+_POWER_ON = (b"\x50\x05", 0x0C)
+
 _LINE1 = re.compile(r"^((?:[0-9a-f]{2} ){9}): crc=([0-9a-f]{2}) (YES|NO)$")
 _LINE2 = re.compile(r"^(?:[0-9a-f]{2} ){9}t=(-?\d+)$")
 
@@ -94,10 +101,30 @@ def parse_w1_slave(text: str, where: str = "w1_slave") -> float:
     scratchpad = bytes.fromhex(m1.group(1))
     if crc8(scratchpad) != 0:
         raise SensorFault(f"{where}: scratchpad CRC mismatch ({m1.group(1).strip()})")
-    celsius = int(m2.group(1)) / 1000.0
+    if not any(scratchpad):
+        raise SensorFault(f"{where}: all-zero scratchpad (the device lost power or does "
+                          "not answer)")
+    if (scratchpad[:2], scratchpad[6]) == _POWER_ON:
+        raise SensorFault(f"{where}: 85 °C power-on value, no conversion ran (power "
+                          "lost, or parasite power too weak?)")
+    milli = int(m2.group(1))
+    celsius = milli / 1000.0
     if not MIN_C <= celsius <= MAX_C:
         raise SensorFault(f"{where}: {celsius:g} °C is outside the DS18B20 range")
+    if abs(milli - _scratchpad_milli_c(scratchpad)) >= 1:
+        raise SensorFault(f"{where}: t={milli} disagrees with the scratchpad "
+                          f"({m1.group(1).strip()})")
     return celsius
+
+
+def _scratchpad_milli_c(scratchpad: bytes) -> float:
+    """The temperature in the scratchpad, m°C, as w1-therm computes `t=` (which truncates
+    it to an integer): int16 in bytes 0-1 in 1/16 °C; a GX20MH01 clone (config bit 7 set)
+    adds two low bits from byte 4, in 1/64 °C."""
+    raw, per_c = int.from_bytes(scratchpad[:2], "little"), 16
+    if scratchpad[4] & 0x80:
+        raw, per_c = ((raw << 2) | (scratchpad[4] & 3)) & 0xFFFF, 64
+    return (raw - (raw >> 15) * 0x10000) * 1000 / per_c
 
 
 class Ds18b20Driver(DeclaredOptions):
