@@ -76,7 +76,7 @@ class MqttSource:
         """A client with the current settings; raises ConfigError, OSError or ssl.SSLError
         when a password, CA or certificate file cannot be used now."""
         b, s = self.broker, self.stream
-        tls, password = _login(b, s)
+        tls, password = login(b, s)
         client = aiomqtt.Client(
             b.host, b.port, identifier=s.client_id, clean_session=False,
             username=s.username or b.username, password=password,
@@ -202,7 +202,7 @@ class MqttSource:
         """Use `broker` from the next connection on, and reconnect now so that new
         credentials (re-read at every connect) apply at once. Raises (and keeps the old
         settings) when its password, CA or certificate file cannot be used."""
-        _login(broker, self.stream)
+        login(broker, self.stream)
         self.broker = broker
         if self._client is not None:
             log.info(kv("broker_reconnecting", reason="reconfigured"))
@@ -227,8 +227,9 @@ class MqttSource:
             return False
 
 
-def _login(b: BrokerConfig, s: StreamConfig) -> tuple[ssl.SSLContext | None, str | None]:
-    """The TLS context and password of a connection with `b` as `s`'s user, read now."""
+def login(b: BrokerConfig, s: StreamConfig) -> tuple[ssl.SSLContext | None, str | None]:
+    """The TLS context and password of a connection with `b` as `s`'s user, read now;
+    raises ConfigError, OSError or ssl.SSLError when a file of them cannot be used."""
     tls = None
     if b.tls:
         tls = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)

@@ -17,6 +17,7 @@ import pytest
 from plant import read_status, wait_until
 
 from ballpass import demo
+from ballpass.services import free_port
 
 
 def _site(tmp_path: Path) -> Path:
@@ -91,7 +92,9 @@ def test_the_demo_moves_its_stream_to_a_free_port_when_the_preferred_one_is_take
         proc.child.wait(30)
 
 
-def test_the_demo_does_not_restart_a_stream_that_failed_otherwise(tmp_path: Path) -> None:
+def test_the_demo_does_not_restart_a_stream_that_failed_otherwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demo, "EVIDENCE_PORT", free_port())  # free: it is not why it failed
     status = tmp_path / "status.json"
     proc = demo.StreamProc(demo.Child("stream", [
         "stream", "-c", str(tmp_path / "missing.toml"), "--http",

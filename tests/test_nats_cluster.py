@@ -568,6 +568,20 @@ def test_a_reload_moves_the_relay_to_the_new_broker(tmp_path: Path) -> None:
     assert source.config.broker == moved
 
 
+def test_a_reload_with_an_unusable_ca_file_is_refused_relay_or_not(tmp_path: Path) -> None:
+    """Before: a worker that was not the relay took such a [broker]; once it became the
+    relay, the relay's first connect raised and it relayed nothing while holding the
+    lease."""
+    import dataclasses
+
+    source = _source(["nats://127.0.0.1:1"], tmp_path)
+    kept = source.config.broker
+    broken = dataclasses.replace(kept, tls=True, ca_file=tmp_path / "gone.crt")
+    with pytest.raises(FileNotFoundError):
+        source.reconfigure(broken)
+    assert source.config.broker == kept
+
+
 def test_every_worker_sees_the_sites_readings_and_statuses(
         cluster: NatsCluster, tmp_path: Path) -> None:
     """Partitions are per sensor, so before a tacho reading or a temperature window reached

@@ -50,7 +50,7 @@ from ballpass.stream.cluster.leases import RELAY_KEY, Leases
 from ballpass.stream.cluster.relay import Relay
 from ballpass.stream.cluster.state import Key, KvState
 from ballpass.stream.dedup import Deduplicator
-from ballpass.stream.mqtt_source import Delivery, Handler
+from ballpass.stream.mqtt_source import Delivery, Handler, login
 from ballpass.stream.pipeline import Pipeline
 from ballpass.stream.retrying_writer import RETRY_INITIAL_S, RETRY_MAX_S, sleep_or_stop
 
@@ -500,6 +500,7 @@ class NatsSource:
     def reconfigure(self, broker: BrokerConfig) -> None:
         """[broker] is the relay's mosquitto (the worker itself reads [cluster]): a running
         relay reconnects with it at once, a later one starts with it."""
+        login(broker, self.config.stream)  # raises, changing nothing, if unusable
         if self._relay is not None:
-            self._relay.mqtt.reconfigure(broker)  # raises, changing nothing, if unusable
+            self._relay.mqtt.reconfigure(broker)
         self.config = dataclasses.replace(self.config, broker=broker)

@@ -52,8 +52,8 @@ _DAY_S = 86400.0
 _ZONE_TREND_POINTS = 168
 
 STATE_VERSION = 1
-COMMAND_IDS_KEPT = 64  # far more than the commands unacknowledged at any time
 """Version of the pickled `SensorModel`; a file of another version is moved aside."""
+COMMAND_IDS_KEPT = 64  # far more than the commands unacknowledged at any time
 
 
 @dataclass
