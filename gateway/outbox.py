@@ -266,22 +266,28 @@ class Outbox:
             self._bump("dropped", n)
         return n
 
+    # Rows in flight are spared while others can go: the broker may be taking them now,
+    # and a delivered window would count as dropped (its PUBACK would find no row). One
+    # whose connection is lost is released, and dropped by the next check if still due.
+
     def _drop_older_than(self, cutoff_ns: int) -> int:
         rows = self._db.execute(
             "SELECT id, size FROM messages WHERE created_ns < ?", (cutoff_ns,)).fetchall()
-        return self._delete_rows(rows)
+        return self._delete_rows([r for r in rows if r[0] not in self._inflight])
 
     def _drop_for_room(self, size: int) -> int:
         if self._bytes + size <= self.max_bytes:
             return 0
         need = self._bytes + size - self.max_bytes
+        rows = self._db.execute("SELECT id, size FROM messages ORDER BY id").fetchall()
         victims: list[tuple[int, int]] = []
         freed = 0
-        for rid, rsize in self._db.execute("SELECT id, size FROM messages ORDER BY id"):
+        # The oldest not in flight first; in flight only when those are not enough.
+        for r in sorted(rows, key=lambda r: r[0] in self._inflight):
             if freed >= need:
                 break
-            victims.append((rid, rsize))
-            freed += rsize
+            victims.append(r)
+            freed += r[1]
         return self._delete_rows(victims)
 
     def _delete_rows(self, rows: list[tuple[int, int]]) -> int:

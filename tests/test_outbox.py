@@ -57,12 +57,15 @@ class OutboxModel(RuleBasedStateMachine):
         assert seq not in self.issued[sensor]
         self.issued[sensor].add(seq)
         self.seqs[sensor] = seq + 1
-        # model: age first, then oldest-first until the new payload fits
+        # model: age first, then oldest-first until the new payload fits; rows in flight
+        # only go for room, and only after every other row
         cutoff = self.now - MAX_AGE_NS
-        kept = [r for r in self.rows if r["created_ns"] >= cutoff]
+        kept = [r for r in self.rows if r["created_ns"] >= cutoff or r["id"] in self.inflight]
         dropped = len(self.rows) - len(kept)
-        while kept and sum(r["size"] for r in kept) + size > MAX_BYTES:
-            kept.pop(0)
+        for victim in sorted(kept, key=lambda r: r["id"] in self.inflight):
+            if sum(r["size"] for r in kept) + size <= MAX_BYTES:
+                break
+            kept.remove(victim)
             dropped += 1
         self.rows = kept
         self.inflight &= {r["id"] for r in kept}
@@ -180,6 +183,8 @@ def test_full_by_age(tmp_path: Path, caplog) -> None:
         assert [e.seq for e in box.peek(5)] == [2]
         assert box.counters()["dropped"] == 1
         time.sleep(0.25)
+        assert box.expire() == 0  # in flight: the broker may be taking it now
+        box.release()
         assert box.expire() == 1
         assert box.counters()["queued"] == 0
     assert any("event=outbox_full reason=age" in r.getMessage() for r in caplog.records)
@@ -227,3 +232,17 @@ def test_put_survives_kill_9(tmp_path: Path) -> None:
         assert seqs == list(range(seqs[0], seqs[0] + 20))
         assert box.next_seq("s1") == seqs[-1] + 1
         assert box.counters()["captured"] == 20
+
+
+def test_rows_in_flight_are_dropped_for_room_last(tmp_path: Path) -> None:
+    """Before: the oldest rows went for room even when in flight; the broker then took
+    them, and their PUBACK found no row: delivered windows counted as dropped."""
+    with Outbox(tmp_path / "o.sqlite", max_bytes=300, max_age_s=3600) as box:
+        for seq in (1, 2, 3):
+            box.put("s1", seq, "t", b"x" * 100)
+        flying = box.peek(1)  # seq 1, the oldest
+        box.put("s1", 4, "t", b"x" * 100)  # needs room for one: seq 2 goes, not seq 1
+        assert [e.seq for e in box.peek(5)] == [3, 4]
+        assert box.ack([flying[0].id]) == 1
+        counters = box.counters()
+        assert counters["published"] == 1 and counters["dropped"] == 1
