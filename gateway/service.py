@@ -321,8 +321,16 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
         tick = min(MAIN_TICK_S, wd / 4) if wd else MAIN_TICK_S
         last_ping = 0.0
         last_line, last_line_t = "", 0.0
+        publisher_died = False
         while not stop.wait(tick):
             now = time.monotonic()
+            if not publisher.alive:
+                # Its crash is logged (publisher_crashed). Capture alone would fill the
+                # outbox and send nothing: stop, exit 1, and let the service manager
+                # restart us (the windows wait in the outbox).
+                log.error(kv("gateway_stopping", reason="publisher thread died"))
+                publisher_died = True
+                break
             if wd is not None and now - last_ping >= wd / 2 and _healthy(publisher, now):
                 sup.notify("WATCHDOG=1")
                 last_ping = now
@@ -357,7 +365,7 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
                     stop_s=round(time.monotonic() - t0, 2), **counters))
     finally:
         box.close()
-    return 0
+    return 1 if publisher_died else 0
 
 
 def _healthy(publisher: Publisher, now: float) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from test_publisher import Subscriber, status_of  # tests/ is on sys.path (rootdir mode)
 
 from ballpass import topics, wire
@@ -270,3 +271,29 @@ def test_an_outbox_larger_than_the_disk_is_a_status_problem(mosquitto, tmp_path:
     assert problem.startswith(f"outbox.max_mb is {free_mb * 4:.0f} MB but the disk has room")
     assert any("event=outbox_larger_than_disk" in r.getMessage() for r in caplog.records)
     assert windows_by_sensor(msgs, gw), "and the gateway runs on"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_publisher_thread_that_dies_stops_the_gateway_with_exit_1(
+        mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """Before: without a systemd watchdog nothing noticed: capture went on filling the
+    outbox and nothing was sent. Now the gateway stops (exit 1) for the service manager
+    to restart it; the windows wait in the outbox."""
+    from ballpass.gateway.publisher import Publisher
+
+    caplog.set_level(logging.INFO)
+
+    def broken(self: Publisher) -> None:
+        raise RuntimeError("a bug in the publisher")
+
+    monkeypatch.setattr(Publisher, "_flush", broken)
+    config = site_config(mosquitto.host, mosquitto.port, "gw-dies", tmp_path / "o.sqlite")
+    stop = threading.Event()
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(run(config, "gw-dies", stop)))
+    t.start()
+    t.join(30)
+    stop.set()
+    assert not t.is_alive() and result == [1]
+    assert "event=publisher_crashed" in caplog.text
+    assert 'event=gateway_stopping reason="publisher thread died"' in caplog.text
