@@ -41,7 +41,9 @@ earlier runs keep their times (what clock they were dated by is not known).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -119,8 +121,14 @@ class Outbox:
         self._seq_seed = seq_seed
         self._lock = threading.Lock()
         self._inflight: set[int] = set()
+        self._owner = _take_ownership(self.path)
         # One connection for every thread, serialised by self._lock.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False,
+                                       isolation_level=None)
+        except sqlite3.Error:
+            os.close(self._owner)
+            raise
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
@@ -133,6 +141,7 @@ class Outbox:
                                    "COALESCE(MAX(id), 0) FROM messages").fetchone()
         except sqlite3.Error:  # not an outbox (another file), or unwritable: no fd left open
             self._db.close()
+            os.close(self._owner)
             raise
         self._rows, self._bytes = int(row[0]), int(row[1])
         self._clock = clock or ClockWatch()
@@ -409,6 +418,7 @@ class Outbox:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 self._db.close()
+                os.close(self._owner)  # and with it the lock
 
     def __enter__(self) -> Outbox:
         return self
@@ -441,3 +451,22 @@ class _Tx:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise
+
+
+def _take_ownership(path: Path) -> int:
+    """An exclusive lock on `path`'s ``.lock`` file, held (by the returned fd) while the
+    outbox is open: two processes on one outbox (a gateway started by hand beside its
+    service) would send each other's windows and fight over one MQTT session. The kernel
+    drops the lock when the process dies, kill -9 included. OSError naming the holder."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise BlockingIOError(f"in use by another gateway process (pid {holder}); "
+                              f"{lock_path} is its lock") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

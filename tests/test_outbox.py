@@ -246,3 +246,14 @@ def test_rows_in_flight_are_dropped_for_room_last(tmp_path: Path) -> None:
         assert box.ack([flying[0].id]) == 1
         counters = box.counters()
         assert counters["published"] == 1 and counters["dropped"] == 1
+
+
+def test_an_outbox_open_elsewhere_is_refused_naming_its_holder(tmp_path: Path) -> None:
+    """Before: a gateway started by hand beside its service opened the same outbox: both
+    sent the same windows and took turns at one MQTT session."""
+    path = tmp_path / "o.sqlite"
+    holder = rf"another gateway process \(pid {os.getpid()}\)"
+    with Outbox(path, 10**6, 3600), pytest.raises(BlockingIOError, match=holder):
+        Outbox(path, 10**6, 3600)
+    with Outbox(path, 10**6, 3600) as box:  # closed: free again
+        assert box.queued == 0
