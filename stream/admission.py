@@ -126,11 +126,10 @@ class Admission(Generic[M]):
 
     def refuse(self, refusal: Refusal, topic: str, payload: bytes | None) -> Skip:
         """Count, log and dead-letter a refused window message."""
-        self.counters.rejected[refusal.reason] += 1
         log.warning(kv("window_rejected", reason=refusal.reason, topic=topic,
                        detail=refusal.detail))
         self.dead_letters.add(refusal.reason, topic, refusal.detail, payload)
-        self.counters.dead_lettered += 1
+        self.counters.refuse(refusal.reason, dead_lettered=True)
         return Skip.ACK
 
     def refuse_topic(self, topic: str, payload: object) -> Skip:

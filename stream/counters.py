@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -19,6 +20,16 @@ class StreamCounters:
     write_retries: int = 0
     alerts_fired: int = 0
     alerts_resolved: int = 0
+    # Refusals come from the event loop, the batch's worker thread and the spool's thread:
+    # `+=` on a Counter is several steps, and one could be lost between them.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def refuse(self, reason: str, n: int = 1, *, dead_lettered: bool = False) -> None:
+        """Count `n` messages refused for `reason` (and kept in the dead-letter file)."""
+        with self._lock:
+            self.rejected[reason] += n
+            if dead_lettered:
+                self.dead_lettered += n
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -61,7 +61,7 @@ class RetryingWriter:
             try:
                 encode_point(p)
             except ValueError as e:
-                self.counters.rejected["unwritable_point"] += 1
+                self.counters.refuse("unwritable_point")
                 detail = f"{p.measurement} {dict(p.tags)} at {p.time_ns}: {e}"
                 log.error(kv("point_rejected", reason="unwritable_point", detail=detail))
                 self.dead_letters.add("unwritable_point", p.measurement, detail)
@@ -166,8 +166,7 @@ class RetryingWriter:
                   f"({reason}), not kept: {self.spool} is full ({size} of {self.max_bytes} "
                   "bytes; replay or remove it)")
         # Counted per window; an operator action's write (no window) counts one.
-        self.counters.rejected["spool_full"] += max(windows, 1)
-        self.counters.dead_lettered += max(windows, 1)
+        self.counters.refuse("spool_full", max(windows, 1), dead_lettered=True)
         log.error(kv("point_rejected", reason="spool_full", detail=detail))
         self.dead_letters.add("spool_full", "influx", detail)
         return True

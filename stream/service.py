@@ -307,7 +307,7 @@ class StreamService:
                     if r.site == self.config.site.id:
                         commands.append(message)  # acknowledged once its action is written
                         continue
-                    self.counters.rejected["command"] += 1
+                    self.counters.refuse("command")
                     log.warning(kv("window_rejected", reason="command", topic=message.topic,
                                    detail=f"a command of site {r.site!r}, this is "
                                           f"{self.config.site.id!r}"))
@@ -349,7 +349,7 @@ class StreamService:
             if self.pipeline.update_tacho(sensor, message.payload) is None:  # type: ignore[arg-type]
                 raise ValueError(f"sensor {sensor!r} is no asset's tacho_sensor")
         except ValueError as e:
-            self.counters.rejected["tacho"] += 1
+            self.counters.refuse("tacho")
             log.warning(kv("window_rejected", reason="tacho", topic=message.topic,
                            detail=str(e)))
 
@@ -379,7 +379,7 @@ class StreamService:
             try:
                 command = json.loads(message.payload)  # type: ignore[arg-type]
             except (ValueError, TypeError, RecursionError) as e:  # "[[[[…": nested too deep
-                self.counters.rejected["command"] += 1
+                self.counters.refuse("command")
                 log.warning(kv("window_rejected", reason="command", topic=message.topic,
                                detail=f"bad command JSON: {e}"))
                 continue
@@ -468,7 +468,7 @@ class StreamService:
                   parse_status(payload if isinstance(payload, bytes | bytearray | str)
                                else b"", site, gateway))
         if isinstance(status, str):
-            self.counters.rejected["status"] += 1
+            self.counters.refuse("status")
             log.warning(kv("status_rejected", topic=f"{site}/{gateway}/status",
                            detail=status))
             return None
