@@ -46,7 +46,7 @@ from ballpass.stream.retrying_writer import RetryingWriter
 from ballpass.stream.routing import SUBSCRIPTIONS, Route, route
 from ballpass.stream.sinks.influx import InfluxQueryError, InfluxWriter
 from ballpass.stream.sinks.lineprotocol import Point
-from ballpass.stream.sinks.retention import apply_retention
+from ballpass.stream.sinks.retention import LONG_RP, apply_retention, has_long_policy
 from ballpass.stream.sinks.retention import routes as retention_routes
 from ballpass.stream.sinks.webhook import WebhookSender
 from ballpass.stream.web.security import is_all_interfaces, load_or_create_token
@@ -484,13 +484,28 @@ class StreamService:
         a failure is logged and the stream runs on, writing to the database's default
         policy (stream/sinks/retention.py)."""
         cfg = self.config.influx
-        if not cfg.manage_retention:
-            return
         if cfg.api != "v1":
             log.info(kv("influx_retention_skipped", api=cfg.api,
                         reason="InfluxDB 2.x/3.x: set the bucket's retention there"))
             return
         set_routes = getattr(self.writer.writer, "set_routes", None)
+        if not cfg.manage_retention:
+            # The DBA made the policies: write alerts, actions, events and zones to `long`
+            # (where the dashboards read them) if it is there.
+            try:
+                long = await asyncio.to_thread(has_long_policy, cfg)
+            except (InfluxQueryError, OSError) as e:
+                long, reason = False, str(e)
+            else:
+                reason = f"no retention policy {LONG_RP!r} on {cfg.db!r}"
+            if long and set_routes is not None:
+                set_routes(retention_routes())
+            elif not long:
+                log.warning(kv("influx_long_policy_missing", db=cfg.db, reason=reason,
+                               effect="alerts, actions, events, iso20816 go to the default "
+                                      "policy; the dashboards read them from long",
+                               hint="docs/influxdb-schema.md"))
+            return
         try:
             await asyncio.to_thread(apply_retention, cfg)
         except (InfluxQueryError, OSError) as e:

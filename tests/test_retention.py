@@ -326,3 +326,18 @@ def test_the_stream_logs_a_refused_policy_and_runs_on(
     off = _service(url, db, tmp_path / "c", raw_retention_d=30, manage_retention=False)
     asyncio.run(off._ensure_retention())
     assert _policies(url, db)[RAW_RP] == ("1440h0m0s", True)
+    # ... and still writes alerts where the dashboards read them: the DBA's `long`.
+    off.writer.writer.write([Point("alerts", {"sensor": "a"}, {"alert_id": "z"}, t + 1)])
+    assert [r["alert_id"] for r in query_v1(url, db, 'SELECT * FROM "long"."alerts"')] == [
+        "y", "z"]
+
+
+def test_without_a_long_policy_made_by_the_dba_the_stream_says_so(
+        influx_db: tuple[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before: with manage_retention = false alerts went to the default policy silently,
+    and the dashboards (reading "long") showed none."""
+    url, db = influx_db
+    service = _service(url, db, tmp_path, manage_retention=False)
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(service._ensure_retention())
+    assert "event=influx_long_policy_missing" in caplog.text

@@ -271,3 +271,10 @@ def backfill(cfg: InfluxConfig, start_ns: int, end_ns: int, *, source_rp: str = 
 def routes() -> Mapping[str, str]:
     """Measurement -> retention policy for the writer once the policies exist."""
     return {m: LONG_RP for m in sorted(LONG_MEASUREMENTS)}
+
+
+def has_long_policy(cfg: InfluxConfig, query: Query | None = None) -> bool:
+    """Whether the database has the `long` policy (a read: for policies made by a DBA,
+    `manage_retention = false`). InfluxQueryError on failure."""
+    q = query or _query_for(cfg)
+    return any(r.get("name") == LONG_RP for r in q(f"SHOW RETENTION POLICIES ON {ident(cfg.db)}"))
