@@ -195,9 +195,11 @@ def _curve(condition: str, orders: tuple[float, float, float, float], shaft_hz: 
            windows: int, seed: int, extras: tuple[tuple[str, float], ...]
            ) -> tuple[float, ...]:
     from ballpass.models.bearing import DefectOrders
+    from ballpass.models.iso20816 import velocity_band_hz
     from ballpass.simulators.signals import synthesize, velocity_rms_mm_s
 
     o = DefectOrders(*orders)
+    band = velocity_band_hz(shaft_hz)  # the stream's band: wider on slow shafts
     out = []
     for sev in severities:
         # The same random draws at every severity: a smooth, monotone curve.
@@ -206,7 +208,7 @@ def _curve(condition: str, orders: tuple[float, float, float, float], shaft_hz: 
             condition, o, shaft_hz, fs_hz, n_samples, severity=sev, rng=rng, load=load,
             hf_extra=wear_floor(condition, sev), wear_mm_s=wear_velocity(condition, sev),
             **dict(extras)),  # type: ignore[arg-type]  # extras: synthesize's float options
-            fs_hz) for _ in range(windows)]
+            fs_hz, *band) for _ in range(windows)]
         out.append(float(np.median(v)))
     return tuple(out)
 
@@ -215,7 +217,8 @@ def velocity_curve(condition: str, orders: Any, shaft_hz: float, fs_hz: float,
                    n_samples: int, severities: np.ndarray, *, load: float = 1.0,
                    windows: int = 8, seed: int = 0,
                    extras: dict[str, Any] | None = None) -> np.ndarray:
-    """Median velocity RMS (mm/s, 10-1000 Hz, as ISO 20816 and the stream measure it) of
+    """Median velocity RMS (mm/s, in the ISO 20816 band for `shaft_hz` as the stream measures
+    it, `iso20816.velocity_band_hz`: 10-1000 Hz at 600 r/min and above) of
     `windows` simulated windows of `condition` at each severity, with the wear the
     simulated driver adds (`wear_floor`, `wear_velocity`) and the machine's `extras`
     (`synthesize` keywords: looseness, gear_teeth, gear_wear, noise_g). Deterministic
@@ -231,11 +234,11 @@ def zone_crossings_s(trajectory: Trajectory, orders: Any, shaft_hz: float, fs_hz
                      load: float = 1.0, step: float = 0.1,
                      extras: dict[str, Any] | None = None) -> dict[str, float | None]:
     """The true times (simulated s) at which the simulated machine's velocity RMS
-    (10-1000 Hz) first reaches each boundary (e.g. {"C": 2.8, "D": 4.5} mm/s), at the
-    asset's nominal speed `shaft_hz` and `load` (machine `extras` as in `velocity_curve`):
-    the velocity is measured on simulated
-    windows (`velocity_curve`) on a severity grid of `step`, the crossing severity
-    interpolated and turned into a time on the trajectory. None: not before failure."""
+    (the stream's band for `shaft_hz`) first reaches each boundary (e.g. {"C": 2.8,
+    "D": 4.5} mm/s), at the asset's nominal speed `shaft_hz` and `load` (machine `extras`
+    as in `velocity_curve`): the velocity is measured on simulated windows
+    (`velocity_curve`) on a severity grid of `step`, the crossing severity interpolated
+    and turned into a time on the trajectory. None: not before failure."""
     top = trajectory.max_severity
     grid = np.arange(0.0, math.ceil(top / step) * step + step / 2, step)
     vel = velocity_curve(trajectory.condition, orders, shaft_hz, fs_hz, n_samples, grid,

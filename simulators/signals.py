@@ -256,7 +256,8 @@ def _wear_shape(sp: _Spectra, shaft_hz: float) -> np.ndarray:
 def velocity_rms_mm_s(x: np.ndarray, fs_hz: float, lo_hz: float = 10.0,
                       hi_hz: float = 1000.0) -> float:
     """Velocity RMS (mm/s) of acceleration `x` (g) between `lo_hz` and `hi_hz`, integrated
-    in the frequency domain as the stream does (ISO 20816: 10-1000 Hz)."""
+    in the frequency domain as the stream does. The default band is ISO 20816's at 600
+    r/min and above; a slower shaft's is `iso20816.velocity_band_hz(shaft_hz)`."""
     n = x.size
     spec = np.fft.rfft(x)
     f = np.fft.rfftfreq(n, 1.0 / fs_hz)

@@ -254,3 +254,22 @@ def test_the_sample_config_block_in_the_driver_docs_builds_a_driver() -> None:
     config = parse(tomllib.loads('[site]\nid = "s"\n' + asset_block + plain + "\n" + traj))
     drv = SimulatedDriver(config.gateways[0].sensors[0], config.asset("pump3"))
     assert drv.trajectory is not None and drv.trajectory.onset_s == 24 * H
+
+
+@pytest.mark.parametrize("shaft_hz", [1.5, 5.0, 25.0])
+def test_the_true_velocity_is_the_one_the_stream_reads_at_any_speed(shaft_hz: float) -> None:
+    """Before: the ground truth (zone crossings) measured 10-1000 Hz whatever the speed, so
+    a 1.5 Hz shaft's imbalance read 0.18 mm/s there and 5.3 mm/s (zone D) in the stream."""
+    from ballpass.models.catalog import lookup
+    from ballpass.simulators.degradation import velocity_curve
+    from ballpass.simulators.signals import synthesize
+    from ballpass.stream.features import extract
+
+    orders = lookup("SKF 6205").orders()
+    n = 2 ** int(np.ceil(np.log2(25600 * 30 / shaft_hz)))  # 30 revolutions or more
+    truth = velocity_curve("imbalance", orders, shaft_hz, 25600.0, n, np.array([1.0]),
+                           windows=1)[0]
+    x = synthesize("imbalance", orders, shaft_hz, 25600.0, n, severity=1.0,
+                   rng=np.random.default_rng(0))
+    read = extract(x[None, :], 25600.0, np.array([shaft_hz]), orders).row(0)
+    assert truth == pytest.approx(read["velocity_rms_mm_s"], rel=0.05)
