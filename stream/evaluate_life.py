@@ -167,13 +167,25 @@ def load_spec(path: str | Path) -> list[Run]:
     return parse_spec(read_toml(path, "the life spec"), base=path.resolve().parent)
 
 
+def _array(z: Any, key: str, where: str) -> np.ndarray:
+    """Array `key` of an opened .npz; ConfigError naming `where` when it cannot be read
+    without pickle (an object array) or is not numeric."""
+    try:
+        a = np.asarray(z[key])
+    except ValueError as e:  # "Object arrays cannot be loaded when allow_pickle=False"
+        raise ConfigError([f"{where}: {key!r} is not a numeric array ({e})"]) from None
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise ConfigError([f"{where}: {key!r} is not a numeric array (dtype {a.dtype})"])
+    return a
+
+
 def read_run(run: Run) -> tuple[np.ndarray, np.ndarray]:
     """(windows (n, samples) float64 g of the run's channel, times (n,) s), in time order.
 
     Raises ConfigError naming the run's keys when the arrays do not fit."""
     with np.load(run.path, allow_pickle=False) as z:
-        sig = np.asarray(z[run.signal_key])
-        t = np.asarray(z[run.time_key], dtype=np.float64)
+        sig = _array(z, run.signal_key, f"{run.where}.signal_key")
+        t = np.asarray(_array(z, run.time_key, f"{run.where}.time_key"), dtype=np.float64)
     if sig.ndim == 2:
         sig = sig[:, None, :]
     if sig.ndim != 3:
@@ -182,9 +194,11 @@ def read_run(run: Run) -> tuple[np.ndarray, np.ndarray]:
     if run.channel >= sig.shape[1]:
         raise ConfigError([f"{run.where}.channel: {run.path.name} has {sig.shape[1]} "
                            f"channel(s) (0-based), got {run.channel}"])
-    if t.ndim != 1 or t.size != sig.shape[0] or t.size < 2 or not np.isfinite(t).all():
+    if t.ndim != 1 or t.size != sig.shape[0] or not np.isfinite(t).all():
         raise ConfigError([f"{run.where}.time_key: need {sig.shape[0]} finite times, got "
                            f"shape {t.shape}"])
+    if t.size < 2:
+        raise ConfigError([f"{run.where}: need at least 2 windows, got {t.size}"])
     order = np.argsort(t, kind="stable")
     if np.any(np.diff(t[order]) <= 0):
         raise ConfigError([f"{run.where}.time_key: times must be distinct"])
@@ -344,6 +358,10 @@ def evaluate_run(run: Run) -> LifeResult:
     if eol <= float(t[0]):
         raise ConfigError([f"{run.where}.end_of_life_s: must be after the first window "
                            f"({t[0]:g} s), got {eol:g}"])
+    # Life runs from the first window to the end of life: a file's clock need not start
+    # at 0, and windows after a failure defined earlier than the last file are not life.
+    alive, t0 = t <= eol, float(t[0])
+    windows, t, eol = windows[alive], t[alive] - t0, eol - t0
     steps = simulate(run, windows, t)
     figures = score(steps, eol)
     log.info(kv("life_run", run=run.name, windows=len(steps), end_of_life_s=round(eol, 1),

@@ -254,7 +254,11 @@ def read_signal(rec: Recording) -> np.ndarray:
     kind = _kind(rec.path)
     if kind == "npz":
         with np.load(rec.path, allow_pickle=False) as z:
-            raw: Any = z[rec.key]
+            try:
+                raw: Any = z[rec.key]
+            except ValueError as e:  # an object array: it would need pickle
+                raise ConfigError([f"{rec.name}.key: not a numeric array in "
+                                   f"{rec.path.name}: {e}"]) from None
     elif kind == "mat":
         assert rec.key is not None
         raw = _mat_field(rec.path, rec.key, rec.name)

@@ -210,3 +210,36 @@ def test_short_windows_alarm_through_the_online_layer(tmp_path: Path) -> None:
     assert result.figures["first_alarm"]["t_s"] is not None
     assert result.figures["first_alarm"]["t_s"] >= t[65]
     assert result.figures["alarms_first_half"] == 0
+
+
+def test_life_runs_from_the_first_window_to_the_end_of_life(tmp_path: Path) -> None:
+    """Before: life was measured from t = 0 (a file whose clock starts at 1e6 s read 0 %
+    leads and no first half), and windows after an `end_of_life_s` earlier than the last
+    file were scored, giving negative leads."""
+    npz, _ = simulated_run(tmp_path / "sim.npz")
+    with np.load(npz) as z:
+        sig, t = z["signal"], z["t_s"]
+    shifted = tmp_path / "shifted.npz"
+    np.savez(shifted, signal=sig, t_s=t + 1e6)
+    base = el.evaluate_run(el.load_spec(spec(tmp_path / "a.toml", npz))[0]).figures
+    moved = el.evaluate_run(el.load_spec(spec(tmp_path / "b.toml", shifted))[0]).figures
+    assert moved["first_alarm"] == base["first_alarm"]
+    assert moved["first_alarm"]["lead_pct_of_life"] > 10
+    eol = float(t[100]) + 1e6  # the failure defined before the last file
+    early = el.evaluate_run(el.load_spec(spec(tmp_path / "c.toml", shifted,
+                                              f"end_of_life_s = {eol}"))[0])
+    assert len(early.steps) == 101 and early.end_of_life_s == float(t[100])
+    for key in ("first_watch", "first_alarm"):
+        lead = early.figures[key]["lead_s"]
+        assert lead is None or lead >= 0, early.figures[key]
+
+
+def test_an_object_array_is_a_spec_error_naming_the_key(tmp_path: Path) -> None:
+    npz = tmp_path / "obj.npz"
+    np.savez(npz, signal=np.array([[object()]] * 3, dtype=object), t_s=np.arange(3.0))
+    (run,) = el.load_spec(spec(tmp_path / "s.toml", npz))
+    with pytest.raises(ConfigError, match=r"run\[0\].signal_key: 'signal' is not a numeric"):
+        el.read_run(run)
+    np.savez(npz, signal=np.zeros((1, 64)), t_s=np.arange(1.0))
+    with pytest.raises(ConfigError, match=r"run\[0\]: need at least 2 windows, got 1"):
+        el.read_run(run)
