@@ -51,6 +51,7 @@ class Leases:
     relay_rev: int | None = None  # the relay lease's revision while this worker holds it
     lease_s: float = 5.0
     renewed: dict[int | str, float] = field(default_factory=dict)  # monotonic, per lease
+    relay_away_until: float = 0.0  # monotonic: the relay lease is not taken before
 
     def valid(self, lease: int | str) -> bool:
         """Held and renewed recently enough that it cannot have lapsed yet: a worker cut
@@ -105,8 +106,20 @@ class Leases:
         with contextlib.suppress(KeyNotFoundError):
             await self.workers.delete(self.worker_id)
 
+    async def give_up_relay(self, away_s: float) -> None:
+        """After this worker's relay failed: free the lease at once (not after its TTL) and
+        leave it to the others for `away_s`, so that a healthy worker relays meanwhile."""
+        self.relay_away_until = time.monotonic() + away_s
+        if self.relay_rev is not None:
+            rev, self.relay_rev = self.relay_rev, None
+            with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
+                await self.leases.delete(RELAY_KEY, last=rev)
+        log.info(kv("relay_lease_given_up", worker=self.worker_id, away_s=round(away_s, 1)))
+
     async def _relay_lease(self) -> None:
         me = self.worker_id.encode()
+        if self.relay_rev is None and time.monotonic() < self.relay_away_until:
+            return
         try:
             if self.relay_rev is None:
                 self.relay_rev = await self.leases.create(RELAY_KEY, me)

@@ -11,7 +11,7 @@ One worker of the site at a time relays (the `relay` lease in its leases bucket)
 MQTT client id and a persistent session: the next holder resumes the session, and mosquitto
 redelivers what the previous one had not acknowledged, in order. A message relayed twice
 (stored, then the relay died before its MQTT acknowledgement) carries the same
-`Nats-Msg-Id` (a hash of topic and payload) and is dropped by JetStream's de-duplication.
+`Nats-Msg-Id` and is dropped by JetStream's de-duplication (`store_id`).
 
 The relay also carries the workers' diagnoses and alerts back to mosquitto (diagnoses
 retained), so that whoever reads the site's topics there (operators, `ballpass watch`,
@@ -26,8 +26,9 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from nats.aio.client import Client as NatsClient
@@ -47,6 +48,10 @@ RETURN_QUEUE = 10_000
 """Messages waiting for mosquitto at most; beyond, the oldest way back is full: dropped,
 counted (`returned_dropped`)."""
 RETURN_BATCH = 64
+LEASE_CHECK_S = 0.25
+"""How often an idle relay asks for its lease: it must be off mosquitto before the lease
+expires (0.4 x `lease_s` after it stops being valid), or it and the next holder, with one
+MQTT client id, take the session from each other in turn."""
 
 T = TypeVar("T")
 
@@ -59,6 +64,28 @@ def return_subjects(site: str) -> tuple[str, str]:
 
 def message_id(topic: str, payload: bytes) -> str:
     return hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()[:32]
+
+
+def store_id(topic: str, payload: bytes) -> str | None:
+    """The `Nats-Msg-Id` a relayed message is stored with (None: none, never dropped).
+
+    A window or tacho reading is unique by content (it carries its seq and time), so a
+    hash of it drops only a copy. A gateway's status is not: its last will "offline" is the
+    same bytes each time, and a second one within JetStream's 120 s window would be lost;
+    likewise an operator's command sent twice on purpose. A command is de-duplicated by its
+    own "id" only, when it has one (its sender's retry of the same command).
+    """
+    r = route(topic)
+    if r.route in (Route.WINDOW, Route.TACHO):
+        return message_id(topic, payload)
+    if r.route is Route.COMMAND:
+        try:
+            command_id = json.loads(payload).get("id")
+        except (ValueError, AttributeError, RecursionError):
+            return None
+        if isinstance(command_id, str | int) and not isinstance(command_id, bool):
+            return f"{r.site}:command:{command_id}"  # sites share the CONTROL stream
+    return None
 
 
 def relayable(topic: str, site: str) -> bool:
@@ -78,13 +105,18 @@ def relayable(topic: str, site: str) -> bool:
 class Relay:
     """Copies every message of the site's subscriptions from mosquitto to JetStream."""
 
-    def __init__(self, config: Config, nc: NatsClient, js: JetStreamContext) -> None:
+    def __init__(self, config: Config, nc: NatsClient, js: JetStreamContext,
+                 holds: Callable[[], bool] = lambda: True) -> None:
+        """`holds`: whether this worker still holds the relay lease. Asked before each
+        wave and acknowledgement: a worker whose lease loop is held up (waiting for a long
+        batch) must not relay on after its lease lapsed, beside the next holder."""
         stream = dataclasses.replace(config.stream,
                                      client_id=f"{config.stream.client_id}-relay")
         self.mqtt = MqttSource(config.broker, stream, SUBSCRIPTIONS)
         self.site = config.site.id
         self.nc = nc
         self.js = js
+        self.holds = holds
         self.counters = {"relayed": 0, "relay_duplicates": 0, "relay_retries": 0,
                          "relay_refused": 0, "returned": 0, "returned_failed": 0,
                          "returned_dropped": 0}
@@ -96,10 +128,12 @@ class Relay:
         subs = [await self.nc.subscribe(s, cb=self._queue_back)
                 for s in return_subjects(self.site)]
         back = asyncio.create_task(self._publish_back(stop), name="relay-back")
+        watch = asyncio.create_task(self._watch_lease(stop), name="relay-lease")
         try:
             await self.mqtt.run(stop, self._relay)
         finally:
             back.cancel()
+            watch.cancel()
             for sub in subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
@@ -150,7 +184,7 @@ class Relay:
         for wave in waves(todo):
             attempt = 0
             while wave:
-                if self._stop.is_set():
+                if self._stop.is_set() or not self._still_holds():
                     return  # stopping: the rest stays in mosquitto's session, unacknowledged
                 answers = await asyncio.gather(*(self._store(d, payload) for d, payload in wave),
                                                return_exceptions=True)
@@ -164,6 +198,8 @@ class Relay:
                         reason = answer
                         continue
                     self.counters["relay_duplicates" if answer else "relayed"] += 1
+                    if not self._still_holds():
+                        return  # stored; the next holder relays it again, dropped as a copy
                     self.mqtt.ack(d)
                 wave = failed
                 if failed:  # no JetStream answer (leader election, lost link): again
@@ -175,10 +211,26 @@ class Relay:
                                    retry_in_s=round(delay, 1)))
                     await sleep_or_stop(self._stop, delay)
 
+    async def _watch_lease(self, stop: asyncio.Event) -> None:
+        """Stops the relay when its lease lapses, also while no message comes."""
+        while self._still_holds():
+            await sleep_or_stop(stop, LEASE_CHECK_S)
+
+    def _still_holds(self) -> bool:
+        """False once the relay lease is no longer this worker's: the relay stops (the
+        lease loop would stop it only at its next round)."""
+        if self.holds():
+            return True
+        if not self._stop.is_set():
+            log.warning(kv("relay_lease_lapsed", site=self.site, reason="stopping the relay"))
+            self._stop.set()
+        return False
+
     async def _store(self, d: Delivery, payload: bytes) -> bool:
         """Publish to JetStream and wait for its acknowledgement; True: a duplicate."""
+        msg_id = store_id(d.topic, payload)
         ack = await self.js.publish(d.topic.replace("/", "."), payload,
-                                    headers={"Nats-Msg-Id": message_id(d.topic, payload)})
+                                    headers={"Nats-Msg-Id": msg_id} if msg_id else None)
         return bool(ack.duplicate)
 
 

@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,10 @@ from ballpass.stream.retrying_writer import RETRY_INITIAL_S, RETRY_MAX_S, sleep_
 
 log = logging.getLogger(__name__)
 
+RELAY_AWAY_LEASES = 3
+"""After its relay failed, a worker leaves the relay lease to the others for about this
+many `lease_s` (growing with each failure in a row, up to `RELAY_AWAY_MAX_S`)."""
+RELAY_AWAY_MAX_S = 120.0
 MAX_ACK_PENDING = 256
 """Windows of one partition fetched and not yet acknowledged, at most."""
 FETCH_WAIT_S = 1.0
@@ -73,6 +77,14 @@ class _Fetched:
     msgs: list[Msg]
     reader: asyncio.Task[None] | None
     done: asyncio.Future[bool]
+
+
+async def _nak(msgs: list[Msg]) -> None:
+    """Redelivered at once (to the partition's new owner); a NAK lost changes nothing but
+    the wait, `ack_wait`."""
+    for m in msgs:
+        with contextlib.suppress(Exception):
+            await m.nak()
 
 
 def default_worker_id() -> str:
@@ -127,6 +139,7 @@ class NatsSource:
         self._relay: Relay | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._relay_stop = asyncio.Event()
+        self._relay_failures = 0  # in a row
 
     def bind(self, pipeline: Pipeline, dedup: Deduplicator,
              submit_alert: Callable[[dict[str, Any]], None],
@@ -242,6 +255,7 @@ class NatsSource:
                     self.counters["partitions_taken"] += 1
                     self._readers[p] = asyncio.create_task(self._reader(p, handle),
                                                            name=f"partition-{p}")
+            await self._relay_ended()
             # With edges, each plant's own `ballpass relay` does it (edge.py).
             await self._run_relay(leases.valid(RELAY_KEY) and not self.cluster.edges)
             await sleep_or_stop(stop, self.cluster.lease_s / 3)
@@ -250,14 +264,41 @@ class NatsSource:
         """Start the relay when this worker took its lease, stop it when the lease is lost
         (the next holder resumes the same MQTT session)."""
         running = self._relay_task is not None and not self._relay_task.done()
+        if running and self._relay is not None and self._relay.mqtt.connected:
+            self._relay_failures = 0
         if should and not running:
             assert self._nc is not None and self._js is not None
-            self._relay = Relay(self.config, self._nc, self._js)
+            leases = self._leases
+            self._relay = Relay(self.config, self._nc, self._js,
+                                holds=lambda: leases is not None and leases.valid(RELAY_KEY))
             self._relay_stop = asyncio.Event()
             self._relay_task = asyncio.create_task(self._relay.run(self._relay_stop),
                                                    name="relay")
         elif not should and running:
             await self._stop_relay()
+
+    async def _relay_ended(self) -> None:
+        """A relay that ended by itself with an error (its MQTT login unusable, say) is
+        logged, and its lease given up for a while: held, no one else would relay."""
+        task = self._relay_task
+        if task is None or not task.done() or task.cancelled():
+            return
+        self._relay_task = None
+        error = task.exception()  # retrieved: else only "never retrieved" at exit
+        if error is None:  # stopped itself: its lease lapsed (Relay.holds)
+            return
+        self._relay_failures += 1
+        assert self._leases is not None
+        away_s = backoff.jittered_s(self._relay_failures,
+                                    RELAY_AWAY_LEASES * 2 * self.cluster.lease_s,
+                                    RELAY_AWAY_MAX_S)
+        log.error(kv("relay_failed", worker=self.worker_id, reason=repr(error),
+                     failures=self._relay_failures, away_s=round(away_s, 1)))
+        try:
+            await self._leases.give_up_relay(away_s)
+        except Exception as e:  # not answered: its TTL frees the lease
+            log.warning(kv("relay_lease_release_failed", worker=self.worker_id,
+                           reason=repr(e)))
 
     async def _stop_relay(self) -> None:
         if self._relay_task is not None:
@@ -291,10 +332,18 @@ class NatsSource:
                     durable=topology.consumer_name(self.site, p), stream=topology.WINDOWS)
                 log.info(kv("partition_reading", partition=p, worker=self.worker_id))
                 while True:
+                    # A pull request goes by the durable's name: after the lease lapsed it
+                    # would take windows from the new owner's consumer.
+                    if not self._owns(p):
+                        log.warning(kv("partition_fetch_stopped", partition=p,
+                                       worker=self.worker_id, reason="lease lapsed"))
+                        return
                     try:
                         msgs = await sub.fetch(self.config.stream.batch_max,
                                                timeout=FETCH_WAIT_S)
                     except TimeoutError:  # nothing new (nats-py's is a TimeoutError)
+                        continue
+                    if not msgs:
                         continue
                     fetched = _Fetched(p, msgs, asyncio.current_task(),
                                        asyncio.get_running_loop().create_future())
@@ -325,15 +374,17 @@ class NatsSource:
                 for f in waiting:
                     if f.done.done():
                         continue  # its reader was stopped: nothing of it acknowledged
-                    if (self._leases is None or not self._leases.valid(f.p)
-                            or self._readers.get(f.p) is not f.reader):
+                    if not self._owns(f.p) or self._readers.get(f.p) is not f.reader:
+                        log.warning(kv("partition_fetch_refused", partition=f.p,
+                                       worker=self.worker_id, messages=len(f.msgs)))
+                        await _nak(f.msgs)  # at once to the new owner, not after ack_wait
                         f.done.set_result(False)
                     else:
                         live.append(f)
                 if not live:
                     continue
                 try:
-                    await self._process([(f.p, f.msgs) for f in live], handle)
+                    lost = await self._process([(f.p, f.msgs) for f in live], handle)
                 except Exception as e:  # each reader takes its consumer again
                     for f in live:
                         if not f.done.done():
@@ -341,17 +392,25 @@ class NatsSource:
                     continue
                 for f in live:
                     if not f.done.done():
-                        f.done.set_result(True)
+                        f.done.set_result(f.p not in lost)
+
+    def _owns(self, p: int | None) -> bool:
+        """Partition `p`'s lease still this worker's (None: not partitioned, anyone's)."""
+        return p is None or (self._leases is not None and self._leases.valid(p))
 
     async def _process(self, parts: list[tuple[int | None, list[Msg]]],
-                       handle: Handler) -> None:
+                       handle: Handler) -> set[int]:
         """One batch (the messages of one or more partitions, `None`: not partitioned)
-        through the handler; the state saved, then the acknowledgements."""
+        through the handler; the state saved, then the acknowledgements. Returns the
+        partitions lost meanwhile: nothing of theirs saved or acknowledged."""
+        if not any(part for _, part in parts):
+            return set()  # an empty fetch: no batch
         assert self._state is not None
         self.generation += 1
         deliveries: list[Delivery] = []
         keys: dict[int, Key] = {}
         msgs: list[Msg] = []
+        partition: list[int | None] = []
         for p, part in parts:
             for m in part:
                 topic, key = topic_of(m.subject)
@@ -361,6 +420,7 @@ class NatsSource:
                     if p is not None:
                         self._keys.setdefault(p, set()).add(key)
                 msgs.append(m)
+                partition.append(p)
         await self._state.load(set(keys.values()))
         self._acked = []
         commit = await handle(deliveries)
@@ -368,13 +428,32 @@ class NatsSource:
             await commit()
         acked = [d.mid for d in self._acked if d.generation == self.generation]
         self._acked = []
+        # A batch can outlast a lease (InfluxDB down, the writer retrying): by now another
+        # worker may own the partition, and its state and acks are that worker's.
+        lost = self._lost(partition, "state_save")
+        acked = [i for i in acked if partition[i] not in lost]
         # A routed command changed its sensor's state too (a rebaseline, say): saved with
         # its ack, or a new owner would load the state from before it.
         await self._state.save({keys[i] for i in acked if i in keys
                                 and deliveries[i].topic.endswith(("/window", "/command"))})
+        lost |= self._lost(partition, "ack", lost)  # the save took a while too
         for i in acked:
-            await msgs[i].ack()
+            if partition[i] not in lost:
+                await msgs[i].ack()
+        await _nak([m for m, p in zip(msgs, partition, strict=True) if p in lost])
         self.counters["batches"] += 1
+        return lost
+
+    def _lost(self, partition: list[int | None], before: str,
+              known: Set[int] = frozenset()) -> set[int]:
+        """The batch's partitions no longer this worker's, besides `known`, logged
+        (`before`: what of theirs is not done)."""
+        lost = {p for p in set(partition)
+                if p is not None and p not in known and not self._owns(p)}
+        for p in sorted(lost):
+            log.warning(kv("partition_lost_in_batch", partition=p, worker=self.worker_id,
+                           skipped=before))
+        return lost
 
     # --- control and alerts -----------------------------------------------------------
 
@@ -390,7 +469,8 @@ class NatsSource:
                     msgs = await sub.fetch(self.config.stream.batch_max, timeout=FETCH_WAIT_S)
                 except TimeoutError:
                     continue
-                await each(msgs)
+                if msgs:
+                    await each(msgs)
             except Exception as e:
                 # Reconnecting, a leader election, a publish refused: this loop must not
                 # end (nothing else would take statuses, commands or alerts); what was not

@@ -1,0 +1,389 @@
+"""Leases that lapse under a running worker, and the relay's own failures (docs/scale-out.md).
+
+Real 3-node nats-server cluster and real mosquitto on loopback; the workers are
+`NatsSource`s in this process with stub pipelines, so that a test can hold a batch in the
+handler (as an InfluxDB outage would) and take a lease away meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.js.errors import KeyNotFoundError
+from natsplant import PARTITIONS, PASSWORDS, USERS, site_toml
+
+from ballpass import topics
+from ballpass.config import Config, load
+from ballpass.nats_server import NatsCluster
+from ballpass.services import Mosquitto
+from ballpass.stream.cluster import topology
+from ballpass.stream.cluster.leases import RELAY_KEY, lease_key
+from ballpass.stream.cluster.relay import Relay, message_id
+from ballpass.stream.cluster.source import NatsSource, _Fetched
+from ballpass.stream.mqtt_source import Delivery
+
+
+class _Pipeline:
+    def knows(self, sensor: Any) -> bool:
+        return True
+
+    def import_sensor(self, sensor: Any, data: Any) -> None:
+        pass
+
+    def export_sensor(self, sensor: Any) -> dict[str, float]:
+        return {"t": time.time()}
+
+
+class _Dedup:
+    def restore(self, key: Any, state: Any) -> None:
+        pass
+
+    def recent(self, key: Any, n: int) -> list[Any]:
+        return []
+
+
+@pytest.fixture
+def plant(tmp_path: Path) -> Iterator[tuple[NatsCluster, Config]]:
+    cluster = NatsCluster(tmp_path / "nats", users=USERS, partitions=PARTITIONS)
+    broker = Mosquitto(tmp_path / "mqtt", users=PASSWORDS)
+    cluster.start()
+    try:
+        broker.start()
+        try:
+            yield cluster, load(site_toml(tmp_path / "site.toml", cluster.urls, broker,
+                                          "http://127.0.0.1:1", "db", tmp_path / "state",
+                                          "http://127.0.0.1:1/hook"))
+        finally:
+            broker.stop()
+    finally:
+        cluster.stop()
+
+
+def _worker(config: Config, worker_id: str, **stream: Any) -> NatsSource:
+    c = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster,
+                                                                worker_id=worker_id),
+                            stream=dataclasses.replace(config.stream, **stream))
+    source = NatsSource(c)
+    source.bind(_Pipeline(), _Dedup(), lambda _a: None, lambda _t, _p: None)  # type: ignore[arg-type]
+    return source
+
+
+async def _until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        await asyncio.sleep(0.1)
+
+
+Handle = Callable[[list[Delivery]], Awaitable[None]]
+
+
+def _blocking_handler(source: NatsSource, blocker: asyncio.Event,
+                      seen: list[str]) -> Handle:
+    """Acks each delivery, but holds a batch with a window until `blocker` is set (the
+    writer retrying through an InfluxDB outage)."""
+    async def handle(batch: list[Delivery]) -> None:
+        seen.extend(d.topic for d in batch)
+        if any(d.topic.endswith("/window") for d in batch):
+            await blocker.wait()
+        for d in batch:
+            source.ack(d)
+    return handle
+
+
+async def _take_lease(kv: Any, p: int, owner: bytes = b"B") -> None:
+    """Another worker's lease on `p`, as after this one's lapsed."""
+    with contextlib.suppress(KeyNotFoundError):
+        await kv.delete(lease_key(p))
+    await kv.create(lease_key(p), owner)
+
+
+def test_a_batch_that_outlasts_its_lease_saves_and_acknowledges_nothing_of_it(
+        plant: tuple[NatsCluster, Config], caplog: pytest.LogCaptureFixture) -> None:
+    """Worker A's batch of partition 5 is held past its lease; another worker owns 5 by
+    the time it ends: A neither saves the sensor's state (it would overwrite the new
+    owner's) nor acknowledges the window; it NAKs it, so the new owner gets it at once."""
+    cluster, config = plant
+    caplog.set_level(logging.WARNING, logger="ballpass.stream.cluster.source")
+
+    async def main() -> None:
+        a = _worker(config, "A")
+        blocker, seen = asyncio.Event(), []
+        stop = asyncio.Event()
+        task = asyncio.create_task(a.run(stop, _blocking_handler(a, blocker, seen)))
+        nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
+        try:
+            await _until(lambda: len(a.partitions) == PARTITIONS, 30, "A holding all")
+            js = nc.jetstream(timeout=10)
+            await js.publish("bpw.5.s1.gw1.a.window",
+                             b"w1")
+            await _until(lambda: bool(seen), 10, "A's batch in the handler")
+            leases = await js.key_value(topology.bucket_names("s1")[topology.LEASES])
+            await _take_lease(leases, 5)
+            assert a._leases is not None
+            await _until(lambda: not a._leases.valid(5), 10, "A's lease of 5 lost")
+            blocker.set()
+            await _until(lambda: a.counters["batches"] == 1, 10, "A's batch done")
+            assert a.status()["state_saved"] == 0
+            info = await js.consumer_info(topology.WINDOWS, topology.consumer_name("s1", 5))
+            assert info.ack_floor.stream_seq == 0, "A acknowledged the new owner's window"
+            sub = await js.pull_subscribe_bind(durable=topology.consumer_name("s1", 5),
+                                               stream=topology.WINDOWS)
+            again = await sub.fetch(1, timeout=3)  # NAKed: not after ack_wait (60 s)
+            assert [m.data for m in again] == [b"w1"]
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+            await nc.close()
+
+    asyncio.run(asyncio.wait_for(main(), 90))
+    assert "event=partition_lost_in_batch partition=5" in caplog.text
+
+
+def test_a_reader_whose_lease_lapsed_takes_nothing_from_the_new_owner(
+        plant: tuple[NatsCluster, Config]) -> None:
+    """A's lease loop is held up (giving back partition 3 waits for A's long batch);
+    meanwhile 3 is another worker's, with a consumer of its own: A's reader of 3 stops
+    fetching (pull requests go by the durable's name: it would take the new owner's
+    windows and keep them until A's batch ends)."""
+    cluster, config = plant
+
+    async def main() -> list[bytes]:
+        a = _worker(config, "A")
+        blocker, seen = asyncio.Event(), []
+        stop = asyncio.Event()
+        task = asyncio.create_task(a.run(stop, _blocking_handler(a, blocker, seen)))
+        nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
+        try:
+            await _until(lambda: len(a.partitions) == PARTITIONS, 30, "A holding all")
+            js = nc.jetstream(timeout=10)
+            await js.publish("bpw.5.s1.gw1.a.window", b"held")
+            await _until(lambda: bool(seen), 10, "A's batch in the handler")
+            leases = await js.key_value(topology.bucket_names("s1")[topology.LEASES])
+            await _take_lease(leases, 3)
+            assert a._leases is not None
+            await _until(lambda: not a._leases.valid(3), 10, "A's lease of 3 lost")
+            await topology.take_consumer(js, "s1", 3, config.cluster.replicas, 256)
+            sub = await js.pull_subscribe_bind(durable=topology.consumer_name("s1", 3),
+                                               stream=topology.WINDOWS)
+            got: list[bytes] = []
+            for i in range(4):
+                await js.publish("bpw.3.s1.gw1.b.window", b"w%d" % i)
+                await asyncio.sleep(0.5)  # A's reader would pull meanwhile
+            deadline = time.monotonic() + 3
+            while len(got) < 4 and time.monotonic() < deadline:
+                try:
+                    msgs = await sub.fetch(4, timeout=1)
+                except TimeoutError:
+                    continue
+                for m in msgs:
+                    await m.ack()
+                got.extend(m.data for m in msgs)
+            return got
+        finally:
+            blocker.set()
+            stop.set()
+            await asyncio.wait_for(task, 30)
+            await nc.close()
+
+    got = asyncio.run(asyncio.wait_for(main(), 90))
+    assert got == [b"w0", b"w1", b"w2", b"w3"]
+
+
+def test_the_relay_stops_when_its_lease_lapses(plant: tuple[NatsCluster, Config]) -> None:
+    """The lease loop may be held up (a long batch); the relay asks for its lease itself
+    before each wave and acknowledgement: a stored window whose lease lapsed meanwhile is
+    not acknowledged to mosquitto (the next holder relays it, dropped as a copy), the
+    next wave is not stored, and the relay stops."""
+    cluster, config = plant
+
+    async def main() -> tuple[list[Delivery], int, bool]:
+        nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
+        try:
+            js = nc.jetstream(timeout=10)
+            await topology.declare(js, config.cluster, "s1")
+            answers = iter([True, False])
+            relay = Relay(config, nc, js, holds=lambda: next(answers, False))
+            acked: list[Delivery] = []
+            relay.mqtt.ack = acked.append  # type: ignore[method-assign]
+            relay._stop = asyncio.Event()
+            topic = topics.window("s1", "gw1", "a")
+            # The same sensor twice: two waves.
+            await relay._relay([Delivery(topic, b"w0", 1, 1, 1),
+                                Delivery(topic, b"w1", 1, 2, 1)])
+            info = await js.stream_info(topology.WINDOWS)
+            return acked, info.state.messages, relay._stop.is_set()
+        finally:
+            await nc.close()
+
+    acked, stored, stopped = asyncio.run(asyncio.wait_for(main(), 60))
+    assert acked == []
+    assert stored == 1
+    assert stopped
+
+
+def test_statuses_and_commands_are_not_dropped_as_copies(
+        plant: tuple[NatsCluster, Config]) -> None:
+    """A gateway's last will "offline" is the same bytes each time, and so is a command
+    sent twice: each is stored (before: the same content id, dropped by JetStream's
+    de-duplication for 120 s). Windows are still de-duplicated by content, commands by
+    their own "id"."""
+    cluster, config = plant
+
+    async def main() -> tuple[list[bool], int, int]:
+        nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
+        try:
+            js = nc.jetstream(timeout=10)
+            await topology.declare(js, config.cluster, "s1")
+            relay = Relay(config, nc, js)
+            status = topics.PREFIX + "/s1/gw1/status"
+            command = topics.PREFIX + "/s1/command"
+            window = topics.window("s1", "gw1", "a")
+            sent = [(status, b"offline"), (status, b"offline"),
+                    (command, b'{"sensor": "a", "action": "rebaseline"}'),
+                    (command, b'{"sensor": "a", "action": "rebaseline"}'),
+                    (command, b'{"id": "c1", "sensor": "a", "action": "rebaseline"}'),
+                    (command, b'{"id": "c1", "sensor": "a", "action": "rebaseline"}'),
+                    (window, b"w0"), (window, b"w0")]
+            duplicate = [await relay._store(Delivery(t, p, 1, i, 1), p)
+                         for i, (t, p) in enumerate(sent)]
+            control = await js.stream_info(topology.CONTROL)
+            windows = await js.stream_info(topology.WINDOWS)
+            return duplicate, control.state.messages, windows.state.messages
+        finally:
+            await nc.close()
+
+    duplicate, control, windows = asyncio.run(asyncio.wait_for(main(), 60))
+    assert duplicate == [False, False, False, False, False, True, False, True]
+    assert (control, windows) == (5, 1)
+    assert message_id("a", b"x") == message_id("a", b"x")
+
+
+def test_a_relay_that_cannot_start_leaves_its_lease_to_a_healthy_worker(
+        plant: tuple[NatsCluster, Config], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Worker A's relay fails at start (its MQTT password file unreadable): logged, and A
+    gives the relay lease up for a while, so that B relays (before: the task died
+    silently, A kept renewing the lease and no one relayed)."""
+    cluster, config = plant
+    caplog.set_level(logging.INFO, logger="ballpass.stream.cluster")
+
+    async def main() -> tuple[str, bool]:
+        a = _worker(config, "A", password_file=tmp_path / "gone.pw")
+        b = _worker(config, "B")
+
+        async def handle(_batch: list[Delivery]) -> None:
+            return None
+
+        stop = asyncio.Event()
+        ta = asyncio.create_task(a.run(stop, handle))
+        nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
+        try:
+            js = nc.jetstream(timeout=10)
+            await _until(lambda: "event=relay_failed worker=A" in caplog.text, 15,
+                         "A's relay failed")
+            tb = asyncio.create_task(b.run(stop, handle))
+            try:
+                await _until(lambda: bool(b.status()["relay_connected"]), 20, "B relaying")
+                leases = await js.key_value(topology.bucket_names("s1")[topology.LEASES])
+                holder = (await leases.get(RELAY_KEY)).value
+                return (holder or b"").decode(), bool(a.status()["relay"])
+            finally:
+                stop.set()
+                await asyncio.wait_for(tb, 30)
+        finally:
+            stop.set()
+            await asyncio.wait_for(ta, 30)
+            await nc.close()
+
+    holder, a_relays = asyncio.run(asyncio.wait_for(main(), 90))
+    assert (holder, a_relays) == ("B", False)
+    assert "reason=" in caplog.text.split("event=relay_failed", 1)[1].splitlines()[0]
+
+
+def test_an_empty_fetch_is_no_batch(plant: tuple[NatsCluster, Config]) -> None:
+    """A fetch can answer `[]`: not a batch for the handler, nor counted in `batches`."""
+    _, config = plant
+    source = _worker(config, "A")
+
+    class _State:
+        async def load(self, keys: Any) -> None:
+            pass
+
+        async def save(self, keys: Any) -> None:
+            pass
+
+    source._state = _State()  # type: ignore[assignment]
+    handled: list[list[Delivery]] = []
+
+    async def handle(batch: list[Delivery]) -> None:
+        handled.append(batch)
+
+    assert asyncio.run(source._process([(0, []), (None, [])], handle)) == set()
+    assert handled == []
+    assert source.counters["batches"] == 0
+
+
+def test_a_fetch_the_batcher_refuses_is_redelivered_at_once(
+        plant: tuple[NatsCluster, Config]) -> None:
+    """A fetch that reaches the batcher after its partition's lease lapsed is not handled;
+    its windows are NAKed, so that the new owner gets them now, not after `ack_wait`."""
+    cluster, config = plant
+    source = _worker(config, "A")  # holds no lease: every partition's fetch is refused
+
+    async def main() -> tuple[bool, list[bytes]]:
+        nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
+        try:
+            js = nc.jetstream(timeout=10)
+            await topology.declare(js, config.cluster, "s1")
+            await topology.take_consumer(js, "s1", 2, config.cluster.replicas, 256)
+            sub = await js.pull_subscribe_bind(durable=topology.consumer_name("s1", 2),
+                                               stream=topology.WINDOWS)
+            await js.publish("bpw.2.s1.gw1.a.window", b"w0")
+            fetched = _Fetched(2, await sub.fetch(1, timeout=3), None,
+                               asyncio.get_running_loop().create_future())
+
+            async def handle(_batch: list[Delivery]) -> None:
+                raise AssertionError("a refused fetch reached the handler")
+
+            batcher = asyncio.create_task(source._batcher(handle))
+            source._fetched.put_nowait(fetched)
+            done = await asyncio.wait_for(fetched.done, 10)
+            batcher.cancel()
+            again = await sub.fetch(1, timeout=3)  # ack_wait is 60 s
+            return done, [m.data for m in again]
+        finally:
+            await nc.close()
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == (False, [b"w0"])
+
+
+def test_an_idle_relay_leaves_mosquitto_when_its_lease_lapses(
+        plant: tuple[NatsCluster, Config]) -> None:
+    """No message coming, the relay still asks for its lease: off mosquitto at once
+    (before: it stayed connected, and it and the next holder, with one MQTT client id,
+    took the session from each other in turn)."""
+    cluster, config = plant
+
+    async def main() -> None:
+        nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
+        try:
+            holds = True
+            relay = Relay(config, nc, nc.jetstream(), holds=lambda: holds)
+            task = asyncio.create_task(relay.run(asyncio.Event()))
+            await _until(lambda: relay.mqtt.connected, 10, "relay connected")
+            holds = False
+            await asyncio.wait_for(task, 5)
+        finally:
+            await nc.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
