@@ -208,10 +208,13 @@ class HistoryStore:
                 return self._read(e)
         return None
 
-    def _read(self, e: Entry) -> dict[str, Any] | None:
+    def _read(self, e: Entry, keys: tuple[str, ...] | None = None) -> dict[str, Any] | None:
+        """The entry's arrays (only `keys` of them, when given: an npz member is read and
+        decompressed only when asked for, and the raw samples are most of the file)."""
         try:
             with open(e.path, "rb") as f, np.load(f, allow_pickle=False) as z:
-                out: dict[str, Any] = {k: z[k] for k in z.files}
+                out: dict[str, Any] = {k: z[k] for k in z.files
+                                       if keys is None or k in keys or k == "meta"}
             out["meta"] = json.loads(str(out["meta"]))
             return out
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
@@ -224,13 +227,23 @@ class HistoryStore:
         """Spectra (`key`: "amp_g" or "env_amp_g") of `sensor`'s entries since `since_s`
         on one frequency grid: `t` (s), `freq_hz` (bin centres), `amp_g` (rows, g; each
         bin the peak of the entry's spectrum inside it), `ids`, `reasons`."""
+        return self.waterfalls(sensor, since_s, bins, (key,))[key]
+
+    def waterfalls(self, sensor: str, since_s: float = 0.0, bins: int = WATERFALL_BINS,
+                   keys: tuple[str, ...] = ("amp_g", "env_amp_g")) -> dict[str, Any]:
+        """`waterfall` of each of `keys`, reading each entry once (spectra only)."""
         entries = [e for e in self.entries(sensor) if e.t0_ns / 1e9 >= since_s]
         entries = entries[-WATERFALL_MAX_ROWS:]
+        freq_keys = {k: "freq_hz" if k == "amp_g" else "env_freq_hz" for k in keys}
+        spectra = [(e, self._read(e, (*keys, *freq_keys.values()))) for e in entries]
+        return {k: self._waterfall(spectra, bins, k, freq_keys[k]) for k in keys}
+
+    @staticmethod
+    def _waterfall(spectra: list[tuple[Entry, dict[str, Any] | None]], bins: int, key: str,
+                   freq_key: str) -> dict[str, Any]:
         rows: list[tuple[Entry, np.ndarray, np.ndarray]] = []
         fmax = 0.0
-        freq_key = "freq_hz" if key == "amp_g" else "env_freq_hz"
-        for e in entries:
-            data = self._read(e)
+        for e, data in spectra:
             if data is None or key not in data or freq_key not in data:
                 continue
             f, a = np.asarray(data[freq_key], float), np.asarray(data[key], float)

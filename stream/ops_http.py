@@ -2,8 +2,9 @@
 
 Read-only, GET and HEAD only, no state is changed through it, so it needs no token. It
 binds loopback unless told otherwise (the address is parsed by `ballpass.listen.parse_listen`).
-Requests are bounded (request line and headers, 8 KiB, 5 s) so a slow or hostile client
-cannot hold it.
+Requests are bounded (request line and headers, 8 KiB, 5 s; at most 32 connections at
+once, 503 beyond; 5 s to take the answer) so a slow or hostile client cannot hold it, nor
+use up the process's file descriptors.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 8192
 REQUEST_TIMEOUT_S = 5.0
+WRITE_TIMEOUT_S = 5.0  # for the client to take the answer (it may never read)
+MAX_CONNECTIONS = 32  # open at once (503 beyond): each is a file descriptor of the stream
+CLOSE_TIMEOUT_S = 2.0
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -36,6 +40,10 @@ class OpsServer:
         self.host, self.port = host, port
         self.health = health
         self.metrics = metrics
+        self.max_connections = MAX_CONNECTIONS
+        self.write_timeout_s = WRITE_TIMEOUT_S
+        self.refused = 0  # connections answered 503 for the cap
+        self._open = 0
         self._server: asyncio.Server | None = None
 
     @property
@@ -54,13 +62,29 @@ class OpsServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), CLOSE_TIMEOUT_S)
 
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
+        self._open += 1
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
-            status, ctype, body, method = self._answer(head)
+            await self._serve(reader, writer)
+        finally:
+            self._open -= 1
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self._open > self.max_connections:
+                self.refused += 1
+                log.warning(kv("ops_http_refused", reason="connections",
+                               open=self._open, peer=writer.get_extra_info("peername")))
+                status, ctype, body, method = 503, "text/plain", b"too many connections\n", \
+                    "GET"
+            else:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"),
+                                              REQUEST_TIMEOUT_S)
+                status, ctype, body, method = self._answer(head)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
                 ConnectionError):
             status, ctype, body, method = 400, "text/plain", b"bad request\n", "GET"
@@ -72,12 +96,16 @@ class OpsServer:
         headers = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
                    f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
                    "Connection: close\r\n\r\n").encode()
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(ConnectionError, TimeoutError):
             writer.write(headers + (b"" if method == "HEAD" else body))
-            await writer.drain()
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+            await asyncio.wait_for(writer.drain(), self.write_timeout_s)
+        # A client that never reads would hold the connection (and its descriptor).
+        if writer.transport.get_write_buffer_size():
+            writer.transport.abort()
+        else:
+            writer.close()
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), self.write_timeout_s)
 
     def _answer(self, head: bytes) -> tuple[int, str, bytes, str]:
         parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()

@@ -546,6 +546,10 @@ class StreamService:
         host, port = parse_listen(self.http)
         if s.http_token_file is not None:
             token = s.http_token_file.read_text(encoding="utf-8").strip()
+            if not token:  # the page would run without a token: refuse, as config
+                raise ConfigError([f"stream.http_token_file: {s.http_token_file} is empty; "
+                                   "put a token in it, or remove the key to have one "
+                                   "generated"])
         else:
             # Logged once, on the start that creates it (`evidence_token_created`, with
             # the file's path; the token itself never goes to a log).

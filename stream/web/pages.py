@@ -209,9 +209,22 @@ def trend_svg(svg_id: str, t: list[float], series: dict[str, list[float]], ylabe
             f'viewBox="0 0 {W} {H}">{"".join(parts)}</svg>')
 
 
-def sensor_page(state: EvidenceState, sensor: str, csrf: str = "") -> str:
+Events = tuple[list[dict[str, Any]], list[dict[str, Any]]]
+"""A sensor's alerts and operator actions (see `sensor_events`)."""
+
+
+def sensor_events(state: EvidenceState, sensor: str) -> Events:
+    """`sensor`'s alerts and operator actions, copied. Call it on the event loop, which
+    appends to `state.alerts` and `state.actions`: iterating those deques in a worker
+    thread meanwhile raises "deque mutated during iteration"."""
+    return ([a for a in state.alerts if a.get("sensor") == sensor],
+            [a for a in state.actions if a.get("sensor") == sensor])
+
+
+def sensor_page(state: EvidenceState, sensor: str, csrf: str = "",
+                events: Events | None = None) -> str:
     return page(f"sensor {sensor}",
-                f'<div id="fragment">{sensor_fragment(state, sensor, csrf)}</div>'
+                f'<div id="fragment">{sensor_fragment(state, sensor, csrf, events)}</div>'
                 + (_history_section() if state.history is not None else ""),
                 view="sensor", sensor=sensor, csrf=csrf)
 
@@ -246,8 +259,10 @@ def window_page(sensor: str, entry: str, csrf: str = "") -> str:
     return page(f"{sensor} window {entry}", body, view="window", sensor=sensor, csrf=csrf)
 
 
-def sensor_fragment(state: EvidenceState, sensor: str, csrf: str = "") -> str:
-    """The live part of a sensor's page (re-fetched when a new window arrives)."""
+def sensor_fragment(state: EvidenceState, sensor: str, csrf: str = "",
+                    events: Events | None = None) -> str:
+    """The live part of a sensor's page (re-fetched when a new window arrives); `events`
+    from `sensor_events` (taken here when not given: only safe on the event loop)."""
     view = state.sensors[sensor]
     d = view.latest or {}
     sid = escape(sensor)
@@ -300,8 +315,7 @@ def sensor_fragment(state: EvidenceState, sensor: str, csrf: str = "") -> str:
     else:
         trends = '<h2>Trend</h2>' + trend_svg("trend-temperature", tr["t"],
                                               {"°C": tr["celsius"]}, "°C")
-    alerts = [a for a in state.alerts if a.get("sensor") == sensor]
-    actions = [a for a in state.actions if a.get("sensor") == sensor]
+    alerts, actions = events if events is not None else sensor_events(state, sensor)
     rows = "".join(f'<tr class="alert-{escape(str(a.get("status")))}"><td>{_when(a.get("t"))}'
                    f'</td><td>{escape(str(a.get("status")))}</td><td>'
                    f'{escape(str(a.get("diagnosis")))}</td><td>{escape(str(a.get("alert_id")))}'

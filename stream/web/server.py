@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import math
 import re
 import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
@@ -49,9 +52,13 @@ log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024  # bytes of a request body (413 beyond)
 MAX_LINE = 8 * 1024  # bytes of the request line or of one header line (431 beyond)
 MAX_HEADER_LINES = 100  # header lines of one request (431 beyond)
-HEADER_TIMEOUT_S = 10.0  # for the request line and all headers together (408 after)
+HEADER_TIMEOUT_S = 5.0  # for the request line and all headers together (408 after)
 BODY_TIMEOUT_S = 10.0  # for the whole body (408 after)
 MAX_CONNECTIONS = 64  # open connections, SSE streams included (503 beyond)
+MAX_CONNECTIONS_PER_PEER = 8  # of them from one IP address (503 beyond)
+WORKER_THREADS = 2  # the page's own pool: never the stream's (asyncio's default) one
+MAX_HISTORY_REQUESTS = 2  # history requests at once (503 + Retry-After beyond)
+HISTORY_RETRY_AFTER_S = 5
 LOGIN_FAILURE_DELAY_S = 0.5  # slows guessing a weak hand-made token
 SSE_HEARTBEAT_S = 15.0
 SSE_POLL_S = 0.5
@@ -74,10 +81,12 @@ AckHook = Callable[[str, str, str], Awaitable[dict[str, Any]]]
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str, reason: str | None = None) -> None:
+    def __init__(self, status: int, message: str, reason: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason  # the `refused` counter it goes to, if any
+        self.headers = headers or {}  # sent with the error page (e.g. Retry-After)
 
 
 REASONS = {200: "OK", 303: "See Other", 400: "Bad Request", 401: "Unauthorized",
@@ -115,7 +124,14 @@ class EvidenceServer:
         self.header_timeout_s = HEADER_TIMEOUT_S
         self.body_timeout_s = BODY_TIMEOUT_S
         self.max_connections = MAX_CONNECTIONS
+        self.max_connections_per_peer = MAX_CONNECTIONS_PER_PEER
+        self.max_history_requests = MAX_HISTORY_REQUESTS
         self._open = 0
+        self._open_by_peer: Counter[str] = Counter()
+        self._history_busy = 0
+        # Pages render in threads of their own: on asyncio's default pool they would
+        # queue in front of the stream's batch processing (service.py's to_thread).
+        self._pool = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="evidence-page")
         self._server: asyncio.Server | None = None
         self._closing = asyncio.Event()
         self._static = {name: (resources.files("ballpass.stream.web") / "static" / name)
@@ -144,6 +160,12 @@ class EvidenceServer:
             self._server.close()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _work(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` in the page's own threads."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(fn, *args))
 
     def _refuse(self, reason: str, status: int, message: str, path: str,
                 writer: asyncio.StreamWriter) -> HttpError:
@@ -156,11 +178,17 @@ class EvidenceServer:
 
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
+        peer = str((writer.get_extra_info("peername") or ("?",))[0])
         self._open += 1
+        self._open_by_peer[peer] += 1
         try:
-            if self._open > self.max_connections:
-                self._refuse("connections", 503, "too many connections", "-", writer)
-                self._respond(writer, 503, pages.error_page(503, "too many connections"))
+            # Per address too: one client alone must not hold every connection.
+            busy = ("too many connections" if self._open > self.max_connections else
+                    "too many connections from your address"
+                    if self._open_by_peer[peer] > self.max_connections_per_peer else None)
+            if busy is not None:
+                self._refuse("connections", 503, busy, "-", writer)
+                self._respond(writer, 503, pages.error_page(503, busy))
                 await writer.drain()
                 return
             await self._serve_one(reader, writer)
@@ -175,6 +203,9 @@ class EvidenceServer:
                 await writer.drain()
         finally:
             self._open -= 1
+            self._open_by_peer[peer] -= 1
+            if not self._open_by_peer[peer]:
+                del self._open_by_peer[peer]
             with contextlib.suppress(Exception):
                 writer.close()
 
@@ -291,7 +322,7 @@ class EvidenceServer:
         except HttpError as e:
             page = pages.login_page("", "log in to see the evidence page") \
                 if e.status == 401 else pages.error_page(e.status, str(e))
-            self._respond(writer, e.status, page, headers=extra, head=head)
+            self._respond(writer, e.status, page, headers={**extra, **e.headers}, head=head)
         await writer.drain()
 
     async def _read_body(self, reader: asyncio.StreamReader, headers: dict[str, str],
@@ -368,7 +399,7 @@ class EvidenceServer:
         if not parts:
             return 200, html, pages.overview(self.state, csrf), {}
         if parts == ["api", "fleet"]:
-            return 200, "application/json", json.dumps(self.state.fleet()), {}
+            return 200, "application/json", dumps_json(self.state.fleet()), {}
         if parts[0] == "static" and len(parts) == 2 and parts[1] in self._static:
             suffix = parts[1][parts[1].rfind("."):]
             return 200, STATIC_TYPES[suffix], self._static[parts[1]], {
@@ -377,12 +408,16 @@ class EvidenceServer:
             sensor = urllib.parse.unquote(parts[1])
             if sensor not in self.state.sensors:
                 raise HttpError(404, f"no sensor {sensor!r} in this site")
+            # The event loop appends to the alert and action deques: copy them here, as
+            # iterating them in the worker thread meanwhile raises.
             if len(parts) == 2 and method != "POST":
-                return 200, html, await asyncio.to_thread(pages.sensor_page, self.state,
-                                                          sensor, csrf), {}
+                return 200, html, await self._work(pages.sensor_page, self.state, sensor,
+                                                   csrf, pages.sensor_events(self.state,
+                                                                             sensor)), {}
             if parts[2:] == ["fragment"] and method != "POST":
-                return 200, html, await asyncio.to_thread(pages.sensor_fragment, self.state,
-                                                          sensor, csrf), {}
+                return 200, html, await self._work(pages.sensor_fragment, self.state,
+                                                   sensor, csrf,
+                                                   pages.sensor_events(self.state, sensor)), {}
             if len(parts) in (3, 4) and parts[2] in ("history", "window") and method != "POST":
                 return await self._history(sensor, parts[2], parts[3] if len(parts) == 4
                                            else None, csrf)
@@ -410,10 +445,21 @@ class EvidenceServer:
             if entry is None or not any(e.id == entry for e in store.entries(sensor)):
                 raise HttpError(404, f"no window {entry!r} in the history of {sensor!r}")
             return 200, "text/html; charset=utf-8", pages.window_page(sensor, entry, csrf), {}
-        data = await asyncio.to_thread(history_json, store, sensor, entry)
-        if data is None:
+        if self._history_busy >= self.max_history_requests:
+            # Each reads up to WATERFALL_MAX_ROWS files: a few at once are all it takes
+            # to keep the disk and the page's threads busy.
+            self.refused["history_busy"] += 1
+            raise HttpError(503, "the history is busy; try again shortly", "history_busy",
+                            {"Retry-After": str(HISTORY_RETRY_AFTER_S)})
+        self._history_busy += 1
+        try:
+            # Serialised in the worker too: the waterfalls make ~2 MB of JSON.
+            body = await self._work(_history_body, store, sensor, entry)
+        finally:
+            self._history_busy -= 1
+        if body is None:
             raise HttpError(404, f"no window {entry!r} in the history of {sensor!r}")
-        return 200, "application/json", json.dumps(data), {}
+        return 200, "application/json", body, {}
 
     def _respond(self, writer: asyncio.StreamWriter, status: int, content: str | bytes,
                  ctype: str = "text/html; charset=utf-8",
@@ -444,7 +490,7 @@ class EvidenceServer:
         while not self._closing.is_set():
             if self.state.version != version:
                 version = self.state.version
-                writer.write(b"data: " + json.dumps(self.state.fleet()).encode() + b"\n\n")
+                writer.write(b"data: " + dumps_json(self.state.fleet()).encode() + b"\n\n")
                 await writer.drain()
                 last = time.monotonic()
             elif time.monotonic() - last >= SSE_HEARTBEAT_S:
@@ -458,11 +504,13 @@ class EvidenceServer:
 def history_json(store: Any, sensor: str, entry: str | None) -> dict[str, Any] | None:
     """The JSON of the history endpoints (None: no such entry, or it does not read)."""
     if entry is None:
+        # One read of each file for both waterfalls (and never of its raw samples).
+        waterfalls = store.waterfalls(sensor, keys=("amp_g", "env_amp_g"))
         return {"sensor": sensor,
                 "entries": [{"id": e.id, "t": e.t0_ns / 1e9, "reason": e.reason,
                              "bytes": e.size} for e in store.entries(sensor)],
-                "waterfall": store.waterfall(sensor),
-                "envelope_waterfall": store.waterfall(sensor, key="env_amp_g")}
+                "waterfall": waterfalls["amp_g"],
+                "envelope_waterfall": waterfalls["env_amp_g"]}
     data = store.load(sensor, entry)
     if data is None:
         return None
@@ -477,9 +525,34 @@ def history_json(store: Any, sensor: str, entry: str | None) -> dict[str, Any] |
     return out
 
 
+def _history_body(store: Any, sensor: str, entry: str | None) -> str | None:
+    data = history_json(store, sensor, entry)
+    return None if data is None else dumps_json(data)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN and infinities as None (JSON has no NaN; JSON.parse refuses it)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps_json(data: Any) -> str:
+    """JSON a browser parses: non-finite numbers become null."""
+    return json.dumps(_finite(data), allow_nan=False)
+
+
 def _local_path(value: str) -> str:
-    """`value` if it is a path on this site (for the redirect after login), else "/"."""
+    """`value` if it is a path on this site (for the redirect after login), else "/".
+
+    Printable ASCII only: browsers drop tabs and newlines inside a URL ("/\\t/evil" is
+    "//evil", another site), and the Location header is Latin-1.
+    """
     if not value.startswith("/") or value.startswith("//") or "\\" in value \
-            or any(c in value for c in "\r\n"):
+            or not (value.isascii() and value.isprintable()):
         return "/"
     return value
