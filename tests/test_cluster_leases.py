@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,34 @@ async def _take_lease(kv: Any, p: int, owner: bytes = b"B") -> None:
     await kv.create(lease_key(p), owner)
 
 
+@contextlib.asynccontextmanager
+async def _lease_lost_in_batch(cluster: NatsCluster, config: Config,
+                               p: int) -> AsyncIterator[tuple[NatsSource, Any, asyncio.Event]]:
+    """Worker A holding every partition, with a batch of partition 5 held in its handler,
+    while another worker takes A's lease of `p`. Yields A, a JetStream context and the
+    event that lets the batch end."""
+    a = _worker(config, "A")
+    blocker, seen = asyncio.Event(), []
+    stop = asyncio.Event()
+    task = asyncio.create_task(a.run(stop, _blocking_handler(a, blocker, seen)))
+    nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
+    try:
+        await _until(lambda: len(a.partitions) == PARTITIONS, 30, "A holding all")
+        js = nc.jetstream(timeout=10)
+        await js.publish("bpw.5.s1.gw1.a.window", b"w1")
+        await _until(lambda: bool(seen), 10, "A's batch in the handler")
+        leases = await js.key_value(topology.bucket_names("s1")[topology.LEASES])
+        await _take_lease(leases, p)
+        assert a._leases is not None
+        await _until(lambda: not a._leases.valid(p), 10, f"A's lease of {p} lost")
+        yield a, js, blocker
+    finally:
+        blocker.set()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await nc.close()
+
+
 def test_a_batch_that_outlasts_its_lease_saves_and_acknowledges_nothing_of_it(
         plant: tuple[NatsCluster, Config], caplog: pytest.LogCaptureFixture) -> None:
     """Worker A's batch of partition 5 is held past its lease; another worker owns 5 by
@@ -116,21 +144,7 @@ def test_a_batch_that_outlasts_its_lease_saves_and_acknowledges_nothing_of_it(
     caplog.set_level(logging.WARNING, logger="ballpass.stream.cluster.source")
 
     async def main() -> None:
-        a = _worker(config, "A")
-        blocker, seen = asyncio.Event(), []
-        stop = asyncio.Event()
-        task = asyncio.create_task(a.run(stop, _blocking_handler(a, blocker, seen)))
-        nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
-        try:
-            await _until(lambda: len(a.partitions) == PARTITIONS, 30, "A holding all")
-            js = nc.jetstream(timeout=10)
-            await js.publish("bpw.5.s1.gw1.a.window",
-                             b"w1")
-            await _until(lambda: bool(seen), 10, "A's batch in the handler")
-            leases = await js.key_value(topology.bucket_names("s1")[topology.LEASES])
-            await _take_lease(leases, 5)
-            assert a._leases is not None
-            await _until(lambda: not a._leases.valid(5), 10, "A's lease of 5 lost")
+        async with _lease_lost_in_batch(cluster, config, 5) as (a, js, blocker):
             blocker.set()
             await _until(lambda: a.counters["batches"] == 1, 10, "A's batch done")
             assert a.status()["state_saved"] == 0
@@ -140,10 +154,6 @@ def test_a_batch_that_outlasts_its_lease_saves_and_acknowledges_nothing_of_it(
                                                stream=topology.WINDOWS)
             again = await sub.fetch(1, timeout=3)  # NAKed: not after ack_wait (60 s)
             assert [m.data for m in again] == [b"w1"]
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
-            await nc.close()
 
     asyncio.run(asyncio.wait_for(main(), 90))
     assert "event=partition_lost_in_batch partition=5" in caplog.text
@@ -158,20 +168,7 @@ def test_a_reader_whose_lease_lapsed_takes_nothing_from_the_new_owner(
     cluster, config = plant
 
     async def main() -> list[bytes]:
-        a = _worker(config, "A")
-        blocker, seen = asyncio.Event(), []
-        stop = asyncio.Event()
-        task = asyncio.create_task(a.run(stop, _blocking_handler(a, blocker, seen)))
-        nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
-        try:
-            await _until(lambda: len(a.partitions) == PARTITIONS, 30, "A holding all")
-            js = nc.jetstream(timeout=10)
-            await js.publish("bpw.5.s1.gw1.a.window", b"held")
-            await _until(lambda: bool(seen), 10, "A's batch in the handler")
-            leases = await js.key_value(topology.bucket_names("s1")[topology.LEASES])
-            await _take_lease(leases, 3)
-            assert a._leases is not None
-            await _until(lambda: not a._leases.valid(3), 10, "A's lease of 3 lost")
+        async with _lease_lost_in_batch(cluster, config, 3) as (_a, js, _blocker):
             await topology.take_consumer(js, "s1", 3, config.cluster.replicas, 256)
             sub = await js.pull_subscribe_bind(durable=topology.consumer_name("s1", 3),
                                                stream=topology.WINDOWS)
@@ -189,11 +186,6 @@ def test_a_reader_whose_lease_lapsed_takes_nothing_from_the_new_owner(
                     await m.ack()
                 got.extend(m.data for m in msgs)
             return got
-        finally:
-            blocker.set()
-            stop.set()
-            await asyncio.wait_for(task, 30)
-            await nc.close()
 
     got = asyncio.run(asyncio.wait_for(main(), 90))
     assert got == [b"w0", b"w1", b"w2", b"w3"]
