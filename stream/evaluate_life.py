@@ -56,6 +56,7 @@ from ballpass.config import (
 )
 from ballpass.log import kv
 from ballpass.models.bearing import BearingGeometry
+from ballpass.stream.recordings import npz_array
 
 log = logging.getLogger(__name__)
 
@@ -167,25 +168,13 @@ def load_spec(path: str | Path) -> list[Run]:
     return parse_spec(read_toml(path, "the life spec"), base=path.resolve().parent)
 
 
-def _array(z: Any, key: str, where: str) -> np.ndarray:
-    """Array `key` of an opened .npz; ConfigError naming `where` when it cannot be read
-    without pickle (an object array) or is not numeric."""
-    try:
-        a = np.asarray(z[key])
-    except ValueError as e:  # "Object arrays cannot be loaded when allow_pickle=False"
-        raise ConfigError([f"{where}: {key!r} is not a numeric array ({e})"]) from None
-    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise ConfigError([f"{where}: {key!r} is not a numeric array (dtype {a.dtype})"])
-    return a
-
-
 def read_run(run: Run) -> tuple[np.ndarray, np.ndarray]:
     """(windows (n, samples) float64 g of the run's channel, times (n,) s), in time order.
 
     Raises ConfigError naming the run's keys when the arrays do not fit."""
     with np.load(run.path, allow_pickle=False) as z:
-        sig = _array(z, run.signal_key, f"{run.where}.signal_key")
-        t = np.asarray(_array(z, run.time_key, f"{run.where}.time_key"), dtype=np.float64)
+        sig = npz_array(z, run.signal_key, f"{run.where}.signal_key")
+        t = np.asarray(npz_array(z, run.time_key, f"{run.where}.time_key"), dtype=np.float64)
     if sig.ndim == 2:
         sig = sig[:, None, :]
     if sig.ndim != 3:

@@ -245,6 +245,18 @@ def _mat_field(path: Path, dotted: str, where: str) -> Any:
     return value
 
 
+def npz_array(z: Any, key: str, where: str) -> np.ndarray:
+    """Array `key` of an opened .npz; ConfigError naming `where` when it cannot be read
+    without pickle (an object array) or is not numeric."""
+    try:
+        a = np.asarray(z[key])
+    except ValueError as e:  # "Object arrays cannot be loaded when allow_pickle=False"
+        raise ConfigError([f"{where}: {key!r} is not a numeric array ({e})"]) from None
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise ConfigError([f"{where}: {key!r} is not a numeric array (dtype {a.dtype})"])
+    return a
+
+
 def read_signal(rec: Recording) -> np.ndarray:
     """The recording's samples as a 1-D float64 array at `rec.rate_hz` (resampled if asked).
 
@@ -253,12 +265,9 @@ def read_signal(rec: Recording) -> np.ndarray:
     """
     kind = _kind(rec.path)
     if kind == "npz":
+        assert rec.key is not None
         with np.load(rec.path, allow_pickle=False) as z:
-            try:
-                raw: Any = z[rec.key]
-            except ValueError as e:  # an object array: it would need pickle
-                raise ConfigError([f"{rec.name}.key: not a numeric array in "
-                                   f"{rec.path.name}: {e}"]) from None
+            raw: Any = npz_array(z, rec.key, f"{rec.name}.key")
     elif kind == "mat":
         assert rec.key is not None
         raw = _mat_field(rec.path, rec.key, rec.name)

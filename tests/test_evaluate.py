@@ -187,6 +187,17 @@ def test_missing_mat_field_is_named(tmp_path: Path) -> None:
     assert ballpass("evaluate", str(spec)).returncode == 2
 
 
+@pytest.mark.parametrize("signal", [np.array([object()] * 20000, dtype=object),
+                                    np.array(["1.0"] * 20000)], ids=["object", "text"])
+def test_a_key_that_is_no_numeric_array_is_named(tmp_path: Path, signal: np.ndarray) -> None:
+    np.savez(tmp_path / "o.npz", signal=signal)
+    spec = write_spec(tmp_path / "o.toml", [rec("o.npz", "normal",
+                                                'key = "signal"\nbearing = "SKF 6205"')])
+    (r,) = load_spec(spec)
+    with pytest.raises(ConfigError, match=r"recording\[0\]\.key: 'signal' is not a numeric"):
+        read_signal(r)
+
+
 def test_empty_spec_and_missing_spec(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="lists no"):
         load_spec(write_spec(tmp_path / "e.toml", ["# nothing\n"]))
