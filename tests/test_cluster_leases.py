@@ -108,11 +108,10 @@ async def _take_lease(kv: Any, p: int, owner: bytes = b"B") -> None:
 
 
 @contextlib.asynccontextmanager
-async def _lease_lost_in_batch(cluster: NatsCluster, config: Config,
-                               p: int) -> AsyncIterator[tuple[NatsSource, Any, asyncio.Event]]:
-    """Worker A holding every partition, with a batch of partition 5 held in its handler,
-    while another worker takes A's lease of `p`. Yields A, a JetStream context and the
-    event that lets the batch end."""
+async def _batch_held(cluster: NatsCluster,
+                      config: Config) -> AsyncIterator[tuple[NatsSource, Any, asyncio.Event]]:
+    """Worker A holding every partition, with a batch of partition 5 held in its handler.
+    Yields A, a JetStream context and the event that lets the batch end."""
     a = _worker(config, "A")
     blocker, seen = asyncio.Event(), []
     stop = asyncio.Event()
@@ -123,16 +122,52 @@ async def _lease_lost_in_batch(cluster: NatsCluster, config: Config,
         js = nc.jetstream(timeout=10)
         await js.publish("bpw.5.s1.gw1.a.window", b"w1")
         await _until(lambda: bool(seen), 10, "A's batch in the handler")
-        leases = await js.key_value(topology.bucket_names("s1")[topology.LEASES])
-        await _take_lease(leases, p)
-        assert a._leases is not None
-        await _until(lambda: not a._leases.valid(p), 10, f"A's lease of {p} lost")
         yield a, js, blocker
     finally:
         blocker.set()
         stop.set()
         await asyncio.wait_for(task, 30)
         await nc.close()
+
+
+async def _lose_lease(a: NatsSource, js: Any, p: int) -> None:
+    """Another worker takes A's lease of `p` (as after A's lapsed)."""
+    leases = await js.key_value(topology.bucket_names("s1")[topology.LEASES])
+    await _take_lease(leases, p)
+    assert a._leases is not None
+    await _until(lambda: not a._leases.valid(p), 10, f"A's lease of {p} lost")
+
+
+def test_giving_back_partitions_during_a_long_batch_keeps_the_other_leases_renewed(
+        plant: tuple[NatsCluster, Config]) -> None:
+    """A second worker joins while A's batch is held (InfluxDB down, say) for several
+    lease times: A gives back its surplus once the batch is done, and meanwhile goes on
+    renewing every lease, the batch's own included (waiting for the batch in the lease
+    loop lapsed them all, so the partitions moved, and the batch's work was thrown away)."""
+    cluster, config = plant
+    lease_s = config.cluster.lease_s
+
+    async def main() -> None:
+        async with _batch_held(cluster, config) as (a, js, blocker):
+            assert a._leases is not None
+            workers = await js.key_value(topology.bucket_names("s1")[topology.WORKERS])
+            deadline = time.monotonic() + 3 * lease_s
+            while time.monotonic() < deadline:
+                await workers.put("B", b"alive")  # B's heartbeat: a fair share is 4
+                await asyncio.sleep(0.2)
+                assert all(a._leases.valid(p) for p in a._leases.held), \
+                    "A stopped renewing its leases"
+            assert a.partitions == [4, 5, 6, 7]  # 0-3 read no more, given back after
+            assert sorted(a._leases.held) == list(range(PARTITIONS))
+            assert a.counters["partitions_released"] == 0
+            blocker.set()
+            await _until(lambda: sorted(a._leases.held) == [4, 5, 6, 7], 10,
+                         "A gave back 0-3")
+            assert a.counters["partitions_released"] == 4
+            assert a.counters["partitions_lost"] == 0
+            assert a.counters["batches"] == 1 and a.status()["state_saved"] == 1
+
+    asyncio.run(asyncio.wait_for(main(), 90))
 
 
 def test_a_batch_that_outlasts_its_lease_saves_and_acknowledges_nothing_of_it(
@@ -144,7 +179,8 @@ def test_a_batch_that_outlasts_its_lease_saves_and_acknowledges_nothing_of_it(
     caplog.set_level(logging.WARNING, logger="ballpass.stream.cluster.source")
 
     async def main() -> None:
-        async with _lease_lost_in_batch(cluster, config, 5) as (a, js, blocker):
+        async with _batch_held(cluster, config) as (a, js, blocker):
+            await _lose_lease(a, js, 5)
             blocker.set()
             await _until(lambda: a.counters["batches"] == 1, 10, "A's batch done")
             assert a.status()["state_saved"] == 0
@@ -168,7 +204,8 @@ def test_a_reader_whose_lease_lapsed_takes_nothing_from_the_new_owner(
     cluster, config = plant
 
     async def main() -> list[bytes]:
-        async with _lease_lost_in_batch(cluster, config, 3) as (_a, js, _blocker):
+        async with _batch_held(cluster, config) as (a, js, _blocker):
+            await _lose_lease(a, js, 3)
             await topology.take_consumer(js, "s1", 3, config.cluster.replicas, 256)
             sub = await js.pull_subscribe_bind(durable=topology.consumer_name("s1", 3),
                                                stream=topology.WINDOWS)

@@ -128,6 +128,9 @@ class NatsSource:
         self._state: KvState | None = None
         self._leases: Leases | None = None
         self._readers: dict[int, asyncio.Task[None]] = {}
+        # Readers being stopped once the batch in the handler is done (and their lease
+        # given back, if surplus): the lease loop goes on renewing the others meanwhile.
+        self._retiring: dict[int, asyncio.Task[None]] = {}
         self._keys: dict[int, set[Key]] = {}  # sensors seen per partition
         self._acked: list[Delivery] = []
         self._batch_lock = asyncio.Lock()
@@ -201,7 +204,8 @@ class NatsSource:
                 batcher.cancel()
                 for task in self._readers.values():
                     task.cancel()
-            await asyncio.gather(batcher, *self._readers.values(), return_exceptions=True)
+            await asyncio.gather(batcher, *self._readers.values(), *self._retiring.values(),
+                                 return_exceptions=True)
             self._readers.clear()
             with contextlib.suppress(Exception):
                 await self._leases.release_all()
@@ -241,17 +245,16 @@ class NatsSource:
             try:
                 await leases.tick()
                 for p in leases.surplus(await leases.live_workers()):
-                    await self._stop_reader(p)
-                    await leases.release(p)
-                    self.counters["partitions_released"] += 1
+                    if p not in self._retiring:
+                        self._stop_reader(p, give_back=True)
             except Exception as e:  # the cluster does not answer: leases lapse if it lasts
                 log.warning(kv("lease_round_failed", worker=self.worker_id, reason=repr(e)))
             for p in list(self._readers):
                 if not leases.valid(p) or self._readers[p].done():
                     self.counters["partitions_lost"] += p not in leases.held
-                    await self._stop_reader(p)
+                    self._stop_reader(p)
             for p in leases.held:
-                if p not in self._readers and leases.valid(p):
+                if p not in self._readers and p not in self._retiring and leases.valid(p):
                     self.counters["partitions_taken"] += 1
                     self._readers[p] = asyncio.create_task(self._reader(p, handle),
                                                            name=f"partition-{p}")
@@ -307,14 +310,33 @@ class NatsSource:
                 await self._relay_task
         self._relay_task = None
 
-    async def _stop_reader(self, p: int) -> None:
-        task = self._readers.pop(p, None)
-        if task is None:
+    def _stop_reader(self, p: int, *, give_back: bool = False) -> None:
+        """Stop partition `p`'s reader once the batch in the handler is done (a batch can
+        last longer than a lease: the lease loop must not wait for it); then, with
+        `give_back`, release its lease. Its fetches are refused from now on (`_batcher`)."""
+        reader = self._readers.pop(p, None)
+        if reader is None and not give_back:
             return
-        async with self._batch_lock:  # never in the middle of a batch
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+
+        async def retire() -> None:
+            try:
+                async with self._batch_lock:  # never in the middle of a batch
+                    if reader is not None:
+                        reader.cancel()
+                if reader is not None:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await reader
+                if give_back:
+                    assert self._leases is not None
+                    await self._leases.release(p)
+                    self.counters["partitions_released"] += 1
+            except Exception as e:  # not answered: the lease's TTL frees it
+                log.warning(kv("partition_release_failed", partition=p,
+                               worker=self.worker_id, reason=repr(e)))
+            finally:
+                self._retiring.pop(p, None)
+
+        self._retiring[p] = asyncio.create_task(retire(), name=f"retire-{p}")
 
     async def _reader(self, p: int, handle: Handler) -> None:
         """Read partition `p` while this worker holds its lease; after a failure (a node
