@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -68,12 +69,14 @@ def plant(tmp_path: Path) -> Iterator[tuple[NatsCluster, Config]]:
         cluster.stop()
 
 
-def _worker(config: Config, worker_id: str, **stream: Any) -> NatsSource:
+def _worker(config: Config, worker_id: str,
+            submit_alert: Callable[[dict[str, Any]], None] = lambda _a: None,
+            **stream: Any) -> NatsSource:
     c = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster,
                                                                 worker_id=worker_id),
                             stream=dataclasses.replace(config.stream, **stream))
     source = NatsSource(c)
-    source.bind(_Pipeline(), _Dedup(), lambda _a: None, lambda _t, _p: None)  # type: ignore[arg-type]
+    source.bind(_Pipeline(), _Dedup(), submit_alert, lambda _t, _p: None)  # type: ignore[arg-type]
     return source
 
 
@@ -416,3 +419,51 @@ def test_an_idle_relay_leaves_mosquitto_when_its_lease_lapses(
             await nc.close()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_one_worker_at_a_time_sends_the_sites_webhooks(
+        plant: tuple[NatsCluster, Config]) -> None:
+    """Every alert goes to the webhook sender of the worker holding the webhooks lease
+    (before: each worker took what its pulls fetched and sent it from its own spool, so
+    an alert's resolved could go out before its firing); when that worker stops, the
+    other takes the lease and the alerts after."""
+    cluster, config = plant
+
+    async def main() -> tuple[dict[str, list[int]], str, bool]:
+        sent: dict[str, list[int]] = {"A": [], "B": []}
+        a = _worker(config, "A", lambda alert: sent["A"].append(alert["n"]))
+        b = _worker(config, "B", lambda alert: sent["B"].append(alert["n"]))
+
+        async def handle(_batch: list[Delivery]) -> None:
+            return None
+
+        stop_a, stop_b = asyncio.Event(), asyncio.Event()
+        ta = asyncio.create_task(a.run(stop_a, handle))
+        tb: asyncio.Task[None] | None = None
+        nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
+        try:
+            js = nc.jetstream(timeout=10)
+            await _until(lambda: bool(a.status()["webhooks"]), 15, "A sending webhooks")
+            tb = asyncio.create_task(b.run(stop_b, handle))
+            await _until(lambda: b.connected and b.counters["partitions_taken"] > 0, 20,
+                         "B working")
+            subject = f"{topology.ALERT_SUBJECT}.s1"
+            for n in range(20):
+                await js.publish(subject, json.dumps({"n": n}).encode())
+                await asyncio.sleep(0.05)  # both workers' pulls waiting
+            await _until(lambda: len(sent["A"]) + len(sent["B"]) == 20, 15, "20 taken")
+            before = {k: list(v) for k, v in sent.items()}
+            stop_a.set()
+            await asyncio.wait_for(ta, 30)
+            await js.publish(subject, json.dumps({"n": 20}).encode())
+            await _until(lambda: 20 in sent["B"], 20, "B sending after A stopped")
+            return before, "B" if b.status()["webhooks"] else "", bool(a.status()["webhooks"])
+        finally:
+            stop_a.set()
+            stop_b.set()
+            await asyncio.gather(ta, *([tb] if tb else []), return_exceptions=True)
+            await nc.close()
+
+    before, holder, a_holds = asyncio.run(asyncio.wait_for(main(), 120))
+    assert before == {"A": list(range(20)), "B": []}
+    assert holder == "B" and not a_holds

@@ -4,7 +4,9 @@ A lease is the key `p{n}` holding the owner's id; the bucket's TTL (`lease_s`) d
 lease that is not renewed, so a dead worker's partitions are free `lease_s` seconds after
 its last renewal. Creating a key is atomic (it fails when the key exists) and renewing is
 a compare-and-set on the revision, so two workers can never both hold a partition's lease.
-The `relay` lease makes one worker at a time the relay from mosquitto (relay.py).
+The `relay` lease makes one worker at a time the relay from mosquitto (relay.py); the
+`webhooks` lease makes one worker at a time the sender of the site's webhooks, so that
+an alert's firing and resolved go out in order, from one spool.
 Every worker also heartbeats in the workers bucket; each aims at its fair share,
 ceil(partitions / live workers), takes free partitions up to it and gives back the ones
 above it, so partitions spread when a worker joins and move when one dies.
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 
 RELAY_KEY = "relay"
+WEBHOOKS_KEY = "webhooks"
+SINGLE_KEYS = (RELAY_KEY, WEBHOOKS_KEY)  # leases one worker of the site holds
 
 
 def lease_key(p: int) -> str:
@@ -48,26 +52,27 @@ class Leases:
     worker_id: str
     partitions: int
     held: dict[int, int] = field(default_factory=dict)  # partition -> lease revision
-    relay_rev: int | None = None  # the relay lease's revision while this worker holds it
+    singles: dict[str, int] = field(default_factory=dict)  # SINGLE_KEYS held -> revision
     lease_s: float = 5.0
     renewed: dict[int | str, float] = field(default_factory=dict)  # monotonic, per lease
-    relay_away_until: float = 0.0  # monotonic: the relay lease is not taken before
+    away_until: dict[str, float] = field(default_factory=dict)  # monotonic: not taken before
 
     def valid(self, lease: int | str) -> bool:
         """Held and renewed recently enough that it cannot have lapsed yet: a worker cut
         off from the cluster stops working on a partition before another can take it."""
-        held = self.relay_rev is not None if lease == RELAY_KEY else lease in self.held
+        held = lease in self.singles if isinstance(lease, str) else lease in self.held
         return held and time.monotonic() - self.renewed.get(lease, -math.inf) \
             < 0.6 * self.lease_s
 
     async def tick(self) -> None:
-        """One round: heartbeat, renew held leases (the relay's too, or take it when it is
-        free), then take free partitions up to the fair share. Raises when the cluster
-        does not answer; what was done until then stays in `held`."""
+        """One round: heartbeat, renew held leases (the relay's and the webhooks' too, or
+        take them when free), then take free partitions up to the fair share. Raises when
+        the cluster does not answer; what was done until then stays in `held`."""
         await self.workers.put(self.worker_id, b"alive")
         for p in list(self.held):
             await self._renew(p)
-        await self._relay_lease()
+        for key in SINGLE_KEYS:
+            await self._single_lease(key)
         share = fair_share(self.partitions, len(await _keys(self.workers)))
         owners = await self._owners()
         # Start after this worker's own id so that workers starting together spread.
@@ -99,38 +104,41 @@ class Leases:
     async def release_all(self) -> None:
         for p in list(self.held):
             await self.release(p)
-        if self.relay_rev is not None:
+        for key, rev in list(self.singles.items()):
             with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
-                await self.leases.delete(RELAY_KEY, last=self.relay_rev)
-            self.relay_rev = None
+                await self.leases.delete(key, last=rev)
+            del self.singles[key]
         with contextlib.suppress(KeyNotFoundError):
             await self.workers.delete(self.worker_id)
 
     async def give_up_relay(self, away_s: float) -> None:
         """After this worker's relay failed: free the lease at once (not after its TTL) and
         leave it to the others for `away_s`, so that a healthy worker relays meanwhile."""
-        self.relay_away_until = time.monotonic() + away_s
-        if self.relay_rev is not None:
-            rev, self.relay_rev = self.relay_rev, None
+        self.away_until[RELAY_KEY] = time.monotonic() + away_s
+        rev = self.singles.pop(RELAY_KEY, None)
+        if rev is not None:
             with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
                 await self.leases.delete(RELAY_KEY, last=rev)
         log.info(kv("relay_lease_given_up", worker=self.worker_id, away_s=round(away_s, 1)))
 
-    async def _relay_lease(self) -> None:
+    async def _single_lease(self, key: str) -> None:
+        """Renew the lease `key` (one of SINGLE_KEYS), or take it when it is free."""
         me = self.worker_id.encode()
-        if self.relay_rev is None and time.monotonic() < self.relay_away_until:
+        rev = self.singles.get(key)
+        if rev is None and time.monotonic() < self.away_until.get(key, 0.0):
             return
+        started = time.monotonic()
         try:
-            if self.relay_rev is None:
-                self.relay_rev = await self.leases.create(RELAY_KEY, me)
-                log.info(kv("relay_lease_taken", worker=self.worker_id))
+            if rev is None:
+                self.singles[key] = await self.leases.create(key, me)
+                log.info(kv(f"{key}_lease_taken", worker=self.worker_id))
             else:
-                self.relay_rev = await self.leases.update(RELAY_KEY, me, last=self.relay_rev)
-            self.renewed[RELAY_KEY] = time.monotonic()
+                self.singles[key] = await self.leases.update(key, me, last=rev)
+            self.renewed[key] = started
         except (KeyWrongLastSequenceError, KeyNotFoundError):
-            if self.relay_rev is not None:
-                log.warning(kv("relay_lease_lost", worker=self.worker_id))
-            self.relay_rev = None
+            if rev is not None:
+                log.warning(kv(f"{key}_lease_lost", worker=self.worker_id))
+            self.singles.pop(key, None)
 
     async def _take(self, p: int) -> None:
         started = time.monotonic()

@@ -46,7 +46,7 @@ from ballpass.log import kv
 from ballpass.nats_server import PARTITIONED_SUBJECT
 from ballpass.stream.cluster import site_view, topology
 from ballpass.stream.cluster.connection import connect
-from ballpass.stream.cluster.leases import RELAY_KEY, Leases
+from ballpass.stream.cluster.leases import RELAY_KEY, WEBHOOKS_KEY, Leases
 from ballpass.stream.cluster.relay import Relay
 from ballpass.stream.cluster.state import Key, KvState
 from ballpass.stream.dedup import Deduplicator
@@ -63,6 +63,7 @@ RELAY_AWAY_MAX_S = 120.0
 MAX_ACK_PENDING = 256
 """Windows of one partition fetched and not yet acknowledged, at most."""
 FETCH_WAIT_S = 1.0
+LEASE_WAIT_S = 0.25  # between looks at a lease this worker does not hold
 MERGE_MAX = 64
 """Windows of several partitions' fetches handled as one batch: the next fetch is added
 while fewer are taken (so a batch holds up to MERGE_MAX + batch_max - 1)."""
@@ -160,6 +161,7 @@ class NatsSource:
     def status(self) -> dict[str, Any]:
         return {"worker_id": self.worker_id, "partitions": self.partitions,
                 "relay": self._relay_task is not None and not self._relay_task.done(),
+                "webhooks": self._owns_lease(WEBHOOKS_KEY),
                 # Subscribed to mosquitto: gateways' windows are queued for the relay.
                 "relay_connected": (self._relay is not None and self._relay.mqtt.connected
                                     and self._relay_task is not None
@@ -416,6 +418,9 @@ class NatsSource:
                     if not f.done.done():
                         f.done.set_result(f.p not in lost)
 
+    def _owns_lease(self, key: str) -> bool:
+        return self._leases is not None and self._leases.valid(key)
+
     def _owns(self, p: int | None) -> bool:
         """Partition `p`'s lease still this worker's (None: not partitioned, anyone's)."""
         return p is None or (self._leases is not None and self._leases.valid(p))
@@ -480,10 +485,16 @@ class NatsSource:
     # --- control and alerts -----------------------------------------------------------
 
     async def _pull(self, stop: asyncio.Event, durable: str, stream: str,
-                    each: Callable[[list[Msg]], Awaitable[None]]) -> None:
+                    each: Callable[[list[Msg]], Awaitable[None]],
+                    lease: str | None = None) -> None:
+        """Fetch from the shared consumer `durable` into `each`; with `lease`, only while
+        this worker holds it."""
         assert self._js is not None
         sub = None
         while not stop.is_set():
+            if lease is not None and not self._owns_lease(lease):
+                await sleep_or_stop(stop, LEASE_WAIT_S)
+                continue
             try:
                 if sub is None:
                     sub = await self._js.pull_subscribe_bind(durable=durable, stream=stream)
@@ -543,8 +554,10 @@ class NatsSource:
                         self._submit(alert)  # spooled to disk by the webhook sender
                     self.counters["webhooks_taken"] += 1
                 await m.ack()
+        # One worker at a time (the webhooks lease): workers sharing the consumer would
+        # each send what they fetched, from their own spool, a resolved before its firing.
         await self._pull(stop, topology.webhook_consumer(self.site),
-                         topology.ALERTS, each)
+                         topology.ALERTS, each, lease=WEBHOOKS_KEY)
 
     # --- what the service calls ---------------------------------------------------------
 
