@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import ipaddress
 import math
 import re
 import tomllib
@@ -152,6 +153,9 @@ class StreamConfig:
     online_save_s: float = 300.0  # period of the online models' state files (s)
     http: str | None = None  # evidence page "HOST:PORT" (docs/evidence-page.md); None = off
     http_token_file: Path | None = None
+    # Addresses of reverse proxies in front of the evidence page: every browser behind one
+    # shares its address, so its connections are not held to the per-address limit.
+    http_proxies: tuple[str, ...] = ()
     public_url: str | None = None  # base URL of the evidence page in alert messages
     # Window history (stream/history.py): one window per sensor every interval (0: only at
     # alert transitions), bounded by total size (MB) and age (days).
@@ -652,6 +656,15 @@ def _host_port(v: str) -> str | None:
     return None
 
 
+def _ip_addresses(v: list[Any]) -> str | None:
+    for address in v:
+        try:
+            ipaddress.ip_address(address)
+        except (TypeError, ValueError):
+            return f"each entry must be an IP address (as the page sees it), not {address!r}"
+    return None
+
+
 def _port(v: int) -> str | None:
     return None if 0 < v < 65536 else "must be a TCP port 1-65535"
 
@@ -933,6 +946,7 @@ def parse(data: dict[str, Any], base: Path = Path("."), *, drivers: bool = True)
         online_save_s=st.get("online_save_s", float, ds["online_save_s"], check=positive),
         http=st.get("http", str, check=_host_port),
         http_token_file=st.secret_path("http_token_file"),
+        http_proxies=tuple(st.get("http_proxies", list, [], check=_ip_addresses)),
         public_url=st.get("public_url", str, check=_http_url),
         history_interval_s=st.get("history_interval_s", float, ds["history_interval_s"],
                                   check=_non_negative),

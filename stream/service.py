@@ -558,7 +558,8 @@ class StreamService:
             log.warning(kv("evidence_page_all_interfaces", host=host, port=port,
                            hint="anyone who can reach this port sees the login page"))
         web = EvidenceServer(self.evidence, host, port, token=token,
-                             ack=self.operator_action, public_url=s.public_url)
+                             ack=self.operator_action, public_url=s.public_url,
+                             proxies=s.http_proxies)
         await _listening(web.start(), self._http_key, host, port)
         self.web = web  # the status shows its URL from now on
         if self.webhooks.public_url is None:

@@ -56,6 +56,14 @@ def test_a_bad_value_names_its_key_path_and_value() -> None:
     assert errors_of(data) == ["gateway[0].sensor[0].fs_hz: must be > 0, got -5.0"]
 
 
+def test_http_proxies_are_ip_addresses() -> None:
+    assert parse(minimal(stream={"http_proxies": ["127.0.0.1", "::1"]})).stream.http_proxies \
+        == ("127.0.0.1", "::1")
+    (error,) = errors_of(minimal(stream={"http_proxies": ["nginx.local"]}))
+    assert error.startswith("stream.http_proxies: each entry must be an IP address")
+    assert "'nginx.local'" in error
+
+
 def test_every_error_is_reported_at_once() -> None:
     data = minimal(broker={"port": 70000}, influx={"api": "v3"})
     data["asset"][0]["bearing"] = "SKF 9999"

@@ -1,7 +1,8 @@
 """Limits of the evidence page and of the ops endpoint, on the real servers on loopback: the
 page's work stays off the stream's thread pool and the history is capped, pages never race
 the event loop, a login redirect stays on the site, its JSON parses in a browser, one
-address cannot hold every connection, and an empty token file is a config error.
+address cannot hold every connection (a reverse proxy named in `http_proxies` only the
+total), and an empty token file is a config error.
 
 Before: 12 history requests delayed a stream batch 26 s, a fragment could answer 500
 ("deque mutated during iteration"), `next=/€` answered 500 and `next=/\\t/evil` left the
@@ -184,6 +185,28 @@ def test_one_address_cannot_hold_every_connection(page: Page) -> None:
     while page.server._open and time.monotonic() < deadline:
         time.sleep(0.01)
     assert page.request("GET", "/login")[0] == 200
+
+
+def test_a_reverse_proxy_is_held_only_to_the_total(page: Page) -> None:
+    """Every browser behind a proxy shares its address: with `http_proxies` naming it, its
+    connections count only toward the total limit (before: 8 tabs locked everyone out)."""
+    page.server.proxies = frozenset({"127.0.0.1"})
+    page.server.max_connections = 12
+    held = [socket.create_connection(("127.0.0.1", page.port)) for _ in range(11)]
+    try:
+        deadline = time.monotonic() + 5
+        while page.server._open < len(held) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert page.request("GET", "/login")[0] == 200  # the 12th
+        held.append(socket.create_connection(("127.0.0.1", page.port)))
+        while page.server._open < len(held) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        status, _, body = page.request("GET", "/login")  # the 13th
+        assert status == 503 and "too many connections" in body
+        assert "from your address" not in body
+    finally:
+        for s in held:
+            s.close()
 
 
 async def _get(port: int, path: str) -> bytes:

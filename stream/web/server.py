@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import json
 import logging
 import math
@@ -101,12 +102,13 @@ class EvidenceServer:
 
     `token` is required (the service generates one when none is configured); `allowed_hosts`
     adds Host names to accept besides the bound address and loopback names; `public_url`
-    is the page's address behind a proxy (its host and origin are accepted too).
+    is the page's address behind a proxy (its host and origin are accepted too); the
+    connections of `proxies` (IP addresses) count only toward the total limit.
     """
 
     def __init__(self, state: EvidenceState, host: str = "127.0.0.1", port: int = 0, *,
                  token: str, ack: AckHook | None = None, public_url: str | None = None,
-                 allowed_hosts: tuple[str, ...] = ()) -> None:
+                 allowed_hosts: tuple[str, ...] = (), proxies: tuple[str, ...] = ()) -> None:
         if not token:
             raise ValueError("the evidence page needs a token")
         self.state = state
@@ -125,6 +127,7 @@ class EvidenceServer:
         self.body_timeout_s = BODY_TIMEOUT_S
         self.max_connections = MAX_CONNECTIONS
         self.max_connections_per_peer = MAX_CONNECTIONS_PER_PEER
+        self.proxies = frozenset(_address(p) for p in proxies)
         self.max_history_requests = MAX_HISTORY_REQUESTS
         self._open = 0
         self._open_by_peer: Counter[str] = Counter()
@@ -185,7 +188,8 @@ class EvidenceServer:
             # Per address too: one client alone must not hold every connection.
             busy = ("too many connections" if self._open > self.max_connections else
                     "too many connections from your address"
-                    if self._open_by_peer[peer] > self.max_connections_per_peer else None)
+                    if self._open_by_peer[peer] > self.max_connections_per_peer
+                    and _address(peer) not in self.proxies else None)
             if busy is not None:
                 self._refuse("connections", 503, busy, "-", writer)
                 self._respond(writer, 503, pages.error_page(503, busy))
@@ -556,3 +560,14 @@ def _local_path(value: str) -> str:
             or not (value.isascii() and value.isprintable()):
         return "/"
     return value
+
+
+def _address(text: str) -> str:
+    """An IP address in one spelling (an IPv4 peer of a dual-stack socket is ::ffff:a.b.c.d)."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
