@@ -150,6 +150,10 @@ class OnlineModels:
             result = "acknowledged" if self.alerts.acknowledge(sensor, by) else "no active alarm"
         if t is not None:
             transitions.append(t)
+        # Now, not at the next periodic save: the alert state saved with this command says
+        # the alarm is resolved, and a crash must not bring back the baseline that raised it
+        # (nor the command's id: it would not be redelivered, it is acknowledged).
+        self.save(sensor)
         log.info(kv("operator_action", action=action, sensor=sensor, by=by, result=result))
         asset = self.assets[sensor].id
         fields: dict[str, Any] = {"by": by, "result": result, "note": note}
@@ -185,28 +189,32 @@ class OnlineModels:
         """Write every sensor's state file atomically, and the alert state (which is also
         written at every transition); the number of sensors written."""
         self.alerts.save()
-        if self.state_dir is None:
-            return 0
-        d = self._dir()
-        d.mkdir(parents=True, exist_ok=True)
-        n = 0
-        for sensor, m in list(self.models.items()):
-            blob = pickle.dumps({"format": _FORMAT, "version": STATE_VERSION, "sensor": sensor,
-                                 "saved_at": time.time(), "model": m},
-                                protocol=pickle.HIGHEST_PROTOCOL)
-            path = self._path(sensor)
-            tmp = path.with_suffix(".tmp")
-            try:
-                with tmp.open("wb") as f:
-                    f.write(blob)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-                n += 1
-            except OSError as e:
-                log.warning(kv("online_state_save_failed", sensor=sensor, path=path, reason=e))
+        n = sum(self.save(sensor) for sensor in list(self.models))
         self.counters["state_saved"] += n
         return n
+
+    def save(self, sensor: str) -> bool:
+        """Write `sensor`'s state file atomically; False (logged) if the disk refused it or
+        there is no state dir."""
+        m = self.models.get(sensor)
+        if self.state_dir is None or m is None:
+            return False
+        blob = pickle.dumps({"format": _FORMAT, "version": STATE_VERSION, "sensor": sensor,
+                             "saved_at": time.time(), "model": m},
+                            protocol=pickle.HIGHEST_PROTOCOL)
+        path = self._path(sensor)
+        tmp = path.with_suffix(".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open("wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning(kv("online_state_save_failed", sensor=sensor, path=path, reason=e))
+            return False
+        return True
 
     def _load(self, sensor: str) -> None:
         d = self._dir()
