@@ -15,6 +15,7 @@ import ipaddress
 import math
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -645,7 +646,23 @@ def _in_range(lo: float, hi: float, *, hi_open: bool = False) -> Callable[[float
 
 
 def _http_url(v: str) -> str | None:
-    return None if v.startswith(("http://", "https://")) else "must start with http:// or https://"
+    if not v.startswith(("http://", "https://")):
+        return "must start with http:// or https://"
+    try:
+        parts = urllib.parse.urlsplit(v)
+        _ = parts.port  # "host:80x86" raises only here
+    except ValueError as e:
+        return f"not a URL: {e}"
+    return None if parts.hostname else "has no host"
+
+
+# A request may wait this long at most (a socket timeout of 1e300 s overflows).
+_timeout_s = positive_at_most(3600.0, "one hour")
+
+
+def _database_name(v: str) -> str | None:
+    ok = re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}", v)
+    return None if ok else "must be letters, digits, _ . - (not starting with . or -)"
 
 
 def _host_port(v: str) -> str | None:
@@ -902,7 +919,8 @@ def parse(data: dict[str, Any], base: Path = Path("."), *, drivers: bool = True)
         key_file=b.path_value("key_file"),
         username=b.get("username", str),
         password_file=b.secret_path("password_file"),
-        keepalive_s=b.get("keepalive_s", int, d.keepalive_s, check=_at_least(5)),
+        # MQTT's keep alive is 16 bits.
+        keepalive_s=b.get("keepalive_s", int, d.keepalive_s, check=_in_range(5, 65535)),
     )
     b.finish()
 
@@ -911,13 +929,13 @@ def parse(data: dict[str, Any], base: Path = Path("."), *, drivers: bool = True)
     influx = InfluxConfig(
         api=i.get("api", str, di.api, check=one_of("v1", "v2")),
         url=i.get("url", str, di.url, check=_http_url),
-        db=i.get("db", str, di.db),
+        db=i.get("db", str, di.db, check=_database_name),
         bucket=i.get("bucket", str, di.bucket),
         org=i.get("org", str, di.org),
         token_file=i.secret_path("token_file"),
         username=i.get("username", str),
         password_file=i.secret_path("password_file"),
-        timeout_s=i.get("timeout_s", float, di.timeout_s, check=positive),
+        timeout_s=i.get("timeout_s", float, di.timeout_s, check=_timeout_s),
         manage_retention=i.get("manage_retention", bool, di.manage_retention),
         raw_retention_d=i.get("raw_retention_d", int, di.raw_retention_d,
                               check=_in_range(1, 100_000)),
@@ -1036,7 +1054,7 @@ def _parse_webhook(r: TableReader) -> WebhookConfig:
     fmt = r.get("format", str, d["format"], check=one_of(*WEBHOOK_FORMATS))
     hook = WebhookConfig(
         url or "", tuple(events or ()),
-        timeout_s=r.get("timeout_s", float, d["timeout_s"], check=positive),
+        timeout_s=r.get("timeout_s", float, d["timeout_s"], check=_timeout_s),
         retries=r.get("retries", int, d["retries"], check=_at_least(0)),
         format=fmt or d["format"],
         name=r.get("name", str, d["name"]),

@@ -657,7 +657,7 @@ class StreamService:
         try:
             if path is None:
                 raise ConfigError(["the config was not loaded from a file"])
-            new = load(path)
+            new = load(path, drivers=False)  # as at start: drivers are the gateways'
         except (ConfigError, OSError) as e:
             log.error(kv("config_reload_failed", path=path, reason=e))
             sdnotify.notify(f"READY=1\nSTATUS=reload failed, old config kept: {e}"[:900])

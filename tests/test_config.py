@@ -64,6 +64,23 @@ def test_http_proxies_are_ip_addresses() -> None:
     assert "'nginx.local'" in error
 
 
+@pytest.mark.parametrize(("section", "key", "value", "says"), [
+    ("influx", "url", "http://127.0.0.1:80x86", "not a URL"),
+    ("influx", "url", "http://[::1", "not a URL"),
+    ("influx", "url", "http://:8086", "has no host"),
+    ("influx", "timeout_s", 1e300, "must be > 0 and <= 3600"),
+    ("influx", "db", "", "must be letters"),
+    ("influx", "db", 'pl"ant', "must be letters"),
+    ("broker", "keepalive_s", 100000, "must be in [5, 65535]"),
+])
+def test_values_that_would_crash_the_service_later_are_config_errors(
+        section: str, key: str, value: object, says: str) -> None:
+    """Each passed check-config and then ended `ballpass stream` in a traceback (exit 1,
+    restarted by systemd every 5 s) or a retry loop that never ends."""
+    (error,) = errors_of(minimal(**{section: {key: value}}))
+    assert error.startswith(f"{section}.{key}: ") and says in error, error
+
+
 def test_every_error_is_reported_at_once() -> None:
     data = minimal(broker={"port": 70000}, influx={"api": "v3"})
     data["asset"][0]["bearing"] = "SKF 9999"
