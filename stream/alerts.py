@@ -162,6 +162,8 @@ class AlertTracker:
         self._dirty = False  # changed since the last save
         self._urgent = False  # ... by something to save before anyone is told
         self._saved_at = time.monotonic()
+        self.save_failures = 0
+        self.unsaved_since: float | None = None  # monotonic: the first failed save in a row
         if path is not None:
             self._load(path)
 
@@ -362,7 +364,14 @@ class AlertTracker:
         except OSError as e:
             log.error(kv("alert_state_save_failed", path=path, reason=e))
             self._dirty = self._urgent = True  # again after the next batch
+            self.save_failures += 1
+            if self.unsaved_since is None:
+                self.unsaved_since = self._saved_at
             return False
+        if self.unsaved_since is not None:
+            log.info(kv("alert_state_saved_again", path=path,
+                        after_s=round(self._saved_at - self.unsaved_since, 1)))
+        self.unsaved_since = None
         return True
 
     def _load(self, path: Path) -> None:

@@ -25,8 +25,11 @@ class Health:
 
 
 def assess(*, broker_connected: bool, db_failing_since: float | None, now: float,
-           spool_bytes: int, deadletter_bytes: int, webhooks_pending: int) -> Health:
-    """The verdict at `now` (s, monotonic like `db_failing_since`)."""
+           spool_bytes: int, deadletter_bytes: int, webhooks_pending: int,
+           alert_state_unsaved_since: float | None = None) -> Health:
+    """The verdict at `now` (s, monotonic like `db_failing_since`). An alert state the disk
+    refuses is shown, not made unready: the stream still diagnoses and alerts, but a crash
+    meanwhile would forget its open alarms."""
     db_failing_s = 0.0 if db_failing_since is None else now - db_failing_since
     db_ok = db_failing_s < DB_FAILING_S
     return Health(
@@ -36,5 +39,7 @@ def assess(*, broker_connected: bool, db_failing_since: float | None, now: float
                 "database": "ok" if db_failing_since is None else
                 f"failing for {db_failing_s:.0f} s",
                 "spool_bytes": spool_bytes, "deadletter_bytes": deadletter_bytes,
-                "webhooks_pending": webhooks_pending},
+                "webhooks_pending": webhooks_pending,
+                "alert_state": "saved" if alert_state_unsaved_since is None else
+                f"not saved for {now - alert_state_unsaved_since:.0f} s"},
     )

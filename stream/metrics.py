@@ -28,6 +28,7 @@ _COUNTERS = {
     "duplicates": "copies of windows already written or being written",
     "replayed": "windows redelivered after a crash: written again, counted once",
     "write_retries": "database write attempts retried",
+    "alert_state_save_failures": "saves of the alert state the disk refused",
 }
 _GATEWAY_COUNTERS = ("captured", "published", "dropped", "replayed")
 

@@ -702,7 +702,8 @@ class StreamService:
                       db_failing_since=self.writer.failing_since, now=time.monotonic(),
                       spool_bytes=_size(self.writer.spool),
                       deadletter_bytes=_size(self.dead_letters.path),
-                      webhooks_pending=self.webhooks.counters.pending)
+                      webhooks_pending=self.webhooks.counters.pending,
+                      alert_state_unsaved_since=self.pipeline.alerts.unsaved_since)
 
     def _readiness(self) -> tuple[bool, dict[str, object]]:
         h = self.health()
@@ -716,6 +717,7 @@ class StreamService:
                 **self.counters.as_dict(),
                 "webhooks_delivered": w.delivered, "webhooks_failed": w.failed,
                 "webhooks_pending": w.pending,
+                "alert_state_save_failures": self.pipeline.alerts.save_failures,
             },
             "http_url": self.web.url if self.web is not None else None,
             "http": self.web.counters() if self.web is not None else None,

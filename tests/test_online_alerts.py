@@ -185,3 +185,21 @@ def test_two_saves_at_once_leave_one_whole_state(tmp_path: Path,
     early.join(5)
     late.join(5)
     assert "late" in json.loads(path.read_text())["included"]
+
+
+def test_an_alert_state_the_disk_refuses_is_counted_and_shown(tmp_path: Path) -> None:
+    """Before: only a log line; the firing went out, and a crash then forgot the alarm."""
+    from ballpass.stream.health import assess
+
+    blocked = tmp_path / "state"
+    blocked.write_text("a file where the state dir should be")
+    a = AlertTracker(AlertPolicy(1, 1, 1), path=blocked / "alerts.json")
+    assert a.update("s", "outer_race", 1) is not None  # saved at once: refused
+    assert a.save_failures == 1 and a.unsaved_since is not None
+    health = assess(broker_connected=True, db_failing_since=None,
+                    now=a.unsaved_since + 42, spool_bytes=0, deadletter_bytes=0,
+                    webhooks_pending=0, alert_state_unsaved_since=a.unsaved_since)
+    assert health.checks["alert_state"] == "not saved for 42 s" and health.ready
+    blocked.unlink()
+    assert a.save() and a.unsaved_since is None and a.save_failures == 1
+    assert json.loads((blocked / "alerts.json").read_text())["machine"]["s"]
