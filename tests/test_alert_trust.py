@@ -349,6 +349,17 @@ def test_kill_9_before_the_write_loses_no_alert_and_counts_no_window_twice(
     assert len(alert_state()["instrument"]["a"]["recent"]) == 5
 
 
+def _outer_race_alarm(pipeline: Pipeline) -> list[dict[str, Any]]:
+    """Five outer-race windows of sensor a through `pipeline`: the alerts they made."""
+    rng = np.random.default_rng(8)
+    fired = []
+    for seq in range(1, 6):
+        w = wire.Window(seq=seq, t0_ns=time.time_ns(), fs_hz=FS,
+                        samples=_samples("outer_race", rng).reshape(1, -1))
+        fired += pipeline.process([Incoming("s1", "gw1", "a", w)]).alerts
+    return fired
+
+
 def test_a_crash_after_a_rebaseline_keeps_the_new_baseline(tmp_path: Path) -> None:
     """The rebaseline resolves the alarm in the alert state, saved with the command; its
     model was saved only at the next periodic save (300 s), so a crash meanwhile brought
@@ -356,12 +367,7 @@ def test_a_crash_after_a_rebaseline_keeps_the_new_baseline(tmp_path: Path) -> No
     raised a new alarm and the (acknowledged) command never came again."""
     config = _config(tmp_path)
     first = Pipeline(config, state_dir=tmp_path / "state")
-    rng = np.random.default_rng(8)
-    fired = []
-    for seq in range(1, 6):
-        w = wire.Window(seq=seq, t0_ns=time.time_ns(), fs_hz=FS,
-                        samples=_samples("outer_race", rng).reshape(1, -1))
-        fired += first.process([Incoming("s1", "gw1", "a", w)]).alerts
+    fired = _outer_race_alarm(first)
     assert [a["event"] for a in fired] == ["firing"]
     first.online.save_all()  # a periodic save, then the operator's command
     assert first.online.model("a").learned == 5
@@ -381,12 +387,7 @@ def test_a_rebaseline_before_any_window_resolves_the_alarm_taken_over(
     alert was built from the latest window, which this process had not seen."""
     config = _config(tmp_path)
     first = Pipeline(config, state_dir=tmp_path / "state")
-    rng = np.random.default_rng(8)
-    fired = []
-    for seq in range(1, 6):
-        w = wire.Window(seq=seq, t0_ns=time.time_ns(), fs_hz=FS,
-                        samples=_samples("outer_race", rng).reshape(1, -1))
-        fired += first.process([Incoming("s1", "gw1", "a", w)]).alerts
+    fired = _outer_race_alarm(first)
     assert [(a["event"], a["diagnosis"]) for a in fired] == [("firing", "outer_race")]
 
     if takeover == "restart":
