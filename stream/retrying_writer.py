@@ -70,7 +70,9 @@ class RetryingWriter:
         return good
 
     async def ensure_database(self, stop: asyncio.Event) -> None:
-        """Create the database if the writer can (v1); retries until it answers or stop."""
+        """Create the database if the writer can (v1); retries until it answers or stop.
+        A refusal (`retryable` false: no admin rights, say) is logged and the stream goes
+        on."""
         ensure = getattr(self.writer, "ensure_database", None)
         if ensure is None:
             return
@@ -81,6 +83,14 @@ class RetryingWriter:
                 await asyncio.to_thread(ensure)
                 return
             except (InfluxWriteError, OSError) as e:
+                if isinstance(e, InfluxWriteError) and not e.retryable:
+                    # Refused (a write-only user: 403 "requires admin privilege"), which
+                    # asking again will not change. The database may well exist: the
+                    # writes will tell, and wait in the broker if it does not.
+                    log.warning(kv("influx_create_database_refused",
+                                   url=getattr(self.writer, "url", ""), status=e.status,
+                                   reason=e))
+                    return
                 delay = backoff.jittered_s(attempt, RETRY_INITIAL_S, RETRY_MAX_S)
                 log.warning(kv("influx_unreachable", url=getattr(self.writer, "url", ""),
                                attempt=attempt, reason=e, retry_in_s=round(delay, 1)))
@@ -125,7 +135,9 @@ class RetryingWriter:
         """Spool points the database refused (or, the spool full, dead-letter the refusal);
         False when the disk takes neither (the caller then retries: the windows stay in
         the broker)."""
-        data = "".join(encode_point(p) + "\n" for p in points).encode("utf-8")
+        # The encoder writes valid UTF-8; "replace" keeps a bad code point that got
+        # through anyway from raising here, where nothing catches it.
+        data = "".join(encode_point(p) + "\n" for p in points).encode("utf-8", "replace")
         with self._spool_lock:
             return self._append_refused(data, points, reason, windows)
 

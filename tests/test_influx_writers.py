@@ -4,9 +4,11 @@ back, and every failure is an InfluxWriteError with the right cause and retryabi
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from ballpass.stream.sinks.influx import (
     query_v1,
 )
 from ballpass.stream.sinks.lineprotocol import Point
+from ballpass.stream.sinks.retention import routes
 
 
 def _vibration(n: int, t0_ns: int, sensor: str = "de") -> list[Point]:
@@ -87,6 +90,49 @@ def test_v1_ensure_database_then_write(influxd: Influxd) -> None:
     assert len(query_v1(influxd.url, writer.db, "SELECT seq FROM vibration")) == 2
 
 
+def test_v1_ensure_database_quotes_the_name(influxd: Influxd) -> None:
+    """Before: the name went into `CREATE DATABASE "…"` as it was; a `"` in it made a
+    statement influxd could not parse."""
+    writer = V1Writer(influxd.url, f'we"ird {time.time_ns()}')
+    writer.ensure_database()
+    writer.write(_vibration(1, time.time_ns()))
+    assert len(query_v1(influxd.url, writer.db, "SELECT seq FROM vibration")) == 1
+
+
+def test_v1_a_refusal_in_one_policy_does_not_keep_the_others_out(
+        influx_db: tuple[str, str]) -> None:
+    """Before: one request per policy, stopping at the first failure: a type conflict in
+    `raw` kept the alert (in `long`) from being sent at all."""
+    url, db = influx_db
+    for q in (f'CREATE RETENTION POLICY "raw" ON "{db}" DURATION 1d REPLICATION 1 DEFAULT',
+              f'CREATE RETENTION POLICY "long" ON "{db}" DURATION INF REPLICATION 1'):
+        query_v1(url, db, q)
+    writer = V1Writer(url, db)
+    writer.set_routes(routes())
+    now = time.time_ns()
+    writer.write([Point("vibration", {"sensor": "a"}, {"rms_g": 1.0}, now - 10**9)])
+    with pytest.raises(InfluxWriteError, match="field type conflict") as info:
+        writer.write([Point("vibration", {"sensor": "a"}, {"rms_g": "oops"}, now),
+                      Point("alerts", {"sensor": "a", "status": "firing"},
+                            {"alert_id": "A1"}, now)])
+    assert info.value.status == 400 and not info.value.retryable
+    (alert,) = query_v1(url, db, 'SELECT * FROM "long"."alerts"')
+    assert alert["alert_id"] == "A1"
+
+
+def test_v1_failures_in_several_policies_are_all_told() -> None:
+    """Retryable if any of them is: the retry sends all again, a refusal shows once the
+    rest succeeds."""
+    from ballpass.stream.sinks.influx import _combined
+
+    refused = InfluxWriteError("points rejected", retryable=False, status=400)
+    busy = InfluxWriteError("server busy", retryable=True, status=503)
+    err = _combined([refused, busy])
+    assert (err.retryable, err.status, str(err)) == (True, 503,
+                                                     "points rejected; server busy")
+    assert _combined([refused]) is refused
+
+
 def test_v1_closed_port_is_retryable() -> None:
     writer = V1Writer(f"http://127.0.0.1:{free_port()}", "ballpass", timeout_s=2)
     with pytest.raises(InfluxWriteError, match="cannot reach") as info:
@@ -138,6 +184,56 @@ def test_create_writer_from_config(influx_db: tuple[str, str], tmp_path: Path) -
     v2.close()
     with pytest.raises(ValueError, match=r"influx\.api"):
         create_writer(InfluxConfig(api="v3"))
+
+
+class _TLSInfluxd(Influxd):
+    """influxd serving HTTPS only (a self-signed certificate); `url` stays http://."""
+
+    def _prepare(self) -> list[str]:
+        argv = super()._prepare()
+        cert, key = self.workdir / "cert.pem", self.workdir / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                        "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True)
+        self.config_path.write_text(self.config_path.read_text().replace(
+            "auth-enabled = false", f'auth-enabled = false\n  https-enabled = true\n'
+            f'  https-certificate = "{cert}"\n  https-private-key = "{key}"'))
+        return argv
+
+    def _ready(self) -> bool:
+        return self._http_status("/ping") == 400  # its answer to plain http
+
+
+@pytest.fixture
+def tls_influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_TLSInfluxd]:
+    server = _TLSInfluxd(tmp_path_factory.mktemp("influxd-tls"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_plain_http_to_a_tls_influxd_is_retried_not_refused(tls_influxd: _TLSInfluxd) -> None:
+    """Its 400 "Client sent an HTTP request to an HTTPS server." answers every write.
+    Before: counted as a refusal of the points, so every batch went to the spool until it
+    was full, and then was dead-lettered."""
+    v2 = V2Writer(tls_influxd.url, bucket="plant", org="o", token="t")
+    try:
+        for writer in (V1Writer(tls_influxd.url, "plant"), v2):
+            for _ in range(20):
+                with pytest.raises(InfluxWriteError) as info:
+                    writer.write(_vibration(1, time.time_ns()))
+                # It closes the connection with the rest of the request unread: the reset
+                # may come before its answer (no HTTP status, retryable too).
+                if info.value.status is not None:
+                    break
+                assert info.value.retryable
+            assert info.value.status == 400 and info.value.retryable, writer
+            assert "not the points" in str(info.value) and "HTTPS server" in str(info.value)
+    finally:
+        v2.close()
 
 
 # --- victoria-metrics ------------------------------------------------------------------
@@ -231,6 +327,24 @@ def test_v1_timeout_is_retryable() -> None:
     (401, b'{"error":"authorization failed"}', True, "not authorized"),
     (403, b'{"error":"forbidden"}', True, "not authorized"),
     (400, b'{"error":"field type conflict"}', False, "points rejected"),
+    # influxd 1.x, 2.x (its partial writes are 422) and 3.x refusing the points.
+    (400, b'{"error":"partial write: points beyond retention policy dropped=1"}', False,
+     "points rejected"),
+    (400, b'{"error":"unable to parse \'m x\': missing fields"}', False, "points rejected"),
+    (400, b'{"code":"invalid","message":"unable to parse \'m x\': missing fields"}', False,
+     "points rejected"),
+    (400, b'{"error":"partial write of line protocol occurred","data":[]}', False,
+     "points rejected"),
+    (422, b'{"code":"unprocessable entity","message":"failure writing points to database: '
+          b'partial write: field type conflict"}', False, "write refused"),
+    # Any other 400, a redirect, 405, 408: the endpoint, for every write.
+    (400, b"Client sent an HTTP request to an HTTPS server.\n", True, "not the points"),
+    (400, b"<html><body>400 Bad Request</body></html>", True, "not the points"),
+    (400, b'{"error":"database is required"}', True, "not the points"),
+    (307, b"", True, "redirected"),
+    (308, b"", True, "redirected"),
+    (405, b"Method Not Allowed", True, "not the points"),
+    (408, b"Request Timeout", True, "server busy"),
     (413, b"", False, "request too large"),
     (404, b'{"error":"database not found: \\"x\\""}', True, "database not found"),
     (404, b"404 page not found\n", True, "endpoint not found"),

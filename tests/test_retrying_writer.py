@@ -4,12 +4,18 @@ the rest of the batch is written; a batch the database refuses goes to the spool
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from plant import query_rows
 
 from ballpass.services import Influxd
@@ -99,6 +105,96 @@ def test_a_database_that_is_missing_is_retried_not_spooled(
 
     assert asyncio.run(run()) is False
     assert counters.spooled == 0 and not (tmp_path / "spool.lp").exists()
+
+
+def test_a_lone_surrogate_in_an_operator_note_is_written(
+        influxd: Influxd, influx_db: tuple[str, str], tmp_path: Path) -> None:
+    """Before: json.loads made a lone surrogate of a command's "\\ud83d"; the point was
+    refused as unencodable, spooling it raised UnicodeEncodeError and the stream exited,
+    to crash again on the redelivered command after each restart."""
+    url, db = influx_db
+    writer, counters = _writer(url, db, tmp_path)
+    note = json.loads('{"note": "checked \\ud83d"}')["note"]
+    now = time.time_ns()
+    points = [Point("vibration", {"sensor": "a"}, {"seq": 1}, now),
+              Point("actions", {"sensor": "a", "action": "ack"}, {"by": "op", "note": note},
+                    now)]
+    assert asyncio.run(writer.write(points, asyncio.Event(), windows=1))
+    assert counters.written == 1 and counters.spooled == 0 and counters.rejected == {}
+    (action,) = query_rows(influxd, db, "SELECT * FROM actions")
+    assert action["note"] == "checked \ufffd" and action["by"] == "op"
+    assert len(query_rows(influxd, db, "SELECT seq FROM vibration")) == 1
+
+
+def test_spooling_never_raises_on_text_utf8_cannot_hold(tmp_path: Path) -> None:
+    """Defence in depth: a line with a lone surrogate (past the encoder) is spooled with
+    it replaced; before, the UnicodeEncodeError escaped the write and ended the stream."""
+    writer, counters = _writer("http://127.0.0.1:1", "db", tmp_path)
+    point = Point("actions", {}, {"note": "x"}, 1)
+    point.__dict__["line"] = 'actions note="x \ud83d" 1'  # what the encoder once let by
+    assert writer._keep_refused([point], "400", 1)
+    assert (tmp_path / "spool.lp").read_bytes() == b'actions note="x ?" 1\n'
+    assert counters.spooled == 1
+
+
+class _AuthInfluxd(Influxd):
+    """influxd with auth-enabled (the first user made must be an admin)."""
+
+    def _prepare(self) -> list[str]:
+        argv = super()._prepare()
+        self.config_path.write_text(self.config_path.read_text().replace(
+            "auth-enabled = false", "auth-enabled = true"))
+        return argv
+
+    def query_as(self, q: str, user: str | None = None, password: str = "") -> None:
+        headers = {}
+        if user is not None:
+            auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {auth}"
+        req = urllib.request.Request(self.url + "/query",
+                                     data=urllib.parse.urlencode({"q": q}).encode(),
+                                     headers=headers)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert "error" not in json.loads(resp.read())["results"][0], q
+
+
+@pytest.fixture
+def auth_influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_AuthInfluxd]:
+    server = _AuthInfluxd(tmp_path_factory.mktemp("influxd-auth"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_user_without_admin_rights_is_told_once_and_the_stream_writes(
+        auth_influxd: _AuthInfluxd, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The DBA's setup (manage_retention = false): the database exists, the stream's user
+    may only write. Before: CREATE DATABASE's 403 "requires admin privilege" was retried
+    for ever and the stream never consumed, although its writes would have worked."""
+    server = auth_influxd
+    server.query_as("CREATE USER admin WITH PASSWORD 'a' WITH ALL PRIVILEGES")
+    for q in ('CREATE DATABASE "plant"', "CREATE USER writer WITH PASSWORD 'w'",
+              'GRANT WRITE ON "plant" TO writer'):
+        server.query_as(q, "admin", "a")
+    counters = StreamCounters()
+    writer = RetryingWriter(V1Writer(server.url, "plant", "writer", "w"),
+                            tmp_path / "spool.lp", DeadLetters(tmp_path / "dl.jsonl"),
+                            counters, 10**6)
+    caplog.set_level(logging.WARNING, logger="ballpass.stream.retrying_writer")
+
+    async def run() -> bool:
+        stop = asyncio.Event()
+        await asyncio.wait_for(writer.ensure_database(stop), 5)
+        return await writer.write([Point("vibration", {"sensor": "a"}, {"seq": 1},
+                                         time.time_ns())], stop, 1)
+
+    assert asyncio.run(run())
+    (line,) = caplog.messages
+    assert line.startswith("event=influx_create_database_refused ")
+    assert "status=403 " in line and "requires admin privilege" in line
+    assert counters.written == 1 and counters.write_retries == 0
 
 
 _FILL_DISK = """

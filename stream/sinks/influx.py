@@ -6,8 +6,9 @@
   batching mode logs failed writes and drops them, which ballpass must never do).
 
 Both raise `InfluxWriteError` for every failure, with `.retryable` telling the caller
-whether to keep the points and try again (connection errors, 429, 5xx) or to give up on
-them and count them (bad points, missing database, wrong endpoint, auth).
+whether to keep the points and try again (connection errors, 429, 5xx, and what refuses
+every write until someone mends it: a wrong credential, database, endpoint or scheme) or
+to give up on them (points InfluxDB says it refused, unencodable points, 413, other 4xx).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 
 class InfluxWriteError(Exception):
     """A write failed. `status`: HTTP status (None: no HTTP answer); `retryable`: the same
-    points may succeed later (connection error, timeout, 429, 5xx)."""
+    points may succeed later (connection error, timeout, 429, 5xx, a wrong credential,
+    database or endpoint)."""
 
     def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
         super().__init__(message)
@@ -51,6 +53,13 @@ class InfluxWriter(Protocol):
     def write(self, points: Sequence[Point]) -> None: ...
 
     def close(self) -> None: ...
+
+
+# What InfluxDB's JSON error says when it refused the points themselves: 1.x `{"error":
+# "partial write: field type conflict: …"}` or `"unable to parse '…': …"`, 2.x `{"code":
+# "invalid", "message": "unable to parse …"}` (its partial writes are 422), 3.x `{"error":
+# "partial write of line protocol occurred"}` or `"parsing failed for write_lp endpoint"`.
+_POINTS_REFUSED = ("partial write", "unable to parse", "parsing failed", "field type conflict")
 
 
 def _error_text(body: bytes) -> tuple[str, bool]:
@@ -73,15 +82,21 @@ def classify_http_error(status: int, body: bytes, *, url: str, target: str,
 
     `target` names what was written to (`db 'x'` or `bucket 'x'`), `api` is "v1"/"v2".
     A missing database is a 404 with JSON `{"error": "database not found: …"}`; a server
-    without the endpoint answers a plain-text `404 page not found`.
+    without the endpoint answers a plain-text `404 page not found`. A 400 refuses the
+    points only when InfluxDB's JSON error says so (`_POINTS_REFUSED`).
     """
     text, is_json = _error_text(body)
-    # Retryable unless the answer is about these points (400, 413, other 4xx): a wrong
-    # credential, a missing database or endpoint refuses every write until someone mends
-    # it, and the windows must wait for that in the broker, not fill the spool.
-    retryable = status in (401, 403, 404, 429) or status >= 500
+    lowered = text.lower()
+    # Any other 400 is about the endpoint: plain http to a TLS influxd answers 400 "Client
+    # sent an HTTP request to an HTTPS server.", to every write.
+    refused = status == 400 and is_json and any(m in lowered for m in _POINTS_REFUSED)
+    # Retryable unless the answer is about these points (their 400, 413, other 4xx): a wrong
+    # credential, database, endpoint or scheme, or a redirect (not followed: a POST) refuses
+    # every write until someone mends it, and the windows must wait for that in the broker,
+    # not fill the spool.
+    retryable = (status < 400 or status in (400, 401, 403, 404, 405, 408, 429)
+                 or status >= 500) and not refused
     if status == 404:
-        lowered = text.lower()
         if is_json and ("database not found" in lowered
                         or ("bucket" in lowered and "not found" in lowered)):
             cause = f"database not found: {target} on {url} ({text})"
@@ -94,8 +109,14 @@ def classify_http_error(status: int, body: bytes, *, url: str, target: str,
         cause = f"not authorized (HTTP {status}) writing to {target} on {url}: {text}"
     elif status == 413:
         cause = f"request too large (HTTP 413) for {url}: write fewer points per call"
-    elif status == 400:
+    elif refused:
         cause = f"points rejected (HTTP 400) by {url} for {target}: {text}"
+    elif status < 400:
+        cause = (f"redirected (HTTP {status}) by {url}: set influx.url to the address it "
+                 f"redirects to ({text})")
+    elif status in (400, 405):
+        cause = (f"request refused (HTTP {status}) by {url}, not the points: wrong URL or "
+                 f"scheme (http to an https server?), or a proxy in between: {text}")
     elif retryable:
         cause = f"server busy or failing (HTTP {status}) at {url}: {text}"
     else:
@@ -106,6 +127,11 @@ def classify_http_error(status: int, body: bytes, *, url: str, target: str,
 def _basic_auth(username: str, password: str | None) -> str:
     """HTTP basic `Authorization` header value (InfluxDB 1.x with auth-enabled)."""
     return "Basic " + base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+
+
+def quote_ident(name: str) -> str:
+    """An InfluxQL double-quoted identifier."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _encode_or_raise(points: Sequence[Point]) -> bytes:
@@ -161,23 +187,43 @@ class V1Writer:
 
     def write(self, points: Sequence[Point]) -> None:
         """Write all `points` (one request per retention policy), or raise
-        InfluxWriteError. A retry after a partial failure rewrites the points already
-        written, which InfluxDB stores once (same series, same time)."""
+        InfluxWriteError. Every policy's points are sent even if another's fail; the
+        error names each failure. A retry after a partial failure rewrites the points
+        already written, which InfluxDB stores once (same series, same time)."""
         if not points:
             return
         groups: dict[str | None, list[Point]] = {}
         for p in points:
             groups.setdefault(self._routes.get(p.measurement), []).append(p)
-        for rp, group in groups.items():
-            body = _encode_or_raise(group)
+        bodies = [(rp, _encode_or_raise(group)) for rp, group in groups.items()]
+        failures: list[InfluxWriteError] = []
+        for rp, body in bodies:
             target = f"db {self.db!r}" + (f" rp {rp!r}" if rp else "")
-            self._post(self._write_url if rp is None else self._url_for(rp), body, target)
+            try:
+                self._post(self._write_url if rp is None else self._url_for(rp), body, target)
+            except InfluxWriteError as e:
+                # A refusal in one policy (a type conflict in `raw`) must not keep the
+                # others' points (the alerts in `long`) out of the database.
+                failures.append(e)
+                if e.status is None:
+                    break  # no answer: the next request would only wait its own timeout
+        if failures:
+            raise _combined(failures)
 
     def ensure_database(self) -> None:
-        """CREATE DATABASE (no-op when it exists); InfluxWriteError on failure."""
-        data = urllib.parse.urlencode({"q": f'CREATE DATABASE "{self.db}"'}).encode()
-        answer = self._post(f"{self.url}/query", data, f"db {self.db!r}",
-                            content_type="application/x-www-form-urlencoded")
+        """CREATE DATABASE (no-op when it exists); InfluxWriteError on failure, retryable
+        only without an answer, on 429 and 5xx: any other (403 for a user without admin
+        rights) would be the same again."""
+        q = f"CREATE DATABASE {quote_ident(self.db)}"
+        data = urllib.parse.urlencode({"q": q}).encode()
+        try:
+            answer = self._post(f"{self.url}/query", data, f"db {self.db!r}",
+                                content_type="application/x-www-form-urlencoded")
+        except InfluxWriteError as e:
+            if e.status is None or e.status == 429 or e.status >= 500:
+                raise
+            raise InfluxWriteError(f"create database {self.db!r}: {e}", retryable=False,
+                                   status=e.status) from e
         try:
             results = json.loads(answer).get("results", [])
         except ValueError as e:
@@ -244,6 +290,18 @@ class V1Writer:
                 raise classify_http_error(resp.status, answer, url=self.url, target=target,
                                           api="v1")
         raise AssertionError("unreachable")  # the second attempt returns or raises
+
+
+def _combined(failures: Sequence[InfluxWriteError]) -> InfluxWriteError:
+    """One error for the failed requests of a write: retryable if any is (the retry
+    rewrites them all, and a refusal shows again once the rest succeeds)."""
+    if len(failures) == 1:
+        return failures[0]
+    first = next((e for e in failures if e.retryable), failures[0])
+    err = InfluxWriteError("; ".join(str(e) for e in failures), retryable=first.retryable,
+                           status=first.status)
+    err.__cause__ = first
+    return err
 
 
 class V2Writer:

@@ -14,6 +14,9 @@ key `time`; empty measurement or keys. Tags with an empty value are left out (In
 drops them too). NaN and ±inf field values are skipped: line protocol has no way to
 write them; a point left with no field raises ValueError so the caller sees it.
 Integers outside the signed 64-bit range raise ValueError.
+
+Every line is valid UTF-8: a code point UTF-8 cannot hold (a lone surrogate, which
+`json.loads` makes of `"\\ud83d"` in an operator's note) is written as U+FFFD.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -31,6 +35,7 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _KEY_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
 _MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ "})
 _STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,11 @@ def _encode_point(point: Point) -> str:
                          f"(fields {sorted(point.fields)})")
     if isinstance(point.time_ns, bool) or not isinstance(point.time_ns, numbers.Integral):
         raise ValueError(f"time_ns must be an integer (ns since epoch), got {point.time_ns!r}")
-    return f"{''.join(parts)} {','.join(fields)} {int(point.time_ns)}"
+    line = f"{''.join(parts)} {','.join(fields)} {int(point.time_ns)}"
+    # A lone surrogate cannot be sent (UTF-8 has no encoding for it) and would refuse the
+    # whole point, again at each redelivery: its text is kept, the surrogate replaced.
+    # isascii() is O(1): most lines skip the search.
+    return line if line.isascii() else _SURROGATES.sub("\ufffd", line)
 
 
 def encode(points: Iterable[Point]) -> str:

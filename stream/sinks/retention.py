@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ballpass.log import kv
 from ballpass.stream.features import ROW_FIELDS
 from ballpass.stream.sinks.influx import InfluxQueryError, query_v1
+from ballpass.stream.sinks.influx import quote_ident as ident
 
 if TYPE_CHECKING:
     from ballpass.config import InfluxConfig
@@ -71,11 +72,6 @@ DOWNSAMPLED: dict[str, dict[str, tuple[str, ...]]] = {
 
 # Windows per hour behind each aggregate row (`seq` is on every vibration point).
 _COUNTS = {"vibration": ("seq", "windows")}
-
-
-def ident(name: str) -> str:
-    """An InfluxQL double-quoted identifier."""
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _column(field: str, agg: str) -> str:
