@@ -35,7 +35,12 @@ lint: install
 
 install: $(STAMP)
 
+# Debian's python3 makes a venv only with python3-venv (ensurepip), not installed by default.
 $(STAMP): pyproject.toml
+	@python3 -c "import ensurepip" 2>/dev/null || { \
+	  echo "installing Debian package: python3-venv"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends python3-venv; }
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"

@@ -299,7 +299,8 @@ def run_demo(duration_s: float | None = None, summary_json: Path | None = None,
     demo_cluster.cluster_extra_missing first).
     """
     keep = workdir is not None
-    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ballpass-demo-"))
+    # Absolute: the config's paths are relative to the config file's own directory.
+    work = Path(workdir).resolve() if workdir else Path(tempfile.mkdtemp(prefix="ballpass-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     live = live and sys.stdout.isatty()
     stop = threading.Event()
@@ -347,6 +348,9 @@ def run_demo(duration_s: float | None = None, summary_json: Path | None = None,
                 if p.child.proc.poll() is not None and not p.lost_evidence_port():
                     raise RuntimeError(f"{p.child.name} exited early; see {p.child.log_path}")
             stop.wait(0.2)
+        if stop.is_set():  # Ctrl-C while starting (the first run compiles for a minute)
+            log.info(kv("demo_stopping", reason="signal", before="the gateways started"))
+            return 0
         for p in streams:
             state = work / (f"{p.child.name}-state" if nats else "stream-state")
             print(f"evidence page{' of ' + p.child.name if nats else ''}: "

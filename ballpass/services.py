@@ -8,7 +8,7 @@ imports this module without numpy or the stream's dependencies.
     with Mosquitto(tmp / "mqtt", users={"gw1": "secret"}) as broker:
         ...  # broker.host, broker.port
 
-Measured on the target machine (docs: ../shared/SERVICES.md): mosquitto is ready in about
+Measured on the target machine: mosquitto is ready in about
 30 ms, influxd in about 20 ms (and takes about 1.7 s to stop), victoria-metrics in about
 70 ms.
 """
@@ -291,7 +291,7 @@ _TLS_KEYS = {"cafile", "capath", "certfile", "keyfile"}
 
 def acl_text(stream_users: Iterable[str] = ("stream",),
              operator_users: Iterable[str] = ()) -> str:
-    """The mosquitto ACL of ARCHITECTURE.md section 3.
+    """The mosquitto ACL of docs/topics.md.
 
     Every user is a gateway under the `pattern` lines (username = gateway id): it may
     write only window, tacho and status below its own prefix and read only its config.

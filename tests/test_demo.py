@@ -18,9 +18,10 @@ pytestmark = pytest.mark.slow
 def test_demo_by_duration_writes_an_honest_summary(tmp_path: Path) -> None:
     summary_path = tmp_path / "s.json"
     workdir = tmp_path / "work"
+    # A relative --workdir (before: its config's paths resolved to work/work/...).
     r = subprocess.run([sys.executable, "-m", "ballpass", "demo", "--duration", "40",
-                        "--summary-json", str(summary_path), "--workdir", str(workdir)],
-                       capture_output=True, text=True, timeout=240)
+                        "--summary-json", str(summary_path), "--workdir", "work"],
+                       capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(summary_path.read_text())
     assert s["windows_captured"] > 0
@@ -61,4 +62,25 @@ def test_ctrl_c_stops_every_process_cleanly(tmp_path: Path) -> None:
             demo.communicate()  # reaped, its pipe closed
     assert demo.returncode == 0, out[-3000:]
     assert "event=demo_stopped" in out
+    assert processes_mentioning(str(workdir)) == []
+
+
+def test_ctrl_c_while_starting_starts_no_gateway(tmp_path: Path) -> None:
+    """Before: the gateways were started anyway, killed at once, and the demo exited 1."""
+    workdir = tmp_path / "work"
+    demo = subprocess.Popen([sys.executable, "-m", "ballpass", "demo", "--no-live",
+                             "--workdir", str(workdir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (workdir / "site.toml").exists():
+            time.sleep(0.05)
+        demo.send_signal(signal.SIGINT)  # the stream is still starting
+        out, _ = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+    assert demo.returncode == 0, out[-3000:]
+    assert "before=" in out and list(workdir.glob("gw-*.log")) == []
     assert processes_mentioning(str(workdir)) == []
