@@ -5,20 +5,27 @@
 
 - At least once: an alert is written to the route's spool directory before anything is
   sent and removed only after the receiver answered 2xx, so a receiver outage or a stream
-  restart loses nothing (the spool is re-read at start). The only duplicate possible is a
-  crash between the 2xx and the unlink; receivers de-duplicate by `alert_id` + `status`.
-- Retries: connection errors, timeouts, 408, 429 and 5xx are retried without end, with
-  capped exponential backoff and jitter (`backoff_max_s`); after `retries` failed
-  attempts the route logs `webhook_failing` once per message. Other 4xx mean the receiver
+  restart loses nothing (the spool is re-read at start). A duplicate is possible only
+  when the receiver took a message whose answer never arrived (a crash between the 2xx and
+  the unlink, a timeout, a broken response); receivers de-duplicate by `alert_id` +
+  `status`.
+- Retries: connection errors (a response broken off or garbled too), timeouts, 408, 425,
+  429 and 5xx are retried without end, with capped exponential backoff and jitter
+  (`backoff_max_s`); after `retries` failed attempts the route logs `webhook_failing` once
+  per message. Redirects are not followed: a 3xx, like any other 4xx, means the route
   refuses that body: the message moves to `<route>/rejected/` and counts as `failed`;
   so does a group whose delivery raised (a bug: logged `webhook_group_failed`, and the
   route goes on with the next).
 - Grouping: slack, teams and alertmanager routes put the alerts of one asset and status
   that arrive within `group_wait_s` into one message (ten sensors of one reactor → one
-  message). json and pagerduty stay one alert per message (their receivers key on the
-  alert id). A token bucket enforces `rate_limit_per_min` per route.
+  message); an alert's resolve never goes out before its firing. json and pagerduty stay
+  one alert per message (their receivers key on the alert id). A token bucket enforces
+  `rate_limit_per_min` per route.
 - Each route runs in its own task with its own thread for HTTP, so a hanging receiver
-  delays only its own route, never the pipeline or other routes.
+  delays only its own route, never the pipeline or other routes; a route whose loop
+  fails (a bug: logged `webhook_route_failed`) is restarted, the others go on.
+- Secret files are read when the sender is made: an unreadable one is a ConfigError
+  naming its `webhook[i]` key (the stream exits 2 at start).
 
 `WebhookSender` keeps the counters (`delivered`, `failed`) the service status reports.
 """
@@ -29,6 +36,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -39,10 +47,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ballpass import backoff
-from ballpass.config import WebhookConfig
+from ballpass.config import ConfigError, WebhookConfig
 from ballpass.log import kv
 from ballpass.stream.sinks import formats
 from ballpass.stream.sinks.formats import Request
@@ -66,16 +74,33 @@ class WebhookCounters:
     pending: int = 0  # alert deliveries waiting in the spools
 
 
-def post(request: Request, timeout_s: float) -> int:
-    """POST one request; the HTTP status. Raises OSError on a network error or timeout."""
-    http = urllib.request.Request(request.url, data=request.body, method="POST", headers={
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follows no redirect: urllib re-sends a POST answered 301/302/303 as a GET without
+    its body, whose 2xx then counted as delivered. The 3xx is returned as the status."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int,
+                         msg: str, headers: http.client.HTTPMessage, newurl: str) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def post(request: Request, timeout_s: float) -> tuple[int, str | None]:
+    """POST one request; the HTTP status and, for a redirect, its Location. Raises OSError
+    on a network error, a timeout or a response broken off or garbled."""
+    req = urllib.request.Request(request.url, data=request.body, method="POST", headers={
         **request.headers, "User-Agent": formats.USER_AGENT})
     try:
-        with urllib.request.urlopen(http, timeout=timeout_s) as response:
+        with _opener.open(req, timeout=timeout_s) as response:
             response.read()
-            return int(response.status)
+            return int(response.status), None
     except urllib.error.HTTPError as e:
-        return int(e.code)
+        return int(e.code), e.headers.get("Location")
+    except http.client.HTTPException as e:
+        # IncompleteRead, BadStatusLine...: the connection broke, whatever the receiver
+        # did with the body; retried like any connection error (a duplicate at worst).
+        raise ConnectionError(f"broken response: {e!r}") from e
 
 
 def _retryable(status: int) -> bool:
@@ -86,6 +111,14 @@ def route_id(index: int, hook: WebhookConfig) -> str:
     """Stable spool directory name of a route: its position, format and URL hash."""
     digest = hashlib.sha1(f"{hook.format}|{hook.url}".encode()).hexdigest()[:8]
     return f"{index}-{hook.format}-{digest}"
+
+
+def _read_secret(index: int, key: str, read: Callable[[], str | None]) -> str | None:
+    """`read()` (a route's secret file); its ConfigError names the route's key."""
+    try:
+        return read()
+    except ConfigError as e:
+        raise ConfigError([f"webhook[{index}].{key}: {line}" for line in e.errors]) from None
 
 
 @dataclass
@@ -122,8 +155,10 @@ class Route:
         self._seq = 0
         # Alertmanager: labels of firing alerts (their identity), re-posted until resolved.
         self.active: dict[str, dict[str, Any]] = {}
-        self.secret = hook.secret() if hook.secret_file else None
-        self.routing_key = hook.routing_key() if hook.routing_key_file else None
+        # Read here, when the service is made, so that an unreadable file stops the start
+        # naming it (exit 2) instead of the webhooks task, silently.
+        self.secret = _read_secret(index, "secret_file", hook.secret)
+        self.routing_key = _read_secret(index, "routing_key_file", hook.routing_key)
 
     # --- spool -----------------------------------------------------------------------
 
@@ -139,6 +174,8 @@ class Route:
         for path in sorted(self.dir.glob("*.alert.json")):
             try:
                 alert = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(alert, dict):
+                    raise ValueError(f"not an alert object: {type(alert).__name__}")
             except (OSError, ValueError) as e:
                 log.error(kv("webhook_spool_unreadable", route=self.name, file=path, reason=e))
                 path.rename(path.with_suffix(".bad"))
@@ -194,11 +231,36 @@ class Route:
         group = self.groups.get(key)
         if group is None:
             group = self.groups[key] = _Group(deadline)
+        firing = self.groups.get((key[0], "firing")) if key[1] == "resolved" else None
+        if firing is not None and firing.deadline >= group.deadline and any(
+                e.alert.get("alert_id") == a.get("alert_id") for e in firing.entries):
+            # This alert's firing still waits, in a group due no earlier than the resolved
+            # one (which another alert's resolve opened): the resolve must not go first.
+            group.deadline = firing.deadline
+            self.groups[key] = self.groups.pop(key)  # `run` takes the first of equal deadlines
         group.entries.append(entry)
         self.sender.counters.pending += 1
         self.wake.set()
 
     # --- delivery ----------------------------------------------------------------------
+
+    async def keep_running(self) -> None:
+        """`run()` until it returns (closing). A failure of it (a bug) is logged and the
+        loop restarted after a backoff, s: never the end of this route or of the others
+        (before, it ended them all and shut every route's HTTP thread down)."""
+        failures = 0
+        while True:
+            try:
+                await self.run()
+                return
+            except Exception as e:
+                failures += 1
+                delay = backoff.jittered_s(failures, self.sender.backoff_s,
+                                           self.hook.backoff_max_s)
+                log.error(kv("webhook_route_failed", route=self.name, reason=repr(e)[:300],
+                             restart_in_s=round(delay, 2)))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed(), delay)
 
     async def run(self) -> None:
         last_refresh = time.monotonic()
@@ -334,7 +396,7 @@ class Route:
                 return
             await asyncio.sleep((1.0 - self.tokens) / rate_per_s)
 
-    async def _post(self, request: Request) -> int:
+    async def _post(self, request: Request) -> tuple[int, str | None]:
         self.sender.counters.attempts += 1
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, post, request, self.hook.timeout_s)
@@ -349,16 +411,22 @@ class Route:
             attempt += 1
             request = render()
             try:
-                status = await self._post(request)
+                status, location = await self._post(request)
                 reason = f"http {status}"
                 if 200 <= status < 300:
                     log.info(kv("webhook_delivered", route=self.name, format=self.hook.format,
                                 alerts=ids, http=status, attempt=attempt))
                     return True, request
+                if 300 <= status < 400:
+                    # Not followed (`_NoRedirect`), refused like a 4xx: the route's URL
+                    # is wrong until the admin sets it to where the receiver now is.
+                    log.error(kv("webhook_refused", route=self.name, alerts=ids, http=status,
+                                 location=location))
+                    return False, request
                 if not _retryable(status):
                     log.error(kv("webhook_refused", route=self.name, alerts=ids, http=status))
                     return False, request
-            except OSError as e:  # refused, unresolvable, timeout (socket.timeout is OSError)
+            except OSError as e:  # refused, unresolvable, timeout, broken response (`post`)
                 reason = str(getattr(e, "reason", e))
             if self.closing:
                 log.warning(kv("webhook_deferred", route=self.name, alerts=ids, reason=reason))
@@ -393,6 +461,14 @@ class WebhookSender:
         self.counters = WebhookCounters()
         self.spool_root = state_dir / "webhook-spool" if state_dir is not None else None
         self.routes: list[Route] = []
+        errors: list[str] = []
+        for i, h in enumerate(hooks):  # every unreadable secret file named at once
+            try:
+                self.routes.append(Route(i, h, self.spool_root, self))
+            except ConfigError as e:
+                errors += e.errors
+        if errors:
+            raise ConfigError(errors)
         self._early: list[dict[str, Any]] = []
         self._closing = False
         self._started = False
@@ -417,13 +493,12 @@ class WebhookSender:
             route.wake.set()
 
     async def run(self) -> None:
-        self.routes = [Route(i, h, self.spool_root, self) for i, h in enumerate(self.hooks)]
         self._started = True
         for route in self.routes:
             try:
                 route.load_spool()
-            except OSError as e:
-                log.error(kv("webhook_spool_failed", route=route.name, reason=e))
+            except Exception as e:  # one route's spool never keeps the others from starting
+                log.error(kv("webhook_spool_failed", route=route.name, reason=repr(e)[:300]))
         early, self._early = self._early, []
         for alert in early:
             self.submit(alert)
@@ -431,7 +506,7 @@ class WebhookSender:
             for route in self.routes:
                 route.closing = True
         try:
-            await asyncio.gather(*(r.run() for r in self.routes))
+            await asyncio.gather(*(r.keep_running() for r in self.routes))
         finally:
             for route in self.routes:
                 route.pool.shutdown(wait=False, cancel_futures=True)
