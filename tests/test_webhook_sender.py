@@ -202,6 +202,24 @@ def test_a_spool_file_that_is_not_an_alert_is_set_aside_and_every_route_starts(
     assert [p.name for p in spool.iterdir() if p.suffix == ".bad"] == ["0-bad.alert.bad"]
 
 
+def test_a_partial_spool_write_and_a_misshapen_active_file_are_cleared_at_start(
+        tmp_path: Path) -> None:
+    """A crash mid-write left `*.alert.tmp` for ever (its alert is spooled again from the
+    alert state's held alerts); an `active.json` that is no object of alerts made the
+    Alertmanager route fail at every refresh."""
+    state = tmp_path / "state"
+    sender = WebhookSender((hook("http://127.0.0.1:1/", "alertmanager"),), 0.05,
+                           state_dir=state)
+    route = sender.routes[0]
+    assert route.dir is not None
+    route.dir.mkdir(parents=True)
+    (route.dir / "0-X-firing.alert.tmp").write_text('{"alert_')
+    (route.dir / "active.json").write_text('{"X": [1, 2]}')
+    assert route.load_spool() == 0
+    assert sorted(p.name for p in route.dir.iterdir()) == ["active.json"]
+    assert route.active == {}
+
+
 def test_an_alertmanager_refresh_answered_with_a_broken_response_is_retried_later(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
         ) -> None:

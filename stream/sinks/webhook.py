@@ -169,7 +169,18 @@ class Route:
         self.dir.mkdir(parents=True, exist_ok=True)
         active = self.dir / "active.json"
         with contextlib.suppress(OSError, ValueError):
-            self.active = json.loads(active.read_text(encoding="utf-8"))
+            loaded = json.loads(active.read_text(encoding="utf-8"))
+            if isinstance(loaded, dict) and all(isinstance(v, dict) for v in loaded.values()):
+                self.active = loaded
+            else:  # it would fail the route at every refresh
+                log.error(kv("webhook_spool_unreadable", route=self.name, file=active,
+                             reason="not an object of alerts"))
+        # A spool write a crash cut short: its alert is still held in the alert state,
+        # which spools it again at start (service.py `_finish_held`).
+        for tmp in self.dir.glob("*.alert.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                log.info(kv("webhook_spool_partial_removed", route=self.name, file=tmp))
         found = 0
         for path in sorted(self.dir.glob("*.alert.json")):
             try:
