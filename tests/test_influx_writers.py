@@ -120,6 +120,28 @@ def test_v1_a_refusal_in_one_policy_does_not_keep_the_others_out(
     assert alert["alert_id"] == "A1"
 
 
+def test_v1_a_policy_dropped_under_the_stream_is_written_around(
+        influx_db: tuple[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    """Before: `long` dropped by a DBA while the stream ran answered 500 "retention policy
+    not found", retried for ever: no batch with an alert was acknowledged again."""
+    url, db = influx_db
+    for q in (f'CREATE RETENTION POLICY "raw" ON "{db}" DURATION 1d REPLICATION 1 DEFAULT',
+              f'CREATE RETENTION POLICY "long" ON "{db}" DURATION INF REPLICATION 1'):
+        query_v1(url, db, q)
+    writer = V1Writer(url, db)
+    writer.set_routes(routes())
+    now = time.time_ns()
+    query_v1(url, db, f'DROP RETENTION POLICY "long" ON "{db}"')
+    writer.write([Point("alerts", {"sensor": "a", "status": "firing"}, {"alert_id": "A2"},
+                        now)])
+    (alert,) = query_v1(url, db, 'SELECT * FROM "raw"."alerts"')
+    assert alert["alert_id"] == "A2"
+    assert "event=influx_policy_missing" in caplog.text and "rp=long" in caplog.text
+    writer.write([Point("alerts", {"sensor": "a", "status": "resolved"}, {"alert_id": "A2"},
+                        now + 1)])  # straight to the default now
+    assert len(query_v1(url, db, 'SELECT * FROM "raw"."alerts"')) == 2
+
+
 def test_v1_failures_in_several_policies_are_all_told() -> None:
     """Retryable if any of them is: the retry sends all again, a refusal shows once the
     rest succeeds."""

@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ballpass.log import kv
 from ballpass.stream.sinks.lineprotocol import Point, encode
 
 if TYPE_CHECKING:
@@ -200,7 +201,21 @@ class V1Writer:
         for rp, body in bodies:
             target = f"db {self.db!r}" + (f" rp {rp!r}" if rp else "")
             try:
-                self._post(self._write_url if rp is None else self._url_for(rp), body, target)
+                try:
+                    self._post(self._write_url if rp is None else self._url_for(rp), body,
+                               target)
+                except InfluxWriteError as e:
+                    if rp is None or "retention policy not found" not in str(e).lower():
+                        raise
+                    # Dropped under a running stream (routes are set at start): 500, retried
+                    # for ever, and nothing of these batches acknowledged. Kept in the
+                    # default policy instead, shorter, but kept; an admin must recreate it.
+                    log.error(kv("influx_policy_missing", db=self.db, rp=rp,
+                                 measurements=",".join(sorted(
+                                     m for m, r in self._routes.items() if r == rp)),
+                                 written_to="default", reason=e))
+                    self._routes = {m: r for m, r in self._routes.items() if r != rp}
+                    self._post(self._write_url, body, f"db {self.db!r}")
             except InfluxWriteError as e:
                 # A refusal in one policy (a type conflict in `raw`) must not keep the
                 # others' points (the alerts in `long`) out of the database.
