@@ -199,7 +199,33 @@ def test_a_spool_file_that_is_not_an_alert_is_set_aside_and_every_route_starts(
         a.stop()
         b.stop()
     assert [x["alert_id"] for x in a.received + b.received] == ["X", "X"]
-    assert [p.name for p in spool.iterdir() if p.suffix == ".bad"] == ["0-bad.alert.bad"]
+    assert [p.name for p in (spool / "rejected").iterdir()] == ["0-bad.alert.bad"]
+
+
+def test_rejected_keeps_only_the_newest_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                               ) -> None:
+    """Before: every refused alert stayed in rejected/ for ever; a receiver refusing all
+    (a revoked Slack hook answers 404) filled the state disk at the alert rate."""
+    monkeypatch.setattr(webhook, "REJECTED_KEEP", 3)
+    receiver = Recorder(lambda h: h.send_error(404) or True)
+    state = tmp_path / "state"
+    sender = WebhookSender((hook(receiver.url),), 0.05, state_dir=state)
+
+    async def run() -> None:
+        task = asyncio.create_task(sender.run())
+        for i in range(5):
+            sender.submit(alert(f"A{i}"))
+        await await_until(lambda: sender.counters.failed == 5, 5)
+        await sender.close()
+        await asyncio.wait_for(task, 10)
+
+    try:
+        asyncio.run(run())
+    finally:
+        receiver.stop()
+    assert sender.counters.failed == 5
+    kept = [json.loads(p.read_text())["alert_id"] for p in files(state, "rejected/*")]
+    assert kept == ["A2", "A3", "A4"]
 
 
 def test_a_partial_spool_write_and_a_misshapen_active_file_are_cleared_at_start(

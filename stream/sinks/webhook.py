@@ -13,7 +13,8 @@
   429 and 5xx are retried without end, with capped exponential backoff and jitter
   (`backoff_max_s`); after `retries` failed attempts the route logs `webhook_failing` once
   per message. Redirects are not followed: a 3xx, like any other 4xx, means the route
-  refuses that body: the message moves to `<route>/rejected/` and counts as `failed`;
+  refuses that body: the message moves to `<route>/rejected/` (the newest REJECTED_KEEP
+  kept there) and counts as `failed`;
   so does a group whose delivery raised (a bug: logged `webhook_group_failed`, and the
   route goes on with the next).
 - Grouping: slack, teams and alertmanager routes put the alerts of one asset and status
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 GROUPED_FORMATS = frozenset({"slack", "teams", "alertmanager"})
 ALERTMANAGER_REFRESH_S = 60.0  # firing alerts are re-posted this often...
 ALERTMANAGER_HOLD_S = 5 * ALERTMANAGER_REFRESH_S  # ...and expire this long after the last post
+REJECTED_KEEP = 500  # refused bodies kept per route for a look; beyond it the oldest go
 
 
 @dataclass
@@ -189,7 +191,8 @@ class Route:
                     raise ValueError(f"not an alert object: {type(alert).__name__}")
             except (OSError, ValueError) as e:
                 log.error(kv("webhook_spool_unreadable", route=self.name, file=path, reason=e))
-                path.rename(path.with_suffix(".bad"))
+                with contextlib.suppress(OSError):
+                    self._set_aside(path, path.with_suffix(".bad").name)
                 continue
             self._queue(_Entry(alert, path), time.monotonic())
             found += 1
@@ -372,11 +375,23 @@ class Route:
             if delivered:
                 entry.path.unlink(missing_ok=True)
             else:
-                rejected = entry.path.parent / "rejected"
-                rejected.mkdir(exist_ok=True)
-                entry.path.rename(rejected / entry.path.name)
+                self._set_aside(entry.path, entry.path.name)
         except OSError as e:
             log.error(kv("webhook_spool_failed", route=self.name, file=entry.path, reason=e))
+
+    def _set_aside(self, path: Path, name: str) -> None:
+        """Move a spool file the route will not send into `rejected/` as `name`, keeping
+        the newest REJECTED_KEEP there: a receiver refusing every alert for months must
+        not fill the state disk (names start with the spool time, so they sort by age)."""
+        rejected = path.parent / "rejected"
+        rejected.mkdir(exist_ok=True)
+        path.rename(rejected / name)
+        old = sorted(rejected.iterdir())[:-REJECTED_KEEP]
+        for p in old:
+            p.unlink(missing_ok=True)
+        if old:
+            log.warning(kv("webhook_rejected_pruned", route=self.name, files=len(old),
+                           kept=REJECTED_KEEP))
 
     def _track_active(self, alerts: list[dict[str, Any]], request: Request) -> None:
         posted = json.loads(request.body)
