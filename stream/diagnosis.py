@@ -206,15 +206,14 @@ def _bearing_candidates(batch: FeatureBatch, i: int, t: _Thresholds
     if len(cands) < 2:
         return cands, []
     # Exclusive attribution: one spectral peak is evidence for one family only.
-    # (a) Two families whose kinematic lines coincide: F's fundamental within the search
-    #     zone of a line G looks for, or the reverse (on a 6206, BPFI and 2×BSF are 2 %
-    #     apart, inside the slip tolerance, and so are their harmonics). Both read the
-    #     same peaks there, so only the lines whose zone overlaps none of the other's can
-    #     tell them apart (±1× sidebands for the inner race; ±FTF sidebands and odd BSF
-    #     lines for a ball): the family with more evidence in them (sum of the SNRs of its
-    #     present ones, dB) keeps the peaks, the other is dropped; with none on either
-    #     side both are left undecided. Zones overlap when two kinematic frequencies are
-    #     closer than the sum of their ±SPEED_TOLERANCE plus one bin.
+    # (a) Two families whose kinematic lines coincide: F's fundamental within the search zone of a
+    #     line G looks for, or the reverse (8 balls of 7.94 mm on a 39 mm pitch put BPFI and 2×BSF 2
+    #     % apart, inside the slip tolerance, and their harmonics). Both read the same peaks there,
+    #     so only the lines whose zone overlaps none of the other's can tell them apart (±1×
+    #     sidebands for the inner race; ±FTF sidebands and odd BSF lines for a ball): the family
+    #     with more evidence in them (sum of the SNRs of its present ones, dB) keeps the peaks, the
+    #     other is dropped; with none on either side both are left undecided. Zones overlap when two
+    #     kinematic frequencies are closer than the sum of their ±SPEED_TOLERANCE plus one bin.
     # (b) F's fundamental on a ±1× shaft sideband of one of G's present harmonics (the
     #     shaft modulates every impact train; on a 6205, BPFO+1× sits 2.7 % below
     #     2×BSF): F is G's consequence, unless G's fundamental is in turn F's sideband
@@ -493,12 +492,15 @@ def diagnose(
         # its envelope lines) does not move them.
         x1_line = x1_snr >= th.LINE_SNR_DB
         x2_line = x2_snr >= th.LINE_SNR_DB
-        if x2_line and x2 >= th.MISALIGNMENT_X2_RATIO * x1:
+        # The rule reads velocity, as the zone does: at 2x an acceleration line is twice
+        # the velocity line of the same mm/s, so the ratio of the g lines is halved.
+        x2_x1_vel = x2 / max(2.0 * x1, 1e-12)
+        if x2_line and x2_x1_vel >= th.MISALIGNMENT_X2_RATIO:
             return Diagnosis(
                 Fault.MISALIGNMENT,
-                _conf(10.0 * (x2 / x1 - th.MISALIGNMENT_X2_RATIO)),
+                _conf(10.0 * (x2_x1_vel - th.MISALIGNMENT_X2_RATIO)),
                 ev,
-                f"zone {zone} ({vel:.2f} mm/s) with 2x/1x = {x2 / max(x1, 1e-12):.2f}",
+                f"zone {zone} ({vel:.2f} mm/s) with 2x/1x = {x2_x1_vel:.2f} in velocity",
                 zone,
             )
         if x1_line and share >= th.IMBALANCE_X1_SHARE:

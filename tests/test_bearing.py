@@ -49,6 +49,29 @@ def test_lookup_spellings_and_errors() -> None:
     assert lookup("skf6205") is g and lookup("6205-2RS JEM") is g
     with pytest.raises(KeyError, match="did you mean"):
         lookup("SKF 6250")
+    # Before: any key ending in the fragment matched ("10" was the 6310, "03" the 6203).
+    for fragment in ("10", "03", "5"):
+        with pytest.raises(KeyError):
+            lookup(fragment)
+
+
+# Boundary dimensions (bore, outside diameter, mm) of the ISO 15 deep-groove series.
+BOUNDARY_MM = {"SKF 6203": (17, 40), "SKF 6205": (25, 52), "SKF 6206": (30, 62),
+               "SKF 6207": (35, 72), "SKF 6208": (40, 80), "SKF 6310": (50, 110)}
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDARY_MM))
+def test_a_deep_groove_ball_set_runs_midway_between_bore_and_outside(name: str) -> None:
+    """Before: the 6206, 6207, 6208 and 6310 had pitch circles 7-15 mm inside the mean
+    diameter (an inner ring under 1.2 mm thick under the balls), which put every defect
+    line 3-4 % low: outside the ±2 % the diagnosis searches."""
+    g = CATALOG[name]
+    bore, outside = BOUNDARY_MM[name]
+    # The CWRU 6205 (published by the rig: 1.537 in) sits 1.4 % out.
+    assert g.pitch_diameter == pytest.approx((bore + outside) / 2, rel=0.02)
+    inner_wall = (g.pitch_diameter - g.element_diameter - bore) / 2
+    outer_wall = (outside - g.pitch_diameter - g.element_diameter) / 2
+    assert inner_wall == pytest.approx(outer_wall, rel=0.25)
 
 
 @pytest.mark.parametrize(

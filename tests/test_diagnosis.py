@@ -195,6 +195,20 @@ def test_imbalance_and_misalignment_need_a_high_zone() -> None:
     assert big.iso_zone == "D"
 
 
+def test_misalignment_reads_the_2x_to_1x_ratio_in_velocity() -> None:
+    """Before: the g lines were compared, so a 2x of 30 % of 1x in mm/s (60 % in g: the
+    same velocity at twice the frequency is twice the acceleration) was misalignment."""
+    rng = np.random.default_rng(8)
+    t = np.arange(N) / FS
+    one_x = 0.4 * np.sin(2 * np.pi * SHAFT * t)
+    noise = 0.02 * rng.standard_normal(N)
+    ratios = (0.3, 0.7)  # 2x/1x in velocity
+    got = run(np.array([one_x + 2 * r * 0.4 * np.sin(4 * np.pi * SHAFT * t) + noise
+                        for r in ratios]))
+    assert [d.diagnosis for d in got] == ["imbalance", "misalignment"], [d.reason for d in got]
+    assert "2x/1x = 0.70 in velocity" in got[1].reason
+
+
 def test_loud_broadband_noise_is_not_a_shaft_fault() -> None:
     # 1 g of white noise puts the velocity in zone D, but no 1× or 2× line stands out.
     rng = np.random.default_rng(10)
