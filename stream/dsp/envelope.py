@@ -175,7 +175,7 @@ def kurtogram_levels(n: int) -> tuple[float, ...]:
 
     L = floor(log2 n) − 7 (at least 1; Antoni 2007, sec. 4, keeps the narrowest band's
     complex envelope long enough for a stable kurtosis): 6 for N = 8192, the narrowest
-    band then holding N/(6·2**L) ≈ 21 bins.
+    band (level L.6) then holding N/(3·2**L) ≈ 42 bins.
     """
     top = max(1, (max(n, 2)).bit_length() - 1 - 7)
     out: list[float] = [0.0]
