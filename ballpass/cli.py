@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import signal
 import sys
 import threading
@@ -42,6 +43,29 @@ def _host_port(spec: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
     return spec
+
+
+def _positive_float(text: str) -> float:
+    """argparse type for a finite number > 0 (exit 2 naming the option, not a traceback
+    from deep in the simulation)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type for an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _stop_on_signals() -> threading.Event:
@@ -170,8 +194,12 @@ def cmd_simulate_site(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n", encoding="utf-8")
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
+    except OSError as e:  # a directory, no permission, ...
+        print(f"error: --out {args.out}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_CONFIG
     print(f"wrote {args.out}")
     return 0
 
@@ -332,16 +360,15 @@ def cmd_influx_retention(args: argparse.Namespace) -> int:
 
 
 def cmd_broker_add_gateway(args: argparse.Namespace) -> int:
-    from ballpass.broker_admin import add_gateway, read_or_create_password
+    from ballpass.broker_admin import add_gateway, check_gateway_id, read_or_create_password
     try:
+        check_gateway_id(args.gateway)  # before a password file is generated for it
         password, generated = read_or_create_password(args.password_file)
-        result = add_gateway(args.gateway, password, args.passwd, args.acl,
-                             use_mosquitto_passwd=not args.no_mosquitto_passwd)
-    except ValueError as e:
+        result = add_gateway(args.gateway, password, args.passwd, args.acl)
+    except ValueError as e:  # bad id; a file that cannot be read or written, named
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"{'replaced' if result.replaced else 'added'} {result.gateway} in {args.passwd} "
-          f"({result.method})")
+    print(f"{'replaced' if result.replaced else 'added'} {result.gateway} in {args.passwd}")
     if generated:
         print(f"new password written to {args.password_file} (copy it to the gateway; "
               "[[gateway]] password_file)")
@@ -513,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "90 and 120 r/min (normal, outer_race, inner_race, ball, imbalance, "
                         "misalignment) and DIR/spec.toml for `ballpass evaluate`; no window "
                         "is given, the evaluation chooses it from the speed.")
-    q.add_argument("--fs", type=float, default=25600.0, help="sample rate, Hz")
+    q.add_argument("--fs", type=_positive_float, default=25600.0, help="sample rate, Hz")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--reference", action="store_true",
                    help="also the same machines at 1500 r/min")
@@ -564,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "stream pipeline with simulated time and report the stage at first alarm, "
                        "lead time, false alarms per 100 sensor-days and the days_to_zone_d error "
                        "(docs/online-models.md).")
-    p.add_argument("--seeds", type=int, default=20, help="machines per class (default 20)")
+    p.add_argument("--seeds", type=_positive_int, default=20,
+                   help="machines per class (default 20)")
     p.add_argument("--first-seed", type=int, default=0,
                    help="first seed (default 0: the reported seeds 0..N-1)")
     p.add_argument("--trend-calibration", type=Path, metavar="TABLE.json",
@@ -576,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-bins", type=int, default=None,
                    help="bins of the extrapolation length in the learned table "
                    "(default: fleet.CALIBRATION_BINS)")
-    p.add_argument("--horizon-days", type=float, default=30.0,
+    p.add_argument("--horizon-days", type=_positive_float, default=30.0,
                    help="simulated life after the warm-up, days (default 30)")
     p.add_argument("--cadence-s", type=float, default=3600.0,
                    help="simulated seconds between windows (default 3600)")
@@ -600,8 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Manage the mosquitto password file and ACL.")
     bsub = p.add_subparsers(dest="broker_command", required=True, metavar="WHAT")
     q = bsub.add_parser("add-gateway", help="add or replace a gateway's broker login",
-                        description="Add the gateway to the password file (mosquitto_passwd "
-                        "-b when installed, else the same PBKDF2 format) and make sure the ACL "
+                        description="Add the gateway to the password file (the PBKDF2 "
+                        "format of mosquitto_passwd, written in-process: the password never "
+                        "goes on a command line) and make sure the ACL "
                         "holds the gateway pattern lines (each gateway writes only below its "
                         "own prefix). The password comes from --password-file, or is "
                         "generated and written there.")
@@ -613,7 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--password-file", type=Path, required=True, metavar="FILE",
                    help="the gateway's password (generated into FILE if it does not exist)")
     q.add_argument("--no-mosquitto-passwd", action="store_true",
-                   help="write the hash without calling mosquitto_passwd")
+                   help="accepted for compatibility, no effect: the hash is always written "
+                   "in-process now (mosquitto_passwd -b would show the password to every "
+                   "local user in its command line)")
     q.set_defaults(func=cmd_broker_add_gateway)
 
     p = sub.add_parser("influx-retention", help="set InfluxDB retention and hourly "

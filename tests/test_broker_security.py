@@ -215,15 +215,13 @@ def _mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 
 
-@pytest.mark.parametrize("tool", [True, False], ids=["mosquitto_passwd", "pbkdf2"])
-def test_add_gateway_creates_secret_files_0600(tmp_path: Path, tool: bool) -> None:
+def test_add_gateway_creates_secret_files_0600(tmp_path: Path) -> None:
     old = os.umask(0o022)  # an ordinary shell's umask: write_text would give 0644
     try:
         passwd, acl, pw = tmp_path / "passwd", tmp_path / "acl", tmp_path / "gw3.password"
         out = subprocess.run(
             [sys.executable, "-m", "ballpass", "broker", "add-gateway", "gw3", "--passwd",
-             str(passwd), "--acl", str(acl), "--password-file", str(pw),
-             *([] if tool else ["--no-mosquitto-passwd"])],
+             str(passwd), "--acl", str(acl), "--password-file", str(pw)],
             capture_output=True, text=True, timeout=60)
     finally:
         os.umask(old)
@@ -237,7 +235,7 @@ def test_replaced_password_file_loses_world_bits_keeps_owner(tmp_path: Path) -> 
     passwd, acl = tmp_path / "passwd", tmp_path / "acl"
     passwd.write_text(f"gw1:{mosquitto_password_hash('x')}\n")
     passwd.chmod(0o644)
-    add_gateway("gw2", "secret", passwd, acl, use_mosquitto_passwd=False)
+    add_gateway("gw2", "secret", passwd, acl)
     assert _mode(passwd) == 0o640  # group read kept (root:mosquitto 0640), others gone
     assert [line.split(":")[0] for line in passwd.read_text().splitlines()] == ["gw1", "gw2"]
     if os.geteuid() == 0:

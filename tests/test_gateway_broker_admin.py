@@ -53,15 +53,17 @@ def _publish_rc(c: mqtt.Client, topic: str) -> int:
     return codes[0]
 
 
-@pytest.mark.parametrize("tool", [True, False], ids=["mosquitto_passwd", "pbkdf2"])
-def test_added_gateway_logs_in_and_is_scoped(tmp_path: Path, tool: bool) -> None:
+@pytest.mark.parametrize("legacy_flag", [False, True], ids=["default", "no-mosquitto-passwd"])
+def test_added_gateway_logs_in_and_is_scoped(tmp_path: Path, legacy_flag: bool) -> None:
+    """The in-process PBKDF2 hash is one the real mosquitto accepts; the old
+    --no-mosquitto-passwd flag is still accepted (it is the only way now)."""
     broker = Mosquitto(tmp_path / "mq", users=AUTH_USERS, operator_users=("ops",))
     broker.start()
     try:
         pw_file = tmp_path / "gw3.pw"
         args = ["broker", "add-gateway", "gw3", "--passwd", str(broker.workdir / "passwd"),
                 "--acl", str(broker.workdir / "acl"), "--password-file", str(pw_file)]
-        out = _cli(*args, *([] if tool else ["--no-mosquitto-passwd"]))
+        out = _cli(*args, *(["--no-mosquitto-passwd"] if legacy_flag else []))
         assert out.returncode == 0, out.stderr
         assert "added gw3" in out.stdout and "new password written" in out.stdout
         assert "gateway pattern lines present" in out.stdout
@@ -88,9 +90,9 @@ def test_added_gateway_logs_in_and_is_scoped(tmp_path: Path, tool: bool) -> None
 def test_replace_and_acl_completion(tmp_path: Path) -> None:
     passwd, acl = tmp_path / "passwd", tmp_path / "acl"
     acl.write_text("user stream\ntopic read bp/v1/#\n")
-    r1 = add_gateway("gw7", "one", passwd, acl, use_mosquitto_passwd=False)
+    r1 = add_gateway("gw7", "one", passwd, acl)
     assert not r1.replaced and r1.acl_added == tuple(gateway_acl_lines())
-    r2 = add_gateway("gw7", "two", passwd, acl, use_mosquitto_passwd=False)
+    r2 = add_gateway("gw7", "two", passwd, acl)
     assert r2.replaced and r2.acl_added == ()
     assert [line.split(":")[0] for line in passwd.read_text().splitlines()] == ["gw7"]
     with pytest.raises(ValueError, match="gateway id"):

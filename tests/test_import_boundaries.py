@@ -52,8 +52,6 @@ SUBPROCESS_ALLOWED = {
     # Launch mosquitto / influxd / victoria-metrics for the tests, the demo and `ballpass
     # broker`, by design (docs/operations.md).
     "ballpass/services.py",
-    # Runs mosquitto_passwd to write the broker's password file (`ballpass broker add-gateway`).
-    "ballpass/broker_admin.py",
     # `ballpass demo` starts the gateway and stream processes it shows.
     "ballpass/demo.py",
 }
