@@ -8,6 +8,14 @@ refused (room for it would take the whole backlog, and it would still be over th
 counted in `dropped`, logged as ``event=window_dropped reason=too_large``. `drop` deletes
 rows the broker will never take (the publisher: larger than its maximum packet size).
 The age bound is capped at `config.OUTBOX_MAX_AGE_H`, the most the ns arithmetic takes.
+The disk bounds it too: before each insert the outbox keeps two copies of the window plus
+a WAL reserve (`WAL_RESERVE_FACTOR`) free on its filesystem, counting the free pages in
+its file, by dropping the oldest rows (``reason=disk``); when even the whole backlog would
+not make that room (the disk is full of something else), the new window is refused
+(``event=window_dropped reason=disk``) and the backlog kept. So acks, which need WAL room
+too, and the checkpoint at `close` keep working; a `close` whose checkpoint fails anyway
+logs it and closes (the WAL keeps the commits). The bound checks read covering indexes
+(`_INDEXES`), never the payloads, in batches.
 
 Durability: ``synchronous=FULL``. In WAL mode NORMAL survives a crash of the process
 (kill -9) but may lose the last commits on power loss, because the WAL is only fsync'd at
@@ -24,9 +32,10 @@ deleted), the new seqs still start above every seq issued before, so a consumer'
 
 Counters (`captured`, `published`, `dropped`, `replayed`) live in the file and are
 updated in the same transaction as the rows they count, so they survive restarts and
-agree with the rows; `queued` is the current row count. A window that could not be
-stored at all (disk full: SQLite's "database or disk is full") is counted with
-`note_lost` in memory and included in `dropped` for the life of the process (the file
+agree with the rows; `queued` is the current row count, and captured = queued +
+published + dropped (a refused window counts as captured and dropped). A window that could
+not be stored at all (SQLite's "database or disk is full") is counted with `note_lost` in
+memory and included in `captured` and `dropped` for the life of the process (the file
 cannot record it: it is full).
 
 Clock jumps: rows carry the wall-clock time of `put` for the age bound. The outbox follows
@@ -34,7 +43,10 @@ the wall clock against the monotonic one (`ClockWatch`) before every age check, 
 jumped (NTP setting a board without an RTC) shifts the times of the rows this process
 stored by the jump, in the same transaction: a forward jump never makes the outbox look
 expired, even for a capture that comes before anyone else noticed the jump. Rows of
-earlier runs keep their times (what clock they were dated by is not known).
+earlier runs keep their times (what clock they were dated by is not known), unless the
+times are impossible: dated before `PLAUSIBLE_WALL_NS` or after now, they were dated by a
+clock that was not set (a board without RTC rebooted during an outage), and are re-dated
+to now (``event=outbox_redated``), at open and at each jump, once the clock is plausible.
 `clock_jumps` tells the gateway what was seen (its status problem `clock`).
 """
 
@@ -80,6 +92,38 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 """
 
+# Covering indexes for the bounds, checked at every capture: the age and room walks read
+# (created_ns, size, id) and (id, size) from these, never the table, whose rows hold the
+# payload with `size` after it (reading it follows the payload's whole overflow chain).
+# IF NOT EXISTS: files of earlier releases get them at their next open.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS messages_age ON messages(created_ns, size);
+CREATE INDEX IF NOT EXISTS messages_fifo ON messages(id, size);
+"""
+
+_BATCH = 256
+"""Rows read per step of a walk over the outbox (age or room), instead of all at once."""
+
+WAL_AUTOCHECKPOINT_PAGES = 1000
+"""SQLite's default, set explicitly because the disk reserve below is computed from it."""
+
+WAL_RESERVE_FACTOR = 2
+"""The disk reserve is this many WAL autocheckpoints (1000 pages of 4 KiB: 8 MB).
+
+Every write, a DELETE (ack, drop) included, first appends pages to the WAL. The WAL grows
+to about one autocheckpoint (plus the transaction that crossed it) before a checkpoint
+lets it start over, and a checkpoint copies its pages into the file, which grows when the
+file has no free pages. Once a write has filled the disk, the checkpoint cannot finish and
+the WAL cannot start over: every later write, acks and restarts included, fails with
+"database or disk is full". So a capture leaves twice that (WAL high water and checkpoint
+slack) free on the disk, besides two copies of its own payload (WAL, then file), and
+drops the oldest rows to keep it (`reason=disk`)."""
+
+PLAUSIBLE_WALL_NS = 1_767_225_600 * 10**9
+"""2026-01-01T00:00:00Z (ns), before this release: a wall clock earlier than this is not
+set (a board without RTC boots at 1970 until NTP steps it). Rows of earlier runs dated
+before it, or in the future, were dated by such a clock: they are re-dated to now."""
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -105,8 +149,11 @@ class Outbox:
 
     def __init__(self, path: Path, max_bytes: int, max_age_s: float, *,
                  seq_seed: int | None = None, synchronous: str = "FULL",
-                 clock: ClockWatch | None = None) -> None:
-        """`clock`: the wall clock the rows are dated by, and its jumps (tests inject one)."""
+                 clock: ClockWatch | None = None,
+                 disk_free: Callable[[], int] | None = None) -> None:
+        """`clock`: the wall clock the rows are dated by, and its jumps (tests inject one).
+        `disk_free`: bytes free on the outbox's filesystem (default: statvfs of its
+        directory; tests inject one)."""
         if max_bytes <= 0:
             raise ValueError(f"max_bytes: must be > 0, got {max_bytes}")
         if not max_age_s > 0:
@@ -119,6 +166,8 @@ class Outbox:
         # must stay an int64 for SQLite.
         self.max_age_s = min(float(max_age_s), OUTBOX_MAX_AGE_H * 3600.0)
         self._seq_seed = seq_seed
+        self._disk_free = disk_free or self._statvfs_free
+        self._clock = clock or ClockWatch()
         self._lock = threading.Lock()
         self._inflight: set[int] = set()
         self._owner = _take_ownership(self.path)
@@ -132,7 +181,11 @@ class Outbox:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            self.disk_reserve_bytes = WAL_RESERVE_FACTOR * WAL_AUTOCHECKPOINT_PAGES * page
             self._db.executescript(_SCHEMA)
+            self._create_indexes()
             with self._tx():
                 for name in _STORED:
                     self._db.execute(
@@ -144,11 +197,30 @@ class Outbox:
             os.close(self._owner)
             raise
         self._rows, self._bytes = int(row[0]), int(row[1])
-        self._clock = clock or ClockWatch()
         self._last_id_before = int(row[2])  # ids only grow: this run's rows are above it
         self._jumps: list[tuple[int, int]] = []  # (jump ns, rows shifted) not yet taken
         self._lost = 0
         self._closed = False
+        try:
+            with self._tx():
+                self._redate_implausible("open")
+        except sqlite3.Error as e:  # disk full: the age bound may drop them early
+            log.error(kv("outbox_redate_failed", path=self.path, error=e))
+
+    def _create_indexes(self) -> None:
+        """Create the indexes; a full disk (an older file, one that filled it) must not keep
+        the gateway from starting: it runs without them (slower) and logs why."""
+        try:
+            self._db.executescript(_INDEXES)
+        except sqlite3.OperationalError as e:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            log.error(kv("outbox_index_failed", path=self.path, error=e))
+
+    def _statvfs_free(self) -> int:
+        """Bytes free to unprivileged writers on the outbox's filesystem."""
+        st = os.statvfs(self.path.parent)
+        return st.f_bavail * st.f_frsize
 
     # --- transactions ------------------------------------------------------------------
 
@@ -218,37 +290,59 @@ class Outbox:
         self._log_dropped(sensor, seq, len(payload), dropped)
 
     def _insert(self, sensor: str, seq: int, topic: str, payload: bytes,
-                created_ns: int | None) -> tuple[int, int] | None:
-        """Insert one row inside the caller's transaction; returns (dropped by age, by size),
-        or None when the payload alone is over the size bound (refused, counted dropped)."""
+                created_ns: int | None) -> tuple[str | None, dict[str, int]]:
+        """Insert one row inside the caller's transaction; returns (why it was refused, or
+        None when stored; the oldest rows dropped per reason: age, size, disk). A refused
+        window counts as captured and dropped, so captured = queued + published + dropped."""
         size = len(payload)
+        self._bump("captured", 1)
         if size > self.max_bytes:
             self._bump("dropped", 1)
-            return None
+            return "too_large", {}
         self._follow_clock()
         now = self._clock.last_wall_ns if created_ns is None else int(created_ns)
-        by_age = self._drop_older_than(now - int(self.max_age_s * 1e9))
-        by_size = self._drop_for_room(size)
-        self._db.execute(
-            "INSERT INTO messages(sensor, seq, topic, payload, created_ns, size) "
-            "VALUES (?, ?, ?, ?, ?, ?)", (sensor, int(seq), topic, payload, now, size))
-        self._rows += 1
-        self._bytes += size
-        self._bump("captured", 1)
-        self._bump("dropped", by_age + by_size)
-        return by_age, by_size
+        dropped = {"age": self._drop_older_than(now - int(self.max_age_s * 1e9)),
+                   "size": self._drop_oldest(self._bytes + size - self.max_bytes)}
+        refused = None
+        # Disk: see WAL_RESERVE_FACTOR. Pages freed by dropped rows stay in the file for
+        # reuse (freelist), so they are room too, though statvfs does not show them.
+        deficit = 2 * size + self.disk_reserve_bytes - self._disk_room()
+        if deficit > self._bytes:
+            # The disk is full of something else: dropping the whole backlog would not
+            # make room. Keep the backlog, refuse this window.
+            refused = "disk"
+        else:
+            dropped["disk"] = self._drop_oldest(deficit)
+        if refused is None:
+            self._db.execute(
+                "INSERT INTO messages(sensor, seq, topic, payload, created_ns, size) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (sensor, int(seq), topic, payload, now, size))
+            self._rows += 1
+            self._bytes += size
+        self._bump("dropped", sum(dropped.values()) + (refused is not None))
+        return refused, dropped
+
+    def _disk_room(self) -> int:
+        """Bytes the outbox can still write: free on the disk plus free pages in its file."""
+        free_pages = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        return int(self._disk_free()) + free_pages * page
 
     def _log_dropped(self, sensor: str, seq: int, size: int,
-                     dropped: tuple[int, int] | None) -> None:
-        if dropped is None:
-            log.error(kv("window_dropped", reason="too_large", sensor=sensor, seq=seq,
-                         bytes=size, max_bytes=self.max_bytes))
-            return
-        for reason, n in zip(("age", "size"), dropped, strict=True):
+                     result: tuple[str | None, dict[str, int]]) -> None:
+        refused, dropped = result
+        for reason, n in dropped.items():
             if n:
                 log.warning(kv("outbox_full", reason=reason, sensor=sensor, dropped=n,
                                queued=self._rows, queued_bytes=self._bytes,
                                max_bytes=self.max_bytes, max_age_s=self.max_age_s))
+        if refused == "too_large":
+            log.error(kv("window_dropped", reason="too_large", sensor=sensor, seq=seq,
+                         bytes=size, max_bytes=self.max_bytes))
+        elif refused == "disk":
+            log.error(kv("window_dropped", reason="disk", sensor=sensor, seq=seq, bytes=size,
+                         queued_bytes=self._bytes, reserve_bytes=self.disk_reserve_bytes,
+                         path=self.path.parent))
 
     def expire(self) -> int:
         """Drop rows older than `max_age_s` now (also done on every `put`); returns count."""
@@ -280,23 +374,51 @@ class Outbox:
     # whose connection is lost is released, and dropped by the next check if still due.
 
     def _drop_older_than(self, cutoff_ns: int) -> int:
-        rows = self._db.execute(
-            "SELECT id, size FROM messages WHERE created_ns < ?", (cutoff_ns,)).fetchall()
-        return self._delete_rows([r for r in rows if r[0] not in self._inflight])
+        """Drop rows dated before `cutoff_ns` (not in flight); returns how many. Walks the
+        age index in batches: rows kept (in flight) stay ahead of the rest in its order,
+        so OFFSET skips just them."""
+        dropped = kept = 0
+        while True:
+            rows = self._db.execute(
+                "SELECT id, size FROM messages WHERE created_ns < ? "
+                "ORDER BY created_ns, size LIMIT ? OFFSET ?", (cutoff_ns, _BATCH, kept)
+            ).fetchall()
+            victims = [r for r in rows if r[0] not in self._inflight]
+            kept += len(rows) - len(victims)
+            dropped += self._delete_rows(victims)
+            if len(rows) < _BATCH:
+                return dropped
 
-    def _drop_for_room(self, size: int) -> int:
-        if self._bytes + size <= self.max_bytes:
+    def _drop_oldest(self, need: int) -> int:
+        """Drop the oldest rows until `need` payload bytes are freed; returns how many.
+        The oldest not in flight first; in flight only when those are not enough."""
+        if need <= 0:
             return 0
-        need = self._bytes + size - self.max_bytes
-        rows = self._db.execute("SELECT id, size FROM messages ORDER BY id").fetchall()
         victims: list[tuple[int, int]] = []
         freed = 0
-        # The oldest not in flight first; in flight only when those are not enough.
-        for r in sorted(rows, key=lambda r: r[0] in self._inflight):
-            if freed >= need:
+        last = 0
+        while freed < need:
+            rows = self._db.execute("SELECT id, size FROM messages WHERE id > ? ORDER BY id "
+                                    "LIMIT ?", (last, _BATCH)).fetchall()
+            for r in rows:
+                if freed >= need:
+                    break
+                if r[0] not in self._inflight:
+                    victims.append(r)
+                    freed += r[1]
+            if len(rows) < _BATCH:
                 break
-            victims.append(r)
-            freed += r[1]
+            last = rows[-1][0]
+        if freed < need and self._inflight:
+            flying = sorted(self._inflight)
+            rows = self._db.execute(
+                f"SELECT id, size FROM messages WHERE id IN ({','.join('?' * len(flying))}) "
+                "ORDER BY id", flying).fetchall()
+            for r in rows:
+                if freed >= need:
+                    break
+                victims.append(r)
+                freed += r[1]
         return self._delete_rows(victims)
 
     def _delete_rows(self, rows: list[tuple[int, int]]) -> int:
@@ -359,7 +481,8 @@ class Outbox:
             return done
 
     def note_lost(self, sensor: str, reason: str) -> int:
-        """Count one window that could not be stored (in `dropped`); returns the total."""
+        """Count one window that could not be stored (in `captured` and `dropped`); returns
+        the total lost in this process."""
         with self._lock:
             self._lost += 1
             return self._lost
@@ -381,13 +504,33 @@ class Outbox:
         cur = self._db.execute("UPDATE messages SET created_ns = created_ns + ? WHERE id > ?",
                                (int(jump), self._last_id_before))
         self._jumps.append((jump, int(cur.rowcount)))
+        self._redate_implausible("clock_jump")
+
+    def _redate_implausible(self, when: str) -> None:
+        """Inside the caller's transaction: re-date rows of earlier runs dated before
+        PLAUSIBLE_WALL_NS or after now to now, so their age counts from now. Their clock was
+        not set (a board without RTC that rebooted during an outage): by their dates the
+        age bound would drop them as decades old once NTP sets the clock, or never.
+        Only a plausible clock re-dates: one not set yet (at boot) tells nothing, and the
+        rows wait for the jump that sets it (`_follow_clock`)."""
+        now = self._clock.last_wall_ns
+        if now < PLAUSIBLE_WALL_NS:
+            return
+        cur = self._db.execute(
+            "UPDATE messages SET created_ns = ? WHERE id <= ? AND "
+            "(created_ns < ? OR created_ns > ?)",
+            (now, self._last_id_before, PLAUSIBLE_WALL_NS, now))
+        if cur.rowcount > 0:
+            log.warning(kv("outbox_redated", when=when, rows=int(cur.rowcount), now_ns=now,
+                           plausible_from_ns=PLAUSIBLE_WALL_NS))
 
     def counters(self) -> dict[str, int]:
         """captured, queued, published, dropped, replayed (persisted across restarts;
-        `dropped` also counts windows lost to a full disk in this process)."""
+        `captured` and `dropped` also count windows lost to a full disk in this process)."""
         with self._lock:
             stored = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
             out = {name: int(stored.get(name, 0)) for name in _STORED}
+            out["captured"] += self._lost  # captured, then lost: the counters add up
             out["dropped"] += self._lost
             out["queued"] = self._rows
             return {name: out[name] for name in COUNTERS}
@@ -416,6 +559,10 @@ class Outbox:
             self._closed = True
             try:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as e:
+                # The WAL keeps every commit; the next open checkpoints it. Raising here
+                # would only keep the file and its lock from being closed.
+                log.error(kv("outbox_checkpoint_failed", path=self.path, error=e))
             finally:
                 self._db.close()
                 os.close(self._owner)  # and with it the lock

@@ -23,6 +23,8 @@ connection of this process), or older than `historical_after_s` when it is publi
 goes out with the historical flag (`wire.mark_historical`) and counts as `replayed`.
 A PUBACK with a failure reason (MQTT 5: "Not authorized", quota) is logged as
 ``event=publish_rejected``; the window stays in the outbox and is retried after a pause.
+The pause holds back sending only: PUBACKs of windows already sent are applied as they
+come, and `stop` applies every PUBACK in before it returns.
 
 Too large. A broker that announces a Maximum Packet Size (CONNACK) closes the connection
 on a bigger PUBLISH, and the window would be re-sent first after every reconnect: the
@@ -153,7 +155,8 @@ class Publisher:
         self._rejected: list[int] = []
         self._status_mids: set[int] = set()
         self._last_status = 0.0
-        self._pause_until = 0.0
+        self._pause_until = 0.0  # no sending before (a rejected PUBACK, an outbox error)
+        self._ack_retry_at = 0.0  # no ack write before (the last one failed)
         self._tokens = float(self.settings.max_inflight)
         self._tokens_t = time.monotonic()
         self._attempt = 0
@@ -484,9 +487,12 @@ class Publisher:
                            attempt=self._attempt, retry_in_s=round(delay, 2)))
             self._wait(delay)
 
-    def _settle(self) -> None:
-        """Apply PUBACKs to the outbox (one transaction per loop turn)."""
-        if self._acked and time.monotonic() >= self._pause_until:
+    def _settle(self, final: bool = False) -> None:
+        """Apply PUBACKs to the outbox (one transaction per loop turn). `final`: also
+        inside the retry pause of a failed ack write (the last chance before stopping)."""
+        # Not gated by `_pause_until`: a reject pauses sending only, and a window the
+        # broker took but not deleted here would be sent again after a restart.
+        if self._acked and (final or time.monotonic() >= self._ack_retry_at):
             acked, self._acked = self._acked, []
             try:
                 self.outbox.ack([i for i, _ in acked], replayed=[i for i, h in acked if h])
@@ -508,7 +514,9 @@ class Publisher:
 
     def _outbox_failed(self, error: sqlite3.Error) -> None:
         """An outbox update failed: pause, show the problem `outbox_ack` and log."""
-        self._pause_until = time.monotonic() + 1.0
+        retry = time.monotonic() + 1.0
+        self._ack_retry_at = retry
+        self._pause_until = max(self._pause_until, retry)  # not shortening a reject's pause
         self.status.problem("outbox_ack", f"cannot update the outbox: {error}")
         log.error(kv("outbox_ack_failed", gateway=self.gateway, pending=len(self._acked),
                      error=error))
@@ -592,7 +600,9 @@ class Publisher:
             for _ in range(5):  # let the DISCONNECT leave before the socket closes
                 if self._client.loop(timeout=0.01) != mqtt.MQTT_ERR_SUCCESS:
                     break
-            self._settle()
+        # Every PUBACK in, connected or not: an acked window left in the outbox would be
+        # sent again at the next start.
+        self._settle(final=True)
         left = self.outbox.queued
         log.info(kv("publisher_stopped", gateway=self.gateway, queued=left,
                     in_flight=len(self._mids)))

@@ -52,7 +52,7 @@ from ballpass.config import MB, AssetConfig, Config, ConfigError, GatewayConfig,
 from ballpass.gateway.clock import ClockWatch
 from ballpass.gateway.outbox import Outbox
 from ballpass.gateway.publisher import Publisher, PublisherSettings
-from ballpass.gateway.remote import ConfigRejected, parse_remote
+from ballpass.gateway.remote import ConfigRejected, RemoteConfig, parse_remote
 from ballpass.gateway.schedule import DriverFactory, SensorCapture, default_driver_factory
 from ballpass.gateway.status import Status
 from ballpass.listen import parse_listen
@@ -201,6 +201,11 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
                           capture_stop, driver_factory=driver_factory or default_driver_factory)
             for s in gateway.sensors]
         applied: bytes | None = None
+        # The status's config result for the last message received. `refit_failed`: a
+        # reload found the applied message no longer fitting the site file, and the status
+        # shows that instead until a later reload it fits again.
+        received: tuple[str, str] = ("none", "")
+        refit_failed = False
         lock = threading.Lock()  # on_config (network thread) vs reload (main thread)
         # The site file's gateway as last (re)loaded: the base the remote config overrides.
         current: dict[str, GatewayConfig] = {"gateway": gateway}
@@ -229,27 +234,34 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
             if rate != publisher.settings.flush_rate_per_s:
                 publisher.set_flush_rate(rate)
 
-        def on_config(payload: bytes) -> None:
-            nonlocal applied
-            with lock:
-                if payload == applied:
-                    return  # the retained message again, after a reconnect
-                try:
-                    remote = parse_remote(payload, current["gateway"])
-                except ConfigRejected as e:
-                    status.config_result("rejected", str(e))
-                    log.warning(kv("config_rejected", gateway=gateway.id, reason=e))
-                    return
-                applied = payload
-                apply(remote.sensors, remote.flush_rate_per_s)
-            status.config_result("applied")
+        def log_applied(remote: RemoteConfig, **extra: str) -> None:
             log.info(kv("config_applied", gateway=gateway.id,
                         flush_rate_per_s=remote.flush_rate_per_s,
                         disabled=",".join(k for k, (_, on) in remote.sensors.items()
-                                          if not on) or "-"))
+                                          if not on) or "-", **extra))
+
+        def on_config(payload: bytes) -> None:
+            nonlocal applied, received, refit_failed
+            with lock:
+                if payload == applied:
+                    return  # the retained message again, after a reconnect
+                refit_failed = False
+                try:
+                    remote = parse_remote(payload, current["gateway"])
+                except ConfigRejected as e:
+                    received = ("rejected", str(e))
+                    status.config_result(*received)
+                    log.warning(kv("config_rejected", gateway=gateway.id, reason=e))
+                    return
+                applied = payload
+                received = ("applied", "")
+                apply(remote.sensors, remote.flush_rate_per_s)
+            status.config_result(*received)
+            log_applied(remote)
 
         def reload() -> None:
             """Re-read the site file and apply what can change while running."""
+            nonlocal refit_failed
             sup.notify(f"RELOADING=1\nMONOTONIC_USEC={sdnotify.monotonic_usec()}\n"
                        "STATUS=reloading the site config")
             try:
@@ -279,9 +291,17 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
                     sensors, rate = remote.sensors, remote.flush_rate_per_s
                 except ConfigRejected as e:
                     # The retained remote config does not fit the new site file: site file.
+                    refit_failed = True
                     status.config_result("rejected", f"after reload: {e}")
+                    log.warning(kv("config_rejected", gateway=gateway.id,
+                                   reason=f"after reload: {e}"))
                     sensors = {k: (v, True) for k, v in base.items()}
                     rate = new_gw.outbox.flush_rate_per_s
+                else:
+                    if refit_failed:  # an earlier reload's rejection no longer holds
+                        refit_failed = False
+                        status.config_result(*received)
+                        log_applied(remote, after="reload")
                 apply(sensors, rate, {a.id: a for a in new.assets})
             if restart:
                 status.problem("reload", "applied, but needs a restart: " + "; ".join(restart))

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ballpass.gateway.outbox import COUNTERS, Outbox
+from ballpass.gateway.outbox import COUNTERS, PLAUSIBLE_WALL_NS, Outbox
 
 SENSORS = ("s1", "s2", "s3")
 MAX_BYTES = 600
@@ -38,7 +38,9 @@ class OutboxModel(RuleBasedStateMachine):
         self.next_id = 1
         self.seqs: dict[str, int] = {}
         self.issued: dict[str, set[int]] = {s: set() for s in SENSORS}
-        self.now = 1_000_000
+        # A plausible wall clock in the past: rows dated before it (or ahead of the real
+        # clock) would be re-dated at reopen, as an unset clock's are.
+        self.now = PLAUSIBLE_WALL_NS + 1_000_000
         self.count = dict.fromkeys(COUNTERS, 0)
 
     def _open(self) -> Outbox:
