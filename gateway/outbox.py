@@ -125,6 +125,12 @@ set (a board without RTC boots at 1970 until NTP steps it). Rows of earlier runs
 before it, or in the future, were dated by such a clock: they are re-dated to now."""
 
 
+class DiskFull(Exception):
+    """A window refused because its disk is full of something else (the backlog is kept);
+    raised by `capture` and `put` after the refusal is counted and logged, so the caller
+    can show it (the gateway's status problem ``outbox``)."""
+
+
 @dataclass(frozen=True)
 class Entry:
     """One queued message. `created_ns`: wall-clock time of `put`, ns since the epoch."""
@@ -330,6 +336,8 @@ class Outbox:
 
     def _log_dropped(self, sensor: str, seq: int, size: int,
                      result: tuple[str | None, dict[str, int]]) -> None:
+        """Log what a store dropped; raise DiskFull (after the commit) for a window the
+        disk refused."""
         refused, dropped = result
         for reason, n in dropped.items():
             if n:
@@ -343,6 +351,8 @@ class Outbox:
             log.error(kv("window_dropped", reason="disk", sensor=sensor, seq=seq, bytes=size,
                          queued_bytes=self._bytes, reserve_bytes=self.disk_reserve_bytes,
                          path=self.path.parent))
+            raise DiskFull(f"disk full at {self.path.parent}: window {sensor}/{seq} refused, "
+                           f"the backlog kept")
 
     def expire(self) -> int:
         """Drop rows older than `max_age_s` now (also done on every `put`); returns count."""

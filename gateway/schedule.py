@@ -34,7 +34,7 @@ from ballpass import backoff, topics, wire
 from ballpass.config import AssetConfig, SensorConfig
 from ballpass.gateway.drivers import Driver, SensorFault
 from ballpass.gateway.drivers import load as load_driver
-from ballpass.gateway.outbox import Outbox
+from ballpass.gateway.outbox import DiskFull, Outbox
 from ballpass.gateway.status import Status
 from ballpass.log import kv
 
@@ -217,6 +217,10 @@ class SensorCapture:
                 wire.Window(seq=seq, t0_ns=int(capture.t0_ns), fs_hz=float(self.sensor.fs_hz),
                             samples=samples, kind=self.kind, shaft_hz=float(capture.shaft_hz),
                             clipped=bool(capture.clipped))))
+        except DiskFull as e:  # counted and logged by the outbox
+            self.status.problem("outbox", f"cannot store windows: {e}; free disk space")
+            self.status.sensor_ok(self.sensor.id)
+            return
         except sqlite3.Error as e:
             # The device is fine; the store is not (disk full, I/O error). Count, report,
             # carry on: the next window may fit once the publisher has freed room.

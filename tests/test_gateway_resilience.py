@@ -178,6 +178,37 @@ def test_full_disk_is_reported_and_capture_recovers(tmp_path: Path, caplog) -> N
     box.close()
 
 
+def test_a_window_the_disk_refuses_shows_the_outbox_problem(tmp_path: Path) -> None:
+    """Before: a window refused because the disk was full of something else was counted
+    and logged, but the capture looked stored: the status showed no problem."""
+    free = [10**12]
+    box = Outbox(tmp_path / "o.sqlite", 10**9, 3600, disk_free=lambda: free[0])
+    status = Status(SITE, "gw1", ["s1"], box.counters)
+    stop = threading.Event()
+    simulated = load_driver("simulated")
+    s = SensorConfig("s1", "simulated", "pump1", 25600.0, 4096, 0.1)
+    asset = site_config("h", 1, "g", tmp_path / "x").asset("pump1")
+    cap = SensorCapture(s, asset, SITE, "gw1", box, status, stop,
+                        driver_factory=lambda sc, a: simulated(sc, a))
+    cap.start()
+    try:
+        wait_until(lambda: box.counters()["captured"] >= 2, 10, "captures", poll_s=0.05)
+        free[0] = 0
+        wait_until(lambda: "outbox" in status.problems(), 10, "the outbox problem",
+                   poll_s=0.05)
+        assert "disk full at" in status.message()["problems"]["outbox"]
+        assert cap.alive and status.sensors()["s1"]["state"] == "ok"
+        free[0] = 10**12
+        wait_until(lambda: "outbox" not in status.problems(), 10, "the outbox recovered",
+                   poll_s=0.05)
+    finally:
+        stop.set()
+        cap.join(5)
+    c = box.counters()
+    assert c["dropped"] >= 1 and c["captured"] == c["queued"] + c["published"] + c["dropped"]
+    box.close()
+
+
 class _Clocks:
     """A wall and a monotonic clock the test moves (ns)."""
 

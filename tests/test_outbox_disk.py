@@ -10,8 +10,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from ballpass.gateway.clock import ClockWatch
-from ballpass.gateway.outbox import PLAUSIBLE_WALL_NS, Outbox
+from ballpass.gateway.outbox import PLAUSIBLE_WALL_NS, DiskFull, Outbox
 
 
 def _identity(box: Outbox) -> bool:
@@ -38,7 +40,8 @@ def test_a_disk_below_the_reserve_drops_the_oldest_counted_and_logged(tmp_path: 
         # the backlog is kept and the new window refused (counted, logged)
         free[0] = 0
         box.release()
-        box.put("s1", 11, "t", bytes(1000))
+        with pytest.raises(DiskFull, match="s1/11 refused"):
+            box.put("s1", 11, "t", bytes(1000))
         assert box.queued == 8
         assert box.counters()["dropped"] == 4 and _identity(box)
     lines = [r.getMessage() for r in caplog.records]
