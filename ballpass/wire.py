@@ -16,12 +16,17 @@ from typing import Any
 
 import numpy as np
 
+from ballpass.models.window import MAX_WINDOW_SAMPLES
+
 MAGIC = b"BP"
 VERSION = 1
 HEADER = struct.Struct("<2sBBBBBBQqdfIfI")
 HEADER_SIZE = HEADER.size  # 48
 _CRC_OFFSET = 44
 MAX_CHANNELS = 3
+# Per channel: the most the site file and a remote config take too (docs/config.md). A
+# window of 2^24 samples fits mosquitto's packet size, and it took 1.5 GB to process.
+MAX_SAMPLES = MAX_WINDOW_SAMPLES
 
 FLAG_HISTORICAL = 0x01
 FLAG_CLIPPED = 0x02
@@ -89,8 +94,9 @@ def _shaft_hz_ok(shaft_hz: float) -> bool:
 def encode(window: Window, dtype: DType = DType.FLOAT32, scale: float = 1.0) -> bytes:
     """Encode a window. With `DType.INT16`, samples are rounded to counts of `scale` units."""
     samples = np.asarray(window.samples)
-    if samples.ndim != 2 or not 1 <= samples.shape[0] <= MAX_CHANNELS or samples.shape[1] < 1:
-        raise ValueError(f"samples: need shape (1..3, >=1), got {samples.shape}")
+    if samples.ndim != 2 or not 1 <= samples.shape[0] <= MAX_CHANNELS \
+            or not 1 <= samples.shape[1] <= MAX_SAMPLES:
+        raise ValueError(f"samples: need shape (1..3, 1..{MAX_SAMPLES}), got {samples.shape}")
     if not (math.isfinite(window.fs_hz) and window.fs_hz > 0):
         raise ValueError(f"fs_hz: must be finite and > 0, got {window.fs_hz}")
     if not 0 <= window.seq < 2**64:
@@ -129,6 +135,15 @@ def mark_historical(message: bytes) -> bytes:
     return bytes(out)
 
 
+def declared_samples(message: object) -> int:
+    """The samples (all channels) a window message's header claims, unchecked; 0 when it
+    is no window. What a batch of the message costs, known before it is decoded."""
+    if not isinstance(message, bytes | bytearray) or len(message) < HEADER_SIZE \
+            or message[:2] != MAGIC:
+        return 0
+    return int(message[6]) * int.from_bytes(message[36:40], "little")
+
+
 def decode(message: bytes) -> Window:
     """Decode and check a v1 message; raise `WireError` naming the first bad field."""
     if len(message) < HEADER_SIZE:
@@ -155,8 +170,8 @@ def decode(message: bytes) -> Window:
         raise WireError("scale", f"scale must be finite and > 0, got {scale}")
     if dtype == DType.FLOAT32 and scale != 1.0:
         raise WireError("scale", f"scale must be 1.0 for float32, got {scale}")
-    if n_samples < 1:
-        raise WireError("n_samples", "n_samples must be >= 1")
+    if not 1 <= n_samples <= MAX_SAMPLES:
+        raise WireError("n_samples", f"n_samples must be 1..{MAX_SAMPLES}, got {n_samples}")
     if not _shaft_hz_ok(shaft_hz):
         raise WireError("shaft_hz", f"shaft_hz must be NaN or finite >= 0, got {shaft_hz}")
     dt = DType(dtype)

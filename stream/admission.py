@@ -6,6 +6,10 @@ A window is admitted only when
 - its sensor is in the site config *and* the topic names that sensor's own site and
   gateway: a gateway's credentials let it publish below its own prefix only (the broker's
   ACL), and this check stops it from speaking for another gateway's sensor there;
+- it came at QoS 1, as the topic contract has windows (docs/topics.md);
+- its kind is its sensor's configured kind (acceleration or temperature: the stream
+  handles no other), and an acceleration window is one the kernels take: at least
+  `MIN_ACCELERATION_SAMPLES` samples at a rate within `ACCELERATION_FS_HZ`;
 - every header value can be stored: `seq` fits InfluxDB's signed 64-bit integer, `t0_ns`
   lies between `T0_MIN_NS` and `MAX_CLOCK_AHEAD_S` past the stream's clock;
 - it was not written before: de-dup is on (site, gateway, sensor, seq), so a window can only
@@ -24,7 +28,7 @@ from enum import Enum
 from typing import Generic, TypeVar
 
 from ballpass import topics, wire
-from ballpass.config import Config
+from ballpass.config import WINDOW_SAMPLES_MIN, Config
 from ballpass.log import kv
 from ballpass.stream.counters import StreamCounters
 from ballpass.stream.deadletter import DeadLetters
@@ -38,6 +42,15 @@ M = TypeVar("M")  # a broker message, acknowledged by whoever took it
 INT64_MAX = 2**63 - 1
 T0_MIN_NS = 946_684_800 * 10**9  # 2000-01-01T00:00:00Z: older is a gateway clock never set
 MAX_CLOCK_AHEAD_S = 86_400.0  # a day ahead of the stream's clock: a gateway clock gone wrong
+# The least the feature kernels take (stream/features.py `extract`), also the least the
+# config allows: a shorter window failed its whole batch, then ran again window by window.
+MIN_ACCELERATION_SAMPLES = WINDOW_SAMPLES_MIN
+# Rates no accelerometer has (fs_hz 1e-200 overflowed the kernels). Not the configured
+# fs_hz: a gateway applies a new fs_hz at a reload, the stream only at a restart
+# (docs/operations.md), so a window may rightly differ from the stream's config.
+ACCELERATION_FS_HZ = (1.0, 10e6)
+# The config's sensor kinds as the wire has them; a kind not here the stream cannot handle.
+KINDS = {"acceleration": wire.Kind.ACCELERATION, "temperature": wire.Kind.TEMPERATURE}
 
 WindowKey = tuple[str, str, str, int]  # (site, gateway, sensor, seq)
 
@@ -62,6 +75,7 @@ class Admission(Generic[M]):
                  dedup: Deduplicator | None = None) -> None:
         self.site = config.site.id
         self.gateway_of = {sid: g.id for sid, (g, _) in config.sensor_index().items()}
+        self.kind_of = {sid: KINDS[s.kind] for sid, (_, s) in config.sensor_index().items()}
         self.counters = counters
         self.dead_letters = dead_letters
         self.dedup = dedup or Deduplicator()
@@ -98,15 +112,42 @@ class Admission(Generic[M]):
             window = wire.decode(payload)
         except wire.WireError as e:
             return Refusal(e.reason, e.detail)
-        return self.binding(site, gateway, sensor) or _unstorable(window) or window
+        return (self.binding(site, gateway, sensor) or self._unfit(sensor, window)
+                or _unstorable(window) or window)
+
+    def _unfit(self, sensor: str, window: wire.Window) -> Refusal | None:
+        """Why a decoded window of a known `sensor` cannot be processed as it, or None."""
+        want = self.kind_of[sensor]
+        if window.kind != want:
+            handled = window.kind in KINDS.values()
+            return Refusal("kind", f"a {window.kind.name.lower()} window, sensor {sensor!r} "
+                                   f"is {want.name.lower()}" + (
+                                       "" if handled else " (the stream handles "
+                                       "acceleration and temperature windows only)"))
+        if window.kind != wire.Kind.ACCELERATION:
+            return None
+        if window.n_samples < MIN_ACCELERATION_SAMPLES:
+            return Refusal("n_samples", f"{window.n_samples} samples, an acceleration window "
+                                        f"needs at least {MIN_ACCELERATION_SAMPLES}")
+        low, high = ACCELERATION_FS_HZ
+        if not low <= window.fs_hz <= high:
+            return Refusal("fs_hz", f"fs_hz {window.fs_hz:g} is outside {low:g}..{high:g} Hz "
+                                    "for an acceleration window")
+        return None
 
     def admit(self, site: str, gateway: str, sensor: str, topic: str, payload: object,
-              message: M) -> Incoming | Skip:
-        """Decode and check one window message: the window to process, or why not."""
+              message: M, qos: int = 1) -> Incoming | Skip:
+        """Decode and check one window message (delivered at `qos`): the window to
+        process, or why not."""
         self.counters.received += 1
         if not isinstance(payload, bytes | bytearray):
             return self.refuse(Refusal("payload", "payload is not bytes"), topic, None)
         payload = bytes(payload)
+        if qos < 1:
+            # Never sent so by a gateway (its outbox publishes at QoS 1): such a window is
+            # lost whenever the stream is down, and no inflight limit bounds them.
+            return self.refuse(Refusal("qos", "a window at QoS 0; windows are QoS 1 "
+                                              "(docs/topics.md)"), topic, payload)
         window = self.check(site, gateway, sensor, payload)
         if isinstance(window, Refusal):
             return self.refuse(window, topic, payload)

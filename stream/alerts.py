@@ -221,7 +221,7 @@ class AlertTracker:
         if self.path is None:
             return
         seen = self._included.setdefault(sensor, _Included(SeqRuns(INCLUDED_SEQS), t0_ns))
-        seen.runs.add(seq)
+        seen.runs.add(seq, newest=t0_ns > seen.t0_ns)
         seen.t0_ns = max(seen.t0_ns, t0_ns)
         self._changed(urgent=False)
 

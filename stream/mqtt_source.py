@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -19,12 +20,26 @@ from typing import Any, Protocol
 
 import aiomqtt
 
-from ballpass import backoff
+from ballpass import backoff, wire
 from ballpass.config import BrokerConfig, ConfigError, StreamConfig
 from ballpass.log import kv
 from ballpass.stream.retrying_writer import RETRY_INITIAL_S, RETRY_MAX_S, sleep_or_stop
 
 log = logging.getLogger(__name__)
+
+# A window of 2^22 samples takes ~300 MB at its peak to process, a batch held up to
+# `batch_max` of them (16: 2.7 GB, past the unit's MemoryMax of 1 GB), and two batches are
+# in memory at once (one processed, one written): past this many samples a batch ends
+# early, and the message in hand starts the next one. A longer window (three channels)
+# is a batch of its own.
+BATCH_MAX_SAMPLES = wire.MAX_SAMPLES
+# Messages read from the connection and not yet in a batch: beyond either bound a QoS 0
+# message is dropped (`overload`). QoS 1 messages are always kept: the broker's
+# max_inflight_messages bounds them, and nothing re-sends one dropped until a reconnect.
+# Nothing else bounds a QoS 0 flood (291,200 windows in 25 s grew the stream by 3.6 GB).
+QUEUE_MAX = 1024
+QUEUE_MAX_BYTES = 64 * 2**20
+OVERLOAD_LOG_S = 10.0  # at most one `reason=overload` line this often: a flood is fast
 
 
 @dataclass(frozen=True)
@@ -64,12 +79,20 @@ class MqttSource:
     """A persistent session (clean_session false, manual acks) that survives reconnects."""
 
     def __init__(self, broker: BrokerConfig, stream: StreamConfig,
-                 subscriptions: Sequence[str]) -> None:
+                 subscriptions: Sequence[str], on_drop: Callable[[], None] | None = None
+                 ) -> None:
+        """`on_drop`: called for each QoS 0 message dropped under overload, to count it
+        where its owner shows counters (`dropped` counts them in any case)."""
         self.broker = broker
         self.stream = stream
         self.subscriptions = tuple(subscriptions)
+        self.on_drop = on_drop
         self.connected = False
         self.generation = 0
+        self.dropped = 0  # QoS 0 messages dropped because too many were waiting
+        self._queued = self._queued_bytes = 0  # read, not yet in a batch (`_keep`)
+        self._dropped_logged = 0
+        self._overload_logged_at = -math.inf
         self._client: aiomqtt.Client | None = None
 
     def _new_client(self) -> aiomqtt.Client:
@@ -77,16 +100,30 @@ class MqttSource:
         when a password, CA or certificate file cannot be used now."""
         b, s = self.broker, self.stream
         tls, password = login(b, s)
+        source = self
+        # Messages read and not yet in a batch (aiomqtt's queue and `_consume`'s), of
+        # this connection: a lost one's are gone with it (QoS 1 comes again).
+        self._queued = self._queued_bytes = 0
+
+        class Inbox(asyncio.Queue[aiomqtt.Message]):
+            """aiomqtt's queue of messages read: the bound applies as paho reads them, so
+            a flood costs a drop each, not memory (aiomqtt reads faster than it yields)."""
+
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                if source._keep(item):
+                    super().put_nowait(item)
+
         client = aiomqtt.Client(
             b.host, b.port, identifier=s.client_id, clean_session=False,
             username=s.username or b.username, password=password,
             keepalive=b.keepalive_s, tls_context=tls,
-            # Unbounded: aiomqtt DISCARDS a message when its queue is full, and with manual
+            # Unbounded for QoS 1 (`Inbox` drops only QoS 0, beyond QUEUE_MAX): aiomqtt
+            # DISCARDS any message when its queue is full, and with manual
             # acks nothing re-sends it until the next reconnect. The broker's
             # max_inflight_messages is the bound, except that mosquitto 2.0.11 exceeds it
             # when a resumed session's backlog is flushed (158 unacked seen after a broker
             # restart: tests/test_broker_outage.py lost windows with a bound of 160).
-            max_queued_incoming_messages=0,
+            max_queued_incoming_messages=0, queue_type=Inbox,
         )
         # aiomqtt has no manual-ack switch; paho's must be on before the first message
         # arrives, or a window would be acknowledged before it is written.
@@ -155,35 +192,46 @@ class MqttSource:
                 await queue.put(message)
 
         def delivery(m: aiomqtt.Message) -> Delivery:
+            self._queued -= 1
+            self._queued_bytes -= _size(m.payload)
             return Delivery(str(m.topic), m.payload, m.qos, m.mid, generation)
 
         reader_task = asyncio.create_task(reader(), name="mqtt-reader")
         stop_task = asyncio.create_task(stop.wait(), name="stop")
         batch_max, batch_wait_s = self.stream.batch_max, self.stream.batch_wait_s
         committing: asyncio.Task[None] | None = None
+        carried: Delivery | None = None  # taken, but beyond the last batch's sample budget
         try:
             while True:
-                get = asyncio.create_task(queue.get())
-                done, _ = await asyncio.wait({get, reader_task, stop_task},
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if get not in done:
-                    get.cancel()
-                    if reader_task in done:
-                        reader_task.result()  # re-raises the MqttError of a lost connection
-                    return
-                batch = [delivery(get.result())]
+                if carried is None:
+                    get = asyncio.create_task(queue.get())
+                    done, _ = await asyncio.wait({get, reader_task, stop_task},
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if get not in done:
+                        get.cancel()
+                        if reader_task in done:
+                            reader_task.result()  # re-raises the MqttError of a lost connection
+                        return
+                    carried = delivery(get.result())
+                batch, carried = [carried], None
+                samples = wire.declared_samples(batch[0].payload)
                 deadline = time.monotonic() + batch_wait_s
                 while len(batch) < batch_max:
                     if not queue.empty():  # no wait_for (a task per message) when queued
-                        batch.append(delivery(queue.get_nowait()))
-                        continue
-                    timeout = deadline - time.monotonic()
-                    if timeout <= 0:
+                        d = delivery(queue.get_nowait())
+                    else:
+                        timeout = deadline - time.monotonic()
+                        if timeout <= 0:
+                            break
+                        try:
+                            d = delivery(await asyncio.wait_for(queue.get(), timeout))
+                        except TimeoutError:
+                            break
+                    samples += wire.declared_samples(d.payload)
+                    if samples > BATCH_MAX_SAMPLES:
+                        carried = d  # the next batch's first: nothing is dropped
                         break
-                    try:
-                        batch.append(delivery(await asyncio.wait_for(queue.get(), timeout)))
-                    except TimeoutError:
-                        break
+                    batch.append(d)
                 commit = await handle(batch)
                 if committing is not None:
                     await committing  # in batch order: writes, acknowledgements, publishes
@@ -197,6 +245,31 @@ class MqttSource:
             stop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await reader_task
+
+    def _keep(self, message: aiomqtt.Message) -> bool:
+        """Whether a message paho just read is queued (for a batch) or dropped: QoS 0
+        beyond QUEUE_MAX messages or QUEUE_MAX_BYTES waiting is dropped, QoS 1 never."""
+        size = _size(message.payload)
+        if message.qos == 0 and (self._queued >= QUEUE_MAX
+                                 or self._queued_bytes + size > QUEUE_MAX_BYTES):
+            self._drop(message)
+            return False
+        self._queued += 1
+        self._queued_bytes += size
+        return True
+
+    def _drop(self, message: aiomqtt.Message) -> None:
+        """Count (and now and then log) a QoS 0 message dropped under overload."""
+        self.dropped += 1
+        if self.on_drop is not None:
+            self.on_drop()
+        now = time.monotonic()
+        if now - self._overload_logged_at >= OVERLOAD_LOG_S:
+            log.warning(kv("window_rejected", reason="overload", topic=str(message.topic),
+                           detail=f"{self.dropped - self._dropped_logged} QoS 0 messages "
+                                  f"dropped since the last such line: {QUEUE_MAX} messages "
+                                  f"or {QUEUE_MAX_BYTES} bytes wait for the pipeline"))
+            self._overload_logged_at, self._dropped_logged = now, self.dropped
 
     def reconfigure(self, broker: BrokerConfig) -> None:
         """Use `broker` from the next connection on, and reconnect now so that new
@@ -225,6 +298,10 @@ class MqttSource:
         except aiomqtt.MqttError as e:
             log.warning(kv("publish_failed", topic=topic, reason=e))
             return False
+
+
+def _size(payload: object) -> int:
+    return len(payload) if isinstance(payload, bytes | bytearray | str) else 0
 
 
 def login(b: BrokerConfig, s: StreamConfig) -> tuple[ssl.SSLContext | None, str | None]:

@@ -37,12 +37,17 @@ class SeqRuns:
     def __len__(self) -> int:
         return self._count
 
-    def add(self, seq: int) -> None:
+    def add(self, seq: int, newest: bool = True) -> None:
+        """Remember `seq`. `newest`: its window was captured after every one remembered
+        (False: an older one, whose low seq cannot mean that the seqs started again)."""
         if seq in self:
             return
-        if self._count >= self.limit and self._firsts and seq < self._firsts[0]:
-            # Below everything remembered and nothing to forget below it: the gateway's seqs
-            # started again (a replaced outbox with its clock behind). Remember the new ones.
+        if newest and self._count >= self.limit and self._firsts and seq < self._firsts[0]:
+            # Below everything remembered, nothing to forget below it, and captured after
+            # all of them: the gateway's seqs started again (a replaced outbox seeded while
+            # its clock was behind, gateway/outbox.py, capturing once the clock is right).
+            # Remember the new ones. A low seq of an older window must not wipe the memory:
+            # the windows it held would count twice when they come back as replays.
             self._firsts, self._lasts, self._count = [], [], 0
         i = bisect.bisect_right(self._firsts, seq)  # runs [0, i) start at or below seq
         joins_left = i > 0 and self._lasts[i - 1] == seq - 1

@@ -111,7 +111,8 @@ class StreamService:
                             self.see)
             self.source = self._nats
         else:
-            self.source = MqttSource(config.broker, config.stream, SUBSCRIPTIONS)
+            self.source = MqttSource(config.broker, config.stream, SUBSCRIPTIONS,
+                                     on_drop=lambda: self.counters.refuse("overload"))
         self.publisher = Publisher(self.source, None if cluster else self.webhooks,
                                    self.counters)
         s = config.stream
@@ -319,7 +320,7 @@ class StreamService:
                         extra_points.append(point)
                 elif r.route is Route.WINDOW:
                     item = self.admission.admit(r.site, r.gateway, r.sensor, message.topic,
-                                                message.payload, message)
+                                                message.payload, message, message.qos)
                     if isinstance(item, Incoming):
                         accepted.append(item)
                         continue
@@ -469,8 +470,8 @@ class StreamService:
                                else b"", site, gateway))
         if isinstance(status, str):
             self.counters.refuse("status")
-            log.warning(kv("status_rejected", topic=f"{site}/{gateway}/status",
-                           detail=status))
+            log.warning(kv("status_rejected", reason="status",
+                           topic=f"{site}/{gateway}/status", detail=status))
             return None
         self.gateways[gateway] = status.as_dict()
         if not status.counters:

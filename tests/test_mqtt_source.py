@@ -13,9 +13,17 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 import pytest
 
+from ballpass import wire
 from ballpass.config import BrokerConfig, ConfigError, StreamConfig
 from ballpass.services import Mosquitto
-from ballpass.stream.mqtt_source import Commit, Delivery, MqttSource
+from ballpass.stream.counters import StreamCounters
+from ballpass.stream.mqtt_source import (
+    BATCH_MAX_SAMPLES,
+    QUEUE_MAX,
+    Commit,
+    Delivery,
+    MqttSource,
+)
 
 TOPIC = "p1/gw1/s1/window"
 MESSAGES = 40
@@ -174,3 +182,90 @@ def test_a_password_file_gone_at_a_reconnect_is_waited_for_and_a_reload_refused(
         await runner
 
     asyncio.run(main())
+
+
+def _header(seq: int, n_samples: int) -> bytes:
+    """A window header claiming `n_samples`: what the source reads to cut a batch."""
+    return wire.HEADER.pack(wire.MAGIC, 1, 0, 1, 2, 1, 0, seq, 0, 1.0, 1.0, n_samples,
+                            float("nan"), 0)
+
+
+def _publish_all(port: int, messages: list[tuple[bytes, int]]) -> None:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pub")
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    infos = [c.publish(TOPIC, payload, qos=qos) for payload, qos in messages]
+    for info in infos:
+        info.wait_for_publish(30)
+    c.loop_stop()
+    c.disconnect()
+
+
+def _run(source: MqttSource, handle: Any, port: int, messages: list[tuple[bytes, int]],
+         done: Any) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        runner = asyncio.create_task(source.run(stop, handle))
+        while not source.connected:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(_publish_all, port, messages)
+        for _ in range(1500):
+            if done():
+                break
+            await asyncio.sleep(0.02)
+        stop.set()
+        await runner
+
+    asyncio.run(main())
+
+
+def test_a_batch_ends_at_its_sample_budget_and_the_rest_goes_in_the_next(
+        mosquitto: Mosquitto) -> None:
+    """Before: a batch took `batch_max` windows whatever their length: 16 windows of 2^22
+    samples took the stream to 2.7 GB, past its unit's MemoryMax (1 GB)."""
+    source = _source(mosquitto.port)
+    half = BATCH_MAX_SAMPLES // 2
+    sent = [_header(i, half) for i in range(7)] + [b"not a window"]
+    batches: list[list[bytes]] = []
+
+    async def handle(batch: list[Delivery]) -> None:
+        batches.append([d.payload for d in batch])  # type: ignore[misc]
+        for d in batch:
+            source.ack(d)
+        await asyncio.sleep(0.2)  # slow: the rest waits, to be batched
+
+    _run(source, handle, mosquitto.port, [(p, 1) for p in sent],
+         lambda: sum(map(len, batches)) == len(sent))
+    assert [p for b in batches for p in b] == sent  # none dropped, in order
+    assert all(sum(wire.declared_samples(p) for p in b) <= BATCH_MAX_SAMPLES for b in batches)
+    assert len(batches) >= 4, batches  # at most two halves a batch
+
+
+def test_a_qos0_flood_is_dropped_and_counted_and_qos1_never(mosquitto: Mosquitto) -> None:
+    """Before: every message read was queued without bound; 291,200 QoS 0 windows in 25 s
+    grew the stream from 226 MB to 3880 MB (the broker's inflight limit is for QoS 1)."""
+    counters = StreamCounters()
+    source = MqttSource(BrokerConfig(host="127.0.0.1", port=mosquitto.port),
+                        StreamConfig(client_id="flood-test", batch_max=BATCH,
+                                     batch_wait_s=0.01), [TOPIC],
+                        on_drop=lambda: counters.refuse("overload"))
+    flood = 6 * QUEUE_MAX
+    sent = [(f"q0-{i}".encode(), 0) for i in range(flood)]
+    for k in range(40):  # QoS 1 messages spread through the flood
+        sent.insert(k * flood // 40, (f"q1-{k}".encode(), 1))
+    got: list[Delivery] = []
+
+    async def handle(batch: list[Delivery]) -> None:
+        got.extend(batch)
+        for d in batch:
+            source.ack(d)
+        await asyncio.sleep(0.02)  # a pipeline slower than the flood
+
+    def settled() -> bool:
+        return len(got) + source.dropped >= len(sent) or (
+            sum(d.qos == 1 for d in got) == 40 and len(got) + source.dropped > flood * 0.9)
+
+    _run(source, handle, mosquitto.port, sent, settled)
+    assert [d.payload for d in got if d.qos == 1] == [f"q1-{k}".encode() for k in range(40)]
+    assert source.dropped > 0 and counters.rejected == {"overload": source.dropped}
+    assert sum(d.qos == 0 for d in got) + source.dropped <= flood

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ballpass.stream.alerts import INCLUDED_SEQS, AlertPolicy, AlertTracker
 from ballpass.stream.seq_runs import SeqRuns
 
 
@@ -49,3 +50,26 @@ def test_consecutive_seqs_are_one_run_and_the_oldest_go_first() -> None:
 def test_runs_that_are_not_ascending_and_disjoint_are_refused(runs: list[list[int]]) -> None:
     with pytest.raises(ValueError, match="seq runs"):
         SeqRuns(10, runs)
+
+
+def test_a_low_seq_of_an_older_window_does_not_wipe_the_memory() -> None:
+    """Before: one low seq wiped a full memory ([[1000, 2023]] + 5 -> [[5, 5]]), and the
+    windows it held counted twice when they came back as replays after a crash."""
+    runs = SeqRuns(1024, [[1000, 2023]])
+    runs.add(5, newest=False)
+    assert runs.as_json() == [[1000, 2023]] and 1000 in runs
+    # Seqs that started again, of windows captured after all those remembered: the new
+    # outbox's, remembered from then on.
+    runs.add(5, newest=True)
+    assert runs.as_json() == [[5, 5]]
+
+
+def test_the_alert_state_keeps_its_seqs_when_an_older_window_brings_a_low_one(tmp_path) -> None:
+    """The alert state records each window it took in; a low seq of an older window (a
+    forged or replayed one) must not make it forget the windows not yet acknowledged."""
+    tracker = AlertTracker(AlertPolicy(3, 1, 5), path=tmp_path / "alerts.json")
+    t0 = 10**18
+    for i in range(INCLUDED_SEQS):
+        tracker.include("s1", 1000 + i, t0 + i)
+    tracker.include("s1", 5, t0 - 1)
+    assert tracker.includes("s1", 2000, t0 + 1000)

@@ -27,7 +27,7 @@ from plant import (
 from ballpass import topics, wire
 from ballpass.config import parse
 from ballpass.services import Influxd, Mosquitto
-from ballpass.stream.admission import Admission, Skip
+from ballpass.stream.admission import Admission, Refusal, Skip
 from ballpass.stream.counters import StreamCounters
 from ballpass.stream.deadletter import DeadLetters
 from ballpass.stream.pipeline import Incoming
@@ -37,7 +37,10 @@ CONFIG = {
     "asset": [{"id": "m", "bearing": "SKF 6205", "shaft_hz": 25.0}],
     "gateway": [
         {"id": "gw1", "sensor": [{"id": "a", "driver": "simulated", "asset": "m",
-                                  "fs_hz": 25600, "window_samples": 4096, "interval_s": 1}]},
+                                  "fs_hz": 25600, "window_samples": 4096, "interval_s": 1},
+                                 {"id": "t", "driver": "simulated", "asset": "m",
+                                  "kind": "temperature", "fs_hz": 1, "window_samples": 16,
+                                  "interval_s": 60}]},
         {"id": "gw2", "sensor": [{"id": "b", "driver": "simulated", "asset": "m",
                                   "fs_hz": 25600, "window_samples": 4096, "interval_s": 1}]},
     ],
@@ -89,6 +92,69 @@ def test_a_sensor_is_bound_to_its_configured_site_and_gateway(
     got = admission.admit(site, gateway, sensor, topics.window(site, gateway, sensor),
                           _payload(1), "m")
     assert got is Skip.ACK and counters.rejected == {reason: 1}
+
+
+def _window(kind: wire.Kind = wire.Kind.ACCELERATION, n: int = 4096, fs_hz: float = 25600.0,
+            value: float | None = None) -> bytes:
+    samples = (np.full((1, n), value) if value is not None
+               else 0.1 * np.random.default_rng(0).standard_normal((1, n)))
+    return wire.encode(wire.Window(seq=1, t0_ns=time.time_ns(), fs_hz=fs_hz, samples=samples,
+                                   kind=kind))
+
+
+@pytest.mark.parametrize(("sensor", "payload", "reason"), [
+    # Before: a shaft-speed window vanished, counted as written; a temperature window of
+    # 999 °C on an acceleration sensor was written and became its asset's temperature.
+    ("a", _window(wire.Kind.SHAFT_SPEED), "kind"),
+    ("a", _window(wire.Kind.TEMPERATURE, 16, 1.0, 999.0), "kind"),
+    ("t", _window(wire.Kind.ACCELERATION), "kind"),
+    ("t", _window(wire.Kind.SHAFT_SPEED, 16, 1.0, 25.0), "kind"),
+    # Before: admitted, then the kernels raised and the whole batch ran again window by
+    # window (3.6 times slower: one gateway slowed all).
+    ("a", _window(n=15), "n_samples"),
+    ("a", _window(fs_hz=1e-200), "fs_hz"),
+    ("a", _window(fs_hz=0.5), "fs_hz"),
+    ("a", _window(fs_hz=2e7), "fs_hz"),
+], ids=["speed-on-accel", "temp-on-accel", "accel-on-temp", "speed-on-temp", "15-samples",
+        "1e-200-hz", "0.5-hz", "20-mhz"])
+def test_a_window_its_sensor_cannot_have_is_refused(
+        tmp_path: Path, sensor: str, payload: bytes, reason: str) -> None:
+    admission, counters = _admission(tmp_path)
+    topic = topics.window("s1", "gw1", sensor)
+    assert admission.admit("s1", "gw1", sensor, topic, payload, "m") is Skip.ACK
+    assert counters.rejected == {reason: 1} and counters.dead_lettered == 1
+    assert admission.check("s1", "gw1", sensor, payload) == Refusal(
+        reason, _dead_letter_detail(tmp_path))
+
+
+def _dead_letter_detail(tmp_path: Path) -> str:
+    [record] = [json.loads(x) for x in (tmp_path / "dl.jsonl").read_text().splitlines()]
+    return str(record["detail"])
+
+
+@pytest.mark.parametrize(("sensor", "payload"), [
+    ("a", _window(n=16)),
+    ("a", _window(fs_hz=1.0)),
+    ("a", _window(fs_hz=1e7)),
+    ("a", _window(fs_hz=12_800.0)),  # not the configured rate: a gateway reloaded first
+    ("t", _window(wire.Kind.TEMPERATURE, 1, 0.01, 21.5)),  # the kernels never see these
+], ids=["16-samples", "1-hz", "10-mhz", "another-rate", "temperature"])
+def test_a_window_the_stream_can_process_is_admitted(
+        tmp_path: Path, sensor: str, payload: bytes) -> None:
+    admission, counters = _admission(tmp_path)
+    got = admission.admit("s1", "gw1", sensor, topics.window("s1", "gw1", sensor), payload, "m")
+    assert isinstance(got, Incoming) and not counters.rejected
+
+
+def test_a_window_at_qos_0_is_refused(tmp_path: Path) -> None:
+    """Windows are QoS 1 (docs/topics.md); at QoS 0 nothing bounds them (a flood of
+    291,200 in 25 s grew the stream by 3.6 GB)."""
+    admission, counters = _admission(tmp_path)
+    topic = topics.window("s1", "gw1", "a")
+    assert admission.admit("s1", "gw1", "a", topic, _payload(1), "m", qos=0) is Skip.ACK
+    assert counters.rejected == {"qos": 1} and counters.dead_lettered == 1
+    assert isinstance(admission.admit("s1", "gw1", "a", topic, _payload(1), "m", qos=1),
+                      Incoming)
 
 
 def test_de_dup_is_per_gateway_so_a_copy_holds_and_a_written_window_acks(

@@ -318,3 +318,14 @@ def test_a_source_that_fails_while_a_write_is_retried_does_not_hang_the_stop(
 
     with pytest.raises(RuntimeError, match="a bug in the source"):
         asyncio.run(main())
+
+
+def test_a_refused_status_is_logged_with_its_reason(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Before: `event=status_rejected` had no reason=, unlike every other refusal."""
+    service = _service(tmp_path)
+    service._sort([_delivery("bp/v1/s/g/status", b"not json")])
+    assert service.counters.rejected == {"status": 1}
+    assert "event=status_rejected reason=status topic=" in caplog.text
+    # Only window messages go to the dead-letter file (docs/stream.md).
+    assert not (tmp_path / "deadletter.jsonl").exists()

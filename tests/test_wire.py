@@ -106,6 +106,8 @@ GOOD = encode(Window(seq=1, t0_ns=0, fs_hz=1000.0, samples=np.ones((1, 8))))
     (_patch(GOOD, 24, "<d", math.nan), "fs_hz"),
     (_patch(GOOD, 32, "<f", 2.0), "scale"),
     (_patch(GOOD, 36, "<I", 0), "n_samples"),
+    (_patch(GOOD, 36, "<I", wire.MAX_SAMPLES + 1), "n_samples"),
+    (_patch(GOOD, 36, "<I", 2**32 - 1), "n_samples"),
     (_patch(GOOD, 36, "<I", 9), "length"),
     (_patch(GOOD, 40, "<f", -1.0), "shaft_hz"),
     (_patch(GOOD + b"\0", 0, "2s", b"BP"), "length"),
@@ -145,3 +147,42 @@ def test_encode_refuses_what_decode_would_refuse() -> None:
     with pytest.raises(ValueError, match="shaft_hz"):
         wire.encode(wire.Window(1, 10**18, 1000.0, ok, shaft_hz=math.inf))
     assert wire.decode(wire.encode(wire.Window(1, 10**18, 1000.0, ok, shaft_hz=0.0))).shaft_hz == 0
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_n_samples_beyond_the_limit_is_refused_before_anything_is_read(n: int) -> None:
+    """Before: only n_samples < 1 was refused; a QoS 1 window of 2^24 int16 samples
+    (32 MiB, within mosquitto's packet size) grew the stream by 1.5 GB, past its unit's
+    MemoryMax, and came back after every restart."""
+    message = _patch(GOOD, 36, "<I", n)
+    if n == 8:
+        assert decode(message).n_samples == 8
+        return
+    with pytest.raises(WireError) as e:
+        decode(message)
+    assert e.value.reason == ("n_samples" if not 1 <= n <= wire.MAX_SAMPLES else "length")
+
+
+def test_the_longest_window_the_config_takes_is_the_longest_the_wire_takes() -> None:
+    from ballpass.config import WINDOW_SAMPLES_MAX
+    assert wire.MAX_SAMPLES == WINDOW_SAMPLES_MAX == 2**22
+    longest = Window(seq=1, t0_ns=0, fs_hz=1000.0, samples=np.ones((1, wire.MAX_SAMPLES)))
+    assert decode(encode(longest, DType.INT16, 0.5)).n_samples == wire.MAX_SAMPLES
+    with pytest.raises(ValueError, match="samples"):
+        encode(Window(seq=1, t0_ns=0, fs_hz=1000.0,
+                      samples=np.ones((1, wire.MAX_SAMPLES + 1))), DType.INT16, 0.5)
+    # With all its samples, as the reviewer sent it: refused by its header alone.
+    too_long = _patch(encode(longest, DType.INT16, 0.5) + b"\0\0", 36, "<I",
+                      wire.MAX_SAMPLES + 1)
+    with pytest.raises(WireError) as e:
+        decode(too_long)
+    assert e.value.reason == "n_samples"
+
+
+@given(windows(), st.booleans())
+def test_declared_samples_is_what_the_header_says(w: Window, int16: bool) -> None:
+    message = encode(w, DType.INT16 if int16 else DType.FLOAT32)
+    assert wire.declared_samples(message) == w.n_channels * w.n_samples
+    assert wire.declared_samples(message[:47]) == 0
+    assert wire.declared_samples(b"{\"state\": \"online\"}" + bytes(40)) == 0
+    assert wire.declared_samples(None) == 0

@@ -112,15 +112,20 @@ class Relay:
         batch) must not relay on after its lease lapsed, beside the next holder."""
         stream = dataclasses.replace(config.stream,
                                      client_id=f"{config.stream.client_id}-relay")
-        self.mqtt = MqttSource(config.broker, stream, SUBSCRIPTIONS)
+        self.mqtt = MqttSource(config.broker, stream, SUBSCRIPTIONS,
+                               on_drop=self._overloaded)
         self.site = config.site.id
         self.nc = nc
         self.js = js
         self.holds = holds
         self.counters = {"relayed": 0, "relay_duplicates": 0, "relay_retries": 0,
                          "relay_refused": 0, "returned": 0, "returned_failed": 0,
-                         "returned_dropped": 0}
+                         "returned_dropped": 0, "relay_overload": 0}
         self._back: asyncio.Queue[Msg] = asyncio.Queue(RETURN_QUEUE)
+
+    def _overloaded(self) -> None:
+        """A QoS 0 message dropped by the MQTT side, too many waiting (mqtt_source)."""
+        self.counters["relay_overload"] += 1
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set (the caller sets it when the relay lease is lost)."""
