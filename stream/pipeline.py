@@ -67,6 +67,7 @@ class Result:
     features: dict[str, float] = field(default_factory=dict)
     state: str = "normal"  # alert state after this window
     line_amp_g: float = math.nan  # strongest defect-line envelope amplitude (g)
+    shaft_hz: float = math.nan  # the speed the diagnosis used (window, tacho, config, estimate)
     online: dict[str, Any] = field(default_factory=dict)  # online layer (diagnosis JSON)
 
 
@@ -209,14 +210,15 @@ class Pipeline:
                     shafts = np.array([shaft for _, shaft in group], dtype=np.float64)
                     feats = extract(windows, fs_hz, shafts, bearing.orders())
                     assert feats.impact_counts is not None  # `extract` always counts them
-                    for i, (item, _) in enumerate(group):
+                    for i, (item, shaft) in enumerate(group):
                         asset = self.sensors[item.sensor][1]
                         pooled = self.impacts.add(item.sensor, feats.impact_counts[i])
                         diag = diagnose(feats, i, asset.iso_group, asset.iso_foundation, pooled,
                                         clipped_at_source=item.window.clipped,
                                         levels=asset.levels)
                         results.append(Result(item, asset.id, diag, feats.row(i),
-                                              line_amp_g=float(np.max(feats.line_amp_g[i]))))
+                                              line_amp_g=float(np.max(feats.line_amp_g[i])),
+                                              shaft_hz=shaft))
 
         # Alert state advances in seq order per sensor, whatever order the groups ran in.
         results.sort(key=lambda r: (r.incoming.sensor, r.incoming.window.seq))
@@ -295,10 +297,11 @@ class Pipeline:
         """Result `r` with the online layer's verdict; and its days to zone D, if known."""
         assert r.diagnosis is not None
         item, w = r.incoming, r.incoming.window
-        shaft = w.shaft_hz if math.isfinite(w.shaft_hz) and w.shaft_hz > 0 else (
-            self.sensors[item.sensor][1].shaft_hz or math.nan)
+        # The physics' speed: a tacho-only asset (no shaft_hz set) had none here, so it never
+        # got a model, and with both the model banded by the nominal speed, not the real one.
         o, extra = self.online.observe(item.site, item.gateway, item.sensor, w.t0_ns, w.seq,
-                                       shaft, r.features, r.line_amp_g, r.diagnosis.diagnosis)
+                                       r.shaft_hz, r.features, r.line_amp_g,
+                                       r.diagnosis.diagnosis)
         points += extra
         features = r.features if o.score is None else {**r.features, "anomaly_score": o.score}
         diagnosis = r.diagnosis
