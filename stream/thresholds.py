@@ -62,9 +62,27 @@ rail to within its own noise, far below a vibration's typical step between sampl
 
 SENSOR_PLATEAU_SAMPLES: int = 16
 """This many samples on a rail mean saturation. An unsaturated signal puts one sample at
-each extreme and, by chance, a few more within `SENSOR_PLATEAU_TOL` of it (a Gaussian tail
-or a peak's flat top: at most 9 in any 8192-sample window of the CWRU records, which only
-measure this)."""
+each extreme and, by chance, a few more within `SENSOR_PLATEAU_TOL` of it (a Gaussian tail:
+at most 9 in any 8192-sample window of the CWRU records, which only measure this). A clean
+periodic signal reaches its extreme at every cycle; its smooth peaks count only through
+`SENSOR_PLATEAU_KINK`."""
+
+SENSOR_PLATEAU_KINK: float = 0.5
+"""When the window's noise (robust sigma of its fourth differences / sqrt(70)) is below the
+rail tolerance, a clean periodic signal's smooth peaks fill the tolerance at every cycle, and
+only excursions entered and left with a kink count: both edges must bend 1 / (1 - this) times
+more than the flattest sample inside (a rail is flat between two kinks, where the slope drops
+to zero within a sample; a parabola-like peak bends evenly, an asymmetric one linearly across
+its top), and more than the signal does 2 lags outside (a flattened smooth top bends more and
+more away from its top; a rail's bend stays at its edges)."""
+
+SENSOR_PLATEAU_NOISE: float = 5.0
+"""...each by more than this many sigmas of a second difference (sqrt(6) × the noise): the
+largest of a few dozen noisy second differences stays below it."""
+
+SENSOR_PLATEAU_SPREAD: float = 8.0
+"""An excursion to the rail reaches this many noise sigmas deeper than `SENSOR_PLATEAU_TOL`:
+noise on a rail spreads its samples about ±4 sigma, and the window's extreme is its highest."""
 
 SPIKE_K: float = 8.0
 """A spike deviates from the window's median by more than this many robust standard

@@ -19,7 +19,8 @@ G = 9.80665
 
 
 def moments(x: np.ndarray, plateau_tol: float = 0.05, spike_k: float = 8.0,
-            spike_isolation: float = 0.25, spike_samples: int = 256) -> np.ndarray:
+            spike_isolation: float = 0.25, spike_samples: int = 256, plateau_kink: float = 0.5,
+            plateau_noise: float = 5.0, plateau_spread: float = 8.0) -> np.ndarray:
     """rms, peak, crest, kurtosis (Pearson), skewness, clip fraction, spikes per row."""
     out = np.zeros((x.shape[0], 7))
     for i, row in enumerate(x):
@@ -39,7 +40,22 @@ def moments(x: np.ndarray, plateau_tol: float = 0.05, spike_k: float = 8.0,
         idx = np.arange(stride, n, stride)
         step = 1.4826 * float(np.median(np.abs(row[idx] - row[idx - 1]))) if idx.size else 0.0
         tol = plateau_tol * step
-        out[i, 5] = np.mean((row >= row.max() - tol) | (row <= row.min() + tol))
+        on_band = (row >= row.max() - tol) | (row <= row.min() + tol)
+        j = idx[idx >= 4]
+        d4 = np.abs(row[j - 4] - 4 * row[j - 3] + 6 * row[j - 2] - 4 * row[j - 1] + row[j])
+        # The noise sigma is 1.4826 × median |d4| / sqrt(70): is it below the tolerance?
+        if not (j.size and np.median(d4) < tol * math.sqrt(70) / 1.4826):
+            out[i, 5] = np.mean(on_band)
+        else:
+            sigma = 1.4826 * float(np.median(d4)) / math.sqrt(70)
+            depth = tol + plateau_spread * sigma
+            near = (row >= row.max() - depth) | (row <= row.min() + depth)
+            noise = plateau_noise * math.sqrt(6) * sigma
+            rail = 0
+            for s, e in _runs(near):
+                if _kinked(row, s, e, row[s] >= row.max() - depth, noise, plateau_kink):
+                    rail += int(on_band[s : e + 1].sum())
+            out[i, 5] = rail / n
         sub = row[::stride]
         med = float(np.median(sub))
         limit = spike_k * 1.4826 * float(np.median(np.abs(sub - med)))
@@ -52,6 +68,31 @@ def moments(x: np.ndarray, plateau_tol: float = 0.05, spike_k: float = 8.0,
                 wide = min(dev[j - 1], dev[j + 1]) >= 0.5 * dev[j]
                 out[i, 6] += all(v < spike_isolation * dev[j] for v in near) and not wide
     return out
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) index of each run of True in `mask`."""
+    edges = np.diff(np.concatenate([[0], mask.astype(int), [0]]))
+    return list(zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0] - 1, strict=True))
+
+
+def _kinked(row: np.ndarray, s: int, e: int, is_top: bool, noise: float, kink: float) -> bool:
+    """Whether the run row[s..e] is flat inside and bends sharply at both edges: the
+    curvatures (second differences at lag q, positive when bending towards the rail) at the
+    q + 1 positions from s - 1 on, and from e + 1 back, both exceed 1/(1 - kink) times the
+    least one between them and the one 2q beyond the edge, each by more than `noise`."""
+    size = e - s + 1
+    q = max(1, (size - 1) // 3)
+    if size < 3 or s - 1 - 3 * q < 0 or e + 1 + 3 * q >= row.size:
+        return False
+
+    def bend(k: np.ndarray | int) -> np.ndarray:
+        return (-1.0 if is_top else 1.0) * (row[k - q] - 2.0 * row[k] + row[k + q])
+
+    c = bend(np.arange(s - 1, e + 2))
+    left, right, mid = c[: q + 1].max(), c[size + 1 - q :].max(), c[q + 1 : size + 1 - q].min()
+    return bool((1.0 - kink) * min(left, right) - mid > noise
+                and left - bend(s - 1 - 2 * q) > noise and right - bend(e + 1 + 2 * q) > noise)
 
 
 def amplitude_spectrum(x: np.ndarray) -> np.ndarray:

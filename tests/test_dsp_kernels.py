@@ -72,6 +72,44 @@ def test_rails_and_spikes_of_a_saturated_and_a_spiked_signal() -> None:
     assert got[2, 6] == 2 and got[2, 5] * 8192 < 16
 
 
+def _sines(clip: float = 1.0) -> np.ndarray:
+    """Clean sines, 8192 samples: a handheld calibrator (159.2 Hz, 1 g r.m.s. at 12.8 kHz)
+    and imbalance-like 1x lines (25-60 Hz, 0.5 g at 12-51.2 kHz: up to 1700 samples a cycle),
+    at several phases, with 0 to 1e-4 g of sensor noise, clipped at `clip` × the amplitude
+    (the sensor's noise is part of what the amplifier clips)."""
+    rng = np.random.default_rng(13)
+    rows = []
+    for fs, f, rms in ((12800.0, 159.2, 1.0), (25600.0, 29.95, 0.5), (12000.0, 29.95, 0.5),
+                       (51200.0, 30.0, 0.5), (25600.0, 60.0, 0.5), (12000.0, 25.0, 0.5)):
+        t = np.arange(8192) / fs
+        for phase, noise in ((0.4, 1e-4), (1.9, 3e-5), (4.1, 0.0)):
+            a = rms * math.sqrt(2.0)
+            x = a * np.sin(2 * np.pi * f * t + phase) + noise * rng.standard_normal(t.size)
+            rows.append(np.clip(x, -clip * a, clip * a))
+    return np.array(rows)
+
+
+def test_the_smooth_peaks_of_a_clean_sine_are_not_rails() -> None:
+    """Before: every cycle of a clean sine reaches the same extreme, so its smooth peaks
+    filled the rails' tolerance (463 samples for the calibrator, 75 for the imbalance):
+    `sensor_fault: saturated`."""
+    x = _sines()
+    got = np.rint(stats.moments(x)[:, 5] * x.shape[1])
+    assert got.max() < 16, got
+    np.testing.assert_array_equal(got, np.rint(ref.moments(x)[:, 5] * x.shape[1]))
+
+
+@pytest.mark.parametrize("clip", [0.9, 0.95, 0.99])
+def test_a_clean_sine_clipped_below_its_peak_is_on_the_rails(clip: float) -> None:
+    x = _sines(clip)
+    got = stats.moments(x)[:, 5]
+    on_rails = np.mean(np.abs(x) >= np.abs(x).max(axis=1, keepdims=True) - 1e-12,
+                       axis=1)
+    # Most rail samples count: a rail whose neighbourhood (3 lags) the window cuts is not judged.
+    assert np.all(got * x.shape[1] >= 16) and np.all(got >= 0.7 * on_rails), (got, on_rails)
+    np.testing.assert_array_equal(got, ref.moments(x)[:, 5])
+
+
 def test_an_impact_starting_in_a_windows_last_samples_is_not_a_spike() -> None:
     """Before: a resonance struck in the last 1-3 samples, its ringing in the next window,
     looked isolated (the samples past the end counted as quiet) and made a severe

@@ -76,6 +76,32 @@ CASES = {
 }
 
 
+def _sine(fs: float, f: float, rms_g: float, noise_g: float, clip: float = 1.0) -> np.ndarray:
+    t = np.arange(N) / fs
+    x = rms_g * np.sqrt(2.0) * np.sin(2 * np.pi * f * t + 0.4)
+    x += noise_g * np.random.default_rng(7).standard_normal(N)
+    return np.clip(x, -clip * rms_g * np.sqrt(2.0), clip * rms_g * np.sqrt(2.0))
+
+
+@pytest.mark.parametrize(("fs", "f", "rms_g", "noise_g"), [
+    (12800.0, 159.2, 1.0, 1e-4),  # a handheld accelerometer calibrator
+    (12800.0, 159.2, 1.0, 0.0),
+    (25600.0, 29.95, 0.5, 1e-4),  # a clean imbalance: 855 samples a cycle
+    (25600.0, 29.95, 0.5, 1e-5),
+])
+def test_a_clean_sine_is_not_saturated_and_clipped_it_is(fs: float, f: float, rms_g: float,
+                                                          noise_g: float) -> None:
+    """Before: the calibrator and the clean imbalance read `sensor_fault: saturated` (the
+    smooth peaks of every cycle sat within the rails' tolerance)."""
+    x = np.stack([_sine(fs, f, rms_g, noise_g)] + [_sine(fs, f, rms_g, noise_g, c)
+                                                    for c in (0.9, 0.95, 0.99)])
+    batch = extract(x, fs, np.full(len(x), f), ORDERS)
+    got = [diagnose(batch, i) for i in range(len(x))]
+    assert "saturated" not in got[0].reason, got[0].reason
+    assert all(d.diagnosis == "sensor_fault" and "saturated" in d.reason for d in got[1:]), \
+        [d.reason for d in got]
+
+
 def _config(tmp: Path) -> object:
     return parse({"site": {"id": "s1"}, "stream": {"state_dir": str(tmp)},
                   "asset": [{"id": "m", "bearing": "SKF 6205", "shaft_hz": SHAFT}],
