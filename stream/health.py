@@ -3,6 +3,10 @@
 Pure: from what the service knows (broker connection, the writer's last outcome, the spool)
 to a verdict. Ready means the broker is connected and the database took the last write
 (or none was tried yet) and has not been failing for longer than `DB_FAILING_S`.
+
+The broker check reads "not started" until the stream starts its broker session: it
+first waits for the database (`ensure_database`), so a database down at the start must
+not read as a broker "disconnected".
 """
 
 from __future__ import annotations
@@ -26,16 +30,19 @@ class Health:
 
 def assess(*, broker_connected: bool, db_failing_since: float | None, now: float,
            spool_bytes: int, deadletter_bytes: int, webhooks_pending: int,
-           alert_state_unsaved_since: float | None = None) -> Health:
+           alert_state_unsaved_since: float | None = None,
+           broker_started: bool = True) -> Health:
     """The verdict at `now` (s, monotonic like `db_failing_since`). An alert state the disk
     refuses is shown, not made unready: the stream still diagnoses and alerts, but a crash
-    meanwhile would forget its open alarms."""
+    meanwhile would forget its open alarms. `broker_started`: the broker session has been
+    started (it has tried to connect at least once)."""
     db_failing_s = 0.0 if db_failing_since is None else now - db_failing_since
     db_ok = db_failing_s < DB_FAILING_S
     return Health(
         live=True,
         ready=broker_connected and db_ok,
-        checks={"broker": "connected" if broker_connected else "disconnected",
+        checks={"broker": "connected" if broker_connected else
+                "disconnected" if broker_started else "not started",
                 "database": "ok" if db_failing_since is None else
                 f"failing for {db_failing_s:.0f} s",
                 "spool_bytes": spool_bytes, "deadletter_bytes": deadletter_bytes,

@@ -3,8 +3,9 @@
 Read-only, GET and HEAD only, no state is changed through it, so it needs no token. It
 binds loopback unless told otherwise (the address is parsed by `ballpass.listen.parse_listen`).
 Requests are bounded (request line and headers, 8 KiB, 5 s; at most 32 connections at
-once, 503 beyond; 5 s to take the answer) so a slow or hostile client cannot hold it, nor
-use up the process's file descriptors.
+once, 8 of them from one address, 503 beyond; 5 s to take the answer) so a slow or hostile
+client cannot hold it (nor make `/livez` fail for the prober), nor use up the process's
+file descriptors.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import logging
 from collections.abc import Callable
 
+from ballpass.listen import OpenConnections, start_server
 from ballpass.log import kv
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,9 @@ MAX_REQUEST_BYTES = 8192
 REQUEST_TIMEOUT_S = 5.0
 WRITE_TIMEOUT_S = 5.0  # for the client to take the answer (it may never read)
 MAX_CONNECTIONS = 32  # open at once (503 beyond): each is a file descriptor of the stream
+# Of them from one address: one client holding idle sockets must leave room for the
+# liveness probe and the scraper, or `/livez` fails and a healthy stream is restarted.
+MAX_CONNECTIONS_PER_PEER = 8
 CLOSE_TIMEOUT_S = 2.0
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -41,9 +46,10 @@ class OpsServer:
         self.health = health
         self.metrics = metrics
         self.max_connections = MAX_CONNECTIONS
+        self.max_connections_per_peer = MAX_CONNECTIONS_PER_PEER
         self.write_timeout_s = WRITE_TIMEOUT_S
-        self.refused = 0  # connections answered 503 for the cap
-        self._open = 0
+        self.refused = 0  # connections answered 503 for the caps
+        self.connections = OpenConnections()
         self._server: asyncio.Server | None = None
 
     @property
@@ -52,8 +58,8 @@ class OpsServer:
         return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, self.host, self.port,
-                                                  limit=MAX_REQUEST_BYTES)
+        self._server = await start_server(self._connection, self.host, self.port,
+                                          limit=MAX_REQUEST_BYTES)
         self.port = int(self._server.sockets[0].getsockname()[1])
         if self.host in ("0.0.0.0", "::"):
             log.warning(kv("ops_http_all_interfaces", url=self.url))
@@ -67,20 +73,20 @@ class OpsServer:
 
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
-        self._open += 1
-        try:
-            await self._serve(reader, writer)
-        finally:
-            self._open -= 1
+        peer = str((writer.get_extra_info("peername") or ("?",))[0])
+        with self.connections.hold(peer):
+            await self._serve(peer, reader, writer)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, peer: str, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
         try:
-            if self._open > self.max_connections:
+            busy = self.connections.busy(peer, self.max_connections,
+                                         self.max_connections_per_peer)
+            if busy is not None:
                 self.refused += 1
-                log.warning(kv("ops_http_refused", reason="connections",
-                               open=self._open, peer=writer.get_extra_info("peername")))
-                status, ctype, body, method = 503, "text/plain", b"too many connections\n", \
-                    "GET"
+                log.warning(kv("ops_http_refused", reason="connections", detail=busy,
+                               open=self.connections.total, peer=peer))
+                status, ctype, body, method = 503, "text/plain", f"{busy}\n".encode(), "GET"
             else:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"),
                                               REQUEST_TIMEOUT_S)

@@ -49,8 +49,8 @@ class RetryingWriter:
         self._spool_lock = threading.Lock()
         self.dead_letters = dead_letters
         self.counters = counters
-        # Monotonic time of the first failure of the write now being retried (None: the
-        # last write succeeded); read by the health check.
+        # Monotonic time of the first failure of the write (or of `ensure_database`) now
+        # being retried (None: the last one succeeded); read by the health check.
         self.failing_since: float | None = None
         self.last_written_t: float | None = None  # Unix time the database last took a write
 
@@ -72,7 +72,8 @@ class RetryingWriter:
     async def ensure_database(self, stop: asyncio.Event) -> None:
         """Create the database if the writer can (v1); retries until it answers or stop.
         A refusal (`retryable` false: no admin rights, say) is logged and the stream goes
-        on."""
+        on. Fails like a write for the health check: at a start with the database down,
+        this is what the stream waits for (the broker session starts after it)."""
         ensure = getattr(self.writer, "ensure_database", None)
         if ensure is None:
             return
@@ -81,6 +82,7 @@ class RetryingWriter:
             attempt += 1
             try:
                 await asyncio.to_thread(ensure)
+                self.failing_since = None
                 return
             except (InfluxWriteError, OSError) as e:
                 if isinstance(e, InfluxWriteError) and not e.retryable:
@@ -90,7 +92,10 @@ class RetryingWriter:
                     log.warning(kv("influx_create_database_refused",
                                    url=getattr(self.writer, "url", ""), status=e.status,
                                    reason=e))
+                    self.failing_since = None  # the database answers: it refused this
                     return
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
                 delay = backoff.jittered_s(attempt, RETRY_INITIAL_S, RETRY_MAX_S)
                 log.warning(kv("influx_unreachable", url=getattr(self.writer, "url", ""),
                                attempt=attempt, reason=e, retry_in_s=round(delay, 1)))

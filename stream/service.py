@@ -140,6 +140,10 @@ class StreamService:
         # Operator actions being written, whose alerts then go out (`_finish_action`).
         self._finishing_actions: set[asyncio.Task[None]] = set()
         self._kernels: asyncio.Task[None] | None = None
+        # The broker session is started only once the database is there: until then the
+        # health check says "not started", not "disconnected" (which sent on-call to the
+        # broker while the database was down).
+        self._source_started = False
         self.metrics = StreamMetrics(self.status)
         self.ops: OpsServer | None = None
         if metrics is not None:
@@ -166,6 +170,7 @@ class StreamService:
             await self._ensure_retention()
             await self._write_iso_boundaries()
             await self._finish_held()
+            self._source_started = True
             await self.source.run(stop, self._handle)
         finally:
             stop.set()  # left on an error too: writes still retrying give up, not hang
@@ -704,7 +709,8 @@ class StreamService:
                       spool_bytes=_size(self.writer.spool),
                       deadletter_bytes=_size(self.dead_letters.path),
                       webhooks_pending=self.webhooks.counters.pending,
-                      alert_state_unsaved_since=self.pipeline.alerts.unsaved_since)
+                      alert_state_unsaved_since=self.pipeline.alerts.unsaved_since,
+                      broker_started=self._source_started)
 
     def _readiness(self) -> tuple[bool, dict[str, object]]:
         h = self.health()

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from chromium import chromium  # tests/ is on sys.path
 from selenium.webdriver.support.ui import WebDriverWait
@@ -29,9 +30,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 from ballpass.config import parse
 from ballpass.listen import parse_listen
 from ballpass.stream.gateway_status import parse_status
-from ballpass.stream.web.security import load_or_create_token
+from ballpass.stream.web import pages
+from ballpass.stream.web.security import HostPolicy, load_or_create_token
 from ballpass.stream.web.server import EvidenceServer
-from ballpass.stream.web.state import EvidenceState
+from ballpass.stream.web.state import EvidenceState, Spectra
 
 TOKEN = "t0ken-for-the-security-tests"
 XSS = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
@@ -147,13 +149,15 @@ def test_strict_csp_and_no_inline_script_or_style(page: Page) -> None:
 def test_bad_requests_get_400_and_head_gets_no_body(page: Page) -> None:
     for raw in (b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: banana\r\n\r\n",
                 b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n",
-                b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1, 2\r\n\r\n"):
+                b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1, 2\r\n\r\n",
+                # an unclosed IPv6 literal: urlsplit raises (before: 500, a traceback)
+                b"GET http://[x/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"):
         with socket.create_connection(("127.0.0.1", page.port), timeout=5) as s:
             s.sendall(raw)
             reply = s.recv(65536)
         assert reply.startswith(b"HTTP/1.1 400"), reply[:80]
         assert b"Traceback" not in reply
-    assert page.server.errors == 0
+    assert page.server.errors == 0 and page.server.refused["request_line"] == 1
     status, headers, body = page.request("HEAD", "/login")
     assert status == 200 and int(headers["content-length"]) > 0 and body == ""
 
@@ -180,6 +184,36 @@ def test_a_gateways_markup_is_shown_as_text_and_never_runs(page: Page,
             == 0
         assert "onerror" in browser.find_element("tag name", "main").text
     assert TOKEN not in browser.current_url
+
+
+def test_a_host_without_a_port_is_port_80() -> None:
+    """A browser leaves the default port out of Host: the page on port 80 gets `Host:
+    localhost`. Before: that was compared with 80 as None, and every browser got 403. (The
+    policy alone: a test server cannot count on binding port 80.)"""
+    for bind, host, local in (("127.0.0.1", "localhost", "127.0.0.1"),
+                              ("127.0.0.1", "127.0.0.1", "127.0.0.1"),
+                              ("0.0.0.0", "10.0.0.5", "10.0.0.5"),
+                              ("::", "[2001:db8::5]", "2001:db8::5")):
+        policy = HostPolicy(bind, 80)
+        assert policy.accepts(host, local) and policy.accepts(f"{host}:80", local), host
+        assert not policy.accepts(f"{host}:8787", local), host
+        assert not HostPolicy(bind, 8787).accepts(host, local), host
+    # an IPv4 client of a dual-stack socket connected to ::ffff:10.0.0.5, and names 10.0.0.5
+    assert HostPolicy("::", 8787).accepts("10.0.0.5:8787", "::ffff:10.0.0.5")
+    assert not HostPolicy("::", 80).accepts("evil.example", "::ffff:10.0.0.5")
+
+
+def test_evidence_numbers_are_escaped_too(page: Page) -> None:
+    page.state.sensors["a"].latest = {"diagnosis": "outer_race", "t": time.time(), "seq": 1,
+                                      "evidence": [{"line": "BPFO", "harmonic": XSS,
+                                                    "freq_hz": XSS, "snr_db": XSS}]}
+    html = pages.sensor_page(page.state, "a", "csrf")
+    assert "×&lt;img" in html and "<img" not in html and "<script>" not in html
+    f = np.linspace(0.0, 500.0, 64)
+    sp = Spectra(1, f, np.ones(64), f, np.ones(64), (1e3, 5e3), 25.0, [])
+    svg = pages.spectrum_svg(sp, True, [{"line": "BPFO", "harmonic": XSS, "freq_hz": 100.0,
+                                         "snr_db": XSS}], page.state, "a")
+    assert "BPFO×&lt;img" in svg and "<img" not in svg and "<script>" not in svg
 
 
 def test_gateway_status_is_validated_at_the_edge() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from plant import query_rows
 
-from ballpass.services import Influxd
+from ballpass.services import Influxd, free_port
 from ballpass.stream.counters import StreamCounters
 from ballpass.stream.deadletter import DeadLetters
 from ballpass.stream.retrying_writer import RetryingWriter
@@ -195,6 +195,28 @@ def test_a_user_without_admin_rights_is_told_once_and_the_stream_writes(
     assert line.startswith("event=influx_create_database_refused ")
     assert "status=403 " in line and "requires admin privilege" in line
     assert counters.written == 1 and counters.write_retries == 0
+
+
+def test_a_database_down_at_the_start_is_failing_for_the_health_check(
+        influx_db: tuple[str, str], tmp_path: Path) -> None:
+    """The stream waits in `ensure_database` until the database answers. Before: that wait
+    left `failing_since` unset, so `/healthz` said the database was "ok" (and blamed only
+    the broker, which is not even started then)."""
+    url, db = influx_db
+    writer, _ = _writer(f"http://127.0.0.1:{free_port()}", db, tmp_path)  # nothing listens
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        ensure = asyncio.create_task(writer.ensure_database(stop))
+        deadline = time.monotonic() + 5
+        while writer.failing_since is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert writer.failing_since is not None and not ensure.done()
+        writer.writer.url = url  # type: ignore[attr-defined]  # the database comes up
+        await asyncio.wait_for(ensure, 10)
+        assert writer.failing_since is None
+
+    asyncio.run(run())
 
 
 _FILL_DISK = """

@@ -100,3 +100,40 @@ def test_a_database_failing_longer_than_the_limit_makes_the_stream_not_ready() -
     assert not late.ready and late.checks["database"].startswith("failing for")
     assert not assess(db_failing_since=None, now=1.0, **{**args, "broker_connected": False}
                       ).ready
+
+
+def test_the_broker_is_not_started_while_the_stream_waits_for_the_database() -> None:
+    """The broker session starts after `ensure_database`: until then the broker is "not
+    started", not "disconnected" (which blamed the broker for a database that is down)."""
+    h = assess(broker_connected=False, broker_started=False, db_failing_since=90.0,
+               now=100.0, spool_bytes=0, deadletter_bytes=0, webhooks_pending=0)
+    assert not h.ready
+    assert h.checks["broker"] == "not started" and h.checks["database"] == "failing for 10 s"
+
+
+def test_healthz_names_the_database_when_it_is_down_at_the_start(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Before: the database down at the start read "ok" (the stream was waiting in
+    `ensure_database`, which never set `failing_since`)."""
+    site = stream_site(tmp_path / "site.toml", port=mosquitto.port,
+                       influx_url=f"http://127.0.0.1:{free_port()}", db="x",
+                       state_dir=tmp_path / "state")
+    port = free_port()
+    stream = spawn_ballpass(["stream", "-c", str(site), "--metrics", f":{port}"],
+                            tmp_path / "stream.log")
+
+    def database() -> object:
+        try:
+            return json.loads(_get(f"http://127.0.0.1:{port}/healthz")[1])["checks"]["database"]
+        except OSError:
+            return None  # not listening yet
+
+    try:
+        wait_until(lambda: str(database()).startswith("failing for"), 60,
+                   "/healthz to name the database")
+        code, body = _get(f"http://127.0.0.1:{port}/healthz")
+        # and not the broker, which the stream has not tried yet
+        assert code == 503 and json.loads(body)["checks"]["broker"] == "not started"
+    finally:
+        stream.terminate()
+        assert stream.wait(30) == 0

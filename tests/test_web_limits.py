@@ -13,6 +13,7 @@ had no cap at all, and an empty `http_token_file` ended `ballpass stream` in a t
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import math
 import socket
@@ -173,7 +174,7 @@ def test_one_address_cannot_hold_every_connection(page: Page) -> None:
             for _ in range(page.server.max_connections_per_peer)]
     try:
         deadline = time.monotonic() + 5
-        while page.server._open < len(held) and time.monotonic() < deadline:
+        while page.server.connections.total < len(held) and time.monotonic() < deadline:
             time.sleep(0.01)
         status, _, body = page.request("GET", "/login")
         assert status == 503 and "from your address" in body
@@ -182,7 +183,7 @@ def test_one_address_cannot_hold_every_connection(page: Page) -> None:
         for s in held:
             s.close()
     deadline = time.monotonic() + 5
-    while page.server._open and time.monotonic() < deadline:
+    while page.server.connections.total and time.monotonic() < deadline:
         time.sleep(0.01)
     assert page.request("GET", "/login")[0] == 200
 
@@ -195,11 +196,11 @@ def test_a_reverse_proxy_is_held_only_to_the_total(page: Page) -> None:
     held = [socket.create_connection(("127.0.0.1", page.port)) for _ in range(11)]
     try:
         deadline = time.monotonic() + 5
-        while page.server._open < len(held) and time.monotonic() < deadline:
+        while page.server.connections.total < len(held) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert page.request("GET", "/login")[0] == 200  # the 12th
         held.append(socket.create_connection(("127.0.0.1", page.port)))
-        while page.server._open < len(held) and time.monotonic() < deadline:
+        while page.server.connections.total < len(held) and time.monotonic() < deadline:
             time.sleep(0.01)
         status, _, body = page.request("GET", "/login")  # the 13th
         assert status == 503 and "too many connections" in body
@@ -209,8 +210,10 @@ def test_a_reverse_proxy_is_held_only_to_the_total(page: Page) -> None:
             s.close()
 
 
-async def _get(port: int, path: str) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def _get(port: int, path: str, source: str = "127.0.0.1", host: str = "127.0.0.1"
+               ) -> bytes:
+    """GET `path` from the address `source` (any of 127.0.0.0/8 is loopback on Linux)."""
+    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
     writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     await writer.drain()
     answer = await asyncio.wait_for(reader.read(), 5)
@@ -229,20 +232,88 @@ def test_ops_server_caps_connections() -> None:
     async def main() -> None:
         ops = OpsServer("127.0.0.1", 0, health=lambda: (True, {}), metrics=lambda: b"x 1\n")
         await ops.start()
-        held = [await asyncio.open_connection("127.0.0.1", ops.port)
-                for _ in range(ops.max_connections)]
+        per_peer = ops.max_connections_per_peer  # from each of several addresses
+        held = [await asyncio.open_connection("127.0.0.1", ops.port,
+                                              local_addr=(f"127.0.0.{2 + i // per_peer}", 0))
+                for i in range(ops.max_connections)]
         try:
-            assert await _until(lambda: ops._open == len(held), 5)
-            assert (await _get(ops.port, "/livez")).startswith(b"HTTP/1.1 503 ")
+            assert await _until(lambda: ops.connections.total == len(held), 5)
+            answer = await _get(ops.port, "/livez")
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"from your address" not in answer
             assert ops.refused == 1
         finally:
             for _, w in held:
                 w.close()
-        assert await _until(lambda: ops._open == 0, 5)
+        assert await _until(lambda: ops.connections.total == 0, 5)
         assert (await _get(ops.port, "/livez")).startswith(b"HTTP/1.1 200 ")
         await ops.close()
 
     asyncio.run(main())
+
+
+def test_one_address_cannot_make_livez_fail_for_the_others() -> None:
+    """Before: 32 idle sockets from one address (the cap was only a total) made `/livez`
+    and `/healthz` answer 503 to the liveness probe, which then restarts a healthy stream.
+    """
+    async def main() -> None:
+        ops = OpsServer("127.0.0.1", 0, health=lambda: (True, {}), metrics=lambda: b"x 1\n")
+        await ops.start()
+        held = [await asyncio.open_connection("127.0.0.1", ops.port)
+                for _ in range(ops.max_connections)]
+        try:
+            # Beyond its own cap it is refused at once; within 2 s, before the 5 s request
+            # timeout drops the idle sockets it holds.
+            await _until(lambda: ops.refused > 0, 2)
+            for path in ("/livez", "/healthz"):
+                answer = await _get(ops.port, path, source="127.0.0.2")
+                assert answer.startswith(b"HTTP/1.1 200 "), answer[:80]
+            answer = await _get(ops.port, "/livez")  # the holder's address
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"from your address" in answer
+        finally:
+            for _, w in held:
+                w.close()
+        await ops.close()
+
+    asyncio.run(main())
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 on this host")
+def test_every_interface_means_ipv4_and_ipv6_on_both_servers(page: Page) -> None:
+    """`[::]:PORT` is documented as every interface. Before: asyncio bound it IPv6-only
+    (IPV6_V6ONLY), so every IPv4 client was refused."""
+    async def ops_answers() -> list[bytes]:
+        ops = OpsServer("::", 0, health=lambda: (True, {}), metrics=lambda: b"x 1\n")
+        await ops.start()
+        try:
+            return [await _get(ops.port, "/livez", "127.0.0.1", "127.0.0.1"),
+                    await _get(ops.port, "/livez", "::1", "::1")]
+        finally:
+            await ops.close()
+
+    for answer in asyncio.run(ops_answers()):
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:80]
+
+    web = web_server.EvidenceServer(page.state, "::", 0, token=TOKEN)
+    asyncio.run_coroutine_threadsafe(web.start(), page.loop).result(10)
+    try:
+        for client, host in (("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")):
+            c = http.client.HTTPConnection(client, web.port, timeout=10)
+            try:  # the Host an IPv4 client names is its own address, not ::ffff:…
+                c.request("GET", "/login", headers={"Host": f"{host}:{web.port}"})
+                assert c.getresponse().status == 200, client
+            finally:
+                c.close()
+    finally:
+        asyncio.run_coroutine_threadsafe(web.close(), page.loop).result(10)
 
 
 def test_ops_server_drops_a_client_that_never_reads() -> None:
@@ -254,8 +325,8 @@ def test_ops_server_drops_a_client_that_never_reads() -> None:
         _, writer = await asyncio.open_connection("127.0.0.1", ops.port)
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
-        assert await _until(lambda: ops._open == 1, 5)
-        assert await _until(lambda: ops._open == 0, 3)  # it never reads a byte
+        assert await _until(lambda: ops.connections.total == 1, 5)
+        assert await _until(lambda: ops.connections.total == 0, 3)  # it never reads a byte
         writer.close()
         await ops.close()
 

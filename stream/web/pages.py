@@ -28,6 +28,12 @@ def _fmt(v: Any, digits: int = 2, unit: str = "") -> str:
     return escape(f"{v}{unit}")
 
 
+def _evidence_text(e: dict[str, Any]) -> tuple[str, str, str]:
+    """An evidence line's name, harmonic and SNR as HTML text. The stream computes them,
+    but escaping every value rendered costs nothing and needs no proof it is safe."""
+    return escape(str(e["line"])), escape(str(e["harmonic"])), escape(str(e["snr_db"]))
+
+
 def _when(t: float | None) -> str:
     if not t:
         return "–"
@@ -168,13 +174,14 @@ def spectrum_svg(sp: Spectra, envelope: bool, evidence: list[dict[str, Any]],
         for e in evidence:
             hz = float(e["freq_hz"])
             if hz <= fmax:
+                line, harmonic, snr = _evidence_text(e)
                 parts.append(
-                    f'<line class="evidence" data-line="{escape(str(e["line"]))}" '
-                    f'data-harmonic="{e["harmonic"]}" x1="{s.x(hz):.1f}" x2="{s.x(hz):.1f}" '
-                    f'y1="{PAD_T}" y2="{H - PAD_B}"><title>evidence {escape(str(e["line"]))} '
-                    f'×{e["harmonic"]} {hz:.1f} Hz {e["snr_db"]} dB</title></line>'
+                    f'<line class="evidence" data-line="{line}" '
+                    f'data-harmonic="{harmonic}" x1="{s.x(hz):.1f}" x2="{s.x(hz):.1f}" '
+                    f'y1="{PAD_T}" y2="{H - PAD_B}"><title>evidence {line} '
+                    f'×{harmonic} {hz:.1f} Hz {snr} dB</title></line>'
                     f'<text class="evidence-label" x="{s.x(hz) + 3:.1f}" y="{PAD_T + 12}">'
-                    f'{escape(str(e["line"]))}×{e["harmonic"]}</text>')
+                    f'{line}×{harmonic}</text>')
     kind = "envelope" if envelope else "spectrum"
     return (f'<svg id="{kind}" class="plot" viewBox="0 0 {W} {H}" role="img" '
             f'aria-label="{kind} of {escape(sensor)}">{"".join(parts)}</svg>')
@@ -281,9 +288,9 @@ def sensor_fragment(state: EvidenceState, sensor: str, csrf: str = "",
             f'<p class="reason">{escape(str(d.get("reason") or ""))}</p>')
     if diag in ACTIONS and diag != "normal":
         head += f'<p class="action"><b>Recommended:</b> {escape(ACTIONS[diag])}</p>'
-    ev = "".join(f'<li class="evidence-item" data-line="{escape(str(e["line"]))}">'
-                 f'{escape(str(e["line"]))} ×{e["harmonic"]} at {e["freq_hz"]} Hz, '
-                 f'{e["snr_db"]} dB over the floor</li>' for e in evidence)
+    ev = "".join(f'<li class="evidence-item" data-line="{line}">{line} ×{harmonic} at '
+                 f'{escape(str(e["freq_hz"]))} Hz, {snr} dB over the floor</li>'
+                 for e in evidence for line, harmonic, snr in [_evidence_text(e)])
     head += f'<h2>Evidence</h2><ul id="evidence">{ev or "<li>none</li>"}</ul>'
 
     sp = state.spectra(sensor) if view.sensor.kind == "acceleration" else None

@@ -76,9 +76,13 @@ def is_loopback(host: str) -> bool:
 
 def _ip(host: str) -> str | None:
     try:
-        return str(ipaddress.ip_address(host.strip("[]")))
+        ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return None
+    # A dual-stack socket ("::") sees an IPv4 client's connection on ::ffff:a.b.c.d.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def split_host(value: str) -> tuple[str, int | None] | None:
@@ -120,7 +124,9 @@ class HostPolicy:
             if host == (pu.hostname or "").lower() and (port or default) == (pu.port or
                                                                             default):
                 return True
-        if port != self.port:
+        # The page itself speaks plain HTTP (TLS is the reverse proxy's, `public_url`
+        # above): a browser leaves the default port 80 out of Host.
+        if (port or 80) != self.port:
             return False
         names = {n.lower() for n in self.allowed}
         bind_ip = _ip(self.bind_host)

@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
+from ballpass.listen import OpenConnections, start_server
 from ballpass.log import kv
 from ballpass.stream.history import decimate_minmax
 from ballpass.stream.web import pages
@@ -129,8 +130,7 @@ class EvidenceServer:
         self.max_connections_per_peer = MAX_CONNECTIONS_PER_PEER
         self.proxies = frozenset(_address(p) for p in proxies)
         self.max_history_requests = MAX_HISTORY_REQUESTS
-        self._open = 0
-        self._open_by_peer: Counter[str] = Counter()
+        self.connections = OpenConnections()
         self._history_busy = 0
         # Pages render in threads of their own: on asyncio's default pool they would
         # queue in front of the stream's batch processing (service.py's to_thread).
@@ -151,8 +151,8 @@ class EvidenceServer:
                 "refused": dict(self.refused), "sessions": len(self.sessions)}
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, self.host, self.port,
-                                                  limit=MAX_LINE)
+        self._server = await start_server(self._connection, self.host, self.port,
+                                          limit=MAX_LINE)
         self.port = int(self._server.sockets[0].getsockname()[1])
         self.hosts.port = self.port
         log.info(kv("evidence_page_listening", url=self.url))
@@ -182,14 +182,16 @@ class EvidenceServer:
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
         peer = str((writer.get_extra_info("peername") or ("?",))[0])
-        self._open += 1
-        self._open_by_peer[peer] += 1
+        with self.connections.hold(peer):
+            await self._connection_held(peer, reader, writer)
+
+    async def _connection_held(self, peer: str, reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
         try:
             # Per address too: one client alone must not hold every connection.
-            busy = ("too many connections" if self._open > self.max_connections else
-                    "too many connections from your address"
-                    if self._open_by_peer[peer] > self.max_connections_per_peer
-                    and _address(peer) not in self.proxies else None)
+            busy = self.connections.busy(
+                peer, self.max_connections,
+                None if _address(peer) in self.proxies else self.max_connections_per_peer)
             if busy is not None:
                 self._refuse("connections", 503, busy, "-", writer)
                 self._respond(writer, 503, pages.error_page(503, busy))
@@ -206,15 +208,11 @@ class EvidenceServer:
                                                             "stream's log"))
                 await writer.drain()
         finally:
-            self._open -= 1
-            self._open_by_peer[peer] -= 1
-            if not self._open_by_peer[peer]:
-                del self._open_by_peer[peer]
             with contextlib.suppress(Exception):
                 writer.close()
 
     async def _read_head(self, reader: asyncio.StreamReader
-                         ) -> tuple[str, str, dict[str, str], list[str]]:
+                         ) -> tuple[str, urllib.parse.SplitResult, dict[str, str], list[str]]:
         """Request line and headers; HttpError for anything malformed or too big/slow."""
         lines: list[str] = []
         try:
@@ -243,6 +241,10 @@ class EvidenceServer:
         parts = lines[0].split() if lines else []
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             raise HttpError(400, "bad request line", "request_line")
+        try:
+            url = urllib.parse.urlsplit(parts[1])
+        except ValueError:  # "http://[x/": an unclosed IPv6 literal, say
+            raise HttpError(400, "bad request target", "request_line") from None
         headers: dict[str, str] = {}
         dup: list[str] = []
         for h in lines[1:]:
@@ -255,13 +257,13 @@ class EvidenceServer:
                 headers[name] = headers[name] + "," + value.strip()
             else:
                 headers[name] = value.strip()
-        return parts[0], parts[1], headers, dup
+        return parts[0], url, headers, dup
 
     async def _serve_one(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
         head = True
         try:
-            method, target, headers, dup = await self._read_head(reader)
+            method, url, headers, dup = await self._read_head(reader)
             head = method == "HEAD"
             body = await self._read_body(reader, headers, dup)
         except HttpError as e:
@@ -274,7 +276,6 @@ class EvidenceServer:
             await writer.drain()
             return
         self.requests += 1
-        url = urllib.parse.urlsplit(target)
         extra: dict[str, str] = {}
         try:
             path = url.path
