@@ -7,14 +7,16 @@ well under 200 µs per window (figure `online_update_us`).
 Baseline: per operating band (shaft speed in bands `speed_band_pct` wide), running mean
 and variance of a feature vector (log levels, kurtosis, crest, defect-line SNRs,
 temperature). Learned during the learning phase (the later of `learn_hours` of operation
-and `learn_windows` windows), then frozen: a slow degradation must not become the new
-normal. A band first met after learning learns its own `band_min_windows` windows and is
-not scored meanwhile (counted as `unseen_band`).
+and `learn_windows` windows), only from windows physics finds no fault in (`learnable`),
+then frozen: a slow degradation must not become the new normal. A band first met after
+learning learns its own `band_min_windows` windows and is not scored meanwhile (counted
+as `unseen_band`).
 
 Score: the largest one-sided z-score over the features (faults raise levels, lines and
 temperature), mapped to [0, 1] through the empirical distribution of the same statistic on
 the sensor's own learning windows (each scored before it was learned), with an
-exponential tail fitted above the 90th percentile. So `score >= 0.999` is a window that
+exponential tail fitted above the 90th percentile (each statistic capped for it, so one
+outlier cannot own the tail). So `score >= 0.999` is a window that
 the sensor's healthy history exceeds with probability 1e-3: a known false-alarm rate.
 """
 
@@ -29,6 +31,7 @@ import numpy as np
 from river import drift
 
 from ballpass.config import OnlinePolicy
+from ballpass.stream.faults import NOT_A_FAULT
 from ballpass.stream.online import trend
 from ballpass.stream.online.trend import Interval, VelocityTrend
 
@@ -46,7 +49,22 @@ CHANGE_FEATURES: tuple[str, ...] = (
     "log_velocity", "bpfo_snr_db", "bpfi_snr_db", "bsf_snr_db", "ftf_snr_db", "temp_c")
 _CHANGE_IDX = tuple(FEATURES.index(f) for f in CHANGE_FEATURES)
 _CLIP_Z = 6.0  # learning updates are clipped to ±6 σ so one outlier does not skew a band
-_CAL_MAX = 4000  # calibration statistics kept per sensor
+_CAL_MAX = 4000  # calibration statistics kept per sensor (learning or ready)
+# Each calibration statistic is capped, for the tail fit, at the same 6 σ beyond which a
+# learning window is an outlier (_CLIP_Z): the exponential tail is the mean excess over
+# the 90th percentile, so one window scored far out (a spike of kurtosis 400 gives a
+# statistic over 1 000) would otherwise own the tail and lift the statistic needed for
+# score >= 0.999 from about 4 to over 1 000. Capped, it moves the mean excess by at most
+# (6 − q90) / (the tail's count). Not when the 90th percentile itself is at or above the
+# cap: that is a heavy-tailed sensor, not one outlier, and capping would pile its tail
+# onto the cap and leave it no width (`_calibrate`).
+_CAL_STAT_MAX = _CLIP_Z
+# Windows in a row whose time is before the model's clock after which their time becomes
+# the clock: one window stamped ahead (an RTC or NTP glitch) must not hold the clock, and
+# every later window out of the trend, until real time catches up with it. Ten in a row
+# agreeing on an earlier time outvote one stamp; a gateway replaying a few windows out of
+# order stays a `clock_backwards` count.
+_CLOCK_REANCHOR_WINDOWS = 10
 _DAY_S = 86400.0
 # Buckets (hours by default) the zone trend keeps since the change: a week.
 _ZONE_TREND_POINTS = 168
@@ -103,11 +121,12 @@ class _Band:
 
     def learn(self, x: np.ndarray) -> None:
         ok = np.isfinite(x)
-        if self.n.max() > 20:
-            # Robustness: a learning window far outside the band moves it only as far
-            # as ±_CLIP_Z σ would.
-            s = self.std()
-            x = np.clip(x, self.mean - _CLIP_Z * s, self.mean + _CLIP_Z * s)
+        # Robustness: a learning window far outside the band moves it only as far as
+        # ±_CLIP_Z σ would; per feature, once that feature has a std to clip by (a
+        # temperature first seen late has n = 0 and mean 0 while the levels have many).
+        s = self.std()
+        x = np.where(self.n > 20, np.clip(x, self.mean - _CLIP_Z * s, self.mean + _CLIP_Z * s),
+                     x)
         n = self.n + ok
         delta = np.where(ok, x - self.mean, 0.0)
         mean = self.mean + np.where(ok, delta / np.maximum(n, 1), 0.0)
@@ -132,10 +151,14 @@ class _Trend:
     def add(self, t_s: float, y: float) -> None:
         b = int(t_s // self.bucket_s)
         if self.bucket is not None and b != self.bucket and self.values:
-            self.t.append((self.bucket + 0.5) * self.bucket_s)
-            self.y.append(float(np.median(self.values)))
+            mid_s = (self.bucket + 0.5) * self.bucket_s
+            # Times strictly rise: after a clock re-anchor a bucket already closed is not
+            # added again.
+            if not self.t or mid_s > self.t[-1]:
+                self.t.append(mid_s)
+                self.y.append(float(np.median(self.values)))
+                self.fit = None
             self.values = []
-            self.fit = None
         self.bucket = b
         if math.isfinite(y):
             self.values.append(y)
@@ -154,10 +177,22 @@ class _Trend:
             self.fit = (float(lo), float(mid), float(hi), level)
         return self.fit
 
+    def drop_open(self) -> None:
+        """Forget the open bucket (its windows were stamped ahead of the clock)."""
+        self.bucket, self.values = None, []
+
     def clear(self) -> None:
         self.bucket, self.values, self.fit = None, [], None
         self.t.clear()
         self.y.clear()
+
+
+def learnable(physics: str) -> bool:
+    """Whether a window with this physics diagnosis may be learned as normal (baseline and
+    calibration): `normal`, or `insufficient_data` (too short for the lines, its levels
+    are still the machine's). A window physics names a fault or a `sensor_fault` is not
+    the machine's normal."""
+    return physics in NOT_A_FAULT
 
 
 def project(fit: tuple[float, float, float, float] | None, boundary: float) -> Interval | None:
@@ -210,6 +245,7 @@ class SensorModel:
         self.vel_zone = self._zone_trend()
         self.line_trend = _Trend(self.policy.trend_bucket_s, self.policy.trend_points)
         self.last_t_ns: int | None = None
+        self.backwards_run = 0  # windows in a row before the clock (_CLOCK_REANCHOR_WINDOWS)
         self.last_seq: int | None = None
         self.recent: deque[tuple[int, np.ndarray]] = deque(maxlen=self.policy.anomaly_n)
         self._d = d
@@ -226,6 +262,13 @@ class SensorModel:
             self.vel_zone = self._zone_trend()
         if "command_ids" not in state:
             self.command_ids = deque(maxlen=COMMAND_IDS_KEPT)
+        if "backwards_run" not in state:
+            self.backwards_run = 0
+        # A state saved before the calibration cap: kept to _CAL_MAX and its tail fitted
+        # again with the cap, so an outlier calibrated then no longer owns the tail.
+        del self.cal[:-_CAL_MAX]
+        if self.ready:
+            self._calibrate()
 
     # --- features --------------------------------------------------------------------
 
@@ -258,13 +301,23 @@ class SensorModel:
 
     # --- calibration -----------------------------------------------------------------
 
+    def _add_cal(self, stat: float) -> None:
+        """One calibration statistic (a healthy window's, out of sample); the last
+        _CAL_MAX kept, while learning as when ready."""
+        self.cal.append(stat)
+        if len(self.cal) > _CAL_MAX:
+            del self.cal[:-_CAL_MAX]
+
     def _calibrate(self) -> None:
         c = np.sort(np.asarray(self.cal, dtype=float))
-        self.cal_sorted = c
         if c.size < 20:
+            self.cal_sorted = c
             self.tail = (math.inf, 1.0)
             return
         q90 = float(c[int(0.9 * (c.size - 1))])
+        if q90 < _CAL_STAT_MAX:
+            c = np.minimum(c, _CAL_STAT_MAX)  # one outlier must not own the tail
+        self.cal_sorted = c
         excess = c[c > q90] - q90
         self.tail = (q90, max(float(excess.mean()) if excess.size else 0.0, 0.05))
 
@@ -297,11 +350,23 @@ class SensorModel:
         self.last_seq = obs.seq
         if self.last_t_ns is not None and obs.t_ns < self.last_t_ns:
             self.counters["clock_backwards"] += 1
-            clock_ok = False
-            events.append({"event": "clock_backwards",
-                           "detail": f"{(self.last_t_ns - obs.t_ns) / 1e9:.3f}s"})
+            self.backwards_run += 1
+            behind_s = (self.last_t_ns - obs.t_ns) / 1e9
+            if self.backwards_run >= _CLOCK_REANCHOR_WINDOWS:
+                # The earlier time is the clock: the stamp ahead was the outlier.
+                self._reanchor_clock(obs.t_ns)
+                events.append({"event": "clock_reanchored",
+                               "detail": f"{_CLOCK_REANCHOR_WINDOWS} windows in a row "
+                                         f"{behind_s:.3f}s before the clock"})
+            else:
+                clock_ok = False
+                if self.backwards_run == 1:
+                    # One event per run (the counter has every window): a clock held
+                    # ahead must not write an event and a log line per window.
+                    events.append({"event": "clock_backwards", "detail": f"{behind_s:.3f}s"})
         else:
             self.last_t_ns = obs.t_ns
+            self.backwards_run = 0
         if self.first_t_ns is None:
             self.first_t_ns = obs.t_ns
 
@@ -330,18 +395,20 @@ class SensorModel:
         result = OnlineResult(state, None, False, events=events)
         band = self.bands.get(band_id)
         if not self.ready:
-            if (math.isfinite(stat) and scorer is not None
-                    and scorer.count() >= 2 * p.band_min_windows):
-                # Out-of-sample statistic of a healthy window: calibration material.
-                self.cal.append(stat)
-            if band is None:
-                band = self.bands[band_id] = _Band(self._d)
-            band.learn(x)
-            self.learned += 1
+            # Only a window physics finds no fault in is the machine's normal: a sensor
+            # fault's spike or a named fault would widen the band and own the tail.
+            if learnable(obs.physics):
+                if (math.isfinite(stat) and scorer is not None
+                        and scorer.count() >= 2 * p.band_min_windows):
+                    # Out-of-sample statistic of a healthy window: calibration material.
+                    self._add_cal(stat)
+                if band is None:
+                    band = self.bands[band_id] = _Band(self._d)
+                band.learn(x)
+                self.learned += 1
             hours = (obs.t_ns - self.first_t_ns) / 3.6e12
             if self.learned >= p.learn_windows and hours >= p.learn_hours and len(self.cal) >= 20:
                 self.ready = True
-                self.cal = self.cal[-_CAL_MAX:]
                 self._calibrate()
                 events.append({"event": "baseline_ready",
                                "detail": f"windows={self.learned} bands={len(self.bands)}"})
@@ -352,7 +419,7 @@ class SensorModel:
                     self.counters["unseen_band"] += 1
                     events.append({"event": "unseen_band",
                                    "detail": f"shaft_hz={obs.shaft_hz:.3f}"})
-                if obs.physics == "normal" and scorer is None:
+                if learnable(obs.physics) and scorer is None:
                     band.learn(x)
             if scorer is not None:
                 result.score = self.score_of(stat)
@@ -376,14 +443,16 @@ class SensorModel:
 
         # Trends (wall time of the window; a clock that went back is not a trend).
         t_s = obs.t_ns / 1e9
+        # The zone trend starts at the first upward change of log velocity, whatever the
+        # clock did: a change seen while the clock is held must not be lost (its own
+        # time is the best one there is).
+        for e in events:
+            if e.get("event") == "change" and e.get("feature") == "log_velocity":
+                self.vel_zone.mark_change(t_s, rising=e["value"] > 0)
         if clock_ok:
             vel = obs.features.get("velocity_rms_mm_s", math.nan)
             self.vel_trend.add(t_s, vel)
             self.line_trend.add(t_s, obs.line_amp_g)
-            # The zone trend starts at the first upward change of log velocity.
-            for e in events:
-                if e.get("event") == "change" and e.get("feature") == "log_velocity":
-                    self.vel_zone.mark_change(t_s, rising=e["value"] > 0)
             base = math.exp(scorer.mean[1]) if scorer is not None else math.nan
             self.vel_zone.add(t_s, vel, base)
         fit = self.vel_trend.slope(p.trend_min_points)
@@ -400,6 +469,17 @@ class SensorModel:
             result.line_trend_g_per_day = lfit[1] * _DAY_S
         return result
 
+    def _reanchor_clock(self, t_ns: int) -> None:
+        """Take `t_ns` (ns) as the clock: the windows in the trends' open buckets were
+        stamped ahead of it and are dropped, and the learning clock starts no later."""
+        self.last_t_ns = t_ns
+        self.backwards_run = 0
+        if self.first_t_ns is not None and t_ns < self.first_t_ns:
+            self.first_t_ns = t_ns
+        self.vel_trend.drop_open()
+        self.line_trend.drop_open()
+        self.vel_zone.drop_open()
+
     # --- operator actions ------------------------------------------------------------
 
     def rebaseline(self) -> None:
@@ -413,11 +493,10 @@ class SensorModel:
             scorer = self._scoring_band(band_id)
             if scorer is not None and self.ready:
                 z = scorer.z(x)
-                self.cal.append(float(np.where(np.isfinite(z), z, 0.0).max()))
+                self._add_cal(float(np.where(np.isfinite(z), z, 0.0).max()))
             self.bands.setdefault(band_id, _Band(self._d)).learn(x)
             n += 1
         if self.ready:
-            self.cal = self.cal[-_CAL_MAX:]
             self._calibrate()
         self.high.clear()
         self.counters["false_alarms_learned"] += 1

@@ -70,6 +70,13 @@ DEFAULT_CALIBRATION = Path(__file__).with_name("trend_calibration.json")
 CALIBRATION_FORMAT = "ballpass-trend-calibration"
 CALIBRATION_VERSION = 1
 ZONES = ("C", "D")
+STALE_GAP_BUCKETS = 2
+"""Empty buckets (no window: the machine stopped, the sensor or its link was down) after
+which the fit is stale. The model grows the fault's part with running time, and wall time
+is all there is: across a stop it would count the projection down (to 0, zone D "now")
+while the machine stood still. So past this gap the projection is null and the history
+since the change starts again at the next bucket; one missed window (a bucket empty at an
+hourly cadence) is not a stop."""
 
 
 @dataclass
@@ -259,6 +266,12 @@ class Fit:
     t_s: float
     level_lo: float = math.nan  # E now on the line of slope `lo` through the data
     level_hi: float = math.nan  # and of slope `hi`
+    bucket_s: float = math.inf  # the trend's bucket (s); inf: never stale (a bare fit)
+
+    def stale(self, now_s: float) -> bool:
+        """More than STALE_GAP_BUCKETS empty buckets between the fit's last bucket and
+        `now_s` (s)."""
+        return now_s - self.t_s > (STALE_GAP_BUCKETS + 1) * self.bucket_s
 
 
 class VelocityTrend:
@@ -290,7 +303,14 @@ class VelocityTrend:
     def _close(self) -> None:
         assert self.bucket is not None
         mid_s = (self.bucket + 0.5) * self.bucket_s
-        if self.change_s is not None and mid_s >= self.change_s:
+        if self.t and mid_s <= self.t[-1]:
+            pass  # a bucket already closed (before a clock re-anchor): times strictly rise
+        elif self.change_s is not None and mid_s >= self.change_s:
+            if self.t and mid_s - self.t[-1] > (STALE_GAP_BUCKETS + 1) * self.bucket_s:
+                # After a stop: the growth before it is not a rate in running time.
+                self.t.clear()
+                self.v.clear()
+                self.b.clear()
             self.t.append(mid_s)
             self.v.append(float(np.median(self.vel)))
             self.b.append(float(np.median(self.base)))
@@ -332,7 +352,11 @@ class VelocityTrend:
         # lower at the last bucket, a faster one higher (a confidence band's shape).
         return Fit(lo, mid, hi, math.exp(icpt), base, float(self.t[-1]),
                    math.exp(float(np.median(y - lo * t))),
-                   math.exp(float(np.median(y - hi * t))))
+                   math.exp(float(np.median(y - hi * t))), self.bucket_s)
+
+    def drop_open(self) -> None:
+        """Forget the open bucket (its windows were stamped ahead of the clock)."""
+        self.bucket, self.vel, self.base = None, [], []
 
     def clear(self) -> None:
         self.bucket, self.vel, self.base = None, [], []
@@ -356,13 +380,14 @@ def project(fit: Fit | None, boundary: float, now_s: float | None = None,
             error: ModelError = IDENTITY) -> Interval | None:
     """Days from `now_s` (default: the fit's last bucket) until the velocity reaches
     `boundary` (mm/s); 0 when it is there already; None without a fit or without a
-    significant rise.
+    significant rise, or when the fit is stale (`Fit.stale`: no window for more than
+    STALE_GAP_BUCKETS buckets).
 
     The raw projection follows the fit; `error` (the zone's model-error table, see the
     module docstring) corrects it: days = raw × p50(x), the interval at least
     raw × [p05(x), p95(x)] and at least the slope's own confidence interval. The default,
     `IDENTITY`, gives the raw projection and the slope's interval."""
-    if fit is None:
+    if fit is None or (now_s is not None and fit.stale(now_s)):
         return None
     ahead = 0.0 if now_s is None else (now_s - fit.t_s) / DAY_S
     x = extrapolation(fit, boundary)
