@@ -7,7 +7,10 @@ not drift with read or encode time. A slot missed because a read ran long is ski
 A driver fault (`SensorFault` or any other exception from open/read, or samples that are
 not finite) marks the sensor ``fault`` with a reason on the status topic, logs
 ``event=sensor_fault``, closes the driver and re-opens it with capped exponential
-backoff; the other sensors' threads are not affected.
+backoff; the other sensors' threads are not affected. A source that has ended for good
+(`SourceFinished`: a non-looping recording at its end) is reported once (``fault`` with
+the reason ``finished: ...``, ``event=sensor_finished``) and not re-opened until the
+sensor is reconfigured: a re-open would start it over.
 
 A window that cannot be stored (the outbox's disk is full, or another SQLite error) is
 NOT a sensor fault: it is counted as dropped (`Outbox.note_lost`), logged as
@@ -32,7 +35,7 @@ import numpy as np
 
 from ballpass import backoff, topics, wire
 from ballpass.config import AssetConfig, SensorConfig
-from ballpass.gateway.drivers import Driver, SensorFault
+from ballpass.gateway.drivers import Driver, SensorFault, SourceFinished
 from ballpass.gateway.drivers import load as load_driver
 from ballpass.gateway.outbox import DiskFull, Outbox
 from ballpass.gateway.status import Status
@@ -74,6 +77,7 @@ class SensorCapture:
         self.captured = 0
         self.faults = 0
         self.enabled = True
+        self.finished = False  # the source ended for good (SourceFinished)
         self._driver: Driver | None = None
         self._thread: threading.Thread | None = None
         self._pending: tuple[SensorConfig, bool] | None = None
@@ -107,6 +111,7 @@ class SensorCapture:
                    if getattr(sensor, f.name) != getattr(self.sensor, f.name)}
         self._close()
         self.sensor, self.enabled = sensor, enabled
+        self.finished = False  # new settings: start the source again
         if enabled:
             self.status.sensor_ok(sensor.id)
         else:
@@ -150,8 +155,8 @@ class SensorCapture:
             if self._apply_pending():
                 interval = self.sensor.interval_s
                 consecutive_faults = 0
-            if not self.enabled:
-                self._sleep(3600.0)
+            if not self.enabled or self.finished:
+                self._sleep(3600.0)  # until stopped or reconfigured
                 continue
             if self._driver is None:
                 try:
@@ -169,6 +174,9 @@ class SensorCapture:
                 continue
             try:
                 self._capture_one()
+            except SourceFinished as e:
+                self._finish(e)
+                continue
             except Exception as e:
                 consecutive_faults += 1
                 self._fault(e, consecutive_faults)
@@ -238,6 +246,15 @@ class SensorCapture:
         if self.status.sensors().get(self.sensor.id, {}).get("state") != "ok":
             log.info(kv("sensor_recovered", sensor=self.sensor.id, seq=seq))
         self.status.sensor_ok(self.sensor.id)
+
+    def _finish(self, error: SourceFinished) -> None:
+        """The source has no more data: report it once, close, capture no more."""
+        self.finished = True
+        reason = f"finished: {error}"
+        self.status.sensor_fault(self.sensor.id, reason)
+        log.info(kv("sensor_finished", sensor=self.sensor.id, reason=str(error),
+                    captured=self.captured))
+        self._close()
 
     def _fault(self, error: Exception, consecutive: int) -> None:
         self.faults += 1

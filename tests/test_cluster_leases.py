@@ -71,12 +71,13 @@ def plant(tmp_path: Path) -> Iterator[tuple[NatsCluster, Config]]:
 
 def _worker(config: Config, worker_id: str,
             submit_alert: Callable[[dict[str, Any]], None] = lambda _a: None,
-            **stream: Any) -> NatsSource:
+            pipeline: Any = None, **stream: Any) -> NatsSource:
+    """A worker with stub pipeline and de-dup (`pipeline`: another stub)."""
     c = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster,
                                                                 worker_id=worker_id),
                             stream=dataclasses.replace(config.stream, **stream))
     source = NatsSource(c)
-    source.bind(_Pipeline(), _Dedup(), submit_alert, lambda _t, _p: None)  # type: ignore[arg-type]
+    source.bind(pipeline or _Pipeline(), _Dedup(), submit_alert, lambda _t, _p: None)  # type: ignore[arg-type]
     return source
 
 
@@ -111,12 +112,15 @@ async def _take_lease(kv: Any, p: int, owner: bytes = b"B") -> None:
 
 
 @contextlib.asynccontextmanager
-async def _batch_held(cluster: NatsCluster,
-                      config: Config) -> AsyncIterator[tuple[NatsSource, Any, asyncio.Event]]:
-    """Worker A holding every partition, with a batch of partition 5 held in its handler.
-    Yields A, a JetStream context and the event that lets the batch end."""
-    a = _worker(config, "A")
-    blocker, seen = asyncio.Event(), []
+async def _batch_held(cluster: NatsCluster, config: Config, pipeline: Any = None,
+                      seen: list[str] | None = None,
+                      ) -> AsyncIterator[tuple[NatsSource, Any, asyncio.Event]]:
+    """Worker A holding every partition, with a batch of partition 5 held in its handler
+    (`seen`: the topics it handled). Yields A, a JetStream context and the event that lets
+    the batch end."""
+    a = _worker(config, "A", pipeline=pipeline)
+    blocker = asyncio.Event()
+    seen = [] if seen is None else seen
     stop = asyncio.Event()
     task = asyncio.create_task(a.run(stop, _blocking_handler(a, blocker, seen)))
     nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])

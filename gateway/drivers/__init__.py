@@ -10,10 +10,16 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from ballpass.config import AssetConfig, SensorConfig, did_you_mean
-from ballpass.gateway.drivers.base import Capture, Driver, DriverFactory, SensorFault
+from ballpass.gateway.drivers.base import (
+    Capture,
+    Driver,
+    DriverFactory,
+    SensorFault,
+    SourceFinished,
+)
 
-__all__ = ["Capture", "Driver", "DriverFactory", "SensorFault", "available", "load",
-           "validate"]
+__all__ = ["Capture", "Driver", "DriverFactory", "SensorFault", "SourceFinished", "available",
+           "load", "validate"]
 
 GROUP = "ballpass.drivers"
 

@@ -27,6 +27,37 @@ class SensorFault(Exception):
     """A device problem the gateway reports and retries (reason in the message)."""
 
 
+class SourceFinished(SensorFault):
+    """The source has no more data and never will (a non-looping recording at its end).
+
+    The gateway reports it once and stops capturing from this sensor instead of
+    re-opening it: a re-open would start the source over and publish it again.
+    """
+
+
+PACING_TOLERANCE = 0.02
+"""Fraction of a window's span by which a paced read's last sample may start late."""
+PACING_FLOOR_S = 0.005
+"""Lateness (s) always allowed: one scheduler hiccup at the end of a short window."""
+
+
+def check_pacing(what: str, n: int, fs_hz: float, late_s: float, elapsed_s: float) -> None:
+    """SensorFault when a clock-paced read of `n` samples at `fs_hz` (Hz) slipped.
+
+    `late_s`: how far (s) the last sample was read after its nominal time;
+    `elapsed_s`: the whole read (s). A device slower than the sample period makes the
+    samples drift off their nominal times while the window still says `fs_hz`, so every
+    spectral line would be off by the ratio: refuse the window and name the rate the
+    device can do.
+    """
+    allowed = max(PACING_TOLERANCE * (n - 1) / fs_hz, PACING_FLOOR_S)
+    if late_s > allowed:
+        achievable = n / elapsed_s if elapsed_s > 0 else math.inf
+        raise SensorFault(f"{what}: cannot keep up with fs_hz {fs_hz:g} Hz: {n} samples "
+                          f"took {elapsed_s:.3f} s instead of {n / fs_hz:.3f} s (last one "
+                          f"{late_s:.3f} s late); it can do about {achievable:.3g} Hz")
+
+
 @dataclass(frozen=True)
 class Capture:
     """One burst read from a device.

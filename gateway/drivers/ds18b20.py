@@ -15,8 +15,11 @@ power-on reset value (85 °C with the reset scratchpad: no conversion ran) raise
 `SensorFault` (reported on the status topic, retried).
 
 Each read of `w1_slave` starts a conversion that takes up to 750 ms at 12 bits, so a
-window of `window_samples` readings takes at least that many conversions: use a low
-`fs_hz` (e.g. 1 Hz) and a small window. Readings are paced at `fs_hz` by the clock.
+window of `window_samples` readings takes at least that many conversions: `fs_hz` above
+1 / 0.75 s (`MAX_FS_HZ`) is a config error; use a low `fs_hz` (e.g. 1 Hz) and a small
+window. Readings are paced at `fs_hz` by the clock; a window whose readings fell behind
+their nominal times (a slow bus, retries) is a `SensorFault` naming the rate the bus can
+do, never a window labelled with a rate it was not sampled at.
 
 Sample config block (one ``[[gateway.sensor]]``): `SAMPLE_CONFIG`.
 """
@@ -36,6 +39,7 @@ from ballpass.gateway.drivers.base import (
     DeclaredOptions,
     SensorFault,
     check_options,
+    check_pacing,
     option,
     root_path,
 )
@@ -43,6 +47,10 @@ from ballpass.gateway.drivers.base import (
 OPTIONS = ("device", "root")
 MIN_C, MAX_C = -55.0, 125.0
 """The DS18B20's measuring range, °C."""
+CONVERSION_S = 0.75
+"""Longest 12-bit temperature conversion, s (datasheet t_CONV)."""
+MAX_FS_HZ = 1.0 / CONVERSION_S
+"""Highest `fs_hz` one device can be read at, Hz."""
 
 SAMPLE_CONFIG = """
 [site]
@@ -138,6 +146,9 @@ class Ds18b20Driver(DeclaredOptions):
         if sensor.kind != "temperature":
             raise ValueError(f"kind: the ds18b20 driver measures temperature, "
                              f"got {sensor.kind!r}")
+        if sensor.fs_hz > MAX_FS_HZ * 1.0001:
+            raise ValueError(f"fs_hz: a DS18B20 conversion takes up to {CONVERSION_S:g} s, so "
+                             f"at most {MAX_FS_HZ:.3g} Hz; got {sensor.fs_hz:g}")
         self.sensor = sensor
         self.device = option(options, "device", str, None)
         self.w1_root = root_path(options, "/sys/bus/w1/devices")
@@ -165,16 +176,20 @@ class Ds18b20Driver(DeclaredOptions):
         period = 1.0 / self.sensor.fs_hz
         t0 = time.time_ns()
         start = time.monotonic()
+        late = 0.0
         for i in range(n_samples):
             delay = start + i * period - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            late = -delay  # the last sample's lateness is what the window's span shows
             try:
                 with open(self.path, encoding="ascii", errors="replace") as f:
                     text = f.read()
             except OSError as e:
                 raise SensorFault(f"cannot read {self.path}: {e.strerror or e}") from None
             out[0, i] = parse_w1_slave(text, self.path)
+        check_pacing(self.path, n_samples, self.sensor.fs_hz, max(late, 0.0),
+                     time.monotonic() - start)
         return Capture(samples=out, t0_ns=t0)
 
     def close(self) -> None:

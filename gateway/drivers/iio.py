@@ -1,7 +1,12 @@
 """Linux IIO accelerometers (ADXL345, ADXL355, IIS3DWB, ... with their kernel drivers).
 
 Registered as the `iio` entry point of `ballpass.drivers`. The device is found under
-``/sys/bus/iio/devices/iio:deviceN/`` by its `name` file (or by ``iio:deviceN``). Two modes:
+``/sys/bus/iio/devices/iio:deviceN/`` by its `name` file (or by ``iio:deviceN``, which the
+kernel numbers in probe order: not stable across boots). When several devices share the
+name (two ADXL355 on one machine: drive end and non-drive end), `options.label` (the
+kernel's ``label`` attribute, from the device tree's ``label`` property) and/or
+`options.bus_id` (the bus device in the real sysfs path: ``spi0.1``, ``1-001d``) pick one;
+more than one match is a `SensorFault` naming them, never a silent first pick. Two modes:
 
 - ``buffered`` (default): the kernel's triggered buffer. `open()` enables the chosen
   axes' scan elements (``scan_elements/in_accel_{x,y,z}_en``, their ``_index`` and
@@ -9,14 +14,22 @@ Registered as the `iio` entry point of `ballpass.drivers`. The device is found u
   ``buffer/length`` and reads ``/dev/iio:deviceN``. For continuous capture
   (``interval_s`` equal to the window length) the buffer stays enabled between reads, so
   windows join without gaps; otherwise it is enabled for each read and disabled after, so
-  a window never holds stale samples.
+  a window never holds stale samples. The device is read without blocking: a device that
+  stops delivering (dead trigger, stuck data-ready interrupt) is a `SensorFault` after
+  ``2 × n / fs_hz + READ_GRACE_S`` seconds, not a capture thread hung for ever.
+  Continuous windows' `t0` are chained (previous `t0` + n / fs_hz) and re-anchored to the
+  clock only when the chain is off by more than `T0_TOLERANCE_S` (see `_chain_t0`).
 - ``sysfs``: polls ``in_accel_{x,y,z}_raw`` at `fs_hz` (paced by the clock). Only for
-  slow rates (a few hundred Hz) or boards without a buffer.
+  slow rates (a few hundred Hz) or boards without a buffer. A window whose reads could
+  not keep up with `fs_hz` is a `SensorFault` naming the rate achieved
+  (`base.check_pacing`), not a window labelled with a rate it was not sampled at.
 
 Counts become g with ``in_accel_scale`` (or ``in_accel_{x}_scale``), which IIO gives in
 m/s² per count: ``g = (raw + offset) × scale / 9.80665``. At `open()` the device's
 ``sampling_frequency`` must equal the sensor's `fs_hz` (within 0.5 %); if not, the driver
-writes `fs_hz` to it and reads it back. A device that is missing, unreadable or
+writes `fs_hz` to it and reads it back. The buffer is disabled first: one left enabled
+(a gateway killed mid-capture) makes drivers that claim direct mode (st_lsm6dsx for the
+IIS3DWB, ...) refuse the write with EBUSY. A device that is missing, unreadable or
 disappears raises `SensorFault`; the gateway reports it and retries.
 
 Sample config block (one ``[[gateway.sensor]]``): `SAMPLE_CONFIG`.
@@ -26,9 +39,11 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import math
 import os
 import re
+import select
 import time
 from typing import Any
 
@@ -40,14 +55,24 @@ from ballpass.gateway.drivers.base import (
     DeclaredOptions,
     SensorFault,
     check_options,
+    check_pacing,
     option,
     root_path,
 )
+from ballpass.log import kv
+
+log = logging.getLogger(__name__)
 
 STANDARD_GRAVITY = 9.80665
 """m/s² per g: IIO reports acceleration in m/s²."""
 
-OPTIONS = ("device", "mode", "axes", "root", "buffer_length", "set_frequency")
+OPTIONS = ("device", "label", "bus_id", "mode", "axes", "root", "buffer_length",
+           "set_frequency")
+READ_GRACE_S = 1.0
+"""Seconds a buffered read may wait beyond twice the window's duration before it is a
+`SensorFault` ("no data"): room for a slow trigger start, not for a dead one."""
+T0_TOLERANCE_S = 0.05
+"""How far (s) chained continuous `t0`s may be from the clock before they are re-anchored."""
 _AXES = ("x", "y", "z")
 _TYPE_RE = re.compile(r"^(le|be):([su])(\d+)/(\d+)(?:X(\d+))?>>(\d+)$")
 
@@ -69,11 +94,22 @@ fs_hz = 3200            # must match (or be settable in) the device's sampling_f
 window_samples = 8192
 interval_s = 10
 [gateway.sensor.options]
-device = "adxl355"      # the IIO `name` file, or "iio:device0"
+device = "adxl355"      # the IIO `name` file, or "iio:device0" (probe order: not stable)
 mode = "buffered"       # "buffered" (/dev/iio:deviceN) or "sysfs" (polled *_raw, slow rates)
 axes = ["x", "y", "z"]  # 1 to 3 of x, y, z; one channel each, in this order
 buffer_length = 16384   # kernel buffer, samples (default: 2 × window_samples)
 set_frequency = true    # write fs_hz to sampling_frequency when it differs
+[[gateway.sensor]]
+id = "agitator3-nde"    # a second ADXL355 on the same gateway: pick it by label or bus
+driver = "iio"
+asset = "agitator3"
+fs_hz = 3200
+window_samples = 8192
+interval_s = 10
+[gateway.sensor.options]
+device = "adxl355"
+label = "non-drive-end" # the kernel's `label` attribute (device tree: label = "...")
+bus_id = "spi0.1"       # and/or the bus device in its real sysfs path (spi0.1, 1-001d)
 """
 
 
@@ -143,6 +179,30 @@ def _write_text(path: str, value: str) -> None:
         raise SensorFault(f"cannot write {path}: {e.strerror or e}") from None
 
 
+def _read_optional(path: str) -> str | None:
+    """A sysfs attribute's text, or None when it is missing or unreadable."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _bus_path(path: str) -> list[str]:
+    """The components of a device dir's real sysfs path (the /sys/bus link resolved):
+    ``['sys', 'devices', 'platform', ..., 'spi0.1', 'iio:device0']``."""
+    return os.path.realpath(path).split(os.sep)
+
+
+def _describe(path: str) -> str:
+    """``iio:device1 (label 'drive-end', bus spi0.1)`` for a fault message."""
+    label = _read_optional(os.path.join(path, "label"))
+    parts = _bus_path(path)
+    bus = parts[-2] if len(parts) >= 2 else "?"
+    named = f"label {label!r}" if label else "no label"
+    return f"{os.path.basename(path)} ({named}, bus {bus})"
+
+
 def _float(path: str) -> float:
     text = _read_text(path)
     try:
@@ -164,6 +224,12 @@ class IioDriver(DeclaredOptions):
         if not self.device:
             raise ValueError("options.device: required (the IIO name, e.g. 'adxl355', "
                              "or 'iio:device0')")
+        self.label = option(options, "label", str, None)
+        self.bus_id = option(options, "bus_id", str, None)
+        for key, value in (("label", self.label), ("bus_id", self.bus_id)):
+            if value is not None and (not value.strip() or "/" in value or "\0" in value):
+                raise ValueError(f"options.{key}: must be a non-empty name without '/', "
+                                 f"got {value!r}")
         self.mode = option(options, "mode", str, "buffered")
         if self.mode not in ("buffered", "sysfs"):
             raise ValueError(f"options.mode: must be 'buffered' or 'sysfs', got {self.mode!r}")
@@ -191,11 +257,17 @@ class IioDriver(DeclaredOptions):
         self._offsets: np.ndarray = np.zeros(len(axes))
         self._channels: list[dict[str, Any]] = []
         self._record = 0
+        self._next_t0: int | None = None  # chained t0 of the next continuous window, ns
 
     # --- Driver --------------------------------------------------------------------------
 
     def open(self) -> None:
         self.path = self._find()
+        self._next_t0 = None  # re-anchor to the clock after every (re-)open
+        # Before anything else: a buffer left enabled (a gateway killed mid-capture) makes
+        # drivers that claim direct mode refuse sampling_frequency (and *_raw) with EBUSY,
+        # which would fault every re-open for ever. Scan elements need it off too.
+        self._set_enable(False)
         self._check_frequency()
         self._scales, self._offsets = self._calibration()
         if self.mode == "buffered":
@@ -215,6 +287,7 @@ class IioDriver(DeclaredOptions):
 
     def close(self) -> None:
         fd, self._fd = self._fd, None
+        self._next_t0 = None
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -229,19 +302,33 @@ class IioDriver(DeclaredOptions):
         assert isinstance(self.device, str)
         if re.fullmatch(r"iio:device\d+", self.device):
             path = os.path.join(self.sys_root, self.device)
-            if os.path.isdir(path):
-                return path
+            named = [path] if os.path.isdir(path) else []
         else:
-            for path in sorted(glob.glob(os.path.join(glob.escape(self.sys_root),
-                                                      "iio:device*"))):
-                try:
-                    with open(os.path.join(path, "name"), encoding="ascii") as f:
-                        if f.read().strip() == self.device:
-                            return path
-                except OSError:
-                    continue
-        raise SensorFault(f"no IIO device {self.device!r} under {self.sys_root} "
-                          "(not connected, or its kernel driver not loaded?)")
+            named = [p for p in sorted(glob.glob(os.path.join(glob.escape(self.sys_root),
+                                                             "iio:device*")))
+                     if _read_optional(os.path.join(p, "name")) == self.device]
+        if not named:
+            raise SensorFault(f"no IIO device {self.device!r} under {self.sys_root} "
+                              "(not connected, or its kernel driver not loaded?)")
+        found = named
+        if self.label is not None:
+            found = [p for p in found
+                     if _read_optional(os.path.join(p, "label")) == self.label]
+        if self.bus_id is not None:
+            found = [p for p in found if self.bus_id in _bus_path(p)]
+        if len(found) == 1:
+            return found[0]
+        listed = "; ".join(_describe(p) for p in named)
+        if not found:
+            wanted = ", ".join(f"{k} {v!r}" for k, v in (("label", self.label),
+                                                         ("bus_id", self.bus_id)) if v)
+            raise SensorFault(f"no IIO device {self.device!r} with {wanted} under "
+                              f"{self.sys_root}; found: {listed}")
+        # Two sensors of one model (drive end, non-drive end) must not both bind to the
+        # first: the second would publish the first one's data under its own id.
+        raise SensorFault(f"{len(found)} IIO devices match {self.device!r}: {listed}; set "
+                          "options.label (the kernel's label attribute) and/or "
+                          "options.bus_id (e.g. 'spi0.1') to pick one")
 
     def _attr(self, name: str) -> str:
         assert self.path is not None
@@ -284,7 +371,7 @@ class IioDriver(DeclaredOptions):
         if not os.path.isdir(scan):
             raise SensorFault(f"{self.device}: no scan_elements (no buffer support); "
                               "use mode = \"sysfs\"")
-        self._set_enable(False)  # scan elements can only change while the buffer is off
+        # open() has turned the buffer off: scan elements can only change while it is off.
         for entry in sorted(os.listdir(scan)):
             if entry.endswith("_en"):
                 wanted = any(entry == f"in_accel_{a}_en" for a in self.axes)
@@ -307,7 +394,9 @@ class IioDriver(DeclaredOptions):
         _write_text(self._attr("buffer/length"), str(self.buffer_length))
         dev = os.path.join(self.dev_root, os.path.basename(self.path or ""))
         try:
-            self._fd = os.open(dev, os.O_RDONLY)
+            # Non-blocking: a blocking read of a device that stopped delivering would hang
+            # the capture thread (and stop/reconfigure) for ever; poll() bounds the wait.
+            self._fd = os.open(dev, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
             raise SensorFault(f"cannot open {dev}: {e.strerror or e} (is the gateway user "
                               "in the iio group? see deploy/99-ballpass-iio.rules)") from None
@@ -327,25 +416,77 @@ class IioDriver(DeclaredOptions):
             raise SensorFault(f"IIO device {self.device!r} buffer is not open")
         if not self._enabled:
             self._set_enable(True)
+        fs = self.sensor.fs_hz
         want = n * self._record
+        limit_s = 2 * n / fs + READ_GRACE_S
         chunks: list[bytes] = []
         got = 0
+        start = last_data = time.monotonic()
+        waited = False  # some data came after a wait: the last sample is from about now
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN | select.POLLERR | select.POLLHUP)
         try:
             while got < want:
-                chunk = os.read(self._fd, want - got)
+                try:
+                    chunk = os.read(self._fd, want - got)
+                except BlockingIOError:
+                    now = time.monotonic()
+                    left = start + limit_s - now
+                    if left <= 0:
+                        raise SensorFault(
+                            f"{self.device}: no data for {now - last_data:.1f} s "
+                            f"({got // self._record} of {n} samples after {now - start:.1f} "
+                            f"s, limit {limit_s:.1f} s; trigger or data-ready interrupt "
+                            "stopped?)") from None
+                    waited = True
+                    poller.poll(max(1, math.ceil(left * 1000)))
+                    continue
                 if not chunk:
                     raise SensorFault(f"{self.device}: end of data after {got // self._record} "
                                       f"of {n} samples")
                 chunks.append(chunk)
                 got += len(chunk)
+                last_data = time.monotonic()
         except OSError as e:
             raise SensorFault(f"{self.device}: buffer read failed: {e.strerror or e}") from None
         finally:
             if not self.continuous:
                 self._set_enable(False)
-        # The last sample arrived about now; the first n / fs earlier.
-        t0 = time.time_ns() - round(n / self.sensor.fs_hz * 1e9)
+        # The last sample arrived about now (when the read had to wait for it; from a
+        # backlog it may be older); the first n / fs earlier.
+        clock_t0 = time.time_ns() - round(n / fs * 1e9)
+        t0 = self._chain_t0(n, clock_t0, waited) if self.continuous else clock_t0
         return decode_scan(b"".join(chunks), [dict(c) for c in self._channels]), t0
+
+    def _chain_t0(self, n: int, clock_t0: int, waited: bool) -> int:
+        """The `t0` (ns) of a continuous window of `n` samples: the previous one's end.
+
+        The clock alone is wrong after a stall: windows read at once from the kernel's
+        backlog would get nearly the same `t0`. A chain is only re-anchored to the clock
+        when it cannot be right: off by more than `T0_TOLERANCE_S` when the read waited
+        for its last sample (then the clock is exact), or by more than the kernel buffer
+        (`buffer_length` / fs) plus that when it came from the backlog.
+
+        Samples the kernel dropped (the buffer full: the gateway did not read for longer
+        than `buffer_length` / fs) leave a gap inside a window that claims to be
+        contiguous; the driver cannot see that window, only the chain falling behind the
+        clock afterwards, which re-anchors it (`event=iio_timebase_reanchored`).
+        """
+        span = round(n / self.sensor.fs_hz * 1e9)
+        chained = self._next_t0
+        t0 = clock_t0
+        if chained is not None:
+            slack = 0.0 if waited else self.buffer_length / self.sensor.fs_hz
+            drift = chained - clock_t0  # > 0: the chain is ahead of the clock
+            if abs(drift) <= (T0_TOLERANCE_S + slack) * 1e9:
+                t0 = chained
+            else:
+                log.warning(kv("iio_timebase_reanchored", sensor=self.sensor.id,
+                               device=self.device, drift_ms=round(drift / 1e6, 1),
+                               hint="samples lost (buffer overflow), the device's rate "
+                                    "off fs_hz, or the clock stepped"))
+        self._next_t0 = t0 + span
+        return t0
 
     def _poll(self, n: int) -> tuple[np.ndarray, int]:
         paths = [self._attr(f"in_accel_{a}_raw") for a in self.axes]
@@ -353,16 +494,20 @@ class IioDriver(DeclaredOptions):
         period = 1.0 / self.sensor.fs_hz
         t0 = time.time_ns()
         start = time.monotonic()
+        late = 0.0
         for i in range(n):
             delay = start + i * period - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            late = -delay  # the last sample's lateness is what the window's span shows
             for k, p in enumerate(paths):
                 text = _read_text(p)
                 try:
                     out[k, i] = int(text)
                 except ValueError:
                     raise SensorFault(f"{p}: not an integer: {text[:40]!r}") from None
+        check_pacing(str(self.device), n, self.sensor.fs_hz, max(late, 0.0),
+                     time.monotonic() - start)
         return out, t0
 
     def __repr__(self) -> str:

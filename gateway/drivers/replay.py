@@ -2,8 +2,9 @@
 
 Registered as the `replay` entry point of `ballpass.drivers`. Reads ``.npz`` (numpy),
 ``.wav`` (PCM, stdlib `wave`) or ``.csv`` (one column per channel) at `open()`, then
-returns consecutive bursts, looping at the end (or a `SensorFault` "end of recording"
-with ``loop = false``).
+returns consecutive bursts, looping at the end. With ``loop = false`` the end is final:
+`SourceFinished` ("end of recording"), which the gateway reports once and does not
+retry (a re-open would play the recording again from the start).
 
 Real-time pacing: a read of n samples takes n / fs_hz seconds of wall time, as a real
 capture does. When reads follow each other without a pause (``interval_s`` equal to the
@@ -34,6 +35,7 @@ from ballpass.gateway.drivers.base import (
     Capture,
     DeclaredOptions,
     SensorFault,
+    SourceFinished,
     check_options,
     option,
     path_option,
@@ -63,7 +65,7 @@ path = "recordings/pump3.npz"   # .npz, .wav or .csv; relative to the working di
 array = "signal"        # .npz: which array (default "signal", else the only one)
 columns = [0]           # .csv: column indices or header names (default: all, at most 3)
 scale = 1.0             # file units → g (°C for temperature sensors)
-loop = true             # start over at the end (false: a sensor fault "end of recording")
+loop = true             # start over at the end (false: stop there, "end of recording")
 pace = true             # a read takes n / fs_hz of wall time, as a real capture
 """
 
@@ -198,7 +200,7 @@ class ReplayDriver(DeclaredOptions):
             raise SensorFault(f"replay of {self.path} is not open")
         total = data.shape[1]
         if not self.loop and self._pos + n_samples > total:
-            raise SensorFault(f"end of recording {self.path} (loop = false)")
+            raise SourceFinished(f"end of recording {self.path} (loop = false)")
         idx = (self._pos + np.arange(n_samples)) % total
         out = data[:, idx]
         self._pos = (self._pos + n_samples) % total

@@ -15,7 +15,8 @@ only with each other (LAYOUT_VERSION 2; version 1 had one site per cluster and c
 stopped, `_resume_seq`).
 
 Every worker declares them at start; a second declaration with the same settings is a
-no-op, one with changed retention updates the stream.
+no-op, one with changed retention updates the stream, one with a changed `lease_s` or
+`replicas` updates the buckets' streams (`_bucket`).
 
 A plant with a leaf node (docs/scale-out.md, "Edge sites") has its own WINDOWS and CONTROL
 streams in its own JetStream domain (`declare_edge`, by its `ballpass relay`); the central
@@ -158,13 +159,52 @@ async def declare(js: JetStreamContext, c: ClusterConfig, site: str) -> dict[str
     buckets = {}
     ttls = {LEASES: c.lease_s, WORKERS: c.lease_s, STATE: None}
     for role, name in bucket_names(site).items():
-        buckets[role] = await js.create_key_value(KeyValueConfig(
+        buckets[role] = await _bucket(js, KeyValueConfig(
             bucket=name, ttl=ttls[role], history=1, replicas=c.replicas,
             storage=StorageType.FILE))
     log.info(kv("cluster_topology_declared", site=site, partitions=c.partitions,
                 replicas=c.replicas, edges=",".join(c.edges) or "none",
                 layout=LAYOUT_VERSION))
     return buckets
+
+
+KV_DUPLICATE_WINDOW_S = 120.0
+"""nats-py's duplicate window of a bucket's stream, or its TTL when shorter."""
+
+
+async def _bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """Create the bucket of `config`, or take it to `config`'s TTL and replicas.
+
+    A bucket created before `lease_s` or `replicas` changed exists with other settings,
+    and creating it again is refused ("stream name already in use with a different
+    configuration"): retried as if the cluster were down, no worker would ever start.
+    Its stream (KV_{bucket}) is updated as the streams are (`_add_or_update`), then
+    created again, now a no-op returning the handle."""
+    try:
+        return await js.create_key_value(config)
+    except BadRequestError as e:
+        stream = f"KV_{config.bucket}"
+        have = (await js.stream_info(stream)).config
+        ttl = config.ttl or 0.0
+        want = dataclasses.replace(
+            have, max_age=ttl, num_replicas=config.replicas,
+            max_msgs_per_subject=config.history, allow_msg_ttl=True,
+            # Never longer than max_age, or the server refuses the update.
+            duplicate_window=min(ttl, KV_DUPLICATE_WINDOW_S) if ttl
+            else KV_DUPLICATE_WINDOW_S)
+        try:
+            await _add_or_update(js, [want])
+            kv_handle = await js.create_key_value(config)
+        except BadRequestError as again:
+            raise RuntimeError(
+                f"KV bucket {config.bucket} exists with settings it cannot be updated to "
+                f"([cluster] lease_s = {config.ttl}, replicas = {config.replicas}): "
+                f"{again.description or again!r} (first refusal: {e.description or e!r})"
+            ) from again
+        log.warning(kv("cluster_bucket_updated", bucket=config.bucket,
+                       ttl_s=config.ttl or "none", replicas=config.replicas,
+                       was_ttl_s=have.max_age or "none", was_replicas=have.num_replicas))
+        return kv_handle
 
 
 async def _resume_seq(js: JetStreamContext, stream: str,
