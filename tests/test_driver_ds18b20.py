@@ -9,10 +9,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from fakedev import FifoAttribute
 from plant import wait_until
 
 from ballpass import wire
-from ballpass.config import SensorConfig, parse
+from ballpass.config import ConfigError, SensorConfig, parse
 from ballpass.gateway.drivers import SensorFault
 from ballpass.gateway.drivers import load as load_driver
 from ballpass.gateway.drivers.ds18b20 import SAMPLE_CONFIG, Ds18b20Driver, crc8, parse_w1_slave
@@ -47,7 +48,8 @@ def fake_w1(root: Path, device: str = "28-0316a2793aff", celsius: float = 23.125
 
 
 def sensor(root: Path, **options: object) -> SensorConfig:
-    return SensorConfig("t1", "ds18b20", "agitator3", 100.0, 16, 1.0, kind="temperature",
+    # 1.25 Hz: near the most a DS18B20 can do (one 750 ms conversion per reading)
+    return SensorConfig("t1", "ds18b20", "agitator3", 1.25, 16, 20.0, kind="temperature",
                         options={"root": str(root), **options})
 
 
@@ -63,11 +65,11 @@ def test_reads_celsius_from_the_only_device(tmp_path: Path) -> None:
     d = Ds18b20Driver(sensor(tmp_path), ASSET)
     d.open()
     t0 = time.monotonic()
-    c = d.read(16)
+    c = d.read(2)
     elapsed = time.monotonic() - t0
     d.close()
-    assert c.samples.shape == (1, 16) and (c.samples == -10.5).all()
-    assert 0.13 < elapsed < 1.0  # 16 readings paced at 100 Hz
+    assert c.samples.shape == (1, 2) and (c.samples == -10.5).all()
+    assert 0.78 < elapsed < 1.5  # 2 readings paced at 1.25 Hz
 
 
 def test_crc_no_garbage_and_range_are_faults(tmp_path: Path) -> None:
@@ -130,7 +132,7 @@ def test_missing_device_and_config_errors(tmp_path: Path) -> None:
 def test_unplugged_thermometer_is_a_fault_then_recovers(tmp_path: Path) -> None:
     root = tmp_path / "root"
     dev = fake_w1(root)
-    s = SensorConfig("t1", "ds18b20", "agitator3", 1000.0, 16, 0.05, kind="temperature",
+    s = SensorConfig("t1", "ds18b20", "agitator3", 1.25, 1, 0.05, kind="temperature",
                      options={"root": str(root), "device": dev.name})
     box = Outbox(tmp_path / "o.sqlite", 10**8, 3600)
     status = Status("plant1", "gw1", ["t1"], box.counters)
@@ -154,3 +156,28 @@ def test_unplugged_thermometer_is_a_fault_then_recovers(tmp_path: Path) -> None:
     w = wire.decode(box.peek(1)[0].payload)
     assert w.kind == wire.Kind.TEMPERATURE and w.samples[0, 0] == 23.125
     box.close()
+
+
+def test_a_rate_above_one_conversion_per_750_ms_is_a_config_error() -> None:
+    """Before: fs_hz = 2 was accepted; readings came 0.75 s apart, labelled 0.5 s."""
+    too_fast = SAMPLE_CONFIG.replace("fs_hz = 1 ", "fs_hz = 2 ")
+    assert too_fast != SAMPLE_CONFIG
+    with pytest.raises(ConfigError, match=r"gateway\[0\]\.sensor\[0\]\.fs_hz: .*at most "
+                                          r"1\.33 Hz; got 2"):
+        parse(tomllib.loads(too_fast))
+    parse(tomllib.loads(SAMPLE_CONFIG.replace("fs_hz = 1 ", "fs_hz = 1.333 ")))
+
+
+def test_readings_that_fall_behind_fs_hz_are_a_fault_naming_the_rate(tmp_path: Path) -> None:
+    """Before: a bus slower than the sample period stretched the window silently."""
+    dev = fake_w1(tmp_path)
+    # the first conversion takes 0.9 s, more than the 0.8 s period
+    slow = FifoAttribute(dev / "w1_slave", w1_text(21.5).rstrip("\n"), delay_s=0.9)
+    d = Ds18b20Driver(sensor(tmp_path), ASSET)
+    d.open()
+    try:
+        with pytest.raises(SensorFault, match=r"cannot keep up with fs_hz 1\.25 Hz.*about "
+                                              r"(0\.|1\.[01])\d* Hz"):
+            d.read(2)
+    finally:
+        slow.close()

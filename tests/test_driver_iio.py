@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
+import os
 import shutil
 import threading
 import time
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakedev import FifoAttribute
 from plant import wait_until
 
 from ballpass import wire
@@ -196,3 +200,161 @@ def test_unplugged_device_is_a_fault_then_recovers(tmp_path: Path) -> None:
     w = wire.decode(box.peek(1)[0].payload)
     assert w.samples.shape == (1, 64) and w.kind == wire.Kind.ACCELERATION
     box.close()
+
+
+# --- fake devices that behave like hardware: FIFOs -----------------------------------------
+
+
+def fifo_device(root: Path) -> int:
+    """Make `/dev/iio:device0` a FIFO; returns the producer's fd (open, sending nothing)."""
+    dev = root / "dev/iio:device0"
+    dev.unlink()
+    os.mkfifo(dev)
+    return os.open(dev, os.O_RDWR)
+
+
+def records(n: int, first: int = 0) -> bytes:
+    """n scan records of the fake adxl355 (x, y, z as le:s20/32), x counting from `first`."""
+    counts = np.zeros((3, n), dtype=np.int64)
+    counts[0] = np.arange(first, first + n)
+    return np.ascontiguousarray(counts.T.astype("<i4")).tobytes()
+
+
+def test_a_device_that_stops_delivering_is_a_fault_not_a_hung_thread(tmp_path: Path) -> None:
+    """Before: os.read blocked for ever (stuck data-ready IRQ), status stayed "ok" and
+    stop could not get through. Now: "no data" after 2 × 20 ms + 1 s, retried."""
+    root = tmp_path / "root"
+    fake_iio(root)
+    producer = fifo_device(root)
+    os.write(producer, records(64 * 2))  # two windows, then the interrupt stops
+    s = SensorConfig("acc1", "iio", "agitator3", 3200.0, 64, 0.05,
+                     options={"device": "adxl355", "root": str(root)})
+    box = Outbox(tmp_path / "o.sqlite", 10**8, 3600)
+    status = Status("plant1", "gw1", ["acc1"], box.counters)
+    stop = threading.Event()
+    cap = SensorCapture(s, ASSET, "plant1", "gw1", box, status, stop,
+                        backoff_initial_s=0.05, backoff_max_s=0.1)
+    cap.start()
+    try:
+        wait_until(lambda: status.sensors()["acc1"]["state"] == "fault", 3, "the fault",
+                   poll_s=0.01)
+        assert "no data for" in status.sensors()["acc1"]["reason"]
+        assert box.counters()["captured"] == 2
+    finally:
+        stop.set()
+        t = time.monotonic()
+        cap.join(3)
+        os.close(producer)
+    assert not cap.alive and time.monotonic() - t < 2.5
+    box.close()
+
+
+def kernel_like(root: Path, index: int, bus: str, label: str | None) -> Path:
+    """Move the fake iio:deviceN below a bus device and link it from /sys/bus, as sysfs
+    does; give it a `label` (the device tree's label property)."""
+    bus_dir = root / "sys/devices/platform/soc/fe204000.spi/spi_master/spi0" / bus
+    bus_dir.mkdir(parents=True, exist_ok=True)
+    link = root / "sys/bus/iio/devices" / f"iio:device{index}"
+    real = bus_dir / link.name
+    shutil.move(str(link), real)
+    link.symlink_to(real)
+    if label is not None:
+        (real / "label").write_text(label + "\n")
+    return real
+
+
+def test_two_devices_of_one_name_are_told_apart_never_the_first_taken(tmp_path: Path) -> None:
+    """Before: both sensors bound to iio:device0; the second published the first's data."""
+    fake_iio(tmp_path, index=0, counts=np.full((3, 64), 7))
+    fake_iio(tmp_path, index=1, counts=np.full((3, 64), 9))
+    kernel_like(tmp_path, 0, "spi0.0", "drive-end")
+    kernel_like(tmp_path, 1, "spi0.1", "non-drive-end")
+    with pytest.raises(SensorFault, match="2 IIO devices match 'adxl355'") as e:
+        IioDriver(sensor(tmp_path), ASSET).open()
+    assert "iio:device0 (label 'drive-end', bus spi0.0)" in str(e.value)
+    assert "iio:device1 (label 'non-drive-end', bus spi0.1)" in str(e.value)
+    for options, path, value in (({"label": "non-drive-end"}, "iio:device1", 9),
+                                 ({"bus_id": "spi0.0"}, "iio:device0", 7),
+                                 ({"label": "drive-end", "bus_id": "spi0.0"}, "iio:device0", 7)):
+        d = IioDriver(sensor(tmp_path, **options), ASSET)
+        d.open()
+        try:
+            assert d.path is not None and d.path.endswith(path)
+            c = d.read(64)
+        finally:
+            d.close()
+        np.testing.assert_allclose(c.samples, value * 0.0000382 / STANDARD_GRAVITY)
+    with pytest.raises(SensorFault, match=r"with label 'nde'.*found: iio:device0"):
+        IioDriver(sensor(tmp_path, label="nde"), ASSET).open()
+    with pytest.raises(ValueError, match=r"options\.bus_id"):
+        IioDriver(sensor(tmp_path, bus_id="a/b"), ASSET)
+    # the sample config's second sensor uses these selectors and is valid
+    config = parse(tomllib.loads(SAMPLE_CONFIG))
+    nde = config.gateways[0].sensors[1]
+    assert nde.options["label"] == "non-drive-end" and nde.options["bus_id"] == "spi0.1"
+
+
+def test_a_sysfs_poll_that_cannot_keep_up_is_a_fault_naming_the_rate(tmp_path: Path) -> None:
+    """Before: 20 samples labelled 500 Hz took 4 ms each (a slow I2C register read) and
+    were published as 500 Hz: every spectral line off by the ratio."""
+    dev = fake_iio(tmp_path, fs=500.0)
+    raw = FifoAttribute(dev / "in_accel_x_raw", "1000", delay_s=0.004)
+    s = SensorConfig("acc1", "iio", "agitator3", 500.0, 20, 10.0,
+                     options={"device": "adxl355", "root": str(tmp_path), "mode": "sysfs",
+                              "axes": ["x"]})
+    d = IioDriver(s, ASSET)
+    d.open()
+    try:
+        with pytest.raises(SensorFault, match=r"cannot keep up with fs_hz 500 Hz.*about "
+                                              r"(1\d\d|2[0-4]\d) Hz"):
+            d.read(20)
+    finally:
+        d.close()
+        raw.close()
+
+
+def test_continuous_t0s_chain_through_a_backlog_and_reanchor_after_a_gap(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before: three windows read at once from the kernel's backlog got t0s 0.3 ms apart
+    instead of a window (20 ms) apart."""
+    fake_iio(tmp_path)
+    producer = fifo_device(tmp_path)
+    os.write(producer, records(64 * 3))  # the gateway was stalled: 3 windows waiting
+    s = SensorConfig("acc1", "iio", "agitator3", 3200.0, 64, 0.02,  # continuous
+                     options={"device": "adxl355", "root": str(tmp_path),
+                              "buffer_length": 256})
+    d = IioDriver(s, ASSET)
+    d.open()
+    try:
+        assert d.continuous
+        caps = [d.read(64) for _ in range(3)]
+        assert [b.t0_ns - a.t0_ns for a, b in itertools.pairwise(caps)] == [20_000_000] * 2
+        assert caps[2].samples[0, 0] == 128 * 0.0000382 / STANDARD_GRAVITY
+        # the device stalls 0.3 s: samples the chain cannot account for; re-anchored
+        timer = threading.Timer(0.3, os.write, (producer, records(64)))
+        timer.start()
+        with caplog.at_level(logging.WARNING, "ballpass.gateway.drivers.iio"):
+            late = d.read(64)
+        timer.join()
+    finally:
+        d.close()
+        os.close(producer)
+    assert 250e6 < late.t0_ns - caps[2].t0_ns < 1.5e9
+    assert "event=iio_timebase_reanchored" in caplog.text
+
+
+def test_a_buffer_left_enabled_does_not_block_the_frequency_change(tmp_path: Path) -> None:
+    """Before: sampling_frequency was written while a buffer left on by a killed gateway
+    was still enabled; st_lsm6dsx-like drivers refuse that (EBUSY) at every re-open."""
+    dev = fake_iio(tmp_path, n=64, fs=1600.0)
+    enable = dev / "buffer/enable"
+    enable.write_text("1\n")
+    freq = FifoAttribute(dev / "sampling_frequency", "1600", enable=enable, writes=True)
+    d = IioDriver(sensor(tmp_path), ASSET)
+    try:
+        d.open()
+        assert freq.value == "3200" and freq.refused == []
+        assert d.read(64).samples.shape == (3, 64)
+    finally:
+        d.close()
+        freq.close()

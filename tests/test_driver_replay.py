@@ -101,3 +101,44 @@ def test_bad_files_are_sensor_faults(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unsupported file type"):
         from ballpass.gateway.drivers.replay import load_recording
         load_recording(str(tmp_path / "x.mat"))
+
+
+def test_the_end_of_a_non_looping_recording_is_final(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before: the end-of-recording fault made the schedule re-open the driver, which
+    started the recording over: loop = false replayed it again and again."""
+    import logging
+    import threading
+    import time
+
+    from plant import wait_until
+
+    from ballpass import wire
+    from ballpass.gateway.outbox import Outbox
+    from ballpass.gateway.schedule import SensorCapture
+    from ballpass.gateway.status import Status
+
+    np.savez(tmp_path / "r.npz", signal=np.arange(250, dtype=float), fs_hz=1000.0)
+    s = sensor(tmp_path / "r.npz", interval=0.02, loop=False, pace=False)
+    box = Outbox(tmp_path / "o.sqlite", 10**8, 3600)
+    status = Status("plant1", "gw1", ["r1"], box.counters)
+    stop = threading.Event()
+    cap = SensorCapture(s, ASSET, "plant1", "gw1", box, status, stop,
+                        backoff_initial_s=0.02, backoff_max_s=0.05)
+    with caplog.at_level(logging.INFO, "ballpass.gateway.schedule"):
+        cap.start()
+        try:
+            wait_until(lambda: status.sensors()["r1"]["state"] == "fault", 3, "the end",
+                       poll_s=0.01)
+            time.sleep(0.5)  # ten backoffs' worth: no re-open, no replay
+            assert status.sensors()["r1"]["reason"].startswith("finished: end of recording")
+            assert box.counters()["captured"] == 2 and cap.faults == 0
+            assert caplog.text.count("event=sensor_finished") == 1
+            cap.reconfigure(s)  # new settings: the source starts again
+            wait_until(lambda: box.counters()["captured"] == 4, 3, "the replay", poll_s=0.01)
+        finally:
+            stop.set()
+            cap.join(5)
+    firsts = [wire.decode(m.payload).samples[0, 0] for m in box.peek(10)]
+    assert firsts == [0.0, 100.0, 0.0, 100.0]
+    box.close()

@@ -179,6 +179,17 @@ def _write_text(path: str, value: str) -> None:
         raise SensorFault(f"cannot write {path}: {e.strerror or e}") from None
 
 
+def _selector(options: dict[str, Any], key: str) -> str | None:
+    """A device selector option (`label`, `bus_id`): a name, not a path; ValueError."""
+    value = option(options, key, str, None)
+    if value is None:
+        return None
+    assert isinstance(value, str)
+    if not value.strip() or "/" in value or "\0" in value:
+        raise ValueError(f"options.{key}: must be a non-empty name without '/', got {value!r}")
+    return value
+
+
 def _read_optional(path: str) -> str | None:
     """A sysfs attribute's text, or None when it is missing or unreadable."""
     try:
@@ -224,12 +235,8 @@ class IioDriver(DeclaredOptions):
         if not self.device:
             raise ValueError("options.device: required (the IIO name, e.g. 'adxl355', "
                              "or 'iio:device0')")
-        self.label = option(options, "label", str, None)
-        self.bus_id = option(options, "bus_id", str, None)
-        for key, value in (("label", self.label), ("bus_id", self.bus_id)):
-            if value is not None and (not value.strip() or "/" in value or "\0" in value):
-                raise ValueError(f"options.{key}: must be a non-empty name without '/', "
-                                 f"got {value!r}")
+        self.label: str | None = _selector(options, "label")
+        self.bus_id: str | None = _selector(options, "bus_id")
         self.mode = option(options, "mode", str, "buffered")
         if self.mode not in ("buffered", "sysfs"):
             raise ValueError(f"options.mode: must be 'buffered' or 'sysfs', got {self.mode!r}")
