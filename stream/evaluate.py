@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from ballpass.config import ConfigError
 from ballpass.stream.recordings import Recording, read_signal
 
 BATCH = 64
@@ -262,6 +264,36 @@ def run(recordings: Sequence[Recording],
     return results
 
 
+def check_output(path: Path, option: str, directory: bool = False) -> None:
+    """Raise ConfigError naming `option` (e.g. "--json") when `path` cannot be written: a
+    directory where a file goes (or a file where a directory goes), or a nearest existing
+    parent that is no directory or not writable. Checked before any recording is read,
+    so a typo costs nothing and no report is lost after a long run."""
+    if path.exists() and path.is_dir() != directory:
+        raise ConfigError([f"{option}: {str(path)!r} is {'a file' if directory else 'a directory'}"
+                           f", need {'a directory' if directory else 'a file name'}"])
+    # An existing file is overwritten and an existing directory written into: what must
+    # be writable is the directory the new entry goes in, or the nearest one that exists.
+    parent = path if directory and path.is_dir() else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError([f"{option}: cannot create {str(path)!r}: {str(parent)!r} is not "
+                           "a directory"])
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError([f"{option}: cannot write {str(path)!r}: {str(parent)!r} is not "
+                           "writable"])
+
+
+def write_output(path: Path, text: str, option: str) -> None:
+    """Write `text` to `path` (parents made); an OSError is a ConfigError naming `option`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"{option}: cannot write {str(path)!r}: {e}"]) from None
+
+
 def main(spec: Path, json_out: Path | None, out: TextIO = sys.stdout,
          err: TextIO = sys.stderr) -> int:
     """The `ballpass evaluate` command: 0 when it ran (whatever the accuracy); a bad spec
@@ -269,6 +301,8 @@ def main(spec: Path, json_out: Path | None, out: TextIO = sys.stdout,
     from ballpass.stream.recordings import load_spec
 
     recordings = load_spec(spec)
+    if json_out is not None:
+        check_output(json_out, "--json")
     base = spec.resolve().parent
     for rec in recordings:  # one line each: which window, and why
         out.write(f"{rec.name} {_short(rec.path, base)}: {rec.window_reason}\n")
@@ -285,7 +319,6 @@ def main(spec: Path, json_out: Path | None, out: TextIO = sys.stdout,
     data = summary(results)
     out.write(report(data, results, base))
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        write_output(json_out, json.dumps(data, indent=2) + "\n", "--json")
         out.write(f"wrote {json_out}\n")
     return 0

@@ -26,7 +26,6 @@ import logging
 import math
 import statistics
 import sys
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -56,7 +55,7 @@ from ballpass.config import (
 )
 from ballpass.log import kv
 from ballpass.models.bearing import BearingGeometry
-from ballpass.stream.recordings import npz_array
+from ballpass.stream.recordings import READ_ERRORS, check_scale, npz_array
 
 log = logging.getLogger(__name__)
 
@@ -91,22 +90,39 @@ class Run:
     iso_foundation: str = "rigid"
     online: OnlinePolicy = field(default_factory=OnlinePolicy)
     alert: AlertPolicy = field(default_factory=AlertPolicy)
+    scale: float | None = None
+    """g per unit of the file's signal (1/9.80665 for m/s²); None: the file is in g."""
 
 
 # --- spec ----------------------------------------------------------------------------------
+
+
+def check_name(v: str) -> str | None:
+    """A run name is the plot's file name (`PLOTS/NAME.svg`): one plain path component."""
+    if not v.strip():
+        return "must not be empty"
+    if "/" in v or "\\" in v or ".." in v:
+        return "is the plot's file name (PLOTS/NAME.svg): no '/', '\\' or '..'"
+    if any(ord(c) < 32 for c in v):
+        return "is the plot's file name (PLOTS/NAME.svg): no control characters"
+    return None
+
+
+def _not_empty(v: str) -> str | None:
+    return None if v.strip() else "must not be empty"
 
 
 def _parse_run(r: TableReader, online: OnlinePolicy, alert: AlertPolicy) -> Run | None:
     path = r.path_value("path")
     if "path" not in r.table:
         r.fail("path", "is required")
-    name = r.get("name", str, path.stem if path else "",
-                 check=lambda v: None if v.strip() else "must not be empty")
+    name = r.get("name", str, path.stem if path else "", check=check_name)
     fs_hz = r.get("fs_hz", float, required=True, check=positive)
     shaft_hz = r.get("shaft_hz", float, required=True, check=positive)
     bearing = parse_bearing(r)
-    signal_key = r.get("signal_key", str, "signal")
-    time_key = r.get("time_key", str, "t_s")
+    signal_key = r.get("signal_key", str, "signal", check=_not_empty)
+    time_key = r.get("time_key", str, "t_s", check=_not_empty)
+    scale = r.get("scale", float, check=check_scale)
     channel = r.get("channel", int, 0, check=lambda v: None if v >= 0 else "must be >= 0")
     eol = r.get("end_of_life_s", float, check=positive)
     iso_group = r.get("iso_group", int, 2,
@@ -125,14 +141,15 @@ def _parse_run(r: TableReader, online: OnlinePolicy, alert: AlertPolicy) -> Run 
                     if key not in z.files:
                         r.fail(what, f"no array {key!r} in {path.name} "
                                f"(it has: {', '.join(z.files)})")
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
+        except READ_ERRORS as e:
             r.fail("path", f"cannot read {path.name}: {e}")
-    if None in (path, name, fs_hz, shaft_hz, bearing, signal_key, time_key, channel):
+    if None in (path, name, fs_hz, shaft_hz, bearing, signal_key, time_key, channel) or (
+            "scale" in r.table and scale is None):
         return None
     assert path is not None and bearing is not None and name is not None
     assert fs_hz is not None and shaft_hz is not None and channel is not None
     return Run(r.path, name, path, fs_hz, shaft_hz, bearing, str(signal_key), str(time_key),
-               channel, eol, iso_group, iso_foundation, run_online, run_alert)
+               channel, eol, iso_group, iso_foundation, run_online, run_alert, scale)
 
 
 def parse_spec(data: dict[str, Any], base: Path = Path(".")) -> list[Run]:
@@ -171,10 +188,22 @@ def load_spec(path: str | Path) -> list[Run]:
 def read_run(run: Run) -> tuple[np.ndarray, np.ndarray]:
     """(windows (n, samples) float64 g of the run's channel, times (n,) s), in time order.
 
-    Raises ConfigError naming the run's keys when the arrays do not fit."""
-    with np.load(run.path, allow_pickle=False) as z:
-        sig = npz_array(z, run.signal_key, f"{run.where}.signal_key")
-        t = np.asarray(npz_array(z, run.time_key, f"{run.where}.time_key"), dtype=np.float64)
+    Raises ConfigError naming the run's keys when the arrays do not fit, and `run[i].path`
+    when the file does not read (truncated, bad CRC). The signal is multiplied by
+    `run.scale` (g per unit) when given; integer samples need one."""
+    try:
+        with np.load(run.path, allow_pickle=False) as z:
+            sig = npz_array(z, run.signal_key, f"{run.where}.signal_key")
+            t = np.asarray(npz_array(z, run.time_key, f"{run.where}.time_key"),
+                           dtype=np.float64)
+    except ConfigError:
+        raise
+    except READ_ERRORS as e:
+        raise ConfigError([f"{run.where}.path: cannot read {run.path.name} (run "
+                           f"{run.name!r}): {type(e).__name__}: {e}"]) from None
+    if run.scale is None and np.issubdtype(sig.dtype, np.integer):
+        raise ConfigError([f"{run.where}.scale: is required for integer samples "
+                           f"({sig.dtype}) in {run.path.name}: g per count"])
     if sig.ndim == 2:
         sig = sig[:, None, :]
     if sig.ndim != 3:
@@ -191,7 +220,10 @@ def read_run(run: Run) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(t, kind="stable")
     if np.any(np.diff(t[order]) <= 0):
         raise ConfigError([f"{run.where}.time_key: times must be distinct"])
-    return np.ascontiguousarray(sig[order, run.channel, :], dtype=np.float64), t[order]
+    x = np.ascontiguousarray(sig[order, run.channel, :], dtype=np.float64)
+    if run.scale is not None:
+        x *= run.scale
+    return x, t[order]
 
 
 # --- running ------------------------------------------------------------------------------
@@ -522,9 +554,13 @@ def main(spec: Path, json_out: Path | None, plots: Path | None, out: TextIO = sy
          err: TextIO = sys.stderr) -> int:
     """The `ballpass evaluate-life` command: 0 when it ran (whatever the figures); a bad
     spec raises ConfigError (the CLI exits 2)."""
-    from ballpass.stream.evaluate import Progress
+    from ballpass.stream.evaluate import Progress, check_output, write_output
 
     runs = load_spec(spec)
+    if json_out is not None:
+        check_output(json_out, "--json")
+    if plots is not None:
+        check_output(plots, "--plots", directory=True)
     progress = Progress(len(runs), err)
     progress.update(0, "loading kernels")
     results: list[LifeResult] = []
@@ -533,14 +569,13 @@ def main(spec: Path, json_out: Path | None, plots: Path | None, out: TextIO = sy
         progress.update(k + 1, r.name)
     total = summary(results)
     out.write(table(results, total))
-    if plots is not None:
-        plots.mkdir(parents=True, exist_ok=True)
-        for res in results:
-            (plots / f"{res.run.name}.svg").write_text(svg(res), encoding="utf-8")
-        out.write(f"wrote {len(results)} plot(s) to {plots}\n")
+    # The JSON first: it is the report; a plot that fails to write must not lose it.
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
         data = {"runs": [r.as_json() for r in results], "summary": total}
-        json_out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        write_output(json_out, json.dumps(data, indent=2) + "\n", "--json")
         out.write(f"wrote {json_out}\n")
+    if plots is not None:
+        for res in results:
+            write_output(plots / f"{res.run.name}.svg", svg(res), "--plots")
+        out.write(f"wrote {len(results)} plot(s) to {plots}\n")
     return 0

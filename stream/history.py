@@ -8,8 +8,11 @@ diagnosis that went with it. Each entry is one compressed `.npz` file
     STATE_DIR/history/SENSOR/T0_NS-REASON.npz     (REASON: "interval", "firing", "resolved")
 
 written to a temporary name and renamed, so a crash leaves a whole file or none. The store
-is bounded by age (`history_max_age_d`) and total size (`history_max_mb`): after each write
-the oldest entries go first (counted by reason, "age" or "size"). A file that does not read
+is bounded by age (`history_max_age_d`) and total size (`history_max_mb`): at start and
+after each write the oldest entries go first (counted by reason, "age" or "size"). An
+entry's age runs from the earlier of its window time and the wall-clock time it was
+written, so one stamped ahead by a wrong gateway clock ages out like the others. A file
+that does not read
 (torn by a full disk, edited by hand) is skipped, counted as `corrupt` and left for the
 bounds to remove. Everything is read back from disk, so the history survives a restart.
 
@@ -29,6 +32,7 @@ import threading
 import time
 import urllib.parse
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +72,14 @@ class Entry:
     reason: str
     path: Path
     size: int
+    written_s: float = math.inf
+    """Wall-clock time the file was written (s since the epoch; its mtime after a restart)."""
+
+    @property
+    def age_from_s(self) -> float:
+        """The time its age runs from, s since the epoch: the window's time, or the write's
+        when the window is stamped later than that (a gateway clock ahead)."""
+        return min(self.t0_ns / 1e9, self.written_s)
 
     @property
     def id(self) -> str:
@@ -84,7 +96,13 @@ class HistoryStore:
         self.counters = HistoryCounters()
         self._lock = threading.Lock()
         self._entries: dict[str, list[Entry]] = {}
+        # Wall-clock time (s) of each sensor's last keep: `due` falls back on it when window
+        # times went back (see there).
+        self._kept_wall_s: dict[str, float] = {}
         self._scan()
+        # The bounds hold from the start, not only after the next write (which may never
+        # come: history_interval_s = 0 and no alerts, or a lowered history_max_age_d).
+        self.prune(time.time())
 
     # --- index ---------------------------------------------------------------------
 
@@ -108,13 +126,15 @@ class HistoryStore:
                         f.unlink(missing_ok=True)  # a write a crash interrupted
                     continue
                 try:
-                    size = f.stat().st_size
+                    st = f.stat()
                 except OSError:
                     continue
-                entries.append(Entry(sensor, int(m.group(1)), m.group(2), f, size))
+                entries.append(Entry(sensor, int(m.group(1)), m.group(2), f, st.st_size,
+                                     st.st_mtime))
             entries.sort(key=lambda e: e.t0_ns)
             if entries:
                 self._entries[sensor] = entries
+                self._kept_wall_s[sensor] = max(e.written_s for e in entries)
 
     def total_bytes(self) -> int:
         with self._lock:
@@ -135,10 +155,23 @@ class HistoryStore:
             es = self._entries.get(sensor)
             return es[-1].t0_ns if es else None
 
-    def due(self, sensor: str, t0_ns: int, interval_s: float) -> bool:
-        """True when `sensor`'s last entry is `interval_s` or more before `t0_ns`."""
-        last = self.last_t0_ns(sensor)
-        return last is None or (t0_ns - last) / 1e9 >= interval_s
+    def due(self, sensor: str, t0_ns: int, interval_s: float,
+            now_s: float | None = None) -> bool:
+        """True when `sensor`'s last entry is `interval_s` (s) or more before `t0_ns` (ns).
+
+        A window older than the last entry (a window stamped ahead was kept, then the
+        gateway's clock was corrected; or old windows replayed) cannot be measured against
+        it: then the interval is counted on the wall clock (`now_s`, s since the epoch;
+        default now) since the sensor's last keep, so history goes on once per interval
+        instead of stopping until real time catches up with the stamp."""
+        with self._lock:
+            es = self._entries.get(sensor)
+            last = es[-1].t0_ns if es else None
+            kept_wall = self._kept_wall_s.get(sensor, -math.inf)
+        if last is None or t0_ns >= last:
+            return last is None or (t0_ns - last) / 1e9 >= interval_s
+        now = time.time() if now_s is None else now_s
+        return now - kept_wall >= interval_s
 
     # --- write ---------------------------------------------------------------------
 
@@ -165,31 +198,34 @@ class HistoryStore:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             return None
-        entry = Entry(sensor, int(t0_ns), reason, path, size)
+        now = time.time() if now_s is None else now_s
+        entry = Entry(sensor, int(t0_ns), reason, path, size, now)
         with self._lock:
             es = self._entries.setdefault(sensor, [])
             es[:] = [e for e in es if e.path != path] + [entry]
             es.sort(key=lambda e: e.t0_ns)
+            self._kept_wall_s[sensor] = now
         self.counters.kept[reason] += 1
-        self.prune(time.time() if now_s is None else now_s)
+        self.prune(now)
         return entry
 
     def prune(self, now_s: float) -> None:
-        """Remove entries older than `max_age_s`, then the oldest until the total fits."""
+        """Remove entries older than `max_age_s` (age from `Entry.age_from_s`; `now_s` s
+        since the epoch), then the oldest windows until the total fits `max_bytes`."""
         with self._lock:
             everything = sorted((e for es in self._entries.values() for e in es),
                                 key=lambda e: e.t0_ns)
-            total = sum(e.size for e in everything)
-            drop: list[tuple[Entry, str]] = []
-            for e in everything:
-                if now_s - e.t0_ns / 1e9 > self.max_age_s:
-                    drop.append((e, "age"))
-                    total -= e.size
-                elif total > self.max_bytes:
-                    drop.append((e, "size"))
-                    total -= e.size
-                else:
+            # By age over all entries: one stamped ahead sorts last but ages from its write.
+            drop: list[tuple[Entry, str]] = [
+                (e, "age") for e in everything if now_s - e.age_from_s > self.max_age_s]
+            aged = {id(e) for e, _ in drop}
+            rest = [e for e in everything if id(e) not in aged]
+            total = sum(e.size for e in rest)
+            for e in rest:
+                if total <= self.max_bytes:
                     break
+                drop.append((e, "size"))
+                total -= e.size
             for e, why in drop:
                 try:
                     e.path.unlink(missing_ok=True)
@@ -216,8 +252,14 @@ class HistoryStore:
                 out: dict[str, Any] = {k: z[k] for k in z.files
                                        if keys is None or k in keys or k == "meta"}
             out["meta"] = json.loads(str(out["meta"]))
+            if not isinstance(out["meta"], dict):
+                raise ValueError(f"meta is a {type(out['meta']).__name__}, not an object")
             return out
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        # A damaged file can fail anywhere in zip, zlib, the .npy header or JSON: bad
+        # deflate data is zlib.error, a header claiming a huge shape MemoryError. Each is
+        # this one entry's problem, never the whole sensor's history.
+        except (OSError, ValueError, KeyError, EOFError, TypeError, MemoryError,
+                zipfile.BadZipFile, zlib.error) as err:
             self.counters.corrupt += 1
             log.warning(kv("history_corrupt", path=e.path, reason=err))
             return None

@@ -243,3 +243,77 @@ def test_an_object_array_is_a_spec_error_naming_the_key(tmp_path: Path) -> None:
     np.savez(npz, signal=np.zeros((1, 64)), t_s=np.arange(1.0))
     with pytest.raises(ConfigError, match=r"run\[0\]: need at least 2 windows, got 1"):
         el.read_run(run)
+
+
+def small_run(path: Path, windows: int = 6, scale: float = 1.0) -> Path:
+    """A few windows of noise (g × `scale`), quick to simulate."""
+    rng = np.random.default_rng(8)
+    np.savez(path, signal=(rng.normal(0, 0.05, (windows, N)) * scale).astype(np.float32),
+             t_s=np.arange(windows) * STEP_S)
+    return path
+
+
+def test_a_damaged_run_file_is_a_spec_error_naming_the_run(tmp_path: Path) -> None:
+    npz = small_run(tmp_path / "r.npz")  # np.savez stores: the member data is in clear
+    b = bytearray(npz.read_bytes())
+    for i in range(3000, 3040):
+        b[i] ^= 0xFF
+    npz.write_bytes(bytes(b))
+    s = spec(tmp_path / "s.toml", npz)
+    (run,) = el.load_spec(s)  # the listing reads; the data fails its CRC
+    with pytest.raises(ConfigError, match=r"run\[0\]\.path: cannot read r\.npz \(run 'r'\): "
+                       r"BadZipFile"):
+        el.read_run(run)
+    p = subprocess.run([sys.executable, "-m", "ballpass", "evaluate-life", str(s)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "run[0].path: cannot read" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("key", ["signal_key", "time_key"])
+def test_empty_keys_are_refused(tmp_path: Path, key: str) -> None:
+    npz = small_run(tmp_path / "r.npz")
+    with pytest.raises(ConfigError, match=rf"run\[0\]\.{key}: must not be empty"):
+        el.load_spec(spec(tmp_path / "s.toml", npz, f'{key} = ""'))
+
+
+@pytest.mark.parametrize("name", ["rig/B1", "x/../../escape", "a\\\\b", ".."])
+def test_a_name_is_one_plain_file_name(tmp_path: Path, name: str) -> None:
+    npz = small_run(tmp_path / "r.npz")
+    with pytest.raises(ConfigError, match=r"run\[0\]\.name: is the plot's file name"):
+        el.load_spec(spec(tmp_path / "s.toml", npz, f'name = "{name}"'))
+
+
+def test_scale_converts_the_signal_to_g(tmp_path: Path) -> None:
+    g = el.read_run(el.load_spec(spec(tmp_path / "g.toml", small_run(tmp_path / "g.npz")))[0])
+    ms2 = small_run(tmp_path / "ms2.npz", scale=9.80665)
+    (run,) = el.load_spec(spec(tmp_path / "m.toml", ms2, f"scale = {1 / 9.80665!r}"))
+    np.testing.assert_allclose(el.read_run(run)[0], g[0], rtol=1e-6)
+    np.savez(ms2, signal=np.zeros((3, N), np.int16), t_s=np.arange(3.0))
+    (run,) = el.load_spec(spec(tmp_path / "m.toml", ms2))
+    with pytest.raises(ConfigError, match=r"run\[0\]\.scale: is required for integer"):
+        el.read_run(run)
+    with pytest.raises(ConfigError, match=r"run\[0\]\.scale: must be a finite number"):
+        el.load_spec(spec(tmp_path / "m.toml", ms2, "scale = -1.0"))
+
+
+def test_output_paths_checked_first_and_json_written_before_plots(tmp_path: Path) -> None:
+    s = spec(tmp_path / "s.toml", small_run(tmp_path / "r.npz"))
+    out, err = io.StringIO(), io.StringIO()
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match=r"--json: .*adir' is a directory"):
+        el.main(s, tmp_path / "adir", None, out=out, err=err)
+    with pytest.raises(ConfigError, match=r"--plots: .*afile' is a file"):
+        el.main(s, None, tmp_path / "afile", out=out, err=err)
+    assert err.getvalue() == ""  # both before the first run was read
+    # A plot that cannot be written (a directory in its place) is named, and the report
+    # written before it is kept.
+    (tmp_path / "plots" / "r.svg").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"--plots: cannot write .*r\.svg"):
+        el.main(s, tmp_path / "out.json", tmp_path / "plots", out=out, err=err)
+    assert json.loads((tmp_path / "out.json").read_text())["runs"][0]["name"] == "r"
+    # Existing outputs are overwritten, an existing plot folder written into.
+    (tmp_path / "plots" / "r.svg").rmdir()
+    for _ in range(2):
+        assert el.main(s, tmp_path / "out.json", tmp_path / "plots", out=out, err=err) == 0
+    assert (tmp_path / "plots" / "r.svg").read_text().startswith("<svg")

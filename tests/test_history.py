@@ -162,3 +162,75 @@ def test_decimate_minmax() -> None:
     assert min(lo) == pytest.approx(x.min(), abs=1e-6)
     assert max(hi) == pytest.approx(x.max(), abs=1e-6)
     assert decimate_minmax(np.array([])) == ([], [])
+
+
+def test_bad_deflate_data_is_skipped_and_counted(tmp_path: Path) -> None:
+    """A file whose zip listing reads but whose compressed member is damaged (zlib.error)
+    costs that entry only, not the sensor's whole history."""
+    import zipfile
+
+    rng = np.random.default_rng(5)
+    store = HistoryStore(tmp_path, max_bytes=10**8, max_age_s=86400)
+    t0 = time.time_ns()
+    bad = store.keep("a", t0, "interval", _arrays(rng), {})
+    good = store.keep("a", t0 + 10**9, "interval", _arrays(rng), {})
+    assert bad is not None and good is not None
+    b = bytearray(bad.path.read_bytes())
+    with zipfile.ZipFile(bad.path) as z:
+        info = z.getinfo("amp_g.npy")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    for i in range(start + 40, start + 60):
+        b[i] ^= 0xA5
+    bad.path.write_bytes(bytes(b))
+    wf = store.waterfalls("a")
+    assert wf["amp_g"]["ids"] == [good.id]
+    assert store.load("a", bad.id) is None
+    assert store.counters.corrupt == 2
+
+
+def test_meta_that_is_no_object_is_corrupt(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path, max_bytes=10**8, max_age_s=86400)
+    e = store.keep("a", time.time_ns(), "interval", {"samples": np.zeros(8, np.float32)}, {})
+    assert e is not None
+    np.savez_compressed(e.path, meta=np.array("[1, 2]"), samples=np.zeros(8))
+    assert store.load("a", e.id) is None and store.counters.corrupt == 1
+
+
+def test_a_window_stamped_ahead_does_not_stop_the_interval(tmp_path: Path) -> None:
+    """A gateway clock a day ahead for one window, then corrected: interval history goes
+    on by the wall clock, and the future-dated entry ages from when it was written."""
+    store = HistoryStore(tmp_path, max_bytes=10**8, max_age_s=7 * 86400)
+    now = time.time()
+    a = {"samples": np.zeros(8, np.float32)}
+    store.keep("a", int((now + 86400) * 1e9), "interval", a, {}, now_s=now)
+    late = int((now + 60) * 1e9)  # after the correction: older than the last entry
+    assert not store.due("a", late, 600, now_s=now + 60)
+    assert store.due("a", int((now + 3600) * 1e9), 600, now_s=now + 3600)
+    store.keep("a", int((now + 3600) * 1e9), "interval", a, {}, now_s=now + 3600)
+    assert not store.due("a", int((now + 3700) * 1e9), 600, now_s=now + 3700)
+    assert store.due("a", int((now + 4300) * 1e9), 600, now_s=now + 4300)
+    # A restart knows when the last entry was written (its file's time).
+    again = HistoryStore(tmp_path, max_bytes=10**8, max_age_s=7 * 86400)
+    assert not again.due("a", int((now + 70) * 1e9), 600, now_s=time.time() + 60)
+    # Age: the future entry was written at `now`, so it goes 7 days after that.
+    store.prune(now + 8 * 86400)
+    assert store.entries("a") == [] and store.counters.pruned == {"age": 2}
+
+
+def test_bounds_apply_at_start(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    now = time.time()
+    store = HistoryStore(tmp_path, max_bytes=10**9, max_age_s=365 * 86400)
+    for k in range(3):
+        store.keep("a", int((now - 40 * 86400 + k) * 1e9), "interval", _arrays(rng), {},
+                   now_s=now)
+    fresh = store.keep("a", int((now - 60) * 1e9), "interval", _arrays(rng), {}, now_s=now)
+    assert fresh is not None and len(store.entries("a")) == 4
+    # Restarted with history_max_age_d = 30 and no write to come: the bound holds now.
+    again = HistoryStore(tmp_path, max_bytes=10**9, max_age_s=30 * 86400)
+    assert [e.id for e in again.entries("a")] == [fresh.id]
+    assert again.counters.pruned == {"age": 3}
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [fresh.path.name]
+    # And the size bound: only the newest fits.
+    smaller = HistoryStore(tmp_path, max_bytes=fresh.size - 1, max_age_s=30 * 86400)
+    assert smaller.entries("a") == [] and smaller.counters.pruned == {"size": 1}
