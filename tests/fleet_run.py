@@ -154,8 +154,9 @@ def _start(tmp: Path, influxd: Influxd) -> FleetRun:
         wait_until(lambda: run.rows("SELECT count(\"by\") FROM \"long\".\"actions\""), 10,
              "the operator action in InfluxDB")
         # After the learning phase (50 windows here) the online models score each window.
-        wait_until(lambda: run.rows("SELECT count(\"anomaly_score\") FROM \"vibration\""), 60,
-             "anomaly scores")
+        wait_until(lambda: run.rows("SELECT count(\"anomaly_score\") FROM \"vibration\" "
+                                    "WHERE \"sensor\" = 'healthy'"), 60,
+             "anomaly scores of the healthy sensor")
     except BaseException:
         _stop(run)
         raise

@@ -153,8 +153,12 @@ def test_every_panel_query_returns_rows_from_the_stream(shared_fleet: FleetRun) 
             else:
                 values[v["name"]] = str(found[0])
         for where, query in _queries(d):
-            rows = _rows(shared_fleet, _substitute(query, values))
-            assert rows, f"{where}: no rows for {_substitute(query, values)}"
+            # A bearing faulty from the start learns no baseline (the online model learns
+            # only windows physics finds no fault in): the anomaly score panels are checked
+            # on the healthy sensor of the same machine.
+            vals = {**values, "sensor": "healthy"} if "anomaly_score" in query else values
+            rows = _rows(shared_fleet, _substitute(query, vals))
+            assert rows, f"{where}: no rows for {_substitute(query, vals)}"
             checked += 1
     assert checked >= 12
     # The ISO boundaries are the asset's own (group 2, flexible foundation).
