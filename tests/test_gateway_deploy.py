@@ -21,12 +21,13 @@ def test_example_gateway_config_loads_and_drivers_accept_it(
     config = load(DEPLOY / "gateway.example.toml")
     gw = config.gateway("gw-reactor3")
     assert config.broker.tls and config.broker.port == 8883
-    # The credential the shipped unit loads (README step 4 puts its source file there).
-    assert gw.password_file == Path("/etc/ballpass/credentials/gateway.password")
+    # From a shell: the file README step 4 installs, the source of the unit's credential.
+    assert gw.password_file == Path("/etc/ballpass/credentials/gw-reactor3.password")
     unit = (DEPLOY / "ballpass-gateway@.service").read_text()
-    assert "LoadCredential=gateway.password:/etc/ballpass/credentials/%i.password" in unit
+    assert "LoadCredential=%i.password:/etc/ballpass/credentials/%i.password" in unit
     readme = (DEPLOY.parent / "README.md").read_text()
-    assert "/etc/ballpass/credentials/gw-reactor3.password" in readme
+    assert "install -m 0600 gw-reactor3.password /etc/ballpass/credentials/gw-reactor3.password" \
+        in readme
     assert {s.driver for s in gw.sensors} == {"iio", "ds18b20"}
     for s in gw.sensors:
         driver = load_driver(s.driver)(s, config.asset(s.asset))  # validates options, no I/O
@@ -47,3 +48,15 @@ def test_systemd_unit() -> None:
     assert "ProtectKernelTunables" not in service and "PrivateDevices" not in service
     rules = (DEPLOY / "99-ballpass-iio.rules").read_text()
     assert 'SUBSYSTEM=="iio"' in rules and 'GROUP="iio"' in rules
+
+
+def test_iio_rule_applies_without_a_reboot() -> None:
+    # `udevadm trigger` sends "change" unless --action= says otherwise: the sysfs
+    # permissions must follow both that and the documented `--action=add`.
+    rules = (DEPLOY / "99-ballpass-iio.rules").read_text()
+    (run,) = [line for line in rules.replace("\\\n", " ").splitlines()
+              if "RUN+=" in line and not line.startswith("#")]
+    assert 'ACTION=="add|change"' in run and "chgrp -R iio /sys%p" in run
+    readme = (DEPLOY.parent / "README.md").read_text()
+    assert "udevadm trigger --action=add -s iio" in readme
+    assert "udevadm trigger -s iio" not in readme + rules

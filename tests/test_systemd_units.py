@@ -57,8 +57,15 @@ def test_gateway_keeps_device_access() -> None:
     svc = _unit(UNITS[0])["Service"]
     assert set(svc["SupplementaryGroups"].split()) >= {"i2c", "spi", "gpio", "iio"}
     assert "ProtectKernelTunables" not in svc and "PrivateDevices" not in svc
+    # One file under two names: "credential:gateway.password" (the same in every
+    # [[gateway]]) and "${CREDENTIALS_DIRECTORY:-/etc/ballpass/credentials}/ID.password".
     assert _multi(UNITS[0], "LoadCredential") == [
-        "gateway.password:/etc/ballpass/credentials/%i.password"]
+        "gateway.password:/etc/ballpass/credentials/%i.password",
+        "%i.password:/etc/ballpass/credentials/%i.password"]
+    # ProtectClock= implies DeviceAllow=char-rtc r, which closes every other device node
+    # (systemd.exec(5), systemd.resource-control(5)): /dev/iio:device*, /dev/i2c-* ...
+    assert "ProtectClock" not in svc and "DeviceAllow" not in svc
+    assert svc["CapabilityBoundingSet"] == ""  # CAP_SYS_TIME is gone without it
 
 
 def test_stream_unit_exists_and_is_documented() -> None:
@@ -96,3 +103,52 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "" and out.stderr.strip() == "", out.stdout + out.stderr
+
+
+def _credentials(name: str, instance: str = "") -> dict[str, str]:
+    """The unit's active LoadCredential= names -> source paths, %i expanded."""
+    pairs = (c.replace("%i", instance).split(":", 1) for c in _multi(name, "LoadCredential"))
+    return dict(pairs)
+
+
+def _inside(path: Path, dirs: list[str]) -> bool:
+    return any(path == Path(d) or Path(d) in path.parents for d in dirs)
+
+
+def test_the_example_site_configs_fit_the_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/site.toml and deploy/gateway.example.toml name state and secrets the units
+    provide: state_dir and outbox inside ReadWritePaths=, every secret file one of the
+    unit's LoadCredential= names, and each active credential one the site uses (a missing
+    source file fails the start with 243/CREDENTIALS)."""
+    from ballpass.config import load
+
+    creds_dir = "/run/credentials/ballpass-stream.service"
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", creds_dir)
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/ballpass-stream")
+    stream_unit = _unit(UNITS[1])["Service"]
+    site = load(ROOT / "examples" / "site.toml")
+    assert _inside(site.stream.state_dir, stream_unit["ReadWritePaths"].split())
+    assert site.stream.state_dir == Path("/var/lib") / stream_unit["StateDirectory"]
+    secrets = [p for p in (site.broker.password_file, site.stream.password_file,
+                           site.stream.http_token_file, site.influx.token_file,
+                           site.influx.password_file,
+                           *(w.secret_file for w in site.webhooks)) if p is not None]
+    assert secrets and all(p.parent == Path(creds_dir) for p in secrets), secrets
+    assert {p.name for p in secrets} == set(_credentials(UNITS[1]))
+
+    for config_path, gateway_id in ((ROOT / "examples" / "site.toml", "gw-r01"),
+                                    (DEPLOY / "gateway.example.toml", "gw-reactor3")):
+        creds_dir = f"/run/credentials/ballpass-gateway@{gateway_id}.service"
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", creds_dir)
+        gw = load(config_path).gateway(gateway_id)
+        assert gw.password_file == Path(creds_dir) / f"{gateway_id}.password"
+        loaded = _credentials(UNITS[0], gateway_id)
+        assert gw.password_file.name in loaded
+        svc = _unit(UNITS[0])["Service"]
+        outbox = svc["ExecStart"].replace("%i", gateway_id).split("--outbox ")[1].split()[0]
+        assert _inside(Path(outbox), svc["ReadWritePaths"].split())
+        assert gw.outbox.path in (None, Path(outbox)), (config_path, gw.outbox.path)
+        # From a root shell (check-config) the same file names the credential's source.
+        monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+        shell = load(config_path).gateway(gateway_id).password_file
+        assert str(shell) == loaded[gw.password_file.name]
