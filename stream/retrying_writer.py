@@ -20,8 +20,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ballpass import backoff
 from ballpass.log import kv
@@ -34,6 +36,11 @@ log = logging.getLogger(__name__)
 
 # Broker reconnects and InfluxDB retries (s); the windows wait in the broker meanwhile.
 RETRY_INITIAL_S, RETRY_MAX_S = 0.5, 30.0
+# Threads of the writes (a batch's commit, operator actions, held alerts): more would only
+# wait on the writer's connection lock.
+WRITE_THREADS = 4
+
+_T = TypeVar("_T")
 
 
 class RetryingWriter:
@@ -53,6 +60,17 @@ class RetryingWriter:
         # being retried (None: the last one succeeded); read by the health check.
         self.failing_since: float | None = None
         self.last_written_t: float | None = None  # Unix time the database last took a write
+        # Its own threads, not asyncio's default executor: a database that hangs holds each
+        # write for its timeout, and queued writes must not take every thread the pipeline
+        # and the saves need.
+        self._threads = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="influx-write")
+
+    async def _in_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
+
+    def close_threads(self) -> None:
+        """Let the write threads end (a write still running finishes first)."""
+        self._threads.shutdown(wait=False)
 
     def encodable(self, points: Sequence[Point]) -> list[Point]:
         """`points` less those line protocol cannot hold (each dead-lettered and counted)."""
@@ -81,7 +99,7 @@ class RetryingWriter:
         while not stop.is_set():
             attempt += 1
             try:
-                await asyncio.to_thread(ensure)
+                await self._in_thread(ensure)
                 self.failing_since = None
                 return
             except (InfluxWriteError, OSError) as e:
@@ -107,13 +125,13 @@ class RetryingWriter:
         attempt = 0
         while True:
             try:
-                await asyncio.to_thread(self.writer.write, good)
+                await self._in_thread(self.writer.write, good)
                 self.counters.written += windows
                 self.failing_since = None
                 self.last_written_t = time.time()
                 return True
             except InfluxWriteError as e:
-                if not e.retryable and await asyncio.to_thread(
+                if not e.retryable and await self._in_thread(
                         self._keep_refused, good, str(e), windows):
                     self.failing_since = None  # the database answers: it refused these
                     return True
@@ -130,7 +148,7 @@ class RetryingWriter:
     async def write_once(self, points: Sequence[Point], what: str) -> bool:
         """One attempt, for points that are re-made later anyway; failures are logged."""
         try:
-            await asyncio.to_thread(self.writer.write, self.encodable(points))
+            await self._in_thread(self.writer.write, self.encodable(points))
             return True
         except (InfluxWriteError, OSError) as e:
             log.warning(kv(f"{what}_not_written", reason=e))

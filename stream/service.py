@@ -17,14 +17,17 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import logging
+import operator
 import os
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from ballpass import sdnotify
 from ballpass.config import Config, ConfigError, load
@@ -60,6 +63,8 @@ if TYPE_CHECKING:  # the cluster extra is optional
 log = logging.getLogger(__name__)
 
 GATEWAY_COUNTERS = ("captured", "queued", "published", "dropped", "replayed")
+
+_T = TypeVar("_T")
 
 
 async def _listening(start: Coroutine[Any, Any, None], key: str, host: str, port: int) -> None:
@@ -133,7 +138,13 @@ class StreamService:
         self.sensors: dict[str, dict[str, Any]] = {}
         self.gateways: dict[str, dict[str, Any]] = {}
         self._started = time.time()
-        self._busy_since: float | None = None  # monotonic start of the batch in the pipeline
+        # The pipeline's own thread (batches, commands, operator actions). Not asyncio's
+        # default executor: there a batch could wait for a thread behind blocked work, and
+        # the watchdog would count that wait as a stuck pipeline (`_watchdog_loop`).
+        self._pipeline_thread = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
+        # Monotonic time the work now running in the pipeline thread started (None: idle);
+        # set in that thread, so waiting for it is never counted.
+        self._busy_since: float | None = None
         # Done when the last processed batch's commit has finished (its alerts are out):
         # an operator action's alerts wait for it, so that they follow the batch's.
         self._committed: asyncio.Future[None] | None = None
@@ -199,6 +210,8 @@ class StreamService:
             # Online models persist at shutdown too (the periodic save runs after batches).
             await asyncio.to_thread(self._save_online)
             self._write_status()
+            self._pipeline_thread.shutdown(wait=False)  # idle now: its thread ends
+            self.writer.close_threads()
             log.info(kv("stream_stopped", **{k: v for k, v in self.counters.as_dict().items()
                                              if not isinstance(v, dict)}))
 
@@ -242,13 +255,7 @@ class StreamService:
             await self._kernels
         async with self._state_lock:
             with stage.labels("process").time():
-                self._busy_since = time.monotonic()
-                try:
-                    output = await asyncio.to_thread(self._process, accepted)
-                    if commands:
-                        output.add(await asyncio.to_thread(self._commands, commands))
-                finally:
-                    self._busy_since = None
+                output = await self._in_pipeline(self._process_in_order, accepted, commands)
             # Under the lock, not in the commit: the models must not be saved while the
             # next batch changes them in the worker thread. Outside the stage timer and the
             # watchdog's busy window: a save is not pipeline time.
@@ -258,7 +265,40 @@ class StreamService:
         return functools.partial(self._commit, accepted, commands, output, extra_points,
                                  committed)
 
-    async def _commit(self, accepted: list[Incoming], commands: list[Delivery],
+    async def _in_pipeline(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run `fn(*args)` in the pipeline's thread; the watchdog's busy clock runs only
+        while it does."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pipeline_thread,
+                                          functools.partial(self._busy, fn, *args))
+
+    def _busy(self, fn: Callable[..., _T], *args: Any) -> _T:
+        self._busy_since = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            self._busy_since = None
+
+    def _process_in_order(self, accepted: list[Incoming],
+                          commands: list[tuple[int, Delivery]]) -> BatchOutput:
+        """The batch's windows and commands in the order they arrived: a window that came
+        after a rebaseline is learned into the new baseline, not the old one wiped by it;
+        one after a false alarm is scored by the model that learned it. `commands` holds
+        each command with the number of windows accepted before it."""
+        if not commands:  # the common batch: one pipeline call, as before
+            return self._process(accepted)
+        output = BatchOutput([], [], [])
+        start = 0
+        for at, run in itertools.groupby(commands, key=operator.itemgetter(0)):
+            if at > start:
+                output.add(self._process(accepted[start:at]))
+                start = at
+            output.add(self._commands([message for _, message in run]))
+        if start < len(accepted):
+            output.add(self._process(accepted[start:]))
+        return output
+
+    async def _commit(self, accepted: list[Incoming], commands: list[tuple[int, Delivery]],
                       output: BatchOutput, extra_points: list[Point],
                       committed: asyncio.Future[None]) -> None:
         """Write a processed batch; once written, acknowledge it, publish and keep history."""
@@ -268,7 +308,8 @@ class StreamService:
             if not committed.done():
                 committed.set_result(None)
 
-    async def _write_and_publish(self, accepted: list[Incoming], commands: list[Delivery],
+    async def _write_and_publish(self, accepted: list[Incoming],
+                                 commands: list[tuple[int, Delivery]],
                                  output: BatchOutput, extra_points: list[Point]) -> None:
         stage = self.metrics.stage_seconds
         with stage.labels("write").time():
@@ -285,7 +326,7 @@ class StreamService:
             self.metrics.lag_seconds.observe(max(0.0, now - item.window.t0_ns / 1e9))
             for message in self.admission.written(item):
                 self.source.ack(message)
-        for message in commands:
+        for _, message in commands:
             self.source.ack(message)
         with stage.labels("publish").time():
             latest = latest_diagnoses(output)
@@ -299,19 +340,23 @@ class StreamService:
         with stage.labels("history").time():
             await asyncio.to_thread(self._keep_history, output)
 
-    def _sort(self, batch: list[Delivery]) -> tuple[list[Incoming], list[Point], list[Delivery]]:
+    def _sort(self, batch: list[Delivery]
+              ) -> tuple[list[Incoming], list[Point], list[tuple[int, Delivery]]]:
         """Split a batch into windows to process, gateway-status points and operator
-        commands; tacho and status messages, bad windows and duplicates are acknowledged
-        here (nothing of theirs waits for the database)."""
+        commands, each command with the number of windows accepted before it (they are
+        applied in arrival order, `_process_in_order`); tacho and status messages, bad
+        windows and duplicates are acknowledged here (nothing of theirs waits for the
+        database)."""
         accepted: list[Incoming] = []
         extra_points: list[Point] = []
-        commands: list[Delivery] = []
+        commands: list[tuple[int, Delivery]] = []
         for message in batch:
             try:
                 r = route(message.topic)
                 if r.route is Route.COMMAND:
                     if r.site == self.config.site.id:
-                        commands.append(message)  # acknowledged once its action is written
+                        # Acknowledged once its action is written.
+                        commands.append((len(accepted), message))
                         continue
                     self.counters.refuse("command")
                     log.warning(kv("window_rejected", reason="command", topic=message.topic,
@@ -390,7 +435,11 @@ class StreamService:
                                detail=f"bad command JSON: {e}"))
                 continue
             try:
-                done = self.pipeline.apply_command(command)
+                # Delivered again: its `actions` point again, nothing applied twice (nor,
+                # by `Pipeline.apply_command`, the impact evidence since cleared again).
+                repeated = self.pipeline.online.repeated(command)
+                done = (BatchOutput([], repeated, []) if repeated is not None
+                        else self.pipeline.apply_command(command))
             except Exception as e:
                 self._unhandled(message, e)
                 continue
@@ -590,7 +639,7 @@ class StreamService:
                 self.evidence.record_action(record)
             return record
         async with self._state_lock:
-            done = await asyncio.to_thread(self.pipeline.apply_command, command)
+            done = await self._in_pipeline(self.pipeline.apply_command, command)
             committed = self._committed
         record = {**command, "result": done.points[0].fields.get("result", "")
                   if done.points else "rejected"}
@@ -637,8 +686,10 @@ class StreamService:
 
     async def _watchdog_loop(self) -> None:
         """`WATCHDOG=1` at half the watchdog interval, from the event loop itself (a blocked
-        loop stops it) and only while no batch has been stuck in the pipeline longer than
-        the interval (database retries do not count: they are waiting, not stuck)."""
+        loop stops it) and only while nothing has been running in the pipeline thread
+        longer than the interval (`_busy`). Waiting does not count: for the state lock,
+        the thread, or the database (whose writes have their own threads), which may be
+        down for hours without the stream being stuck."""
         interval = sdnotify.watchdog_interval_s()
         if interval is None:
             return

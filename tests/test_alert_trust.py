@@ -375,8 +375,37 @@ def test_a_crash_after_a_rebaseline_keeps_the_new_baseline(tmp_path: Path) -> No
 
     after_crash = Pipeline(config, state_dir=tmp_path / "state")  # no save at a stop
     model = after_crash.online.model("a")
-    assert (model.counters["rebaselines"], list(model.command_ids)) == (1, ["c1"])
+    assert (model.counters["rebaselines"], list(model.commands)) == (1, ["c1"])
     assert after_crash.alerts.state("a") == "normal"
+
+
+def test_a_state_that_kept_bare_command_ids_loads_and_knows_them(tmp_path: Path) -> None:
+    """State files of the version that kept only the ids of the commands applied (not their
+    `actions` points) load: those commands are still applied once (no point to write again:
+    none is), and new ones are kept with their points."""
+    import pickle
+    from collections import deque
+
+    config = _config(tmp_path)
+    first = Pipeline(config, state_dir=tmp_path / "state")
+    first.apply_command({"action": "rebaseline", "sensor": "a", "by": "ann", "id": "c1"})
+    path = next((tmp_path / "state" / "online").glob("a.v*.pkl"))
+    data = pickle.loads(path.read_bytes())
+    old = data["model"].__dict__
+    del old["commands"]
+    old["command_ids"] = deque(["c1"], maxlen=64)  # as the older version saved it
+    path.write_bytes(pickle.dumps(data))
+
+    again = Pipeline(config, state_dir=tmp_path / "state")
+    model = again.online.model("a")
+    assert (model.commands, hasattr(model, "command_ids")) == ({"c1": None}, False)
+    assert again.online.repeated({"action": "rebaseline", "sensor": "a", "id": "c1"}) == []
+    assert again.online.counters["commands_repeated"] == 1
+    assert model.counters["rebaselines"] == 1
+    done = again.apply_command({"action": "ack", "sensor": "a", "by": "bob", "id": "c2"})
+    t_ns, tags, fields = model.commands["c2"]
+    assert [(p.time_ns, dict(p.tags), dict(p.fields)) for p in done.points] == [
+        (t_ns, tags, fields)]
 
 
 @pytest.mark.parametrize("takeover", ["restart", "partition_move"])

@@ -116,6 +116,9 @@ class OnlineModels:
 
         A malformed command is counted, logged and ignored.
         """
+        repeated = self.repeated(command)
+        if repeated is not None:
+            return repeated, []
         t_ns = time.time_ns() if t_ns is None else t_ns
         self.counters["commands"] += 1
         problem = _check_command(command, self.assets)
@@ -128,15 +131,6 @@ class OnlineModels:
         note = str(command.get("note") or "")[:500]
         transitions: list[Transition] = []
         m = self.model(sensor)
-        command_id = command.get("id")
-        if isinstance(command_id, str) and command_id:
-            # Redelivered (its acknowledgement lost with a connection): applied once.
-            if command_id[:64] in m.command_ids:
-                self.counters["commands_repeated"] += 1
-                log.info(kv("command_repeated", id=command_id[:64], action=action,
-                            sensor=sensor))
-                return [], []
-            m.command_ids.append(command_id[:64])
         if action == "rebaseline":
             m.rebaseline()
             t = self.alerts.clear(sensor)
@@ -150,19 +144,49 @@ class OnlineModels:
             result = "acknowledged" if self.alerts.acknowledge(sensor, by) else "no active alarm"
         if t is not None:
             transitions.append(t)
-        # Now, not at the next periodic save: the alert state saved with this command says
-        # the alarm is resolved, and a crash must not bring back the baseline that raised it
-        # (nor the command's id: it would not be redelivered, it is acknowledged).
-        self.save(sensor)
-        log.info(kv("operator_action", action=action, sensor=sensor, by=by, result=result))
         asset = self.assets[sensor].id
         fields: dict[str, Any] = {"by": by, "result": result, "note": note}
         requested = json_number(command.get("t"))
         if requested is not None and math.isfinite(requested):
             fields["requested_at"] = requested
-        point = Point("actions", {"site": self.site, "sensor": sensor, "asset": asset,
-                                  "action": action}, fields, t_ns)
-        return [point], transitions
+        tags = {"site": self.site, "sensor": sensor, "asset": asset, "action": action}
+        command_id = _command_id(command)
+        if command_id is not None:
+            # With its point, not the bare id: if the stream stops before writing it, the
+            # broker delivers the command again and the same row is written then.
+            m.remember_command(command_id, (t_ns, tags, fields))
+        # Now, not at the next periodic save: the alert state saved with this command says
+        # the alarm is resolved, and a crash must not bring back the baseline that raised it
+        # (nor the command's id and point: it is not acknowledged until they are written).
+        self.save(sensor)
+        log.info(kv("operator_action", action=action, sensor=sensor, by=by, result=result))
+        return [Point("actions", tags, fields, t_ns)], transitions
+
+    def repeated(self, command: Any) -> list[Point] | None:
+        """The `actions` point of a command applied before (same `id`: the broker delivered
+        it again, its acknowledgement lost with a connection or a stop before its point
+        was written), to be written again; None for a command not applied yet.
+
+        The same series and time as the first time: InfluxDB keeps one row. An id saved
+        by a version that kept no points gives none (logged).
+        """
+        command_id = _command_id(command)
+        if command_id is None or _check_command(command, self.assets):
+            return None
+        sensor = command["sensor"]
+        m = self.models.get(sensor)
+        if m is None or command_id not in m.commands:
+            return None
+        self.counters["commands"] += 1
+        self.counters["commands_repeated"] += 1
+        record = m.commands[command_id]
+        log.info(kv("command_repeated", id=command_id, action=command["action"],
+                    sensor=sensor, actions_point="written again" if record is not None
+                    else "not known (applied by an older version)"))
+        if record is None:
+            return []
+        t_ns, tags, fields = record
+        return [Point("actions", dict(tags), dict(fields), t_ns)]
 
     # --- persistence -----------------------------------------------------------------
 
@@ -258,6 +282,12 @@ class OnlineModels:
         self.pending_points.append(Point("events", {
             "site": self.site, "sensor": sensor, "asset": asset,
             "event": "state_moved_aside"}, {"detail": reason[:500]}, time.time_ns()))
+
+
+def _command_id(command: Any) -> str | None:
+    """The id a command is recognised by when delivered again (None: it has none)."""
+    command_id = command.get("id") if isinstance(command, dict) else None
+    return command_id[:64] if isinstance(command_id, str) and command_id else None
 
 
 def _check_command(command: Any, assets: dict[str, AssetConfig]) -> str:

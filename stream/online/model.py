@@ -73,6 +73,9 @@ STATE_VERSION = 1
 """Version of the pickled `SensorModel`; a file of another version is moved aside."""
 COMMAND_IDS_KEPT = 64  # far more than the commands unacknowledged at any time
 
+CommandRecord = tuple[int, dict[str, str], dict[str, Any]]
+"""The `actions` point an operator command made: its time (ns), tags and fields."""
+
 
 @dataclass
 class Observation:
@@ -224,9 +227,11 @@ class SensorModel:
             "windows": 0, "nan_features": 0, "seq_restart": 0, "clock_backwards": 0,
             "unseen_band": 0, "no_speed": 0, "rebaselines": 0, "false_alarms_learned": 0,
         }
-        # Ids of the operator commands applied to this model, kept with it (and through a
-        # rebaseline): a command the broker delivers again must not be applied twice.
-        self.command_ids: deque[str] = deque(maxlen=COMMAND_IDS_KEPT)
+        # The operator commands applied to this model, by id, with the `actions` point
+        # each made (oldest first, at most COMMAND_IDS_KEPT), kept with it and through a
+        # rebaseline: a command the broker delivers again must not be applied twice, and
+        # its point is written again (the stream may have stopped before writing it).
+        self.commands: dict[str, CommandRecord | None] = {}
 
     def reset(self) -> None:
         """Forget the baseline (maintenance done): learn again from the next window."""
@@ -260,8 +265,10 @@ class SensorModel:
         self.__dict__.update(state)
         if "vel_zone" not in state:
             self.vel_zone = self._zone_trend()
-        if "command_ids" not in state:
-            self.command_ids = deque(maxlen=COMMAND_IDS_KEPT)
+        if "commands" not in state:
+            # Saved when only the ids were kept: their points are not known (None).
+            self.commands = dict.fromkeys(state.get("command_ids", ()))
+            self.__dict__.pop("command_ids", None)
         if "backwards_run" not in state:
             self.backwards_run = 0
         # A state saved before the calibration cap: kept to _CAL_MAX and its tail fitted
@@ -269,6 +276,13 @@ class SensorModel:
         del self.cal[:-_CAL_MAX]
         if self.ready:
             self._calibrate()
+
+    def remember_command(self, command_id: str, record: CommandRecord) -> None:
+        """Keep `command_id` as applied, with its `actions` point (the oldest beyond
+        COMMAND_IDS_KEPT forgotten)."""
+        self.commands[command_id] = record
+        while len(self.commands) > COMMAND_IDS_KEPT:
+            del self.commands[next(iter(self.commands))]
 
     # --- features --------------------------------------------------------------------
 
