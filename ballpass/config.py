@@ -881,7 +881,10 @@ def _parse_gateway(r: TableReader, assets: dict[str, float | None]) -> GatewayCo
     )
     o.finish()
     sensors = [_parse_sensor(s, assets) for s in r.tables("sensor")]
-    if not sensors and "sensor" not in r.table:
+    # `sensor = []` too: a gateway with nothing to capture cannot run (it would crash at
+    # start, exit 1, and be restarted by systemd for ever). A `sensor` that is not an
+    # array of tables has had its own error from `tables`.
+    if not sensors and isinstance(r.table.get("sensor", []), list):
         r.fail("sensor", "at least one [[gateway.sensor]] is required")
     for s in sensors:
         if s is not None and (problem := window_fits_outbox(s.window_samples, outbox.max_mb)):

@@ -10,27 +10,60 @@ gateway-level problems; docs/gateway.md, "Metrics", lists every series.
 
 Labels ``site`` and ``gateway`` are on every series, so one Prometheus can scrape a fleet.
 The process collector (`process_resident_memory_bytes`, CPU seconds) is included.
+
+The server (`MetricsServer`) is this module's own, not prometheus-client's
+`start_http_server`, which gives every connection a thread with no timeout and no cap: idle
+clients held one thread and one file descriptor each until the gateway hit its descriptor
+limit, and then MQTT and SQLite could not open files. Here a connection idle for
+`CONNECTION_TIMEOUT_S` is closed, and beyond `MAX_CONNECTIONS` open connections in all
+or `MAX_PER_PEER` from one address a new one gets a 503 and is closed at once
+(``event=metrics_refused``, at most one line per `REFUSED_LOG_EVERY_S`). One request per
+connection (HTTP/1.0), no keep-alive.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from ballpass.gateway.outbox import Outbox
 from ballpass.gateway.status import SENSOR_DISABLED, SENSOR_FAULT, SENSOR_OK, Status
+from ballpass.listen import OpenConnections
+from ballpass.log import kv
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from ballpass.gateway.publisher import Publisher
 
+log = logging.getLogger(__name__)
+
 _P = "ballpass_gateway_"
+
+MAX_CONNECTIONS = 16
+"""Open connections to the endpoint in all; a scraper needs one (two for an HA pair)."""
+MAX_PER_PEER = 4
+"""Open connections from one address, so one client cannot take them all (on the default
+loopback bind every local client is 127.0.0.1: the total still leaves room for remote
+ones, and the timeout frees the local ones)."""
+CONNECTION_TIMEOUT_S = 10.0
+"""Socket timeout (s) of each connection: a read or write waiting longer closes it."""
+REFUSED_LOG_EVERY_S = 60.0
+"""At most one ``event=metrics_refused`` line per this many seconds (s)."""
+ACCEPT_ERROR_PAUSE_S = 0.1
+"""Pause (s) after a failed accept (EMFILE: out of file descriptors), which would otherwise
+be retried at once by the accept loop, spinning a core."""
 
 
 class GatewayCollector(Collector):
@@ -86,13 +119,131 @@ class GatewayCollector(Collector):
         yield problems
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """``GET /metrics`` (or ``/``): the registry in the Prometheus text format."""
+
+    server: MetricsServer
+
+    def setup(self) -> None:
+        super().setup()
+        # Every read and write of this connection: an idle client is closed, not kept.
+        self.connection.settimeout(self.server.timeout_s)
+
+    def do_GET(self) -> None:
+        if urlsplit(self.path).path not in ("/", "/metrics"):
+            self.send_error(404)
+            return
+        body = generate_latest(self.server.registry)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one stderr line per scrape is noise; refusals are logged by the server
+
+
+class MetricsServer(HTTPServer):
+    """An HTTP server with a thread per connection, capped: at most `max_total` open
+    connections and `max_per_peer` per peer address (beyond: a 503, closed at once), each
+    with a socket timeout of `timeout_s` seconds. Serve with `serve_forever` (a daemon
+    thread); stop with `shutdown()` then `server_close()`."""
+
+    # The listen backlog: socketserver's 5 would leave a burst of clients half-open in the
+    # kernel (neither served nor refused) until the slots free up.
+    request_queue_size = 64
+
+    def __init__(self, listen: tuple[str, int], registry: CollectorRegistry, *,
+                 max_total: int = MAX_CONNECTIONS, max_per_peer: int = MAX_PER_PEER,
+                 timeout_s: float = CONNECTION_TIMEOUT_S) -> None:
+        infos = socket.getaddrinfo(listen[0], listen[1], type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        family, _, _, _, sockaddr = infos[0]
+        self.address_family = family
+        self.registry = registry
+        self.max_total, self.max_per_peer, self.timeout_s = max_total, max_per_peer, timeout_s
+        self.refused = 0  # connections refused (over a cap), in this process
+        self._open = OpenConnections()
+        self._lock = threading.Lock()  # OpenConnections is not thread-safe
+        self._refused_logged_at: float | None = None
+        super().__init__((str(sockaddr[0]), int(sockaddr[1])), _Handler)
+
+    @property
+    def open_connections(self) -> int:
+        with self._lock:
+            return self._open.total
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                time.sleep(ACCEPT_ERROR_PAUSE_S)
+            raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """On the accept thread: count the connection, refuse it over a cap, else hand it
+        to a new thread (which un-counts it when done)."""
+        peer = str(client_address[0])
+        hold = self._open.hold(peer)
+        with self._lock:
+            hold.__enter__()
+            why = self._open.busy(peer, self.max_total, self.max_per_peer)
+            if why is not None:
+                hold.__exit__(None, None, None)
+        if why is not None:
+            self._refuse(request, peer, why)
+            return
+        try:
+            threading.Thread(target=self._serve, args=(request, client_address, hold),
+                             name="metrics-conn", daemon=True).start()
+        except RuntimeError:  # no thread to be had: refuse rather than fail the loop
+            with self._lock:
+                hold.__exit__(None, None, None)
+            self._refuse(request, peer, "no thread")
+
+    def _serve(self, request: Any, client_address: Any,
+               hold: contextlib.AbstractContextManager[None]) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except OSError:
+            pass  # the client went away, or idled past the timeout: closed below
+        except Exception as e:  # a failed scrape must not end the thread unlogged
+            log.warning(kv("metrics_request_failed", peer=client_address[0],
+                           error=f"{type(e).__name__}: {e}"))
+        finally:
+            self.shutdown_request(request)
+            with self._lock:
+                hold.__exit__(None, None, None)
+
+    def _refuse(self, request: socket.socket, peer: str, why: str) -> None:
+        self.refused += 1
+        with contextlib.suppress(OSError):
+            request.setblocking(False)  # never wait on a client that does not read
+            request.send(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                         b"Connection: close\r\n\r\n")
+        self.shutdown_request(request)
+        now = time.monotonic()
+        if self._refused_logged_at is None or \
+                now - self._refused_logged_at >= REFUSED_LOG_EVERY_S:
+            self._refused_logged_at = now
+            log.warning(kv("metrics_refused", peer=peer, reason=why,
+                           refused_total=self.refused, open=self.open_connections))
+
+
 def start_metrics_server(listen: tuple[str, int], box: Outbox, status: Status,
-                         publisher: Publisher) -> WSGIServer:
+                         publisher: Publisher, *, max_total: int = MAX_CONNECTIONS,
+                         max_per_peer: int = MAX_PER_PEER,
+                         timeout_s: float = CONNECTION_TIMEOUT_S) -> MetricsServer:
     """Serve ``/metrics`` on `listen` (host, port) from a daemon thread; returns the
-    server (call ``shutdown()`` and ``server_close()`` to stop). OSError if the port
-    cannot be bound."""
+    server (call ``shutdown()`` and ``server_close()`` to stop). Limits: see
+    `MetricsServer` (connections; `timeout_s` in s). OSError if the port cannot be
+    bound."""
     registry = CollectorRegistry()
     registry.register(GatewayCollector(box, status, publisher))
     ProcessCollector(registry=registry)
-    server, _thread = start_http_server(listen[1], addr=listen[0], registry=registry)
+    server = MetricsServer(listen, registry, max_total=max_total, max_per_peer=max_per_peer,
+                           timeout_s=timeout_s)
+    threading.Thread(target=server.serve_forever, name="metrics-accept", daemon=True).start()
     return server

@@ -41,6 +41,10 @@ Status. A retained birth status (state online) is published on every CONNACK, th
 drains the outbox for up to `drain_timeout_s`, publishes a final retained status with
 state offline and the final counters, waits for its PUBACK, then disconnects cleanly (a
 clean DISCONNECT suppresses the will). `request_status` publishes one at the next turn.
+A status over the broker's Maximum Packet Size is sent in its reduced form (every reason
+"", ``event=status_too_large sent=reduced``), or not at all when even that is over it
+(``sent=none``): the broker would close the connection on it. The will is set again
+before every connect, so it carries `started_at` as shifted by a wall-clock jump.
 
 Remote config. On every CONNACK the publisher subscribes (QoS 1) to its retained config
 topic ``bp/v1/{site}/{gateway}/config``; each message is handed to `on_config` (bytes),
@@ -164,6 +168,7 @@ class Publisher:
         self._dropped = False  # the broker closed the connection; not yet backed off for
         self._drops_unacked = 0  # drops in a row with windows in flight and no PUBACK
         self._max_packet: int | None = None  # the broker's Maximum Packet Size (CONNACK)
+        self._status_form = "full"  # the form of the last status: full, reduced, none
         self._outage_start_ns: int | None = None
         self._outages: deque[tuple[int, int]] = deque(maxlen=64)
         self.stats = {"connects": 0, "disconnects": 0, "rejected": 0}
@@ -401,6 +406,10 @@ class Publisher:
             return
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.session_expiry_s
+        # The will goes in the CONNECT: built now, so it carries `started_at` as it is
+        # after a wall-clock jump the status followed (a 1970 start on a board without RTC).
+        self._client.will_set(self.status_topic, self.status.will_payload(), qos=1,
+                              retain=True)
         try:
             self._client.connect(b.host, b.port, keepalive=b.keepalive_s, clean_start=False,
                                  properties=props)
@@ -570,9 +579,33 @@ class Publisher:
         return any(start <= e.created_ns < end for start, end in self._outages)
 
     def _publish_status(self, state: str) -> int | None:
+        """Publish the status (retained, QoS 1); its mid, or None when not sent.
+
+        A status over the broker's Maximum Packet Size would make it close the connection
+        at every status (every CONNACK): nothing would be delivered, and the drops be
+        blamed on the windows in flight (`delivery`). So the reduced form (reasons
+        dropped) goes instead, and when even that is too big none."""
         self._last_status = time.monotonic()
-        info = self._client.publish(self.status_topic, self.status.payload(state), qos=1,
-                                    retain=True)
+        payload = self.status.payload(state)
+        limit = self._max_packet
+        full = publish_size(self.status_topic, payload)
+        form = "full"
+        if limit is not None and full > limit:
+            payload = self.status.payload(state, reasons=False)
+            form = "reduced" if publish_size(self.status_topic, payload) <= limit else "none"
+        if form != self._status_form:  # logged at each change, not at every status
+            self._status_form = form
+            if form == "full":
+                log.info(kv("status_size_ok", gateway=self.gateway, bytes=full,
+                            max_packet_size=limit))
+            else:
+                log.warning(kv("status_too_large", gateway=self.gateway, sent=form,
+                               bytes=full, reduced_bytes=publish_size(
+                                   self.status_topic, payload),
+                               max_packet_size=limit))
+        if form == "none":
+            return None
+        info = self._client.publish(self.status_topic, payload, qos=1, retain=True)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return None
         self._status_mids.add(info.mid)

@@ -19,6 +19,11 @@ topic, and capture goes on (the problem clears at the next stored window).
 
 `reconfigure` swaps the sensor's settings (interval, window, enabled) while running: the
 thread closes its driver, opens a new one with the new settings and restarts its grid.
+
+Progress. `last_progress` is the monotonic time of the thread's last sign of life (a loop
+turn, a wake from a wait, a driver call that returned). A thread hung in a driver call
+(a kernel read that never returns) stops moving it; the service marks such a sensor
+``fault`` once it is `stuck_after_s` overdue (docs/gateway.md, "Stuck capture").
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ log = logging.getLogger(__name__)
 
 DriverFactory = Callable[[SensorConfig, AssetConfig], Driver]
 
+STUCK_MARGIN_S = 30.0
+"""Slack (s) on top of two capture periods before a capture thread that shows no progress
+counts as stuck: a driver call may legitimately block for about two window spans (the IIO
+driver's own read timeout is 2 × window + 1 s), and a busy board delays threads."""
+
 _KINDS = {"acceleration": wire.Kind.ACCELERATION, "temperature": wire.Kind.TEMPERATURE}
 
 
@@ -57,13 +67,15 @@ class SensorCapture:
     """The capture loop of one sensor, run on its own thread by `start()`.
 
     `backoff_initial_s` / `backoff_max_s`: delay before re-opening a faulty driver,
-    doubled per consecutive fault up to the cap, reset by a good read.
+    doubled per consecutive fault up to the cap, reset by a good read. `stuck_margin_s`:
+    the slack of `stuck_after_s`, s.
     """
 
     def __init__(self, sensor: SensorConfig, asset: AssetConfig, site: str, gateway: str,
                  outbox: Outbox, status: Status, stop: threading.Event, *,
                  driver_factory: DriverFactory = default_driver_factory,
-                 backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0) -> None:
+                 backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
+                 stuck_margin_s: float = STUCK_MARGIN_S) -> None:
         self.sensor = sensor
         self.asset = asset
         self.outbox = outbox
@@ -72,6 +84,10 @@ class SensorCapture:
         self.driver_factory = driver_factory
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
+        self.stuck_margin_s = stuck_margin_s
+        # Monotonic s; written by the capture thread only, read by the service's main loop
+        # (a float assignment is atomic under the GIL).
+        self.last_progress = time.monotonic()
         self.topic = topics.window(site, gateway, sensor.id)
         self.kind = _KINDS[sensor.kind]
         self.captured = 0
@@ -100,6 +116,20 @@ class SensorCapture:
         with self._pending_lock:
             return self._requested
 
+    @property
+    def stuck_after_s(self) -> float:
+        """How long (s) the thread may show no progress before it counts as stuck:
+        2 × max(interval, window span) + `stuck_margin_s`, of the settings last asked for
+        (a longer window just requested must not make the current read look stuck early,
+        so the larger of the running and the requested settings)."""
+        spans = [max(s.interval_s, s.window_samples / s.fs_hz)
+                 for s in (self.sensor, self.requested[0])]
+        return 2.0 * max(spans) + self.stuck_margin_s
+
+    def overdue_s(self, now: float) -> float:
+        """Seconds since the thread's last progress, at monotonic time `now`."""
+        return now - self.last_progress
+
     def _apply_pending(self) -> bool:
         """Swap in pending settings; True when something was applied."""
         with self._pending_lock:
@@ -123,7 +153,8 @@ class SensorCapture:
         """Wait up to `seconds`; True when stopped. Wakes early for new settings."""
         deadline = time.monotonic() + seconds
         while True:
-            left = deadline - time.monotonic()
+            self.last_progress = now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return self.stop_event.is_set()
             if self.stop_event.wait(min(left, 0.1)):
@@ -132,6 +163,7 @@ class SensorCapture:
                 return False
 
     def start(self) -> None:
+        self.last_progress = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"capture-{self.sensor.id}",
                                         daemon=True)
         self._thread.start()
@@ -152,6 +184,7 @@ class SensorCapture:
         slot = 0
         consecutive_faults = 0
         while not self.stop_event.is_set():
+            self.last_progress = time.monotonic()
             if self._apply_pending():
                 interval = self.sensor.interval_s
                 consecutive_faults = 0
@@ -174,6 +207,7 @@ class SensorCapture:
                 continue
             try:
                 self._capture_one()
+                self.last_progress = time.monotonic()
             except SourceFinished as e:
                 self._finish(e)
                 continue

@@ -29,6 +29,11 @@ added or removed, a sensor's kind, the outbox, TLS on/off) is logged as
 config that does not load is logged as ``event=config_reload_failed``, shown the same
 way, and the old one kept. ``READY=1`` follows in every case; a reload never exits.
 
+Stuck capture: each turn, `_watch_captures` marks a sensor whose capture thread shows no
+progress for longer than its `SensorCapture.stuck_after_s` as fault ("capture stuck for N
+s"); this does not withhold ``WATCHDOG=1`` (why: at the call). At stop the capture threads
+share one join deadline (`CAPTURE_JOIN_MAX_S`).
+
 Metrics (optional, ``--metrics HOST:PORT``): `ballpass.gateway.metrics`, imported only
 then (prometheus-client).
 """
@@ -53,8 +58,13 @@ from ballpass.gateway.clock import ClockWatch
 from ballpass.gateway.outbox import Outbox
 from ballpass.gateway.publisher import Publisher, PublisherSettings
 from ballpass.gateway.remote import ConfigRejected, RemoteConfig, parse_remote
-from ballpass.gateway.schedule import DriverFactory, SensorCapture, default_driver_factory
-from ballpass.gateway.status import Status
+from ballpass.gateway.schedule import (
+    STUCK_MARGIN_S,
+    DriverFactory,
+    SensorCapture,
+    default_driver_factory,
+)
+from ballpass.gateway.status import SENSOR_DISABLED, SENSOR_FAULT, SENSOR_OK, Status
 from ballpass.listen import parse_listen
 from ballpass.log import kv
 
@@ -67,11 +77,15 @@ PUBLISHER_STALL_S = 30.0
 watchdog stops (a connect attempt blocks for at most its 5 s timeout, backoff waits tick)."""
 MAIN_TICK_S = 0.5
 """The main loop's turn (s) when there is no faster watchdog."""
+STUCK_REASON = "capture stuck for"
+"""How the reason of a sensor whose capture thread is stuck starts (`_watch_captures`)."""
 STATUS_EVERY_S = 5.0
 """At most one ``STATUS=`` line per this many seconds (s) from the main loop."""
 CAPTURE_JOIN_MAX_S = 30.0
-"""At stop, wait at most this long (s) for each capture thread (one in a long read); the
-stop must end well within systemd's stop timeout (90 s by default)."""
+"""At stop, wait at most this long (s) for the capture threads (one in a long read), all
+of them together: one deadline, not one wait per thread, so hung sensors cannot add up.
+With the drain (5 s) and the final status (2 s) the stop ends within the unit's
+TimeoutStopSec=45, before systemd's SIGKILL would cut the clean DISCONNECT."""
 
 
 def _no_notify(state: str) -> bool:
@@ -157,6 +171,10 @@ def _clock_jumps(gateway_id: str, box: Outbox, status: Status) -> bool:
 
 
 def _clock_jumped(jump_ns: int, shifted: int, gateway_id: str, status: Status) -> None:
+    # started_at was read from the same wrong clock (1970 on a board without RTC before
+    # NTP): shift it too. The publisher builds the will at each connect, so the next one
+    # carries it (a will cannot change on a connection that is up).
+    status.shift_started_at(jump_ns / 1e9)
     status.problem("clock", f"wall clock jumped {jump_ns / 1e9:+.1f} s at "
                    f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}; "
                    "window times around it may be off")
@@ -169,7 +187,9 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
         drain_timeout_s: float = 5.0, driver_factory: DriverFactory | None = None,
         ready: threading.Event | None = None, clock: ClockWatch | None = None,
         supervisor: Supervisor | None = None,
-        metrics: tuple[str, int] | None = None) -> int:
+        metrics: tuple[str, int] | None = None,
+        capture_join_max_s: float = CAPTURE_JOIN_MAX_S,
+        capture_stuck_margin_s: float = STUCK_MARGIN_S) -> int:
     """Run one gateway until `stop` is set; returns the exit code (0).
 
     On stop: capture stops, the outbox is flushed for up to `drain_timeout_s` seconds,
@@ -181,6 +201,8 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
     the module doc). `metrics`: (host, port) of a Prometheus endpoint; a port that cannot
     be bound raises ConfigError (exit 2), as does an outbox path that cannot hold an
     outbox (naming `gateway[N].outbox.path`, or --outbox when `outbox_path` is given).
+    `capture_join_max_s`: at stop, the longest wait for all capture threads together, s.
+    `capture_stuck_margin_s`: the slack of the stuck-capture bound, s (`_watch_captures`).
     """
     sup = supervisor or Supervisor()
     gateway = config.gateway(gateway_id)
@@ -198,8 +220,11 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
         capture_stop = threading.Event()
         captures = [
             SensorCapture(s, config.asset(s.asset), site, gateway.id, box, status,
-                          capture_stop, driver_factory=driver_factory or default_driver_factory)
+                          capture_stop, driver_factory=driver_factory or default_driver_factory,
+                          stuck_margin_s=capture_stuck_margin_s)
             for s in gateway.sensors]
+        # Sensors whose capture thread is stuck: id -> the state shown before it was.
+        stuck: dict[str, dict[str, str]] = {}
         applied: bytes | None = None
         # The status's config result for the last message received. `refit_failed`: a
         # reload found the applied message no longer fitting the site file, and the status
@@ -351,6 +376,13 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
                 log.error(kv("gateway_stopping", reason="publisher thread died"))
                 publisher_died = True
                 break
+            if _watch_captures(captures, stuck, status, gateway.id, now):
+                publisher.request_status()
+            # A stuck capture thread does not withhold WATCHDOG=1 (docs/gateway.md, "Stuck
+            # capture"): the restart would stop every other sensor and the publisher for
+            # one device, again each time a flaky one hangs; and a thread in uninterruptible
+            # sleep (D state) keeps even a SIGKILLed process from going, so it would not
+            # unstick. The sensor is shown as fault instead, for an operator to act on.
             if wd is not None and now - last_ping >= wd / 2 and _healthy(publisher, now):
                 sup.notify("WATCHDOG=1")
                 last_ping = now
@@ -370,12 +402,17 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
         t0 = time.monotonic()
         sup.notify("STOPPING=1\nSTATUS=stopping: draining the outbox")
         capture_stop.set()
+        # One deadline for all: the threads stop in parallel, and waiting for each in turn
+        # would add up hung ones past systemd's stop timeout (SIGKILL: no drain, no final
+        # status, no clean DISCONNECT). A driver stuck in read() must not hold the shutdown
+        # hostage (threads are daemons); its late put, if any, fails harmlessly once the
+        # outbox is closed.
+        slowest_s = max(c.sensor.interval_s for c in captures)
+        join_until = t0 + min(max(5.0, 2 * slowest_s), capture_join_max_s)
         for c in captures:
-            # A driver stuck in read() must not hold the shutdown hostage (threads are
-            # daemons); its late put, if any, fails harmlessly once the outbox is closed.
-            c.join(timeout=min(max(5.0, 2 * c.sensor.interval_s), CAPTURE_JOIN_MAX_S))
+            c.join(timeout=max(0.0, join_until - time.monotonic()))
             if c.alive:
-                log.warning(kv("capture_stuck", sensor=c.sensor.id))
+                log.warning(kv("capture_not_stopped", sensor=c.sensor.id))
         publisher.stop(drain_timeout_s=drain_timeout_s)
         if server is not None:
             server.shutdown()
@@ -386,6 +423,47 @@ def run(config: Config, gateway_id: str, stop: threading.Event, *,
     finally:
         box.close()
     return 1 if publisher_died else 0
+
+
+def _watch_captures(captures: list[SensorCapture], stuck: dict[str, dict[str, str]],
+                    status: Status, gateway_id: str, now: float) -> bool:
+    """Mark each sensor whose capture thread made no progress for longer than its
+    `stuck_after_s` (s) as fault ("capture stuck for N s"), and give it back the state it
+    had when it moves again (unless its thread set a newer one). `stuck` holds the stuck
+    ones (id -> state before), across calls. True when the set changed (a status is due).
+
+    The thread's own status writes win: every write here is a compare-and-set, so a
+    thread that just came back and reported its read is never overwritten."""
+    changed = False
+    for c in captures:
+        sid = c.sensor.id
+        overdue = c.overdue_s(now)
+        shown = status.sensors().get(sid, {})
+        ours = shown.get("reason", "").startswith(STUCK_REASON)
+        if c.alive and overdue > c.stuck_after_s:
+            reason = (f"{STUCK_REASON} {overdue:.0f} s: a driver call has not returned "
+                      f"(bound {c.stuck_after_s:.0f} s)")
+            # Also over a state set meanwhile by another writer (a remote config's "ok").
+            if status.swap_sensor(sid, shown, SENSOR_FAULT, reason) and not ours:
+                if sid not in stuck:
+                    changed = True
+                    log.error(kv("capture_stuck", gateway=gateway_id, sensor=sid,
+                                 stuck_s=round(overdue, 1),
+                                 bound_s=round(c.stuck_after_s, 1)))
+                stuck[sid] = shown
+        elif sid in stuck:
+            before = stuck.pop(sid)
+            changed = True
+            log.info(kv("capture_unstuck", gateway=gateway_id, sensor=sid,
+                        stuck_s=round(overdue, 1)))
+            if ours:
+                # The thread came back without a word (a hung open() or close()): show
+                # what was shown before it hung.
+                state = before.get("state", SENSOR_OK)
+                if state not in (SENSOR_OK, SENSOR_FAULT, SENSOR_DISABLED):
+                    state = SENSOR_OK
+                status.swap_sensor(sid, shown, state, before.get("reason", ""))
+    return changed
 
 
 def _healthy(publisher: Publisher, now: float) -> bool:

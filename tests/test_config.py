@@ -197,3 +197,31 @@ def test_a_malformed_listen_option_exits_2(tmp_path: Path) -> None:
                            str(ROOT / "examples" / "site.toml"), "--http", "nowhere"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--http" in proc.stderr and "HOST:PORT" in proc.stderr
+
+
+def test_a_gateway_needs_at_least_one_sensor(tmp_path: Path) -> None:
+    """Before: `sensor = []` passed (check-config: ok, 0 sensors), and `ballpass gateway`
+    then died of max() of an empty sequence, exit 1: restarted by systemd every 5 s."""
+    no_sensors = minimal(gateway=[{"id": "gw1", "sensor": []}])
+    missing = minimal(gateway=[{"id": "gw1"}])
+    for data in (no_sensors, missing):
+        assert errors_of(data) == ["gateway[0].sensor: at least one [[gateway.sensor]] "
+                                   "is required"]
+        with pytest.raises(ConfigError):
+            parse(data, drivers=False)  # the stream's host reads the same site file
+    # not an array: its own error, not a second one
+    assert errors_of(minimal(gateway=[{"id": "gw1", "sensor": "s1"}])) == [
+        "gateway[0].sensor: must be an array of tables, got 's1'"]
+    # the stream side takes a site whose gateways are fine
+    assert len(parse(minimal(), drivers=False).gateways[0].sensors) == 1
+    site = tmp_path / "site.toml"
+    site.write_text('[site]\nid = "plant1"\n[[asset]]\nid = "m1"\nkind = "motor"\n'
+                    'bearing = "SKF 6205"\nshaft_hz = 25.0\n[[gateway]]\nid = "gw1"\n'
+                    f'sensor = []\noutbox = {{ path = "{tmp_path / "o.sqlite"}" }}\n',
+                    encoding="utf-8")
+    for args in (["check-config", str(site)], ["gateway", "-c", str(site), "-g", "gw1"]):
+        r = subprocess.run([sys.executable, "-m", "ballpass", *args], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "gateway[0].sensor: at least one [[gateway.sensor]] is required" in r.stderr
+        assert "Traceback" not in r.stderr

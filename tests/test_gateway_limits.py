@@ -367,3 +367,109 @@ def test_the_publishers_ack_problem_clears_at_its_next_ack(mosquitto, tmp_path: 
     finally:
         pub.stop(drain_timeout_s=1)
     box.close()
+
+
+# --- a status larger than the broker takes ---------------------------------------------------
+
+
+def _faulty_site(port: int, gw: str, outbox: Path, bad: int) -> Config:
+    s = {"driver": "simulated", "asset": "pump1", "fs_hz": 25600, "window_samples": 64,
+         "interval_s": 0.2}
+    return parse({
+        "site": {"id": SITE},
+        "broker": {"host": "127.0.0.1", "port": port, "keepalive_s": 5},
+        "asset": [{"id": "pump1", "kind": "pump", "shaft_hz": 29.95, "bearing": "SKF 6205"}],
+        "gateway": [{"id": gw, "outbox": {"path": str(outbox), "flush_rate_per_s": 100},
+                     "sensor": [dict(s, id="good")] +
+                               [dict(s, id=f"bad{i}") for i in range(bad)]}],
+    })
+
+
+class _LongFault:
+    """A device whose open fails with a long error text (a sysfs dump, say)."""
+
+    def __init__(self, sensor: Any, asset: Any) -> None:
+        self.sensor = sensor
+
+    def open(self) -> None:
+        from ballpass.gateway.drivers import SensorFault
+        raise SensorFault(f"cannot open /sys/bus/iio/devices/iio:device0 ({self.sensor.id}): "
+                          + "x" * 3000)
+
+    def read(self, n: int) -> Capture:
+        raise AssertionError("never opened")
+
+    def close(self) -> None:
+        pass
+
+
+def _long_faults(sensor: Any, asset: Any) -> Any:
+    from ballpass.gateway.drivers import load as load_driver
+    if sensor.id.startswith("bad"):
+        return _LongFault(sensor, asset)
+    return load_driver("simulated")(sensor, asset)
+
+
+@pytest.mark.parametrize("bad", [2, 16])
+def test_a_status_over_the_brokers_packet_size_is_cut_not_a_dropped_connection(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, bad: int) -> None:
+    """Before: two 3 kB fault reasons made the status over mosquitto's max_packet_size
+    4096: the broker closed the connection at every status (at every CONNACK), no window
+    was delivered, and `delivery_stuck` blamed the windows. Now reasons are cut to 256
+    characters (2 faulty sensors: the full status fits), and a status still too big (16
+    faulty sensors) goes in its reduced form, without reasons."""
+    from ballpass.gateway.status import MAX_REASON
+    caplog.set_level(logging.INFO)
+    limit = 4096
+    broker = _mosquitto_with(tmp_path, f"max_packet_size {limit}")
+    gw = "gw-big-status"
+    sub = Subscriber(broker.host, broker.port, f"bp/v1/{SITE}/{gw}/#", f"big{bad}")
+    try:
+        config = _faulty_site(broker.port, gw, tmp_path / "o.sqlite", bad)
+        stop, t, out = _start(config, gw, driver_factory=_long_faults)
+        try:
+            def delivered(m: list) -> bool:
+                s = status_of(m)
+                return sum(x.topic.endswith("/window") for x in m) >= 5 and bool(s) and \
+                    s[-1]["sensors"][f"bad{bad - 1}"]["state"] == "fault"
+            msgs = sub.wait_for(delivered, timeout=10)
+        finally:
+            stop.set()
+            t.join(15)
+        assert out == [0]
+        last = status_of(msgs)[-1]
+        assert last["sensors"]["good"] == {"state": "ok", "reason": ""}
+        assert all(len(m.payload) < limit for m in msgs if m.topic.endswith("/status"))
+        reason = last["sensors"]["bad0"]["reason"]
+        events = [r.getMessage() for r in caplog.records]
+        if bad == 2:
+            assert len(reason) == MAX_REASON and reason.endswith("…")
+            assert reason.startswith("cannot open /sys/bus/iio/devices/iio:device0 (bad0): xx")
+            assert not any(e.startswith("event=status_too_large") for e in events)
+        else:
+            assert reason == ""  # the reduced form
+            assert last["sensors"]["bad0"]["state"] == "fault"
+            too_large = [e for e in events if e.startswith("event=status_too_large")]
+            assert len(too_large) == 1, too_large  # once, not at every status
+            assert f"gateway={gw} sent=reduced bytes=" in too_large[0]
+            assert too_large[0].endswith(f"max_packet_size={limit}")
+        assert not any(e.startswith(("event=broker_disconnected", "event=delivery_stuck"))
+                       for e in events)
+    finally:
+        sub.close()
+        broker.stop()
+
+
+def test_every_reason_on_the_status_is_cut() -> None:
+    from ballpass.gateway.status import MAX_REASON, Status
+    status = Status(SITE, "gw1", ["s1"], dict)
+    long = "e" * 5000
+    status.sensor_fault("s1", long)
+    status.problem("outbox", long)
+    status.config_result("rejected", long)
+    message = json.loads(status.payload())
+    for reason in (message["sensors"]["s1"]["reason"], message["problems"]["outbox"],
+                   message["config"]["reason"]):
+        assert reason == "e" * (MAX_REASON - 1) + "…"
+    status.sensor_fault("s1", "short")
+    assert status.sensors()["s1"]["reason"] == "short"

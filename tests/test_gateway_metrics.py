@@ -127,3 +127,93 @@ def test_bad_metrics_address_is_a_config_error(mosquitto: Mosquitto, tmp_path: P
     assert out.returncode == 2 and f"cannot listen on 127.0.0.1:{taken}" in out.stderr, \
         out.stderr
     assert "Traceback" not in out.stderr
+
+
+
+def test_idle_clients_cannot_exhaust_the_metrics_endpoint(tmp_path: Path) -> None:
+    """Before (prometheus-client's start_http_server): a thread per connection, no
+    timeout, no cap: idle clients held a thread and a descriptor each until the gateway hit
+    EMFILE (MQTT and SQLite could not open files, the accept loop spun a core). Now beyond
+    the caps a connection gets a 503 and is closed, and an idle one is closed after the
+    timeout. Loopback addresses 127.0.0.2/3 stand for other hosts."""
+    import socket
+    import threading
+    import time
+
+    from ballpass.config import BrokerConfig
+    from ballpass.gateway.metrics import start_metrics_server
+    from ballpass.gateway.outbox import Outbox
+    from ballpass.gateway.publisher import Publisher
+    from ballpass.gateway.status import Status
+
+    box = Outbox(tmp_path / "o.sqlite", 1 << 20, 3600)
+    status = Status("k1", "gw1", ["s1"], box.counters)
+    publisher = Publisher(BrokerConfig(port=free_port()), "k1", "gw1", box, status)
+    port = free_port()
+    threads_before = threading.active_count()
+    server = start_metrics_server(("127.0.0.1", port), box, status, publisher,
+                                  max_total=4, max_per_peer=2, timeout_s=1.0)
+
+    opened: list[socket.socket] = []  # all closed at the end
+
+    def connect(source: str) -> socket.socket:
+        opened.append(socket.create_connection(("127.0.0.1", port), timeout=3,
+                                               source_address=(source, 0)))
+        return opened[-1]
+
+    def closed_within(s: socket.socket, seconds: float) -> bytes | None:
+        """What the server sent before closing `s` within `seconds`; None: still open."""
+        s.settimeout(seconds)
+        got = b""
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except TimeoutError:
+            return None
+        except ConnectionResetError:
+            pass
+        return got
+
+    def scrape_from(source: str) -> bytes | None:
+        s = connect(source)
+        try:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            return closed_within(s, 3.0)
+        finally:
+            s.close()
+            opened.remove(s)
+
+    held: list[socket.socket] = []
+    try:
+        held += [connect("127.0.0.1") for _ in range(2)]
+        time.sleep(0.2)
+        # a third from the same address: refused at once, not left hanging
+        answer = closed_within(connect("127.0.0.1"), 0.5)
+        assert answer is not None and answer.startswith(b"HTTP/1.0 503"), answer
+        # another address is served meanwhile
+        answer = scrape_from("127.0.0.2")
+        assert answer is not None and answer.startswith(b"HTTP/1.0 200"), answer
+        assert b"ballpass_gateway_outbox_queued{" in answer
+        # a third address floods: it gets its share (2), the rest is refused
+        flood = [connect("127.0.0.3") for _ in range(20)]
+        held += flood[:2]
+        refused = [closed_within(s, 0.5) for s in flood[2:]]
+        assert all(r is not None and r.startswith(b"HTTP/1.0 503") for r in refused), [
+            (i, r) for i, r in enumerate(refused) if not (r or b"").startswith(b"HTTP")]
+        # 4 open in all: the total cap refuses even a new address
+        answer = scrape_from("127.0.0.2")
+        assert answer is not None and answer.startswith(b"HTTP/1.0 503"), answer
+        assert server.open_connections == 4
+        assert threading.active_count() - threads_before <= 4 + 1  # + the accept thread
+        # the idle ones are closed by the server after the timeout (1 s) ...
+        for s in held:
+            assert closed_within(s, 3.0) is not None
+        wait_for(lambda: server.open_connections == 0, 3, "no connection left open")
+        # ... and a scrape is served again
+        assert _value(_scrape(port), "ballpass_gateway_outbox_queued") == 0.0
+    finally:
+        for s in opened:
+            s.close()
+        server.shutdown()
+        server.server_close()
+        box.close()
