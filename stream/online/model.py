@@ -15,8 +15,8 @@ as `unseen_band`).
 Score: the largest one-sided z-score over the features (faults raise levels, lines and
 temperature), mapped to [0, 1] through the empirical distribution of the same statistic on
 the sensor's own learning windows (each scored before it was learned), with an
-exponential tail fitted above the 90th percentile (each statistic capped for it, so one
-outlier cannot own the tail). So `score >= 0.999` is a window that
+exponential tail fitted above the 90th percentile (its scale from the median excess, so
+one outlier cannot own it). So `score >= 0.999` is a window that
 the sensor's healthy history exceeds with probability 1e-3: a known false-alarm rate.
 """
 
@@ -50,15 +50,6 @@ CHANGE_FEATURES: tuple[str, ...] = (
 _CHANGE_IDX = tuple(FEATURES.index(f) for f in CHANGE_FEATURES)
 _CLIP_Z = 6.0  # learning updates are clipped to ±6 σ so one outlier does not skew a band
 _CAL_MAX = 4000  # calibration statistics kept per sensor (learning or ready)
-# Each calibration statistic is capped, for the tail fit, at the same 6 σ beyond which a
-# learning window is an outlier (_CLIP_Z): the exponential tail is the mean excess over
-# the 90th percentile, so one window scored far out (a spike of kurtosis 400 gives a
-# statistic over 1 000) would otherwise own the tail and lift the statistic needed for
-# score >= 0.999 from about 4 to over 1 000. Capped, it moves the mean excess by at most
-# (6 − q90) / (the tail's count). Not when the 90th percentile itself is at or above the
-# cap: that is a heavy-tailed sensor, not one outlier, and capping would pile its tail
-# onto the cap and leave it no width (`_calibrate`).
-_CAL_STAT_MAX = _CLIP_Z
 # Windows in a row whose time is before the model's clock after which their time becomes
 # the clock: one window stamped ahead (an RTC or NTP glitch) must not hold the clock, and
 # every later window out of the trend, until real time catches up with it. Ten in a row
@@ -271,8 +262,8 @@ class SensorModel:
             self.__dict__.pop("command_ids", None)
         if "backwards_run" not in state:
             self.backwards_run = 0
-        # A state saved before the calibration cap: kept to _CAL_MAX and its tail fitted
-        # again with the cap, so an outlier calibrated then no longer owns the tail.
+        # A state saved before the median-excess tail: kept to _CAL_MAX and its tail fitted
+        # again, so an outlier calibrated then no longer owns it.
         del self.cal[:-_CAL_MAX]
         if self.ready:
             self._calibrate()
@@ -329,11 +320,16 @@ class SensorModel:
             self.tail = (math.inf, 1.0)
             return
         q90 = float(c[int(0.9 * (c.size - 1))])
-        if q90 < _CAL_STAT_MAX:
-            c = np.minimum(c, _CAL_STAT_MAX)  # one outlier must not own the tail
         self.cal_sorted = c
         excess = c[c > q90] - q90
-        self.tail = (q90, max(float(excess.mean()) if excess.size else 0.0, 0.05))
+        # The exponential tail's scale from the median excess (an exponential's median is
+        # ln 2 times its mean): one window scored far out (a spike of kurtosis 400 gives a
+        # statistic over 1 000) moved the mean excess, and the statistic needed for score
+        # >= 0.999, from about 4 to over 1 000; the median does not move. A cap at a fixed
+        # statistic did that too, but squashed a heavy-tailed sensor's real tail onto it
+        # (false alarms 25-65 times the design rate for a 90th percentile of 5.5-5.9).
+        beta = float(np.median(excess)) / math.log(2.0) if excess.size else 0.0
+        self.tail = (q90, max(beta, 0.05))
 
     def score_of(self, stat: float) -> float:
         """Calibrated score in [0, 1] of a statistic: 1 − P(healthy stat > it)."""
