@@ -126,6 +126,10 @@ def add_gateway(gateway: str, password: str, passwd: Path, acl: Path) -> AddResu
     if "\n" in password or not password:
         raise ValueError("password: must be one non-empty line")
     broker_owner = _broker_owner()
+    # A symlinked file (config management often links them) is written where it points:
+    # the atomic replace would put a regular file in the link's place, the broker's file
+    # left unchanged.
+    passwd, acl = Path(os.path.realpath(passwd)), Path(os.path.realpath(acl))
     with _naming("--passwd", passwd):
         passwd.parent.mkdir(parents=True, exist_ok=True)
         with _locked(passwd):

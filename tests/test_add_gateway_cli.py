@@ -96,6 +96,25 @@ def test_world_readable_files_lose_their_world_bits(tmp_path: Path) -> None:
     assert all(line in acl.read_text().splitlines() for line in gateway_acl_lines())
 
 
+def test_symlinked_files_are_written_where_they_point(tmp_path: Path) -> None:
+    """Before: the atomic replace put a regular file in the link's place; the broker's
+    files (where the links pointed: config management) were left without the gateway."""
+    real = tmp_path / "etc"
+    real.mkdir()
+    (real / "passwd").write_text(f"gw1:{mosquitto_password_hash('x')}\n")
+    (real / "acl").write_text("user stream\ntopic read bp/v1/#\n")
+    links = tmp_path / "links"
+    links.mkdir()
+    for name in ("passwd", "acl"):
+        (links / name).symlink_to(real / name)
+    out = _cli(*_files(links))
+    assert out.returncode == 0, out.stderr
+    assert all((links / name).is_symlink() for name in ("passwd", "acl"))
+    assert [line.split(":")[0] for line in (real / "passwd").read_text().splitlines()] == [
+        "gw1", "gw3"]
+    assert all(line in (real / "acl").read_text().splitlines() for line in gateway_acl_lines())
+
+
 @pytest.mark.parametrize(("case", "option"), [
     ("passwd_is_dir", "--passwd"),
     ("acl_is_dir", "--acl"),
