@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 # early, and the message in hand starts the next one. A longer window (three channels)
 # is a batch of its own.
 BATCH_MAX_SAMPLES = wire.MAX_SAMPLES
-# Messages read from the connection and not yet in a batch: beyond either bound a QoS 0
-# message is dropped (`overload`). QoS 1 messages are always kept: the broker's
+# QoS 0 messages read from the connection and not yet in a batch: beyond either bound a
+# QoS 0 message is dropped (`overload`). QoS 1 messages are always kept, and not counted
+# here (a backlog of big QoS 1 windows dropped every tacho reading): the broker's
 # max_inflight_messages bounds them, and nothing re-sends one dropped until a reconnect.
 # Nothing else bounds a QoS 0 flood (291,200 windows in 25 s grew the stream by 3.6 GB).
 QUEUE_MAX = 1024
@@ -90,7 +91,7 @@ class MqttSource:
         self.connected = False
         self.generation = 0
         self.dropped = 0  # QoS 0 messages dropped because too many were waiting
-        self._queued = self._queued_bytes = 0  # read, not yet in a batch (`_keep`)
+        self._queued = self._queued_bytes = 0  # QoS 0 read, not yet in a batch (`_keep`)
         self._dropped_logged = 0
         self._overload_logged_at = -math.inf
         self._client: aiomqtt.Client | None = None
@@ -101,8 +102,8 @@ class MqttSource:
         b, s = self.broker, self.stream
         tls, password = login(b, s)
         source = self
-        # Messages read and not yet in a batch (aiomqtt's queue and `_consume`'s), of
-        # this connection: a lost one's are gone with it (QoS 1 comes again).
+        # QoS 0 messages read and not yet in a batch (aiomqtt's queue and `_consume`'s),
+        # of this connection: a lost one's are gone with it.
         self._queued = self._queued_bytes = 0
 
         class Inbox(asyncio.Queue[aiomqtt.Message]):
@@ -192,8 +193,9 @@ class MqttSource:
                 await queue.put(message)
 
         def delivery(m: aiomqtt.Message) -> Delivery:
-            self._queued -= 1
-            self._queued_bytes -= _size(m.payload)
+            if m.qos == 0:
+                self._queued -= 1
+                self._queued_bytes -= _size(m.payload)
             return Delivery(str(m.topic), m.payload, m.qos, m.mid, generation)
 
         reader_task = asyncio.create_task(reader(), name="mqtt-reader")
@@ -248,10 +250,12 @@ class MqttSource:
 
     def _keep(self, message: aiomqtt.Message) -> bool:
         """Whether a message paho just read is queued (for a batch) or dropped: QoS 0
-        beyond QUEUE_MAX messages or QUEUE_MAX_BYTES waiting is dropped, QoS 1 never."""
+        beyond QUEUE_MAX QoS 0 messages or QUEUE_MAX_BYTES of them waiting is dropped,
+        QoS 1 never."""
+        if message.qos != 0:
+            return True
         size = _size(message.payload)
-        if message.qos == 0 and (self._queued >= QUEUE_MAX
-                                 or self._queued_bytes + size > QUEUE_MAX_BYTES):
+        if self._queued >= QUEUE_MAX or self._queued_bytes + size > QUEUE_MAX_BYTES:
             self._drop(message)
             return False
         self._queued += 1

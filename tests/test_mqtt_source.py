@@ -16,6 +16,7 @@ import pytest
 from ballpass import wire
 from ballpass.config import BrokerConfig, ConfigError, StreamConfig
 from ballpass.services import Mosquitto
+from ballpass.stream import mqtt_source
 from ballpass.stream.counters import StreamCounters
 from ballpass.stream.mqtt_source import (
     BATCH_MAX_SAMPLES,
@@ -269,3 +270,26 @@ def test_a_qos0_flood_is_dropped_and_counted_and_qos1_never(mosquitto: Mosquitto
     assert [d.payload for d in got if d.qos == 1] == [f"q1-{k}".encode() for k in range(40)]
     assert source.dropped > 0 and counters.rejected == {"overload": source.dropped}
     assert sum(d.qos == 0 for d in got) + source.dropped <= flood
+
+
+def test_a_backlog_of_qos1_windows_does_not_crowd_out_qos0_readings(
+        mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: waiting QoS 1 windows counted against the QoS 0 bound, so during any
+    backlog of big windows every tacho reading (QoS 0 by contract) was dropped."""
+    monkeypatch.setattr(mqtt_source, "QUEUE_MAX_BYTES", 8 * 1024)
+    source = MqttSource(BrokerConfig(host="127.0.0.1", port=mosquitto.port),
+                        StreamConfig(client_id="backlog-test", batch_max=BATCH,
+                                     batch_wait_s=0.01), [TOPIC])
+    sent = [(bytes(1024) + str(i).encode(), 1) for i in range(30)]  # 30 kB of QoS 1
+    sent += [(f"tacho-{i}".encode(), 0) for i in range(5)]
+    got: list[Delivery] = []
+
+    async def handle(batch: list[Delivery]) -> None:
+        got.extend(batch)
+        for d in batch:
+            source.ack(d)
+        await asyncio.sleep(0.05)  # a pipeline slower than the backlog arrives
+
+    _run(source, handle, mosquitto.port, sent, lambda: len(got) >= len(sent))
+    assert source.dropped == 0
+    assert [d.payload for d in got if d.qos == 0] == [f"tacho-{i}".encode() for i in range(5)]
