@@ -41,6 +41,11 @@ class Kind(IntEnum):
     SHAFT_SPEED = 3  # Hz
 
 
+SENSOR_KINDS = {"acceleration": Kind.ACCELERATION, "temperature": Kind.TEMPERATURE}
+"""A sensor's `kind` in the site config -> the kind of its windows (the only ones a gateway
+captures and the stream handles)."""
+
+
 class DType(IntEnum):
     INT16 = 1  # counts × scale
     FLOAT32 = 2

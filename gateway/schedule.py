@@ -55,7 +55,6 @@ STUCK_MARGIN_S = 30.0
 counts as stuck: a driver call may legitimately block for about two window spans (the IIO
 driver's own read timeout is 2 × window + 1 s), and a busy board delays threads."""
 
-_KINDS = {"acceleration": wire.Kind.ACCELERATION, "temperature": wire.Kind.TEMPERATURE}
 
 
 def default_driver_factory(sensor: SensorConfig, asset: AssetConfig) -> Driver:
@@ -89,7 +88,7 @@ class SensorCapture:
         # (a float assignment is atomic under the GIL).
         self.last_progress = time.monotonic()
         self.topic = topics.window(site, gateway, sensor.id)
-        self.kind = _KINDS[sensor.kind]
+        self.kind = wire.SENSOR_KINDS[sensor.kind]
         self.captured = 0
         self.faults = 0
         self.enabled = True

@@ -49,8 +49,6 @@ MIN_ACCELERATION_SAMPLES = WINDOW_SAMPLES_MIN
 # fs_hz: a gateway applies a new fs_hz at a reload, the stream only at a restart
 # (docs/operations.md), so a window may rightly differ from the stream's config.
 ACCELERATION_FS_HZ = (1.0, 10e6)
-# The config's sensor kinds as the wire has them; a kind not here the stream cannot handle.
-KINDS = {"acceleration": wire.Kind.ACCELERATION, "temperature": wire.Kind.TEMPERATURE}
 
 WindowKey = tuple[str, str, str, int]  # (site, gateway, sensor, seq)
 
@@ -75,7 +73,8 @@ class Admission(Generic[M]):
                  dedup: Deduplicator | None = None) -> None:
         self.site = config.site.id
         self.gateway_of = {sid: g.id for sid, (g, _) in config.sensor_index().items()}
-        self.kind_of = {sid: KINDS[s.kind] for sid, (_, s) in config.sensor_index().items()}
+        self.kind_of = {sid: wire.SENSOR_KINDS[s.kind]
+                        for sid, (_, s) in config.sensor_index().items()}
         self.counters = counters
         self.dead_letters = dead_letters
         self.dedup = dedup or Deduplicator()
@@ -119,7 +118,7 @@ class Admission(Generic[M]):
         """Why a decoded window of a known `sensor` cannot be processed as it, or None."""
         want = self.kind_of[sensor]
         if window.kind != want:
-            handled = window.kind in KINDS.values()
+            handled = window.kind in wire.SENSOR_KINDS.values()
             return Refusal("kind", f"a {window.kind.name.lower()} window, sensor {sensor!r} "
                                    f"is {want.name.lower()}" + (
                                        "" if handled else " (the stream handles "

@@ -206,14 +206,15 @@ def _bearing_candidates(batch: FeatureBatch, i: int, t: _Thresholds
     if len(cands) < 2:
         return cands, []
     # Exclusive attribution: one spectral peak is evidence for one family only.
-    # (a) Two families whose kinematic lines coincide: F's fundamental within the search zone of a
-    #     line G looks for, or the reverse (8 balls of 7.94 mm on a 39 mm pitch put BPFI and 2×BSF 2
-    #     % apart, inside the slip tolerance, and their harmonics). Both read the same peaks there,
-    #     so only the lines whose zone overlaps none of the other's can tell them apart (±1×
-    #     sidebands for the inner race; ±FTF sidebands and odd BSF lines for a ball): the family
-    #     with more evidence in them (sum of the SNRs of its present ones, dB) keeps the peaks, the
-    #     other is dropped; with none on either side both are left undecided. Zones overlap when two
-    #     kinematic frequencies are closer than the sum of their ±SPEED_TOLERANCE plus one bin.
+    # (a) Two families whose kinematic lines coincide: F's fundamental within the search zone of
+    #     a line G looks for, or the reverse (8 balls of 7.94 mm on a 39 mm pitch put BPFI and
+    #     2×BSF 2 % apart, inside the slip tolerance, and their harmonics). Both read the same
+    #     peaks there, so only the lines whose zone overlaps none of the other's can tell them
+    #     apart (±1× sidebands for the inner race; ±FTF sidebands and odd BSF lines for a ball):
+    #     the family with more evidence in them (sum of the SNRs of its present ones, dB) keeps
+    #     the peaks, the other is dropped; with none on either side both are left undecided.
+    #     Zones overlap when two kinematic frequencies are closer than the sum of their
+    #     ±SPEED_TOLERANCE plus one bin.
     # (b) F's fundamental on a ±1× shaft sideband of one of G's present harmonics (the
     #     shaft modulates every impact train; on a 6205, BPFO+1× sits 2.7 % below
     #     2×BSF): F is G's consequence, unless G's fundamental is in turn F's sideband

@@ -178,7 +178,8 @@ IMBALANCE_X1_SHARE: float = 0.5
 """Imbalance: the 1× shaft velocity holds at least this share of the band velocity energy."""
 
 MISALIGNMENT_X2_RATIO: float = 0.5
-"""Misalignment: the 2× shaft line reaches at least this fraction of the 1× line."""
+"""Misalignment: the 2× shaft line reaches at least this fraction of the 1× line, in velocity
+(mm/s; the acceleration lines' ratio halved)."""
 
 # --- Impact intervals (ball faults; `dsp.impacts`, `impact_history`) --------------------
 IMPACT_K_MAD: float = 5.0
