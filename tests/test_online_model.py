@@ -155,3 +155,33 @@ def test_false_alarm_learns_the_recent_windows() -> None:
     assert before is not None and after is not None and after < before
     m.rebaseline()
     assert m.status()["state"] == "learning" and m.status()["rebaselines"] == 1
+
+
+def test_a_rough_machine_physics_calls_faulty_says_why_and_learns_on_a_false_alarm() -> None:
+    # A healthy but rough machine in zone C: physics calls every window imbalance, so no
+    # window is learned. The status says so, the result says why it is not scored, and a
+    # false alarm learns the recent windows toward the learning phase (was: learned 0,
+    # skipped "band_learning", a false alarm learned bands but not the phase).
+    rng = np.random.default_rng(8)
+    m = model(learn_windows=100, band_min_windows=5)
+    i = 0
+    r = None
+    for i in range(50):
+        r = m.update(Observation(T0 + i * MIN, i, 25.0, feats(rng), physics="imbalance"))
+    assert r is not None and r.skipped == "physics_fault" and r.score is None
+    status = m.status()
+    assert status["learned_windows"] == 0 and status["not_learned"] == 50
+    n_recent = m.policy.anomaly_n
+    assert m.learn_recent_as_normal() == n_recent
+    assert m.status()["learned_windows"] == n_recent
+    assert m.learn_recent_as_normal() == n_recent  # the same windows again: counted once
+    assert m.status()["learned_windows"] == n_recent
+    # A false alarm per anomaly_n windows: the learning phase completes.
+    while not m.ready and i < 2000:
+        for _ in range(n_recent):
+            i += 1
+            r = m.update(Observation(T0 + i * MIN, i, 25.0, feats(rng), physics="imbalance"))
+        m.learn_recent_as_normal()
+    assert m.ready, m.status()
+    clone = pickle.loads(pickle.dumps(m))
+    assert clone.status() == m.status()

@@ -274,6 +274,27 @@ def test_one_missed_hourly_window_is_not_a_stop() -> None:
             assert fit is not None and project(fit, 11.0, t) is not None, h
 
 
+@pytest.mark.parametrize("every_h", [4.0, 12.0, 24.0])
+def test_a_stop_is_a_stop_at_any_cadence_up_to_a_day(every_h: float) -> None:
+    # The gap is counted in the trend's own cadence (a sensor every 4 h is not stopped at
+    # every window), but a 30-day stop is still one: no projection through it, and the
+    # history since the change starts again after it.
+    trend = VelocityTrend(3600.0, 24, 6)
+    trend.mark_change(0.0, rising=True)
+    step = every_h * 3600.0
+    t = 0.0
+    for k in range(12):
+        t = k * step + 60.0
+        trend.add(t, math.hypot(2.0, 0.5 * math.exp(k / 6)), 2.0)
+    fit = trend.current()
+    assert fit is not None and project(fit, 11.0, t) is not None
+    assert project(fit, 11.0, fit.t_s + (STALE_GAP_BUCKETS + 0.5) * step) is not None
+    assert project(fit, 11.0, t + 30 * DAY_S) is None
+    for k in range(3):  # restarts 30 days later
+        trend.add(t + 30 * DAY_S + k * step, 3.0, 2.0)
+    assert len(trend.t) == 2  # the bucket before the stop is dropped with its history
+
+
 # --- 5. calibration memory while learning ------------------------------------------
 
 def test_the_calibration_is_bounded_while_learning() -> None:

@@ -158,3 +158,29 @@ def test_interval_holds_a_change_of_regime_the_fit_cannot_see() -> None:
     assert p.lo <= truth <= p.hi
     shipped = project(fit, 4.5, t_now, load_calibration().zone("D"))
     assert shipped is not None and shipped.lo > truth  # the simulator's timing, not this one
+
+
+@pytest.mark.parametrize("every_h", [4, 12])
+def test_a_sparse_sensor_gets_a_projection(every_h: int) -> None:
+    # A sensor sending every 4 h or 12 h (interval_s may be up to a day) with the default
+    # hourly bucket: each window is several empty buckets after the last, and the trend's
+    # cadence, not the bucket, says whether that is a stop (was: every window a stop,
+    # one point kept, no projection ever).
+    trend = VelocityTrend(HOUR, 24, 6)
+    trend.mark_change(0.0, rising=True)
+    step = every_h * HOUR
+    p = None
+    n = int(6 * DAY_S / step)
+    for k in range(n):  # six days of a growing fault (zone D after 7.2 days)
+        t = k * step + 60.0
+        trend.add(t, math.hypot(BASE, fault_part(t, days_per_e=3.0)), BASE)
+        fit = trend.current()
+        p = project(fit, 4.5, t) if fit is not None else None
+    assert len(trend.t) >= 6
+    assert p is not None and p.days > 0, p
+    t_now = (n - 1) * step + 60.0
+    truth = (crossing_s(4.5, days_per_e=3.0) - t_now) / DAY_S
+    assert p.days == pytest.approx(truth, rel=0.2, abs=step / DAY_S)
+    # A 30-day stop is still a stop at this cadence.
+    fit = trend.current()
+    assert fit is not None and project(fit, 4.5, t_now + 30 * DAY_S) is None

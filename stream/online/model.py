@@ -10,7 +10,9 @@ temperature). Learned during the learning phase (the later of `learn_hours` of o
 and `learn_windows` windows), only from windows physics finds no fault in (`learnable`),
 then frozen: a slow degradation must not become the new normal. A band first met after
 learning learns its own `band_min_windows` windows and is not scored meanwhile (counted
-as `unseen_band`).
+as `unseen_band`). A window that is not learned because physics names a fault in it is
+counted (`not_learned`) and, when no band can score it, skipped as `physics_fault`; an
+operator's false alarm learns such windows and counts them toward `learn_windows`.
 
 Score: the largest one-sided z-score over the features (faults raise levels, lines and
 temperature), mapped to [0, 1] through the empirical distribution of the same statistic on
@@ -217,6 +219,7 @@ class SensorModel:
         self.counters: dict[str, int] = {
             "windows": 0, "nan_features": 0, "seq_restart": 0, "clock_backwards": 0,
             "unseen_band": 0, "no_speed": 0, "rebaselines": 0, "false_alarms_learned": 0,
+            "not_learned": 0,
         }
         # The operator commands applied to this model, by id, with the `actions` point
         # each made (oldest first, at most COMMAND_IDS_KEPT), kept with it and through a
@@ -243,7 +246,9 @@ class SensorModel:
         self.last_t_ns: int | None = None
         self.backwards_run = 0  # windows in a row before the clock (_CLOCK_REANCHOR_WINDOWS)
         self.last_seq: int | None = None
-        self.recent: deque[tuple[int, np.ndarray]] = deque(maxlen=self.policy.anomaly_n)
+        # The last windows (band, features, learned already): what a false alarm learns.
+        self.recent: deque[tuple[int, np.ndarray, bool]] = deque(
+            maxlen=self.policy.anomaly_n)
         self._d = d
 
     def _zone_trend(self) -> VelocityTrend:
@@ -262,6 +267,11 @@ class SensorModel:
             self.__dict__.pop("command_ids", None)
         if "backwards_run" not in state:
             self.backwards_run = 0
+        # Saved before the physics-fault windows were counted: none counted, and the recent
+        # windows taken as learned (a false alarm does not count them toward learning).
+        self.counters.setdefault("not_learned", 0)
+        self.recent = deque(((r[0], r[1], True) if len(r) == 2 else r for r in self.recent),
+                            maxlen=self.recent.maxlen)
         # A state saved before the median-excess tail: kept to _CAL_MAX and its tail fitted
         # again, so an outlier calibrated then no longer owns it.
         del self.cal[:-_CAL_MAX]
@@ -404,6 +414,8 @@ class SensorModel:
 
         result = OnlineResult(state, None, False, events=events)
         band = self.bands.get(band_id)
+        learned = False  # this window learned into its band
+        not_learned = False  # a window to learn that physics names a fault in
         if not self.ready:
             # Only a window physics finds no fault in is the machine's normal: a sensor
             # fault's spike or a named fault would widen the band and own the tail.
@@ -416,6 +428,9 @@ class SensorModel:
                     band = self.bands[band_id] = _Band(self._d)
                 band.learn(x)
                 self.learned += 1
+                learned = True
+            else:
+                not_learned = True
             hours = (obs.t_ns - self.first_t_ns) / 3.6e12
             if self.learned >= p.learn_windows and hours >= p.learn_hours and len(self.cal) >= 20:
                 self.ready = True
@@ -429,16 +444,24 @@ class SensorModel:
                     self.counters["unseen_band"] += 1
                     events.append({"event": "unseen_band",
                                    "detail": f"shaft_hz={obs.shaft_hz:.3f}"})
-                if learnable(obs.physics) and scorer is None:
-                    band.learn(x)
+                if scorer is None:
+                    if learnable(obs.physics):
+                        band.learn(x)
+                        learned = True
+                    else:
+                        not_learned = True
             if scorer is not None:
                 result.score = self.score_of(stat)
+        if not_learned:
+            self.counters["not_learned"] += 1
         if scorer is None:
-            result.skipped = "band_learning"
+            # Why no band can score it: a fault physics names is not learned (a rough
+            # machine physics always calls faulty learns nothing: `not_learned` says so).
+            result.skipped = "physics_fault" if not_learned else "band_learning"
         high = result.score is not None and result.score >= p.anomaly_threshold
         self.high.append(high)
         result.anomaly = high and sum(self.high) >= p.anomaly_k
-        self.recent.append((band_id, x))
+        self.recent.append((band_id, x, learned))
 
         # Change detection on the z-scores of key features, from the first window a band
         # can score (learning included, so a change right after learning is still one).
@@ -497,15 +520,26 @@ class SensorModel:
         self.counters["rebaselines"] += 1
 
     def learn_recent_as_normal(self) -> int:
-        """False alarm: learn the recent windows into their bands and the calibration."""
+        """False alarm: learn the recent windows into their bands and the calibration.
+
+        While learning, the windows not learned yet (physics named a fault in them: a
+        rough machine physics calls faulty) count toward `learn_windows` and, as in
+        `update`, are calibration material when a band can score them out of sample."""
         n = 0
-        for band_id, x in self.recent:
+        recent = list(self.recent)
+        for band_id, x, learned in recent:
             scorer = self._scoring_band(band_id)
-            if scorer is not None and self.ready:
+            counts = not self.ready and not learned
+            if scorer is not None and (self.ready or (
+                    counts and scorer.count() >= 2 * self.policy.band_min_windows)):
                 z = scorer.z(x)
                 self._add_cal(float(np.where(np.isfinite(z), z, 0.0).max()))
             self.bands.setdefault(band_id, _Band(self._d)).learn(x)
+            if counts:
+                self.learned += 1
             n += 1
+        self.recent.clear()
+        self.recent.extend((band_id, x, True) for band_id, x, _ in recent)
         if self.ready:
             self._calibrate()
         self.high.clear()

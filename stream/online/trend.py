@@ -76,7 +76,18 @@ which the fit is stale. The model grows the fault's part with running time, and 
 is all there is: across a stop it would count the projection down (to 0, zone D "now")
 while the machine stood still. So past this gap the projection is null and the history
 since the change starts again at the next bucket; one missed window (a bucket empty at an
-hourly cadence) is not a stop."""
+hourly cadence) is not a stop.
+
+The gap is counted in the trend's own cadence, not in buckets alone: the spacing is
+max(bucket, median (low) spacing of the last CADENCE_BUCKETS closed buckets), at most
+MAX_SPACING_S, so a sensor that sends every 4 h (or every day) is not stopped at every
+window, and a 30-day stop is a stop at any cadence."""
+CADENCE_BUCKETS = 16
+"""Closed buckets (before and since the change) whose spacing is the trend's cadence."""
+MAX_SPACING_S = DAY_S
+"""The largest cadence a stop is measured against (a sensor's `interval_s` is at most a
+day): a stop, however sparse the windows before it, is stale after 3 days (or 3 buckets,
+if longer)."""
 
 
 @dataclass
@@ -267,11 +278,13 @@ class Fit:
     level_lo: float = math.nan  # E now on the line of slope `lo` through the data
     level_hi: float = math.nan  # and of slope `hi`
     bucket_s: float = math.inf  # the trend's bucket (s); inf: never stale (a bare fit)
+    spacing_s: float = math.nan  # the trend's cadence (s) when fitted; nan: bucket_s
 
     def stale(self, now_s: float) -> bool:
-        """More than STALE_GAP_BUCKETS empty buckets between the fit's last bucket and
-        `now_s` (s)."""
-        return now_s - self.t_s > (STALE_GAP_BUCKETS + 1) * self.bucket_s
+        """More than STALE_GAP_BUCKETS empty buckets (of the trend's cadence,
+        `spacing_s`) between the fit's last bucket and `now_s` (s)."""
+        spacing = self.bucket_s if math.isnan(self.spacing_s) else self.spacing_s
+        return now_s - self.t_s > (STALE_GAP_BUCKETS + 1) * spacing
 
 
 class VelocityTrend:
@@ -289,6 +302,26 @@ class VelocityTrend:
         self.change_s: float | None = None
         self.fit: Fit | None = None
         self.stale = True
+        # The times of the last closed buckets (the cadence, `spacing`) and that spacing.
+        self.closed: deque[float] = deque(maxlen=CADENCE_BUCKETS + 1)
+        self.spacing_s = bucket_s
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A trend saved before the cadence was kept: the bucket until buckets close.
+        self.__dict__.update(state)
+        if "closed" not in state:
+            self.closed = deque(maxlen=CADENCE_BUCKETS + 1)
+            self.spacing_s = self.bucket_s
+
+    def _cadence(self, mid_s: float) -> float:
+        """The trend's spacing (s) with the bucket at `mid_s` closed: max(bucket, the low
+        median of the closed buckets' spacings), at most max(bucket, MAX_SPACING_S). Low
+        median: a stop among few spacings does not become the cadence."""
+        if not self.closed or mid_s > self.closed[-1]:
+            self.closed.append(mid_s)
+        gaps = sorted(np.diff(np.fromiter(self.closed, float)).tolist())
+        typical = gaps[(len(gaps) - 1) // 2] if gaps else self.bucket_s
+        return max(self.bucket_s, min(typical, MAX_SPACING_S))
 
     def add(self, t_s: float, velocity: float, baseline: float) -> None:
         """One window's velocity (mm/s) and its band's healthy baseline (mm/s)."""
@@ -303,10 +336,11 @@ class VelocityTrend:
     def _close(self) -> None:
         assert self.bucket is not None
         mid_s = (self.bucket + 0.5) * self.bucket_s
+        self.spacing_s = self._cadence(mid_s)
         if self.t and mid_s <= self.t[-1]:
             pass  # a bucket already closed (before a clock re-anchor): times strictly rise
         elif self.change_s is not None and mid_s >= self.change_s:
-            if self.t and mid_s - self.t[-1] > (STALE_GAP_BUCKETS + 1) * self.bucket_s:
+            if self.t and mid_s - self.t[-1] > (STALE_GAP_BUCKETS + 1) * self.spacing_s:
                 # After a stop: the growth before it is not a rate in running time.
                 self.t.clear()
                 self.v.clear()
@@ -352,7 +386,7 @@ class VelocityTrend:
         # lower at the last bucket, a faster one higher (a confidence band's shape).
         return Fit(lo, mid, hi, math.exp(icpt), base, float(self.t[-1]),
                    math.exp(float(np.median(y - lo * t))),
-                   math.exp(float(np.median(y - hi * t))), self.bucket_s)
+                   math.exp(float(np.median(y - hi * t))), self.bucket_s, self.spacing_s)
 
     def drop_open(self) -> None:
         """Forget the open bucket (its windows were stamped ahead of the clock)."""
@@ -365,6 +399,8 @@ class VelocityTrend:
         self.v.clear()
         self.b.clear()
         self.fit, self.stale = None, True
+        self.closed.clear()
+        self.spacing_s = self.bucket_s
 
 
 def extrapolation(fit: Fit, boundary: float) -> float | None:
@@ -381,7 +417,7 @@ def project(fit: Fit | None, boundary: float, now_s: float | None = None,
     """Days from `now_s` (default: the fit's last bucket) until the velocity reaches
     `boundary` (mm/s); 0 when it is there already; None without a fit or without a
     significant rise, or when the fit is stale (`Fit.stale`: no window for more than
-    STALE_GAP_BUCKETS buckets).
+    STALE_GAP_BUCKETS buckets of the trend's cadence).
 
     The raw projection follows the fit; `error` (the zone's model-error table, see the
     module docstring) corrects it: days = raw × p50(x), the interval at least
