@@ -343,6 +343,53 @@ def test_continuous_t0s_chain_through_a_backlog_and_reanchor_after_a_gap(
     assert "event=iio_timebase_reanchored" in caplog.text
 
 
+@pytest.mark.parametrize("rate_error", [0.01, -0.01])
+def test_continuous_t0s_follow_the_clock_for_a_device_whose_rate_is_1_percent_off(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, rate_error: float) -> None:
+    """Before: fresh windows were chained by the nominal n / fs too, so a device 1 % fast
+    (or slow) made t0 drift off the clock by 1 % of every window, a sawtooth re-anchored
+    with `event=iio_timebase_reanchored` every few windows."""
+    fake_iio(tmp_path)
+    producer = fifo_device(tmp_path)
+    fs, n = 3200.0, 800  # 0.25 s windows
+    real = fs * (1 + rate_error)
+    s = SensorConfig("acc1", "iio", "agitator3", fs, n, n / fs,  # continuous
+                     options={"device": "adxl355", "root": str(tmp_path),
+                              "buffer_length": 4 * n})
+    d = IioDriver(s, ASSET)
+    d.open()
+    stop = threading.Event()
+    start_ns = time.time_ns()
+    start = time.monotonic()
+
+    def feed() -> None:  # the device's own clock: sample k at start + k / real
+        sent = 0
+        while not stop.is_set():
+            due = int((time.monotonic() - start) * real)
+            if due > sent:
+                os.write(producer, records(due - sent, sent))
+                sent = due
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    try:
+        with caplog.at_level(logging.WARNING, "ballpass.gateway.drivers.iio"):
+            caps = [d.read(n) for _ in range(10)]
+    finally:
+        stop.set()
+        thread.join(5)
+        d.close()
+        os.close(producer)
+    assert "iio_timebase_reanchored" not in caplog.text
+    for i, c in enumerate(caps):
+        assert c.samples[0, 0] == pytest.approx(i * n * 0.0000382 / STANDARD_GRAVITY)  # none lost
+        # when the window's first sample really was taken (the chain was off 2.5 ms more
+        # each window: 25 ms by the last)
+        true_t0 = start_ns + round(i * n / real * 1e9)
+        assert abs(c.t0_ns - true_t0) < 10e6, (i, (c.t0_ns - true_t0) / 1e6)
+
+
 def test_a_buffer_left_enabled_does_not_block_the_frequency_change(tmp_path: Path) -> None:
     """Before: sampling_frequency was written while a buffer left on by a killed gateway
     was still enabled; st_lsm6dsx-like drivers refuse that (EBUSY) at every re-open."""

@@ -14,12 +14,14 @@ scratchpad (its CRC is 0 too: a device that lost power or stopped answering) and
 power-on reset value (85 °C with the reset scratchpad: no conversion ran) raise
 `SensorFault` (reported on the status topic, retried).
 
-Each read of `w1_slave` starts a conversion that takes up to 750 ms at 12 bits, so a
-window of `window_samples` readings takes at least that many conversions: `fs_hz` above
-1 / 0.75 s (`MAX_FS_HZ`) is a config error; use a low `fs_hz` (e.g. 1 Hz) and a small
-window. Readings are paced at `fs_hz` by the clock; a window whose readings fell behind
-their nominal times (a slow bus, retries) is a `SensorFault` naming the rate the bus can
-do, never a window labelled with a rate it was not sampled at.
+Each read of `w1_slave` starts a conversion that takes up to 750 ms at 12 bits, and the
+1-Wire traffic around it (reset, ROM match, convert, read scratchpad: ~20 ms) comes on
+top, so one reading takes up to 0.8 s (`READING_S`) and a window of `window_samples`
+readings at least that many times that: `fs_hz` above 1 / 0.8 s = 1.25 Hz (`MAX_FS_HZ`)
+is a config error; use a low `fs_hz` (e.g. 1 Hz) and a small window. Readings are paced
+at `fs_hz` by the clock; a window whose readings fell behind their nominal times (a slow
+bus, retries) is a `SensorFault` naming the rate the bus can do, never a window labelled
+with a rate it was not sampled at.
 
 Sample config block (one ``[[gateway.sensor]]``): `SAMPLE_CONFIG`.
 """
@@ -49,8 +51,14 @@ MIN_C, MAX_C = -55.0, 125.0
 """The DS18B20's measuring range, °C."""
 CONVERSION_S = 0.75
 """Longest 12-bit temperature conversion, s (datasheet t_CONV)."""
-MAX_FS_HZ = 1.0 / CONVERSION_S
-"""Highest `fs_hz` one device can be read at, Hz."""
+BUS_S = 0.05
+"""1-Wire bus time of one `w1_slave` read, s, with margin: reset, ROM match, convert and
+read-scratchpad commands at standard speed take ~20 ms; the kernel adds its own delays."""
+READING_S = CONVERSION_S + BUS_S
+"""Longest time one reading takes, s: the conversion plus the bus traffic around it."""
+MAX_FS_HZ = 1.0 / READING_S
+"""Highest `fs_hz` one device can be read at, Hz (1.25: 1 / 0.8 s). 1 / `CONVERSION_S`
+(1.33 Hz) passed config but every window then failed the pacing check."""
 
 SAMPLE_CONFIG = """
 [site]
@@ -66,7 +74,7 @@ id = "agitator3-de-temp"
 driver = "ds18b20"
 kind = "temperature"
 asset = "agitator3"
-fs_hz = 1             # one conversion per second (each takes up to 750 ms)
+fs_hz = 1             # one reading per second (each takes up to 0.8 s)
 window_samples = 16
 interval_s = 60
 [gateway.sensor.options]
@@ -147,7 +155,8 @@ class Ds18b20Driver(DeclaredOptions):
             raise ValueError(f"kind: the ds18b20 driver measures temperature, "
                              f"got {sensor.kind!r}")
         if sensor.fs_hz > MAX_FS_HZ * 1.0001:
-            raise ValueError(f"fs_hz: a DS18B20 conversion takes up to {CONVERSION_S:g} s, so "
+            raise ValueError(f"fs_hz: a DS18B20 reading takes up to {READING_S:g} s "
+                             f"({CONVERSION_S:g} s conversion plus 1-Wire bus time), so "
                              f"at most {MAX_FS_HZ:.3g} Hz; got {sensor.fs_hz:g}")
         self.sensor = sensor
         self.device = option(options, "device", str, None)

@@ -17,8 +17,9 @@ more than one match is a `SensorFault` naming them, never a silent first pick. T
   a window never holds stale samples. The device is read without blocking: a device that
   stops delivering (dead trigger, stuck data-ready interrupt) is a `SensorFault` after
   ``2 × n / fs_hz + READ_GRACE_S`` seconds, not a capture thread hung for ever.
-  Continuous windows' `t0` are chained (previous `t0` + n / fs_hz) and re-anchored to the
-  clock only when the chain is off by more than `T0_TOLERANCE_S` (see `_chain_t0`).
+  Continuous windows' `t0` come from the clock when the read waited for fresh data and
+  are chained (previous `t0` + n / fs_hz) only through the kernel's backlog (see
+  `_chain_t0`).
 - ``sysfs``: polls ``in_accel_{x,y,z}_raw`` at `fs_hz` (paced by the clock). Only for
   slow rates (a few hundred Hz) or boards without a buffer. A window whose reads could
   not keep up with `fs_hz` is a `SensorFault` naming the rate achieved
@@ -73,6 +74,9 @@ READ_GRACE_S = 1.0
 `SensorFault` ("no data"): room for a slow trigger start, not for a dead one."""
 T0_TOLERANCE_S = 0.05
 """How far (s) chained continuous `t0`s may be from the clock before they are re-anchored."""
+RATE_TOLERANCE = 0.01
+"""How far (a fraction) a device's real rate may be off `fs_hz` without warnings: the
+0.5 % `sampling_frequency` mismatch `open()` accepts plus the device clock's own error."""
 _AXES = ("x", "y", "z")
 _TYPE_RE = re.compile(r"^(le|be):([su])(\d+)/(\d+)(?:X(\d+))?>>(\d+)$")
 
@@ -466,32 +470,40 @@ class IioDriver(DeclaredOptions):
         return decode_scan(b"".join(chunks), [dict(c) for c in self._channels]), t0
 
     def _chain_t0(self, n: int, clock_t0: int, waited: bool) -> int:
-        """The `t0` (ns) of a continuous window of `n` samples: the previous one's end.
+        """The `t0` (ns) of a continuous window of `n` samples.
 
-        The clock alone is wrong after a stall: windows read at once from the kernel's
-        backlog would get nearly the same `t0`. A chain is only re-anchored to the clock
-        when it cannot be right: off by more than `T0_TOLERANCE_S` when the read waited
-        for its last sample (then the clock is exact), or by more than the kernel buffer
-        (`buffer_length` / fs) plus that when it came from the backlog.
+        A read that waited for its last sample took fresh data: the clock is exact, so its
+        `t0` is the clock's and seeds the chain. A read served from the kernel's backlog
+        (after a stall) is chained: the previous window's end, as the clock would give
+        windows read at once nearly the same `t0`. Chaining fresh reads too would add the
+        device's rate error (up to `RATE_TOLERANCE`) window after window: a sawtooth
+        against the clock and a re-anchor warning every few windows.
 
-        Samples the kernel dropped (the buffer full: the gateway did not read for longer
-        than `buffer_length` / fs) leave a gap inside a window that claims to be
-        contiguous; the driver cannot see that window, only the chain falling behind the
-        clock afterwards, which re-anchors it (`event=iio_timebase_reanchored`).
+        The chain is checked against the clock either way: off by more than
+        `T0_TOLERANCE_S` plus the device's rate error over the chained span (and, from the
+        backlog, plus the kernel buffer, `buffer_length` / fs) it cannot be right and is
+        re-anchored with a warning (`event=iio_timebase_reanchored`). Samples the kernel
+        dropped (the buffer full: the gateway did not read for longer than
+        `buffer_length` / fs) leave a gap inside a window that claims to be contiguous;
+        the driver cannot see that window, only the chain falling behind the clock
+        afterwards.
         """
-        span = round(n / self.sensor.fs_hz * 1e9)
+        fs = self.sensor.fs_hz
+        span = round(n / fs * 1e9)
         chained = self._next_t0
         t0 = clock_t0
         if chained is not None:
-            slack = 0.0 if waited else self.buffer_length / self.sensor.fs_hz
+            backlog_s = self.buffer_length / fs
+            allowed_s = (T0_TOLERANCE_S + RATE_TOLERANCE * (n / fs + backlog_s)
+                         + (0.0 if waited else backlog_s))
             drift = chained - clock_t0  # > 0: the chain is ahead of the clock
-            if abs(drift) <= (T0_TOLERANCE_S + slack) * 1e9:
-                t0 = chained
-            else:
+            if abs(drift) > allowed_s * 1e9:
                 log.warning(kv("iio_timebase_reanchored", sensor=self.sensor.id,
                                device=self.device, drift_ms=round(drift / 1e6, 1),
                                hint="samples lost (buffer overflow), the device's rate "
                                     "off fs_hz, or the clock stepped"))
+            elif not waited:
+                t0 = chained
         self._next_t0 = t0 + span
         return t0
 
