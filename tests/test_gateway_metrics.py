@@ -187,8 +187,10 @@ def test_idle_clients_cannot_exhaust_the_metrics_endpoint(tmp_path: Path) -> Non
     try:
         held += [connect("127.0.0.1") for _ in range(2)]
         time.sleep(0.2)
-        # a third from the same address: refused at once, not left hanging
-        answer = closed_within(connect("127.0.0.1"), 0.5)
+        # a third from the same address: refused with a 503, not left hanging (waited up
+        # to 3 s, a loaded CI machine accepts slowly; one let in would be closed by the
+        # 1 s idle timeout without an answer, so the 503 still tells)
+        answer = closed_within(connect("127.0.0.1"), 3.0)
         assert answer is not None and answer.startswith(b"HTTP/1.0 503"), answer
         # another address is served meanwhile
         answer = scrape_from("127.0.0.2")
@@ -197,7 +199,7 @@ def test_idle_clients_cannot_exhaust_the_metrics_endpoint(tmp_path: Path) -> Non
         # a third address floods: it gets its share (2), the rest is refused
         flood = [connect("127.0.0.3") for _ in range(20)]
         held += flood[:2]
-        refused = [closed_within(s, 0.5) for s in flood[2:]]
+        refused = [closed_within(s, 3.0) for s in flood[2:]]
         assert all(r is not None and r.startswith(b"HTTP/1.0 503") for r in refused), [
             (i, r) for i, r in enumerate(refused) if not (r or b"").startswith(b"HTTP")]
         # 4 open in all: the total cap refuses even a new address
