@@ -193,8 +193,8 @@ class Outbox:
             # or disk is full" for every ack. Nothing secret is in the outbox.
             self._db.execute("PRAGMA secure_delete=OFF")
             self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
-            page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
-            self.disk_reserve_bytes = WAL_RESERVE_FACTOR * WAL_AUTOCHECKPOINT_PAGES * page
+            self._page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            self.disk_reserve_bytes = WAL_RESERVE_FACTOR * WAL_AUTOCHECKPOINT_PAGES * self._page
             self._db.executescript(_SCHEMA)
             self._create_indexes()
             with self._tx():
@@ -336,8 +336,7 @@ class Outbox:
     def _disk_room(self) -> int:
         """Bytes the outbox can still write: free on the disk plus free pages in its file."""
         free_pages = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
-        page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
-        return int(self._disk_free()) + free_pages * page
+        return int(self._disk_free()) + free_pages * self._page  # fixed at creation
 
     def _log_dropped(self, sensor: str, seq: int, size: int,
                      result: tuple[str | None, dict[str, int]]) -> None:
