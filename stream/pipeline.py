@@ -334,6 +334,11 @@ class Pipeline:
             return self._apply_command(command, t_ns)
 
     def _apply_command(self, command: Any, t_ns: int | None) -> BatchOutput:
+        repeated = self.online.repeated(command)
+        if repeated is not None:
+            # Delivered again: its `actions` point again, nothing applied twice (nor the
+            # impact evidence, cleared by the first, cleared again).
+            return BatchOutput([], repeated, [])
         points, transitions = self.online.apply(command, t_ns)
         if points and command.get("action") == "rebaseline":
             self.impacts.clear(command["sensor"])  # maintenance done: the old defect is gone

@@ -435,11 +435,7 @@ class StreamService:
                                detail=f"bad command JSON: {e}"))
                 continue
             try:
-                # Delivered again: its `actions` point again, nothing applied twice (nor,
-                # by `Pipeline.apply_command`, the impact evidence since cleared again).
-                repeated = self.pipeline.online.repeated(command)
-                done = (BatchOutput([], repeated, []) if repeated is not None
-                        else self.pipeline.apply_command(command))
+                done = self.pipeline.apply_command(command)
             except Exception as e:
                 self._unhandled(message, e)
                 continue

@@ -114,11 +114,9 @@ class OnlineModels:
               ) -> tuple[list[Point], list[Transition]]:
         """Apply one operator command (parsed JSON); its `actions` point and transitions.
 
-        A malformed command is counted, logged and ignored.
+        A malformed command is counted, logged and ignored. One delivered again is not
+        applied again: the caller asks `repeated` first (Pipeline.apply_command).
         """
-        repeated = self.repeated(command)
-        if repeated is not None:
-            return repeated, []
         t_ns = time.time_ns() if t_ns is None else t_ns
         self.counters["commands"] += 1
         problem = _check_command(command, self.assets)
