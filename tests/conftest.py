@@ -6,6 +6,8 @@
 - `influxd`: one influxd per session; `influx_db` gives each test its own database as
   `(url, db)`.
 - `victoria_metrics`: one per test (each test reads back only what it wrote).
+- `nats_plant`: a 3-node NATS cluster and an authenticated mosquitto, with the site
+  config of tests/natsplant.py that points at them, as `(cluster, config)`.
 
 Every process is stopped by PID at teardown, also when the test fails.
 """
@@ -15,9 +17,13 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from natsplant import PARTITIONS, PASSWORDS, USERS, site_toml
 
+from ballpass.config import Config, load
+from ballpass.nats_server import NatsCluster
 from ballpass.services import Influxd, Mosquitto, VictoriaMetrics
 
 AUTH_USERS = {"stream": "stream-pw", "gw1": "gw1-pw", "gw2": "gw2-pw", "ops": "ops-pw"}
@@ -75,3 +81,20 @@ def victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Victo
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def nats_plant(tmp_path: Path) -> Iterator[tuple[NatsCluster, Config]]:
+    cluster = NatsCluster(tmp_path / "nats", users=USERS, partitions=PARTITIONS)
+    broker = Mosquitto(tmp_path / "mqtt", users=PASSWORDS)
+    cluster.start()
+    try:
+        broker.start()
+        try:
+            yield cluster, load(site_toml(tmp_path / "site.toml", cluster.urls, broker,
+                                          "http://127.0.0.1:1", "db", tmp_path / "state",
+                                          "http://127.0.0.1:1/hook"))
+        finally:
+            broker.stop()
+    finally:
+        cluster.stop()

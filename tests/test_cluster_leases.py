@@ -13,19 +13,18 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 from nats.js.errors import KeyNotFoundError
-from natsplant import PARTITIONS, PASSWORDS, USERS, site_toml
+from natsplant import PARTITIONS, PASSWORDS
 
 from ballpass import topics
-from ballpass.config import Config, load
+from ballpass.config import Config
 from ballpass.nats_server import NatsCluster
-from ballpass.services import Mosquitto
 from ballpass.stream.cluster import topology
 from ballpass.stream.cluster.leases import RELAY_KEY, lease_key
 from ballpass.stream.cluster.relay import Relay, message_id
@@ -50,23 +49,6 @@ class _Dedup:
 
     def recent(self, key: Any, n: int) -> list[Any]:
         return []
-
-
-@pytest.fixture
-def plant(tmp_path: Path) -> Iterator[tuple[NatsCluster, Config]]:
-    cluster = NatsCluster(tmp_path / "nats", users=USERS, partitions=PARTITIONS)
-    broker = Mosquitto(tmp_path / "mqtt", users=PASSWORDS)
-    cluster.start()
-    try:
-        broker.start()
-        try:
-            yield cluster, load(site_toml(tmp_path / "site.toml", cluster.urls, broker,
-                                          "http://127.0.0.1:1", "db", tmp_path / "state",
-                                          "http://127.0.0.1:1/hook"))
-        finally:
-            broker.stop()
-    finally:
-        cluster.stop()
 
 
 def _worker(config: Config, worker_id: str,
@@ -146,12 +128,12 @@ async def _lose_lease(a: NatsSource, js: Any, p: int) -> None:
 
 
 def test_giving_back_partitions_during_a_long_batch_keeps_the_other_leases_renewed(
-        plant: tuple[NatsCluster, Config]) -> None:
+        nats_plant: tuple[NatsCluster, Config]) -> None:
     """A second worker joins while A's batch is held (InfluxDB down, say) for several
     lease times: A gives back its surplus once the batch is done, and meanwhile goes on
     renewing every lease, the batch's own included (waiting for the batch in the lease
     loop lapsed them all, so the partitions moved, and the batch's work was thrown away)."""
-    cluster, config = plant
+    cluster, config = nats_plant
     lease_s = config.cluster.lease_s
 
     async def main() -> None:
@@ -178,11 +160,11 @@ def test_giving_back_partitions_during_a_long_batch_keeps_the_other_leases_renew
 
 
 def test_a_batch_that_outlasts_its_lease_saves_and_acknowledges_nothing_of_it(
-        plant: tuple[NatsCluster, Config], caplog: pytest.LogCaptureFixture) -> None:
+        nats_plant: tuple[NatsCluster, Config], caplog: pytest.LogCaptureFixture) -> None:
     """Worker A's batch of partition 5 is held past its lease; another worker owns 5 by
     the time it ends: A neither saves the sensor's state (it would overwrite the new
     owner's) nor acknowledges the window; it NAKs it, so the new owner gets it at once."""
-    cluster, config = plant
+    cluster, config = nats_plant
     caplog.set_level(logging.WARNING, logger="ballpass.stream.cluster.source")
 
     async def main() -> None:
@@ -203,12 +185,12 @@ def test_a_batch_that_outlasts_its_lease_saves_and_acknowledges_nothing_of_it(
 
 
 def test_a_reader_whose_lease_lapsed_takes_nothing_from_the_new_owner(
-        plant: tuple[NatsCluster, Config]) -> None:
+        nats_plant: tuple[NatsCluster, Config]) -> None:
     """A's lease loop is held up (giving back partition 3 waits for A's long batch);
     meanwhile 3 is another worker's, with a consumer of its own: A's reader of 3 stops
     fetching (pull requests go by the durable's name: it would take the new owner's
     windows and keep them until A's batch ends)."""
-    cluster, config = plant
+    cluster, config = nats_plant
 
     async def main() -> list[bytes]:
         async with _batch_held(cluster, config) as (a, js, _blocker):
@@ -235,12 +217,12 @@ def test_a_reader_whose_lease_lapsed_takes_nothing_from_the_new_owner(
     assert got == [b"w0", b"w1", b"w2", b"w3"]
 
 
-def test_the_relay_stops_when_its_lease_lapses(plant: tuple[NatsCluster, Config]) -> None:
+def test_the_relay_stops_when_its_lease_lapses(nats_plant: tuple[NatsCluster, Config]) -> None:
     """The lease loop may be held up (a long batch); the relay asks for its lease itself
     before each wave and acknowledgement: a stored window whose lease lapsed meanwhile is
     not acknowledged to mosquitto (the next holder relays it, dropped as a copy), the
     next wave is not stored, and the relay stops."""
-    cluster, config = plant
+    cluster, config = nats_plant
 
     async def main() -> tuple[list[Delivery], int, bool]:
         nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
@@ -268,12 +250,12 @@ def test_the_relay_stops_when_its_lease_lapses(plant: tuple[NatsCluster, Config]
 
 
 def test_statuses_and_commands_are_not_dropped_as_copies(
-        plant: tuple[NatsCluster, Config]) -> None:
+        nats_plant: tuple[NatsCluster, Config]) -> None:
     """A gateway's last will "offline" is the same bytes each time, and so is a command
     sent twice: each is stored (before: the same content id, dropped by JetStream's
     de-duplication for 120 s). Windows are still de-duplicated by content, commands by
     their own "id"."""
-    cluster, config = plant
+    cluster, config = nats_plant
 
     async def main() -> tuple[list[bool], int, int]:
         nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
@@ -305,12 +287,12 @@ def test_statuses_and_commands_are_not_dropped_as_copies(
 
 
 def test_a_relay_that_cannot_start_leaves_its_lease_to_a_healthy_worker(
-        plant: tuple[NatsCluster, Config], tmp_path: Path,
+        nats_plant: tuple[NatsCluster, Config], tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     """Worker A's relay fails at start (its MQTT password file unreadable): logged, and A
     gives the relay lease up for a while, so that B relays (before: the task died
     silently, A kept renewing the lease and no one relayed)."""
-    cluster, config = plant
+    cluster, config = nats_plant
     caplog.set_level(logging.INFO, logger="ballpass.stream.cluster")
 
     async def main() -> tuple[str, bool]:
@@ -346,9 +328,9 @@ def test_a_relay_that_cannot_start_leaves_its_lease_to_a_healthy_worker(
     assert "reason=" in caplog.text.split("event=relay_failed", 1)[1].splitlines()[0]
 
 
-def test_an_empty_fetch_is_no_batch(plant: tuple[NatsCluster, Config]) -> None:
+def test_an_empty_fetch_is_no_batch(nats_plant: tuple[NatsCluster, Config]) -> None:
     """A fetch can answer `[]`: not a batch for the handler, nor counted in `batches`."""
-    _, config = plant
+    _, config = nats_plant
     source = _worker(config, "A")
 
     class _State:
@@ -370,10 +352,10 @@ def test_an_empty_fetch_is_no_batch(plant: tuple[NatsCluster, Config]) -> None:
 
 
 def test_a_fetch_the_batcher_refuses_is_redelivered_at_once(
-        plant: tuple[NatsCluster, Config]) -> None:
+        nats_plant: tuple[NatsCluster, Config]) -> None:
     """A fetch that reaches the batcher after its partition's lease lapsed is not handled;
     its windows are NAKed, so that the new owner gets them now, not after `ack_wait`."""
-    cluster, config = plant
+    cluster, config = nats_plant
     source = _worker(config, "A")  # holds no lease: every partition's fetch is refused
 
     async def main() -> tuple[bool, list[bytes]]:
@@ -404,11 +386,11 @@ def test_a_fetch_the_batcher_refuses_is_redelivered_at_once(
 
 
 def test_an_idle_relay_leaves_mosquitto_when_its_lease_lapses(
-        plant: tuple[NatsCluster, Config]) -> None:
+        nats_plant: tuple[NatsCluster, Config]) -> None:
     """No message coming, the relay still asks for its lease: off mosquitto at once
     (before: it stayed connected, and it and the next holder, with one MQTT client id,
     took the session from each other in turn)."""
-    cluster, config = plant
+    cluster, config = nats_plant
 
     async def main() -> None:
         nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
@@ -426,12 +408,12 @@ def test_an_idle_relay_leaves_mosquitto_when_its_lease_lapses(
 
 
 def test_one_worker_at_a_time_sends_the_sites_webhooks(
-        plant: tuple[NatsCluster, Config]) -> None:
+        nats_plant: tuple[NatsCluster, Config]) -> None:
     """Every alert goes to the webhook sender of the worker holding the webhooks lease
     (before: each worker took what its pulls fetched and sent it from its own spool, so
     an alert's resolved could go out before its firing); when that worker stops, the
     other takes the lease and the alerts after."""
-    cluster, config = plant
+    cluster, config = nats_plant
 
     async def main() -> tuple[dict[str, list[int]], str, bool]:
         sent: dict[str, list[int]] = {"A": [], "B": []}

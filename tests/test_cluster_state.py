@@ -12,41 +12,21 @@ import contextlib
 import dataclasses
 import logging
 import pickle
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 from nats.js.errors import NotFoundError
-from natsplant import PARTITIONS, PASSWORDS, USERS, site_toml
+from natsplant import PARTITIONS, PASSWORDS
 from test_cluster_leases import _batch_held, _Dedup, _Pipeline, _until, _worker
 
-from ballpass.config import Config, load
+from ballpass.config import Config
 from ballpass.nats_server import NatsCluster
-from ballpass.services import Mosquitto
 from ballpass.stream.cluster import topology
 from ballpass.stream.cluster.state import FORMAT, KvState, StateConflict
 from ballpass.stream.mqtt_source import Delivery
 
 KEY = ("s1", "gw1", "a")
-
-
-@pytest.fixture
-def plant(tmp_path: Path) -> Iterator[tuple[NatsCluster, Config]]:
-    cluster = NatsCluster(tmp_path / "nats", users=USERS, partitions=PARTITIONS)
-    broker = Mosquitto(tmp_path / "mqtt", users=PASSWORDS)
-    cluster.start()
-    try:
-        broker.start()
-        try:
-            yield cluster, load(site_toml(tmp_path / "site.toml", cluster.urls, broker,
-                                          "http://127.0.0.1:1", "db", tmp_path / "state",
-                                          "http://127.0.0.1:1/hook"))
-        finally:
-            broker.stop()
-    finally:
-        cluster.stop()
 
 
 class _Recording(_Pipeline):
@@ -67,13 +47,13 @@ def _state(pipeline: dict[str, Any]) -> bytes:
 
 
 def test_a_state_written_by_another_worker_meanwhile_is_not_overwritten(
-        plant: tuple[NatsCluster, Config], caplog: pytest.LogCaptureFixture) -> None:
+        nats_plant: tuple[NatsCluster, Config], caplog: pytest.LogCaptureFixture) -> None:
     """While A's batch is in its handler, another worker writes the sensor's state (as
     after A's lease lapsed, and A's save still on its way): A's save is refused (before:
     a plain put replaced the other's state, and the next owner loaded rolled-back de-dup
     seqs and models), the window NAKed and handled again with the other's state loaded,
     then saved over it."""
-    cluster, config = plant
+    cluster, config = nats_plant
     caplog.set_level(logging.WARNING, logger="ballpass.stream.cluster")
     pipeline, seen = _Recording(), []
 
@@ -99,11 +79,11 @@ def test_a_state_written_by_another_worker_meanwhile_is_not_overwritten(
 
 
 def test_saves_go_over_the_workers_own_revisions(
-        plant: tuple[NatsCluster, Config]) -> None:
+        nats_plant: tuple[NatsCluster, Config]) -> None:
     """A worker's own successive saves go through (each over the revision its last one
     wrote), a save over another's write raises and forgets the state, whose next load
     takes the other's; a state deleted before the load is saved over its delete marker."""
-    cluster, config = plant
+    cluster, config = nats_plant
 
     async def main() -> None:
         nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
@@ -140,13 +120,13 @@ def test_saves_go_over_the_workers_own_revisions(
 
 
 def test_a_state_that_does_not_load_is_set_aside_and_its_sensor_starts_fresh(
-        plant: tuple[NatsCluster, Config], caplog: pytest.LogCaptureFixture) -> None:
+        nats_plant: tuple[NatsCluster, Config], caplog: pytest.LogCaptureFixture) -> None:
     """Sensors a, c and d of partition 5 have states this release cannot use (not a
     pickle; classes that are gone; models that do not fit): each is kept under
     `{key}.unreadable`, counted and logged, and its sensor starts fresh; b's state loads,
     and every window is handled and acknowledged (before: the load raised, and the whole
     partition, b too, was stuck for ever, nothing counted)."""
-    cluster, config = plant
+    cluster, config = nats_plant
     caplog.set_level(logging.INFO, logger="ballpass.stream.cluster")
     bad = {"s1.gw1.a": b"\x80\x05not a pickle",
            "s1.gw1.c": b"cballpass_gone_since_last_release\nModel\n.",
@@ -212,12 +192,12 @@ def test_a_state_that_does_not_load_is_set_aside_and_its_sensor_starts_fresh(
 
 
 def test_buckets_follow_a_changed_lease_time_and_replica_count(
-        plant: tuple[NatsCluster, Config]) -> None:
+        nats_plant: tuple[NatsCluster, Config]) -> None:
     """Declared again after `lease_s` and `replicas` changed, the buckets' streams take
     the new TTL and replica count (before: creating the bucket was refused, "stream name
     already in use with a different configuration", and every worker retried for ever),
     and a later return to a shorter `lease_s` too (its duplicate window shrinks with it)."""
-    cluster, config = plant
+    cluster, config = nats_plant
     c = config.cluster
 
     async def main() -> list[tuple[float, int, float, int]]:
