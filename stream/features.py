@@ -204,6 +204,7 @@ def extract(
     hum = [mains_share(amp, df, shaft, f, th.MAINS_HARMONICS, th.MAINS_SHAFT_ORDERS,
                        th.VELOCITY_BAND_LO_HZ) for f in th.MAINS_HZ]
     which = np.argmax(np.stack(hum), axis=0)
+    del amp  # (B, N//2+1): 16 MB a row at 2^22 samples, not to be held through the envelope
 
     # Envelope band: the fast kurtogram's band of highest SK among those wide enough for
     # the lines we read and above the structural range (only those are computed).

@@ -26,7 +26,12 @@ from numba import njit
 
 from ballpass.stream.dsp._check import check_fs, check_windows
 from ballpass.stream.dsp.impacts import _impact_row
-from ballpass.stream.dsp.spectrum import _amplitude_row, _hann, _rfft_rows
+from ballpass.stream.dsp.spectrum import (
+    _amplitude_row_into,
+    _hann_sum,
+    _hann_table,
+    _rfft_rows,
+)
 
 _EMPTY_BAND = 1e-20
 """Band energy below this fraction of the row's energy counts as empty (round-off)."""
@@ -72,9 +77,9 @@ def _sk_bands(
             if not use[i, k]:
                 continue
             m = hi_bins[k] - lo_bins[k]
-            seg = np.zeros(_fast_len(m), dtype=np.complex128)
-            seg[:m] = spec[i, lo_bins[k] : hi_bins[k]]
-            c = np.fft.ifft(seg)
+            c = np.zeros(_fast_len(m), dtype=np.complex128)
+            c[:m] = spec[i, lo_bins[k] : hi_bins[k]]
+            np.fft.ifft(c, out=c)  # in place: level 0's band is half the window
             m2 = 0.0
             m4 = 0.0
             for j in range(c.shape[0]):
@@ -108,13 +113,16 @@ def _envelope(spec: np.ndarray, n: int, lo_bin: np.ndarray, hi_bin: np.ndarray) 
 
 @njit(cache=True, nogil=True)
 def _envelope_row(spec_row: np.ndarray, lo: int, hi: int, y: np.ndarray, env: np.ndarray) -> None:
-    """Envelope of one row's band [lo, hi) into `env`; `y` is complex scratch of length n."""
+    """Envelope of one row's band [lo, hi) into `env`; `y` is complex scratch of length n.
+
+    `env` may be the first n float64 of `y`'s own buffer (`_envelope_spectrum_impacts`):
+    sample j is written after bin j, which lies at or past it, was read."""
     y[:] = 0.0
     for k in range(lo, hi):
         y[k] = 2.0 * spec_row[k]
-    a = np.fft.ifft(y)
+    np.fft.ifft(y, out=y)  # in place: a second (n,) complex array was 64 MB at 2^22
     for j in range(env.shape[0]):
-        env[j] = np.sqrt(a[j].real ** 2 + a[j].imag ** 2)
+        env[j] = np.sqrt(y[j].real ** 2 + y[j].imag ** 2)
 
 
 @njit(cache=True, nogil=True)
@@ -124,17 +132,18 @@ def _envelope_spectrum(
     """Hann amplitude spectrum (B, n//2+1) of the envelope of each row's band (g).
 
     Same as `_amplitude_spectrum(_envelope(...))`, fused row by row so the temporaries
-    stay in cache.
+    stay in cache, in the one buffer of `_envelope_spectrum_impacts`.
     """
     b = spec.shape[0]
-    w = _hann(n)
-    scale = 2.0 / w.sum()
+    w = _hann_table(n)
+    scale = 2.0 / _hann_sum(n, w)
     out = np.empty((b, n // 2 + 1))
-    y = np.zeros(n, dtype=np.complex128)
-    env = np.empty(n)
+    buf = np.empty(n + 1, dtype=np.complex128)
+    flat = buf.view(np.float64)
+    c = flat[flat.shape[0] - 2 * (n // 2 + 1):].view(np.complex128)  # past env for any n
     for i in range(b):
-        _envelope_row(spec[i], lo_bin[i], hi_bin[i], y, env)
-        _amplitude_row(env, w, scale, out[i])
+        _envelope_row(spec[i], lo_bin[i], hi_bin[i], buf[:n], flat[:n])
+        _amplitude_row_into(flat[:n], w, scale, c, out[i])
     return out
 
 
@@ -153,20 +162,29 @@ def _envelope_spectrum_impacts(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`_envelope_spectrum` plus, from the same envelope, the impact-interval counts
     (B, F, 2) and impact numbers (B,) of `impacts._impact_row` (periods (B, F) and
-    gaps (B,) in samples)."""
+    gaps (B,) in samples).
+
+    One scratch buffer of n + 1 complex holds, in turn, the analytic signal, the envelope
+    (its first n float64), the windowed envelope (the same, in place, once the impacts
+    are read) and the envelope's DFT (its last N//2+1 complex): at N = 2^22, 64 MB where
+    separate arrays took 224 MB (plus the FFT's own scratch either way).
+    """
     b = spec.shape[0]
-    w = _hann(n)
-    scale = 2.0 / w.sum()
+    w = _hann_table(n)
+    scale = 2.0 / _hann_sum(n, w)
     out = np.empty((b, n // 2 + 1))
     counts = np.zeros((b, periods.shape[1], 2))
     n_impacts = np.zeros(b)
-    y = np.zeros(n, dtype=np.complex128)
-    env = np.empty(n)
+    buf = np.empty(n + 1, dtype=np.complex128)
+    y = buf[:n]
+    flat = buf.view(np.float64)
+    env = flat[:n]
+    c = flat[flat.shape[0] - 2 * (n // 2 + 1):].view(np.complex128)  # past env for any n
     for i in range(b):
         _envelope_row(spec[i], lo_bin[i], hi_bin[i], y, env)
-        _amplitude_row(env, w, scale, out[i])
         n_impacts[i] = _impact_row(env, periods[i], k_mad, gaps[i], hit, flank, max_lags,
                                    counts[i])
+        _amplitude_row_into(env, w, scale, c, out[i])
     return out, counts, n_impacts
 
 

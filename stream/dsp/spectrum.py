@@ -16,14 +16,45 @@ from numba import njit
 from ballpass.stream.dsp._check import check_fs, check_windows
 from ballpass.stream.thresholds import G_TO_M_S2
 
+_HANN_TABLE_MAX = 1 << 16
+"""Longest window (samples) whose Hann window the envelope kernels tabulate: up to here the
+table (512 kB) is shared by a batch's rows; beyond it, the batch has few rows (the stream
+bounds a batch's samples) and the 32 MB a table of 2^22 takes is not worth a cosine per
+sample saved."""
+
+
+@njit(cache=True, nogil=True)
+def _hann_at(j: int, n: int) -> float:
+    """Sample j of the periodic Hann window of length n."""
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * j / n)
+
 
 @njit(cache=True, nogil=True)
 def _hann(n: int) -> np.ndarray:
     """Periodic Hann window of length n (the DFT-even form used for spectral analysis)."""
     w = np.empty(n)
     for j in range(n):
-        w[j] = 0.5 - 0.5 * np.cos(2.0 * np.pi * j / n)
+        w[j] = _hann_at(j, n)
     return w
+
+
+@njit(cache=True, nogil=True)
+def _hann_table(n: int) -> np.ndarray:
+    """`_hann(n)` up to `_HANN_TABLE_MAX` samples, else an empty table: computed per sample."""
+    if n <= _HANN_TABLE_MAX:
+        return _hann(n)
+    return np.empty(0)
+
+
+@njit(cache=True, nogil=True)
+def _hann_sum(n: int, table: np.ndarray) -> float:
+    """sum(w) of the Hann window of length n, from its `_hann_table`."""
+    if table.shape[0] == n:
+        return table.sum()
+    acc = 0.0
+    for j in range(n):
+        acc += _hann_at(j, n)
+    return acc
 
 
 @njit(cache=True, nogil=True)
@@ -42,6 +73,28 @@ def _amplitude_row(row: np.ndarray, w: np.ndarray, scale: float, out: np.ndarray
         xw[j] = (row[j] - mean) * w[j]
     c = np.fft.rfft(xw)
     # |c| as sqrt(re² + im²): numba's complex abs goes through hypot, 4x slower here.
+    for k in range(c.shape[0]):
+        out[k] = np.sqrt(c[k].real ** 2 + c[k].imag ** 2) * scale
+    out[0] *= 0.5
+    if n % 2 == 0:
+        out[-1] *= 0.5
+
+
+@njit(cache=True, nogil=True)
+def _amplitude_row_into(row: np.ndarray, table: np.ndarray, scale: float, c: np.ndarray,
+                        out: np.ndarray) -> None:
+    """`_amplitude_row` without a buffer of its own: windows `row` (N,) in place (it is
+    lost), takes its DFT into `c` (N//2+1 complex) and the amplitudes into `out`.
+    `table` is `_hann_table(N)`: empty, the window is computed per sample."""
+    n = row.shape[0]
+    mean = row.mean()
+    if table.shape[0] == n:
+        for j in range(n):
+            row[j] = (row[j] - mean) * table[j]
+    else:
+        for j in range(n):
+            row[j] = (row[j] - mean) * _hann_at(j, n)
+    np.fft.rfft(row, out=c)
     for k in range(c.shape[0]):
         out[k] = np.sqrt(c[k].real ** 2 + c[k].imag ** 2) * scale
     out[0] *= 0.5
