@@ -53,7 +53,9 @@ def moments(x: np.ndarray, plateau_tol: float = 0.05, spike_k: float = 8.0,
             noise = plateau_noise * math.sqrt(6) * sigma
             rail = 0
             for s, e in _runs(near):
-                if _kinked(row, s, e, row[s] >= row.max() - depth, noise, plateau_kink):
+                is_top = row[s] >= row.max() - depth
+                if (_capped(row, s, e, is_top, sigma, plateau_noise, plateau_kink) if e - s < 2
+                        else _kinked(row, s, e, is_top, noise, plateau_kink)):
                     rail += int(on_band[s : e + 1].sum())
             out[i, 5] = rail / n
         sub = row[::stride]
@@ -93,6 +95,30 @@ def _kinked(row: np.ndarray, s: int, e: int, is_top: bool, noise: float, kink: f
     left, right, mid = c[: q + 1].max(), c[size + 1 - q :].max(), c[q + 1 : size + 1 - q].min()
     return bool((1.0 - kink) * min(left, right) - mid > noise
                 and left - bend(s - 1 - 2 * q) > noise and right - bend(e + 1 + 2 * q) > noise)
+
+
+def _capped(row: np.ndarray, s: int, e: int, is_top: bool, sigma: float, noise_k: float,
+            kink: float) -> bool:
+    """Whether the run row[s..e] of one or two samples sits below the cubic through the two
+    samples on each side: its fourth differences, summed and positive towards the inside of
+    the rail, exceed `noise_k` sigmas of their noise and, per sample, 1/(1 - kink) times the
+    largest |fourth difference| centred 3 to 12 samples out on the side where that is
+    smaller; two samples differ by at most `noise_k` sigmas of a difference."""
+    if s < 14 or e + 14 >= row.size:
+        return False
+    if e > s and abs(row[e] - row[s]) > noise_k * math.sqrt(2) * sigma:
+        return False
+
+    def d4(k: np.ndarray) -> np.ndarray:
+        return row[k - 2] - 4.0 * row[k - 1] + 6.0 * row[k] - 4.0 * row[k + 1] + row[k + 2]
+
+    inward = (-1.0 if is_top else 1.0) * sum(float(v) for v in d4(np.arange(s, e + 1)))
+    size = e - s + 1
+    if not inward > noise_k * math.sqrt(70 if size == 1 else 28) * sigma:
+        return False
+    m = np.arange(3, 13)
+    quieter = min(float(np.abs(d4(s - m)).max()), float(np.abs(d4(e + m)).max()))
+    return bool((1.0 - kink) * inward > size * quieter)
 
 
 def amplitude_spectrum(x: np.ndarray) -> np.ndarray:

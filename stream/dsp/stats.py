@@ -70,6 +70,55 @@ def _kinked(row: np.ndarray, s: int, e: int, sign: float, noise: float, kink: fl
 
 
 @njit(cache=True, nogil=True)
+def _d4(row: np.ndarray, j: int) -> float:
+    """Fourth difference of `row` centred on `j`."""
+    return row[j - 2] - 4.0 * row[j - 1] + 6.0 * row[j] - 4.0 * row[j + 1] + row[j + 2]
+
+
+@njit(cache=True, nogil=True)
+def _capped(row: np.ndarray, s: int, e: int, sign: float, sigma: float, noise_k: float,
+            kink: float) -> bool:
+    """Whether the excursion `row[s..e]` of one or two samples near a rail is held below the
+    course of its neighbours: a clip too short to be flat between two kinks (an impact's
+    crest that passed the rail for a sample or two).
+
+    D, the fourth differences centred on the excursion's samples, summed and signed so that
+    a top and a bottom both read positive when capped, weighs each sample against the cubic
+    through the two samples on each side. A tone of any frequency below Nyquist, at any
+    phase, has D4(k) = (2 - 2 cos w)^2 (x(k) - its centre line): at its top D <= 0, its
+    samples sit on or above the interpolation. A rail that held samples whose course passed
+    it by d raises D by 6 d (one sample) or 2 (d1 + d2) (two), and leaves the fourth
+    differences centred 3 or more samples away alone: they are the signal's own. A smooth
+    top with D > 0 is flattened by harmonics; where one of them dominates its fourth
+    differences (locally a tone), D per sample is at most 1.8 times the largest |D4| 3 to 12
+    samples out on either side, at the worst frequency and phase, whereas a clip stands out
+    against both sides (against one where an impact's onset is beside its crest).
+
+    Capped: D above `noise_k` sigmas of its noise (sqrt(70) or sqrt(28) sigma), D per
+    sample above 1 / (1 - `kink`) times the largest |D4| on the quieter side, two samples
+    level to within `noise_k` sigmas of a difference (a rail holds its level), and the
+    neighbourhood (14 samples a side) inside the window. A crest sampled fewer than about 10
+    times a cycle bends so much by itself that only a deep clip passes.
+    """
+    if s - 14 < 0 or e + 14 >= row.size:
+        return False
+    if e > s and abs(row[e] - row[s]) > noise_k * np.sqrt(2.0) * sigma:
+        return False
+    d = 0.0
+    for j in range(s, e + 1):
+        d += _d4(row, j)
+    d *= sign
+    if d <= noise_k * np.sqrt(70.0 if e == s else 28.0) * sigma:
+        return False
+    left = 0.0
+    right = 0.0
+    for m in range(3, 13):
+        left = max(left, abs(_d4(row, s - m)))
+        right = max(right, abs(_d4(row, e + m)))
+    return (1.0 - kink) * d > (e - s + 1) * min(left, right)
+
+
+@njit(cache=True, nogil=True)
 def _moments(x: np.ndarray, plateau_tol: float, spike_k: float, spike_isolation: float,
              spike_samples: int, plateau_kink: float = th.SENSOR_PLATEAU_KINK,
              plateau_noise: float = th.SENSOR_PLATEAU_NOISE,
@@ -89,7 +138,9 @@ def _moments(x: np.ndarray, plateau_tol: float, spike_k: float, spike_isolation:
     (the noise scatters them) and all count. Below it, a clean periodic signal fills the
     tolerance at every cycle with the smooth top of its peaks, so only the samples of
     excursions (runs of samples within the tolerance + `plateau_spread` sigma of the extreme)
-    that `_kinked` finds entered and left with a kink count (`plateau_kink`, `plateau_noise`).
+    that `_kinked` finds entered and left with a kink count (`plateau_kink`, `plateau_noise`),
+    and of excursions of one or two samples, too short to be flat inside, that `_capped`
+    finds held below the course of their neighbours (a short clip of an impact's crest).
 
     Spikes: samples deviating from the row's median by more than `spike_k` robust standard
     deviations (1.4826 × the median absolute deviation, over `spike_samples` evenly strided
@@ -195,7 +246,8 @@ def _moments(x: np.ndarray, plateau_tol: float, spike_k: float, spike_isolation:
             for r in range(n_runs):
                 s, e = starts[r], ends[r]
                 sign = -1.0 if row[s] >= wtop else 1.0
-                if _kinked(row, s, e, sign, noise, plateau_kink):
+                if (_capped(row, s, e, sign, sigma, plateau_noise, plateau_kink) if e - s < 2
+                        else _kinked(row, s, e, sign, noise, plateau_kink)):
                     for k in range(s, e + 1):
                         n_rail += (row[k] >= top) | (row[k] <= bottom)
         spikes = 0
