@@ -17,6 +17,17 @@ normal, outer-race, inner-race and ball windows of an SKF 6205 at 25 Hz, 25.6 kH
   (`_envelope_spectrum`). Everything else (moments, line searches, the diagnosis) is
   work beyond the bound.
 
+`Pipeline.process` (`pipeline_process_ms_per_window`, `_state_` with a state dir): the
+stream's whole process stage (features, diagnosis, impact history, online models, alert
+state, results and points) for 16 sensors on one SKF 6205 asset like the end-to-end
+benchmark's (3 of 4 faulty, so their alarms fire in the warm-up), in batches of one window
+per sensor (decoded from wire format v1, float32), 50 batches after 10 of warm-up (quick:
+10 after 3); `pipeline_dsp_ms_per_window`, measured in the same run on the same batches, is
+the DSP engine alone (`extract` and `diagnose`), and `pipeline_overhead_ms_per_window` the
+difference: the Python of `process` around the kernels (issue 12). These four are CPU time
+of the calling thread (the kernels run in it), not wall time: on a shared machine the
+wall time of a 5 ms batch moves by more than the overhead measured.
+
 Each figure is the best of several repetitions (the run least disturbed by other
 processes), as windows per second. `jit_warm_start_s` runs a fresh interpreter with the
 numba cache already filled and measures from its start to the first `extract` result.
@@ -30,6 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import rocket_fft  # noqa: F401  (registers np.fft support inside @njit)
@@ -221,11 +233,97 @@ def warm_start(runs: int = 3) -> tuple[float, int]:
     return best, saved
 
 
+PROCESS_SENSORS = 16
+
+
+def _process_batches(n_batches: int) -> list[list[Any]]:
+    """Batches of one decoded window per sensor, sensor k in condition FAULTS[k % 4]."""
+    from ballpass import wire
+    from ballpass.stream.pipeline import Incoming
+
+    x, shaft = signals(8192, 2 * len(FAULTS))
+    t0 = 1_767_225_600 * 10**9
+    batches = []
+    for b in range(n_batches):
+        batch = []
+        for k in range(PROCESS_SENSORS):
+            i = k % len(FAULTS) + len(FAULTS) * (b % 2)
+            message = wire.encode(wire.Window(seq=b + 1, t0_ns=t0 + b * 10**9, fs_hz=FS_HZ,
+                                              samples=x[i : i + 1], shaft_hz=float(shaft[i])))
+            batch.append(Incoming("bench", f"gw{k % 2}", f"s{k:02d}", wire.decode(message)))
+        batches.append(batch)
+    return batches
+
+
+def _process_config() -> Any:
+    from ballpass.config import parse
+
+    return parse({
+        "site": {"id": "bench"},
+        "asset": [{"id": "m", "kind": "motor", "bearing": BEARING, "shaft_hz": SHAFT_HZ}],
+        "gateway": [{"id": f"gw{g}", "sensor": [
+            {"id": f"s{k:02d}", "driver": "simulated", "asset": "m", "fs_hz": FS_HZ,
+             "window_samples": 8192, "interval_s": 1.0}
+            for k in range(PROCESS_SENSORS) if k % 2 == g]} for g in range(2)],
+    })
+
+
+def process_figures(quick: bool = False) -> dict[str, float]:
+    """`Pipeline.process` against the DSP engine alone, ms per window (module docstring)."""
+    import tempfile
+    from pathlib import Path
+
+    from ballpass.stream.diagnosis import diagnose
+    from ballpass.stream.features import extract
+    from ballpass.stream.pipeline import Pipeline
+
+    warm, timed = (3, 10) if quick else (10, 50)
+    batches = _process_batches(warm + timed)
+    config = _process_config()
+    orders = config.assets[0].bearing.orders()
+
+    def run(state_dir: Path | None) -> float:
+        pipeline = Pipeline(config, state_dir)
+        pipeline.warm_up()
+        for batch in batches[:warm]:
+            pipeline.process(batch)
+        started = time.thread_time()
+        for batch in batches[warm:]:
+            pipeline.process(batch)
+        return time.thread_time() - started
+
+    def dsp() -> float:
+        started = time.thread_time()
+        for batch in batches[warm:]:
+            x = np.stack([item.window.samples[0] for item in batch])
+            feats = extract(x, FS_HZ, np.array([item.window.shaft_hz for item in batch]),
+                            orders)
+            for i in range(len(batch)):
+                diagnose(feats, i)
+        return time.thread_time() - started
+
+    best = {"plain": float("inf"), "state": float("inf"), "dsp": float("inf")}
+    dsp()  # kernels loaded
+    for _ in range(1 if quick else 3):  # interleaved: the machine may be shared
+        best["plain"] = min(best["plain"], run(None))
+        with tempfile.TemporaryDirectory() as d:
+            best["state"] = min(best["state"], run(Path(d)))
+        best["dsp"] = min(best["dsp"], dsp())
+    ms = {k: v / (timed * PROCESS_SENSORS) * 1e3 for k, v in best.items()}
+    out = {"pipeline_process_ms_per_window": ms["plain"],
+           "pipeline_process_state_ms_per_window": ms["state"],
+           "pipeline_dsp_ms_per_window": ms["dsp"],
+           "pipeline_overhead_ms_per_window": ms["plain"] - ms["dsp"]}
+    log.info(kv("bench_process", **{k: round(v, 4) for k, v in out.items()}))
+    return out
+
+
 def figures(quick: bool = False) -> dict[str, float]:
     """Every figure of the diagnosis engine (see the module docstring)."""
     out: dict[str, float] = {}
     for n in SIZES:
         out.update(_size_figures(n, quick))
+    out.update(process_figures(quick))
     warm, compiled = warm_start(1 if quick else 3)
     out["jit_warm_start_s"] = warm
     out["jit_warm_start_kernels_compiled"] = float(compiled)

@@ -31,6 +31,7 @@ Thresholds live in `ballpass.stream.thresholds`; none was fitted to a data set.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -92,34 +93,38 @@ class _Thresholds:
     cage: float = th.CAGE_LINE_SNR_DB
 
 
+_DEFAULT_THRESHOLDS = _Thresholds()
+
+
+@functools.lru_cache(maxsize=256)
+def _thresholds(line_db: float, strong_db: float) -> _Thresholds:
+    """An asset's thresholds (cached: the same few assets' at every window)."""
+    return _Thresholds(line_db, strong_db, max(th.CAGE_LINE_SNR_DB, line_db))
+
+
 def _conf(excess_db: float) -> float:
     """Confidence from evidence `excess_db` above its threshold: 0.5 at 0 dB, 1 at full."""
     return float(min(1.0, max(0.0, 0.5 + 0.5 * excess_db / th.CONFIDENCE_FULL_DB)))
 
 
 def _line_evidence(batch: FeatureBatch, i: int, li: int) -> list[Evidence]:
-    return [
-        Evidence(
-            LINES[li],
-            h + 1,
-            float(batch.line_freq_hz[i, li, h]),
-            float(batch.line_snr_db[i, li, h]),
-        )
-        for h in range(batch.line_snr_db.shape[2])
-    ]
+    # One `tolist` per line, not a numpy scalar per value.
+    freqs = batch.line_freq_hz[i, li].tolist()
+    snrs = batch.line_snr_db[i, li].tolist()
+    return [Evidence(LINES[li], h + 1, f, s)
+            for h, (f, s) in enumerate(zip(freqs, snrs, strict=True))]
 
 
-def _sideband_evidence(batch: FeatureBatch, i: int, sbs: tuple[int, ...]) -> list[Evidence]:
-    return [
-        Evidence(
-            SIDEBANDS[s],
-            h + 1,
-            float(batch.sideband_freq_hz[i, s, h]),
-            float(batch.sideband_snr_db[i, s, h]),
-        )
-        for s in sbs
-        for h in range(batch.sideband_snr_db.shape[2])
-    ]
+def _sideband_evidence(batch: FeatureBatch, i: int, sbs: tuple[int, ...],
+                       min_db: float) -> list[Evidence]:
+    """The sidebands `sbs` of window `i` at `min_db` or more."""
+    out = []
+    for s in sbs:
+        freqs = batch.sideband_freq_hz[i, s].tolist()
+        snrs = batch.sideband_snr_db[i, s].tolist()
+        out += [Evidence(SIDEBANDS[s], h + 1, f, snr)
+                for h, (f, snr) in enumerate(zip(freqs, snrs, strict=True)) if snr >= min_db]
+    return out
 
 
 @dataclass(frozen=True)
@@ -165,7 +170,7 @@ def _bearing_candidates(batch: FeatureBatch, i: int, t: _Thresholds
         lines = _line_evidence(batch, i, li)
         fundamental = lines[0]
         present = [e for e in lines if e.snr_db >= thr]
-        sidebands = [e for e in _sideband_evidence(batch, i, sbs) if e.snr_db >= thr]
+        sidebands = _sideband_evidence(batch, i, sbs, thr)
         bsf = _line_evidence(batch, i, _BSF) if odd else []
         odd_lines = [bsf[h] for h in odd if bsf[h].snr_db >= thr]
         if name == Fault.CAGE:
@@ -190,8 +195,8 @@ def _bearing_candidates(batch: FeatureBatch, i: int, t: _Thresholds
     # every shaft harmonic. A defect whose fundamental sits on one (on a 6203, BPFO is
     # 3.05×, 1.8 % from 3×) must then be carried by MIN_SUPPORT_LINES lines off the
     # shaft harmonics; otherwise the peak is the shaft's.
-    shaft_lines = _line_evidence(batch, i, _SHAFT)
-    if shaft_lines[0].snr_db >= thr and shaft_lines[1].snr_db >= thr:
+    shaft_snr = batch.line_snr_db[i, _SHAFT]
+    if shaft_snr[0] >= thr and shaft_snr[1] >= thr:
 
         def on_shaft(f: float) -> bool:
             n_x = round(f / shaft)
@@ -333,7 +338,7 @@ def _ball_from_intervals(
 def _sensor_condition(batch: FeatureBatch, i: int, row: dict[str, float],
                       clipped_at_source: bool) -> str | None:
     """Why window `i` is not a trustworthy machine signal (the reason), or None."""
-    if batch.finite[i] < 1.0 or not all(math.isfinite(v) for v in row.values()):
+    if batch.finite[i] < 1.0 or not all(map(math.isfinite, row.values())):
         return "window holds non-finite samples"
     rms = row["rms_g"]
     if rms < th.SENSOR_MIN_STD_G:
@@ -373,6 +378,7 @@ def diagnose(
     impacts: np.ndarray | None = None,
     clipped_at_source: bool = False,
     levels: DecisionLevels | None = None,
+    row: dict[str, float] | None = None,
 ) -> Diagnosis:
     """Diagnose window `i` of `batch` for a machine in ISO 20816-3 `iso_group` (1 or 2)
     on a `iso_foundation` ("rigid" or "flexible") foundation.
@@ -383,6 +389,7 @@ def diagnose(
     `levels`: the asset's own levels (`AssetConfig.levels`): its zone boundaries replace
     the ISO table's for `iso_group`/`iso_foundation`, its line thresholds LINE_SNR_DB and
     STRONG_LINE_SNR_DB; None: those defaults.
+    `row`: `batch.row(i)`, if the caller has it already (read, not changed).
     Raises IndexError for a bad `i` and ValueError for an unknown group/foundation or
     boundaries that are not increasing.
     """
@@ -391,10 +398,10 @@ def diagnose(
         raise IndexError(f"window index {i} out of range for a batch of {n}")
     bounds = iso20816.boundaries(iso_group, iso_foundation) if levels is None \
         else levels.zone_boundaries_mm_s
-    t = _Thresholds() if levels is None else _Thresholds(
-        levels.line_snr_db, levels.strong_line_snr_db,
-        max(th.CAGE_LINE_SNR_DB, levels.line_snr_db))
-    row = batch.row(i)
+    t = _DEFAULT_THRESHOLDS if levels is None else _thresholds(
+        levels.line_snr_db, levels.strong_line_snr_db)
+    if row is None:
+        row = batch.row(i)
     vel = row["velocity_rms_mm_s"]
     zone = iso20816.zone_of(vel, bounds) if math.isfinite(vel) else ""
 
@@ -540,7 +547,7 @@ def diagnose(
         )
 
     # 7. Normal: confident the further the strongest line sits below the threshold.
-    worst = float(np.max(batch.line_snr_db[i, :_SHAFT, 0]))  # bearing lines only
+    worst = float(batch.line_snr_db[i, :_SHAFT, 0].max())  # bearing lines only
     conf = float(min(1.0, max(0.5, 0.5 + 0.5 * (t.line - worst) / t.line)))
     return Diagnosis(Fault.NORMAL, conf, (), f"no defect pattern; strongest line {worst:.1f} dB",
                      zone)

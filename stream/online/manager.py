@@ -89,8 +89,8 @@ class OnlineModels:
                           self.temps.get(asset.id, math.nan), physics)
         result = self.model(sensor).update(obs)
         points: list[Point] = []
-        tags = {"site": site, "gateway": gateway, "sensor": sensor, "asset": asset.id}
         for e in result.events:
+            tags = {"site": site, "gateway": gateway, "sensor": sensor, "asset": asset.id}
             fields: dict[str, Any] = {"detail": e.get("detail", "")}
             if "feature" in e:
                 fields["feature"] = e["feature"]
@@ -107,6 +107,11 @@ class OnlineModels:
     def status(self, sensor: str) -> dict[str, Any]:
         m = self.models.get(sensor)
         return m.status() if m is not None else {"state": "learning", "learned_windows": 0}
+
+    def progress(self, sensor: str) -> float | None:
+        """`status(sensor)["progress"]` (None without a model), without the whole status."""
+        m = self.models.get(sensor)
+        return m.progress() if m is not None else None
 
     # --- operator actions ------------------------------------------------------------
 

@@ -43,6 +43,11 @@ FEATURES: tuple[str, ...] = (
 )
 """Baseline features, in vector order. log_* are natural logs of the `vibration` field."""
 
+# The `vibration` field each feature but temp_c is read from, and those taken the log of.
+_RAW: tuple[str, ...] = (
+    "rms_g", "velocity_rms_mm_s", "kurtosis", "crest", "bpfo_snr_db", "bpfi_snr_db",
+    "bsf_snr_db", "ftf_snr_db", "hf_floor", "x1_g", "x2_g")
+_LOGGED: tuple[int, ...] = tuple(i for i, f in enumerate(FEATURES) if f.startswith("log_"))
 # Floors on each feature's standard deviation, so a very steady feature does not turn a
 # measurement-resolution step into a large z (natural-log units, dB, -, °C).
 _STD_FLOOR = np.array([0.02, 0.02, 0.05, 0.05, 0.5, 0.5, 0.5, 0.5, 0.02, 0.05, 0.05, 0.2])
@@ -116,15 +121,17 @@ class _Band:
         var = np.where(self.n > 1, self.m2 / np.maximum(self.n - 1, 1), 0.0)
         return np.maximum(np.sqrt(var), _STD_FLOOR)
 
-    def z(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean) / self.std()
+    def z(self, x: np.ndarray, std: np.ndarray | None = None) -> np.ndarray:
+        """z-scores of `x`; `std`: `self.std()`, if the caller has it already."""
+        return (x - self.mean) / (self.std() if std is None else std)
 
-    def learn(self, x: np.ndarray) -> None:
+    def learn(self, x: np.ndarray, std: np.ndarray | None = None) -> None:
+        """Learn `x`; `std`: `self.std()` as it is now, if the caller has it already."""
         ok = np.isfinite(x)
         # Robustness: a learning window far outside the band moves it only as far as
         # ±_CLIP_Z σ would; per feature, once that feature has a std to clip by (a
         # temperature first seen late has n = 0 and mean 0 while the levels have many).
-        s = self.std()
+        s = self.std() if std is None else std
         x = np.where(self.n > 20, np.clip(x, self.mean - _CLIP_Z * s, self.mean + _CLIP_Z * s),
                      x)
         n = self.n + ok
@@ -295,19 +302,19 @@ class SensorModel:
         return math.floor(math.log(shaft_hz) / math.log1p(self.policy.speed_band_pct / 100))
 
     @staticmethod
+    def values(obs: Observation) -> list[float]:
+        """The feature vector (`FEATURES` order) as Python floats."""
+        get, nan, log = obs.features.get, math.nan, math.log
+        out = [get(name, nan) for name in _RAW]
+        for k in _LOGGED:
+            v = out[k]
+            out[k] = log(v) if v > 0 else nan
+        out.append(obs.temp_c)
+        return out
+
+    @staticmethod
     def vector(obs: Observation) -> np.ndarray:
-        f = obs.features
-
-        def lg(name: str) -> float:
-            v = f.get(name, math.nan)
-            return math.log(v) if v > 0 else math.nan
-
-        return np.array([
-            lg("rms_g"), lg("velocity_rms_mm_s"), f.get("kurtosis", math.nan),
-            f.get("crest", math.nan), f.get("bpfo_snr_db", math.nan),
-            f.get("bpfi_snr_db", math.nan), f.get("bsf_snr_db", math.nan),
-            f.get("ftf_snr_db", math.nan), lg("hf_floor"), lg("x1_g"), lg("x2_g"), obs.temp_c,
-        ])
+        return np.array(SensorModel.values(obs))
 
     def _scoring_band(self, band: int) -> _Band | None:
         """The band itself when it has learned enough, else a ready neighbour."""
@@ -398,14 +405,15 @@ class SensorModel:
         if self.first_t_ns is None:
             self.first_t_ns = obs.t_ns
 
-        x = self.vector(obs)
+        values = self.values(obs)
+        x = np.array(values)
         state = "ready" if self.ready else "learning"
         if not (math.isfinite(obs.shaft_hz) and obs.shaft_hz > 0):
             self.counters["no_speed"] += 1
             self.high.append(False)
             return OnlineResult(state, None, False, events=events, skipped="no_speed")
         # Temperature may be absent (no sensor); every other feature must be finite.
-        if not np.isfinite(x[:-1]).all():
+        if not all(map(math.isfinite, values[:-1])):
             self.counters["nan_features"] += 1
             self.high.append(False)
             events.append({"event": "nan_features", "detail": "non-finite features"})
@@ -415,8 +423,10 @@ class SensorModel:
         scorer = self._scoring_band(band_id)
         stat = math.nan
         z = None
+        scorer_std = None  # the scorer's std, for its `learn` below if it is `band`
         if scorer is not None:
-            z = scorer.z(x)
+            scorer_std = scorer.std()
+            z = scorer.z(x, scorer_std)
             zz = np.where(np.isfinite(z), z, 0.0)
             stat = float(zz.max())
 
@@ -434,7 +444,7 @@ class SensorModel:
                     self._add_cal(stat)
                 if band is None:
                     band = self.bands[band_id] = _Band(self._d)
-                band.learn(x)
+                band.learn(x, scorer_std if band is scorer else None)
                 self.learned += 1
                 learned = True
             else:
@@ -474,13 +484,15 @@ class SensorModel:
         # Change detection on the z-scores of key features, from the first window a band
         # can score (learning included, so a change right after learning is still one).
         if z is not None:
+            zs = z.tolist()  # Python floats: cheaper to test and clip than numpy scalars
             for det, i in zip(self.detectors, _CHANGE_IDX, strict=True):
-                if not math.isfinite(z[i]):
+                zi = zs[i]
+                if not math.isfinite(zi):
                     continue
-                det.update(float(min(max(z[i], -_CLIP_Z), _CLIP_Z)))
+                det.update(float(min(max(zi, -_CLIP_Z), _CLIP_Z)))
                 if det.drift_detected:
                     events.append({"event": "change", "feature": FEATURES[i],
-                                   "detail": f"z={z[i]:.2f}", "value": float(z[i])})
+                                   "detail": f"z={zi:.2f}", "value": zi})
 
         # Trends (wall time of the window; a clock that went back is not a trend).
         t_s = obs.t_ns / 1e9
@@ -554,9 +566,13 @@ class SensorModel:
         self.counters["false_alarms_learned"] += 1
         return n
 
+    def progress(self) -> float:
+        """The share of the learning phase done (1.0 when ready), to 3 decimals."""
+        progress = 1.0 if self.ready else min(1.0, self.learned
+                                              / max(self.policy.learn_windows, 1))
+        return round(progress, 3)
+
     def status(self) -> dict[str, Any]:
-        p = self.policy
-        progress = 1.0 if self.ready else min(1.0, self.learned / max(p.learn_windows, 1))
         return {"state": "ready" if self.ready else "learning",
-                "learned_windows": self.learned, "progress": round(progress, 3),
+                "learned_windows": self.learned, "progress": self.progress(),
                 "bands": len(self.bands), **self.counters}
