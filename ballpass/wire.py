@@ -189,11 +189,12 @@ def decode(message: bytes) -> Window:
     if zlib.crc32(view[_CRC_OFFSET + 4:], check) != crc:
         raise WireError("crc", f"crc32 mismatch (header 0x{crc:08x})")
     raw = np.frombuffer(message, dtype=_NUMPY[dt], offset=HEADER_SIZE)
+    # Checked before the cast: numpy warns casting a signalling NaN (and raises under -W error).
+    if dt != DType.INT16 and not np.isfinite(raw).all():
+        raise WireError("samples", "non-finite sample values")
     samples = raw.reshape(n_channels, n_samples).astype(np.float64)
     if dt == DType.INT16:
         samples *= scale
-    elif not np.all(np.isfinite(samples)):
-        raise WireError("samples", "non-finite sample values")
     return Window(
         seq=seq, t0_ns=t0_ns, fs_hz=fs_hz, samples=samples, kind=Kind(kind),
         shaft_hz=float(shaft_hz), historical=bool(flags & FLAG_HISTORICAL),

@@ -230,15 +230,25 @@ def test_a_broker_that_drops_every_publish_gets_backoff_and_a_status_problem(
         box.put("s1", 2, topic, b"small")
         pub, status = make_publisher(broker.host, broker.port, "gw1", box,
                                      backoff_initial_s=0.2, backoff_max_s=1.6)
+        t_start = time.monotonic()
         pub.start()
         try:
-            time.sleep(4.0)
+            # 7 connects: 6 backoff waits, at least 0.1 + 0.2 + 0.4 + 3 x 0.8 = 3.1 s.
+            wait_until(lambda: pub.stats["connects"] >= 7, 30, "7 connects", poll_s=0.05)
             connects = pub.stats["connects"]
             problems = status.problems()
+            elapsed_s = time.monotonic() - t_start
         finally:
             pub.stop(drain_timeout_s=0)
-        # backoff 0.1-0.2 s doubling to 0.8-1.6 s: at most 8 in 4 s (at 0.1-0.2 s, ~25)
-        assert 3 <= connects <= 9, connects
+        # The wait before connect k + 1 is at least half of min(1.6, 0.2 x 2^(k-1)) s (the
+        # jitter's low end; no PUBACK and no connection lasting `stable_after_s` resets it):
+        # so many connects cannot fit in `elapsed_s`. A backoff restarted at each CONNACK
+        # (0.1-0.2 s each) reaches 7 within about 1.2 s, where this allows 4.
+        most, waited = 1, 0.0
+        while waited + 0.5 * min(1.6, 0.2 * 2 ** (most - 1)) <= elapsed_s:
+            waited += 0.5 * min(1.6, 0.2 * 2 ** (most - 1))
+            most += 1
+        assert connects <= most, (connects, most, elapsed_s)
         assert problems["delivery"].startswith(
             "the broker closed the connection 3 times in a row with windows in flight and "
             "none acknowledged"), problems

@@ -4,6 +4,8 @@ back, and every failure is an InfluxWriteError with the right cause and retryabi
 from __future__ import annotations
 
 import json
+import select
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -188,8 +190,18 @@ def test_v1_wrong_endpoint_is_told_apart(influxd: Influxd) -> None:
 
 
 def test_empty_write_sends_nothing() -> None:
-    # Nothing listens on this port: an empty write must not even connect.
-    V1Writer(f"http://127.0.0.1:{free_port()}", "x").write([])
+    """An empty batch (a flush with nothing queued) must not even connect: a listening
+    socket nobody accepts on sees no connection from either writer."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        # Short timeouts: a writer that did send would wait for a reply that never comes.
+        for writer in (V1Writer(url, "x", timeout_s=1),
+                       V2Writer(url, "b", "o", token="t", timeout_s=1)):
+            writer.write([])
+            writer.close()
+        # A connection the kernel completed waits in the backlog: the socket reads ready.
+        ready, _, _ = select.select([server], [], [], 0.5)
+        assert not ready, "an empty write connected to the server"
 
 
 def test_create_writer_from_config(influx_db: tuple[str, str], tmp_path: Path) -> None:

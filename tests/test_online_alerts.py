@@ -45,7 +45,10 @@ def test_policy_per_asset() -> None:
         a.update("strict", "imbalance", i)
         a.update("loose", "imbalance", i)
     assert a.state("loose") == "alarm" and a.state("strict") == "watch"
-    assert a.update("strict", "imbalance", 5) is not None
+    t = a.update("strict", "imbalance", 5)  # the 5th fault of 5: strict's enter_k
+    assert t is not None and (t.sensor, t.status, t.kind, t.diagnosis) == (
+        "strict", "firing", "machine", "imbalance"), t
+    assert a.state("strict") == "alarm"
 
 
 def test_severity_from_zone_class_and_trend() -> None:
