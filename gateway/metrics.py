@@ -18,7 +18,9 @@ limit, and then MQTT and SQLite could not open files. Here a connection idle for
 `CONNECTION_TIMEOUT_S` is closed, and beyond `MAX_CONNECTIONS` open connections in all
 or `MAX_PER_PEER` from one address a new one gets a 503 and is closed at once
 (``event=metrics_refused``, at most one line per `REFUSED_LOG_EVERY_S`). One request per
-connection (HTTP/1.0), no keep-alive.
+connection (HTTP/1.0), no keep-alive. GET and HEAD only (405 with ``Allow`` otherwise), on
+``/metrics`` or ``/`` (404 otherwise); the text format 0.0.4 whatever the ``Accept``
+header asks (`_Handler`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -61,6 +63,12 @@ CONNECTION_TIMEOUT_S = 10.0
 """Socket timeout (s) of each connection: a read or write waiting longer closes it."""
 REFUSED_LOG_EVERY_S = 60.0
 """At most one ``event=metrics_refused`` line per this many seconds (s)."""
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""What every scrape gets, whatever its ``Accept`` header: `generate_latest` writes the
+text format 0.0.4 (all names here are legacy-valid). Not prometheus-client's
+`CONTENT_TYPE_LATEST`, which its 0.2x releases made ``version=1.0.0`` for the same bytes."""
+ALLOWED_METHODS = ("GET", "HEAD")
+PATHS = ("/", "/metrics")
 ACCEPT_ERROR_PAUSE_S = 0.1
 """Pause (s) after a failed accept (EMFILE: out of file descriptors), which would otherwise
 be retried at once by the accept loop, spinning a core."""
@@ -98,7 +106,9 @@ class GatewayCollector(Collector):
                           1.0 if self.publisher.connected else 0.0)
         for name, doc in (("connects", "successful CONNACKs in this process"),
                           ("disconnects", "lost or closed broker connections"),
-                          ("rejected", "PUBACKs with a failure reason (not authorised, quota)")):
+                          ("rejected", "PUBACKs with a failure reason (not authorised, quota)"),
+                          ("refused", "windows deleted unsent: the broker closed the "
+                                      "connection right after each, again and again")):
             yield self._counter(f"broker_{name}", doc, self.publisher.stats[name])
         sensors = self.status.sensors()
         fault = GaugeMetricFamily(_P + "sensor_fault", "1 while the sensor is faulty",
@@ -120,7 +130,13 @@ class GatewayCollector(Collector):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """``GET /metrics`` (or ``/``): the registry in the Prometheus text format."""
+    """``GET /metrics`` (or ``/``): the registry in the Prometheus text format 0.0.4.
+
+    HEAD answers as GET without the body (same status and headers, Content-Length of the
+    body GET sends). Another path: 404; another method: 405 with ``Allow: GET, HEAD``
+    (any method, known or not: the endpoint is read-only). Every answer is text/plain.
+    The ``Accept`` header is not read: a scraper asking for OpenMetrics (Prometheus does,
+    with text 0.0.4 as a fallback) gets text 0.0.4, as from the stream's endpoint."""
 
     server: MetricsServer
 
@@ -129,16 +145,44 @@ class _Handler(BaseHTTPRequestHandler):
         # Every read and write of this connection: an idle client is closed, not kept.
         self.connection.settimeout(self.server.timeout_s)
 
+    def parse_request(self) -> bool:
+        """The request line and headers parsed; any method but GET and HEAD is answered
+        405 here (http.server would answer 501 to one without a ``do_`` method)."""
+        if not super().parse_request():
+            return False
+        if self.command not in ALLOWED_METHODS:
+            self._answer(405, b"GET or HEAD only\n",
+                         extra=(("Allow", ", ".join(ALLOWED_METHODS)),))
+            return False
+        return True
+
     def do_GET(self) -> None:
-        if urlsplit(self.path).path not in ("/", "/metrics"):
-            self.send_error(404)
+        if urlsplit(self.path).path not in PATHS:
+            self._answer(404, b"not found: /metrics\n")
             return
-        body = generate_latest(self.server.registry)
-        self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self._answer(200, generate_latest(self.server.registry), content_type=METRICS_TYPE)
+
+    do_HEAD = do_GET  # `_answer` leaves the body out
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """http.server's own errors (400 bad request line, 414, 431, 505): text/plain
+        like every other answer, not its HTML page."""
+        self.close_connection = True
+        self._answer(code, f"{message or self.responses.get(code, ('error',))[0]}\n"
+                     .encode("latin-1", "replace"))
+
+    def _answer(self, code: int, body: bytes, *, content_type: str = "text/plain",
+                extra: tuple[tuple[str, str], ...] = ()) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in extra:
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one stderr line per scrape is noise; refusals are logged by the server

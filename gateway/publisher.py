@@ -34,7 +34,17 @@ reason=too_large``. A broker that drops the connection without announcing why (a
 one, or a limit it does not announce) gets the reconnect backoff, which only a PUBACK of
 a window, or a connection that stayed up `stable_after_s`, resets; after `STUCK_DROPS`
 such drops in a row with windows in flight and none acknowledged, the status shows the
-problem ``delivery`` (``event=delivery_stuck``) until a window is acknowledged.
+problem ``delivery`` (``event=delivery_stuck``) until a window is acknowledged. After
+`REFUSE_DROPS` drops in a row, each soon after the same window was (re)sent first (the
+broker reads it first after a CONNACK), with a reason that blames a packet (no DISCONNECT,
+malformed, protocol error, too large) and no window acknowledged meanwhile, that window is
+refused: deleted from the outbox, counted in `dropped` and in ``stats["refused"]``, logged
+as ``event=window_dropped reason=refused_by_broker``, the status problem ``refused`` for
+`REFUSED_SHOWN_S`; the other windows in flight go back to the outbox (paho's session is
+emptied, or it would re-send the refused one first at the next CONNACK) and leave again,
+so they are not held behind it. "Soon": `REFUSE_WITHIN_S` plus the time to send the window
+at `REFUSE_LINK_BYTES_PER_S`; a link that fails at random times, or a broker that closes
+for another reason (session taken over, shutting down), does not make a window refused.
 
 Status. A retained birth status (state online) is published on every CONNACK, then every
 `status_interval_s`; the last will is a retained ``{"state": "offline", ...}``. `stop`
@@ -101,6 +111,29 @@ _WINDOW_SUFFIX = "/window"
 STUCK_DROPS = 3
 """Connections dropped in a row with windows in flight and none acknowledged, before the
 status shows the problem ``delivery``."""
+REFUSE_DROPS = 8
+"""Connections dropped in a row soon after the same window was sent first, none
+acknowledged, before that window is refused (deleted, counted in ``dropped``). With the
+default backoff (0.5 s doubling to 30 s) the eighth wait is at the cap: about a minute of
+the broker closing on that window, after the problem ``delivery`` showed at the third."""
+REFUSE_WITHIN_S = 5.0
+"""A drop counts against the window sent first when it came within this many seconds (s)
+of its (re)sending, plus its transfer time at `REFUSE_LINK_BYTES_PER_S`."""
+REFUSE_LINK_BYTES_PER_S = 125_000.0
+"""The slowest uplink assumed (1 Mbit/s), for the transfer time of a large window."""
+REFUSED_SHOWN_S = 3600.0
+"""The status shows the problem ``refused`` this long (s) after the last refused window."""
+BLAMING_REASONS = frozenset({
+    128,  # Unspecified error: the socket closed without a DISCONNECT (also MQTT 3.1.1)
+    129,  # Malformed Packet
+    130,  # Protocol Error (mosquitto 2.0's answer to a PUBLISH over message_size_limit)
+    131,  # Implementation specific error
+    144,  # Topic Name invalid
+    149,  # Packet too large
+    153,  # Payload format invalid
+})
+"""Reasons of a lost connection that can be the last PUBLISH's fault. Not: Session taken
+over, Server shutting down, Keep Alive timeout, Administrative action, Server busy..."""
 
 
 def client_id(site: str, gateway: str) -> str:
@@ -168,10 +201,17 @@ class Publisher:
         self._dropped = False  # the broker closed the connection; not yet backed off for
         self._drops_unacked = 0  # drops in a row with windows in flight and no PUBACK
         self._max_packet: int | None = None  # the broker's Maximum Packet Size (CONNACK)
+        self._connack_at = 0.0  # monotonic, of the last CONNACK (paho re-sends then)
+        # outbox id -> (monotonic time sent, sensor, seq, PUBLISH bytes), of windows in flight
+        self._sent: dict[int, tuple[float, str, int, int]] = {}
+        self._suspect: int | None = None  # outbox id sent first before the last drops
+        self._suspect_drops = 0  # drops in a row soon after `_suspect` was sent first
+        self._refuse: int | None = None  # outbox id to refuse, once the socket is closed
+        self._refused_until = 0.0  # monotonic: the problem `refused` is shown until then
         self._status_form = "full"  # the form of the last status: full, reduced, none
         self._outage_start_ns: int | None = None
         self._outages: deque[tuple[int, int]] = deque(maxlen=64)
-        self.stats = {"connects": 0, "disconnects": 0, "rejected": 0}
+        self.stats = {"connects": 0, "disconnects": 0, "rejected": 0, "refused": 0}
 
         self.username = username
         self._password_source: Callable[[], str | None] = (
@@ -283,7 +323,7 @@ class Publisher:
         # Not a reset of the backoff: a broker may accept us and drop us at the first
         # PUBLISH (a window larger than it takes). A window PUBACK or a connection that
         # lasts resets it.
-        self._connected_at = time.monotonic()
+        self._connected_at = self._connack_at = time.monotonic()
         self._max_packet = getattr(properties, "MaximumPacketSize", None)
         if self._outage_start_ns is not None:
             self._outages.append((self._outage_start_ns, time.time_ns()))
@@ -339,6 +379,27 @@ class Publisher:
                 log.error(kv("delivery_stuck", gateway=self.gateway, drops=STUCK_DROPS,
                              oldest_outbox_id=oldest, in_flight=len(self._mids)))
                 self._status_requested = True
+        self._blame(reason)
+
+    def _blame(self, reason: ReasonCode) -> None:
+        """After a lost connection: count it against the window in flight that was sent
+        first (paho re-sends in flight in order, right after the CONNACK, and the broker
+        reads that one first) when it came soon after that window left, for a reason
+        that can be its fault; at `REFUSE_DROPS` in a row for the same window, it is to be
+        refused (`_refuse_window`, once the socket is closed)."""
+        in_flight = {oid for oid, _ in self._mids.values()}
+        self._sent = {i: v for i, v in self._sent.items() if i in in_flight}
+        first = self._mids[next(iter(self._mids))][0] if self._mids else None
+        sent = self._sent.get(first) if first is not None else None
+        if sent is None or int(reason.value) not in BLAMING_REASONS or \
+                time.monotonic() - max(sent[0], self._connack_at) > \
+                REFUSE_WITHIN_S + sent[3] / REFUSE_LINK_BYTES_PER_S:
+            self._suspect, self._suspect_drops = None, 0
+            return
+        self._suspect_drops = self._suspect_drops + 1 if first == self._suspect else 1
+        self._suspect = first
+        if self._suspect_drops >= REFUSE_DROPS:
+            self._refuse = first
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int,
                     reason: ReasonCode, properties: Properties | None) -> None:
@@ -346,6 +407,8 @@ class Publisher:
         item = self._mids.pop(mid, None)
         if item is None:
             return
+        self._sent.pop(item[0], None)
+        self._suspect, self._suspect_drops = None, 0  # the broker read a window of ours
         if reason.is_failure:
             # Not authorised, quota, ...: keep the entry in the outbox and retry later.
             self.stats["rejected"] += 1
@@ -387,6 +450,10 @@ class Publisher:
                     self._lost(rc)
                     continue
                 self._settle()
+                if self._refused_until and time.monotonic() >= self._refused_until:
+                    self._refused_until = 0.0
+                    self.status.problem("refused", None)
+                    self._status_requested = True
                 if self._connected.is_set():
                     self._flush()
                     now = time.monotonic()
@@ -489,6 +556,8 @@ class Publisher:
         self._socket_open = False
         self._connected.clear()
         self._dropped = False
+        if self._refuse is not None:
+            self._refuse_window()
         if not self._stop.is_set():
             delay = self._failed_attempt()
             log.warning(kv("broker_connection_lost", host=self.broker.host,
@@ -529,6 +598,38 @@ class Publisher:
         self.status.problem("outbox_ack", f"cannot update the outbox: {error}")
         log.error(kv("outbox_ack_failed", gateway=self.gateway, pending=len(self._acked),
                      error=error))
+
+    def _refuse_window(self) -> None:
+        """Delete the window the broker closed the connection on `REFUSE_DROPS` times
+        (`_blame`), with no connection up. paho would re-send it first after the next
+        CONNACK (it keeps every unacknowledged PUBLISH): its session is emptied, and the
+        other windows in flight go back to the outbox, to leave again from there."""
+        oid, self._refuse = self._refuse, None
+        assert oid is not None
+        _, sensor, seq, size = self._sent.get(oid, (0.0, "?", -1, 0))
+        try:
+            self.outbox.drop([oid])
+        except sqlite3.Error as error:
+            self._outbox_failed(error)  # kept; blamed again after the next drops
+            return
+        self._client.drop_out_messages()
+        self.outbox.release([i for i, _ in self._mids.values() if i != oid])
+        in_flight = len(self._mids)
+        self._mids.clear()
+        self._status_mids.clear()
+        self._sent.clear()
+        self._suspect, self._suspect_drops = None, 0
+        self.stats["refused"] += 1
+        self._refused_until = time.monotonic() + REFUSED_SHOWN_S
+        self.status.problem("refused", (
+            f"{self.stats['refused']} window(s) deleted unsent since the start; last: "
+            f"sensor {sensor} seq {seq}, {size} bytes: the broker closed the connection "
+            f"{REFUSE_DROPS} times in a row right after it was sent, none acknowledged "
+            "(larger than the broker takes? mosquitto's message_size_limit)"))
+        self._status_requested = True
+        log.error(kv("window_dropped", reason="refused_by_broker", gateway=self.gateway,
+                     sensor=sensor, seq=seq, bytes=size, drops=REFUSE_DROPS,
+                     requeued=in_flight - 1))
 
     def _drop_too_large(self, e: Entry, size: int) -> None:
         """Delete `e`, whose PUBLISH (`size` bytes) is over the broker's Maximum Packet
@@ -571,6 +672,7 @@ class Publisher:
                 break
             # NO_CONN: paho keeps the message in its session and sends it after CONNACK.
             self._mids[info.mid] = (e.id, historical)
+            self._sent[e.id] = (now, e.sensor, e.seq, size)
             self._tokens -= 1
 
     def _historical(self, e: Entry) -> bool:
@@ -642,6 +744,7 @@ class Publisher:
         self._connected.clear()
         self._socket_open = False
         self._mids.clear()
+        self._sent.clear()
         self.outbox.release()
 
 
