@@ -13,6 +13,11 @@ redelivers what the previous one had not acknowledged, in order. A message relay
 (stored, then the relay died before its MQTT acknowledgement) carries the same
 `Nats-Msg-Id` and is dropped by JetStream's de-duplication (`store_id`).
 
+What the relay does not store (`refusal`), it acknowledges and counts (`relay_refused`, and
+per reason `relay_refused_topic`, `relay_refused_qos`), with one ``event=window_rejected``
+line each: a topic of another site or with invalid ids, and a window that came at QoS 0,
+which the embedded stream refuses too and the workers could not tell from a QoS 1 one.
+
 The relay also carries the workers' diagnoses and alerts back to mosquitto (diagnoses
 retained), so that whoever reads the site's topics there (operators, `ballpass watch`,
 the evidence page) sees the same messages as with one embedded stream process. That way
@@ -102,6 +107,28 @@ def relayable(topic: str, site: str) -> bool:
     return r.route is Route.COMMAND
 
 
+def refusal(d: Delivery, site: str) -> tuple[str, str] | None:
+    """Why the relay does not store `d` in JetStream, as (reason, detail); None: stored.
+
+    - ``topic``: not `relayable` on `site`.
+    - ``qos``: a window delivered at QoS 0. The embedded stream refuses it (`admission`,
+      reason ``qos``): it is lost whenever the stream is down, and no inflight limit bounds
+      a flood of them. The workers cannot tell (a JetStream message has no MQTT QoS, they
+      take every one as QoS 1), so the relay refuses it for them. The relay subscribes at
+      QoS 1, so `d.qos` is min(publisher's QoS, 1): a window published at QoS 1 (every
+      gateway's) arrives at QoS 1, one at QoS 0 at QoS 0; behind a mosquitto bridge
+      without a QoS on its `topic` line, every window arrives at QoS 0 (docs/stream.md).
+      Tacho readings are QoS 0 by contract, statuses and commands are not checked for
+      QoS by the embedded stream either: relayed at any QoS.
+    """
+    if not relayable(d.topic, site):
+        return "topic", (f"not a window, tacho, status or command topic of site {site} "
+                         "with valid ids: not relayed")
+    if d.qos < 1 and route(d.topic).route is Route.WINDOW:
+        return "qos", "a window at QoS 0; windows are QoS 1 (docs/topics.md): not relayed"
+    return None
+
+
 class Relay:
     """Copies every message of the site's subscriptions from mosquitto to JetStream."""
 
@@ -119,7 +146,8 @@ class Relay:
         self.js = js
         self.holds = holds
         self.counters = {"relayed": 0, "relay_duplicates": 0, "relay_retries": 0,
-                         "relay_refused": 0, "returned": 0, "returned_failed": 0,
+                         "relay_refused": 0, "relay_refused_topic": 0,
+                         "relay_refused_qos": 0, "returned": 0, "returned_failed": 0,
                          "returned_dropped": 0, "relay_overload": 0}
         self._back: asyncio.Queue[Msg] = asyncio.Queue(RETURN_QUEUE)
 
@@ -178,13 +206,15 @@ class Relay:
         todo: list[tuple[Delivery, bytes]] = []
         for d in batch:
             payload = d.payload if isinstance(d.payload, bytes) else str(d.payload).encode()
-            if relayable(d.topic, self.site):
+            why = refusal(d, self.site)
+            if why is None:
                 todo.append((d, payload))
                 continue
+            refused, detail = why
             self.counters["relay_refused"] += 1
-            log.warning(kv("window_rejected", reason="topic", topic=d.topic,
-                           detail=f"not a window, tacho, status or command topic of site "
-                           f"{self.site} with valid ids: not relayed"))
+            self.counters[f"relay_refused_{refused}"] += 1
+            log.warning(kv("window_rejected", reason=refused, topic=d.topic, qos=d.qos,
+                           detail=detail))
             self.mqtt.ack(d)
         for wave in waves(todo):
             attempt = 0
@@ -217,8 +247,11 @@ class Relay:
                     await sleep_or_stop(self._stop, delay)
 
     async def _watch_lease(self, stop: asyncio.Event) -> None:
-        """Stops the relay when its lease lapses, also while no message comes."""
-        while self._still_holds():
+        """Stops the relay when its lease lapses, also while no message comes. Ends once
+        `stop` is set: with `stop` set each `sleep_or_stop` returns at once, and Python
+        3.11's `wait_for` swallows a cancel whose inner wait is done, so a loop on
+        `_still_holds` alone (always true for the edge relay) spun and outlived `run`."""
+        while not stop.is_set() and self._still_holds():
             await sleep_or_stop(stop, LEASE_CHECK_S)
 
     def _still_holds(self) -> bool:
