@@ -99,9 +99,10 @@ class OpsServer:
             status, ctype, body, method = 500, "text/plain", b"internal error\n", "GET"
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
                   500: "Internal Server Error", 503: "Service Unavailable"}[status]
+        allow = "Allow: GET, HEAD\r\n" if status == 405 else ""  # RFC 9110: a 405 names them
         headers = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
                    f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
-                   "Connection: close\r\n\r\n").encode()
+                   f"{allow}Connection: close\r\n\r\n").encode()
         with contextlib.suppress(ConnectionError, TimeoutError):
             writer.write(headers + (b"" if method == "HEAD" else body))
             await asyncio.wait_for(writer.drain(), self.write_timeout_s)

@@ -362,3 +362,31 @@ interval_s = 1
                          timeout=60)
     assert run.returncode == 2, run.stderr[-2000:]
     assert "stream.http_token_file" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_method_not_allowed_is_405_naming_the_allowed_ones(page: Page) -> None:
+    """RFC 9110: a 405 carries Allow. Before: neither stream server sent it."""
+    cookie, csrf = page.login()
+    for method, path, allow in (("DELETE", "/", "GET, HEAD"),
+                                ("POST", "/sensor/a", "GET, HEAD"),
+                                ("PUT", "/sensor/a/ack", "GET, HEAD, POST"),
+                                ("PUT", "/login", "GET, HEAD, POST")):
+        status, headers, _ = page.request(method, path, headers={
+            "Cookie": cookie, "Origin": page.url, "X-CSRF-Token": csrf})
+        assert (status, headers.get("allow")) == (405, allow), (method, path)
+
+    async def ops_answer() -> bytes:
+        ops = OpsServer("127.0.0.1", 0, health=lambda: (True, {}), metrics=lambda: b"x 1\n")
+        await ops.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", ops.port)
+            writer.write(b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return answer
+        finally:
+            await ops.close()
+
+    head = asyncio.run(ops_answer()).split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert head[0] == b"HTTP/1.1 405 Method Not Allowed" and b"Allow: GET, HEAD" in head

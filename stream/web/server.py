@@ -379,7 +379,8 @@ class EvidenceServer:
         if method in ("GET", "HEAD"):
             return 200, html, pages.login_page(nxt), {}
         if method != "POST":
-            raise HttpError(405, f"method {method} not allowed")
+            raise HttpError(405, f"method {method} not allowed",
+                            headers={"Allow": "GET, HEAD, POST"})
         form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
         nxt = _local_path((form.get("next") or [nxt])[0])
         if not tokens_equal(next(iter(form.get("token", [])), None), self.token):
@@ -396,11 +397,10 @@ class EvidenceServer:
                      ) -> tuple[int, str, str | bytes, dict[str, str]]:
         html = "text/html; charset=utf-8"
         parts = [p for p in path.split("/") if p]
-        if method not in ("GET", "HEAD", "POST"):
-            raise HttpError(405, f"method {method} not allowed")
-        if method == "POST" and not (len(parts) == 3 and parts[0] == "sensor"
-                                     and parts[2] == "ack"):
-            raise HttpError(405, "only acknowledge accepts POST")
+        ack = len(parts) == 3 and parts[0] == "sensor" and parts[2] == "ack"
+        if method not in ("GET", "HEAD", "POST") or (method == "POST" and not ack):
+            raise HttpError(405, f"method {method} not allowed here",
+                            headers={"Allow": "GET, HEAD, POST" if ack else "GET, HEAD"})
         if not parts:
             return 200, html, pages.overview(self.state, csrf), {}
         if parts == ["api", "fleet"]:
