@@ -26,9 +26,9 @@ from ballpass import topics
 from ballpass.config import Config
 from ballpass.nats_server import NatsCluster
 from ballpass.stream.cluster import topology
-from ballpass.stream.cluster.leases import RELAY_KEY, lease_key
+from ballpass.stream.cluster.leases import RELAY_KEY, WEBHOOKS_KEY, Leases, lease_key
 from ballpass.stream.cluster.relay import Relay, message_id
-from ballpass.stream.cluster.source import NatsSource, _Fetched
+from ballpass.stream.cluster.source import FETCH_WAIT_S, NatsSource, _Fetched
 from ballpass.stream.mqtt_source import Delivery
 
 
@@ -68,6 +68,41 @@ async def _until(check: Callable[[], bool], timeout_s: float, what: str) -> None
     while not check():
         assert time.monotonic() < deadline, f"timed out: {what}"
         await asyncio.sleep(0.1)
+
+
+async def _until_async(check: Callable[[], Awaitable[bool]], timeout_s: float,
+                       what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        await asyncio.sleep(0.1)
+
+
+async def _lease_holder(js: Any, key: str) -> str:
+    """Who holds the lease `key`, as the KV bucket says ("" for no one)."""
+    leases = await js.key_value(topology.bucket_names("s1")[topology.LEASES])
+    try:
+        entry = await leases.get(key)
+    except KeyNotFoundError:
+        return ""
+    return (entry.value or b"").decode()
+
+
+async def _webhooks_ack_pending(js: Any) -> int:
+    info = await js.consumer_info(topology.ALERTS, topology.webhook_consumer("s1"))
+    return int(info.num_ack_pending)
+
+
+async def _alerts_pending(js: Any, n: int) -> bool:
+    return await _webhooks_ack_pending(js) == n
+
+
+async def _no_alert_pending(js: Any) -> bool:
+    return await _alerts_pending(js, 0)
+
+
+async def _nothing(_batch: list[Delivery]) -> None:
+    return None
 
 
 Handle = Callable[[list[Delivery]], Awaitable[None]]
@@ -284,6 +319,8 @@ def test_statuses_and_commands_are_not_dropped_as_copies(
     assert duplicate == [False, False, False, False, False, True, False, True]
     assert (control, windows) == (5, 1)
     assert message_id("a", b"x") == message_id("a", b"x")
+    assert message_id("a", b"x") != message_id("a", b"y")  # another payload
+    assert message_id("a", b"x") != message_id("b", b"x")  # another sensor's topic
 
 
 def test_a_relay_that_cannot_start_leaves_its_lease_to_a_healthy_worker(
@@ -397,10 +434,14 @@ def test_an_idle_relay_leaves_mosquitto_when_its_lease_lapses(
         try:
             holds = True
             relay = Relay(config, nc, nc.jetstream(), holds=lambda: holds)
-            task = asyncio.create_task(relay.run(asyncio.Event()))
+            stop = asyncio.Event()
+            task = asyncio.create_task(relay.run(stop))
             await _until(lambda: relay.mqtt.connected, 10, "relay connected")
             holds = False
-            await asyncio.wait_for(task, 5)
+            await asyncio.wait_for(task, 5)  # ended by itself, no message coming
+            assert stop.is_set(), "the relay did not stop itself"
+            assert not relay.mqtt.connected, "the relay stayed on mosquitto"
+            assert relay.mqtt._client is None
         finally:
             await nc.close()
 
@@ -412,25 +453,22 @@ def test_one_worker_at_a_time_sends_the_sites_webhooks(
     """Every alert goes to the webhook sender of the worker holding the webhooks lease
     (before: each worker took what its pulls fetched and sent it from its own spool, so
     an alert's resolved could go out before its firing); when that worker stops, the
-    other takes the lease and the alerts after."""
+    other takes the lease and the alerts after, at once (well within ack_wait), and
+    acknowledges them."""
     cluster, config = nats_plant
 
-    async def main() -> tuple[dict[str, list[int]], str, bool]:
+    async def main() -> tuple[dict[str, list[int]], str, bool, int]:
         sent: dict[str, list[int]] = {"A": [], "B": []}
         a = _worker(config, "A", lambda alert: sent["A"].append(alert["n"]))
         b = _worker(config, "B", lambda alert: sent["B"].append(alert["n"]))
-
-        async def handle(_batch: list[Delivery]) -> None:
-            return None
-
         stop_a, stop_b = asyncio.Event(), asyncio.Event()
-        ta = asyncio.create_task(a.run(stop_a, handle))
+        ta = asyncio.create_task(a.run(stop_a, _nothing))
         tb: asyncio.Task[None] | None = None
         nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
         try:
             js = nc.jetstream(timeout=10)
             await _until(lambda: bool(a.status()["webhooks"]), 15, "A sending webhooks")
-            tb = asyncio.create_task(b.run(stop_b, handle))
+            tb = asyncio.create_task(b.run(stop_b, _nothing))
             await _until(lambda: b.connected and b.counters["partitions_taken"] > 0, 20,
                          "B working")
             subject = f"{topology.ALERT_SUBJECT}.s1"
@@ -442,14 +480,136 @@ def test_one_worker_at_a_time_sends_the_sites_webhooks(
             stop_a.set()
             await asyncio.wait_for(ta, 30)
             await js.publish(subject, json.dumps({"n": 20}).encode())
-            await _until(lambda: 20 in sent["B"], 20, "B sending after A stopped")
-            return before, "B" if b.status()["webhooks"] else "", bool(a.status()["webhooks"])
+            await _until(lambda: 20 in sent["B"], 10, "B sending after A stopped")
+            await _until_async(lambda: _no_alert_pending(js), 5, "B acknowledging")
+            return (before, await _lease_holder(js, WEBHOOKS_KEY),
+                    bool(a.status()["webhooks"]), len(sent["B"]))
         finally:
             stop_a.set()
             stop_b.set()
             await asyncio.gather(ta, *([tb] if tb else []), return_exceptions=True)
             await nc.close()
 
-    before, holder, a_holds = asyncio.run(asyncio.wait_for(main(), 120))
+    before, holder, a_holds, b_sent = asyncio.run(asyncio.wait_for(main(), 120))
     assert before == {"A": list(range(20)), "B": []}
     assert holder == "B" and not a_holds
+    assert b_sent == 1
+
+
+@pytest.mark.parametrize("how", ["stops", "dies"])
+def test_an_alert_the_old_webhooks_holder_left_unacknowledged_goes_out_at_once_in_order(
+        nats_plant: tuple[NatsCluster, Config], how: str) -> None:
+    """Worker A's fetch of the webhooks consumer is cancelled with its pull request left
+    on the server (as `NatsSource.run` did at a stop; a worker killed mid-fetch leaves one
+    too): it takes the next alert, and A never acknowledges it. Then A stops (or its
+    connection dies, not drained, its lease left to lapse), and B takes the lease: B
+    recreates the consumer from its first unacknowledged alert, so it sends that alert at
+    once, then the next one (before: B sent the next one, and the first only after
+    ack_wait, 60 s: out of order)."""
+    cluster, config = nats_plant
+
+    async def main() -> tuple[dict[str, list[int]], str, int]:
+        sent: dict[str, list[int]] = {"A": [], "B": []}
+        a = _worker(config, "A", lambda alert: sent["A"].append(alert["n"]))
+        b = _worker(config, "B", lambda alert: sent["B"].append(alert["n"]))
+        stop_a, stop_b = asyncio.Event(), asyncio.Event()
+        ta = asyncio.create_task(a.run(stop_a, _nothing))
+        tb: asyncio.Task[None] | None = None
+        nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
+        try:
+            js = nc.jetstream(timeout=10)
+            subject = f"{topology.ALERT_SUBJECT}.s1"
+            await _until(lambda: bool(a.status()["webhooks"]), 15, "A sending webhooks")
+            await js.publish(subject, json.dumps({"n": 0}).encode())
+            await _until(lambda: sent["A"] == [0], 10, "A sending 0")
+            a_loop = next(t for t in asyncio.all_tasks() if t.get_name() == "webhooks-in")
+            tb = asyncio.create_task(b.run(stop_b, _nothing))
+            await _until(lambda: b.connected and b.counters["partitions_taken"] > 0, 20,
+                         "B working")
+            # A's fetch cancelled midway, its pull request (expiring in FETCH_WAIT_S) left.
+            a_loop.cancel()
+            await asyncio.gather(a_loop, return_exceptions=True)
+            assert a._js is not None
+            sub = await a._js.pull_subscribe_bind(durable=topology.webhook_consumer("s1"),
+                                                  stream=topology.ALERTS)
+            fetch = asyncio.create_task(sub.fetch(16, timeout=FETCH_WAIT_S))
+            await asyncio.sleep(0.2)
+            fetch.cancel()
+            await asyncio.gather(fetch, return_exceptions=True)
+            await js.publish(subject, json.dumps({"n": 1}).encode())
+            await _until_async(lambda: _alerts_pending(js, 1), 5,
+                               "1 delivered to A's cancelled pull request")
+            if how == "stops":
+                stop_a.set()
+                await asyncio.wait_for(ta, 30)
+            else:
+                assert a._nc is not None
+                await a._nc.close()  # not drained, nothing released: as after kill -9
+            await js.publish(subject, json.dumps({"n": 2}).encode())
+            # ack_wait is 60 s; B takes the lease within lease_s (3 s) of A's last renewal.
+            await _until(lambda: len(sent["B"]) >= 2, 10, "B sending 1 and 2")
+            await _until_async(lambda: _no_alert_pending(js), 5, "B acknowledging")
+            return sent, await _lease_holder(js, WEBHOOKS_KEY), \
+                await _webhooks_ack_pending(js)
+        finally:
+            stop_a.set()
+            stop_b.set()
+            await asyncio.gather(ta, *([tb] if tb else []), return_exceptions=True)
+            await nc.close()
+
+    sent, holder, pending = asyncio.run(asyncio.wait_for(main(), 120))
+    assert sent == {"A": [0], "B": [1, 2]}
+    assert (holder, pending) == ("B", 0)
+
+
+def test_alerts_fetched_after_the_webhooks_lease_lapsed_are_not_sent(
+        nats_plant: tuple[NatsCluster, Config]) -> None:
+    """A fetch can answer up to FETCH_WAIT_S after the webhooks lease was last seen valid,
+    and the next holder may be sending by then. Each alert is taken only while the lease
+    is still valid: the lease lapsing while the first one is spooled, the other two are
+    not spooled but NAKed (the next holder gets them at once, not after ack_wait)."""
+    cluster, config = nats_plant
+
+    async def main() -> tuple[list[int], list[int], int, int]:
+        nc = await nats.connect(cluster.urls, user="stream", password=PASSWORDS["stream"])
+        try:
+            js = nc.jetstream(timeout=10)
+            buckets = await topology.declare(js, config.cluster, "s1")
+            sent: list[int] = []
+
+            def submit(alert: dict[str, Any]) -> None:
+                sent.append(alert["n"])
+                lapse()
+
+            source = _worker(config, "A", submit)
+            leases = Leases(buckets[topology.LEASES], buckets[topology.WORKERS], "A",
+                            PARTITIONS, lease_s=config.cluster.lease_s)
+            leases.singles[WEBHOOKS_KEY] = 1
+            leases.renewed[WEBHOOKS_KEY] = time.monotonic()
+            source._leases = leases
+
+            def lapse() -> None:  # no renewal for longer than 0.6 x lease_s
+                leases.renewed[WEBHOOKS_KEY] -= config.cluster.lease_s
+
+            for n in range(3):
+                await js.publish(f"{topology.ALERT_SUBJECT}.s1", json.dumps({"n": n}).encode())
+            sub = await js.pull_subscribe_bind(durable=topology.webhook_consumer("s1"),
+                                               stream=topology.ALERTS)
+            msgs = await sub.fetch(3, timeout=3)
+            assert len(msgs) == 3
+            await source._take_alerts(msgs)
+            again: list[Any] = []
+            with contextlib.suppress(TimeoutError):  # NAKed: not after ack_wait (60 s)
+                again = await sub.fetch(3, timeout=3)
+            for m in again:
+                await m.ack_sync()  # answered: A's ack of 0 (same connection) came first
+            info = await js.consumer_info(topology.ALERTS, topology.webhook_consumer("s1"))
+            return (sent, [json.loads(m.data)["n"] for m in again],
+                    source.counters["alerts_refused"],
+                    (info.ack_floor.stream_seq, info.num_ack_pending))
+        finally:
+            await nc.close()
+
+    sent, again, refused, acked = asyncio.run(asyncio.wait_for(main(), 60))
+    assert (sent, again, refused) == ([0], [1, 2], 2)
+    assert acked == (3, 0)  # the stream's 3 alerts, each acknowledged once taken

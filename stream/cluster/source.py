@@ -16,7 +16,9 @@ Tasks of one worker:
 - webhooks: alert transitions from the ALERTS stream (one worker each) to the webhook
   routes. Workers publish a transition there, with its alert id and status as the
   message id, before they acknowledge the window that caused it: a transition re-fired
-  after a worker died is dropped by JetStream's de-duplication, not sent twice.
+  after a worker died is dropped by JetStream's de-duplication, not sent twice. Each new
+  holder of the lease recreates the consumer from its first unacknowledged alert, so that
+  what the previous holder fetched and did not acknowledge comes at once and in order.
 Batches go through the handler one at a time (it owns the pipeline); what the partitions'
 readers fetched meanwhile is handled together as the next batch (`MERGE_MAX`): one
 InfluxDB write, one hand-off to the DSP thread and larger kernel batches for several
@@ -63,6 +65,10 @@ RELAY_AWAY_MAX_S = 120.0
 MAX_ACK_PENDING = 256
 """Windows of one partition fetched and not yet acknowledged, at most."""
 FETCH_WAIT_S = 1.0
+PULL_STOP_S = FETCH_WAIT_S + 4.0
+"""At a stop, the control and webhooks loops end by themselves once their fetch is done
+(at most FETCH_WAIT_S); one still busy after this long (a status batch in the handler) is
+cancelled."""
 LEASE_WAIT_S = 0.25  # between looks at a lease this worker does not hold
 MERGE_MAX = 64
 """Windows of several partitions' fetches handled as one batch: the next fetch is added
@@ -86,6 +92,14 @@ async def _nak(msgs: list[Msg]) -> None:
     for m in msgs:
         with contextlib.suppress(Exception):
             await m.nak()
+
+
+async def _unbind(sub: JetStreamContext.PullSubscription | None) -> None:
+    """Unsubscribe `sub`'s inbox: a pull request of it still waiting on the server then
+    has no one to deliver to."""
+    if sub is not None:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
 
 def default_worker_id() -> str:
@@ -123,6 +137,7 @@ class NatsSource:
                          "partitions_released": 0, "commands_routed": 0,
                          "alerts_published": 0, "alerts_duplicate": 0,
                          "webhooks_taken": 0, "pull_errors": 0, "alerts_unreadable": 0,
+                         "alerts_refused": 0,
                          "view_seen": 0, "view_errors": 0}
         self._nc: nats.NATS | None = None
         self._js: JetStreamContext | None = None
@@ -188,18 +203,23 @@ class NatsSource:
         self._leases = Leases(buckets[topology.LEASES], buckets[topology.WORKERS],
                               self.worker_id, c.partitions, lease_s=c.lease_s)
         batcher = asyncio.create_task(self._batcher(handle), name="batches")
+        pulls = [asyncio.create_task(self._control_loop(stop, handle), name="control"),
+                 asyncio.create_task(self._webhook_loop(stop), name="webhooks-in")]
         tasks = [asyncio.create_task(self._lease_loop(stop, handle), name="leases"),
-                 asyncio.create_task(self._control_loop(stop, handle), name="control"),
-                 asyncio.create_task(self._webhook_loop(stop), name="webhooks-in"),
                  *(asyncio.create_task(site_view.follow(self._js, view, self._seen, stop,
                                                         self.counters), name="view")
                    for view in site_view.site_views(self.config))]
         try:
             await stop.wait()
         finally:
-            for t in tasks:
+            # Not cancelled mid-fetch: the pull request would stay on the server, and what
+            # it took would wait ACK_WAIT_S (the next webhooks holder recreates the
+            # consumer, `topology.take_webhook_consumer`; CONTROL's is shared, never).
+            if stop.is_set():
+                await asyncio.wait(pulls, timeout=PULL_STOP_S)
+            for t in (*pulls, *tasks):
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*pulls, *tasks, return_exceptions=True)
             await self._stop_relay()
             # A batch in the handler finishes (and is acknowledged) before readers stop.
             async with self._batch_lock:
@@ -486,31 +506,49 @@ class NatsSource:
 
     async def _pull(self, stop: asyncio.Event, durable: str, stream: str,
                     each: Callable[[list[Msg]], Awaitable[None]],
-                    lease: str | None = None) -> None:
-        """Fetch from the shared consumer `durable` into `each`; with `lease`, only while
-        this worker holds it."""
+                    lease: str | None = None,
+                    take: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Fetch from the consumer `durable` into `each` until `stop` (a fetch is never
+        left in the middle: `run` waits for it). With `lease`, only while this worker holds
+        it, calling `take` (recreating the consumer) before the first fetch after it was
+        not held, and after a failure; what the old holder left unacknowledged comes at
+        once, in order."""
         assert self._js is not None
-        sub = None
-        while not stop.is_set():
-            if lease is not None and not self._owns_lease(lease):
-                await sleep_or_stop(stop, LEASE_WAIT_S)
-                continue
-            try:
-                if sub is None:
-                    sub = await self._js.pull_subscribe_bind(durable=durable, stream=stream)
-                try:
-                    msgs = await sub.fetch(self.config.stream.batch_max, timeout=FETCH_WAIT_S)
-                except TimeoutError:
+        sub: JetStreamContext.PullSubscription | None = None
+        try:
+            while not stop.is_set():
+                if lease is not None and not self._owns_lease(lease):
+                    await _unbind(sub)
+                    sub = None
+                    await sleep_or_stop(stop, LEASE_WAIT_S)
                     continue
-                if msgs:
-                    await each(msgs)
-            except Exception as e:
-                # Reconnecting, a leader election, a publish refused: this loop must not
-                # end (nothing else would take statuses, commands or alerts); what was not
-                # acknowledged comes again.
-                self.counters["pull_errors"] += 1
-                log.warning(kv("cluster_pull_failed", consumer=durable, reason=repr(e)))
-                await sleep_or_stop(stop, 1.0)
+                try:
+                    if sub is None:
+                        if take is not None:
+                            await take()
+                        sub = await self._js.pull_subscribe_bind(durable=durable,
+                                                                 stream=stream)
+                    try:
+                        msgs = await sub.fetch(self.config.stream.batch_max,
+                                               timeout=FETCH_WAIT_S)
+                    except TimeoutError:
+                        continue
+                    if msgs:
+                        await each(msgs)
+                except Exception as e:
+                    # Reconnecting, a leader election, a publish refused: this loop must
+                    # not end (nothing else would take statuses, commands or alerts); what
+                    # was not acknowledged comes again: at once from the consumer `take`
+                    # recreates; else after ack_wait, or with the next fetch when a pull
+                    # request left by this one took it (so `sub` is kept).
+                    self.counters["pull_errors"] += 1
+                    log.warning(kv("cluster_pull_failed", consumer=durable, reason=repr(e)))
+                    if take is not None:
+                        await _unbind(sub)
+                        sub = None
+                    await sleep_or_stop(stop, 1.0)
+        finally:
+            await _unbind(sub)
 
     async def _control_loop(self, stop: asyncio.Event, handle: Handler) -> None:
         async def each(msgs: list[Msg]) -> None:
@@ -542,22 +580,41 @@ class NatsSource:
                f".{sensor}.command"
 
     async def _webhook_loop(self, stop: asyncio.Event) -> None:
-        async def each(msgs: list[Msg]) -> None:
-            for m in msgs:
-                try:
-                    alert = json.loads(m.data)
-                except ValueError as e:
-                    self.counters["alerts_unreadable"] += 1
-                    log.error(kv("alert_message_unreadable", reason=e))
-                else:
-                    if self._submit is not None:
-                        self._submit(alert)  # spooled to disk by the webhook sender
-                    self.counters["webhooks_taken"] += 1
-                await m.ack()
+        assert self._js is not None
+        js = self._js
+
+        async def take() -> None:
+            await topology.take_webhook_consumer(js, self.site, self.cluster.replicas)
+            log.info(kv("webhooks_reading", worker=self.worker_id))
+
         # One worker at a time (the webhooks lease): workers sharing the consumer would
         # each send what they fetched, from their own spool, a resolved before its firing.
+        # Each new holder recreates the consumer from its first unacknowledged alert.
         await self._pull(stop, topology.webhook_consumer(self.site),
-                         topology.ALERTS, each, lease=WEBHOOKS_KEY)
+                         topology.ALERTS, self._take_alerts, lease=WEBHOOKS_KEY, take=take)
+
+    async def _take_alerts(self, msgs: list[Msg]) -> None:
+        """Fetched alerts into the webhook spool, in order, each only while this worker
+        still holds the webhooks lease (a fetch can answer up to FETCH_WAIT_S after the
+        lease was last seen valid, and the next holder may take over meanwhile): from the
+        first one after the lease lapsed, NAKed, for the next holder."""
+        for i, m in enumerate(msgs):
+            if not self._owns_lease(WEBHOOKS_KEY):
+                self.counters["alerts_refused"] += len(msgs) - i
+                log.warning(kv("webhooks_fetch_refused", worker=self.worker_id,
+                               messages=len(msgs) - i, reason="lease lapsed"))
+                await _nak(msgs[i:])
+                return
+            try:
+                alert = json.loads(m.data)
+            except ValueError as e:
+                self.counters["alerts_unreadable"] += 1
+                log.error(kv("alert_message_unreadable", reason=e))
+            else:
+                if self._submit is not None:
+                    self._submit(alert)  # spooled to disk by the webhook sender
+                self.counters["webhooks_taken"] += 1
+            await m.ack()
 
     # --- what the service calls ---------------------------------------------------------
 

@@ -152,10 +152,12 @@ async def declare(js: JetStreamContext, c: ClusterConfig, site: str) -> dict[str
         storage=StorageType.FILE, num_replicas=c.replicas,
         duplicate_window=ALERT_DEDUP_WINDOW_S)])
     # Version 1's consumers had no site: "control" and "webhooks".
-    for durable, stream, subject, v1 in (
-            (control_consumer(site), CONTROL, f"bp.v1.{site}.>", "control"),
-            (webhook_consumer(site), ALERTS, f"{ALERT_SUBJECT}.{site}", "webhooks")):
-        await _ensure_consumer(js, site, stream, durable, subject, v1, c.replicas)
+    control = ConsumerConfig(durable_name=control_consumer(site),
+                             filter_subject=f"bp.v1.{site}.>", ack_policy=AckPolicy.EXPLICIT,
+                             ack_wait=ACK_WAIT_S, num_replicas=c.replicas)
+    for stream, config, v1 in ((CONTROL, control, "control"),
+                               (ALERTS, _webhook_config(site, c.replicas), "webhooks")):
+        await _ensure_consumer(js, site, stream, config, v1)
     buckets = {}
     ttls = {LEASES: c.lease_s, WORKERS: c.lease_s, STATE: None}
     for role, name in bucket_names(site).items():
@@ -228,18 +230,19 @@ async def _drop_v1(js: JetStreamContext, stream: str, name: str, site: str) -> N
                     layout=LAYOUT_VERSION))
 
 
-async def _ensure_consumer(js: JetStreamContext, site: str, stream: str, durable: str,
-                           subject: str, v1: str, replicas: int) -> None:
-    """`durable` on `stream`, filtered on `subject`; a new one starts where version 1's
+async def _ensure_consumer(js: JetStreamContext, site: str, stream: str,
+                           config: ConsumerConfig, v1: str) -> None:
+    """The durable consumer of `config` on `stream`; a new one starts where version 1's
     `v1` stopped (commands and alerts already handled are not handled again)."""
+    durable = config.durable_name
+    assert durable is not None
     with contextlib.suppress(NotFoundError):
         await js.consumer_info(stream, durable)
         return
     found, start = await _resume_seq(js, stream, [v1])
     try:
-        await js.add_consumer(stream, ConsumerConfig(
-            durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ACK_WAIT_S, num_replicas=replicas,
+        await js.add_consumer(stream, dataclasses.replace(
+            config,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
             opt_start_seq=start))
     except BadRequestError:  # another worker of the site created it first
@@ -251,21 +254,66 @@ async def _ensure_consumer(js: JetStreamContext, site: str, stream: str, durable
 async def take_consumer(js: JetStreamContext, site: str, p: int, replicas: int,
                         max_ack_pending: int) -> None:
     """(Re)create `site`'s durable consumer of partition `p` from its first
-    unacknowledged window (version 1's `part-{p}`'s when it is the first).
+    unacknowledged window (version 1's `part-{p}`'s when it is the first), `_recreate`."""
+    await _recreate(js, site, WINDOWS, ConsumerConfig(
+        durable_name=consumer_name(site, p), filter_subject=partition_subject(site, p),
+        ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S, max_ack_pending=max_ack_pending,
+        num_replicas=replicas), f"part-{p}")
+
+
+async def take_webhook_consumer(js: JetStreamContext, site: str, replicas: int) -> None:
+    """(Re)create `site`'s `{site}-webhooks` consumer of ALERTS from its first
+    unacknowledged alert, `_recreate`: done by each worker that takes the webhooks lease.
+
+    Only the lease holder reads it, so that alerts go out in order; a previous holder's
+    fetched and unacknowledged alerts (it stopped or died mid-fetch: its pull request
+    stayed on the server and took them) would otherwise come to the new one only after
+    ACK_WAIT_S, after newer ones it has sent. (CONTROL's consumer is shared by every
+    worker at once, with no lease: it is never recreated.)"""
+    await _recreate(js, site, ALERTS, _webhook_config(site, replicas), "webhooks")
+
+
+def _webhook_config(site: str, replicas: int) -> ConsumerConfig:
+    return ConsumerConfig(durable_name=webhook_consumer(site),
+                          filter_subject=f"{ALERT_SUBJECT}.{site}",
+                          ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S,
+                          num_replicas=replicas)
+
+
+RECREATE_TRIES = 3
+
+
+async def _recreate(js: JetStreamContext, site: str, stream: str, config: ConsumerConfig,
+                    v1: str) -> None:
+    """Delete the durable consumer of `config` and create it again from its first
+    unacknowledged message (from version 1's `v1`'s when it is the first).
 
     A new owner recreates it rather than binding to it: the previous owner's fetched but
-    unacknowledged windows come again at once, in order (not after ACK_WAIT_S), and a
-    previous owner that is still running loses its binding.
+    unacknowledged messages come again at once, in order (not after ACK_WAIT_S), and the
+    previous owner's pull requests still waiting on the server go away with the old
+    consumer (a pull request goes by the durable's name, and one cancelled mid-fetch or
+    left by a dead worker would take new messages and keep them for ACK_WAIT_S); a
+    previous owner that is still running loses its binding. A worker starting meanwhile
+    can create the consumer in the gap (`declare`, from the stream's first message):
+    deleted again, this start position wins.
     """
-    name, v1 = consumer_name(site, p), f"part-{p}"
-    found, start = await _resume_seq(js, WINDOWS, [name, v1])
+    name = config.durable_name
+    assert name is not None
+    found, start = await _resume_seq(js, stream, [name, v1])
     if found == name:
         with contextlib.suppress(NotFoundError):  # another owner may have deleted it
-            await js.delete_consumer(WINDOWS, name)
-    elif found == v1:
-        await _drop_v1(js, WINDOWS, v1, site)
-    await js.add_consumer(WINDOWS, ConsumerConfig(
-        durable_name=name, filter_subject=partition_subject(site, p),
-        ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S, max_ack_pending=max_ack_pending,
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
-        opt_start_seq=start, num_replicas=replicas))
+            await js.delete_consumer(stream, name)
+    config = dataclasses.replace(
+        config, deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
+        opt_start_seq=start)
+    for attempt in range(1, RECREATE_TRIES + 1):
+        try:
+            await js.add_consumer(stream, config)
+            break
+        except BadRequestError:  # created in the gap, with another start
+            if attempt == RECREATE_TRIES:
+                raise
+            with contextlib.suppress(NotFoundError):
+                await js.delete_consumer(stream, name)
+    if found == v1:
+        await _drop_v1(js, stream, v1, site)
