@@ -36,9 +36,9 @@ a window, or a connection that stayed up `stable_after_s`, resets; after `STUCK_
 such drops in a row with windows in flight and none acknowledged, the status shows the
 problem ``delivery`` (``event=delivery_stuck``) until a window is acknowledged. After
 `REFUSE_DROPS` drops in a row, each soon after the same window was (re)sent first (the
-broker reads it first after a CONNACK), with a reason that blames a packet (no DISCONNECT,
-malformed, protocol error, too large) and no window acknowledged meanwhile, that window is
-refused: deleted from the outbox, counted in `dropped` and in ``stats["refused"]``, logged
+broker reads it first after a CONNACK), with a reason that blames a packet (malformed,
+protocol error, too large) and no window acknowledged meanwhile, that window is refused:
+deleted from the outbox, counted in `dropped` and in ``stats["refused"]``, logged
 as ``event=window_dropped reason=refused_by_broker``, the status problem ``refused`` for
 `REFUSED_SHOWN_S`; the other windows in flight go back to the outbox (paho's session is
 emptied, or it would re-send the refused one first at the next CONNACK) and leave again,
@@ -114,8 +114,9 @@ status shows the problem ``delivery``."""
 REFUSE_DROPS = 8
 """Connections dropped in a row soon after the same window was sent first, none
 acknowledged, before that window is refused (deleted, counted in ``dropped``). With the
-default backoff (0.5 s doubling to 30 s) the eighth wait is at the cap: about a minute of
-the broker closing on that window, after the problem ``delivery`` showed at the third."""
+default backoff (0.5 s doubling to 30 s, with jitter) the seven waits before the eighth
+drop add up to 31-62 s of the broker closing on that window, after the problem
+``delivery`` showed at the third."""
 REFUSE_WITHIN_S = 5.0
 """A drop counts against the window sent first when it came within this many seconds (s)
 of its (re)sending, plus its transfer time at `REFUSE_LINK_BYTES_PER_S`."""
@@ -124,7 +125,6 @@ REFUSE_LINK_BYTES_PER_S = 125_000.0
 REFUSED_SHOWN_S = 3600.0
 """The status shows the problem ``refused`` this long (s) after the last refused window."""
 BLAMING_REASONS = frozenset({
-    128,  # Unspecified error: the socket closed without a DISCONNECT (also MQTT 3.1.1)
     129,  # Malformed Packet
     130,  # Protocol Error (mosquitto 2.0's answer to a PUBLISH over message_size_limit)
     131,  # Implementation specific error
@@ -132,8 +132,10 @@ BLAMING_REASONS = frozenset({
     149,  # Packet too large
     153,  # Payload format invalid
 })
-"""Reasons of a lost connection that can be the last PUBLISH's fault. Not: Session taken
-over, Server shutting down, Keep Alive timeout, Administrative action, Server busy..."""
+"""Reasons of a lost connection that can be the last PUBLISH's fault. Not 128 (Unspecified
+error): paho gives it for any socket lost (a reset, a link that dies after each connect),
+and a good window must never be deleted for a bad link. Nor Session taken over, Server
+shutting down, Keep Alive timeout, Administrative action, Server busy..."""
 
 
 def client_id(site: str, gateway: str) -> str:
@@ -608,7 +610,7 @@ class Publisher:
         assert oid is not None
         _, sensor, seq, size = self._sent.get(oid, (0.0, "?", -1, 0))
         try:
-            self.outbox.drop([oid])
+            deleted = self.outbox.drop([oid])
         except sqlite3.Error as error:
             self._outbox_failed(error)  # kept; blamed again after the next drops
             return
@@ -619,6 +621,8 @@ class Publisher:
         self._status_mids.clear()
         self._sent.clear()
         self._suspect, self._suspect_drops = None, 0
+        if not deleted:  # the outbox dropped it already (disk pressure), counted there
+            return
         self.stats["refused"] += 1
         self._refused_until = time.monotonic() + REFUSED_SHOWN_S
         self.status.problem("refused", (

@@ -17,15 +17,20 @@ Real mosquitto, real outbox and publisher."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from gateway_proc import wait_for
 from test_publisher import SITE, Subscriber, make_publisher, make_window
 
-from ballpass import topics
+from ballpass import topics, wire
 from ballpass.gateway.outbox import Outbox
 from ballpass.gateway.publisher import REFUSE_DROPS, STUCK_DROPS, publish_size
 from ballpass.services import TEMPLATE_PATH, Mosquitto
@@ -107,3 +112,66 @@ def test_a_window_the_broker_keeps_closing_on_is_refused_and_the_rest_flows(
         f"event=window_dropped reason=refused_by_broker gateway=gw1 sensor=s1 seq=4 "
         f"bytes={publish_size(topic, big)} drops={REFUSE_DROPS} requeued="), refused
     assert STUCK_DROPS < REFUSE_DROPS
+
+
+def test_a_link_that_dies_after_each_connect_never_refuses_a_good_window(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """A TCP relay to a real broker that uploads at 100 kB/s and cuts every connection
+    0.6 s after it opened: a 196 kB window (the sample config's) never finishes, and each
+    drop comes within the refusal's time bound after it was sent first. Before: paho's
+    reason for a lost socket (128, Unspecified error) blamed the window, and good windows
+    were deleted, one after the other, every 8 drops."""
+    port: list[int] = []
+    ready = threading.Event()
+
+    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, rate: float) -> None:
+        with contextlib.suppress(Exception):
+            while data := await r.read(4096):
+                w.write(data)
+                await w.drain()
+                if rate:
+                    await asyncio.sleep(len(data) / rate)
+
+    async def handle(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        br, bw = await asyncio.open_connection(mosquitto.host, mosquitto.port)
+        pipes = [asyncio.create_task(pipe(cr, bw, 100_000)),
+                 asyncio.create_task(pipe(br, cw, 0))]
+        await asyncio.sleep(0.6)
+        for t in pipes:
+            t.cancel()
+        cw.transport.abort()
+        bw.transport.abort()
+
+    async def relay(stop: asyncio.Event) -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port.append(server.sockets[0].getsockname()[1])
+        ready.set()
+        await stop.wait()
+        server.close()
+        await asyncio.sleep(1.0)  # the last connections' handlers end (0.6 s each)
+
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    thread = threading.Thread(target=loop.run_until_complete, args=(relay(stop),), daemon=True)
+    thread.start()
+    assert ready.wait(5)
+    box = Outbox(tmp_path / "o.sqlite", 64 << 20, 3600)
+    topic = topics.window(SITE, "gw1", "s1")
+    for seq in (1, 2, 3):
+        x = np.random.default_rng(seq).standard_normal((3, 16384))
+        box.put("s1", seq, topic, wire.encode(wire.Window(seq=seq, t0_ns=time.time_ns(),
+                                                          fs_hz=4000.0, samples=x)))
+    pub, _ = make_publisher("127.0.0.1", port[0], "gw1", box, backoff_initial_s=0.05,
+                            backoff_max_s=0.2)
+    pub.start()
+    try:
+        wait_for(lambda: pub.stats["disconnects"] >= 2 * REFUSE_DROPS, 40,
+                 f"{2 * REFUSE_DROPS} connections cut")
+    finally:
+        pub.stop(drain_timeout_s=0.5)
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(5)
+        loop.close()
+    counters = box.counters()
+    assert pub.stats["refused"] == 0, pub.stats
+    assert (counters["dropped"], counters["queued"]) == (0, 3), counters

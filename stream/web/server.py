@@ -400,7 +400,7 @@ class EvidenceServer:
         ack = len(parts) == 3 and parts[0] == "sensor" and parts[2] == "ack"
         if method not in ("GET", "HEAD", "POST") or (method == "POST" and not ack):
             raise HttpError(405, f"method {method} not allowed here",
-                            headers={"Allow": "GET, HEAD, POST" if ack else "GET, HEAD"})
+                            headers={"Allow": "POST" if ack else "GET, HEAD"})
         if not parts:
             return 200, html, pages.overview(self.state, csrf), {}
         if parts == ["api", "fleet"]:
