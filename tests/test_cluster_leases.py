@@ -448,6 +448,13 @@ def test_an_idle_relay_leaves_mosquitto_when_its_lease_lapses(
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
+def _webhook_workers(config: Config) -> tuple[dict[str, list[int]], NatsSource, NatsSource]:
+    """Workers A and B, and the alert numbers each sends, by worker."""
+    sent: dict[str, list[int]] = {"A": [], "B": []}
+    return (sent, _worker(config, "A", lambda alert: sent["A"].append(alert["n"])),
+            _worker(config, "B", lambda alert: sent["B"].append(alert["n"])))
+
+
 def test_one_worker_at_a_time_sends_the_sites_webhooks(
         nats_plant: tuple[NatsCluster, Config]) -> None:
     """Every alert goes to the webhook sender of the worker holding the webhooks lease
@@ -458,9 +465,7 @@ def test_one_worker_at_a_time_sends_the_sites_webhooks(
     cluster, config = nats_plant
 
     async def main() -> tuple[dict[str, list[int]], str, bool, int]:
-        sent: dict[str, list[int]] = {"A": [], "B": []}
-        a = _worker(config, "A", lambda alert: sent["A"].append(alert["n"]))
-        b = _worker(config, "B", lambda alert: sent["B"].append(alert["n"]))
+        sent, a, b = _webhook_workers(config)
         stop_a, stop_b = asyncio.Event(), asyncio.Event()
         ta = asyncio.create_task(a.run(stop_a, _nothing))
         tb: asyncio.Task[None] | None = None
@@ -509,9 +514,7 @@ def test_an_alert_the_old_webhooks_holder_left_unacknowledged_goes_out_at_once_i
     cluster, config = nats_plant
 
     async def main() -> tuple[dict[str, list[int]], str, int]:
-        sent: dict[str, list[int]] = {"A": [], "B": []}
-        a = _worker(config, "A", lambda alert: sent["A"].append(alert["n"]))
-        b = _worker(config, "B", lambda alert: sent["B"].append(alert["n"]))
+        sent, a, b = _webhook_workers(config)
         stop_a, stop_b = asyncio.Event(), asyncio.Event()
         ta = asyncio.create_task(a.run(stop_a, _nothing))
         tb: asyncio.Task[None] | None = None
