@@ -2,7 +2,8 @@
 
 A regular file in a fake sysfs tree answers at once and never refuses a write; a real
 attribute may take milliseconds (an I2C register, a 1-Wire conversion) or refuse a write
-(EBUSY). `FifoAttribute` plays one such attribute.
+(EBUSY). `FifoAttribute` plays one such attribute. `capture` builds the gateway's capture
+loop of one sensor over such a tree, with its outbox and status.
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+from ballpass.config import SensorConfig
+from ballpass.gateway.outbox import Outbox
+from ballpass.gateway.schedule import SensorCapture
+from ballpass.gateway.status import Status
 
 
 class FifoAttribute:
@@ -65,3 +72,15 @@ class FifoAttribute:
                     os.close(os.open(self.path, mode | os.O_NONBLOCK))
             self._thread.join(0.01)
         assert not self._thread.is_alive()
+
+
+def capture(s: SensorConfig, asset: Any, tmp_path: Path, backoff_initial_s: float,
+            backoff_max_s: float) -> tuple[Outbox, Status, threading.Event, SensorCapture]:
+    """The capture loop of sensor `s` (not started) on site plant1, gateway gw1, with a
+    fresh outbox in `tmp_path`, its status and its stop event."""
+    box = Outbox(tmp_path / "o.sqlite", 10**8, 3600)
+    status = Status("plant1", "gw1", [s.id], box.counters)
+    stop = threading.Event()
+    cap = SensorCapture(s, asset, "plant1", "gw1", box, status, stop,
+                        backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s)
+    return box, status, stop, cap

@@ -6,14 +6,13 @@ import builtins
 import dataclasses
 import re
 import shutil
-import threading
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fakedev import FifoAttribute
+from fakedev import FifoAttribute, capture
 from plant import wait_until
 
 from ballpass import wire
@@ -27,9 +26,6 @@ from ballpass.gateway.drivers.ds18b20 import (
     crc8,
     parse_w1_slave,
 )
-from ballpass.gateway.outbox import Outbox
-from ballpass.gateway.schedule import SensorCapture
-from ballpass.gateway.status import Status
 
 ASSET = parse(tomllib.loads(SAMPLE_CONFIG)).assets[0]
 
@@ -144,11 +140,7 @@ def test_unplugged_thermometer_is_a_fault_then_recovers(tmp_path: Path) -> None:
     dev = fake_w1(root)
     s = SensorConfig("t1", "ds18b20", "agitator3", 1.25, 1, 0.05, kind="temperature",
                      options={"root": str(root), "device": dev.name})
-    box = Outbox(tmp_path / "o.sqlite", 10**8, 3600)
-    status = Status("plant1", "gw1", ["t1"], box.counters)
-    stop = threading.Event()
-    cap = SensorCapture(s, ASSET, "plant1", "gw1", box, status, stop,
-                        backoff_initial_s=0.05, backoff_max_s=0.2)
+    box, status, stop, cap = capture(s, ASSET, tmp_path, 0.05, 0.2)
     cap.start()
     try:
         wait_until(lambda: box.counters()["captured"] >= 2, 5, "captures", poll_s=0.01)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakedev import FifoAttribute
+from fakedev import FifoAttribute, capture
 from plant import wait_until
 
 from ballpass import wire
@@ -27,9 +27,6 @@ from ballpass.gateway.drivers.iio import (
     decode_scan,
     parse_scan_type,
 )
-from ballpass.gateway.outbox import Outbox
-from ballpass.gateway.schedule import SensorCapture
-from ballpass.gateway.status import Status
 
 ASSET = parse(tomllib.loads(SAMPLE_CONFIG)).assets[0]
 
@@ -174,11 +171,7 @@ def test_unplugged_device_is_a_fault_then_recovers(tmp_path: Path) -> None:
     s = SensorConfig("acc1", "iio", "agitator3", 3200.0, 64, 0.05,
                      options={"device": "adxl355", "root": str(root), "mode": "sysfs",
                               "axes": ["x"]})
-    box = Outbox(tmp_path / "o.sqlite", 10**8, 3600)
-    status = Status("plant1", "gw1", ["acc1"], box.counters)
-    stop = threading.Event()
-    cap = SensorCapture(s, ASSET, "plant1", "gw1", box, status, stop,
-                        backoff_initial_s=0.05, backoff_max_s=0.2)
+    box, status, stop, cap = capture(s, ASSET, tmp_path, 0.05, 0.2)
     cap.start()
     try:
         wait_until(lambda: box.counters()["captured"] >= 2, 5, "captures", poll_s=0.01)
@@ -229,11 +222,7 @@ def test_a_device_that_stops_delivering_is_a_fault_not_a_hung_thread(tmp_path: P
     os.write(producer, records(64 * 2))  # two windows, then the interrupt stops
     s = SensorConfig("acc1", "iio", "agitator3", 3200.0, 64, 0.05,
                      options={"device": "adxl355", "root": str(root)})
-    box = Outbox(tmp_path / "o.sqlite", 10**8, 3600)
-    status = Status("plant1", "gw1", ["acc1"], box.counters)
-    stop = threading.Event()
-    cap = SensorCapture(s, ASSET, "plant1", "gw1", box, status, stop,
-                        backoff_initial_s=0.05, backoff_max_s=0.1)
+    box, status, stop, cap = capture(s, ASSET, tmp_path, 0.05, 0.1)
     cap.start()
     try:
         wait_until(lambda: status.sensors()["acc1"]["state"] == "fault", 3, "the fault",

@@ -108,23 +108,16 @@ def test_the_end_of_a_non_looping_recording_is_final(
     """Before: the end-of-recording fault made the schedule re-open the driver, which
     started the recording over: loop = false replayed it again and again."""
     import logging
-    import threading
     import time
 
+    from fakedev import capture
     from plant import wait_until
 
     from ballpass import wire
-    from ballpass.gateway.outbox import Outbox
-    from ballpass.gateway.schedule import SensorCapture
-    from ballpass.gateway.status import Status
 
     np.savez(tmp_path / "r.npz", signal=np.arange(250, dtype=float), fs_hz=1000.0)
     s = sensor(tmp_path / "r.npz", interval=0.02, loop=False, pace=False)
-    box = Outbox(tmp_path / "o.sqlite", 10**8, 3600)
-    status = Status("plant1", "gw1", ["r1"], box.counters)
-    stop = threading.Event()
-    cap = SensorCapture(s, ASSET, "plant1", "gw1", box, status, stop,
-                        backoff_initial_s=0.02, backoff_max_s=0.05)
+    box, status, stop, cap = capture(s, ASSET, tmp_path, 0.02, 0.05)
     with caplog.at_level(logging.INFO, "ballpass.gateway.schedule"):
         cap.start()
         try:
