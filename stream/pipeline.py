@@ -28,7 +28,7 @@ from ballpass.stream.alerts import AlertTracker, severity
 from ballpass.stream.diagnosis import Diagnosis, diagnose
 from ballpass.stream.dsp.spectrum import amplitude_spectrum
 from ballpass.stream.faults import Fault
-from ballpass.stream.features import ROW_FIELDS, FeatureBatch, extract
+from ballpass.stream.features import extract
 from ballpass.stream.impact_history import ImpactHistory
 from ballpass.stream.messages import (
     alert_message,
@@ -88,13 +88,6 @@ class BatchOutput:
         self.alerts += other.alerts
         self.failed += other.failed
         self.replayed += other.replayed
-
-
-def _rows(feats: FeatureBatch) -> list[dict[str, float]]:
-    """`feats.row(i)` of every window, from one `tolist` per field."""
-    columns = [getattr(feats, name).astype(np.float64, copy=False).tolist()
-               for name in ROW_FIELDS]
-    return [dict(zip(ROW_FIELDS, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
 class Pipeline:
@@ -217,9 +210,9 @@ class Pipeline:
                     shafts = np.array([shaft for _, shaft in group], dtype=np.float64)
                     feats = extract(windows, fs_hz, shafts, bearing.orders())
                     assert feats.impact_counts is not None  # `extract` always counts them
-                    # Once per batch, not per window: the rows as Python floats (what
-                    # `FeatureBatch.row` gives) and each window's strongest line.
-                    rows = _rows(feats)
+                    # Once per batch, not per window: the rows and each window's strongest
+                    # line.
+                    rows = feats.rows()
                     line_amp = feats.line_amp_g.reshape(len(group), -1).max(axis=1).tolist()
                     for i, (item, shaft) in enumerate(group):
                         asset = self.sensors[item.sensor][1]

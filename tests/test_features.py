@@ -35,6 +35,7 @@ def test_shapes_and_row_fields() -> None:
     row = batch.row(1)
     assert set(row) == set(ROW_FIELDS)
     assert all(isinstance(v, float) and math.isfinite(v) for v in row.values())
+    assert batch.rows() == [batch.row(i) for i in range(3)]
 
 
 def test_row_fields_are_the_vibration_measurement_of_the_architecture() -> None:
