@@ -115,7 +115,7 @@ def _envelope(spec: np.ndarray, n: int, lo_bin: np.ndarray, hi_bin: np.ndarray) 
 def _envelope_row(spec_row: np.ndarray, lo: int, hi: int, y: np.ndarray, env: np.ndarray) -> None:
     """Envelope of one row's band [lo, hi) into `env`; `y` is complex scratch of length n.
 
-    `env` may be the first n float64 of `y`'s own buffer (`_envelope_spectrum_impacts`):
+    `env` may be the first n float64 of `y`'s own buffer (`_envelope_scratch`):
     sample j is written after bin j, which lies at or past it, was read."""
     y[:] = 0.0
     for k in range(lo, hi):
@@ -126,24 +126,34 @@ def _envelope_row(spec_row: np.ndarray, lo: int, hi: int, y: np.ndarray, env: np
 
 
 @njit(cache=True, nogil=True)
+def _envelope_scratch(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views of one scratch buffer of n + 1 complex for the envelope spectrum of a row of
+    n samples: the analytic signal y (n complex), the envelope (its first n float64, which
+    is then windowed in place) and the envelope's DFT c (its last N//2+1 complex, past the
+    envelope for any n). At N = 2^22, 64 MB where separate arrays took 224 MB (plus the
+    FFT's own scratch either way)."""
+    buf = np.empty(n + 1, dtype=np.complex128)
+    flat = buf.view(np.float64)
+    return buf[:n], flat[:n], flat[flat.shape[0] - 2 * (n // 2 + 1):].view(np.complex128)
+
+
+@njit(cache=True, nogil=True)
 def _envelope_spectrum(
     spec: np.ndarray, n: int, lo_bin: np.ndarray, hi_bin: np.ndarray
 ) -> np.ndarray:
     """Hann amplitude spectrum (B, n//2+1) of the envelope of each row's band (g).
 
     Same as `_amplitude_spectrum(_envelope(...))`, fused row by row so the temporaries
-    stay in cache, in the one buffer of `_envelope_spectrum_impacts`.
+    stay in cache, in the one buffer of `_envelope_scratch`.
     """
     b = spec.shape[0]
     w = _hann_table(n)
     scale = 2.0 / _hann_sum(n, w)
     out = np.empty((b, n // 2 + 1))
-    buf = np.empty(n + 1, dtype=np.complex128)
-    flat = buf.view(np.float64)
-    c = flat[flat.shape[0] - 2 * (n // 2 + 1):].view(np.complex128)  # past env for any n
+    y, env, c = _envelope_scratch(n)
     for i in range(b):
-        _envelope_row(spec[i], lo_bin[i], hi_bin[i], buf[:n], flat[:n])
-        _amplitude_row_into(flat[:n], w, scale, c, out[i])
+        _envelope_row(spec[i], lo_bin[i], hi_bin[i], y, env)
+        _amplitude_row_into(env, w, scale, c, out[i])
     return out
 
 
@@ -162,12 +172,8 @@ def _envelope_spectrum_impacts(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`_envelope_spectrum` plus, from the same envelope, the impact-interval counts
     (B, F, 2) and impact numbers (B,) of `impacts._impact_row` (periods (B, F) and
-    gaps (B,) in samples).
-
-    One scratch buffer of n + 1 complex holds, in turn, the analytic signal, the envelope
-    (its first n float64), the windowed envelope (the same, in place, once the impacts
-    are read) and the envelope's DFT (its last N//2+1 complex): at N = 2^22, 64 MB where
-    separate arrays took 224 MB (plus the FFT's own scratch either way).
+    gaps (B,) in samples). The impacts are read before the envelope is windowed in place
+    (`_envelope_scratch`).
     """
     b = spec.shape[0]
     w = _hann_table(n)
@@ -175,11 +181,7 @@ def _envelope_spectrum_impacts(
     out = np.empty((b, n // 2 + 1))
     counts = np.zeros((b, periods.shape[1], 2))
     n_impacts = np.zeros(b)
-    buf = np.empty(n + 1, dtype=np.complex128)
-    y = buf[:n]
-    flat = buf.view(np.float64)
-    env = flat[:n]
-    c = flat[flat.shape[0] - 2 * (n // 2 + 1):].view(np.complex128)  # past env for any n
+    y, env, c = _envelope_scratch(n)
     for i in range(b):
         _envelope_row(spec[i], lo_bin[i], hi_bin[i], y, env)
         n_impacts[i] = _impact_row(env, periods[i], k_mad, gaps[i], hit, flank, max_lags,

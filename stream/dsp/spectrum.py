@@ -64,28 +64,12 @@ def _rfft_rows(x: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _amplitude_row(row: np.ndarray, w: np.ndarray, scale: float, out: np.ndarray) -> None:
-    """Hann amplitude spectrum of one row into `out` (N//2+1); see `_amplitude_spectrum`."""
-    n = row.shape[0]
-    mean = row.mean()
-    xw = np.empty(n)
-    for j in range(n):
-        xw[j] = (row[j] - mean) * w[j]
-    c = np.fft.rfft(xw)
-    # |c| as sqrt(re² + im²): numba's complex abs goes through hypot, 4x slower here.
-    for k in range(c.shape[0]):
-        out[k] = np.sqrt(c[k].real ** 2 + c[k].imag ** 2) * scale
-    out[0] *= 0.5
-    if n % 2 == 0:
-        out[-1] *= 0.5
-
-
-@njit(cache=True, nogil=True)
 def _amplitude_row_into(row: np.ndarray, table: np.ndarray, scale: float, c: np.ndarray,
                         out: np.ndarray) -> None:
-    """`_amplitude_row` without a buffer of its own: windows `row` (N,) in place (it is
-    lost), takes its DFT into `c` (N//2+1 complex) and the amplitudes into `out`.
-    `table` is `_hann_table(N)`: empty, the window is computed per sample."""
+    """Hann amplitude spectrum of one row into `out` (N//2+1), scaled by `scale`; see
+    `_amplitude_spectrum`. Windows `row` (N,) in place (it is lost) and takes its DFT into
+    `c` (N//2+1 complex): no buffer of its own. `table` is `_hann_table(N)` (or `_hann(N)`);
+    empty, the window is computed per sample."""
     n = row.shape[0]
     mean = row.mean()
     if table.shape[0] == n:
@@ -95,6 +79,7 @@ def _amplitude_row_into(row: np.ndarray, table: np.ndarray, scale: float, c: np.
         for j in range(n):
             row[j] = (row[j] - mean) * _hann_at(j, n)
     np.fft.rfft(row, out=c)
+    # |c| as sqrt(re² + im²): numba's complex abs goes through hypot, 4x slower here.
     for k in range(c.shape[0]):
         out[k] = np.sqrt(c[k].real ** 2 + c[k].imag ** 2) * scale
     out[0] *= 0.5
@@ -114,8 +99,11 @@ def _amplitude_spectrum(x: np.ndarray) -> np.ndarray:
     w = _hann(n)
     scale = 2.0 / w.sum()
     spec = np.empty((b, n // 2 + 1))
+    xw = np.empty(n)
+    c = np.empty(n // 2 + 1, dtype=np.complex128)
     for i in range(b):
-        _amplitude_row(x[i], w, scale, spec[i])
+        xw[:] = x[i]
+        _amplitude_row_into(xw, w, scale, c, spec[i])
     return spec
 
 
