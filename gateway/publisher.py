@@ -231,7 +231,6 @@ class Publisher:
         self._tls = _ReloadableContext()
         if broker.tls:
             c.tls_set_context(self._tls)  # type: ignore[arg-type]
-        c.will_set(self.status_topic, status.will_payload(), qos=1, retain=True)
         # paho queues beyond its own in-flight limit; ours is the bound, keep paho's above it.
         c.max_inflight_messages_set(self.settings.max_inflight + 4)
         c.connect_timeout = self.settings.connect_timeout_s

@@ -150,11 +150,6 @@ class HistoryStore:
         with self._lock:
             return list(self._entries.get(sensor, ()))
 
-    def last_t0_ns(self, sensor: str) -> int | None:
-        with self._lock:
-            es = self._entries.get(sensor)
-            return es[-1].t0_ns if es else None
-
     def due(self, sensor: str, t0_ns: int, interval_s: float,
             now_s: float | None = None) -> bool:
         """True when `sensor`'s last entry is `interval_s` (s) or more before `t0_ns` (ns).

@@ -230,6 +230,14 @@ async def _drop_v1(js: JetStreamContext, stream: str, name: str, site: str) -> N
                     layout=LAYOUT_VERSION))
 
 
+def _starting_at(config: ConsumerConfig, start: int | None) -> ConsumerConfig:
+    """`config` delivering from sequence `start` (`_resume_seq`), or from the first
+    message without one."""
+    return dataclasses.replace(
+        config, deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
+        opt_start_seq=start)
+
+
 async def _ensure_consumer(js: JetStreamContext, site: str, stream: str,
                            config: ConsumerConfig, v1: str) -> None:
     """The durable consumer of `config` on `stream`; a new one starts where version 1's
@@ -241,10 +249,7 @@ async def _ensure_consumer(js: JetStreamContext, site: str, stream: str,
         return
     found, start = await _resume_seq(js, stream, [v1])
     try:
-        await js.add_consumer(stream, dataclasses.replace(
-            config,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
-            opt_start_seq=start))
+        await js.add_consumer(stream, _starting_at(config, start))
     except BadRequestError:  # another worker of the site created it first
         await js.consumer_info(stream, durable)
     if found == v1:
@@ -303,9 +308,7 @@ async def _recreate(js: JetStreamContext, site: str, stream: str, config: Consum
     if found == name:
         with contextlib.suppress(NotFoundError):  # another owner may have deleted it
             await js.delete_consumer(stream, name)
-    config = dataclasses.replace(
-        config, deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start else DeliverPolicy.ALL,
-        opt_start_seq=start)
+    config = _starting_at(config, start)
     for attempt in range(1, RECREATE_TRIES + 1):
         try:
             await js.add_consumer(stream, config)

@@ -312,10 +312,6 @@ class SensorModel:
         out.append(obs.temp_c)
         return out
 
-    @staticmethod
-    def vector(obs: Observation) -> np.ndarray:
-        return np.array(SensorModel.values(obs))
-
     def _scoring_band(self, band: int) -> _Band | None:
         """The band itself when it has learned enough, else a ready neighbour."""
         need = self.policy.band_min_windows
